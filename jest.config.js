@@ -1,0 +1,33 @@
+// Two projects: `unit` (pure functions, temp-dir sysfs, fake kubelet) and `integration` (real
+// kube-apiserver, real kubelet code, KubeVirt code). Both run in native ESM mode
+// (NODE_OPTIONS=--experimental-vm-modules, set by the npm scripts) because @kubernetes/client-node is
+// ESM-only. The integration project's global setup starts etcd + kube-apiserver once.
+const tsTransform = {
+  '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json', isolatedModules: true, diagnostics: false }],
+};
+const common = {
+  testEnvironment: 'node',
+  extensionsToTreatAsEsm: ['.ts'],
+  transform: tsTransform,
+  moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
+};
+
+export default {
+  reporters: ['default', '<rootDir>/test/jest/summary-reporter.js'],
+  projects: [
+    {
+      ...common,
+      displayName: 'unit',
+      testMatch: ['<rootDir>/operator/**/*.test.ts', '<rootDir>/device-plugin/**/*.test.ts', '<rootDir>/test/unit/**/*.test.ts'],
+    },
+    {
+      ...common,
+      displayName: 'integration',
+      testMatch: ['<rootDir>/test/integration/**/*.test.ts'],
+      globalSetup: '<rootDir>/test/jest/global-setup.ts',
+      globalTeardown: '<rootDir>/test/jest/global-teardown.ts',
+      testTimeout: 120000,
+      slowTestThreshold: 30,
+    },
+  ],
+};

@@ -1,0 +1,44 @@
+// Loads the kubelet APIs at run time with the same options the generated types were made with
+// (scripts/gen.mjs), so the objects grpc-js hands us match proto/generated exactly.
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { ProtoGrpcType as DevicePluginProto } from './generated/deviceplugin/api.js';
+import type { ProtoGrpcType as PodResourcesProto } from './generated/podresources/api.js';
+
+/** Folder holding the .proto sources. Works from the TypeScript tree and from dist/. */
+export function protoDir(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  // dist/proto/load.js → <root>/proto ; proto/load.ts → <root>/proto
+  return here.includes(`${join('dist', 'proto')}`) ? join(here, '..', '..', 'proto') : here;
+}
+
+const LOADER_OPTIONS: protoLoader.Options = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+function load<T>(file: string): T {
+  const def = protoLoader.loadSync(file, { ...LOADER_OPTIONS, includeDirs: [protoDir()] });
+  return grpc.loadPackageDefinition(def) as unknown as T;
+}
+
+let devicePlugin: DevicePluginProto | undefined;
+let podResources: PodResourcesProto | undefined;
+
+/** The device plugin API v1beta1 (services Registration and DevicePlugin). Loaded once. */
+export function loadDevicePluginApi(): DevicePluginProto {
+  devicePlugin ??= load<DevicePluginProto>('deviceplugin/v1beta1/api.proto');
+  return devicePlugin;
+}
+
+/** The PodResources API v1 (service PodResourcesLister). Loaded once. */
+export function loadPodResourcesApi(): PodResourcesProto {
+  podResources ??= load<PodResourcesProto>('podresources/v1/api.proto');
+  return podResources;
+}
+

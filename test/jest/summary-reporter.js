@@ -1,0 +1,30 @@
+// A jest reporter that (1) prints the tails of the control plane's logs when any test failed, and
+// (2) writes the counts to $VIO_RESULTS_DIR/jest-summary.json for .ci/run's closing line.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export default class SummaryReporter {
+  onRunComplete(_contexts, results) {
+    const dir = process.env.VIO_RESULTS_DIR;
+    const failed = results.numFailedTests + results.numRuntimeErrorTestSuites;
+    if (failed > 0) {
+      const candidates = [dir, process.env.VIO_CP_DIR].filter(Boolean).map((d) => join(d, 'control-plane-logs.json'));
+      for (const file of candidates) {
+        if (!existsSync(file)) continue;
+        for (const [name, log] of Object.entries(JSON.parse(readFileSync(file, 'utf8')))) {
+          if (!existsSync(log)) continue;
+          const lines = readFileSync(log, 'utf8').trimEnd().split('\n');
+          console.error(`\n----- last 40 lines of ${name} (${log}) -----\n${lines.slice(-40).join('\n')}`);
+        }
+        break;
+      }
+    }
+    if (dir) {
+      writeFileSync(join(dir, 'jest-summary.json'), JSON.stringify({
+        passed: results.numPassedTests,
+        failed: results.numFailedTests + results.numRuntimeErrorTestSuites,
+        skipped: results.numPendingTests + results.numTodoTests,
+      }));
+    }
+  }
+}
