@@ -3,7 +3,7 @@
 // (NODE_OPTIONS=--experimental-vm-modules, set by the npm scripts) because @kubernetes/client-node is
 // ESM-only. The integration project's global setup starts etcd + kube-apiserver once.
 const tsTransform = {
-  '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json', isolatedModules: true, diagnostics: false }],
+  '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json', diagnostics: false }],
 };
 const common = {
   testEnvironment: 'node',

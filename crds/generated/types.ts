@@ -139,7 +139,7 @@ export interface VirtualIODeviceStatus {
    */
   nodes?: number;
   /**
-   * Slices on all nodes
+   * Slices on all nodes, healthy or not.
    */
   capacity?: number;
   /**
@@ -333,7 +333,7 @@ export interface InventoryDevice {
   iommuGroup?: number;
   iommuGroupMembers?: string[];
   /**
-   * The physical function
+   * The physical function, for a VF.
    */
   physfn?: string;
   sriov?: {

@@ -4,7 +4,7 @@
 //   VIO_CP_DIR      run dir (logs)        VIO_BIN_DIR    Kubernetes/etcd/helm binaries
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.ts';
 
 declare global {
   var __VIO_CONTROL_PLANE__: ControlPlane | undefined;
