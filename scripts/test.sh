@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's Quick start runs it (`make test`) and as CI runs it.
+# Each stage is counted; the last line is "N passed, N failed" and the exit code is non-zero on any
+# failure. Installs everything it needs: Node 24 (scripts/env.sh), npm dependencies, and the
+# Kubernetes/etcd/helm binaries built from the Go module proxy into $HOME/.cache/virtualio.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+RESULTS=${VIO_RESULTS_DIR:-$PWD/.vio-results}
+export VIO_RESULTS_DIR=$RESULTS
+rm -rf "$RESULTS" && mkdir -p "$RESULTS"
+PASSED=0 FAILED=0
+FAILED_STAGES=()
+
+stage() { # stage NAME CMD...: one counted check
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "=== $name"
+  if "$@"; then
+    PASSED=$((PASSED + 1)); echo "=== $name: ok ($((SECONDS - t0)) s)"
+  else
+    FAILED=$((FAILED + 1)); FAILED_STAGES+=("$name"); echo "=== $name: FAILED ($((SECONDS - t0)) s)"
+    return 1
+  fi
+}
+
+finish() {
+  if [ ${#FAILED_STAGES[@]} -gt 0 ]; then echo "failed: ${FAILED_STAGES[*]}"; fi
+  echo "$PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+  exit $?
+}
+
+lockfile_hash() { sha256sum package-lock.json | cut -d' ' -f1; }
+install_deps() {
+  if [ -f node_modules/.vio-lock-hash ] && [ "$(cat node_modules/.vio-lock-hash)" = "$(lockfile_hash)" ]; then return 0; fi
+  npm ci --no-audit --no-fund && lockfile_hash > node_modules/.vio-lock-hash
+}
+build_binaries() {
+  local out
+  out=$(bash test/cluster/build-bins.sh) || return 1
+  VIO_BIN_DIR=$(echo "$out" | tail -1); export VIO_BIN_DIR
+  if [ -x test/conformance/build.sh ] || [ -f test/conformance/build.sh ]; then
+    bash test/conformance/build.sh > "$RESULTS/conformance-build.txt" || return 1
+  fi
+}
+
+# Prerequisites: without them nothing else can run, so a failure ends the run here.
+stage "install npm dependencies" install_deps || finish
+stage "build Kubernetes, etcd and helm from the Go module proxy (cached)" build_binaries || finish
+
+stage "generated files match their sources (proto, CRD types, chart CRDs)" npm run --silent gen:check
+stage "typecheck (tsc --strict)" npm run --silent typecheck
+stage "lint (eslint, zero warnings)" npm run --silent lint
+stage "build (tsc → dist)" npm run --silent build
+if [ -f scripts/gen-docs.mjs ]; then
+  stage "generated docs match the schemas" node scripts/gen-docs.mjs --check
+fi
+
+echo "=== jest (unit + integration against a real kube-apiserver)"
+NODE_OPTIONS=--experimental-vm-modules npx jest --ci 2>&1 | tee "$RESULTS/jest.txt"
+JEST_RC=${PIPESTATUS[0]}
+if [ -f "$RESULTS/jest-summary.json" ]; then
+  read -r JP JF < <(node -e 'const s=require(process.argv[1]);console.log(s.passed, s.failed)' "$RESULTS/jest-summary.json")
+  PASSED=$((PASSED + JP)); FAILED=$((FAILED + JF))
+  if [ "$JEST_RC" -ne 0 ] && [ "$JF" -eq 0 ]; then FAILED=$((FAILED + 1)); FAILED_STAGES+=("jest exited $JEST_RC"); fi
+else
+  FAILED=$((FAILED + 1)); FAILED_STAGES+=("jest (no summary)")
+fi
+
+finish
