@@ -12,6 +12,34 @@ export type SliceKind = 'VF' | 'Mdev' | 'Function' | 'VPort';
 export interface Inventory {
   /** Every PCI function, sorted by PCI address. Devices with unreadable values carry `errors`. */
   devices: InventoryDevice[];
+  /** NPIV virtual ports found under the physical FC hosts, sorted by PCI address, host, name. */
+  vports?: FcVport[];
+  /** vfio cdev nodes by PCI address (`vfio-dev/vfioN` → `/dev/vfio/devices/vfioN`). */
+  vfioCdevs?: Record<string, string>;
+  /**
+   * Entries found under `<devRoot>/vfio`, as canonical paths (`/dev/vfio/vfio`, `/dev/vfio/42`,
+   * `/dev/vfio/devices/vfio3`), sorted. Absent when the scan was given no dev root.
+   */
+  devNodes?: string[];
+  /** Problems that are not tied to one device (e.g. an unreadable `bus/pci/devices`). */
+  errors?: string[];
+}
+
+/** One NPIV virtual port (agent-only fact; the CRD inventory carries only the physical ports). */
+export interface FcVport {
+  /** PCI address of the HBA function. */
+  pciAddress: string;
+  /** The physical port's SCSI host, e.g. `host5`. */
+  parentHost: string;
+  /** The vport's name, e.g. `vport-5:0-0`. */
+  name: string;
+  /** The vport's own SCSI host (e.g. `host6`), when it has one. */
+  host?: string;
+  /** 16 lower-case hex digits, no `0x`. */
+  wwpn?: string;
+  wwnn?: string;
+  /** `vport_state`, e.g. `Active`. */
+  state?: string;
 }
 
 /** One allocatable unit, as one pool's device plugin advertises it. */
@@ -43,6 +71,8 @@ export interface Slice {
   health: Health;
   /** Why the slice is Unhealthy (empty when Healthy). */
   reason?: string;
+  /** VF index on its PF (VF), or creation index on its parent (Mdev, VPort). */
+  index?: number;
 }
 
 /** One sysfs write, in order. Carving plans are data so they can be logged, tested and diffed. */
@@ -52,6 +82,11 @@ export interface SysfsWrite {
   value: string;
   /** Human-readable purpose, for logs and events. */
   why: string;
+  /**
+   * Writes with the same group depend on each other in order (one device's re-carve): after one
+   * fails, `applyCarving` skips the rest of its group. Absent: independent.
+   */
+  group?: string;
 }
 
 /** A pool/device pair whose carving cannot proceed now (e.g. its slices are allocated). */
@@ -64,4 +99,6 @@ export interface BlockedChange {
 export interface CarvingPlan {
   writes: SysfsWrite[];
   blocked: BlockedChange[];
+  /** Slice IDs that stay because a pod holds them (uncarving), sorted. */
+  held?: string[];
 }

@@ -1,0 +1,352 @@
+// Discovery: a full, sorted inventory snapshot read from a sysfs root (and optionally a dev root).
+import { realpath } from 'node:fs/promises';
+import path from 'node:path';
+import type { FcVport, Inventory, InventoryDevice } from '../model.js';
+import { comparePci, compareText, isPciAddress, UUID_RE } from '../sysfs/pci.js';
+import { AttrReader, listDir } from '../sysfs/read.js';
+
+/** Options of {@link scan}. */
+export interface ScanOptions {
+  /**
+   * The dev root (default: none). When given, `inventory.devNodes` lists what exists under
+   * `<devRoot>/vfio`, so health can be computed without further I/O.
+   */
+  devRoot?: string;
+  /** How many devices are read at once (default 32). */
+  concurrency?: number;
+}
+
+type FcHost = NonNullable<InventoryDevice['fcHosts']>[number];
+
+/** Facts of one function that do not go into the CRD inventory. */
+interface Extra {
+  vfioCdev?: string;
+  vports: FcVport[];
+}
+
+const HEX4 = /^0x([0-9a-f]{4})$/;
+const HEX6 = /^0x([0-9a-f]{6})$/;
+const WWN = /^0x([0-9a-f]{1,16})$/;
+
+/** FC `port_name`/`node_name` (`0x%llx`, unpadded) → 16 lower-case hex digits without `0x`. */
+export function normalizeWwn(raw: string): string | undefined {
+  const m = WWN.exec(raw.trim().toLowerCase());
+  return m?.[1]?.padStart(16, '0');
+}
+
+/** The `/dev` path of a vfio cdev named by a `vfio-dev/` entry (`vfio3` → `/dev/vfio/devices/vfio3`). */
+export function vfioCdevPath(entry: string): string | undefined {
+  return /^vfio\d+$/.test(entry) ? `/dev/vfio/devices/${entry}` : undefined;
+}
+
+/** The `/dev` path of a VFIO group node. */
+export function vfioGroupPath(group: number): string {
+  return `/dev/vfio/${group}`;
+}
+
+/**
+ * Maps a canonical `/dev/...` path to the file under `devRoot` (identity when devRoot is `/dev`).
+ * Throws on a path outside `/dev`.
+ */
+export function devPathUnder(devRoot: string, canonical: string): string {
+  if (!canonical.startsWith('/dev/')) throw new Error(`not a /dev path: ${canonical}`);
+  return path.join(devRoot, canonical.slice('/dev/'.length));
+}
+
+/**
+ * Reads the vfio cdev of one function: `<sysfsRoot>/bus/pci/devices/<bdf>/vfio-dev/vfioN` →
+ * `/dev/vfio/devices/vfioN`; undefined when the function has none (not on vfio-pci, or no cdev
+ * support in the kernel).
+ */
+export async function vfioCdevOf(sysfsRoot: string, pciAddress: string): Promise<string | undefined> {
+  const names = await listDir(path.join(sysfsRoot, 'bus/pci/devices', pciAddress, 'vfio-dev'));
+  for (const n of names) {
+    const p = vfioCdevPath(n);
+    if (p) return p;
+  }
+  return undefined;
+}
+
+async function pool<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  return out;
+}
+
+async function readFcHost(r: AttrReader, host: string): Promise<FcHost> {
+  const fc = r.sub(`${host}/fc_host/${host}`);
+  const out: FcHost = { host };
+  const wwpn = await fc.text('port_name');
+  if (wwpn !== undefined) {
+    const v = normalizeWwn(wwpn);
+    if (v) out.wwpn = v;
+    else fc.fail('port_name', `malformed value ${JSON.stringify(wwpn)}`);
+  }
+  const wwnn = await fc.text('node_name');
+  if (wwnn !== undefined) {
+    const v = normalizeWwn(wwnn);
+    if (v) out.wwnn = v;
+    else fc.fail('node_name', `malformed value ${JSON.stringify(wwnn)}`);
+  }
+  const state = await fc.text('port_state');
+  if (state !== undefined) out.portState = state.trim();
+  const max = await fc.int('max_npiv_vports');
+  if (max !== undefined) out.maxNPIVVports = max;
+  const inUse = await fc.int('npiv_vports_inuse');
+  if (inUse !== undefined) out.npivVportsInUse = inUse;
+  return out;
+}
+
+/** Vports under `<dev>/<host>/vport-*`: their attributes live in `fc_vports/<name>/`. */
+async function readVports(r: AttrReader, pciAddress: string, host: string): Promise<FcVport[]> {
+  const out: FcVport[] = [];
+  for (const name of await r.list(host)) {
+    if (!/^vport-\d+:\d+-\d+$/.test(name)) continue;
+    const vr = r.sub(`${host}/${name}`);
+    const attrs = vr.sub(`fc_vports/${name}`);
+    const v: FcVport = { pciAddress, parentHost: host, name };
+    const wwpn = await attrs.text('port_name');
+    const wwnn = await attrs.text('node_name');
+    if (wwpn !== undefined) {
+      const n = normalizeWwn(wwpn);
+      if (n) v.wwpn = n;
+      else attrs.fail('port_name', `malformed value ${JSON.stringify(wwpn)}`);
+    }
+    if (wwnn !== undefined) {
+      const n = normalizeWwn(wwnn);
+      if (n) v.wwnn = n;
+      else attrs.fail('node_name', `malformed value ${JSON.stringify(wwnn)}`);
+    }
+    const state = await attrs.text('vport_state');
+    if (state !== undefined) v.state = state.trim();
+    const child = (await vr.list()).find((n) => /^host\d+$/.test(n));
+    if (child) v.host = child;
+    out.push(v);
+  }
+  return out;
+}
+
+async function readDevice(root: string, name: string, fcExtraHosts: string[]): Promise<{ device: InventoryDevice; extra: Extra }> {
+  const errors: string[] = [];
+  const device: InventoryDevice = { pciAddress: name };
+  const extra: Extra = { vports: [] };
+  const r = new AttrReader(path.join(root, 'bus/pci/devices', name), errors);
+  if (!isPciAddress(name)) errors.push(`pciAddress: malformed ${JSON.stringify(name)}`);
+
+  const vendor = await r.matched('vendor', HEX4, true);
+  if (vendor) device.vendorID = vendor[1];
+  const dev = await r.matched('device', HEX4, true);
+  if (dev) device.deviceID = dev[1];
+  const cls = await r.matched('class', HEX6, true);
+  if (cls) device.classCode = cls[1];
+  const driver = await r.linkBase('driver');
+  if (driver) device.driver = driver;
+  const numa = await r.int('numa_node');
+  if (numa !== undefined && numa >= 0) device.numaNode = numa;
+  else if (numa !== undefined && numa !== -1) r.fail('numa_node', `out of range ${numa}`);
+
+  const group = await r.linkBase('iommu_group');
+  if (group !== undefined) {
+    if (/^\d+$/.test(group)) {
+      device.iommuGroup = Number(group);
+      const members = await listDir(path.join(root, 'kernel/iommu_groups', group, 'devices'), (m) =>
+        errors.push(`kernel/iommu_groups/${group}/devices: ${m}`),
+      );
+      if (members.length === 0) errors.push(`kernel/iommu_groups/${group}/devices: missing or empty`);
+      else device.iommuGroupMembers = members.sort(comparePci);
+    } else {
+      r.fail('iommu_group', `malformed link target ${JSON.stringify(group)}`);
+    }
+  }
+
+  const physfn = await r.linkBase('physfn');
+  if (physfn) device.physfn = physfn;
+
+  const entries = await r.list();
+  if (entries.includes('sriov_totalvfs')) {
+    const sriov: NonNullable<InventoryDevice['sriov']> = {};
+    const total = await r.int('sriov_totalvfs', true);
+    if (total !== undefined) sriov.totalVFs = total;
+    const num = await r.int('sriov_numvfs');
+    if (num !== undefined) sriov.numVFs = num;
+    const vfLinks = entries
+      .map((e) => /^virtfn(\d+)$/.exec(e))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => ({ n: Number(m[1]), link: m[0] }))
+      .sort((a, b) => a.n - b.n);
+    const vfs: string[] = [];
+    for (const { link } of vfLinks) {
+      const vf = await r.linkBase(link);
+      if (vf) vfs.push(vf);
+    }
+    sriov.vfs = vfs;
+    device.sriov = sriov;
+  }
+
+  if (entries.includes('mdev_supported_types')) {
+    const types: NonNullable<InventoryDevice['mdevTypes']> = [];
+    for (const id of await r.list('mdev_supported_types')) {
+      const tr = r.sub(`mdev_supported_types/${id}`);
+      const t: (typeof types)[number] = { id };
+      const tname = await tr.text('name');
+      if (tname !== undefined) t.name = tname.trim();
+      const avail = await tr.int('available_instances');
+      if (avail !== undefined) t.availableInstances = avail;
+      const api = await tr.text('device_api');
+      if (api !== undefined) t.deviceAPI = api.trim();
+      types.push(t);
+    }
+    device.mdevTypes = types;
+  }
+
+  const mdevs: NonNullable<InventoryDevice['mdevs']> = [];
+  for (const e of entries) {
+    if (!UUID_RE.test(e)) continue;
+    const mr = r.sub(e);
+    const typeLink = await mr.link('mdev_type');
+    if (typeLink === undefined) continue; // a UUID-named folder that is not an mdev
+    const m: (typeof mdevs)[number] = { uuid: e, type: path.basename(typeLink) };
+    const g = await mr.linkBase('iommu_group');
+    if (g !== undefined) {
+      if (/^\d+$/.test(g)) m.iommuGroup = Number(g);
+      else mr.fail('iommu_group', `malformed link target ${JSON.stringify(g)}`);
+    }
+    mdevs.push(m);
+  }
+  if (mdevs.length > 0) device.mdevs = mdevs;
+
+  if (entries.includes('net')) {
+    const netdevs: NonNullable<InventoryDevice['netdevs']> = [];
+    for (const ifname of await r.list('net')) {
+      const state = await r.sub(`net/${ifname}`).text('operstate');
+      netdevs.push(state === undefined ? { name: ifname } : { name: ifname, operState: state.trim() });
+    }
+    if (netdevs.length > 0) device.netdevs = netdevs;
+  }
+
+  const hosts = new Set<string>(fcExtraHosts);
+  for (const e of entries) {
+    if (/^host\d+$/.test(e) && (await listDir(path.join(r.dir, e, 'fc_host'))).includes(e)) hosts.add(e);
+  }
+  if (hosts.size > 0) {
+    const fcHosts: FcHost[] = [];
+    const sorted = [...hosts].sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
+    for (const h of sorted) {
+      fcHosts.push(await readFcHost(r, h));
+      extra.vports.push(...(await readVports(r, name, h)));
+    }
+    device.fcHosts = fcHosts;
+  }
+
+  if (entries.includes('nvme')) {
+    const nvme: NonNullable<InventoryDevice['nvme']> = [];
+    for (const ctrl of await r.list('nvme')) {
+      if (!/^nvme\d+$/.test(ctrl)) continue;
+      const nr = r.sub(`nvme/${ctrl}`);
+      const c: (typeof nvme)[number] = { name: ctrl };
+      const model = await nr.text('model');
+      if (model !== undefined) c.model = model.trim();
+      const serial = await nr.text('serial');
+      if (serial !== undefined) c.serial = serial.trim();
+      nvme.push(c);
+    }
+    if (nvme.length > 0) device.nvme = nvme.sort((a, b) => Number(a.name.slice(4)) - Number(b.name.slice(4)));
+  }
+
+  if (entries.includes('vfio-dev')) {
+    for (const n of await r.list('vfio-dev')) {
+      const p = vfioCdevPath(n);
+      if (p) {
+        extra.vfioCdev = p;
+        break;
+      }
+    }
+  }
+
+  if (errors.length > 0) device.errors = errors;
+  return { device, extra };
+}
+
+/**
+ * Physical FC hosts reachable through `<root>/class/fc_host/hostN` but not as `hostN/fc_host/hostN`
+ * right below their PCI function folder (another layout). Returns PCI address → host names.
+ */
+async function fcHostsFromClass(root: string, errors: string[]): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  const classDir = path.join(root, 'class/fc_host');
+  for (const host of await listDir(classDir, (m) => errors.push(`class/fc_host: ${m}`))) {
+    if (!/^host\d+$/.test(host)) continue;
+    let real: string;
+    try {
+      real = await realpath(path.join(classDir, host));
+    } catch {
+      try {
+        real = await realpath(path.join(classDir, host, 'device'));
+        real = path.join(real, 'fc_host', host);
+      } catch {
+        errors.push(`class/fc_host/${host}: dangling link`);
+        continue;
+      }
+    }
+    // .../<bdf>/hostN/fc_host/hostN: the function is three levels up. A vport's host sits below
+    // vport-X:Y-Z instead, so its grandparent is not a PCI address and it is skipped here.
+    const hostDir = path.dirname(path.dirname(real));
+    const bdf = path.basename(path.dirname(hostDir));
+    if (path.basename(hostDir) !== host || !isPciAddress(bdf)) continue;
+    const list = out.get(bdf) ?? [];
+    list.push(host);
+    out.set(bdf, list);
+  }
+  return out;
+}
+
+/** Canonical `/dev/vfio/...` entries present under `<devRoot>/vfio`. */
+async function readDevNodes(devRoot: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const n of await listDir(path.join(devRoot, 'vfio'))) {
+    if (n === 'devices') {
+      for (const c of await listDir(path.join(devRoot, 'vfio/devices'))) out.push(`/dev/vfio/devices/${c}`);
+    } else {
+      out.push(`/dev/vfio/${n}`);
+    }
+  }
+  return out.sort(compareText);
+}
+
+/**
+ * Scans every PCI function under `<sysfsRoot>/bus/pci/devices` and returns a full, deterministic
+ * snapshot (devices sorted by PCI address, every list sorted). A pure function of the two roots:
+ * no globals, no caching. Never throws because of a device: a malformed or unreadable value adds a
+ * message to that device's `errors`, the rest of the device is still reported, and a failure of the
+ * whole folder is reported in `inventory.errors`.
+ */
+export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<Inventory> {
+  const errors: string[] = [];
+  const names = await listDir(path.join(sysfsRoot, 'bus/pci/devices'), (m) => errors.push(`bus/pci/devices: ${m}`));
+  const fcByDevice = await fcHostsFromClass(sysfsRoot, errors);
+  const results = await pool(names, opts.concurrency ?? 32, async (name) => {
+    try {
+      return await readDevice(sysfsRoot, name, fcByDevice.get(name) ?? []);
+    } catch (err) {
+      const device: InventoryDevice = { pciAddress: name, errors: [`scan failed: ${err instanceof Error ? err.message : String(err)}`] };
+      return { device, extra: { vports: [] } as Extra };
+    }
+  });
+  results.sort((a, b) => comparePci(a.device.pciAddress, b.device.pciAddress));
+  const inventory: Inventory = { devices: results.map((r) => r.device) };
+  const vports = results.flatMap((r) => r.extra.vports);
+  if (vports.length > 0) inventory.vports = vports;
+  const cdevs: Record<string, string> = {};
+  for (const r of results) if (r.extra.vfioCdev) cdevs[r.device.pciAddress] = r.extra.vfioCdev;
+  if (Object.keys(cdevs).length > 0) inventory.vfioCdevs = cdevs;
+  if (opts.devRoot !== undefined) inventory.devNodes = await readDevNodes(opts.devRoot);
+  if (errors.length > 0) inventory.errors = errors;
+  return inventory;
+}
