@@ -1,0 +1,292 @@
+// One pool's device plugin, kept registered with the kubelet for its whole life: serve → Register →
+// watch for a kubelet restart (our socket wiped, kubelet.sock recreated, ListAndWatch stream ended)
+// → new server → Register again, with backoff while kubelet.sock is absent (STYLE P9).
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../log.js';
+import type { AgentMetrics } from '../metrics.js';
+import type { Slice } from '../model.js';
+import { registerWithKubelet } from '../kubelet/register.js';
+import type { PluginDirWatcher } from '../kubelet/watcher.js';
+import { allocate, wantsDevinfo, type DevInfoFile, type PoolSpec } from './allocate.js';
+import { buildCdiSpec, syncCdiSpec } from './cdi.js';
+import { devinfoFileName, socketName } from './names.js';
+import { preferredAllocation } from './preferred.js';
+import { PoolServer, deviceList, type ServerView } from './server.js';
+import type { DevicePluginHandlers } from '../../../proto/generated/deviceplugin/v1beta1/DevicePlugin.js';
+
+export interface PoolPluginOptions {
+  pool: PoolSpec;
+  pluginDir: string;
+  devinfoDir: string;
+  cdi: { enabled: boolean; dir: string };
+  watcher: PluginDirWatcher;
+  logger: Logger;
+  metrics: AgentMetrics;
+  /** Parent shutdown signal. */
+  signal: AbortSignal;
+  /** Called after every successful Allocate with the allocated IDs. */
+  onAllocated?: (pool: string, ids: string[]) => void;
+  /** Called when the registration state changes. */
+  onStateChange?: () => void;
+  /** Register call, replaceable in tests. */
+  register?: typeof registerWithKubelet;
+}
+
+/** Registration state of a pool, for status and /readyz. */
+export interface PoolPluginState {
+  registered: boolean;
+  /** Last registration or serving error, cleared on success. */
+  error?: string;
+  registrations: number;
+}
+
+/** Writes one device-info file: a stale file is removed first, the new one is read-only (0444). */
+export function writeDevinfoFile(dir: string, f: DevInfoFile): void {
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, f.fileName);
+  rmSync(path, { force: true });
+  writeFileSync(path, f.content, { mode: 0o444, flag: 'wx' });
+}
+
+export class PoolPlugin {
+  readonly socketPath: string;
+  private slices = new Map<string, Slice>();
+  private server: PoolServer | undefined;
+  private readonly controller = new AbortController();
+  private readonly signal: AbortSignal;
+  private restartReason: string | undefined;
+  private registeredKubelet: string | undefined;
+  private lastSeenKubelet: string | undefined;
+  private wakers: (() => void)[] = [];
+  private running: Promise<void> | undefined;
+  private readonly log: Logger;
+  /** Device-info files this process wrote, by slice ID. */
+  private readonly devinfoWritten = new Map<string, string>();
+  readonly state: PoolPluginState = { registered: false, registrations: 0 };
+
+  constructor(private readonly opts: PoolPluginOptions) {
+    this.socketPath = join(opts.pluginDir, socketName(opts.pool.name));
+    this.signal = AbortSignal.any([opts.signal, this.controller.signal]);
+    this.log = opts.logger.child({ component: 'pool', pool: opts.pool.name });
+  }
+
+  get pool(): PoolSpec {
+    return this.opts.pool;
+  }
+
+  /** The current snapshot of the pool's slices. */
+  snapshot(): ReadonlyMap<string, Slice> {
+    return this.slices;
+  }
+
+  /**
+   * Replaces the pool's slices; ListAndWatch streams get the new list only when it changed.
+   * Removes device-info files of slices that disappeared and rewrites the CDI spec.
+   */
+  update(slices: readonly Slice[]): void {
+    const next = new Map(slices.map((s) => [s.id, s]));
+    for (const [id, s] of this.slices) {
+      if (!next.has(id) && wantsDevinfo(this.opts.pool, s)) this.removeDevinfo(id);
+    }
+    this.slices = next;
+    if (this.opts.cdi.enabled) {
+      try {
+        syncCdiSpec(this.opts.cdi.dir, this.opts.pool.name, buildCdiSpec(this.opts.pool.name, this.opts.pool.resourceName, slices));
+      } catch (err) {
+        this.log.error({ err }, 'cannot write CDI spec');
+      }
+    }
+    this.server?.push();
+  }
+
+  /** Starts the serve/register loop (idempotent). */
+  start(): void {
+    this.running ??= this.run().catch((err: unknown) => this.log.error({ err }, 'pool plugin loop failed'));
+  }
+
+  /** Sends an empty list, stops serving, removes the socket, device-info files and CDI spec (idempotent). */
+  async stop(): Promise<void> {
+    this.controller.abort();
+    this.wake();
+    await this.running;
+  }
+
+  private wake(): void {
+    const w = this.wakers;
+    this.wakers = [];
+    for (const f of w) f();
+  }
+
+  /** Sleeps `ms`, or less when woken or aborted. */
+  private async sleep(ms: number): Promise<void> {
+    if (this.signal.aborted) return;
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(t);
+        this.signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.wakers.push(done);
+      this.signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  /** Level-triggered check from the plugin dir watcher. */
+  private check(): void {
+    const server = this.server;
+    const kubelet = this.opts.watcher.kubeletIdentity();
+    if (server && this.restartReason === undefined) {
+      if (server.identity !== undefined && !server.socketIntact()) this.requestRestart('plugin socket removed');
+      else if (this.state.registered && kubelet !== undefined && kubelet !== this.registeredKubelet) this.requestRestart('kubelet.sock recreated');
+    }
+    if (kubelet !== this.lastSeenKubelet) {
+      this.lastSeenKubelet = kubelet;
+      this.wake();
+    }
+  }
+
+  private requestRestart(reason: string): void {
+    if (this.restartReason !== undefined || this.signal.aborted) return;
+    this.restartReason = reason;
+    this.log.info({ reason }, 'kubelet restart detected; re-registering');
+    this.opts.metrics.kubeletRestarts.inc({ pool: this.opts.pool.name });
+    this.wake();
+  }
+
+  private setRegistered(registered: boolean, error?: string): void {
+    const changed = this.state.registered !== registered || this.state.error !== error;
+    this.state.registered = registered;
+    if (error === undefined) delete this.state.error;
+    else this.state.error = error;
+    if (changed) this.opts.onStateChange?.();
+  }
+
+  private async run(): Promise<void> {
+    const unsubscribe = this.opts.watcher.onChange(() => this.check());
+    const register = this.opts.register ?? registerWithKubelet;
+    let startDelay = 100;
+    try {
+      while (!this.signal.aborted) {
+        this.restartReason = undefined;
+        const server = new PoolServer(this.socketPath, this.serverView(), this.log);
+        try {
+          await server.start();
+          startDelay = 100;
+        } catch (err) {
+          this.log.error({ err, socket: this.socketPath }, 'cannot serve the plugin socket; retrying');
+          this.setRegistered(false, `cannot serve ${this.socketPath}: ${String(err)}`);
+          await server.stop(false);
+          await this.sleep(startDelay);
+          startDelay = Math.min(startDelay * 2, 5000);
+          continue;
+        }
+        this.server = server;
+        server.onStreamEnd(() => this.requestRestart('ListAndWatch stream ended'));
+        let delay = 100;
+        while (!this.signal.aborted && this.restartReason === undefined) {
+          const kubelet = this.opts.watcher.kubeletIdentity();
+          this.lastSeenKubelet = kubelet;
+          if (kubelet === undefined) {
+            this.setRegistered(false, 'kubelet.sock is absent');
+            await this.sleep(delay);
+            delay = Math.min(delay * 2, 2000);
+            continue;
+          }
+          try {
+            await register({ kubeletSocket: this.opts.watcher.kubeletSocket, endpoint: socketName(this.opts.pool.name), resourceName: this.opts.pool.resourceName });
+            this.registeredKubelet = kubelet;
+            this.state.registrations++;
+            this.opts.metrics.registrations.inc({ pool: this.opts.pool.name, result: 'ok' });
+            this.log.info({ resourceName: this.opts.pool.resourceName, socket: this.socketPath }, 'registered with the kubelet');
+            this.setRegistered(true);
+            break;
+          } catch (err) {
+            this.opts.metrics.registrations.inc({ pool: this.opts.pool.name, result: 'error' });
+            const message = (err as grpc.ServiceError).details || String(err);
+            this.log.warn({ err: message, retryInMs: delay }, 'Register failed; retrying');
+            this.setRegistered(false, `Register failed: ${message}`);
+            await this.sleep(delay);
+            delay = Math.min(delay * 2, 5000);
+          }
+        }
+        // Serve until a restart is wanted or we are stopped; the watcher wakes us.
+        while (!this.signal.aborted && this.restartReason === undefined) await this.sleep(5000);
+        this.server = undefined;
+        this.setRegistered(false, this.signal.aborted ? undefined : this.restartReason);
+        await server.stop(this.signal.aborted);
+      }
+    } finally {
+      unsubscribe();
+      this.cleanupFiles();
+      this.setRegistered(false);
+    }
+  }
+
+  private cleanupFiles(): void {
+    for (const [id, s] of this.slices) if (wantsDevinfo(this.opts.pool, s)) this.removeDevinfo(id);
+    for (const id of [...this.devinfoWritten.keys()]) this.removeDevinfo(id);
+    if (this.opts.cdi.enabled) {
+      try {
+        syncCdiSpec(this.opts.cdi.dir, this.opts.pool.name, undefined);
+      } catch (err) {
+        this.log.warn({ err }, 'cannot remove CDI spec');
+      }
+    }
+  }
+
+  private removeDevinfo(id: string): void {
+    const name = this.devinfoWritten.get(id) ?? devinfoFileName(this.opts.pool.resourceName, id);
+    this.devinfoWritten.delete(id);
+    try {
+      rmSync(join(this.opts.devinfoDir, name), { force: true });
+    } catch (err) {
+      this.log.warn({ err, file: name }, 'cannot remove device-info file');
+    }
+  }
+
+  private serverView(): ServerView {
+    const pool = this.opts.pool;
+    const Allocate: DevicePluginHandlers['Allocate'] = (call, cb) => {
+      const t0 = process.hrtime.bigint();
+      const elapsed = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
+      const out = allocate(call.request, pool, this.slices, { cdi: this.opts.cdi.enabled });
+      if (!out.ok) {
+        this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
+        this.log.warn({ code: out.code, error: out.message }, 'Allocate rejected');
+        cb({ code: grpc.status[out.code], details: out.message });
+        return;
+      }
+      for (const f of out.devinfo) {
+        try {
+          writeDevinfoFile(this.opts.devinfoDir, f);
+          this.devinfoWritten.set(f.deviceId, f.fileName);
+        } catch (err) {
+          this.log.error({ err, file: f.fileName }, 'cannot write Multus device-info file');
+          if (pool.consumption === 'SRIOVNetwork') {
+            this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
+            cb({ code: grpc.status.INTERNAL, details: `pool ${pool.name}: cannot write device-info file ${f.fileName}: ${String(err)}` });
+            return;
+          }
+        }
+      }
+      this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, elapsed());
+      const ids = call.request.containerRequests.flatMap((c) => c.devicesIds);
+      this.log.info({ ids }, 'allocated');
+      cb(null, out.response);
+      this.opts.onAllocated?.(pool.name, ids);
+    };
+    const GetPreferredAllocation: DevicePluginHandlers['GetPreferredAllocation'] = (call, cb) => {
+      try {
+        const containerResponses = call.request.containerRequests.map((r) => ({ deviceIDs: preferredAllocation(r, pool, this.slices) }));
+        cb(null, { containerResponses });
+      } catch (err) {
+        this.log.error({ err }, 'GetPreferredAllocation failed');
+        cb({ code: grpc.status.INTERNAL, details: String(err) });
+      }
+    };
+    return { devices: () => deviceList(this.slices.values()), handlers: { Allocate, GetPreferredAllocation } };
+  }
+}
