@@ -12,20 +12,22 @@
 #
 #   VIO_CACHE          cache root (default $HOME/.cache/virtualio)
 #   K8S_VERSION        Kubernetes release for kubelet-dm (default 1.36.3)
-#   KUBEVIRT_VERSION   KubeVirt release (default 1.9.0)
+#   KUBEVIRT_VERSION       KubeVirt release for kubevirt-hostdev (default 1.9.0, the newest on the proxy)
+#   KUBEVIRT_CRD_VERSION   KubeVirt release for kubevirt-crds (default 1.8.4: v1.9.0's virt-operator
+#                          packages need kubevirt.io/virt-template-api v0.2.0, which the module proxy
+#                          does not serve ("403 This module version is not available"))
 set -euo pipefail
+shopt -s inherit_errexit
 
 K8S_VERSION=${K8S_VERSION:-1.36.3}
 KUBEVIRT_VERSION=${KUBEVIRT_VERSION:-1.9.0}
+KUBEVIRT_CRD_VERSION=${KUBEVIRT_CRD_VERSION:-1.8.4}
 CACHE=${VIO_CACHE:-$HOME/.cache/virtualio}
 OUT="$CACHE/conformance"
 SRC="$CACHE/src"
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
-# KubeVirt's virt-launcher packages link libvirt through cgo elsewhere; building without cgo proves
-# the harness stays on the pure-Go host-device code.
-export CGO_ENABLED=0
 
 log() { printf '[conformance] %s\n' "$*" >&2; }
 mkdir -p "$OUT/bin" "$SRC"
@@ -34,7 +36,7 @@ exec 9>"$OUT/.lock"
 flock 9
 
 # stamp <files...>: a hash of the inputs of a target (sources, versions, this script).
-stamp() { cat "$@" "$HERE/build.sh" | { cat; echo "k8s=$K8S_VERSION kubevirt=$KUBEVIRT_VERSION"; } | sha256sum | cut -c1-16; }
+stamp() { cat "$@" "$HERE/build.sh" | { cat; echo "k8s=$K8S_VERSION kubevirt=$KUBEVIRT_VERSION/$KUBEVIRT_CRD_VERSION"; } | sha256sum | cut -c1-16; }
 
 # fresh <output> <stamp>: true when <output> exists and was built from these inputs.
 fresh() { [ -e "$1" ] && [ -f "$1.stamp" ] && [ "$(cat "$1.stamp")" = "$2" ]; }
@@ -63,20 +65,24 @@ k8s_module() {
   echo "$dir"
 }
 
-# kubevirt_module: a wrapper module requiring kubevirt.io/kubevirt. Go ignores a dependency's
-# replace directives, so KubeVirt's own replaces are copied, with its staging modules
-# (./staging/src/kubevirt.io/{api,client-go}) pointed at their published versions.
+# kubevirt_module <version>: a wrapper module requiring kubevirt.io/kubevirt. Go ignores a
+# dependency's replace directives, so KubeVirt's own replaces are copied, with its staging modules
+# (./staging/src/kubevirt.io/{api,client-go}) pointed at their published versions. The go.sum starts
+# as KubeVirt's own go.sum: the checksum database does not answer for some of its dependencies
+# (libvirt.org/go/libvirt, kubevirt.io/virt-template-*), and KubeVirt's go.sum pins the same hashes.
 kubevirt_module() {
-  local dir="$SRC/conformance-kubevirt-$KUBEVIRT_VERSION"
+  local version=$1 dir="$SRC/conformance-kubevirt-$1"
   mkdir -p "$dir"
   if [ ! -f "$dir/go.mod" ]; then
-    local kvmod
-    kvmod=$(cd "$SRC" && go mod download -json "kubevirt.io/kubevirt@v$KUBEVIRT_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    local kvmod kvdir
+    kvmod=$(cd "$SRC" && go mod download -json "kubevirt.io/kubevirt@v$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    kvdir=$(cd "$SRC" && go mod download -json "kubevirt.io/kubevirt@v$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
     (
       cd "$dir"
       go mod init local.test/conformance-kubevirt >/dev/null 2>&1
-      go mod edit -go=1.26.0 -require="kubevirt.io/kubevirt@v$KUBEVIRT_VERSION"
-      awk -v v="$KUBEVIRT_VERSION" '
+      go mod edit -go=1.26.0 -require="kubevirt.io/kubevirt@v$version"
+      cp "$kvdir/go.sum" go.sum && chmod u+w go.sum
+      awk -v v="$version" '
         function rep(old, new, ver) { if (new ~ /^\.\//) print old "=" old "@v" v; else print old "=" new "@" ver }
         /^replace \(/ { inblock = 1; next }
         inblock && /^\)/ { inblock = 0; next }
@@ -88,38 +94,45 @@ kubevirt_module() {
   echo "$dir"
 }
 
-# build_cmd <module dir> <name> <source main.go>: copies the main.go in as ./cmd/<name> and builds it.
+# build_cmd <module dir> <name> <source main.go> [go build flags...]: copies the main.go in as
+# ./cmd/<name> and builds it.
 build_cmd() {
   local dir=$1 name=$2 main=$3 bin="$OUT/bin/$2" st
+  shift 3
   st=$(stamp "$main")
   if fresh "$bin" "$st"; then echo "$bin"; return; fi
   log "building $name (first time only)"
   mkdir -p "$dir/cmd/$name"
   cp "$main" "$dir/cmd/$name/main.go"
-  (cd "$dir" && go mod tidy >&2 && go build -trimpath -ldflags "-s -w" -o "$bin" "./cmd/$name" >&2)
+  (cd "$dir" && go mod tidy >&2 && go build -trimpath -ldflags "-s -w" "$@" -o "$bin" "./cmd/$name" >&2)
   echo "$st" > "$bin.stamp"
   echo "$bin"
 }
 
 build_kubelet_dm() {
-  local dir
+  local dir bin
   dir=$(k8s_module)
-  echo "kubelet-dm=$(build_cmd "$dir" kubelet-dm "$HERE/kubelet-dm/main.go")"
+  bin=$(CGO_ENABLED=0 build_cmd "$dir" kubelet-dm "$HERE/kubelet-dm/main.go")
+  echo "kubelet-dm=$bin"
 }
 
+# The host-device package also holds virt-launcher's hotplug code, which imports libvirt's Go
+# binding (cgo). The binding's libvirt_dlopen tag compiles without libvirt's headers and only loads
+# libvirt.so on a first libvirt call, which the host-device functions never make.
 build_kubevirt_hostdev() {
-  local dir
-  dir=$(kubevirt_module)
-  echo "kubevirt-hostdev=$(build_cmd "$dir" kubevirt-hostdev "$HERE/kubevirt-hostdev/main.go")"
+  local dir bin
+  dir=$(kubevirt_module "$KUBEVIRT_VERSION")
+  bin=$(CGO_ENABLED=1 build_cmd "$dir" kubevirt-hostdev "$HERE/kubevirt-hostdev/main.go" -tags libvirt_dlopen)
+  echo "kubevirt-hostdev=$bin"
 }
 
 build_kubevirt_crds() {
-  local dir gen crds="$OUT/kubevirt-v$KUBEVIRT_VERSION-crds" st
-  dir=$(kubevirt_module)
-  gen=$(build_cmd "$dir" kubevirt-crd-gen "$REPO/test/kubevirt/crd-gen/main.go")
+  local dir gen crds="$OUT/kubevirt-v$KUBEVIRT_CRD_VERSION-crds" st
+  dir=$(kubevirt_module "$KUBEVIRT_CRD_VERSION")
+  gen=$(CGO_ENABLED=0 build_cmd "$dir" kubevirt-crd-gen "$REPO/test/kubevirt/crd-gen/main.go")
   st=$(stamp "$REPO/test/kubevirt/crd-gen/main.go")
   if ! fresh "$crds" "$st" || [ ! -f "$crds/kubevirts.kubevirt.io.yaml" ]; then
-    log "generating KubeVirt v$KUBEVIRT_VERSION CRDs"
+    log "generating KubeVirt v$KUBEVIRT_CRD_VERSION CRDs"
     rm -rf "$crds.tmp" && mkdir -p "$crds.tmp"
     "$gen" --out "$crds.tmp" >&2
     rm -rf "$crds" && mv "$crds.tmp" "$crds"

@@ -184,9 +184,9 @@ type errorSink struct {
 	values    []any
 }
 
-func (s *errorSink) Init(logr.RuntimeInfo)          {}
-func (s *errorSink) Enabled(level int) bool         { return level <= s.verbosity }
-func (s *errorSink) WithName(string) logr.LogSink   { return s }
+func (s *errorSink) Init(logr.RuntimeInfo)        {}
+func (s *errorSink) Enabled(level int) bool       { return level <= s.verbosity }
+func (s *errorSink) WithName(string) logr.LogSink { return s }
 func (s *errorSink) Info(level int, msg string, kv ...any) {
 	fmt.Fprintln(os.Stderr, append(append([]any{"kubelet:", msg}, s.values...), kv...)...)
 }
