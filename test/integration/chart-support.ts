@@ -1,0 +1,133 @@
+// Helpers for the chart, policy, examples and image suites: the built helm binary, rendering the chart
+// into objects, ServiceAccount tokens from the real TokenRequest API, and raw API requests made with
+// such a token (so the request is authenticated exactly as an in-cluster agent's would be).
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import YAML from 'yaml';
+import { REPO_ROOT } from '../cluster/control-plane.js';
+import { clusterEnv, kubectlOk } from '../support/cluster.js';
+
+const run = promisify(execFile);
+
+/** The chart under test (the working tree). */
+export const CHART_DIR = join(REPO_ROOT, 'charts/virtualio');
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the built helm against the test cluster; never throws on a non-zero exit. */
+export async function helm(args: string[], opts: { binary?: string } = {}): Promise<ExecResult> {
+  const env = clusterEnv();
+  try {
+    const { stdout, stderr } = await run(opts.binary ?? join(env.binDir, 'helm'), [...args, '--kubeconfig', env.kubeconfig], {
+      maxBuffer: 64 * 1024 * 1024,
+      // helm keeps its caches and repository config out of the user's home.
+      env: { ...process.env, HELM_CACHE_HOME: '/tmp/vio-helm/cache', HELM_CONFIG_HOME: '/tmp/vio-helm/config', HELM_DATA_HOME: '/tmp/vio-helm/data' },
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+  }
+}
+
+/** helm that must succeed. */
+export async function helmOk(args: string[], opts: { binary?: string } = {}): Promise<string> {
+  const r = await helm(args, opts);
+  if (r.code !== 0) throw new Error(`helm ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** A Kubernetes object as parsed from YAML. */
+export interface KubeObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  [key: string]: unknown;
+}
+
+/** Parses a multi-document YAML stream into objects, skipping empty documents. */
+export function parseObjects(text: string): KubeObject[] {
+  return YAML.parseAllDocuments(text).map((d) => d.toJS() as KubeObject | null).filter((o): o is KubeObject => !!o && typeof o === 'object');
+}
+
+/** `helm template` of the working-tree chart with `--set`-style values; returns the objects. */
+export async function renderChart(release: string, namespace: string, set: string[] = [], extra: string[] = []): Promise<KubeObject[]> {
+  const args = ['template', release, CHART_DIR, '--namespace', namespace, ...set.flatMap((s) => ['--set', s]), ...extra];
+  return parseObjects(await helmOk(args));
+}
+
+/** The one object of a kind (and name suffix, when given); throws when it is not exactly one. */
+export function only(objects: KubeObject[], kind: string, nameSuffix = ''): KubeObject {
+  const found = objects.filter((o) => o.kind === kind && o.metadata.name.endsWith(nameSuffix));
+  if (found.length !== 1) throw new Error(`expected one ${kind} *${nameSuffix}, found ${found.map((o) => o.metadata.name).join(', ') || 'none'}`);
+  return found[0]!;
+}
+
+/** Issues a ServiceAccount token with the TokenRequest API, optionally bound to a Pod. */
+export async function tokenFor(namespace: string, serviceAccount: string, boundPod?: { name: string; uid: string }): Promise<string> {
+  const body = {
+    apiVersion: 'authentication.k8s.io/v1',
+    kind: 'TokenRequest',
+    spec: {
+      audiences: [],
+      expirationSeconds: 3600,
+      ...(boundPod ? { boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: boundPod.name, uid: boundPod.uid } } : {}),
+    },
+  };
+  const out = await kubectlOk(['create', '--raw', `/api/v1/namespaces/${namespace}/serviceaccounts/${serviceAccount}/token`, '-f', '-'], {
+    input: JSON.stringify(body),
+  });
+  const token = (JSON.parse(out) as { status?: { token?: string } }).status?.token;
+  if (!token) throw new Error(`TokenRequest for ${namespace}/${serviceAccount} returned no token: ${out}`);
+  return token;
+}
+
+export interface ApiResponse {
+  status: number;
+  body: { message?: string; [key: string]: unknown };
+}
+
+/** One request to the test API server authenticated by a bearer token (no client certificate). */
+export function apiRequest(token: string, method: string, path: string, payload?: unknown, contentType = 'application/json'): Promise<ApiResponse> {
+  const env = clusterEnv();
+  const caFile = join(process.env.VIO_CP_DIR ?? '', 'ca.crt');
+  const data = payload === undefined ? undefined : JSON.stringify(payload);
+  return new Promise((resolve, reject) => {
+    const req = request(`${env.server}${path}`, {
+      method,
+      ca: readFileSync(caFile),
+      headers: {
+        Authorization: `Bearer ${token}`,
+        Accept: 'application/json',
+        ...(data === undefined ? {} : { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(data) }),
+      },
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => {
+        let body: ApiResponse['body'];
+        try {
+          body = JSON.parse(text) as ApiResponse['body'];
+        } catch {
+          body = { message: text };
+        }
+        resolve({ status: res.statusCode ?? 0, body });
+      });
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+/** Creates a namespace if it does not exist (namespaces are never deleted: there is no namespace controller). */
+export async function ensureNamespace(name: string): Promise<void> {
+  await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } }) });
+}
