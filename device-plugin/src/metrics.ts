@@ -46,10 +46,20 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}): AgentMet
 export type Readiness = () => { ready: boolean; reason?: string };
 
 /**
- * Serves GET /metrics, /healthz (always 200 while the process runs) and /readyz (200 when
- * `readiness` says ready, 503 with the reason otherwise) until `signal` aborts. Resolves once listening.
+ * Serves GET /metrics, /healthz (always 200 while the process runs), /readyz (200 when
+ * `readiness` says ready, 503 with the reason otherwise) and /status (when given) until `signal`
+ * aborts. Resolves once listening.
  */
-export async function serveMetrics(opts: { host: string; port: number; metrics: AgentMetrics; readiness: Readiness; logger: Logger; signal: AbortSignal }): Promise<Server> {
+export async function serveMetrics(opts: {
+  host: string;
+  port: number;
+  metrics: AgentMetrics;
+  readiness: Readiness;
+  /** Optional JSON document served at /status (the agent's last VirtualIONode status). */
+  status?: () => unknown;
+  logger: Logger;
+  signal: AbortSignal;
+}): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {
@@ -57,6 +67,8 @@ export async function serveMetrics(opts: { host: string; port: number; metrics: 
     } else if (path === '/readyz') {
       const r = opts.readiness();
       res.writeHead(r.ready ? 200 : 503, { 'content-type': 'text/plain' }).end(r.ready ? 'ok\n' : `not ready: ${r.reason ?? 'unknown'}\n`);
+    } else if (path === '/status' && opts.status) {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(opts.status() ?? null)}\n`);
     } else if (path === '/metrics') {
       opts.metrics.registry.metrics().then(
         (text) => res.writeHead(200, { 'content-type': opts.metrics.registry.contentType }).end(text),

@@ -76,6 +76,15 @@ export class PoolPlugin {
     return this.opts.pool;
   }
 
+  /**
+   * Takes plan changes that keep the pool's identity (consumption, policy, class, mode); a new name
+   * or resource name needs a new PoolPlugin.
+   */
+  setPool(pool: PoolSpec): void {
+    if (pool.name !== this.opts.pool.name || pool.resourceName !== this.opts.pool.resourceName) throw new Error('setPool cannot change the pool identity');
+    this.opts.pool = pool;
+  }
+
   /** The current snapshot of the pool's slices. */
   snapshot(): ReadonlyMap<string, Slice> {
     return this.slices;
@@ -248,8 +257,8 @@ export class PoolPlugin {
   }
 
   private serverView(): ServerView {
-    const pool = this.opts.pool;
     const Allocate: DevicePluginHandlers['Allocate'] = (call, cb) => {
+      const pool = this.opts.pool;
       const t0 = process.hrtime.bigint();
       const elapsed = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
       const out = allocate(call.request, pool, this.slices, { cdi: this.opts.cdi.enabled });
@@ -279,6 +288,7 @@ export class PoolPlugin {
       this.opts.onAllocated?.(pool.name, ids);
     };
     const GetPreferredAllocation: DevicePluginHandlers['GetPreferredAllocation'] = (call, cb) => {
+      const pool = this.opts.pool;
       try {
         const containerResponses = call.request.containerRequests.map((r) => ({ deviceIDs: preferredAllocation(r, pool, this.slices) }));
         cb(null, { containerResponses });

@@ -1,0 +1,165 @@
+// Cluster mode: the plan comes from the agent's own VirtualIONode and the status goes back to it.
+// This module only knows the KubeAgentPort interface; src/kube/adapter.ts implements it with
+// @kubernetes/client-node (the only runtime importer of that package in the agent).
+import type { VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import type { Logger } from '../log.js';
+import type { PodInfo } from '../podresources/client.js';
+import { validatePlan, type PlanSource, type PlanState } from './plan.js';
+
+/** What the agent needs from the API server. */
+export interface KubeAgentPort {
+  /** UID of the Node object, or undefined when it does not exist. */
+  getNodeUid(name: string): Promise<string | undefined>;
+  /** Creates the VirtualIONode (owned by the Node) when missing; returns the current object. */
+  ensureVirtualIONode(name: string, nodeUid: string | undefined): Promise<VirtualIONode>;
+  /**
+   * Watches one VirtualIONode until `signal` aborts, re-listing and re-watching after errors.
+   * `onObject(undefined)` means it was deleted.
+   */
+  watchVirtualIONode(name: string, onObject: (obj: VirtualIONode | undefined) => void, signal: AbortSignal): Promise<void>;
+  /** Server-side apply of the status subresource (field manager virtualio-agent, force). */
+  applyStatus(name: string, status: VirtualIONodeStatus): Promise<void>;
+  getPod(namespace: string, name: string): Promise<PodInfo | undefined>;
+}
+
+/** Plan from the watched VirtualIONode's spec (validated like a plan file), with its generation. */
+export class ClusterPlanSource implements PlanSource {
+  private state: PlanState = { kind: 'none', message: 'VirtualIONode not read yet' };
+  private readonly log: Logger;
+  /** UID of the object seen last (a new UID means it was re-created). */
+  uid: string | undefined;
+
+  constructor(
+    private readonly kube: KubeAgentPort,
+    private readonly nodeName: string,
+    logger: Logger,
+    private readonly onRecreated?: () => void,
+  ) {
+    this.log = logger.child({ component: 'cluster-plan', node: nodeName });
+  }
+
+  current(): PlanState {
+    return this.state;
+  }
+
+  /** Applies one observed object (exposed for tests). */
+  observe(obj: VirtualIONode | undefined): void {
+    if (!obj) {
+      this.state = { kind: 'error', message: `VirtualIONode ${this.nodeName} was deleted; serving the last plan until it is re-created` };
+      this.uid = undefined;
+      return;
+    }
+    if (obj.metadata.uid && this.uid && obj.metadata.uid !== this.uid) this.onRecreated?.();
+    if (obj.metadata.uid) this.uid = obj.metadata.uid;
+    const r = validatePlan(obj.spec ?? {});
+    const generation = obj.metadata.generation;
+    this.state = r.ok ? { kind: 'ok', spec: r.spec, ...(generation !== undefined ? { generation } : {}) } : { kind: 'error', message: `invalid VirtualIONode spec: ${r.message}` };
+  }
+
+  async run(signal: AbortSignal, onChange: () => void): Promise<void> {
+    let delay = 500;
+    // Make sure the object exists (owned by the Node), then watch it.
+    while (!signal.aborted) {
+      try {
+        const uid = await this.kube.getNodeUid(this.nodeName);
+        if (!uid) this.log.warn('Node object not found; creating the VirtualIONode without an owner');
+        const obj = await this.kube.ensureVirtualIONode(this.nodeName, uid);
+        this.observe(obj);
+        onChange();
+        break;
+      } catch (err) {
+        this.state = { kind: this.state.kind === 'ok' ? 'ok' : 'none', message: `cannot read VirtualIONode: ${String(err)}` } as PlanState;
+        this.log.warn({ err: String(err), retryInMs: delay }, 'cannot ensure VirtualIONode; retrying');
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 30_000);
+      }
+    }
+    let lastText = '';
+    await this.kube.watchVirtualIONode(
+      this.nodeName,
+      (obj) => {
+        const text = JSON.stringify([obj?.metadata.uid, obj?.metadata.generation, obj?.spec]);
+        if (text === lastText) return;
+        lastText = text;
+        this.observe(obj);
+        if (!obj) {
+          // Re-create it (the agent owns its existence); the next watch event picks it up.
+          void this.kube.getNodeUid(this.nodeName).then(
+            (uid) => this.kube.ensureVirtualIONode(this.nodeName, uid),
+            () => undefined,
+          ).catch((err: unknown) => this.log.warn({ err: String(err) }, 'cannot re-create VirtualIONode'));
+        }
+        onChange();
+      },
+      signal,
+    );
+  }
+}
+
+/**
+ * Writes status only when it changed since the last successful write, debounced, retrying with
+ * backoff on errors. `reset()` forgets what was written (e.g. the object was re-created).
+ */
+export class StatusWriter {
+  private pending: VirtualIONodeStatus | undefined;
+  private written = '';
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight = false;
+  private backoffMs = 0;
+  private readonly log: Logger;
+  /** Successful writes (for tests and metrics). */
+  writes = 0;
+
+  constructor(
+    private readonly kube: KubeAgentPort,
+    private readonly nodeName: string,
+    logger: Logger,
+    private readonly signal: AbortSignal,
+    private readonly debounceMs = 500,
+  ) {
+    this.log = logger.child({ component: 'status-writer' });
+    signal.addEventListener('abort', () => this.timer && clearTimeout(this.timer), { once: true });
+  }
+
+  /** Queues a status; only the newest is written. */
+  submit(status: VirtualIONodeStatus): void {
+    this.pending = status;
+    this.schedule(this.debounceMs);
+  }
+
+  reset(): void {
+    this.written = '';
+  }
+
+  private schedule(ms: number): void {
+    if (this.timer || this.inFlight || this.signal.aborted) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.flush();
+    }, ms);
+  }
+
+  private async flush(): Promise<void> {
+    const status = this.pending;
+    if (!status || this.signal.aborted) return;
+    const text = JSON.stringify(status);
+    if (text === this.written) {
+      this.pending = undefined;
+      return;
+    }
+    this.inFlight = true;
+    try {
+      await this.kube.applyStatus(this.nodeName, status);
+      this.written = text;
+      this.writes++;
+      this.backoffMs = 0;
+      if (this.pending === status) this.pending = undefined;
+    } catch (err) {
+      this.backoffMs = Math.min(Math.max(1000, this.backoffMs * 2), 30_000);
+      this.log.warn({ err: String(err), retryInMs: this.backoffMs }, 'cannot write VirtualIONode status; retrying');
+    } finally {
+      this.inFlight = false;
+    }
+    if (this.pending) this.schedule(this.backoffMs || this.debounceMs);
+  }
+}

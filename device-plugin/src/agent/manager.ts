@@ -1,0 +1,351 @@
+// The agent's one loop (STYLE P8/P9): plan → scan → carve (never what a pod holds) → slices → diff
+// → per-pool device plugin servers → status. Driven by one AbortSignal; triggered by plan changes,
+// a rescan timer, filesystem events under the dev and sysfs roots, and PodResources changes.
+// Nothing here throws out of the loop: errors are logged, reported in status and retried.
+import { watch, type FSWatcher } from 'node:fs';
+import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import type { Logger } from '../log.js';
+import type { AgentMetrics } from '../metrics.js';
+import type { BlockedChange, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
+import type { PluginDirWatcher } from '../kubelet/watcher.js';
+import { PoolPlugin } from '../plugin/pool.js';
+import type { PoolSpec } from '../plugin/allocate.js';
+import { PodResourcesWatcher, type PodLookup } from '../podresources/client.js';
+import type { PlanSource } from './plan.js';
+import type { NodeOps, StatusSink } from './ports.js';
+import { buildStatus, type Condition } from './status.js';
+
+export interface ManagerOptions {
+  nodeName: string;
+  agentVersion: string;
+  ops: NodeOps;
+  plan: PlanSource;
+  pluginDir: string;
+  podResourcesSocket: string;
+  devinfoDir: string;
+  cdi: { enabled: boolean; dir: string };
+  watcher: PluginDirWatcher;
+  logger: Logger;
+  metrics: AgentMetrics;
+  rescanIntervalMs: number;
+  /** Folders whose changes trigger a rescan (e.g. <dev-root>/vfio, <sysfs>/bus/pci/devices). */
+  watchPaths: string[];
+  statusSink?: StatusSink;
+  lookupPod?: PodLookup;
+  /** Wall clock for condition timestamps. */
+  now?: () => Date;
+  /** PodResources timings (tests and benchmarks shorten them). */
+  podResources?: { intervalMs?: number; minGapMs?: number; afterAllocateMs?: number };
+}
+
+function poolSpec(p: PoolPlan): PoolSpec {
+  const s: PoolSpec = { name: p.name, resourceName: p.resourceName, class: p.class, mode: p.mode, consumption: p.consumption };
+  if (p.policy) s.policy = p.policy;
+  return s;
+}
+
+/** Which pool a carving write belongs to: the pool listing the device its path names. */
+function poolOfPath(path: string, pools: readonly PoolPlan[]): string {
+  for (const p of pools) for (const d of p.devices ?? []) if (path.includes(d.pciAddress)) return p.name;
+  return '';
+}
+
+export class AgentManager {
+  private readonly log: Logger;
+  private readonly plugins = new Map<string, PoolPlugin>();
+  private readonly podres: PodResourcesWatcher;
+  private wantScan = true;
+  private wantStatus = false;
+  private waker: (() => void) | undefined;
+  private lastSpec: VirtualIONodeSpec | undefined;
+  private lastGeneration: number | undefined;
+  private inventory: Inventory = { devices: [] };
+  private slices: Slice[] = [];
+  private blocked: BlockedChange[] = [];
+  private carvingErrors: { pool: string; message: string }[] = [];
+  private scanError: string | undefined;
+  private lastStatus: VirtualIONodeStatus | undefined;
+  private lastStatusText = '';
+  private conditions: Condition[] = [];
+  private readonly fsWatchers = new Map<string, FSWatcher>();
+  private debounce: NodeJS.Timeout | undefined;
+  private signal: AbortSignal = new AbortController().signal;
+  /** Cycles completed (for tests and logs). */
+  cycles = 0;
+
+  constructor(private readonly opts: ManagerOptions) {
+    this.log = opts.logger.child({ component: 'manager' });
+    this.podres = new PodResourcesWatcher({
+      socket: opts.podResourcesSocket,
+      logger: opts.logger,
+      metrics: opts.metrics,
+      resourceNames: () => new Set((this.lastSpec?.pools ?? []).map((p) => p.resourceName)),
+      onChange: () => this.trigger('podresources'),
+      ...(opts.lookupPod ? { lookupPod: opts.lookupPod } : {}),
+      ...opts.podResources,
+    });
+  }
+
+  /** /readyz: a plan is loaded and every pool of it is registered with the kubelet. */
+  readiness(): { ready: boolean; reason?: string } {
+    const state = this.opts.plan.current();
+    if (!this.lastSpec) return { ready: false, reason: state.kind === 'ok' ? 'plan not applied yet' : state.message };
+    const active = (this.lastSpec.pools ?? []).filter((p) => !p.deleting);
+    const missing = active.filter((p) => !this.plugins.get(p.name)?.state.registered).map((p) => p.name);
+    if (missing.length) return { ready: false, reason: `pools not registered: ${missing.join(', ')}` };
+    return { ready: true };
+  }
+
+  /** The last status built (also served at /status). */
+  status(): VirtualIONodeStatus | undefined {
+    return this.lastStatus;
+  }
+
+  /** Asks the loop for a rescan ('scan'-like reasons) or only a status refresh. */
+  trigger(reason: 'plan' | 'timer' | 'fs' | 'podresources' | 'registration' | 'allocate'): void {
+    if (reason === 'registration') this.wantStatus = true;
+    else this.wantScan = true;
+    if (reason === 'podresources') this.wantScan = true; // carving may be unblocked
+    this.waker?.();
+  }
+
+  /** Runs until `signal` aborts, then stops every pool (empty lists, sockets and files removed). */
+  async run(signal: AbortSignal): Promise<void> {
+    this.signal = signal;
+    const planRun = this.opts.plan.run(signal, () => this.trigger('plan')).catch((err: unknown) => this.log.error({ err }, 'plan source failed'));
+    const podresRun = this.podres.run(signal);
+    this.opts.watcher.start();
+    const timer = setInterval(() => this.trigger('timer'), this.opts.rescanIntervalMs);
+    this.attachWatches();
+    try {
+      while (!signal.aborted) {
+        if (!this.wantScan && !this.wantStatus) {
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              this.waker = undefined;
+              signal.removeEventListener('abort', done);
+              resolve();
+            };
+            this.waker = done;
+            signal.addEventListener('abort', done, { once: true });
+          });
+          continue;
+        }
+        try {
+          if (this.wantScan) {
+            this.wantScan = false;
+            this.wantStatus = false;
+            await this.cycle();
+          } else {
+            this.wantStatus = false;
+            this.publishStatus();
+          }
+        } catch (err) {
+          this.log.error({ err }, 'agent cycle failed; retrying on the next trigger');
+          this.scanError = `agent cycle failed: ${String(err)}`;
+        }
+      }
+    } finally {
+      clearInterval(timer);
+      if (this.debounce) clearTimeout(this.debounce);
+      for (const w of this.fsWatchers.values()) w.close();
+      this.fsWatchers.clear();
+      await Promise.all([...this.plugins.values()].map((p) => p.stop()));
+      this.plugins.clear();
+      await Promise.all([planRun, podresRun]);
+      this.log.info('agent stopped');
+    }
+  }
+
+  /** fs.watch on each watched folder that exists; re-tried on every cycle for folders that appear later. */
+  private attachWatches(): void {
+    for (const path of this.opts.watchPaths) {
+      if (this.fsWatchers.has(path)) continue;
+      try {
+        const w = watch(path, { persistent: false }, () => {
+          if (this.debounce) return;
+          this.debounce = setTimeout(() => {
+            this.debounce = undefined;
+            this.trigger('fs');
+          }, 100);
+        });
+        w.on('error', () => {
+          w.close();
+          this.fsWatchers.delete(path);
+        });
+        this.fsWatchers.set(path, w);
+      } catch {
+        /* not there (yet); the rescan timer covers it */
+      }
+    }
+  }
+
+  private async cycle(): Promise<void> {
+    this.cycles++;
+    const state = this.opts.plan.current();
+    if (state.kind === 'ok') {
+      this.lastSpec = state.spec;
+      this.lastGeneration = state.generation;
+    }
+    const ops = this.opts.ops;
+    try {
+      this.inventory = await ops.scan();
+      this.scanError = undefined;
+    } catch (err) {
+      this.scanError = `sysfs scan failed: ${String(err)}`;
+      this.log.error({ err }, 'sysfs scan failed; keeping the last inventory');
+    }
+    const spec = this.lastSpec;
+    if (spec) {
+      this.carve(spec);
+      await this.applyPending(spec);
+      try {
+        this.slices = ops.buildSlices(spec, this.inventory);
+      } catch (err) {
+        this.log.error({ err }, 'building slices failed; keeping the last slices');
+        this.scanError = `building slices failed: ${String(err)}`;
+      }
+    } else {
+      this.slices = [];
+    }
+    this.attachWatches();
+    await this.syncPools(spec);
+    this.publishStatus();
+  }
+
+  private pendingPlan: ReturnType<NodeOps['planCarving']> | undefined;
+
+  /** Plans carving; with PodResources unknown, every existing slice counts as held. */
+  private carve(spec: VirtualIONodeSpec): void {
+    let allocated: Set<string>;
+    if (this.podres.synced) allocated = new Set(this.podres.holders().keys());
+    else {
+      let existing: Slice[] = [];
+      try {
+        existing = this.opts.ops.buildSlices(spec, this.inventory);
+      } catch {
+        existing = this.slices;
+      }
+      allocated = new Set([...existing, ...this.slices].map((s) => s.id));
+    }
+    try {
+      this.pendingPlan = this.opts.ops.planCarving(spec, this.inventory, allocated);
+      this.blocked = this.pendingPlan.blocked;
+    } catch (err) {
+      this.pendingPlan = undefined;
+      this.carvingErrors = [{ pool: '', message: `carving plan failed: ${String(err)}` }];
+      this.log.error({ err }, 'carving plan failed');
+    }
+  }
+
+  private async applyPending(spec: VirtualIONodeSpec): Promise<void> {
+    const plan = this.pendingPlan;
+    this.pendingPlan = undefined;
+    if (!plan) return;
+    for (const b of plan.blocked) this.opts.metrics.carvingOperations.inc({ result: 'blocked' });
+    if (plan.writes.length === 0) {
+      this.carvingErrors = [];
+      return;
+    }
+    this.log.info({ writes: plan.writes.map((w) => `${w.path}=${w.value} (${w.why})`) }, 'carving');
+    let results: Awaited<ReturnType<NodeOps['applyCarving']>> = [];
+    try {
+      results = await this.opts.ops.applyCarving(plan);
+    } catch (err) {
+      this.carvingErrors = [{ pool: '', message: `carving failed: ${String(err)}` }];
+      this.log.error({ err }, 'carving failed');
+      this.opts.metrics.carvingOperations.inc({ result: 'error' });
+    }
+    const errors: { pool: string; message: string }[] = [];
+    for (const r of results) {
+      const result = r.error ? 'error' : r.skipped ? 'skipped' : 'ok';
+      this.opts.metrics.carvingOperations.inc({ result });
+      if (r.error) {
+        errors.push({ pool: poolOfPath(r.write.path, spec.pools ?? []), message: `${r.write.path}=${r.write.value}: ${r.error}` });
+        this.log.error({ path: r.write.path, value: r.write.value, error: r.error }, 'carving write failed');
+      }
+    }
+    this.carvingErrors = errors;
+    try {
+      this.inventory = await this.opts.ops.scan();
+    } catch (err) {
+      this.scanError = `sysfs scan failed: ${String(err)}`;
+    }
+  }
+
+  private async syncPools(spec: VirtualIONodeSpec | undefined): Promise<void> {
+    const wanted = new Map((spec?.pools ?? []).filter((p) => !p.deleting).map((p) => [p.name, p]));
+    const stops: Promise<void>[] = [];
+    for (const [name, plugin] of this.plugins) {
+      const w = wanted.get(name);
+      if (!w || w.resourceName !== plugin.pool.resourceName) {
+        this.log.info({ pool: name }, 'stopping pool server');
+        this.plugins.delete(name);
+        stops.push(plugin.stop());
+        this.opts.metrics.slices.remove({ pool: name, health: 'Healthy' });
+        this.opts.metrics.slices.remove({ pool: name, health: 'Unhealthy' });
+      }
+    }
+    await Promise.all(stops);
+    const byPool = new Map<string, Slice[]>();
+    for (const s of this.slices) {
+      const l = byPool.get(s.pool) ?? [];
+      l.push(s);
+      byPool.set(s.pool, l);
+    }
+    for (const [name, p] of wanted) {
+      let plugin = this.plugins.get(name);
+      if (!plugin) {
+        plugin = new PoolPlugin({
+          pool: poolSpec(p),
+          pluginDir: this.opts.pluginDir,
+          devinfoDir: this.opts.devinfoDir,
+          cdi: this.opts.cdi,
+          watcher: this.opts.watcher,
+          logger: this.opts.logger,
+          metrics: this.opts.metrics,
+          signal: this.signal,
+          onAllocated: () => this.podres.kick(),
+          onStateChange: () => this.trigger('registration'),
+        });
+        this.plugins.set(name, plugin);
+        this.log.info({ pool: name, resourceName: p.resourceName }, 'starting pool server');
+      } else {
+        plugin.setPool(poolSpec(p));
+      }
+      const sl = byPool.get(name) ?? [];
+      plugin.update(sl);
+      plugin.start();
+      this.opts.metrics.slices.set({ pool: name, health: 'Healthy' }, sl.filter((s) => s.health === 'Healthy').length);
+      this.opts.metrics.slices.set({ pool: name, health: 'Unhealthy' }, sl.filter((s) => s.health !== 'Healthy').length);
+    }
+  }
+
+  private publishStatus(): void {
+    const state = this.opts.plan.current();
+    const registration = new Map([...this.plugins].map(([n, p]) => [n, p.state]));
+    const status = buildStatus({
+      ...(this.lastGeneration !== undefined ? { generation: this.lastGeneration } : {}),
+      agentVersion: this.opts.agentVersion,
+      pools: this.lastSpec?.pools ?? [],
+      ...(state.kind === 'error' ? { planError: state.message } : {}),
+      planLoaded: this.lastSpec !== undefined,
+      inventory: this.inventory,
+      ...(this.scanError ? { scanError: this.scanError } : {}),
+      slices: this.slices,
+      holders: this.podres.holders(),
+      registration,
+      blocked: this.blocked,
+      carvingErrors: this.carvingErrors,
+      ...(this.podres.error ? { podResourcesError: this.podres.error } : {}),
+      previous: this.conditions,
+      now: (this.opts.now ?? (() => new Date()))(),
+    });
+    this.conditions = status.conditions ?? [];
+    const text = JSON.stringify(status);
+    this.lastStatus = status;
+    if (text === this.lastStatusText) return;
+    this.lastStatusText = text;
+    this.opts.statusSink?.(status);
+  }
+}

@@ -1,0 +1,165 @@
+// The plan (VirtualIONode.spec): validation shared by both modes, and the standalone source that
+// reads it from a file (YAML or JSON) and re-reads it when it changes.
+import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import type { Logger } from '../log.js';
+import type { PoolPlan, VirtualIONodeSpec } from '../model.js';
+
+/** The plan as last read: absent, valid, or invalid (with the last valid one kept by the caller). */
+export type PlanState =
+  | { kind: 'none'; message: string }
+  | { kind: 'ok'; spec: VirtualIONodeSpec; generation?: number }
+  | { kind: 'error'; message: string };
+
+/** A source of plans; `onChange` is called whenever `current()` may have changed. */
+export interface PlanSource {
+  current(): PlanState;
+  run(signal: AbortSignal, onChange: () => void): Promise<void>;
+}
+
+const NAME_RE = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+const PCI_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+const CLASSES = ['NIC', 'Storage', 'GPU'];
+const MODES = ['SRIOV', 'Mediated', 'Passthrough', 'NPIV'];
+const CONSUMPTIONS = ['HostDevice', 'MediatedDevice', 'SRIOVNetwork'];
+const POLICIES = ['NUMAAligned', 'Pack', 'Spread'];
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Validates a plan object: either a `VirtualIONode.spec` (`{pools: [...]}`) or a whole
+ * `VirtualIONode` (its `spec` is used). Returns every problem found, naming the pool and field.
+ */
+export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec } | { ok: false; message: string } {
+  if (doc === null || doc === undefined) return { ok: true, spec: { pools: [] } };
+  if (!isObject(doc)) return { ok: false, message: 'plan must be an object with a "pools" list' };
+  const spec = doc.kind === 'VirtualIONode' || 'spec' in doc ? doc.spec : doc;
+  if (spec === undefined || spec === null) return { ok: true, spec: { pools: [] } };
+  if (!isObject(spec)) return { ok: false, message: 'spec must be an object' };
+  const pools = spec.pools ?? [];
+  if (!Array.isArray(pools)) return { ok: false, message: 'pools must be a list' };
+  const problems: string[] = [];
+  const names = new Set<string>();
+  const resources = new Set<string>();
+  const devices = new Map<string, string>();
+  pools.forEach((p: unknown, i) => {
+    const where = `pools[${i}]`;
+    if (!isObject(p)) {
+      problems.push(`${where}: must be an object`);
+      return;
+    }
+    const at = typeof p.name === 'string' ? `pool ${p.name}` : where;
+    if (typeof p.name !== 'string' || !NAME_RE.test(p.name) || p.name.length > 63) problems.push(`${where}.name: must be a lower-case DNS label-like name, got ${JSON.stringify(p.name)}`);
+    else if (names.has(p.name)) problems.push(`${at}: duplicate pool name`);
+    else names.add(p.name);
+    if (typeof p.resourceName !== 'string' || !/^[a-z0-9.-]+\/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/.test(p.resourceName)) {
+      problems.push(`${at}.resourceName: must look like "domain/name", got ${JSON.stringify(p.resourceName)}`);
+    } else if (resources.has(p.resourceName)) problems.push(`${at}.resourceName: ${p.resourceName} is used by two pools`);
+    else resources.add(p.resourceName);
+    if (!CLASSES.includes(p.class as string)) problems.push(`${at}.class: one of ${CLASSES.join(', ')}, got ${JSON.stringify(p.class)}`);
+    if (!MODES.includes(p.mode as string)) problems.push(`${at}.mode: one of ${MODES.join(', ')}, got ${JSON.stringify(p.mode)}`);
+    if (!CONSUMPTIONS.includes(p.consumption as string)) problems.push(`${at}.consumption: one of ${CONSUMPTIONS.join(', ')}, got ${JSON.stringify(p.consumption)}`);
+    if (p.policy !== undefined && !POLICIES.includes(p.policy as string)) problems.push(`${at}.policy: one of ${POLICIES.join(', ')}, got ${JSON.stringify(p.policy)}`);
+    if (p.count !== undefined && (!Number.isInteger(p.count) || (p.count as number) < 0)) problems.push(`${at}.count: a non-negative integer, got ${JSON.stringify(p.count)}`);
+    if (p.mode === 'Mediated' && typeof p.mdevType !== 'string') problems.push(`${at}.mdevType: required for mode Mediated`);
+    if (!Array.isArray(p.devices)) problems.push(`${at}.devices: must be a list`);
+    else
+      p.devices.forEach((d: unknown, j) => {
+        if (!isObject(d) || typeof d.pciAddress !== 'string' || !PCI_RE.test(d.pciAddress)) {
+          problems.push(`${at}.devices[${j}].pciAddress: must be dddd:bb:dd.f, got ${JSON.stringify(isObject(d) ? d.pciAddress : d)}`);
+          return;
+        }
+        const other = devices.get(d.pciAddress);
+        // Two SR-IOV pools may split one PF by VF range; anything else must not share a device.
+        const ranged = d.vfFirst !== undefined || d.vfLast !== undefined;
+        if (other !== undefined && !ranged) problems.push(`${at}.devices[${j}]: ${d.pciAddress} is also in pool ${other}`);
+        devices.set(d.pciAddress, String(p.name));
+      });
+  });
+  if (problems.length) return { ok: false, message: problems.join('; ') };
+  return { ok: true, spec: { pools: pools as PoolPlan[] } };
+}
+
+/** Parses plan file text (YAML is a superset of JSON). */
+export function parsePlanText(text: string): { ok: true; spec: VirtualIONodeSpec } | { ok: false; message: string } {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    return { ok: false, message: `cannot parse plan: ${(err as Error).message}` };
+  }
+  return validatePlan(doc);
+}
+
+/** Standalone mode: the plan from a file, re-read on change (fs.watch on its folder + a 1 s stat poll). */
+export class FilePlanSource implements PlanSource {
+  private state: PlanState;
+  private lastStamp = '';
+  private readonly log: Logger;
+
+  constructor(
+    private readonly file: string,
+    logger: Logger,
+    private readonly pollMs = 1000,
+  ) {
+    this.log = logger.child({ component: 'plan-file', file });
+    this.state = { kind: 'none', message: `plan file ${file} not read yet` };
+  }
+
+  current(): PlanState {
+    return this.state;
+  }
+
+  /** Reads the file when its stamp changed; returns true when the state changed. */
+  reload(): boolean {
+    let stamp: string;
+    try {
+      const st = statSync(this.file);
+      stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
+    } catch (err) {
+      stamp = `missing:${(err as NodeJS.ErrnoException).code ?? ''}`;
+    }
+    if (stamp === this.lastStamp) return false;
+    this.lastStamp = stamp;
+    let text: string;
+    try {
+      text = readFileSync(this.file, 'utf8');
+    } catch (err) {
+      this.state = { kind: 'error', message: `cannot read plan file ${this.file}: ${(err as Error).message}` };
+      this.log.error(this.state.message);
+      return true;
+    }
+    const r = parsePlanText(text);
+    if (r.ok) {
+      this.state = { kind: 'ok', spec: r.spec };
+      this.log.info({ pools: (r.spec.pools ?? []).map((p) => p.name) }, 'plan loaded');
+    } else {
+      this.state = { kind: 'error', message: `invalid plan file ${this.file}: ${r.message}` };
+      this.log.error(this.state.message);
+    }
+    return true;
+  }
+
+  async run(signal: AbortSignal, onChange: () => void): Promise<void> {
+    const check = (): void => {
+      if (this.reload()) onChange();
+    };
+    check();
+    let fsw: FSWatcher | undefined;
+    try {
+      fsw = watch(dirname(this.file), { persistent: false }, (_ev, name) => {
+        if (!name || name === basename(this.file)) check();
+      });
+      fsw.on('error', () => fsw?.close());
+    } catch {
+      /* polling only */
+    }
+    const timer = setInterval(check, this.pollMs);
+    await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    clearInterval(timer);
+    fsw?.close();
+  }
+}

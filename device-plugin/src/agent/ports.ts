@@ -1,0 +1,28 @@
+// What the agent manager needs from discovery and carving (implemented in sysfs/, discovery/,
+// carving/, health/ and wired in main.ts), and where status goes.
+import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import type { CarvingPlan, Inventory, Slice, SysfsWrite, VirtualIONodeSpec } from '../model.js';
+
+/** Result of one applied carving write. */
+export interface WriteResult {
+  write: SysfsWrite;
+  /** Absent when the write succeeded. */
+  error?: string;
+  /** True when skipped because an earlier write of its group failed. */
+  skipped?: boolean;
+}
+
+/** The node side: discovery, carving and slice building (all roots bound in). */
+export interface NodeOps {
+  /** A full inventory snapshot; must not throw on malformed sysfs (errors go into the inventory). */
+  scan(): Promise<Inventory>;
+  /** The sysfs writes that bring the node to the plan; never destroys `allocated` slices. */
+  planCarving(spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>): CarvingPlan;
+  /** Applies writes in order. */
+  applyCarving(plan: CarvingPlan): Promise<WriteResult[]>;
+  /** The slices of every pool, health included. */
+  buildSlices(spec: VirtualIONodeSpec, inventory: Inventory): Slice[];
+}
+
+/** Receives every freshly built status (cluster mode writes it to the API, debounced). */
+export type StatusSink = (status: VirtualIONodeStatus) => void;

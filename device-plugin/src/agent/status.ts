@@ -1,0 +1,148 @@
+// VirtualIONode.status as a pure function of what the agent knows (STYLE P3/P4): conditions keep
+// their lastTransitionTime unless their status flips, so an unchanged world gives an equal object
+// and nothing is written.
+import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import type { Holder } from '../podresources/client.js';
+import type { BlockedChange, Inventory, PoolPlan, Slice } from '../model.js';
+
+export type Condition = NonNullable<VirtualIONodeStatus['conditions']>[number];
+export type PoolStatus = NonNullable<VirtualIONodeStatus['pools']>[number];
+
+export interface StatusInput {
+  generation?: number;
+  agentVersion: string;
+  /** The plan being served (the last valid one). */
+  pools: readonly PoolPlan[];
+  /** Why the current plan is not usable (it is then the last valid one that is served). */
+  planError?: string;
+  planLoaded: boolean;
+  inventory: Inventory;
+  scanError?: string;
+  slices: readonly Slice[];
+  holders: ReadonlyMap<string, Holder>;
+  /** Registration state per pool name. */
+  registration: ReadonlyMap<string, { registered: boolean; error?: string }>;
+  blocked: readonly BlockedChange[];
+  /** Failed carving writes, by pool (or '' when the pool is unknown). */
+  carvingErrors: readonly { pool: string; message: string }[];
+  podResourcesError?: string;
+  previous?: readonly Condition[];
+  now: Date;
+}
+
+const MAX_INVENTORY = 2048;
+const MAX_SLICES = 4096;
+
+/** Sets one condition, keeping `lastTransitionTime` when the status did not change. */
+export function setCondition(list: readonly Condition[], next: Omit<Condition, 'lastTransitionTime'>, now: Date): Condition[] {
+  const prev = list.find((c) => c.type === next.type);
+  const lastTransitionTime = prev && prev.status === next.status ? prev.lastTransitionTime : now.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  return [...list.filter((c) => c.type !== next.type), { ...next, lastTransitionTime }].sort((a, b) => (a.type < b.type ? -1 : 1));
+}
+
+function truncate(msg: string, max = 1024): string {
+  return msg.length > max ? `${msg.slice(0, max - 3)}...` : msg;
+}
+
+/** Builds the whole status. */
+export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
+  const byPool = new Map<string, Slice[]>();
+  for (const s of inp.slices) {
+    const l = byPool.get(s.pool) ?? [];
+    l.push(s);
+    byPool.set(s.pool, l);
+  }
+  const pools: PoolStatus[] = inp.pools.map((p) => {
+    const sl = byPool.get(p.name) ?? [];
+    const allocated = sl.filter((s) => inp.holders.has(s.id)).length;
+    const reg = inp.registration.get(p.name);
+    const blocked = inp.blocked.filter((b) => b.pool === p.name);
+    const errors = inp.carvingErrors.filter((e) => e.pool === p.name);
+    const out: PoolStatus = { name: p.name, resourceName: p.resourceName, state: 'Ready', registered: reg?.registered ?? false, capacity: sl.length, allocatable: sl.filter((s) => s.health === 'Healthy').length, allocated };
+    if (p.deleting) {
+      out.state = allocated > 0 ? 'Deleting' : 'Released';
+      out.registered = false;
+      if (allocated > 0) out.message = `${allocated} slice(s) still held by pods`;
+    } else if (errors.length) {
+      out.state = 'Error';
+      out.message = truncate(errors.map((e) => e.message).join('; '));
+    } else if (blocked.length) {
+      out.state = 'Blocked';
+      out.message = truncate(blocked.map((b) => `${b.device}: ${b.reason}`).join('; '));
+    } else if (!reg?.registered) {
+      out.state = 'Error';
+      out.message = truncate(reg?.error ?? 'not registered with the kubelet yet');
+    } else if (sl.length === 0 && (p.devices ?? []).length > 0) {
+      out.state = 'Carving';
+      out.message = 'no slices yet';
+    }
+    return out;
+  });
+
+  const slices = [...inp.slices]
+    .sort((a, b) => (a.pool < b.pool ? -1 : a.pool > b.pool ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    .slice(0, MAX_SLICES)
+    .map((s) => {
+      const st: NonNullable<VirtualIONodeStatus['slices']>[number] = { id: s.id, pool: s.pool, kind: s.kind, parent: s.parent, health: s.health };
+      if (s.reason) st.reason = s.reason;
+      if (s.numaNode !== undefined) st.numaNode = s.numaNode;
+      if (s.iommuGroup !== undefined) st.iommuGroup = s.iommuGroup;
+      const h = inp.holders.get(s.id);
+      if (h) {
+        st.allocation = { namespace: h.namespace, pod: h.pod, container: h.container };
+        if (h.vmi) st.allocation.vmi = h.vmi;
+      }
+      return st;
+    });
+
+  const healthy = inp.slices.filter((s) => s.health === 'Healthy').length;
+  const allocated = inp.slices.filter((s) => inp.holders.has(s.id)).length;
+  const active = inp.pools.filter((p) => !p.deleting);
+  const unregistered = active.filter((p) => !inp.registration.get(p.name)?.registered).map((p) => p.name);
+  const deviceErrors = inp.inventory.devices.filter((d) => d.errors?.length).map((d) => `${d.pciAddress}: ${(d.errors ?? []).join(', ')}`);
+
+  let conditions = [...(inp.previous ?? [])];
+  const ready = inp.planLoaded && !inp.planError && unregistered.length === 0 && !inp.scanError;
+  const readyMsg = !inp.planLoaded
+    ? 'no plan loaded'
+    : inp.planError
+      ? inp.planError
+      : inp.scanError
+        ? inp.scanError
+        : unregistered.length
+          ? `pools not registered with the kubelet: ${unregistered.join(', ')}`
+          : `${active.length} pool(s) registered`;
+  const readyReason = !inp.planLoaded ? 'NoPlan' : inp.planError ? 'InvalidPlan' : inp.scanError ? 'ScanFailed' : unregistered.length ? 'NotRegistered' : 'PoolsRegistered';
+  conditions = setCondition(conditions, { type: 'Ready', status: ready ? 'True' : 'False', reason: readyReason, message: truncate(readyMsg), ...(inp.generation !== undefined ? { observedGeneration: inp.generation } : {}) }, inp.now);
+
+  const problems: [string, string][] = [];
+  const unhealthy = inp.slices.filter((s) => s.health !== 'Healthy');
+  if (inp.carvingErrors.length) problems.push(['CarvingFailed', inp.carvingErrors.map((e) => e.message).join('; ')]);
+  if (inp.blocked.length) problems.push(['CarvingBlocked', inp.blocked.map((b) => `${b.pool}/${b.device}: ${b.reason}`).join('; ')]);
+  if (unhealthy.length) problems.push(['UnhealthySlices', unhealthy.map((s) => `${s.id}${s.reason ? ` (${s.reason})` : ''}`).join(', ')]);
+  if (deviceErrors.length || inp.inventory.errors?.length) problems.push(['DiscoveryErrors', [...(inp.inventory.errors ?? []), ...deviceErrors].join('; ')]);
+  if (inp.podResourcesError) problems.push(['PodResourcesUnavailable', inp.podResourcesError]);
+  const first = problems[0];
+  conditions = setCondition(
+    conditions,
+    {
+      type: 'Degraded',
+      status: first ? 'True' : 'False',
+      reason: first ? first[0] : 'AsPlanned',
+      message: truncate(first ? problems.map(([r, m]) => `${r}: ${m}`).join(' | ') : 'every slice healthy, nothing blocked'),
+      ...(inp.generation !== undefined ? { observedGeneration: inp.generation } : {}),
+    },
+    inp.now,
+  );
+
+  const status: VirtualIONodeStatus = {
+    agentVersion: inp.agentVersion,
+    summary: { pools: inp.pools.length, devices: inp.inventory.devices.length, slices: inp.slices.length, healthy, allocated },
+    conditions,
+    inventory: { devices: inp.inventory.devices.slice(0, MAX_INVENTORY) },
+    slices,
+    pools,
+  };
+  if (inp.generation !== undefined) status.observedGeneration = inp.generation;
+  return status;
+}
