@@ -1,0 +1,165 @@
+// The manager loop over in-memory node ops (hand-made slices) and the fake kubelet.
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import { FakeKubelet, FakePodResources } from '../../../test/fakes/kubelet.js';
+import { PluginDirWatcher } from '../kubelet/watcher.js';
+import { silentLogger } from '../log.js';
+import { createMetrics } from '../metrics.js';
+import type { CarvingPlan, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
+import { AgentManager } from './manager.js';
+import type { PlanSource, PlanState } from './plan.js';
+import type { NodeOps, WriteResult } from './ports.js';
+
+class MemPlan implements PlanSource {
+  state: PlanState = { kind: 'none', message: 'none yet' };
+  private notify: (() => void) | undefined;
+  current(): PlanState {
+    return this.state;
+  }
+  set(s: PlanState): void {
+    this.state = s;
+    this.notify?.();
+  }
+  async run(signal: AbortSignal, onChange: () => void): Promise<void> {
+    this.notify = onChange;
+    onChange();
+    await new Promise<void>((r) => signal.addEventListener('abort', () => r(), { once: true }));
+  }
+}
+
+/** A node whose slices are a function of the plan and a mutable health map. */
+class MemNode implements NodeOps {
+  health = new Map<string, Slice['health']>();
+  scans = 0;
+  planned: { allocated: string[] }[] = [];
+  writes: string[] = [];
+  failScan = false;
+  async scan(): Promise<Inventory> {
+    this.scans++;
+    if (this.failScan) throw new Error('EIO reading bus/pci/devices');
+    return { devices: [{ pciAddress: '0000:81:00.0' }] };
+  }
+  planCarving(spec: VirtualIONodeSpec, _inv: Inventory, allocated: ReadonlySet<string>): CarvingPlan {
+    this.planned.push({ allocated: [...allocated].sort() });
+    const writes = (spec.pools ?? []).map((p) => ({ path: `bus/pci/devices/${p.devices[0]?.pciAddress}/sriov_numvfs`, value: String(p.count ?? 0), why: 'carve' }));
+    return { writes: this.writes.length ? [] : writes, blocked: [] };
+  }
+  async applyCarving(plan: CarvingPlan): Promise<WriteResult[]> {
+    this.writes.push(...plan.writes.map((w) => w.path));
+    return plan.writes.map((write) => ({ write }));
+  }
+  buildSlices(spec: VirtualIONodeSpec): Slice[] {
+    return (spec.pools ?? []).flatMap((p) =>
+      Array.from({ length: p.count ?? 0 }, (_, i) => {
+        const id = `${p.devices[0]?.pciAddress.slice(0, -1)}${i + 1}`;
+        return { id, pool: p.name, resourceName: p.resourceName, kind: 'VF' as const, parent: p.devices[0]?.pciAddress ?? '', pciAddress: id, iommuGroup: 50 + i, deviceNodes: [`/dev/vfio/${50 + i}`], health: this.health.get(id) ?? 'Healthy' };
+      }),
+    );
+  }
+}
+
+const pool = (name: string, addr: string, count: number): PoolPlan => ({ name, resourceName: `virtualio.dev/${name}`, class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', count, devices: [{ pciAddress: addr }] });
+
+describe('AgentManager', () => {
+  let dir: string;
+  let kubelet: FakeKubelet;
+  let podres: FakePodResources;
+  let ctl: AbortController;
+  let running: Promise<void>;
+  let plan: MemPlan;
+  let node: MemNode;
+  let manager: AgentManager;
+  const statuses: VirtualIONodeStatus[] = [];
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'vio-mgr-'));
+    kubelet = await FakeKubelet.start(join(dir, 'plugins'));
+    podres = await FakePodResources.start(join(dir, 'pod-resources', 'kubelet.sock'));
+    ctl = new AbortController();
+    plan = new MemPlan();
+    node = new MemNode();
+    statuses.length = 0;
+    const logger = silentLogger();
+    manager = new AgentManager({
+      nodeName: 'n1',
+      agentVersion: 'test',
+      ops: node,
+      plan,
+      pluginDir: kubelet.pluginDir,
+      podResourcesSocket: podres.socket,
+      devinfoDir: join(dir, 'devinfo'),
+      cdi: { enabled: false, dir: join(dir, 'cdi') },
+      watcher: new PluginDirWatcher({ dir: kubelet.pluginDir, logger, signal: ctl.signal }),
+      logger,
+      metrics: createMetrics(),
+      rescanIntervalMs: 60_000,
+      watchPaths: [],
+      statusSink: (s) => statuses.push(s),
+      podResources: { intervalMs: 100, minGapMs: 50 },
+    });
+    running = manager.run(ctl.signal);
+  });
+
+  afterEach(async () => {
+    ctl.abort();
+    await running;
+    await kubelet.stop();
+    await podres.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('plan → carve → one server per pool; health changes pushed; pools added and removed; bad plan keeps the last good one', async () => {
+    expect(manager.readiness()).toMatchObject({ ready: false });
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });
+    await kubelet.waitFor('net-a list', () => kubelet.lastList('virtualio.dev/net-a')?.length === 2);
+    expect(node.writes).toStrictEqual(['bus/pci/devices/0000:81:00.0/sriov_numvfs']);
+    await kubelet.waitFor('ready', () => manager.readiness().ready);
+
+    // Health flips are pushed after a rescan.
+    node.health.set('0000:81:00.1', 'Unhealthy');
+    manager.trigger('fs');
+    await kubelet.waitFor('unhealthy', () => kubelet.lastList('virtualio.dev/net-a')?.[0]?.health === 'Unhealthy');
+
+    // A second pool appears; the first keeps its registration.
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2), pool('net-b', '0000:82:00.0', 1)] }, generation: 2 });
+    await kubelet.waitFor('net-b', () => kubelet.lastList('virtualio.dev/net-b')?.length === 1);
+    expect(kubelet.history.filter((e) => e.resourceName === 'virtualio.dev/net-a')).toHaveLength(1);
+
+    // Invalid plan: nothing is torn down, status says why.
+    plan.set({ kind: 'error', message: 'invalid plan file: broken' });
+    await kubelet.waitFor('status with plan error', () => statuses.at(-1)?.conditions?.find((c) => c.type === 'Ready' && c.reason === 'InvalidPlan'));
+    expect(kubelet.endpoints.get('virtualio.dev/net-b')?.connected).toBe(true);
+
+    // net-a removed: its server sends an empty list and its socket goes.
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-b', '0000:82:00.0', 1)] }, generation: 3 });
+    await kubelet.waitFor('net-a emptied', () => kubelet.lastList('virtualio.dev/net-a')?.length === 0);
+    await kubelet.waitFor('net-a socket gone', () => !existsSync(join(kubelet.pluginDir, 'virtualio-net-a.sock')));
+    const last = await kubelet.waitFor('status gen 3', () => statuses.findLast((s) => s.observedGeneration === 3 && s.pools?.[0]?.registered));
+    expect(last.pools?.map((p) => p.name)).toStrictEqual(['net-b']);
+  });
+
+  test('PodResources unknown: every existing slice counts as held; then holders come from the kubelet', async () => {
+    await podres.stop();
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] } });
+    await kubelet.waitFor('list', () => kubelet.lastList('virtualio.dev/net-a')?.length === 2);
+    expect(node.planned[0]?.allocated).toStrictEqual(['0000:81:00.1', '0000:81:00.2']);
+    const again = await FakePodResources.start(podres.socket);
+    podres = again;
+    again.setPods([{ name: 'p', namespace: 'ns', containers: [{ name: 'compute', devices: [{ resourceName: 'virtualio.dev/net-a', deviceIds: ['0000:81:00.2'] }] }] }]);
+    await kubelet.waitFor('planned with holders', () => node.planned.find((p) => p.allocated.length === 1));
+    const st = await kubelet.waitFor('status allocation', () => statuses.findLast((s) => s.summary?.allocated === 1));
+    expect(st.slices?.find((s) => s.id === '0000:81:00.2')?.allocation).toStrictEqual({ namespace: 'ns', pod: 'p', container: 'compute' });
+  });
+
+  test('a failing scan keeps serving and is reported', async () => {
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 1)] } });
+    await kubelet.waitFor('list', () => kubelet.lastList('virtualio.dev/net-a')?.length === 1);
+    node.failScan = true;
+    manager.trigger('timer');
+    const st = await kubelet.waitFor('scan error in status', () => statuses.findLast((s) => s.conditions?.some((c) => c.reason === 'ScanFailed')));
+    expect(st.conditions?.find((c) => c.type === 'Ready')?.message).toContain('EIO');
+    expect(kubelet.endpoints.get('virtualio.dev/net-a')?.connected).toBe(true);
+  });
+});
