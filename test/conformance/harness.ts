@@ -22,7 +22,7 @@ export function ensureConformance<T extends ConformanceTarget>(...targets: T[]):
     });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`test/conformance/build.sh ${targets.join(' ')} failed: ${e.message}\n${e.stderr ?? ''}`);
+    throw new Error(`test/conformance/build.sh ${targets.join(' ')} failed: ${e.message}\n${e.stderr ?? ''}`, { cause: err });
   }
   const paths = {} as Record<T, string>;
   for (const line of out.split('\n')) {
