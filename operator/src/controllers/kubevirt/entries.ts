@@ -1,0 +1,204 @@
+// Pure: the KubeVirt permittedHostDevices entries our pools need, the whole lists the operator owns,
+// and the KubeVirtPermitted condition of a pool.
+import type { InventoryDevice, VirtualIODeviceStatus } from '../../../../crds/generated/types.js';
+import type { VioNode } from '../../api/types.js';
+import { Reason, type ConditionInput } from '../../api/conditions.js';
+import type { PreparedPool } from '../plan/plan.js';
+
+export type PermittedEntry = NonNullable<VirtualIODeviceStatus['kubevirtEntries']>[number];
+
+export interface PciHostDevice {
+  pciVendorSelector: string;
+  resourceName: string;
+  externalResourceProvider?: boolean;
+}
+export interface MediatedHostDevice {
+  mdevNameSelector: string;
+  resourceName: string;
+  externalResourceProvider?: boolean;
+}
+
+/** The two lists of `spec.configuration.permittedHostDevices` the operator owns. */
+export interface PermittedLists {
+  pciHostDevices: PciHostDevice[];
+  mediatedDevices: MediatedHostDevice[];
+}
+
+/** What the operator knows about KubeVirt right now. */
+export interface KubeVirtView {
+  /** The kubevirts.kubevirt.io CRD is served. */
+  installed: boolean;
+  /** The KubeVirt CR (namespace/name from flags) exists. */
+  found: boolean;
+  /** `namespace/name` of the KubeVirt CR, for messages. */
+  ref: string;
+  managed: boolean;
+  current: PermittedLists;
+}
+
+/** KubeVirt compares mdev type names with spaces replaced by "_". */
+export function mdevSelectorName(name: string): string {
+  return name.replace(/ /g, '_');
+}
+
+function pciId(d: InventoryDevice): string | undefined {
+  if (!d.vendorID || !d.deviceID) return undefined;
+  return `${d.vendorID.toLowerCase().replace(/^0x/, '')}:${d.deviceID.toLowerCase().replace(/^0x/, '')}`;
+}
+
+/** Whether a pool is rendered into KubeVirt's lists at all (and why not). */
+export function kubevirtApplicability(p: PreparedPool): 'applies' | 'SRIOVNetwork' | 'PermitDisabled' {
+  if (p.consumption === 'SRIOVNetwork') return 'SRIOVNetwork';
+  if (p.pool.spec.kubevirt?.permit === false) return 'PermitDisabled';
+  return 'applies';
+}
+
+/**
+ * The entries a pool needs, from the devices planned for it on every node and those nodes'
+ * inventory: Mediated → one mdevNameSelector per distinct mdev type name (the configured mdevType
+ * until an inventory names it); SRIOV → "vendor:device" of the VFs of planned PFs (the VF device ID
+ * differs from the PF's); Passthrough and NPIV → "vendor:device" of the planned functions.
+ * All with externalResourceProvider: true. Sorted and de-duplicated. Empty for pools consumed as
+ * SR-IOV networks, pools with permit: false, pools being deleted or in a resource-name conflict.
+ */
+export function poolEntries(p: PreparedPool, nodes: readonly VioNode[]): PermittedEntry[] {
+  if (kubevirtApplicability(p) !== 'applies' || p.deleting || p.resourceNameConflicts.length > 0) return [];
+  const mode = p.pool.spec.carving.mode;
+  const selectors = new Set<string>();
+  const mdevType = p.pool.spec.carving.mdevType ?? '';
+  for (const vio of nodes) {
+    const plan = vio.spec?.pools?.find((x) => x.name === p.name);
+    if (!plan || plan.deleting) continue;
+    const inv = vio.status?.inventory?.devices ?? [];
+    const byAddr = new Map(inv.map((d) => [d.pciAddress, d]));
+    for (const dev of plan.devices) {
+      const pf = byAddr.get(dev.pciAddress);
+      if (!pf) continue;
+      if (mode === 'Mediated') {
+        const t = (pf.mdevTypes ?? []).find((m) => m.id === mdevType || (m.name && mdevSelectorName(m.name) === mdevType));
+        if (t) selectors.add(t.name ? mdevSelectorName(t.name) : t.id);
+      } else if (mode === 'SRIOV') {
+        for (const vfAddr of pf.sriov?.vfs ?? []) {
+          const vf = byAddr.get(vfAddr);
+          const id = vf ? pciId(vf) : undefined;
+          if (id) selectors.add(id);
+        }
+        for (const vf of inv) {
+          if (vf.physfn === pf.pciAddress) {
+            const id = pciId(vf);
+            if (id) selectors.add(id);
+          }
+        }
+      } else {
+        const id = pciId(pf);
+        if (id) selectors.add(id);
+      }
+    }
+  }
+  if (mode === 'Mediated') {
+    // Before any inventory names the type, the configured id or name already keeps virt-handler
+    // from removing our mdevs (it falls back to the type id).
+    if (selectors.size === 0 && mdevType) selectors.add(mdevType);
+    return [...selectors].sort().map((s) => ({
+      list: 'mediatedDevices' as const, resourceName: p.resourceName, mdevNameSelector: s, externalResourceProvider: true,
+    }));
+  }
+  return [...selectors].sort().map((s) => ({
+    list: 'pciHostDevices' as const, resourceName: p.resourceName, pciVendorSelector: s, externalResourceProvider: true,
+  }));
+}
+
+const pciKey = (e: PciHostDevice) => `${e.resourceName}|${e.pciVendorSelector.toLowerCase()}|${!!e.externalResourceProvider}`;
+const mdevKey = (e: MediatedHostDevice) => `${e.resourceName}|${mdevSelectorName(e.mdevNameSelector)}|${!!e.externalResourceProvider}`;
+
+/**
+ * The whole lists the operator applies: the admin's extra entries first (in their order), then our
+ * pools' entries sorted by resource name and selector; exact duplicates dropped.
+ */
+export function desiredLists(entries: readonly PermittedEntry[], extra: PermittedLists): PermittedLists {
+  const pci: PciHostDevice[] = [];
+  const mdev: MediatedHostDevice[] = [];
+  const seenPci = new Set<string>();
+  const seenMdev = new Set<string>();
+  const addPci = (e: PciHostDevice) => {
+    if (!seenPci.has(pciKey(e))) {
+      seenPci.add(pciKey(e));
+      pci.push(e);
+    }
+  };
+  const addMdev = (e: MediatedHostDevice) => {
+    if (!seenMdev.has(mdevKey(e))) {
+      seenMdev.add(mdevKey(e));
+      mdev.push(e);
+    }
+  };
+  extra.pciHostDevices.forEach(addPci);
+  extra.mediatedDevices.forEach(addMdev);
+  const ours = [...entries].sort((a, b) =>
+    a.resourceName.localeCompare(b.resourceName) ||
+    (a.pciVendorSelector ?? a.mdevNameSelector ?? '').localeCompare(b.pciVendorSelector ?? b.mdevNameSelector ?? ''));
+  for (const e of ours) {
+    if (e.list === 'pciHostDevices' && e.pciVendorSelector) {
+      addPci({ pciVendorSelector: e.pciVendorSelector, resourceName: e.resourceName, externalResourceProvider: true });
+    } else if (e.list === 'mediatedDevices' && e.mdevNameSelector) {
+      addMdev({ mdevNameSelector: e.mdevNameSelector, resourceName: e.resourceName, externalResourceProvider: true });
+    }
+  }
+  return { pciHostDevices: pci, mediatedDevices: mdev };
+}
+
+/** Whether KubeVirt's current lists already contain `e` (as an external resource provider). */
+export function entryPresent(e: PermittedEntry, cur: PermittedLists): boolean {
+  if (e.list === 'pciHostDevices') {
+    return cur.pciHostDevices.some((x) => x.resourceName === e.resourceName && !!x.externalResourceProvider &&
+      x.pciVendorSelector.toLowerCase() === (e.pciVendorSelector ?? '').toLowerCase());
+  }
+  return cur.mediatedDevices.some((x) => x.resourceName === e.resourceName && !!x.externalResourceProvider &&
+    mdevSelectorName(x.mdevNameSelector) === mdevSelectorName(e.mdevNameSelector ?? ''));
+}
+
+/** The entries as YAML-ish text an admin can paste under permittedHostDevices. */
+export function describeEntries(entries: readonly PermittedEntry[]): string {
+  const render = (e: PermittedEntry) => e.list === 'pciHostDevices'
+    ? `{pciVendorSelector: "${e.pciVendorSelector}", resourceName: "${e.resourceName}", externalResourceProvider: true}`
+    : `{mdevNameSelector: "${e.mdevNameSelector}", resourceName: "${e.resourceName}", externalResourceProvider: true}`;
+  const parts: string[] = [];
+  for (const list of ['pciHostDevices', 'mediatedDevices'] as const) {
+    const xs = entries.filter((e) => e.list === list);
+    if (xs.length > 0) parts.push(`${list}: [${xs.map(render).join(', ')}]`);
+  }
+  return parts.join('; ');
+}
+
+/** The KubeVirtPermitted condition of a pool. */
+export function kubevirtCondition(p: PreparedPool, entries: readonly PermittedEntry[], kv: KubeVirtView): ConditionInput {
+  const base = { type: 'KubeVirtPermitted' as const, observedGeneration: p.pool.metadata.generation };
+  if (!kv.installed) {
+    return { ...base, status: 'False', reason: Reason.KubeVirtNotInstalled, message: 'KubeVirt is not installed (no kubevirts.kubevirt.io CRD); nothing to permit' };
+  }
+  const why = kubevirtApplicability(p);
+  if (why === 'SRIOVNetwork') {
+    return { ...base, status: 'True', reason: Reason.NotRequired, message: 'SR-IOV network pools are consumed through Multus networks and need no permittedHostDevices entry' };
+  }
+  if (why === 'PermitDisabled') {
+    return { ...base, status: 'False', reason: Reason.PermitDisabled, message: 'spec.kubevirt.permit is false; VMs cannot request this resource while KubeVirt enforces permittedHostDevices' };
+  }
+  if (entries.length === 0) {
+    return { ...base, status: 'False', reason: Reason.WaitingForInventory, message: 'Waiting for node inventory to name the device IDs to permit' };
+  }
+  const text = describeEntries(entries);
+  if (!kv.found) {
+    return { ...base, status: 'False', reason: Reason.KubeVirtNotFound, message: `KubeVirt CR ${kv.ref} not found; it needs permittedHostDevices entries ${text}` };
+  }
+  const missing = entries.filter((e) => !entryPresent(e, kv.current));
+  if (missing.length === 0) {
+    return { ...base, status: 'True', reason: Reason.Permitted, message: `KubeVirt ${kv.ref} permits the pool: ${text}` };
+  }
+  if (kv.managed) {
+    return { ...base, status: 'False', reason: Reason.ApplyPending, message: `Applying permittedHostDevices entries to KubeVirt ${kv.ref}: ${describeEntries(missing)}` };
+  }
+  return {
+    ...base, status: 'False', reason: Reason.NotManaged,
+    message: `Add to spec.configuration.permittedHostDevices of KubeVirt ${kv.ref} (or run the operator with --manage-permitted-host-devices): ${describeEntries(missing)}`,
+  };
+}

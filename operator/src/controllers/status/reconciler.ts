@@ -1,0 +1,59 @@
+// Status controller: one key per pool. Keeps the finalizer, rolls the pool's status up from every
+// VirtualIONode, writes it (server-side apply on the status subresource) only when it changed,
+// records Events, and removes the finalizer once every node has released the pool.
+import type { Logger } from 'pino';
+import type { Pool } from '../../api/types.js';
+import type { KubePort } from '../../kube/ports.js';
+import { FIELD_MANAGER, POOL_FINALIZER, VIRTUALIO_API_VERSION, VirtualIODevices } from '../../kube/resources.js';
+import type { Clock } from '../../runtime/clock.js';
+import type { EventRecorder } from '../../runtime/events.js';
+import { done, type Reconciler, type Result } from '../../runtime/result.js';
+import { jsonEqual } from '../../util/json.js';
+import { kubevirtCondition, poolEntries } from '../kubevirt/entries.js';
+import type { World } from '../world.js';
+import { computeStatus, normalizeStatus } from './status.js';
+
+export class StatusReconciler implements Reconciler {
+  constructor(private readonly deps: { kube: KubePort; world: World; clock: Clock; events: EventRecorder; log: Logger }) {}
+
+  async reconcile(name: string): Promise<Result> {
+    const { kube, world, clock, events, log } = this.deps;
+    const pool = world.pools.get(name);
+    if (!pool) return done;
+    const finalizers = pool.metadata.finalizers ?? [];
+    const deleting = !!pool.metadata.deletionTimestamp;
+    if (!deleting && !finalizers.includes(POOL_FINALIZER)) {
+      const next = structuredClone(pool);
+      next.metadata.finalizers = [...finalizers, POOL_FINALIZER];
+      await kube.replace(VirtualIODevices, next);
+      log.info({ pool: name }, 'Added finalizer to VirtualIODevice');
+      // The update comes back through the informer and queues this key again.
+      return done;
+    }
+    const prepared = world.prepared().byName.get(name);
+    if (!prepared) return done;
+    const nodes = world.vioNodes.list();
+    const names = new Set([...world.nodes.list().map((n) => n.metadata.name), ...nodes.map((n) => n.metadata.name)]);
+    const conflicts = [...names].flatMap((n) => world.planFor(n).conflicts.filter((c) => c.pool === name));
+    const entries = poolEntries(prepared, nodes);
+    const result = computeStatus(pool.status, {
+      prepared, nodes, conflicts, kubevirtEntries: entries,
+      kubevirtCondition: kubevirtCondition(prepared, entries, world.kubevirtView()), now: clock.now(),
+    });
+    if (!jsonEqual(normalizeStatus(pool.status), result.status)) {
+      await kube.apply<Pool>(VirtualIODevices, {
+        apiVersion: VIRTUALIO_API_VERSION, kind: 'VirtualIODevice', metadata: { name }, status: result.status,
+      }, { fieldManager: FIELD_MANAGER, force: true, subresource: 'status' });
+      log.debug({ pool: name }, 'Updated VirtualIODevice status');
+    }
+    const target = { apiVersion: VIRTUALIO_API_VERSION, kind: 'VirtualIODevice', metadata: pool.metadata };
+    for (const ev of result.events) await events.record(target, ev.type, ev.reason, ev.message);
+    if (deleting && result.released && finalizers.includes(POOL_FINALIZER)) {
+      const next = structuredClone(pool);
+      next.metadata.finalizers = finalizers.filter((f) => f !== POOL_FINALIZER);
+      await kube.replace(VirtualIODevices, next);
+      log.info({ pool: name }, 'Removed finalizer from VirtualIODevice; every node released the pool');
+    }
+    return done;
+  }
+}

@@ -1,0 +1,214 @@
+// Pure: a pool's status rolled up from every VioNode (plan in spec, agent report in status),
+// plus what deletion waits for and the Events an admin should see.
+import type { VioNode, VirtualIODeviceStatus } from '../../api/types.js';
+import { ConditionType, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
+import type { PermittedEntry } from '../kubevirt/entries.js';
+import type { DeviceConflict, PreparedPool } from '../plan/plan.js';
+
+export const MAX_NODE_STATUSES = 64;
+export const MAX_ALLOCATIONS = 256;
+export const MAX_CONFLICTS = 64;
+/** How many items a condition message lists before "and N more". */
+const MESSAGE_ITEMS = 10;
+
+type NodeStatusEntry = NonNullable<VirtualIODeviceStatus['nodeStatuses']>[number];
+type AllocationEntry = NonNullable<VirtualIODeviceStatus['allocations']>[number];
+
+export interface StatusInput {
+  prepared: PreparedPool;
+  /** Every VioNode (order does not matter). */
+  nodes: readonly VioNode[];
+  /** This pool's device conflicts on every node. */
+  conflicts: readonly DeviceConflict[];
+  kubevirtEntries: readonly PermittedEntry[];
+  kubevirtCondition: ConditionInput;
+  now: number;
+}
+
+export interface HumanEvent {
+  type: 'Normal' | 'Warning';
+  reason: string;
+  message: string;
+}
+
+export interface StatusResult {
+  status: VirtualIODeviceStatus;
+  /** Deletion only: every node has released and uncarved the pool. */
+  released: boolean;
+  events: HumanEvent[];
+}
+
+interface NodeView {
+  node: string;
+  planned: boolean;
+  capacity: number;
+  allocatable: number;
+  allocated: number;
+  state: string;
+  message?: string;
+  releasedHere: boolean;
+  allocations: AllocationEntry[];
+}
+
+function listSome(items: readonly string[]): string {
+  const shown = items.slice(0, MESSAGE_ITEMS).join('; ');
+  return items.length > MESSAGE_ITEMS ? `${shown}; and ${items.length - MESSAGE_ITEMS} more` : shown;
+}
+
+function viewOf(name: string, vio: VioNode): NodeView | undefined {
+  const plan = vio.spec?.pools?.find((p) => p.name === name);
+  const agent = vio.status?.pools?.find((p) => p.name === name);
+  const slices = (vio.status?.slices ?? []).filter((s) => s.pool === name);
+  if (!plan && !agent && slices.length === 0) return undefined;
+  const node = vio.metadata.name ?? '';
+  const byPod = new Map<string, AllocationEntry>();
+  for (const s of slices) {
+    const a = s.allocation;
+    if (!a) continue;
+    const k = `${a.namespace}/${a.pod}`;
+    const e = byPod.get(k) ?? { node, namespace: a.namespace, pod: a.pod, ...(a.vmi ? { vmi: a.vmi } : {}), slices: [] };
+    e.slices.push(s.id);
+    byPod.set(k, e);
+  }
+  for (const e of byPod.values()) e.slices.sort();
+  const fromSlices = slices.length > 0;
+  return {
+    node,
+    planned: !!plan && !plan.deleting,
+    capacity: fromSlices ? slices.length : agent?.capacity ?? 0,
+    allocatable: fromSlices ? slices.filter((s) => s.health === 'Healthy').length : agent?.allocatable ?? 0,
+    allocated: fromSlices ? slices.filter((s) => !!s.allocation).length : agent?.allocated ?? 0,
+    state: agent?.state ?? (plan ? 'Pending' : 'Released'),
+    ...(agent?.message ? { message: agent.message } : {}),
+    releasedHere: agent ? agent.state === 'Released' : slices.length === 0,
+    allocations: [...byPod.values()],
+  };
+}
+
+const PROBLEM_RANK: Record<string, number> = { Error: 0, Blocked: 1, Deleting: 2, Carving: 3, Pending: 4 };
+const rank = (state: string) => PROBLEM_RANK[state] ?? (state === 'Ready' || state === 'Released' ? 9 : 5);
+
+/** Drops empty arrays and undefined values (the API treats them alike); used before comparing. */
+export function normalizeStatus(s: VirtualIODeviceStatus | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(s ?? {})) {
+    if (v === undefined || (Array.isArray(v) && v.length === 0)) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+/**
+ * Computes the pool's status. Conditions keep their lastTransitionTime unless their status
+ * changes, so computing twice from the same world gives the same object (no write).
+ */
+export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: StatusInput): StatusResult {
+  const { prepared: p, now } = input;
+  const gen = p.pool.metadata.generation;
+  const views = input.nodes.map((n) => viewOf(p.name, n)).filter((v): v is NodeView => !!v).sort((a, b) => a.node.localeCompare(b.node));
+  const planned = views.filter((v) => v.planned);
+  const sum = (f: (v: NodeView) => number) => views.reduce((acc, v) => acc + f(v), 0);
+  const events: HumanEvent[] = [];
+
+  const nodeStatuses: NodeStatusEntry[] = [...views]
+    .sort((a, b) => rank(a.state) - rank(b.state) || a.node.localeCompare(b.node))
+    .slice(0, MAX_NODE_STATUSES)
+    .map((v) => ({
+      node: v.node, capacity: v.capacity, allocatable: v.allocatable, allocated: v.allocated, state: v.state,
+      ...(v.message ? { message: v.message } : {}),
+    }));
+  const allAllocations = views.flatMap((v) => v.allocations)
+    .sort((a, b) => a.node.localeCompare(b.node) || a.namespace.localeCompare(b.namespace) || a.pod.localeCompare(b.pod));
+  const conflicts = [...input.conflicts]
+    .sort((a, b) => a.node.localeCompare(b.node) || a.device.localeCompare(b.device))
+    .map((c) => ({ node: c.node, device: c.device, heldBy: c.heldBy }));
+
+  let conds: Condition[] = prev?.conditions ? [...prev.conditions] : [];
+  const set = (c: Omit<ConditionInput, 'observedGeneration'>) => {
+    conds = setCondition(conds, { ...c, observedGeneration: gen }, now);
+  };
+
+  // Conflict
+  if (p.resourceNameConflicts.length > 0) {
+    const msg = `Resource name ${p.resourceName} is also used by VirtualIODevice ${p.resourceNameConflicts.join(', ')}; neither pool is planned until the names differ`;
+    set({ type: ConditionType.Conflict, status: 'True', reason: Reason.ResourceNameConflict, message: msg });
+    events.push({ type: 'Warning', reason: Reason.ResourceNameConflict, message: msg });
+  } else if (conflicts.length > 0) {
+    const msg = `${conflicts.length} selected device(s) are held by older pools: ${listSome(conflicts.map((c) => `node ${c.node} device ${c.device} held by ${c.heldBy}`))}`;
+    set({ type: ConditionType.Conflict, status: 'True', reason: Reason.DeviceConflict, message: msg });
+    events.push({ type: 'Warning', reason: Reason.DeviceConflict, message: msg });
+  } else {
+    set({ type: ConditionType.Conflict, status: 'False', reason: Reason.NoConflict, message: 'No device or resource name conflicts' });
+  }
+
+  // Degraded
+  const failed = views.filter((v) => v.state === 'Error');
+  const blocked = views.filter((v) => v.state === 'Blocked');
+  const describe = (v: NodeView) => `node ${v.node}${v.message ? `: ${v.message}` : ''}`;
+  for (const v of failed) events.push({ type: 'Warning', reason: Reason.CarvingFailed, message: `Carving failed on ${describe(v)}` });
+  for (const v of blocked) events.push({ type: 'Warning', reason: Reason.CarvingBlocked, message: `Carving blocked on ${describe(v)}` });
+  const capacity = sum((v) => v.capacity);
+  const allocatable = sum((v) => v.allocatable);
+  if (failed.length > 0) {
+    set({ type: ConditionType.Degraded, status: 'True', reason: Reason.CarvingFailed, message: `Carving failed on ${failed.length} node(s): ${listSome(failed.map(describe))}` });
+  } else if (blocked.length > 0) {
+    set({ type: ConditionType.Degraded, status: 'True', reason: Reason.CarvingBlocked, message: `Carving blocked on ${blocked.length} node(s): ${listSome(blocked.map(describe))}` });
+  } else if (capacity > allocatable) {
+    set({ type: ConditionType.Degraded, status: 'True', reason: Reason.UnhealthySlices, message: `${capacity - allocatable} of ${capacity} slices are unhealthy` });
+  } else {
+    set({ type: ConditionType.Degraded, status: 'False', reason: Reason.AsExpected, message: 'No node reports a problem' });
+  }
+
+  // Ready / Progressing, and deletion
+  let released = false;
+  if (p.deleting) {
+    set({ type: ConditionType.Ready, status: 'False', reason: Reason.Deleting, message: 'The pool is being deleted' });
+    const waiting = views.filter((v) => !v.releasedHere);
+    released = waiting.length === 0;
+    if (allAllocations.length > 0) {
+      const holders = allAllocations.map((a) => `${a.vmi ? `VMI ${a.namespace}/${a.vmi} (pod ${a.pod})` : `pod ${a.namespace}/${a.pod}`} on node ${a.node}`);
+      const msg = `Deletion is blocked by ${allAllocations.length} pod(s) holding slices: ${listSome(holders)}`;
+      set({ type: ConditionType.Progressing, status: 'True', reason: Reason.DeletionBlocked, message: msg });
+      events.push({ type: 'Warning', reason: Reason.DeletionBlocked, message: msg });
+    } else if (!released) {
+      set({ type: ConditionType.Progressing, status: 'True', reason: Reason.Deleting, message: `Waiting for ${waiting.length} node(s) to release and uncarve the pool: ${listSome(waiting.map((v) => `${v.node} (${v.state})`))}` });
+    } else {
+      set({ type: ConditionType.Progressing, status: 'False', reason: Reason.Deleting, message: 'Every node released the pool' });
+    }
+  } else {
+    const notReady = planned.filter((v) => v.state !== 'Ready');
+    if (p.resourceNameConflicts.length > 0) {
+      set({ type: ConditionType.Ready, status: 'False', reason: Reason.ResourceNameConflict, message: `Resource name ${p.resourceName} is not unique` });
+    } else if (planned.length === 0) {
+      set({ type: ConditionType.Ready, status: 'False', reason: Reason.NoMatchingDevices, message: 'No node carries the pool: no node that matches nodeSelector has a free device that matches deviceSelector' });
+    } else if (notReady.length === 0) {
+      set({ type: ConditionType.Ready, status: 'True', reason: Reason.AllNodesReady, message: `${planned.length} node(s) ready with ${allocatable} allocatable of ${capacity} slices` });
+    } else {
+      set({ type: ConditionType.Ready, status: 'False', reason: Reason.NodesNotReady, message: `${notReady.length} of ${planned.length} node(s) not ready: ${listSome(notReady.map((v) => `${v.node} (${v.state})`))}` });
+    }
+    const carving = planned.filter((v) => v.state === 'Carving' || v.state === 'Pending');
+    if (carving.length > 0) {
+      set({ type: ConditionType.Progressing, status: 'True', reason: Reason.Carving, message: `Carving on ${carving.length} node(s): ${listSome(carving.map((v) => v.node))}` });
+    } else {
+      set({ type: ConditionType.Progressing, status: 'False', reason: Reason.Stable, message: 'No node is carving' });
+    }
+  }
+
+  set({ type: ConditionType.KubeVirtPermitted, status: input.kubevirtCondition.status, reason: input.kubevirtCondition.reason, message: input.kubevirtCondition.message });
+
+  const status: VirtualIODeviceStatus = {
+    ...(gen !== undefined ? { observedGeneration: gen } : {}),
+    resourceName: p.resourceName,
+    consumption: p.consumption,
+    nodes: planned.length,
+    capacity,
+    allocatable,
+    allocated: sum((v) => v.allocated),
+    conditions: conds,
+    nodeStatuses,
+    allocations: allAllocations.slice(0, MAX_ALLOCATIONS),
+    conflicts: conflicts.slice(0, MAX_CONFLICTS),
+    kubevirtEntries: [...input.kubevirtEntries],
+  };
+  return { status: normalizeStatus(status) as VirtualIODeviceStatus, released, events };
+}

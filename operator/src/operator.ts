@@ -1,0 +1,209 @@
+// The operator's composition: informers over Nodes, VirtualIONodes and VirtualIODevices (and the
+// KubeVirt CR once its CRD is served), three work queues fed by their change handlers, and three
+// controllers: plan (per node), status (per pool) and kubevirt (one key). Everything takes its
+// ports, clock and logger as arguments, so unit tests run it against the in-memory fake.
+import type { Logger } from 'pino';
+import type { NodeObject, Pool, VioNode } from './api/types.js';
+import { KUBEVIRT_KEY, KubeVirtReconciler } from './controllers/kubevirt/reconciler.js';
+import { PlanReconciler } from './controllers/plan/reconciler.js';
+import { StatusReconciler } from './controllers/status/reconciler.js';
+import { World, type KubeVirtObject, type KubeVirtSettings } from './controllers/world.js';
+import type { KubePort } from './kube/ports.js';
+import { KubeVirts, Nodes, VirtualIODevices, VirtualIONodes } from './kube/resources.js';
+import type { OperatorMetrics } from './metrics.js';
+import { sleep, type Clock } from './runtime/clock.js';
+import { runController } from './runtime/controller.js';
+import type { EventRecorder } from './runtime/events.js';
+import { Informer } from './runtime/informer.js';
+import { WorkQueue } from './runtime/workqueue.js';
+import { jsonEqual } from './util/json.js';
+
+export interface OperatorTuning {
+  /** Informer watchdog: re-list after this long without any event. Default 5 min. */
+  silenceMs?: number;
+  /** How often to check whether the KubeVirt CRD appeared or went away. Default 60 s. */
+  kubevirtRecheckMs?: number;
+  /** Status and KubeVirt reconciles are debounced by this much after a change. Default 200 ms. */
+  debounceMs?: number;
+  /** Full resync of every key. Default 10 min. */
+  resyncMs?: number;
+  planWorkers?: number;
+  statusWorkers?: number;
+}
+
+export interface OperatorOptions {
+  kube: KubePort;
+  clock: Clock;
+  log: Logger;
+  events: EventRecorder;
+  kubevirt: KubeVirtSettings;
+  metrics?: OperatorMetrics;
+  tuning?: OperatorTuning;
+}
+
+/** Keeps only what the operator reads of a Node (its informer would otherwise cache images and status). */
+function nodeMetadataOnly(n: NodeObject): NodeObject {
+  const { name, uid, resourceVersion, labels, creationTimestamp } = n.metadata;
+  return { apiVersion: 'v1', kind: 'Node', metadata: { name, uid, resourceVersion, labels, creationTimestamp } };
+}
+
+function poolsOf(v: VioNode | undefined): string[] {
+  if (!v) return [];
+  return [...(v.spec?.pools ?? []).map((p) => p.name), ...(v.status?.pools ?? []).map((p) => p.name), ...(v.status?.slices ?? []).map((s) => s.pool)];
+}
+
+async function untilSynced(inf: { synced(): Promise<void> }, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return false;
+  let onAbort: () => void = () => undefined;
+  const aborted = new Promise<boolean>((r) => {
+    onAbort = () => r(false);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  const ok = await Promise.race([inf.synced().then(() => true), aborted]);
+  signal.removeEventListener('abort', onAbort);
+  return ok;
+}
+
+export class Operator {
+  private readyFlag = false;
+
+  constructor(private readonly opts: OperatorOptions) {}
+
+  /** True once the caches are synced and the controllers run. */
+  get ready(): boolean {
+    return this.readyFlag;
+  }
+
+  /** Runs until `signal` aborts; resolves after every worker and watch has stopped. */
+  async run(signal: AbortSignal): Promise<void> {
+    const { kube, clock, log, metrics, events } = this.opts;
+    const t = this.opts.tuning ?? {};
+    const debounce = t.debounceMs ?? 200;
+    const informerOpts = { kube, clock, silenceMs: t.silenceMs, observer: metrics };
+    const nodes = new Informer<NodeObject>({ ...informerOpts, resource: Nodes, log: log.child({ informer: 'nodes' }), transform: nodeMetadataOnly });
+    const vioNodes = new Informer<VioNode>({ ...informerOpts, resource: VirtualIONodes, log: log.child({ informer: 'virtualionodes' }) });
+    const pools = new Informer<Pool>({ ...informerOpts, resource: VirtualIODevices, log: log.child({ informer: 'virtualiodevices' }) });
+    const world = new World(nodes, vioNodes, pools, this.opts.kubevirt);
+
+    const planQ = new WorkQueue({ clock });
+    const statusQ = new WorkQueue({ clock });
+    const kubevirtQ = new WorkQueue({ clock });
+    metrics?.watchQueue('plan', planQ);
+    metrics?.watchQueue('status', statusQ);
+    metrics?.watchQueue('kubevirt', kubevirtQ);
+    const planAll = () => {
+      for (const n of nodes.list()) planQ.add(n.metadata.name);
+    };
+    const statusAll = () => {
+      for (const p of pools.list()) statusQ.addAfter(p.metadata.name, debounce);
+    };
+    const kubevirtSoon = () => kubevirtQ.addAfter(KUBEVIRT_KEY, debounce);
+
+    nodes.onChange((obj, old) => {
+      planQ.add((obj ?? old)?.metadata.name ?? '');
+      if (!obj || !old || !jsonEqual(obj.metadata.labels, old.metadata.labels)) statusAll();
+    });
+    vioNodes.onChange((obj, old) => {
+      const name = (obj ?? old)?.metadata.name ?? '';
+      if (nodes.get(name)) planQ.add(name);
+      for (const p of new Set([...poolsOf(obj), ...poolsOf(old)])) if (pools.get(p)) statusQ.addAfter(p, debounce);
+      const inventoryChanged = !jsonEqual(obj?.status?.inventory, old?.status?.inventory);
+      if (inventoryChanged) statusAll();
+      if (inventoryChanged || !jsonEqual(obj?.spec, old?.spec)) kubevirtSoon();
+    });
+    pools.onChange((obj, old) => {
+      world.poolsChanged();
+      const specChanged = !obj || !old || obj.metadata.generation !== old.metadata.generation ||
+        !!obj.metadata.deletionTimestamp !== !!old.metadata.deletionTimestamp;
+      if (specChanged) {
+        planAll();
+        statusAll();
+        kubevirtSoon();
+      } else if (obj) {
+        statusQ.addAfter(obj.metadata.name, debounce);
+      }
+    });
+
+    const runs: Promise<void>[] = [nodes.run(signal), vioNodes.run(signal), pools.run(signal)];
+    const synced = await Promise.all([untilSynced(nodes, signal), untilSynced(vioNodes, signal), untilSynced(pools, signal)]);
+    if (!synced.every(Boolean)) {
+      await Promise.all(runs);
+      return;
+    }
+    log.info({ nodes: nodes.size, virtualionodes: vioNodes.size, virtualiodevices: pools.size }, 'Synced caches');
+
+    // KubeVirt: watch its CR only while the CRD is served; look again periodically.
+    let kv: { abort: AbortController; run: Promise<void> } | undefined;
+    const settings = this.opts.kubevirt;
+    const checkKubeVirt = async () => {
+      let exists: boolean;
+      try {
+        exists = await kube.resourceExists(KubeVirts);
+      } catch (err) {
+        log.warn({ err }, 'Failed to discover the KubeVirt API');
+        return;
+      }
+      if (exists && !kv) {
+        const abort = new AbortController();
+        const stop = () => abort.abort();
+        signal.addEventListener('abort', stop, { once: true });
+        const inf = new Informer<KubeVirtObject>({
+          ...informerOpts, resource: KubeVirts, log: log.child({ informer: 'kubevirts' }),
+          list: { namespace: settings.namespace, fieldSelector: `metadata.name=${settings.name}` },
+        });
+        inf.onChange(() => {
+          kubevirtQ.add(KUBEVIRT_KEY);
+          statusAll();
+        });
+        kv = { abort, run: inf.run(abort.signal).finally(() => signal.removeEventListener('abort', stop)) };
+        if (!(await untilSynced(inf, abort.signal))) return;
+        world.kubevirt.installed = true;
+        world.kubevirt.informer = inf;
+        log.info({ kubevirt: `${settings.namespace}/${settings.name}`, found: !!inf.get(settings.name, settings.namespace) }, 'Found KubeVirt API');
+        kubevirtQ.add(KUBEVIRT_KEY);
+        statusAll();
+      } else if (!exists && kv) {
+        kv.abort.abort();
+        await kv.run;
+        kv = undefined;
+        world.kubevirt.installed = false;
+        world.kubevirt.informer = undefined;
+        log.info({}, 'KubeVirt API went away');
+        statusAll();
+      }
+    };
+    await checkKubeVirt();
+    const recheck = (async () => {
+      while (!signal.aborted) {
+        await sleep(clock, t.kubevirtRecheckMs ?? 60_000, signal).catch(() => undefined);
+        if (!signal.aborted) await checkKubeVirt();
+      }
+    })();
+    const resync = (async () => {
+      while (!signal.aborted) {
+        await sleep(clock, t.resyncMs ?? 10 * 60_000, signal).catch(() => undefined);
+        if (signal.aborted) break;
+        planAll();
+        statusAll();
+        kubevirtSoon();
+      }
+    })();
+
+    planAll();
+    statusAll();
+    kubevirtQ.add(KUBEVIRT_KEY);
+    this.readyFlag = true;
+    const common = { clock, observer: metrics };
+    await Promise.all([
+      runController({ ...common, name: 'plan', queue: planQ, workers: t.planWorkers ?? 8, log: log.child({ controller: 'plan' }),
+        reconciler: new PlanReconciler({ kube, world, log: log.child({ controller: 'plan' }) }) }, signal),
+      runController({ ...common, name: 'status', queue: statusQ, workers: t.statusWorkers ?? 2, log: log.child({ controller: 'status' }),
+        reconciler: new StatusReconciler({ kube, world, clock, events, log: log.child({ controller: 'status' }) }) }, signal),
+      runController({ ...common, name: 'kubevirt', queue: kubevirtQ, workers: 1, log: log.child({ controller: 'kubevirt' }),
+        reconciler: new KubeVirtReconciler({ kube, world, log: log.child({ controller: 'kubevirt' }) }) }, signal),
+      recheck, resync, ...runs,
+    ]);
+    if (kv) await kv.run;
+    this.readyFlag = false;
+  }
+}

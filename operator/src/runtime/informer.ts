@@ -1,0 +1,214 @@
+// An informer: a local cache of one resource kept current by a list-then-watch source (client-node's
+// ListWatch behind the port), plus what ListWatch lacks:
+// * restart with exponential backoff after an error (ListWatch stops on any non-410 error);
+// * a watchdog: when nothing has arrived for `silenceMs`, the watch may be silently dead (half-open
+//   TCP), so the informer throws the source away and re-lists from scratch;
+// * deletions noticed on a re-list are delivered like watch deletions;
+// * handlers get the previous object too, so they can map both old and new owners to keys.
+import type { Logger } from 'pino';
+import type { KubeObject, KubePort, ListOptions, ListResult, ListWatchSource, ResourceType } from '../kube/ports.js';
+import type { CancelTimer, Clock } from './clock.js';
+
+/** Called for every change: `obj` is undefined on delete, `old` undefined on add. */
+export type ChangeHandler<T> = (obj: T | undefined, old: T | undefined) => void;
+
+export interface InformerObserver {
+  restarted(resource: string, reason: 'error' | 'silence'): void;
+}
+
+export interface InformerOptions<T extends KubeObject = KubeObject> {
+  kube: KubePort;
+  resource: ResourceType;
+  list?: ListOptions;
+  clock: Clock;
+  log: Logger;
+  /** Re-list when no event or list has arrived for this long. Default 5 minutes. */
+  silenceMs?: number;
+  /** First restart delay after an error (doubles up to maxBackoffMs). Default 500 ms. */
+  baseBackoffMs?: number;
+  maxBackoffMs?: number;
+  observer?: InformerObserver;
+  /**
+   * Reduces each object before it is cached (e.g. keep only Node metadata). Must keep
+   * metadata.name, namespace and resourceVersion.
+   */
+  transform?: (obj: T) => T;
+}
+
+export function objectKey(obj: KubeObject): string {
+  return obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name;
+}
+
+/**
+ * Cache + change notifications for one resource. `run(signal)` keeps it current until the signal
+ * aborts. Objects handed out are the cache's own: never mutate them (structuredClone first).
+ */
+export class Informer<T extends KubeObject> {
+  private readonly store = new Map<string, T>();
+  private readonly handlers: ChangeHandler<T>[] = [];
+  private source: ListWatchSource<T> | undefined;
+  private generation = 0;
+  private lastActivity = 0;
+  private failures = 0;
+  private syncedFlag = false;
+  private syncedResolve!: () => void;
+  private readonly syncedPromise: Promise<void>;
+  private signal: AbortSignal | undefined;
+  private retryTimer: CancelTimer | undefined;
+  private readonly silenceMs: number;
+  private readonly baseBackoffMs: number;
+  private readonly maxBackoffMs: number;
+
+  constructor(private readonly opts: InformerOptions<T>) {
+    this.silenceMs = opts.silenceMs ?? 5 * 60_000;
+    this.baseBackoffMs = opts.baseBackoffMs ?? 500;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 30_000;
+    this.syncedPromise = new Promise((r) => (this.syncedResolve = r));
+  }
+
+  get resource(): ResourceType {
+    return this.opts.resource;
+  }
+
+  onChange(handler: ChangeHandler<T>): void {
+    this.handlers.push(handler);
+  }
+
+  get(name: string, namespace?: string): T | undefined {
+    return this.store.get(namespace ? `${namespace}/${name}` : name);
+  }
+
+  list(): T[] {
+    return [...this.store.values()];
+  }
+
+  get size(): number {
+    return this.store.size;
+  }
+
+  /** True once the first full list has been delivered. */
+  get hasSynced(): boolean {
+    return this.syncedFlag;
+  }
+
+  /** Resolves once the first full list has been delivered. */
+  synced(): Promise<void> {
+    return this.syncedPromise;
+  }
+
+  /** Starts listing and watching; resolves when `signal` aborts and the watch has stopped. */
+  async run(signal: AbortSignal): Promise<void> {
+    this.signal = signal;
+    this.lastActivity = this.opts.clock.now();
+    this.startSource();
+    const period = Math.max(10, Math.floor(this.silenceMs / 4));
+    let cancelWatchdog: CancelTimer | undefined;
+    const watchdog = () => {
+      if (signal.aborted) return;
+      if (this.opts.clock.now() - this.lastActivity >= this.silenceMs) {
+        this.opts.log.warn({ resource: this.opts.resource.plural, silenceMs: this.silenceMs }, 'Watch was silent; re-listing');
+        this.opts.observer?.restarted(this.opts.resource.plural, 'silence');
+        this.lastActivity = this.opts.clock.now();
+        this.startSource();
+      }
+      cancelWatchdog = this.opts.clock.setTimer(period, watchdog);
+    };
+    cancelWatchdog = this.opts.clock.setTimer(period, watchdog);
+    await new Promise<void>((resolve) => {
+      if (signal.aborted) resolve();
+      else signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+    cancelWatchdog?.();
+    this.retryTimer?.();
+    this.generation++;
+    await this.source?.stop();
+    this.source = undefined;
+  }
+
+  /** Replaces the source with a fresh one (which lists first). */
+  private startSource(): void {
+    const old = this.source;
+    const gen = ++this.generation;
+    this.retryTimer?.();
+    void old?.stop();
+    const { kube, resource } = this.opts;
+    const src = kube.listWatch<T>(resource, this.opts.list ?? {}, () => this.relist(gen));
+    this.source = src;
+    src.on('add', (o) => gen === this.generation && this.upsert(o));
+    src.on('update', (o) => gen === this.generation && this.upsert(o));
+    src.on('delete', (o) => gen === this.generation && this.remove(o));
+    src.on('error', (err) => gen === this.generation && this.onError(err, src, gen));
+    void src.start().catch((err: unknown) => gen === this.generation && this.onError(err, src, gen));
+  }
+
+  private async relist(gen: number): Promise<ListResult<T>> {
+    const res = await this.opts.kube.list<T>(this.opts.resource, this.opts.list);
+    if (gen !== this.generation) return { items: [], resourceVersion: res.resourceVersion };
+    this.touch();
+    const present = new Set(res.items.map(objectKey));
+    for (const [key, old] of [...this.store]) {
+      if (!present.has(key)) {
+        this.store.delete(key);
+        this.emit(undefined, old);
+      }
+    }
+    // The source delivers the listed items as adds right after this promise settles; the cache
+    // is complete once that has happened.
+    if (!this.syncedFlag) {
+      setImmediate(() => {
+        if (this.syncedFlag) return;
+        this.syncedFlag = true;
+        this.syncedResolve();
+      });
+    }
+    return res;
+  }
+
+  private touch(): void {
+    this.lastActivity = this.opts.clock.now();
+    this.failures = 0;
+  }
+
+  private upsert(raw: T): void {
+    this.touch();
+    const obj = this.opts.transform ? this.opts.transform(raw) : raw;
+    const key = objectKey(obj);
+    const old = this.store.get(key);
+    if (old && old.metadata.resourceVersion === obj.metadata.resourceVersion) return;
+    this.store.set(key, obj);
+    this.emit(obj, old);
+  }
+
+  private remove(obj: T): void {
+    this.touch();
+    const key = objectKey(obj);
+    const old = this.store.get(key);
+    if (!old) return;
+    this.store.delete(key);
+    this.emit(undefined, old);
+  }
+
+  private emit(obj: T | undefined, old: T | undefined): void {
+    for (const h of this.handlers) {
+      try {
+        h(obj, old);
+      } catch (err) {
+        this.opts.log.error({ err, resource: this.opts.resource.plural }, 'Change handler failed');
+      }
+    }
+  }
+
+  private onError(err: unknown, src: ListWatchSource<T>, gen: number): void {
+    if (this.signal?.aborted) return;
+    const delay = Math.min(this.baseBackoffMs * 2 ** Math.min(this.failures, 20), this.maxBackoffMs);
+    this.failures++;
+    this.opts.log.warn({ err, resource: this.opts.resource.plural, delayMs: delay }, 'Watch failed; restarting');
+    this.opts.observer?.restarted(this.opts.resource.plural, 'error');
+    this.retryTimer?.();
+    this.retryTimer = this.opts.clock.setTimer(delay, () => {
+      if (gen !== this.generation || this.signal?.aborted) return;
+      // Resume from the last resourceVersion; the source re-lists by itself on 410 Gone.
+      void src.start().catch((e: unknown) => gen === this.generation && this.onError(e, src, gen));
+    });
+  }
+}
