@@ -133,10 +133,12 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
   const checkValues = async (): Promise<boolean> => {
     let changed = false;
     for (const [file, st] of values) {
-      const content = await readValue(file);
-      if (content === undefined || content === '' || content === st.shadow) continue; // gone, mid-write, or unchanged
+      const raw = await readFile(file, 'utf8').catch(() => undefined);
+      if (raw === undefined || raw === '') continue; // gone, or truncated by a write in progress
+      const content = raw.trim(); // "\n" alone clears driver_override
+      if (content === st.shadow) continue;
       if (await apply(file, content, true)) {
-        st.shadow = content;
+        st.shadow = content === '' ? (VALUE_DEFAULTS[path.basename(file)] ?? '') : content;
       } else {
         await writeFile(file, `${st.shadow}\n`).catch(() => undefined);
       }

@@ -1,0 +1,37 @@
+// Applies a carving plan through the SysfsWriter port, one write at a time, in order.
+import type { CarvingPlan, SysfsWrite } from '../model.js';
+import type { SysfsWriter } from '../sysfs/writer.js';
+
+/** The outcome of one planned write. */
+export type WriteResult =
+  | { write: SysfsWrite; ok: true }
+  | { write: SysfsWrite; ok: false; error: string; skipped?: boolean };
+
+/**
+ * Applies `plan.writes` in order and returns one result per write. Never throws because a write
+ * failed: the error is reported in its result. After a failed write, the remaining writes of the
+ * same `group` are skipped (reported with `skipped: true`), since they depend on it; other groups
+ * proceed. An aborted `signal` skips everything not yet started.
+ */
+export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signal?: AbortSignal): Promise<WriteResult[]> {
+  const results: WriteResult[] = [];
+  const failedGroups = new Set<string>();
+  for (const write of plan.writes) {
+    if (signal?.aborted) {
+      results.push({ write, ok: false, error: 'skipped: shutting down', skipped: true });
+      continue;
+    }
+    if (write.group !== undefined && failedGroups.has(write.group)) {
+      results.push({ write, ok: false, error: `skipped: an earlier write for ${write.group} failed`, skipped: true });
+      continue;
+    }
+    try {
+      await writer.write(write.path, write.value);
+      results.push({ write, ok: true });
+    } catch (err) {
+      if (write.group !== undefined) failedGroups.add(write.group);
+      results.push({ write, ok: false, error: err instanceof Error ? err.message : String(err) });
+    }
+  }
+  return results;
+}

@@ -1,0 +1,341 @@
+// Carving as data: pure functions from (plan, inventory, allocations) to the ordered sysfs writes
+// that make the slices exist, plus what cannot proceed now and why. Idempotent by construction:
+// a write is planned only where the inventory differs from the wanted state.
+import type { BlockedChange, CarvingPlan, Inventory, InventoryDevice, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
+import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
+import { indexDevices, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
+
+/** Input of {@link planCarving}. */
+export interface PlanInput {
+  spec: VirtualIONodeSpec;
+  inventory: Inventory;
+  nodeName: string;
+  /** Slice IDs the kubelet reports as allocated (PCI addresses, mdev UUIDs, WWPNs). */
+  allocated: ReadonlySet<string>;
+}
+
+const pciDev = (bdf: string, attr: string): string => `bus/pci/devices/${bdf}/${attr}`;
+
+/** The three writes that move one function to `driver` (override, unbind if bound, probe). */
+export function bindWrites(dev: InventoryDevice, driver: string, why: string, group = dev.pciAddress): SysfsWrite[] {
+  const w: SysfsWrite[] = [{ path: pciDev(dev.pciAddress, 'driver_override'), value: driver, why, group }];
+  if (dev.driver) w.push({ path: pciDev(dev.pciAddress, 'driver/unbind'), value: dev.pciAddress, why: `${why} (unbind from ${dev.driver})`, group });
+  w.push({ path: 'bus/pci/drivers_probe', value: dev.pciAddress, why, group });
+  return w;
+}
+
+/** Writes that return a function to its native driver: clear the override, unbind, re-probe. */
+export function releaseWrites(dev: InventoryDevice, why: string): SysfsWrite[] {
+  const group = dev.pciAddress;
+  const w: SysfsWrite[] = [{ path: pciDev(dev.pciAddress, 'driver_override'), value: '\n', why, group }];
+  if (dev.driver) w.push({ path: pciDev(dev.pciAddress, 'driver/unbind'), value: dev.pciAddress, why, group });
+  w.push({ path: 'bus/pci/drivers_probe', value: dev.pciAddress, why, group });
+  return w;
+}
+
+function list(ids: string[], max = 8): string {
+  return ids.length <= max ? ids.join(', ') : `${ids.slice(0, max).join(', ')} and ${ids.length - max} more`;
+}
+
+/** SR-IOV: numvfs per PF over every pool on it, then VF driver binding. */
+function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, allocated: ReadonlySet<string>, out: CarvingPlan): void {
+  const byPf = new Map<string, { pool: PoolPlan; dev: PoolDevice }[]>();
+  for (const pool of pools) {
+    for (const dev of pool.devices) {
+      const l = byPf.get(dev.pciAddress) ?? [];
+      l.push({ pool, dev });
+      byPf.set(dev.pciAddress, l);
+    }
+  }
+  for (const pfAddr of [...byPf.keys()].sort(compareText)) {
+    const users = byPf.get(pfAddr) ?? [];
+    const poolNames = users.map((u) => u.pool.name).join(',');
+    const block = (reason: string): void => {
+      for (const u of users) out.blocked.push({ pool: u.pool.name, device: pfAddr, reason });
+    };
+    const pf = devices.get(pfAddr);
+    if (!pf) {
+      block(`device ${pfAddr} not found`);
+      continue;
+    }
+    const total = pf.sriov?.totalVFs;
+    if (total === undefined) {
+      block(`device ${pfAddr} is not SR-IOV capable (no sriov_totalvfs)`);
+      continue;
+    }
+    const want = wantedNumVfs(users, total);
+    if (want > total) {
+      block(`${want} VFs wanted on ${pfAddr} but sriov_totalvfs is ${total}`);
+      continue;
+    }
+    const vfs = pf.sriov?.vfs ?? [];
+    const cur = pf.sriov?.numVFs ?? vfs.length;
+    if (cur !== want) {
+      if (cur !== 0) {
+        const held = vfs.filter((vf) => allocated.has(vf));
+        if (held.length > 0) {
+          block(`re-carving ${pfAddr} from ${cur} to ${want} VFs waits: allocated VFs ${list(held)}`);
+          continue;
+        }
+        out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: '0', why: `disable ${cur} VFs before enabling ${want} (pools ${poolNames})`, group: pfAddr });
+      }
+      if (want > 0) {
+        out.writes.push({ path: pciDev(pfAddr, 'sriov_drivers_autoprobe'), value: '0', why: `keep new VFs of ${pfAddr} unbound`, group: pfAddr });
+        out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: String(want), why: `enable ${want} VFs (pools ${poolNames})`, group: pfAddr });
+      }
+      continue; // the VFs are bound on the next pass, once discovery has seen them
+    }
+    for (const { pool, dev } of users) {
+      const { first, last } = vfRange(pool, dev, total);
+      const driver = vfDriverOf(pool);
+      for (let i = first; i <= last && i < vfs.length; i++) {
+        const vfAddr = vfs[i] as string;
+        const vf = devices.get(vfAddr);
+        if (!vf) {
+          out.blocked.push({ pool: pool.name, device: vfAddr, reason: `VF ${i} of ${pfAddr} (${vfAddr}) not found` });
+          continue;
+        }
+        if (vf.driver !== driver) out.writes.push(...bindWrites(vf, driver, `bind VF ${i} of ${pfAddr} to ${driver} (pool ${pool.name})`));
+      }
+    }
+  }
+}
+
+/** Passthrough: the function and every non-bridge member of its IOMMU group on vfio-pci. */
+function planPassthrough(pool: PoolPlan, devices: Map<string, InventoryDevice>, out: CarvingPlan, seen: Set<string>): void {
+  for (const pd of pool.devices) {
+    const dev = devices.get(pd.pciAddress);
+    if (!dev) {
+      out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: `device ${pd.pciAddress} not found` });
+      continue;
+    }
+    const members = new Set<string>([dev.pciAddress, ...(dev.iommuGroupMembers ?? [])]);
+    const missing = [...members].filter((m) => !devices.has(m));
+    if (missing.length > 0) {
+      out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `IOMMU group ${dev.iommuGroup ?? '?'} members not found: ${list(missing)}` });
+      continue;
+    }
+    for (const m of [...members].sort(compareText)) {
+      const md = devices.get(m) as InventoryDevice;
+      if (m !== dev.pciAddress && isBridgeClass(md.classCode)) continue;
+      if (md.driver === VFIO_PCI || seen.has(m)) continue;
+      seen.add(m);
+      const why = m === dev.pciAddress ? `pass ${m} through (pool ${pool.name})` : `IOMMU group ${dev.iommuGroup} member of ${dev.pciAddress} (pool ${pool.name})`;
+      out.writes.push(...bindWrites(md, VFIO_PCI, why));
+    }
+  }
+}
+
+/** Mediated: create the deterministic UUIDs that are missing, remove extras of the type no pod holds. */
+function planMediated(node: string, pool: PoolPlan, devices: Map<string, InventoryDevice>, allocated: ReadonlySet<string>, out: CarvingPlan): void {
+  for (const pd of pool.devices) {
+    if (!devices.has(pd.pciAddress)) {
+      out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: `device ${pd.pciAddress} not found` });
+      continue;
+    }
+    const { slots, candidates, missing, type } = mdevSlots(node, pool, pd, devices);
+    if (missing > 0) {
+      out.blocked.push({
+        pool: pool.name,
+        device: pd.pciAddress,
+        reason: `${missing} of ${pool.count ?? 1} mdevs of type ${pool.mdevType ?? '(none)'} have no parent on ${pd.pciAddress} that supports the type`,
+      });
+    }
+    const wanted = new Set(slots.map((s) => s.uuid));
+    for (const parent of candidates) {
+      const p = devices.get(parent) as InventoryDevice;
+      for (const m of p.mdevs ?? []) {
+        if (m.type !== type || wanted.has(m.uuid)) continue;
+        if (allocated.has(m.uuid)) {
+          out.blocked.push({ pool: pool.name, device: parent, reason: `mdev ${m.uuid} is not one of the pool's but is allocated; kept until released` });
+          continue;
+        }
+        out.writes.push({ path: `bus/mdev/devices/${m.uuid}/remove`, value: '1', why: `remove mdev ${m.uuid} of type ${m.type} not in pool ${pool.name}`, group: parent });
+      }
+    }
+    const byParent = new Map<string, typeof slots>();
+    for (const s of slots) byParent.set(s.parent, [...(byParent.get(s.parent) ?? []), s]);
+    for (const [parent, ps] of byParent) {
+      const p = devices.get(parent) as InventoryDevice;
+      const have = new Set((p.mdevs ?? []).map((m) => m.uuid));
+      const toCreate = ps.filter((s) => !have.has(s.uuid));
+      const t = (p.mdevTypes ?? []).find((x) => x.id === ps[0]?.type);
+      const avail = t?.availableInstances;
+      const extrasFreed = (p.mdevs ?? []).filter((m) => m.type === ps[0]?.type && !wanted.has(m.uuid) && !allocated.has(m.uuid)).length;
+      let creatable = toCreate.length;
+      if (avail !== undefined && avail + extrasFreed < toCreate.length) {
+        creatable = Math.max(0, avail + extrasFreed);
+        out.blocked.push({
+          pool: pool.name,
+          device: parent,
+          reason: `${toCreate.length} mdevs of type ${ps[0]?.type} wanted on ${parent} but only ${avail + extrasFreed} instances are available`,
+        });
+      }
+      for (const s of toCreate.slice(0, creatable)) {
+        out.writes.push({
+          path: `bus/pci/devices/${parent}/mdev_supported_types/${s.type}/create`,
+          value: s.uuid,
+          why: `create mdev ${s.index} of type ${s.type} on ${parent} (pool ${pool.name})`,
+          group: parent,
+        });
+      }
+    }
+  }
+}
+
+/** NPIV: deterministic vports per physical port; extras with the pool's prefix that no pod holds go. */
+function planNpiv(node: string, pool: PoolPlan, devices: Map<string, InventoryDevice>, inv: Inventory, allocated: ReadonlySet<string>, out: CarvingPlan): void {
+  for (const pd of pool.devices) {
+    const dev = devices.get(pd.pciAddress);
+    if (!dev) {
+      out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: `device ${pd.pciAddress} not found` });
+      continue;
+    }
+    if (!pool.wwnPrefix) {
+      out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: 'NPIV pool has no wwnPrefix' });
+      continue;
+    }
+    if ((dev.fcHosts ?? []).length === 0) {
+      out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: `device ${pd.pciAddress} has no Fibre Channel host` });
+      continue;
+    }
+    const slots = vportSlots(node, pool, dev);
+    for (const h of dev.fcHosts ?? []) {
+      const mine = slots.filter((s) => s.host === h.host);
+      const wanted = new Set(mine.map((s) => s.wwpn));
+      const existing = vportsOf(inv, dev.pciAddress, h.host);
+      const have = new Set(existing.map((v) => v.wwpn));
+      let freed = 0;
+      for (const v of existing) {
+        if (!v.wwpn || !v.wwnn || wanted.has(v.wwpn) || !v.wwpn.startsWith(pool.wwnPrefix)) continue;
+        if (allocated.has(v.wwpn)) {
+          out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `vport ${v.wwpn} is no longer wanted but is allocated; kept until released` });
+          continue;
+        }
+        freed++;
+        out.writes.push({ path: `class/fc_host/${h.host}/vport_delete`, value: `${v.wwpn}:${v.wwnn}`, why: `delete vport ${v.wwpn} not in pool ${pool.name}`, group: `${dev.pciAddress}/${h.host}` });
+      }
+      const toCreate = mine.filter((s) => !have.has(s.wwpn));
+      let room = toCreate.length;
+      if (h.maxNPIVVports !== undefined) {
+        room = Math.max(0, h.maxNPIVVports - (h.npivVportsInUse ?? existing.length) + freed);
+        if (room < toCreate.length) {
+          out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `${toCreate.length} vports wanted on ${h.host} but only ${room} of max_npiv_vports ${h.maxNPIVVports} are free` });
+        }
+      }
+      for (const s of toCreate.slice(0, room)) {
+        out.writes.push({ path: `class/fc_host/${h.host}/vport_create`, value: `${s.wwpn}:${s.wwnn}`, why: `create vport ${s.index} on ${h.host} (pool ${pool.name})`, group: `${dev.pciAddress}/${h.host}` });
+      }
+    }
+  }
+}
+
+function sortBlocked(b: BlockedChange[]): BlockedChange[] {
+  return b.sort((x, y) => compareText(x.pool, y.pool) || compareText(x.device, y.device) || compareText(x.reason, y.reason));
+}
+
+/**
+ * Plans the sysfs writes that make every non-deleting pool of `spec` exist on this node, in order.
+ * Pure and deterministic. A change that would destroy an allocated slice (re-carving a PF whose VFs
+ * are held, removing a held mdev or vport) is not planned: it is reported in `blocked` with the
+ * reason, and other devices proceed. SR-IOV converges in two passes: enabling VFs first, binding
+ * them once the next scan sees them. Applying the plan and planning again yields no writes.
+ */
+export function planCarving(input: PlanInput): CarvingPlan {
+  const out: CarvingPlan = { writes: [], blocked: [] };
+  const devices = indexDevices(input.inventory);
+  const pools = [...(input.spec.pools ?? [])].filter((p) => !p.deleting).sort((a, b) => compareText(a.name, b.name));
+  planSriov(pools.filter((p) => p.mode === 'SRIOV'), devices, input.allocated, out);
+  const seen = new Set<string>();
+  for (const pool of pools) {
+    if (pool.mode === 'Passthrough') planPassthrough(pool, devices, out, seen);
+    else if (pool.mode === 'Mediated') planMediated(input.nodeName, pool, devices, input.allocated, out);
+    else if (pool.mode === 'NPIV') planNpiv(input.nodeName, pool, devices, input.inventory, input.allocated, out);
+  }
+  sortBlocked(out.blocked);
+  return out;
+}
+
+/** Input of {@link planUncarve}. */
+export interface UncarveInput {
+  /** The pool being deleted or removed (its last known plan). */
+  pool: PoolPlan;
+  /** The node's current plan: pools still active there keep what they share with `pool`. */
+  spec: VirtualIONodeSpec;
+  inventory: Inventory;
+  nodeName: string;
+  allocated: ReadonlySet<string>;
+}
+
+/**
+ * Plans the release of a deleting or removed pool: what no pod holds is uncarved (VFs disabled when
+ * no other active pool uses the PF, mdevs and vports removed, passthrough functions returned to
+ * their native driver); what pods hold stays and is listed in `held` (and in `blocked` with a
+ * reason). Pure; planning again after applying yields no writes.
+ */
+export function planUncarve(input: UncarveInput): CarvingPlan {
+  const { pool, inventory, nodeName, allocated } = input;
+  const out: CarvingPlan = { writes: [], blocked: [], held: [] };
+  const held = new Set<string>();
+  const devices = indexDevices(inventory);
+  const others = (input.spec.pools ?? []).filter((p) => p.name !== pool.name && !p.deleting);
+  for (const pd of pool.devices) {
+    const dev = devices.get(pd.pciAddress);
+    if (!dev) continue; // gone: nothing left to release
+    if (pool.mode === 'SRIOV') {
+      const total = dev.sriov?.totalVFs ?? 0;
+      const vfs = dev.sriov?.vfs ?? [];
+      const { first, last } = vfRange(pool, pd, total);
+      const mine = vfs.slice(first, last + 1);
+      for (const vf of mine) if (allocated.has(vf)) held.add(vf);
+      const shared = others.some((p) => p.mode === 'SRIOV' && p.devices.some((d) => d.pciAddress === pd.pciAddress));
+      if (shared || vfs.length === 0) continue;
+      const heldOnPf = vfs.filter((vf) => allocated.has(vf));
+      if (heldOnPf.length > 0) {
+        out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: `disabling VFs of ${pd.pciAddress} waits: allocated VFs ${list(heldOnPf)}` });
+        continue;
+      }
+      out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_numvfs'), value: '0', why: `release ${vfs.length} VFs of pool ${pool.name}`, group: pd.pciAddress });
+      out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_drivers_autoprobe'), value: '1', why: `restore VF autoprobe on ${pd.pciAddress}`, group: pd.pciAddress });
+    } else if (pool.mode === 'Mediated') {
+      const { slots } = mdevSlots(nodeName, pool, pd, devices);
+      for (const s of slots) {
+        const parent = devices.get(s.parent);
+        if (!(parent?.mdevs ?? []).some((m) => m.uuid === s.uuid)) continue;
+        if (allocated.has(s.uuid)) {
+          held.add(s.uuid);
+          out.blocked.push({ pool: pool.name, device: s.parent, reason: `mdev ${s.uuid} is allocated; removed once released` });
+          continue;
+        }
+        out.writes.push({ path: `bus/mdev/devices/${s.uuid}/remove`, value: '1', why: `release mdev ${s.uuid} of pool ${pool.name}`, group: s.parent });
+      }
+    } else if (pool.mode === 'Passthrough') {
+      if (allocated.has(dev.pciAddress)) {
+        held.add(dev.pciAddress);
+        out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `${dev.pciAddress} is allocated; returned to its driver once released` });
+        continue;
+      }
+      const usedByOthers = new Set(others.filter((p) => p.mode === 'Passthrough').flatMap((p) => p.devices.flatMap((d) => [d.pciAddress, ...(devices.get(d.pciAddress)?.iommuGroupMembers ?? [])])));
+      for (const m of [dev.pciAddress, ...(dev.iommuGroupMembers ?? [])].filter((x, i, a) => a.indexOf(x) === i).sort(compareText)) {
+        const md = devices.get(m);
+        if (!md || md.driver !== VFIO_PCI || usedByOthers.has(m)) continue;
+        if (m !== dev.pciAddress && isBridgeClass(md.classCode)) continue;
+        out.writes.push(...releaseWrites(md, `return ${m} to its native driver (pool ${pool.name} released)`));
+      }
+    } else if (pool.mode === 'NPIV') {
+      for (const s of vportSlots(nodeName, pool, dev)) {
+        const v = vportsOf(inventory, dev.pciAddress, s.host).find((x) => x.wwpn === s.wwpn);
+        if (!v) continue;
+        if (allocated.has(s.wwpn)) {
+          held.add(s.wwpn);
+          out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `vport ${s.wwpn} is allocated; deleted once released` });
+          continue;
+        }
+        out.writes.push({ path: `class/fc_host/${s.host}/vport_delete`, value: `${s.wwpn}:${v.wwnn ?? s.wwnn}`, why: `release vport ${s.wwpn} of pool ${pool.name}`, group: `${dev.pciAddress}/${s.host}` });
+      }
+    }
+  }
+  out.held = [...held].sort(compareText);
+  sortBlocked(out.blocked);
+  return out;
+}

@@ -1,0 +1,279 @@
+// Slices and their health: what each pool advertises, computed from the plan and one inventory.
+import { existsSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { devPathUnder, vfioGroupPath } from '../discovery/scan.js';
+import { indexDevices, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf } from '../carving/layout.js';
+import type { Inventory, InventoryDevice, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
+import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
+
+/** Input of {@link buildSlices}. */
+export interface SliceInput {
+  spec: VirtualIONodeSpec;
+  inventory: Inventory;
+  /** The dev root (default `/dev`) where `/dev/vfio/<group>` must exist. */
+  devRoot: string;
+  /** The node name (mdev UUIDs and vport WWNs are derived from it). */
+  nodeName: string;
+  /**
+   * The slices of the previous round. A slice that vanished but is still expected (its parent is
+   * gone, or its VF index no longer exists) is kept, Unhealthy with the reason, instead of
+   * silently dropping out of the kubelet's list.
+   */
+  previous?: readonly Slice[];
+  /** Also report NIC PFs whose link is not up, and FC ports not Online, as a reason (default off). */
+  linkCheck?: boolean;
+}
+
+interface Ctx {
+  devices: Map<string, InventoryDevice>;
+  nodes: Set<string> | undefined;
+  devRoot: string;
+  inv: Inventory;
+  linkCheck: boolean;
+}
+
+function nodeExists(ctx: Ctx, canonical: string): boolean {
+  if (ctx.nodes) return ctx.nodes.has(canonical);
+  return existsSync(devPathUnder(ctx.devRoot, canonical));
+}
+
+/** Canonical vfio entries under devRoot, read once when the inventory carries none. */
+function readNodes(devRoot: string): Set<string> | undefined {
+  try {
+    const out = new Set<string>();
+    for (const n of readdirSync(path.join(devRoot, 'vfio'))) {
+      if (n === 'devices') for (const c of readdirSync(path.join(devRoot, 'vfio/devices'))) out.add(`/dev/vfio/devices/${c}`);
+      else out.add(`/dev/vfio/${n}`);
+    }
+    return out;
+  } catch {
+    return new Set();
+  }
+}
+
+/** Why a function's IOMMU group cannot be handed to a VM, or undefined when it can. */
+function groupProblem(ctx: Ctx, dev: InventoryDevice): string | undefined {
+  const g = dev.iommuGroup;
+  if (g === undefined) return `${dev.pciAddress} has no IOMMU group (IOMMU off?)`;
+  for (const m of dev.iommuGroupMembers ?? [dev.pciAddress]) {
+    if (m === dev.pciAddress) continue;
+    const md = ctx.devices.get(m);
+    if (!md) return `IOMMU group ${g} not viable: member ${m} not found`;
+    if (md.driver === undefined || md.driver === VFIO_PCI || isBridgeClass(md.classCode)) continue;
+    return `IOMMU group ${g} not viable: ${m} bound to ${md.driver}`;
+  }
+  return undefined;
+}
+
+/** Device nodes of a vfio-bound function, and the first missing one. */
+function vfioNodes(ctx: Ctx, dev: InventoryDevice): { nodes: string[]; missing?: string } {
+  const nodes: string[] = [];
+  if (dev.iommuGroup !== undefined) nodes.push(vfioGroupPath(dev.iommuGroup));
+  const cdev = ctx.inv.vfioCdevs?.[dev.pciAddress];
+  if (cdev) nodes.push(cdev);
+  const missing = nodes.find((n) => !nodeExists(ctx, n));
+  return missing === undefined ? { nodes } : { nodes, missing };
+}
+
+/** Checks of a function that must be on `driver`; reasons in order of importance. */
+function functionProblems(ctx: Ctx, label: string, dev: InventoryDevice, driver: string): { reason?: string; nodes: string[] } {
+  if (dev.driver !== driver) {
+    return { reason: dev.driver ? `${label} ${dev.pciAddress} is bound to ${dev.driver}, expected ${driver}` : `${label} ${dev.pciAddress} is not bound to a driver, expected ${driver}`, nodes: [] };
+  }
+  if (driver !== VFIO_PCI) return { nodes: [] };
+  const gp = groupProblem(ctx, dev);
+  const { nodes, missing } = vfioNodes(ctx, dev);
+  if (gp) return { reason: gp, nodes };
+  if (missing) return { reason: `${missing} is missing`, nodes };
+  return { nodes };
+}
+
+function linkProblem(ctx: Ctx, pf: InventoryDevice): string | undefined {
+  if (!ctx.linkCheck) return undefined;
+  const nd = pf.netdevs?.[0];
+  if (nd?.operState !== undefined && nd.operState !== 'up') return `PF ${pf.pciAddress} link ${nd.name} is ${nd.operState}`;
+  return undefined;
+}
+
+function finish(s: Omit<Slice, 'health' | 'reason'>, reason: string | undefined): Slice {
+  return reason === undefined ? { ...s, health: 'Healthy' } : { ...s, health: 'Unhealthy', reason };
+}
+
+function sriovSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
+  const driver = vfDriverOf(pool);
+  for (const pd of pool.devices) {
+    const pf = ctx.devices.get(pd.pciAddress);
+    if (!pf) continue;
+    const vfs = pf.sriov?.vfs ?? [];
+    const { first, last } = vfRange(pool, pd, pf.sriov?.totalVFs ?? 0);
+    for (let i = first; i <= last && i < vfs.length; i++) {
+      const addr = vfs[i] as string;
+      const vf = ctx.devices.get(addr);
+      const base: Omit<Slice, 'health' | 'reason'> = {
+        id: addr,
+        pool: pool.name,
+        resourceName: pool.resourceName,
+        kind: 'VF',
+        parent: pf.pciAddress,
+        pciAddress: addr,
+        index: i,
+        deviceNodes: [],
+      };
+      const numa = vf?.numaNode ?? pf.numaNode;
+      if (numa !== undefined) base.numaNode = numa;
+      if (pool.class === 'NIC' && pf.netdevs?.[0]) base.pfNetdev = pf.netdevs[0].name;
+      if (!vf) {
+        out.push(finish(base, `VF ${addr} gone`));
+        continue;
+      }
+      if (vf.iommuGroup !== undefined) base.iommuGroup = vf.iommuGroup;
+      const { reason, nodes } = functionProblems(ctx, 'VF', vf, driver);
+      base.deviceNodes = nodes;
+      out.push(finish(base, reason ?? linkProblem(ctx, pf)));
+    }
+  }
+}
+
+function passthroughSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
+  for (const pd of pool.devices) {
+    const dev = ctx.devices.get(pd.pciAddress);
+    const base: Omit<Slice, 'health' | 'reason'> = {
+      id: pd.pciAddress,
+      pool: pool.name,
+      resourceName: pool.resourceName,
+      kind: 'Function',
+      parent: pd.pciAddress,
+      pciAddress: pd.pciAddress,
+      deviceNodes: [],
+    };
+    if (!dev) {
+      out.push(finish(base, `device ${pd.pciAddress} gone`));
+      continue;
+    }
+    if (dev.numaNode !== undefined) base.numaNode = dev.numaNode;
+    if (dev.iommuGroup !== undefined) base.iommuGroup = dev.iommuGroup;
+    if (pool.class === 'NIC' && dev.netdevs?.[0]) base.pfNetdev = dev.netdevs[0].name;
+    const { reason, nodes } = functionProblems(ctx, 'function', dev, VFIO_PCI);
+    base.deviceNodes = nodes;
+    out.push(finish(base, reason));
+  }
+}
+
+function mediatedSlices(ctx: Ctx, node: string, pool: PoolPlan, out: Slice[]): void {
+  for (const pd of pool.devices) {
+    if (!ctx.devices.has(pd.pciAddress)) continue;
+    for (const s of mdevSlots(node, pool, pd, ctx.devices).slots) {
+      const parent = ctx.devices.get(s.parent);
+      const base: Omit<Slice, 'health' | 'reason'> = {
+        id: s.uuid,
+        pool: pool.name,
+        resourceName: pool.resourceName,
+        kind: 'Mdev',
+        parent: s.parent,
+        mdevUuid: s.uuid,
+        index: s.index,
+        deviceNodes: [],
+      };
+      const numa = parent?.numaNode ?? ctx.devices.get(pd.pciAddress)?.numaNode;
+      if (numa !== undefined) base.numaNode = numa;
+      if (!parent) {
+        out.push(finish(base, `parent ${s.parent} gone`));
+        continue;
+      }
+      const m = (parent.mdevs ?? []).find((x) => x.uuid === s.uuid);
+      if (!m) {
+        out.push(finish(base, `mdev ${s.uuid} does not exist on ${s.parent}`));
+        continue;
+      }
+      if (m.type !== s.type) {
+        out.push(finish(base, `mdev ${s.uuid} has type ${m.type ?? '(unknown)'}, expected ${s.type}`));
+        continue;
+      }
+      if (m.iommuGroup === undefined) {
+        out.push(finish(base, `mdev ${s.uuid} has no IOMMU group`));
+        continue;
+      }
+      base.iommuGroup = m.iommuGroup;
+      const g = vfioGroupPath(m.iommuGroup);
+      base.deviceNodes = [g];
+      out.push(finish(base, nodeExists(ctx, g) ? undefined : `${g} is missing`));
+    }
+  }
+}
+
+function npivSlices(ctx: Ctx, node: string, pool: PoolPlan, out: Slice[]): void {
+  for (const pd of pool.devices) {
+    const dev = ctx.devices.get(pd.pciAddress);
+    if (!dev) continue;
+    for (const s of vportSlots(node, pool, dev)) {
+      const v = vportsOf(ctx.inv, dev.pciAddress, s.host).find((x) => x.wwpn === s.wwpn);
+      const base: Omit<Slice, 'health' | 'reason'> = {
+        id: s.wwpn,
+        pool: pool.name,
+        resourceName: pool.resourceName,
+        kind: 'VPort',
+        parent: dev.pciAddress,
+        index: s.index,
+        vport: { wwpn: s.wwpn, wwnn: v?.wwnn ?? s.wwnn, parentHost: s.host, ...(v?.host ? { host: v.host } : {}) },
+        deviceNodes: [],
+      };
+      if (dev.numaNode !== undefined) base.numaNode = dev.numaNode;
+      let reason: string | undefined;
+      if (!v) reason = `vport ${s.wwpn} does not exist on ${s.host}`;
+      else if (v.state !== undefined && v.state !== 'Active') reason = `vport ${s.wwpn} is ${v.state}`;
+      else if (ctx.linkCheck) {
+        const h = (dev.fcHosts ?? []).find((x) => x.host === s.host);
+        if (h?.portState !== undefined && h.portState !== 'Online') reason = `FC port ${s.host} of ${dev.pciAddress} is ${h.portState}`;
+      }
+      out.push(finish(base, reason));
+    }
+  }
+}
+
+/** Previous slices that vanished but are still expected, kept as Unhealthy with the reason. */
+function carryForward(ctx: Ctx, pools: PoolPlan[], previous: readonly Slice[], out: Slice[]): void {
+  const have = new Set(out.map((s) => `${s.pool}\u0000${s.id}`));
+  const byName = new Map(pools.map((p) => [p.name, p]));
+  for (const s of previous) {
+    const pool = byName.get(s.pool);
+    if (!pool || have.has(`${s.pool}\u0000${s.id}`)) continue;
+    const parentGone = !ctx.devices.has(s.parent);
+    const poolDevice = pool.devices.find((d) => d.pciAddress === s.parent);
+    if (!parentGone && !poolDevice) continue;
+    if (s.kind === 'VF' && poolDevice && s.index !== undefined) {
+      const { first, last } = vfRange(pool, poolDevice, Number.MAX_SAFE_INTEGER);
+      if (s.index < first || s.index > last) continue;
+    }
+    const reason = parentGone ? `parent ${s.parent} gone` : `${s.kind === 'VF' ? `VF ${s.index ?? '?'} of ${s.parent}` : `${s.kind} ${s.id}`} does not exist`;
+    const { reason: _r, ...rest } = s;
+    out.push({ ...rest, pool: pool.name, resourceName: pool.resourceName, health: 'Unhealthy', reason });
+  }
+}
+
+/**
+ * Builds every slice of every pool in `spec` (deleting pools included, so held slices stay
+ * visible), sorted by pool then ID, each with its health and, when Unhealthy, a precise reason:
+ * missing, bound to the wrong driver, IOMMU group not viable, `/dev/vfio/<group>` missing, parent
+ * gone, or (with `linkCheck`) link down. Health is recomputed from scratch each time, so it
+ * recovers as soon as the cause clears. Pure given an inventory with `devNodes`; otherwise reads
+ * `<devRoot>/vfio` once. Slice IDs: VF/Function = PCI address, Mdev = UUID, VPort = WWPN.
+ */
+export function buildSlices(input: SliceInput): Slice[] {
+  const ctx: Ctx = {
+    devices: indexDevices(input.inventory),
+    nodes: input.inventory.devNodes ? new Set(input.inventory.devNodes) : readNodes(input.devRoot),
+    devRoot: input.devRoot,
+    inv: input.inventory,
+    linkCheck: input.linkCheck ?? false,
+  };
+  const pools = [...(input.spec.pools ?? [])].sort((a, b) => compareText(a.name, b.name));
+  const out: Slice[] = [];
+  for (const pool of pools) {
+    if (pool.mode === 'SRIOV') sriovSlices(ctx, pool, out);
+    else if (pool.mode === 'Passthrough') passthroughSlices(ctx, pool, out);
+    else if (pool.mode === 'Mediated') mediatedSlices(ctx, input.nodeName, pool, out);
+    else if (pool.mode === 'NPIV') npivSlices(ctx, input.nodeName, pool, out);
+  }
+  if (input.previous) carryForward(ctx, pools, input.previous, out);
+  return out.sort((a, b) => compareText(a.pool, b.pool) || compareText(a.id, b.id));
+}
