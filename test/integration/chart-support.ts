@@ -1,8 +1,9 @@
 // Helpers for the chart, policy, examples and image suites: the built helm binary, rendering the chart
 // into objects, ServiceAccount tokens from the real TokenRequest API, and raw API requests made with
 // such a token (so the request is authenticated exactly as an in-cluster agent's would be).
-import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -130,4 +131,38 @@ export function apiRequest(token: string, method: string, path: string, payload?
 /** Creates a namespace if it does not exist (namespaces are never deleted: there is no namespace controller). */
 export async function ensureNamespace(name: string): Promise<void> {
   await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } }) });
+}
+
+/** Helm 4 release the chart is also checked with (built from the Go module proxy like helm 3). */
+export const HELM4_VERSION = '4.2.4';
+
+/**
+ * Returns a Helm 4 binary: $VIO_HELM4_BIN, or the cached build in $VIO_BIN_CACHE/helm4-v<version>/helm,
+ * building it there with `go install` on first use (a few minutes; cached afterwards).
+ */
+export function ensureHelm4(): string {
+  if (process.env.VIO_HELM4_BIN && existsSync(process.env.VIO_HELM4_BIN)) return process.env.VIO_HELM4_BIN;
+  const dir = join(process.env.VIO_BIN_CACHE ?? join(homedir(), '.cache/virtualio'), `helm4-v${HELM4_VERSION}`);
+  const bin = join(dir, 'helm');
+  if (!existsSync(bin)) {
+    mkdirSync(dir, { recursive: true });
+    execFileSync('go', ['install', '-trimpath', '-ldflags', `-s -w -X helm.sh/helm/v4/internal/version.version=v${HELM4_VERSION}`,
+      `helm.sh/helm/v4/cmd/helm@v${HELM4_VERSION}`], {
+      env: { ...process.env, GOBIN: dir, GOTOOLCHAIN: 'local', GOFLAGS: '-mod=mod' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 30 * 60_000,
+    });
+  }
+  return bin;
+}
+
+/**
+ * The folder of KubeVirt's CRDs, generated from KubeVirt's Go modules by test/kubevirt/crds.sh
+ * (built into the cache on first use). Never hand-written.
+ */
+export function kubevirtCrdDir(): string {
+  const out = execFileSync('bash', [join(REPO_ROOT, 'test/kubevirt/crds.sh')], {
+    encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30 * 60_000, maxBuffer: 16 * 1024 * 1024,
+  });
+  const dir = out.trim().split('\n').pop() ?? '';
+  if (!existsSync(join(dir, 'kubevirts.kubevirt.io.yaml'))) throw new Error(`test/kubevirt/crds.sh gave no KubeVirt CRDs (said: ${dir})`);
+  return dir;
 }

@@ -4,8 +4,11 @@
 // objects, so the API server itself adds authentication.kubernetes.io/node-name, exactly as for an
 // agent pod the kubelet started. Each "RBAC widened" case grants the verb through extra RBAC first, so
 // the denial proven there is the policy's, not RBAC's.
+import { jest } from '@jest/globals';
 import { kubectlOk, eventually } from '../support/cluster.js';
 import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor, type ApiResponse } from './chart-support.js';
+
+jest.setTimeout(120_000);
 
 const NS = 'vio-policy';
 const RELEASE = 'vio-policy';
