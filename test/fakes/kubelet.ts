@@ -68,8 +68,11 @@ export class FakeKubelet extends EventEmitter {
   private server: grpc.Server | undefined;
   private readonly clients = new Set<grpc.Client>();
 
-  private constructor(readonly pluginDir: string) {
+  readonly pluginDir: string;
+
+  private constructor(pluginDir: string) {
     super();
+    this.pluginDir = pluginDir;
     this.setMaxListeners(100);
     this.socket = join(pluginDir, 'kubelet.sock');
   }
@@ -284,11 +287,14 @@ export class FakePodResources {
   private last = Date.now();
   private server: grpc.Server | undefined;
 
-  private constructor(
-    readonly socket: string,
-    private readonly qps: number,
-    private readonly burst: number,
-  ) {
+  readonly socket: string;
+  private readonly qps: number;
+  private readonly burst: number;
+
+  private constructor(socket: string, qps: number, burst: number) {
+    this.socket = socket;
+    this.qps = qps;
+    this.burst = burst;
     this.tokens = burst;
   }
 

@@ -46,7 +46,16 @@ class MemNode implements NodeOps {
     const writes = (spec.pools ?? []).map((p) => ({ path: `bus/pci/devices/${p.devices[0]?.pciAddress}/sriov_numvfs`, value: String(p.count ?? 0), why: 'carve' }));
     return { writes: this.writes.length ? [] : writes, blocked: [] };
   }
+  uncarved: string[] = [];
+  planUncarve(pool: PoolPlan, _spec: VirtualIONodeSpec, _inv: Inventory, allocated: ReadonlySet<string>): CarvingPlan {
+    const path = `bus/pci/devices/${pool.devices[0]?.pciAddress}/sriov_numvfs`;
+    const done = this.uncarved.includes(pool.name);
+    const held = [...allocated].filter((id) => id.startsWith(pool.devices[0]?.pciAddress.slice(0, -1) ?? '?'));
+    if (done || held.length) return { writes: [], blocked: [], held };
+    return { writes: [{ path, value: '0', why: `release ${pool.name}` }], blocked: [], held: [] };
+  }
   async applyCarving(plan: CarvingPlan): Promise<WriteResult[]> {
+    for (const w of plan.writes) if (w.value === '0') this.uncarved.push(w.why.replace('release ', ''));
     this.writes.push(...plan.writes.map((w) => w.path));
     return plan.writes.map((write) => ({ write }));
   }
@@ -138,6 +147,7 @@ describe('AgentManager', () => {
     await kubelet.waitFor('net-a socket gone', () => !existsSync(join(kubelet.pluginDir, 'virtualio-net-a.sock')));
     const last = await kubelet.waitFor('status gen 3', () => statuses.findLast((s) => s.observedGeneration === 3 && s.pools?.[0]?.registered));
     expect(last.pools?.map((p) => p.name)).toStrictEqual(['net-b']);
+    expect(node.uncarved).toStrictEqual(['net-a']);
   });
 
   test('PodResources unknown: every existing slice counts as held; then holders come from the kubelet', async () => {

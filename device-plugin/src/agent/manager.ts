@@ -6,7 +6,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from '../metrics.js';
-import type { BlockedChange, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
+import type { BlockedChange, CarvingPlan, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import type { PluginDirWatcher } from '../kubelet/watcher.js';
 import { PoolPlugin } from '../plugin/pool.js';
 import type { PoolSpec } from '../plugin/allocate.js';
@@ -184,6 +184,9 @@ export class AgentManager {
     this.cycles++;
     const state = this.opts.plan.current();
     if (state.kind === 'ok') {
+      // Pools that left the plan are released (uncarved where no pod holds them).
+      const next = new Set((state.spec.pools ?? []).map((p) => p.name));
+      for (const p of this.lastSpec?.pools ?? []) if (!next.has(p.name)) this.releasing.set(p.name, p);
       this.lastSpec = state.spec;
       this.lastGeneration = state.generation;
     }
@@ -197,8 +200,7 @@ export class AgentManager {
     }
     const spec = this.lastSpec;
     if (spec) {
-      this.carve(spec);
-      await this.applyPending(spec);
+      await this.converge(spec);
       try {
         this.slices = ops.buildSlices(spec, this.inventory);
       } catch (err) {
@@ -213,64 +215,81 @@ export class AgentManager {
     this.publishStatus();
   }
 
-  private pendingPlan: ReturnType<NodeOps['planCarving']> | undefined;
+  /** Pools removed from the plan that may still have carved slices (their last known plan). */
+  private readonly releasing = new Map<string, PoolPlan>();
 
-  /** Plans carving; with PodResources unknown, every existing slice counts as held. */
-  private carve(spec: VirtualIONodeSpec): void {
-    let allocated: Set<string>;
-    if (this.podres.synced) allocated = new Set(this.podres.holders().keys());
-    else {
-      let existing: Slice[] = [];
-      try {
-        existing = this.opts.ops.buildSlices(spec, this.inventory);
-      } catch {
-        existing = this.slices;
-      }
-      allocated = new Set([...existing, ...this.slices].map((s) => s.id));
-    }
+  /**
+   * Slice IDs that must not be destroyed: the kubelet's holders, or, while PodResources has not
+   * answered yet, every slice that exists (including those of pools being released).
+   */
+  private heldIds(spec: VirtualIONodeSpec): Set<string> {
+    if (this.podres.synced) return new Set(this.podres.holders().keys());
+    let existing: Slice[] = [];
     try {
-      this.pendingPlan = this.opts.ops.planCarving(spec, this.inventory, allocated);
-      this.blocked = this.pendingPlan.blocked;
-    } catch (err) {
-      this.pendingPlan = undefined;
-      this.carvingErrors = [{ pool: '', message: `carving plan failed: ${String(err)}` }];
-      this.log.error({ err }, 'carving plan failed');
+      existing = this.opts.ops.buildSlices({ pools: [...(spec.pools ?? []), ...this.releasing.values()] }, this.inventory);
+    } catch {
+      existing = this.slices;
     }
+    return new Set([...existing, ...this.slices].map((s) => s.id));
   }
 
-  private async applyPending(spec: VirtualIONodeSpec): Promise<void> {
-    const plan = this.pendingPlan;
-    this.pendingPlan = undefined;
-    if (!plan) return;
-    for (const b of plan.blocked) this.opts.metrics.carvingOperations.inc({ result: 'blocked' });
-    if (plan.writes.length === 0) {
-      this.carvingErrors = [];
-      return;
-    }
-    this.log.info({ writes: plan.writes.map((w) => `${w.path}=${w.value} (${w.why})`) }, 'carving');
-    let results: Awaited<ReturnType<NodeOps['applyCarving']>> = [];
-    try {
-      results = await this.opts.ops.applyCarving(plan);
-    } catch (err) {
-      this.carvingErrors = [{ pool: '', message: `carving failed: ${String(err)}` }];
-      this.log.error({ err }, 'carving failed');
-      this.opts.metrics.carvingOperations.inc({ result: 'error' });
-    }
+  /**
+   * Plans and applies carving until nothing is left to write (SR-IOV needs two passes: enable VFs,
+   * then bind them once a scan sees them), at most 4 passes per cycle; stops early on a failed write.
+   */
+  private async converge(spec: VirtualIONodeSpec): Promise<void> {
+    const ops = this.opts.ops;
+    const active = new Set((spec.pools ?? []).map((p) => p.name));
+    for (const name of [...this.releasing.keys()]) if (active.has(name)) this.releasing.delete(name);
     const errors: { pool: string; message: string }[] = [];
-    for (const r of results) {
-      const result = r.error ? 'error' : r.skipped ? 'skipped' : 'ok';
-      this.opts.metrics.carvingOperations.inc({ result });
-      if (r.error) {
-        errors.push({ pool: poolOfPath(r.write.path, spec.pools ?? []), message: `${r.write.path}=${r.write.value}: ${r.error}` });
-        this.log.error({ path: r.write.path, value: r.write.value, error: r.error }, 'carving write failed');
+    for (let pass = 0; pass < 4 && !this.signal.aborted; pass++) {
+      const allocated = this.heldIds(spec);
+      const writes: CarvingPlan['writes'] = [];
+      const blocked: BlockedChange[] = [];
+      const released: string[] = [];
+      try {
+        const main = ops.planCarving(spec, this.inventory, allocated);
+        writes.push(...main.writes);
+        blocked.push(...main.blocked);
+        const leaving = [...(spec.pools ?? []).filter((p) => p.deleting), ...this.releasing.values()];
+        for (const p of leaving) {
+          const u = ops.planUncarve(p, spec, this.inventory, allocated);
+          writes.push(...u.writes);
+          blocked.push(...u.blocked);
+          if (u.writes.length === 0 && (u.held ?? []).length === 0 && this.releasing.has(p.name)) released.push(p.name);
+        }
+      } catch (err) {
+        errors.push({ pool: '', message: `carving plan failed: ${String(err)}` });
+        this.log.error({ err }, 'carving plan failed');
+        break;
       }
+      this.blocked = blocked;
+      for (const name of released) {
+        this.releasing.delete(name);
+        this.log.info({ pool: name }, 'pool released');
+      }
+      if (pass === 0) for (let i = 0; i < blocked.length; i++) this.opts.metrics.carvingOperations.inc({ result: 'blocked' });
+      if (writes.length === 0) break;
+      this.log.info({ pass, writes: writes.map((w) => `${w.path}=${w.value} (${w.why})`) }, 'carving');
+      const results = await ops.applyCarving({ writes, blocked }, this.signal);
+      let failed = false;
+      for (const r of results) {
+        this.opts.metrics.carvingOperations.inc({ result: r.error ? (r.skipped ? 'skipped' : 'error') : 'ok' });
+        if (r.error && !r.skipped) {
+          failed = true;
+          errors.push({ pool: poolOfPath(r.write.path, [...(spec.pools ?? []), ...this.releasing.values()]), message: `${r.write.path}=${r.write.value}: ${r.error}` });
+          this.log.error({ path: r.write.path, value: r.write.value, error: r.error }, 'carving write failed');
+        }
+      }
+      try {
+        this.inventory = await ops.scan();
+      } catch (err) {
+        this.scanError = `sysfs scan failed: ${String(err)}`;
+        break;
+      }
+      if (failed) break;
     }
     this.carvingErrors = errors;
-    try {
-      this.inventory = await this.opts.ops.scan();
-    } catch (err) {
-      this.scanError = `sysfs scan failed: ${String(err)}`;
-    }
   }
 
   private async syncPools(spec: VirtualIONodeSpec | undefined): Promise<void> {

@@ -1,7 +1,7 @@
 // What the agent manager needs from discovery and carving (implemented in sysfs/, discovery/,
 // carving/, health/ and wired in main.ts), and where status goes.
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
-import type { CarvingPlan, Inventory, Slice, SysfsWrite, VirtualIONodeSpec } from '../model.js';
+import type { CarvingPlan, Inventory, PoolPlan, Slice, SysfsWrite, VirtualIONodeSpec } from '../model.js';
 
 /** Result of one applied carving write. */
 export interface WriteResult {
@@ -18,8 +18,13 @@ export interface NodeOps {
   scan(): Promise<Inventory>;
   /** The sysfs writes that bring the node to the plan; never destroys `allocated` slices. */
   planCarving(spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>): CarvingPlan;
-  /** Applies writes in order. */
-  applyCarving(plan: CarvingPlan): Promise<WriteResult[]>;
+  /**
+   * The writes that release a deleting or removed pool (its last known plan), keeping what pods
+   * hold (`held`) and what active pools of `spec` still use.
+   */
+  planUncarve(pool: PoolPlan, spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>): CarvingPlan;
+  /** Applies writes in order; never throws for a failed write (it is in its result). */
+  applyCarving(plan: CarvingPlan, signal?: AbortSignal): Promise<WriteResult[]>;
   /** The slices of every pool, health included. */
   buildSlices(spec: VirtualIONodeSpec, inventory: Inventory): Slice[];
 }
