@@ -202,7 +202,7 @@ export class AgentManager {
     if (spec) {
       await this.converge(spec);
       try {
-        this.slices = ops.buildSlices(spec, this.inventory);
+        this.slices = ops.buildSlices(spec, this.inventory, this.slices);
       } catch (err) {
         this.log.error({ err }, 'building slices failed; keeping the last slices');
         this.scanError = `building slices failed: ${String(err)}`;

@@ -25,8 +25,11 @@ export interface NodeOps {
   planUncarve(pool: PoolPlan, spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>): CarvingPlan;
   /** Applies writes in order; never throws for a failed write (it is in its result). */
   applyCarving(plan: CarvingPlan, signal?: AbortSignal): Promise<WriteResult[]>;
-  /** The slices of every pool, health included. */
-  buildSlices(spec: VirtualIONodeSpec, inventory: Inventory): Slice[];
+  /**
+   * The slices of every pool, health included. `previous` (the last round's slices) lets a slice
+   * that vanished stay listed as Unhealthy with its reason instead of dropping out.
+   */
+  buildSlices(spec: VirtualIONodeSpec, inventory: Inventory, previous?: readonly Slice[]): Slice[];
 }
 
 /** Receives every freshly built status (cluster mode writes it to the API, debounced). */

@@ -1,0 +1,126 @@
+// The agent's entrypoint: parse flags (docs/flags.md), wire the ports, run one loop until SIGTERM or
+// SIGINT, then shut down gracefully (empty ListAndWatch lists, sockets, device-info files and CDI
+// specs removed). The only place that reads process.env, argv and signals, or exits.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AgentManager } from './agent/manager.js';
+import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
+import { createNodeOps } from './agent/node-ops.js';
+import { FilePlanSource, type PlanSource } from './agent/plan.js';
+import type { StatusSink } from './agent/ports.js';
+import { parseAgentConfig } from './config.js';
+import { PluginDirWatcher } from './kubelet/watcher.js';
+import { createLogger, isLogLevel } from './log.js';
+import { createMetrics, serveMetrics } from './metrics.js';
+import type { PodLookup } from './podresources/client.js';
+
+function agentVersion(): string {
+  try {
+    // dist/device-plugin/src/main.js or device-plugin/src/main.ts → <root>/package.json
+    const here = fileURLToPath(new URL('.', import.meta.url));
+    const up = here.includes(join('dist', 'device-plugin')) ? '../../..' : '../..';
+    return (JSON.parse(readFileSync(join(here, up, 'package.json'), 'utf8')) as { version?: string }).version ?? 'dev';
+  } catch {
+    return 'dev';
+  }
+}
+
+async function main(): Promise<number> {
+  const parsed = parseAgentConfig(process.argv.slice(2), process.env, hostname());
+  if (parsed.kind === 'help') {
+    process.stdout.write(`${parsed.text}\n`);
+    return 0;
+  }
+  if (parsed.kind === 'error') {
+    process.stderr.write(`virtualio-agent: ${parsed.message}\nRun with --help for the flags.\n`);
+    return 2;
+  }
+  const cfg = parsed.config;
+  const logger = createLogger(isLogLevel(cfg.logLevel) ? cfg.logLevel : 'info');
+  const controller = new AbortController();
+  const { signal } = controller;
+  let signals = 0;
+  const onSignal = (name: string): void => {
+    signals++;
+    if (signals > 1) {
+      logger.warn({ signal: name }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    logger.info({ signal: name }, 'shutting down');
+    controller.abort();
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+
+  const mode = cfg.planFile ? 'standalone' : 'cluster';
+  const version = agentVersion();
+  logger.info({ mode, node: cfg.nodeName, version, config: cfg }, 'virtualio agent starting');
+  const metrics = createMetrics({ processMetrics: true });
+  const watcher = new PluginDirWatcher({ dir: cfg.pluginDir, logger: logger.child({ component: 'plugin-dir' }), signal });
+
+  let plan: PlanSource;
+  let statusSink: StatusSink | undefined;
+  let lookupPod: PodLookup | undefined;
+  if (cfg.planFile) {
+    plan = new FilePlanSource(cfg.planFile, logger);
+  } else {
+    // Loaded lazily so standalone mode never loads client-node.
+    const { KubeAdapter, loadKubeConfig } = await import('./kube/adapter.js');
+    let kube;
+    try {
+      kube = new KubeAdapter(loadKubeConfig(cfg.kubeconfig), logger);
+    } catch (err) {
+      logger.fatal({ err }, 'cannot load Kubernetes credentials (use --kubeconfig, or --plan-file for standalone mode)');
+      return 2;
+    }
+    const writer = new StatusWriter(kube, cfg.nodeName, logger, signal);
+    plan = new ClusterPlanSource(kube, cfg.nodeName, logger, () => writer.reset());
+    statusSink = (s) => writer.submit(s);
+    lookupPod = (ns, name) => kube.getPod(ns, name);
+  }
+
+  const manager = new AgentManager({
+    nodeName: cfg.nodeName,
+    agentVersion: version,
+    ops: createNodeOps({ sysfsRoot: cfg.sysfsRoot, devRoot: cfg.devRoot, nodeName: cfg.nodeName, logger }),
+    plan,
+    pluginDir: cfg.pluginDir,
+    podResourcesSocket: cfg.podResourcesSocket,
+    devinfoDir: cfg.devinfoDir,
+    cdi: { enabled: cfg.cdi, dir: cfg.cdiDir },
+    watcher,
+    logger,
+    metrics,
+    rescanIntervalMs: cfg.rescanIntervalMs,
+    watchPaths: [
+      join(cfg.devRoot, 'vfio'),
+      join(cfg.sysfsRoot, 'bus/pci/devices'),
+      join(cfg.sysfsRoot, 'bus/pci/drivers/vfio-pci'),
+      join(cfg.sysfsRoot, 'bus/mdev/devices'),
+      join(cfg.sysfsRoot, 'class/fc_host'),
+    ],
+    ...(statusSink ? { statusSink } : {}),
+    ...(lookupPod ? { lookupPod } : {}),
+  });
+  try {
+    await serveMetrics({ ...cfg.metricsAddress, metrics, readiness: () => manager.readiness(), status: () => manager.status(), logger, signal });
+  } catch (err) {
+    logger.fatal({ err, address: cfg.metricsAddress }, 'cannot serve metrics');
+    return 1;
+  }
+  await manager.run(signal);
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    console.error('virtualio-agent: fatal:', err);
+    process.exitCode = 1;
+  },
+);
