@@ -80,8 +80,7 @@ async function pool<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): 
   return out;
 }
 
-async function readFcHost(r: AttrReader, host: string): Promise<FcHost> {
-  const fc = r.sub(`${host}/fc_host/${host}`);
+async function readFcHost(fc: AttrReader, host: string): Promise<FcHost> {
   const out: FcHost = { host };
   const wwpn = await fc.text('port_name');
   if (wwpn !== undefined) {
@@ -133,7 +132,7 @@ async function readVports(r: AttrReader, pciAddress: string, host: string): Prom
   return out;
 }
 
-async function readDevice(root: string, name: string, fcExtraHosts: string[]): Promise<{ device: InventoryDevice; extra: Extra }> {
+async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): Promise<{ device: InventoryDevice; extra: Extra }> {
   const errors: string[] = [];
   const device: InventoryDevice = { pciAddress: name };
   const extra: Extra = { vports: [] };
@@ -231,15 +230,17 @@ async function readDevice(root: string, name: string, fcExtraHosts: string[]): P
     if (netdevs.length > 0) device.netdevs = netdevs;
   }
 
-  const hosts = new Set<string>(fcExtraHosts);
+  // Physical FC ports: hostN/fc_host/hostN below the function, plus ports found via class/fc_host.
+  const hosts = new Map<string, AttrReader>();
   for (const e of entries) {
-    if (/^host\d+$/.test(e) && (await listDir(path.join(r.dir, e, 'fc_host'))).includes(e)) hosts.add(e);
+    if (/^host\d+$/.test(e) && (await listDir(path.join(r.dir, e, 'fc_host'))).includes(e)) hosts.set(e, r.sub(`${e}/fc_host/${e}`));
   }
+  for (const h of fcExtraHosts) if (!hosts.has(h.host)) hosts.set(h.host, new AttrReader(h.attrsDir, errors, `class/fc_host/${h.host}`));
   if (hosts.size > 0) {
     const fcHosts: FcHost[] = [];
-    const sorted = [...hosts].sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
+    const sorted = [...hosts.keys()].sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
     for (const h of sorted) {
-      fcHosts.push(await readFcHost(r, h));
+      fcHosts.push(await readFcHost(hosts.get(h) as AttrReader, h));
       extra.vports.push(...(await readVports(r, name, h)));
     }
     device.fcHosts = fcHosts;
@@ -274,34 +275,41 @@ async function readDevice(root: string, name: string, fcExtraHosts: string[]): P
   return { device, extra };
 }
 
+/** A physical FC port found through `class/fc_host`. */
+interface ClassFcHost {
+  host: string;
+  /** The folder holding port_name, node_name... */
+  attrsDir: string;
+}
+
 /**
- * Physical FC hosts reachable through `<root>/class/fc_host/hostN` but not as `hostN/fc_host/hostN`
- * right below their PCI function folder (another layout). Returns PCI address → host names.
+ * Physical FC ports by PCI address, found through `<root>/class/fc_host/hostN`, in either layout:
+ * a link to `…/<bdf>/hostN/fc_host/hostN` (current sysfs), or a class folder holding the attributes
+ * with a `device` link to `…/<bdf>/hostN` (older layout). A vport's host sits below `vport-X:Y-Z`
+ * instead of a PCI function, so it is not a physical port and is skipped.
  */
-async function fcHostsFromClass(root: string, errors: string[]): Promise<Map<string, string[]>> {
-  const out = new Map<string, string[]>();
+async function fcHostsFromClass(root: string, errors: string[]): Promise<Map<string, ClassFcHost[]>> {
+  const out = new Map<string, ClassFcHost[]>();
   const classDir = path.join(root, 'class/fc_host');
   for (const host of await listDir(classDir, (m) => errors.push(`class/fc_host: ${m}`))) {
     if (!/^host\d+$/.test(host)) continue;
-    let real: string;
+    let attrsDir: string;
+    let hostDir: string;
     try {
-      real = await realpath(path.join(classDir, host));
+      attrsDir = await realpath(path.join(classDir, host));
     } catch {
-      try {
-        real = await realpath(path.join(classDir, host, 'device'));
-        real = path.join(real, 'fc_host', host);
-      } catch {
-        errors.push(`class/fc_host/${host}: dangling link`);
-        continue;
-      }
+      errors.push(`class/fc_host/${host}: dangling link`);
+      continue;
     }
-    // .../<bdf>/hostN/fc_host/hostN: the function is three levels up. A vport's host sits below
-    // vport-X:Y-Z instead, so its grandparent is not a PCI address and it is skipped here.
-    const hostDir = path.dirname(path.dirname(real));
+    try {
+      hostDir = await realpath(path.join(attrsDir, 'device'));
+    } catch {
+      hostDir = path.dirname(path.dirname(attrsDir)); // …/hostN/fc_host/hostN without a device link
+    }
     const bdf = path.basename(path.dirname(hostDir));
     if (path.basename(hostDir) !== host || !isPciAddress(bdf)) continue;
     const list = out.get(bdf) ?? [];
-    list.push(host);
+    list.push({ host, attrsDir });
     out.set(bdf, list);
   }
   return out;
