@@ -1,0 +1,138 @@
+// The container image, short of building it (no container engine here): the Dockerfile's promises are
+// checked against the chart and package.json, and its install steps are repeated in a temp folder
+// (`npm run build`'s compiler into dist/, `npm ci --omit=dev`, the .proto files) to prove that both
+// entrypoints start from a production install with no dev dependencies.
+import { jest } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import YAML from 'yaml';
+import { REPO_ROOT } from '../cluster/control-plane.js';
+import { CHART_DIR, only, renderChart } from './chart-support.js';
+
+jest.setTimeout(600_000);
+
+const run = promisify(execFile);
+const dockerfile = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8');
+const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as {
+  version: string; dependencies: Record<string, string>; devDependencies: Record<string, string>;
+};
+const chart = YAML.parse(readFileSync(join(CHART_DIR, 'Chart.yaml'), 'utf8')) as { appVersion: string };
+const values = YAML.parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8')) as { image: { repository: string; tag: string } };
+
+/** Dockerfile instructions of the last stage (the runtime image). */
+function runtimeStage(): string[] {
+  const lines = dockerfile.replace(/\\\n\s*/g, ' ').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const lastFrom = lines.map((l, i) => (l.startsWith('FROM ') ? i : -1)).filter((i) => i >= 0).pop() ?? 0;
+  return lines.slice(lastFrom);
+}
+
+function argDefault(name: string): string | undefined {
+  return dockerfile.match(new RegExp(`^ARG ${name}=(.+)$`, 'm'))?.[1]?.trim();
+}
+
+function label(name: string): string | undefined {
+  return runtimeStage().join('\n').match(new RegExp(`${name.replace(/\./g, '\\.')}="([^"]*)"`))?.[1];
+}
+
+describe('Dockerfile', () => {
+  test('multi-stage: Node 24 build stages and a distroless Node 24 runtime', () => {
+    const froms = [...dockerfile.matchAll(/^FROM (\S+)(?: AS (\w+))?/gm)].map((m) => [m[1], m[2]]);
+    expect(froms).toEqual([['node:${NODE_VERSION}-bookworm-slim', 'build'], ['node:${NODE_VERSION}-bookworm-slim', 'deps'], ['${RUNTIME_IMAGE}', undefined]]);
+    expect(argDefault('NODE_VERSION')).toMatch(/^24\./);
+    expect(argDefault('RUNTIME_IMAGE')).toBe('gcr.io/distroless/nodejs24-debian12:nonroot');
+  });
+
+  test('production dependencies only, non-root user, node entrypoint, OCI labels', () => {
+    expect(dockerfile).toMatch(/^RUN npm ci --omit=dev /m);
+    const stage = runtimeStage();
+    expect(stage).toContain('USER 65532:65532');
+    expect(stage).toContain('ENTRYPOINT ["/nodejs/bin/node"]');
+    expect(stage).toContain('CMD ["/app/dist/operator/src/main.js"]');
+    expect(stage).toContain('WORKDIR /app');
+    for (const l of ['title', 'description', 'version', 'revision', 'licenses', 'source']) {
+      expect(label(`org.opencontainers.image.${l}`)).toBeTruthy();
+    }
+    expect(label('org.opencontainers.image.licenses')).toBe((JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { license: string }).license);
+  });
+
+  test('the version and repository match package.json and the chart defaults', () => {
+    expect(argDefault('VERSION')).toBe(pkg.version);
+    expect(chart.appVersion).toBe(pkg.version);
+    expect(values.image.tag).toBe(''); // i.e. the appVersion
+    expect(label('dev.virtualio.image.repository')).toBe(values.image.repository);
+  });
+
+  test("the chart's entrypoints, user and image match the Dockerfile", async () => {
+    const objs = await renderChart('img', 'img');
+    const op = (only(objs, 'Deployment') as unknown as { spec: { template: { spec: { containers: { image: string; args: string[]; securityContext: { runAsUser: number } }[] } } } }).spec.template.spec.containers[0]!;
+    const agent = (only(objs, 'DaemonSet') as unknown as { spec: { template: { spec: { containers: { image: string; args: string[] }[] } } } }).spec.template.spec.containers[0]!;
+    expect(op.image).toBe(`${values.image.repository}:${pkg.version}`);
+    expect(agent.image).toBe(op.image);
+    expect(op.args[0]).toBe('/app/dist/operator/src/main.js');
+    expect(agent.args[0]).toBe('/app/dist/device-plugin/src/main.js');
+    expect(`USER ${op.securityContext.runAsUser}:${op.securityContext.runAsUser}`).toBe(runtimeStage().find((l) => l.startsWith('USER ')));
+  });
+
+  test('.dockerignore lets in every path the Dockerfile copies from the context, and keeps node_modules and dist out', () => {
+    const ignore = readFileSync(join(REPO_ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    expect(ignore[0]).toBe('*');
+    const allowed = ignore.filter((l) => l.startsWith('!')).map((l) => l.slice(1).replace(/\/\*\*$/, ''));
+    const copied = [...dockerfile.matchAll(/^COPY (?!--from)(.+) \S+$/gm)].flatMap((m) => m[1]!.split(/\s+/)).map((p) => p.replace(/\/$/, ''));
+    for (const src of copied) {
+      expect({ src, allowed: allowed.some((a) => src === a || src.startsWith(`${a}/`)) }).toEqual({ src, allowed: true });
+      expect(existsSync(join(REPO_ROOT, src))).toBe(true);
+    }
+    expect(ignore).toEqual(expect.arrayContaining(['node_modules', 'dist']));
+  });
+});
+
+describe('production install (the Dockerfile steps, without a container engine)', () => {
+  const app = join(mkdtempSync(join(tmpdir(), 'vio-image-')), 'app');
+
+  beforeAll(async () => {
+    // deps stage: npm ci --omit=dev
+    cpSync(join(REPO_ROOT, 'package.json'), join(app, 'package.json'));
+    cpSync(join(REPO_ROOT, 'package-lock.json'), join(app, 'package-lock.json'));
+    await run('npm', ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: app, maxBuffer: 16 * 1024 * 1024 });
+    // build stage: `npm run build` is `tsc -p tsconfig.build.json`; emit into the temp folder instead of ./dist
+    await run(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', join(app, 'dist')],
+      { cwd: REPO_ROOT, maxBuffer: 16 * 1024 * 1024 });
+    // runtime stage: the .proto sources next to dist/
+    cpSync(join(REPO_ROOT, 'proto/deviceplugin'), join(app, 'proto/deviceplugin'), { recursive: true });
+    cpSync(join(REPO_ROOT, 'proto/podresources'), join(app, 'proto/podresources'), { recursive: true });
+  });
+
+  test('node_modules holds the runtime dependencies and nothing that only dev dependencies need', () => {
+    for (const dep of Object.keys(pkg.dependencies)) expect({ dep, present: existsSync(join(app, 'node_modules', dep)) }).toEqual({ dep, present: true });
+    // package-lock marks with "dev": true every package that only the dev dependencies pull in
+    // (jest, typescript, eslint...; @types/node stays: protobufjs and client-node depend on it).
+    const lock = JSON.parse(readFileSync(join(REPO_ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean }> };
+    const devOnly = Object.entries(lock.packages).filter(([path, p]) => path.startsWith('node_modules/') && p.dev).map(([path]) => path);
+    expect(devOnly.length).toBeGreaterThan(100);
+    expect(devOnly.filter((path) => existsSync(join(app, path)))).toEqual([]);
+    for (const tool of ['jest', 'typescript', 'eslint', 'ts-jest']) expect(devOnly).toContain(`node_modules/${tool}`);
+    const size = du(join(app, 'node_modules'));
+    process.stderr.write(`[image] production node_modules: ${(size / 1024 / 1024).toFixed(1)} MiB, ${devOnly.length} dev-only packages left out\n`);
+  });
+
+  test.each([
+    ['operator', 'dist/operator/src/main.js', '--leader-elect'],
+    ['agent', 'dist/device-plugin/src/main.js', '--node-name'],
+  ])('the %s entrypoint starts from the production install (--help)', async (_name, entry, flag) => {
+    const { stdout, stderr } = await run(process.execPath, [join(app, entry), '--help'], {
+      cwd: app, env: { PATH: process.env.PATH ?? '', NODE_ENV: 'production' },
+    });
+    expect(`${stdout}${stderr}`).toContain(flag);
+  });
+});
+
+function du(dir: string): number {
+  let total = 0;
+  for (const d of readdirSync(dir, { recursive: true, withFileTypes: true })) {
+    if (d.isFile()) total += statSync(join(d.parentPath, d.name)).size;
+  }
+  return total;
+}
