@@ -1,0 +1,137 @@
+import { Reason, type ConditionInput } from '../../api/conditions.js';
+import type { PoolPlan } from '../../api/types.js';
+import { nicPF, poolObj, slice, vioNodeObj } from '../../testing/fixtures.js';
+import { preparePools } from '../plan/plan.js';
+import { computeStatus, MAX_NODE_STATUSES, type StatusInput } from './status.js';
+
+const T = Date.UTC(2026, 2, 1, 12, 0, 0);
+const plan = (name: string, deleting = false): PoolPlan => ({
+  name, resourceName: `virtualio.dev/${name}`, class: 'NIC', mode: 'SRIOV', consumption: 'SRIOVNetwork', policy: 'NUMAAligned',
+  count: 4, vfDriver: 'vfio-pci', devices: [{ pciAddress: '0000:81:00.0' }], ...(deleting ? { deleting: true } : {}),
+});
+const kvOk: ConditionInput = { type: 'KubeVirtPermitted', status: 'True', reason: Reason.NotRequired, message: 'not required' };
+
+function input(o: Partial<StatusInput> & { deleting?: boolean } = {}): StatusInput {
+  const pool = poolObj('vfs', { class: 'NIC' }, { generation: 3, deleting: o.deleting });
+  return {
+    prepared: preparePools([pool]).byName.get('vfs')!,
+    nodes: [], conflicts: [], kubevirtEntries: [], kubevirtCondition: kvOk, now: T, ...o,
+  };
+}
+const cond = (s: { conditions?: { type: string }[] }, type: string) => s.conditions?.find((c) => c.type === type);
+
+describe('computeStatus', () => {
+  test('rolls totals, node statuses and allocations up from node reports', () => {
+    const nodes = [
+      vioNodeObj('n1', {
+        devices: nicPF('0000:81:00.0', { vfs: 2 }), plan: [plan('vfs')],
+        status: {
+          pools: [{ name: 'vfs', state: 'Ready', capacity: 3, allocatable: 3, allocated: 1 }],
+          slices: [
+            slice('0000:81:10.0', 'vfs', { pod: 'virt-launcher-a', namespace: 'vms', vmi: 'a' }),
+            slice('0000:81:11.1', 'vfs', { pod: 'virt-launcher-a', namespace: 'vms', vmi: 'a' }),
+            slice('0000:81:12.2', 'vfs', { healthy: false }),
+            slice('0000:81:13.3', 'other'),
+          ],
+        },
+      }),
+      vioNodeObj('n2', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: 'Carving', message: 'creating 4 VFs', capacity: 0 }] } }),
+      vioNodeObj('n3', { plan: [plan('other')] }),
+    ];
+    const { status } = computeStatus(undefined, input({ nodes }));
+    expect(status).toMatchObject({
+      observedGeneration: 3, resourceName: 'virtualio.dev/vfs', consumption: 'SRIOVNetwork',
+      nodes: 2, capacity: 3, allocatable: 2, allocated: 2,
+      nodeStatuses: [
+        { node: 'n2', capacity: 0, allocatable: 0, allocated: 0, state: 'Carving', message: 'creating 4 VFs' },
+        { node: 'n1', capacity: 3, allocatable: 2, allocated: 2, state: 'Ready' },
+      ],
+      allocations: [{ node: 'n1', namespace: 'vms', pod: 'virt-launcher-a', vmi: 'a', slices: ['0000:81:10.0', '0000:81:11.1'] }],
+    });
+    expect(cond(status, 'Ready')).toMatchObject({ status: 'False', reason: 'NodesNotReady', observedGeneration: 3 });
+    expect(cond(status, 'Progressing')).toMatchObject({ status: 'True', reason: 'Carving' });
+    expect(cond(status, 'Degraded')).toMatchObject({ status: 'True', reason: 'UnhealthySlices' });
+    expect(cond(status, 'Conflict')).toMatchObject({ status: 'False', reason: 'NoConflict' });
+    expect(cond(status, 'KubeVirtPermitted')).toMatchObject({ status: 'True', reason: 'NotRequired' });
+  });
+
+  test.each<[string, string, string, string]>([
+    ['Error', 'Degraded', 'True', 'CarvingFailed'],
+    ['Blocked', 'Degraded', 'True', 'CarvingBlocked'],
+    ['Ready', 'Ready', 'True', 'AllNodesReady'],
+    ['Ready', 'Progressing', 'False', 'Stable'],
+  ])('node state %s → %s=%s (%s)', (state, type, st, reason) => {
+    const nodes = [vioNodeObj('n1', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: state as 'Ready', message: 'x' }] } })];
+    expect(cond(computeStatus(undefined, input({ nodes })).status, type)).toMatchObject({ status: st, reason });
+  });
+
+  test('carving failures and blocks become Warning events naming the node', () => {
+    const nodes = [
+      vioNodeObj('n1', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: 'Error', message: 'sriov_numvfs: write error' }] } }),
+      vioNodeObj('n2', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: 'Blocked', message: 'VFs in use' }] } }),
+    ];
+    expect(computeStatus(undefined, input({ nodes })).events).toEqual([
+      { type: 'Warning', reason: 'CarvingFailed', message: 'Carving failed on node n1: sriov_numvfs: write error' },
+      { type: 'Warning', reason: 'CarvingBlocked', message: 'Carving blocked on node n2: VFs in use' },
+    ]);
+  });
+
+  test('no node carries the pool: Ready=False NoMatchingDevices', () => {
+    expect(cond(computeStatus(undefined, input()).status, 'Ready')).toMatchObject({ status: 'False', reason: 'NoMatchingDevices' });
+  });
+
+  test('device conflicts are listed and raise Conflict with an event', () => {
+    const r = computeStatus(undefined, input({ conflicts: [{ pool: 'vfs', node: 'n1', device: '0000:81:00.0', heldBy: 'old' }] }));
+    expect(r.status.conflicts).toEqual([{ node: 'n1', device: '0000:81:00.0', heldBy: 'old' }]);
+    expect(cond(r.status, 'Conflict')).toMatchObject({ status: 'True', reason: 'DeviceConflict' });
+    expect(cond(r.status, 'Conflict')?.message).toContain('node n1 device 0000:81:00.0 held by old');
+    expect(r.events.map((e) => e.reason)).toEqual(['DeviceConflict']);
+  });
+
+  test('lastTransitionTime moves only when the status of a condition changes; a recompute is identical', () => {
+    const nodes = [vioNodeObj('n1', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: 'Carving' }] } })];
+    const first = computeStatus(undefined, input({ nodes })).status;
+    const again = computeStatus(first, input({ nodes, now: T + 60_000 })).status;
+    expect(again).toEqual(first);
+    const ready = [vioNodeObj('n1', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: 'Ready' }] } })];
+    const later = computeStatus(first, input({ nodes: ready, now: T + 120_000 })).status;
+    expect(cond(later, 'Ready')?.lastTransitionTime).toBe('2026-03-01T12:02:00Z');
+    expect(cond(later, 'Conflict')?.lastTransitionTime).toBe('2026-03-01T12:00:00Z');
+    expect(cond(later, 'Degraded')?.lastTransitionTime).toBe('2026-03-01T12:00:00Z');
+  });
+
+  test('node statuses are bounded and put problems first', () => {
+    const nodes = Array.from({ length: 100 }, (_, i) => vioNodeObj(`n${String(i).padStart(3, '0')}`, {
+      plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: i === 99 ? 'Error' : 'Ready' }] },
+    }));
+    const { status } = computeStatus(undefined, input({ nodes }));
+    expect(status.nodes).toBe(100);
+    expect(status.nodeStatuses).toHaveLength(MAX_NODE_STATUSES);
+    expect(status.nodeStatuses?.[0]).toMatchObject({ node: 'n099', state: 'Error' });
+  });
+
+  describe('deletion', () => {
+    test('allocated slices block, naming the VMs and pods', () => {
+      const nodes = [vioNodeObj('n1', {
+        plan: [plan('vfs', true)],
+        status: { pools: [{ name: 'vfs', state: 'Deleting' }], slices: [slice('0000:81:10.0', 'vfs', { pod: 'virt-launcher-db-x', namespace: 'prod', vmi: 'db' })] },
+      })];
+      const r = computeStatus(undefined, input({ nodes, deleting: true }));
+      expect(r.released).toBe(false);
+      expect(cond(r.status, 'Ready')).toMatchObject({ status: 'False', reason: 'Deleting' });
+      expect(cond(r.status, 'Progressing')).toMatchObject({ status: 'True', reason: 'DeletionBlocked' });
+      expect(cond(r.status, 'Progressing')?.message).toContain('VMI prod/db (pod virt-launcher-db-x) on node n1');
+      expect(r.events.map((e) => e.reason)).toEqual(['DeletionBlocked']);
+    });
+
+    test.each<[string, Parameters<typeof vioNodeObj>[1], boolean]>([
+      ['agent still serving', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Ready' }] } }, false],
+      ['slices left without pool status', { plan: [plan('vfs', true)], status: { slices: [slice('0000:81:10.0', 'vfs')] } }, false],
+      ['pool state Released', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Released' }] } }, true],
+      ['pool absent with no slices', { plan: [plan('vfs', true)], status: { slices: [slice('0000:81:10.0', 'other')] } }, true],
+    ])('%s → released=%s', (_n, node, want) => {
+      const r = computeStatus(undefined, input({ nodes: [vioNodeObj('n1', node)], deleting: true }));
+      expect(r.released).toBe(want);
+    });
+  });
+});

@@ -1,0 +1,105 @@
+import pino from 'pino';
+import { KubeError } from '../kube/errors.js';
+import { FakeKube } from '../kube/fake.js';
+import type { KubeObject } from '../kube/ports.js';
+import { VirtualIODevices } from '../kube/resources.js';
+import { flush, ManualClock } from './clock.js';
+import { Informer } from './informer.js';
+
+const log = pino({ level: 'silent' });
+const obj = (name: string): KubeObject & Record<string, unknown> => ({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name }, spec: { class: 'NIC' } });
+
+function setup(opts: { silenceMs?: number } = {}) {
+  const clock = new ManualClock();
+  const kube = new FakeKube({ clock });
+  const restarts: string[] = [];
+  const inf = new Informer<KubeObject>({
+    kube, resource: VirtualIODevices, clock, log, silenceMs: opts.silenceMs ?? 60_000, baseBackoffMs: 100, maxBackoffMs: 400,
+    observer: { restarted: (_r, reason) => restarts.push(reason) },
+  });
+  const seen: string[] = [];
+  inf.onChange((o, old) => seen.push(`${o ? (old ? 'update' : 'add') : 'delete'}:${(o ?? old)?.metadata.name}`));
+  const ac = new AbortController();
+  const run = inf.run(ac.signal);
+  return { clock, kube, inf, seen, restarts, stop: async () => { ac.abort(); await run; } };
+}
+
+describe('Informer', () => {
+  test('lists, then follows the watch', async () => {
+    const t = setup();
+    await t.kube.create(VirtualIODevices, obj('a'));
+    await t.inf.synced();
+    await t.kube.create(VirtualIODevices, obj('b'));
+    await t.kube.delete(VirtualIODevices, 'a');
+    await flush();
+    expect(t.seen).toEqual(['add:a', 'add:b', 'delete:a']);
+    expect(t.inf.list().map((o) => o.metadata.name)).toEqual(['b']);
+    await t.stop();
+    expect(t.kube.watchCount()).toBe(0);
+  });
+
+  test('restarts a failed watch with backoff and resumes without losing events', async () => {
+    const t = setup();
+    await t.inf.synced();
+    // The next two restarts fail (list/watch errors), then the API recovers.
+    let failing = 2;
+    t.kube.failWatches();
+    const undo = t.kube.inject((op) => (op === 'list' && failing-- > 0 ? new KubeError('Transient', 0, 'connection refused') : undefined));
+    await t.kube.create(VirtualIODevices, obj('during-outage'));
+    await flush();
+    expect(t.kube.watchCount()).toBe(0);
+    expect(t.seen).toEqual([]);
+    // Resume from the last resourceVersion: no list needed, so the injected list failures do not apply.
+    await t.clock.advance(100);
+    expect(t.seen).toEqual(['add:during-outage']);
+    expect(t.restarts).toEqual(['error']);
+    expect(t.kube.watchCount()).toBe(1);
+    undo();
+    await t.stop();
+  });
+
+  test('a silent watch is replaced by a fresh list; deletions seen on the re-list are delivered', async () => {
+    const t = setup({ silenceMs: 1000 });
+    await t.kube.create(VirtualIODevices, obj('a'));
+    await t.kube.create(VirtualIODevices, obj('b'));
+    await t.inf.synced();
+    t.kube.silenceWatches();
+    await t.kube.delete(VirtualIODevices, 'a');
+    await t.kube.create(VirtualIODevices, obj('c'));
+    await flush();
+    expect(t.inf.list().map((o) => o.metadata.name).sort()).toEqual(['a', 'b']); // events lost
+    await t.clock.advance(1000);
+    expect(t.restarts).toEqual(['silence']);
+    expect(t.inf.list().map((o) => o.metadata.name).sort()).toEqual(['b', 'c']);
+    expect(t.seen).toEqual(['add:a', 'add:b', 'delete:a', 'add:c']);
+    expect(t.kube.watchCount()).toBe(1);
+    await t.stop();
+  });
+
+  test('re-list failures are retried with growing delays', async () => {
+    const t = setup({ silenceMs: 1000 });
+    await t.inf.synced();
+    let lists = 0;
+    const undo = t.kube.inject((op) => {
+      if (op !== 'list') return undefined;
+      lists++;
+      return new KubeError('Transient', 503, 'unavailable');
+    });
+    t.kube.silenceWatches();
+    await t.clock.advance(1000); // watchdog → fresh source → list fails (1)
+    expect(lists).toBe(1);
+    await t.clock.advance(100); // retry after 100 → fails (2)
+    expect(lists).toBe(2);
+    await t.clock.advance(150); // next delay is 200: nothing yet
+    expect(lists).toBe(2);
+    await t.clock.advance(50); // → (3)
+    expect(lists).toBe(3);
+    undo();
+    await t.clock.advance(400); // the next retry lists successfully and watches again
+    expect(t.kube.watchCount()).toBe(1);
+    await t.kube.create(VirtualIODevices, obj('x'));
+    await flush();
+    expect(t.inf.get('x')).toBeDefined();
+    await t.stop();
+  });
+});
