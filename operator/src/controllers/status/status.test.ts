@@ -18,7 +18,7 @@ function input(o: Partial<StatusInput> & { deleting?: boolean } = {}): StatusInp
     nodes: [], conflicts: [], kubevirtEntries: [], kubevirtCondition: kvOk, now: T, ...o,
   };
 }
-const cond = (s: { conditions?: { type: string }[] }, type: string) => s.conditions?.find((c) => c.type === type);
+const cond = (s: { conditions?: { type: string; message: string; lastTransitionTime: string }[] }, type: string) => s.conditions?.find((c) => c.type === type);
 
 describe('computeStatus', () => {
   test('rolls totals, node statuses and allocations up from node reports', () => {
