@@ -267,6 +267,16 @@ export class FakeKernel implements SysfsWriter {
     }
     if (spec.driver) {
       await this.loadModule(spec.driver);
+      if (spec.driver !== 'vfio-pci') {
+        // The driver that bound at boot claims this ID (its module alias table), so a re-probe
+        // after clearing driver_override brings it back.
+        const c = await this.config();
+        const key = `${spec.vendor}:${spec.device}`;
+        if (!c.driverIds[key]) {
+          c.driverIds[key] = spec.driver;
+          await this.saveConfig(c);
+        }
+      }
       await this.bind(spec.address, spec.driver);
     }
     return dir;

@@ -1,0 +1,296 @@
+import path from 'node:path';
+import { connectX6, emulexFc, FakeKernel, gpuWithAudio, mdevGpu, pciBridge } from '../../../test/sysfs/kernel.js';
+import { tempTree } from '../../../test/sysfs/tmp.js';
+import { loadUmockdev } from '../../../test/sysfs/umockdev.js';
+import { scan } from '../discovery/scan.js';
+import { buildSlices } from '../health/slices.js';
+import type { CarvingPlan, Inventory, PoolPlan, VirtualIONodeSpec } from '../model.js';
+import type { SysfsWriter } from '../sysfs/writer.js';
+import { applyCarving } from './apply.js';
+import { mdevUuid, uuidV5, vportWwns } from './layout.js';
+import { planCarving, planUncarve } from './plan.js';
+
+const NODE = 'node-a';
+const PF = '0000:3b:00.0';
+const GPU = '0000:af:00.0';
+const HBA = '0000:5e:00.0';
+const PT_GPU = '0000:65:00.0';
+const PT_AUDIO = '0000:65:00.1';
+const PT_BRIDGE = '0000:64:00.0';
+
+function pool(p: Partial<PoolPlan> & Pick<PoolPlan, 'name' | 'mode' | 'devices'>): PoolPlan {
+  return { resourceName: `virtualio.dev/${p.name}`, class: 'NIC', consumption: 'HostDevice', ...p };
+}
+
+let k: FakeKernel;
+let cleanup: () => Promise<void>;
+
+beforeEach(async () => {
+  const t = await tempTree();
+  cleanup = t.cleanup;
+  k = await FakeKernel.create(t.root, t.devRoot);
+  await k.addFunction(connectX6(PF, { netdev: 'ens1f0np0', totalVFs: 8 }));
+  await k.addFunction(mdevGpu(GPU, { instances: 4 }));
+  await k.addFunction(emulexFc(HBA, { host: 5, wwpn: '10000090fa000001', wwnn: '20000090fa000001', maxNPIVVports: 3 }));
+  await k.addFunction(pciBridge(PT_BRIDGE, { group: 40 }));
+  for (const f of gpuWithAudio(PT_GPU, PT_AUDIO, { group: 40 })) await k.addFunction(f);
+});
+afterEach(() => cleanup());
+
+const inventory = (): Promise<Inventory> => scan(k.root, { devRoot: k.devRoot });
+
+/** Plans and applies until the plan is empty; returns the plans applied (at most `max`). */
+async function converge(spec: VirtualIONodeSpec, allocated = new Set<string>(), max = 4): Promise<CarvingPlan[]> {
+  const plans: CarvingPlan[] = [];
+  for (let i = 0; i < max; i++) {
+    const plan = planCarving({ spec, inventory: await inventory(), nodeName: NODE, allocated });
+    if (plan.writes.length === 0) return plans;
+    plans.push(plan);
+    const results = await applyCarving(plan, k);
+    expect(results.filter((r) => !r.ok)).toEqual([]);
+  }
+  throw new Error(`no convergence after ${max} passes`);
+}
+
+const sriovPool = (count: number, extra: Partial<PoolPlan> = {}): PoolPlan => pool({ name: 'nic', mode: 'SRIOV', count, devices: [{ pciAddress: PF }], ...extra });
+
+describe('SR-IOV carving', () => {
+  test('enables VFs, then binds them to vfio-pci; a third plan is empty', async () => {
+    const spec = { pools: [sriovPool(4)] };
+    const plans = await converge(spec);
+    expect(plans.map((p) => p.writes.map((w) => `${w.path}=${w.value}`))).toEqual([
+      [`bus/pci/devices/${PF}/sriov_drivers_autoprobe=0`, `bus/pci/devices/${PF}/sriov_numvfs=4`],
+      ['0000:3b:00.2', '0000:3b:00.3', '0000:3b:00.4', '0000:3b:00.5'].flatMap((vf) => [`bus/pci/devices/${vf}/driver_override=vfio-pci`, `bus/pci/drivers_probe=${vf}`]),
+    ]);
+    const inv = await inventory();
+    expect(inv.devices.filter((d) => d.physfn === PF).map((d) => [d.pciAddress, d.driver])).toEqual([
+      ['0000:3b:00.2', 'vfio-pci'], ['0000:3b:00.3', 'vfio-pci'], ['0000:3b:00.4', 'vfio-pci'], ['0000:3b:00.5', 'vfio-pci'],
+    ]);
+    const slices = buildSlices({ spec, inventory: inv, devRoot: k.devRoot, nodeName: NODE });
+    expect(slices.map((s) => [s.id, s.kind, s.health, s.index, s.pfNetdev])).toEqual([
+      ['0000:3b:00.2', 'VF', 'Healthy', 0, 'ens1f0np0'], ['0000:3b:00.3', 'VF', 'Healthy', 1, 'ens1f0np0'],
+      ['0000:3b:00.4', 'VF', 'Healthy', 2, 'ens1f0np0'], ['0000:3b:00.5', 'VF', 'Healthy', 3, 'ens1f0np0'],
+    ]);
+    expect(planCarving({ spec, inventory: inv, nodeName: NODE, allocated: new Set() })).toEqual({ writes: [], blocked: [] });
+  });
+
+  test('a VF already bound to another driver is unbound first', async () => {
+    await k.write(`bus/pci/devices/${PF}/sriov_numvfs`, '1'); // autoprobe on: mlx5_core takes it
+    const plan = planCarving({ spec: { pools: [sriovPool(1)] }, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(plan.writes.map((w) => w.path)).toEqual(['bus/pci/devices/0000:3b:00.2/driver_override', 'bus/pci/devices/0000:3b:00.2/driver/unbind', 'bus/pci/drivers_probe']);
+  });
+
+  test('re-carving a PF with an allocated VF is blocked with a reason while other devices proceed', async () => {
+    await converge({ pools: [sriovPool(4)] });
+    const spec = { pools: [sriovPool(6), pool({ name: 'vgpu', class: 'GPU', mode: 'Mediated', mdevType: 'nvidia-222', count: 1, devices: [{ pciAddress: GPU }] })] };
+    const plan = planCarving({ spec, inventory: await inventory(), nodeName: NODE, allocated: new Set(['0000:3b:00.3']) });
+    expect(plan.blocked).toEqual([{ pool: 'nic', device: PF, reason: `re-carving ${PF} from 4 to 6 VFs waits: allocated VFs 0000:3b:00.3` }]);
+    expect(plan.writes.map((w) => w.path)).toEqual([`bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create`]);
+    // Released: the PF is disabled first, then enabled with the new count.
+    const free = planCarving({ spec, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(free.writes.slice(0, 3).map((w) => `${w.path.split('/').pop()}=${w.value}`)).toEqual(['sriov_numvfs=0', 'sriov_drivers_autoprobe=0', 'sriov_numvfs=6']);
+    await converge(spec);
+    expect((await inventory()).devices.find((d) => d.pciAddress === PF)?.sriov?.numVFs).toBe(6);
+  });
+
+  test('two pools share a PF by VF range, each with its own driver', async () => {
+    const spec = {
+      pools: [
+        pool({ name: 'a', mode: 'SRIOV', devices: [{ pciAddress: PF, vfFirst: 0, vfLast: 1 }] }),
+        pool({ name: 'b', mode: 'SRIOV', vfDriver: 'mlx5_core', devices: [{ pciAddress: PF, vfFirst: 2, vfLast: 4 }] }),
+      ],
+    };
+    await converge(spec);
+    const inv = await inventory();
+    expect(inv.devices.find((d) => d.pciAddress === PF)?.sriov?.numVFs).toBe(5);
+    expect(inv.devices.filter((d) => d.physfn === PF).map((d) => d.driver)).toEqual(['vfio-pci', 'vfio-pci', 'mlx5_core', 'mlx5_core', 'mlx5_core']);
+    const slices = buildSlices({ spec, inventory: inv, devRoot: k.devRoot, nodeName: NODE });
+    expect(slices.map((s) => [s.pool, s.id, s.health, s.deviceNodes.length > 0])).toEqual([
+      ['a', '0000:3b:00.2', 'Healthy', true], ['a', '0000:3b:00.3', 'Healthy', true],
+      ['b', '0000:3b:00.4', 'Healthy', false], ['b', '0000:3b:00.5', 'Healthy', false], ['b', '0000:3b:00.6', 'Healthy', false],
+    ]);
+  });
+
+  test.each([
+    ['more VFs than sriov_totalvfs', sriovPool(9), `9 VFs wanted on ${PF} but sriov_totalvfs is 8`],
+    ['a device that is not SR-IOV capable', sriovPool(2, { devices: [{ pciAddress: GPU }] }), `device ${GPU} is not SR-IOV capable (no sriov_totalvfs)`],
+    ['a device that does not exist', sriovPool(2, { devices: [{ pciAddress: '0000:99:00.0' }] }), 'device 0000:99:00.0 not found'],
+  ])('blocks %s', async (_n, p, reason) => {
+    const plan = planCarving({ spec: { pools: [p] }, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(plan).toEqual({ writes: [], blocked: [{ pool: 'nic', device: p.devices[0]?.pciAddress, reason }] });
+  });
+});
+
+describe('Passthrough carving', () => {
+  test('binds the function and its IOMMU group peers to vfio-pci, but not the bridge', async () => {
+    const spec = { pools: [pool({ name: 'gpu', class: 'GPU', mode: 'Passthrough', devices: [{ pciAddress: PT_GPU }] })] };
+    const plans = await converge(spec);
+    expect(plans).toHaveLength(1);
+    expect(plans[0]?.writes.filter((w) => w.path === 'bus/pci/drivers_probe').map((w) => w.value)).toEqual([PT_GPU, PT_AUDIO]);
+    const inv = await inventory();
+    const drv = (a: string): string | undefined => inv.devices.find((d) => d.pciAddress === a)?.driver;
+    expect([drv(PT_GPU), drv(PT_AUDIO), drv(PT_BRIDGE)]).toEqual(['vfio-pci', 'vfio-pci', 'pcieport']);
+    expect(buildSlices({ spec, inventory: inv, devRoot: k.devRoot, nodeName: NODE })).toEqual([
+      expect.objectContaining({ id: PT_GPU, kind: 'Function', health: 'Healthy', iommuGroup: 40, deviceNodes: ['/dev/vfio/40', expect.stringMatching(/^\/dev\/vfio\/devices\/vfio\d+$/)] }),
+    ]);
+  });
+});
+
+describe('Mediated carving', () => {
+  const spec = (count: number): VirtualIONodeSpec => ({ pools: [pool({ name: 'vgpu', class: 'GPU', mode: 'Mediated', mdevType: 'GRID_T4-1B', count, devices: [{ pciAddress: GPU }] })] });
+
+  test('creates deterministic UUIDs (type named by its name), idempotently', async () => {
+    await converge(spec(2));
+    const want = [0, 1].map((i) => mdevUuid(NODE, GPU, 'nvidia-222', i)).sort();
+    const gpu = (await inventory()).devices.find((d) => d.pciAddress === GPU);
+    expect(gpu?.mdevs?.map((m) => m.uuid).sort()).toEqual(want);
+    expect(await converge(spec(2))).toEqual([]);
+    const slices = buildSlices({ spec: spec(2), inventory: await inventory(), devRoot: k.devRoot, nodeName: NODE });
+    expect(slices.map((s) => [s.id, s.kind, s.health])).toEqual(want.map((u) => [u, 'Mdev', 'Healthy']));
+  });
+
+  test('removes extra mdevs of the type unless allocated', async () => {
+    const foreign = '0b3c2d1e-0000-4000-8000-00000000000f';
+    await k.write(`bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create`, foreign);
+    const held = planCarving({ spec: spec(1), inventory: await inventory(), nodeName: NODE, allocated: new Set([foreign]) });
+    expect(held.writes.map((w) => w.path)).toEqual([`bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create`]);
+    expect(held.blocked).toEqual([{ pool: 'vgpu', device: GPU, reason: `mdev ${foreign} is not one of the pool's but is allocated; kept until released` }]);
+    const free = planCarving({ spec: spec(1), inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(free.writes.map((w) => `${w.path}=${w.value}`)).toEqual([`bus/mdev/devices/${foreign}/remove=1`, `bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create=${mdevUuid(NODE, GPU, 'nvidia-222', 0)}`]);
+  });
+
+  test('creates only what available_instances allows and says why', async () => {
+    const plan = planCarving({ spec: spec(6), inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(plan.writes).toHaveLength(4);
+    expect(plan.blocked).toEqual([{ pool: 'vgpu', device: GPU, reason: `6 mdevs of type nvidia-222 wanted on ${GPU} but only 4 instances are available` }]);
+  });
+});
+
+describe('NPIV carving', () => {
+  const spec: VirtualIONodeSpec = { pools: [pool({ name: 'fc', class: 'Storage', mode: 'NPIV', wwnPrefix: 'c05076', count: 2, devices: [{ pciAddress: HBA }] })] };
+
+  test('creates deterministic vports "wwpn:wwnn", idempotently, and reports them as slices', async () => {
+    await converge(spec);
+    const w = [0, 1].map((i) => vportWwns('c05076', NODE, HBA, '10000090fa000001', i));
+    const inv = await inventory();
+    expect(inv.vports?.map((v) => [v.wwpn, v.wwnn]).sort()).toEqual(w.map((x) => [x.wwpn, x.wwnn]).sort());
+    for (const x of w) expect(x.wwpn).toMatch(/^c05076[0-9a-f]{10}$/);
+    expect(await converge(spec)).toEqual([]);
+    expect(buildSlices({ spec, inventory: inv, devRoot: k.devRoot, nodeName: NODE }).map((s) => [s.id, s.kind, s.health, s.vport?.parentHost])).toEqual(
+      w.map((x) => [x.wwpn, 'VPort', 'Healthy', 'host5']).sort((a, b) => (String(a[0]) < String(b[0]) ? -1 : 1)),
+    );
+  });
+
+  test('stops at max_npiv_vports with a reason', async () => {
+    const big = { pools: [{ ...(spec.pools?.[0] as PoolPlan), count: 5 }] };
+    const plan = planCarving({ spec: big, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(plan.writes).toHaveLength(3);
+    expect(plan.blocked).toEqual([{ pool: 'fc', device: HBA, reason: '5 vports wanted on host5 but only 3 of max_npiv_vports 3 are free' }]);
+  });
+});
+
+describe('uncarving', () => {
+  test('SR-IOV: held VFs block disabling; once released the PF goes back to 0 VFs', async () => {
+    const p = sriovPool(2);
+    await converge({ pools: [p] });
+    const held = planUncarve({ pool: { ...p, deleting: true }, spec: { pools: [{ ...p, deleting: true }] }, inventory: await inventory(), nodeName: NODE, allocated: new Set(['0000:3b:00.2']) });
+    expect(held).toEqual({ writes: [], blocked: [{ pool: 'nic', device: PF, reason: `disabling VFs of ${PF} waits: allocated VFs 0000:3b:00.2` }], held: ['0000:3b:00.2'] });
+    const free = planUncarve({ pool: p, spec: { pools: [] }, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    await applyCarving(free, k);
+    expect((await inventory()).devices.find((d) => d.pciAddress === PF)?.sriov).toEqual({ totalVFs: 8, numVFs: 0, vfs: [] });
+    expect(planUncarve({ pool: p, spec: { pools: [] }, inventory: await inventory(), nodeName: NODE, allocated: new Set() }).writes).toEqual([]);
+  });
+
+  test('Mediated, Passthrough and NPIV pools release what no pod holds', async () => {
+    const vgpu = pool({ name: 'vgpu', class: 'GPU', mode: 'Mediated', mdevType: 'nvidia-222', count: 2, devices: [{ pciAddress: GPU }] });
+    const pt = pool({ name: 'gpu', class: 'GPU', mode: 'Passthrough', devices: [{ pciAddress: PT_GPU }] });
+    const fc = pool({ name: 'fc', class: 'Storage', mode: 'NPIV', wwnPrefix: 'c05076', count: 1, devices: [{ pciAddress: HBA }] });
+    await converge({ pools: [vgpu, pt, fc] });
+    const keep = mdevUuid(NODE, GPU, 'nvidia-222', 1);
+    const wwpn = vportWwns('c05076', NODE, HBA, '10000090fa000001', 0).wwpn;
+    for (const p of [vgpu, pt, fc]) {
+      const plan = planUncarve({ pool: p, spec: { pools: [] }, inventory: await inventory(), nodeName: NODE, allocated: new Set([keep]) });
+      await applyCarving(plan, k);
+      if (p === vgpu) expect(plan.held).toEqual([keep]);
+    }
+    const inv = await inventory();
+    expect(inv.devices.find((d) => d.pciAddress === GPU)?.mdevs?.map((m) => m.uuid)).toEqual([keep]);
+    expect([PT_GPU, PT_AUDIO].map((a) => inv.devices.find((d) => d.pciAddress === a)?.driver)).toEqual(['nvidia', 'snd_hda_intel']);
+    expect(inv.vports?.some((v) => v.wwpn === wwpn)).toBeFalsy();
+    expect(inv.devNodes?.filter((n) => n !== '/dev/vfio/vfio')).toHaveLength(1); // the held mdev's group
+  });
+});
+
+describe('applyCarving', () => {
+  test('reports each write; a failure skips the rest of its group only', async () => {
+    const seen: string[] = [];
+    const writer: SysfsWriter = {
+      write: async (p, v) => {
+        seen.push(`${p}=${v}`);
+        if (p === 'a/1') throw new Error('EBUSY: busy');
+      },
+    };
+    const results = await applyCarving(
+      {
+        writes: [
+          { path: 'a/1', value: '0', why: '', group: 'a' },
+          { path: 'a/2', value: '4', why: '', group: 'a' },
+          { path: 'b/1', value: 'x', why: '', group: 'b' },
+          { path: 'c', value: 'y', why: '' },
+        ],
+        blocked: [],
+      },
+      writer,
+    );
+    expect(results.map((r) => [r.write.path, r.ok, r.ok ? undefined : r.error])).toEqual([
+      ['a/1', false, 'EBUSY: busy'],
+      ['a/2', false, 'skipped: an earlier write for a failed'],
+      ['b/1', true, undefined],
+      ['c', true, undefined],
+    ]);
+    expect(seen).toEqual(['a/1=0', 'b/1=x', 'c=y']);
+  });
+
+  test('a refused kernel write is a result, not an exception', async () => {
+    const results = await applyCarving({ writes: [{ path: `bus/pci/devices/${PF}/sriov_numvfs`, value: '99', why: 'too many' }], blocked: [] }, k);
+    expect(results).toEqual([{ write: expect.objectContaining({ value: '99' }), ok: false, error: expect.stringContaining('ERANGE') }]);
+  });
+});
+
+describe('deterministic names', () => {
+  test('uuidV5 matches the RFC 9562 example and mdev UUIDs are stable, distinct and v5', () => {
+    expect(uuidV5('www.example.com', '6ba7b810-9dad-11d1-80b4-00c04fd430c8')).toBe('2ed6657d-e927-568b-95e1-2665a8aea6a2');
+    const a = mdevUuid(NODE, GPU, 'nvidia-222', 0);
+    expect(mdevUuid(NODE, GPU, 'nvidia-222', 0)).toBe(a);
+    expect(new Set([a, mdevUuid(NODE, GPU, 'nvidia-222', 1), mdevUuid('node-b', GPU, 'nvidia-222', 0), mdevUuid(NODE, GPU, 'nvidia-230', 0)]).size).toBe(4);
+    expect(a).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  });
+});
+
+describe('carving plans on the recorded vgpu-node', () => {
+  test('a Mediated pool on the A16 PF places its mdev on the VF that supports the type', async () => {
+    const t = await tempTree();
+    try {
+      await loadUmockdev(path.resolve(import.meta.dirname, '../../../../shared/fixtures/real-sysfs/vgpu-node.umockdev'), t.root, { devRoot: t.devRoot });
+      const inv = await scan(t.root, { devRoot: t.devRoot });
+      const spec: VirtualIONodeSpec = { pools: [pool({ name: 'a16', class: 'GPU', mode: 'Mediated', mdevType: 'nvidia-754', count: 1, devices: [{ pciAddress: '0000:08:00.0' }] })] };
+      const recorded = 'f715f63c-0d00-4007-9c5a-b07b0c6c05de';
+      const want = mdevUuid(NODE, '0000:08:00.4', 'nvidia-754', 0);
+      const free = planCarving({ spec, inventory: inv, nodeName: NODE, allocated: new Set() });
+      expect(free.writes.map((w) => `${w.path}=${w.value}`)).toEqual([
+        `bus/mdev/devices/${recorded}/remove=1`,
+        `bus/pci/devices/0000:08:00.4/mdev_supported_types/nvidia-754/create=${want}`,
+      ]);
+      const held = planCarving({ spec, inventory: inv, nodeName: NODE, allocated: new Set([recorded]) });
+      expect(held.blocked.map((b) => b.reason)).toEqual([`mdev ${recorded} is not one of the pool's but is allocated; kept until released`]);
+      // SR-IOV on a recorded 82599 PF: 63 VFs possible, none enabled.
+      const nic: VirtualIONodeSpec = { pools: [pool({ name: 'x', mode: 'SRIOV', count: 8, devices: [{ pciAddress: '0000:04:00.0' }] })] };
+      expect(planCarving({ spec: nic, inventory: inv, nodeName: NODE, allocated: new Set() }).writes.map((w) => `${w.path}=${w.value}`)).toEqual([
+        'bus/pci/devices/0000:04:00.0/sriov_drivers_autoprobe=0',
+        'bus/pci/devices/0000:04:00.0/sriov_numvfs=8',
+      ]);
+    } finally {
+      await t.cleanup();
+    }
+  }, 60000);
+});
