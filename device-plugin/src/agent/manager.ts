@@ -200,6 +200,7 @@ export class AgentManager {
     }
     const spec = this.lastSpec;
     if (spec) {
+      await this.reportBreakage(spec);
       await this.converge(spec);
       try {
         this.slices = ops.buildSlices(spec, this.inventory, this.slices);
@@ -213,6 +214,28 @@ export class AgentManager {
     this.attachWatches();
     await this.syncPools(spec);
     this.publishStatus();
+    this.log.debug({ cycle: this.cycles, slices: this.slices.length, unhealthy: this.slices.filter((s) => s.health !== 'Healthy').length }, 'cycle done');
+  }
+
+  /**
+   * Tells the kubelet at once when served slices broke (Healthy → Unhealthy), before carving repairs
+   * what it can (e.g. re-binds a VF someone unbound): the kubelet then sees Unhealthy → Healthy
+   * instead of never learning about the outage.
+   */
+  private async reportBreakage(spec: VirtualIONodeSpec): Promise<void> {
+    if (this.slices.length === 0) return;
+    let now: Slice[];
+    try {
+      now = this.opts.ops.buildSlices(spec, this.inventory, this.slices);
+    } catch {
+      return;
+    }
+    const was = new Map(this.slices.map((s) => [s.id, s.health]));
+    const broke = now.filter((s) => s.health !== 'Healthy' && was.get(s.id) === 'Healthy');
+    if (broke.length === 0) return;
+    this.log.warn({ slices: broke.map((s) => `${s.id}: ${s.reason ?? 'unhealthy'}`) }, 'slices became unhealthy');
+    this.slices = now;
+    await this.syncPools(spec);
   }
 
   /** Pools removed from the plan that may still have carved slices (their last known plan). */
