@@ -287,6 +287,8 @@ describe('helm install on the real API server', () => {
     ['create', 'leases.coordination.k8s.io', '', 'default', false],
     ['create', 'events', '', NS, true],
     ['create', 'events.events.k8s.io', '', NS, true],
+    ['update', 'events', '', NS, true],
+    ['list', 'events', '', NS, false],
     ['create', 'events', '', 'default', false],
     ['get', 'secrets', '', NS, false],
     ['list', 'secrets', '', 'kube-system', false],
