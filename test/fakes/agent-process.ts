@@ -13,7 +13,7 @@ export const AGENT_MAIN = join(REPO, 'dist/device-plugin/src/main.js');
 
 function newestMtime(dir: string): number {
   let newest = 0;
-  let entries: string[] = [];
+  let entries: string[];
   try {
     entries = readdirSync(dir);
   } catch {

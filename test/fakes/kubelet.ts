@@ -243,7 +243,7 @@ export class FakeKubelet extends EventEmitter {
 
   /** Removes every unix socket in the plugin dir, like the kubelet's CleanupPluginDirectory. */
   wipeSockets(): void {
-    let names: string[] = [];
+    let names: string[];
     try {
       names = readdirSync(this.pluginDir);
     } catch {

@@ -247,7 +247,7 @@ export class AgentManager {
    */
   private heldIds(spec: VirtualIONodeSpec): Set<string> {
     if (this.podres.synced) return new Set(this.podres.holders().keys());
-    let existing: Slice[] = [];
+    let existing: Slice[];
     try {
       existing = this.opts.ops.buildSlices({ pools: [...(spec.pools ?? []), ...this.releasing.values()] }, this.inventory);
     } catch {
