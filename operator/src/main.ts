@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import { ConfigError, parseConfig, parseExtraPermittedHostDevices, usage } from './config.js';
 import { startHttpServer } from './http.js';
 import { ClientNodeKube } from './kube/client-node.js';
-import { COMPONENT, LEASE_NAME } from './kube/resources.js';
+import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, LEASE_NAME } from './kube/resources.js';
 import { createLogger } from './log.js';
 import { OperatorMetrics } from './metrics.js';
 import { Operator } from './operator.js';
@@ -52,7 +52,8 @@ async function main(): Promise<number> {
   const kube = ClientNodeKube.fromOptions({ kubeconfig: cfg.kubeconfig });
   const clock = systemClock;
   const metrics = new OperatorMetrics({ defaultMetrics: true });
-  const events = new EventRecorder({ kube, namespace: cfg.namespace, component: COMPONENT, instance: cfg.identity, clock, log });
+  // Events about cluster-scoped objects must live in `default` (API validation; kubectl describe looks there).
+  const events = new EventRecorder({ kube, namespace: CLUSTER_EVENTS_NAMESPACE, component: COMPONENT, instance: cfg.identity, clock, log });
   let leading = false;
   let current: Operator | undefined;
   const { server, port } = await startHttpServer({

@@ -50,12 +50,13 @@ export function toKubeError(err: unknown, what: string): KubeError {
   if (err instanceof ApiException) {
     const code = (err as ApiException<unknown>).code;
     let reason: string | undefined;
-    let message: string = err.message;
+    let message = `HTTP ${code}`;
     const body: unknown = (err as ApiException<unknown>).body;
     let parsed: unknown = body;
-    if (typeof body === 'string') {
+    // The body arrives as the Status object, its JSON text, or that text JSON-encoded once more.
+    for (let i = 0; i < 2 && typeof parsed === 'string'; i++) {
       try {
-        parsed = JSON.parse(body);
+        parsed = JSON.parse(parsed);
       } catch {
         parsed = undefined;
       }

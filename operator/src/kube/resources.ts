@@ -28,3 +28,8 @@ export const COMPONENT = 'virtualio-operator';
 export function apiVersionOf(res: ResourceType): string {
   return res.group === '' ? res.version : `${res.group}/${res.version}`;
 }
+/**
+ * Namespace of Events about cluster-scoped objects (VirtualIODevices): the API server rejects
+ * core/v1 Events with an empty involvedObject.namespace anywhere else.
+ */
+export const CLUSTER_EVENTS_NAMESPACE = 'default';

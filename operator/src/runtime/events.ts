@@ -13,7 +13,11 @@ export interface EventTarget {
 
 export interface EventRecorderOptions {
   kube: Pick<KubePort, 'recordEvent'>;
-  /** Namespace of Events about cluster-scoped objects. */
+  /**
+   * Namespace of Events about cluster-scoped objects. The API server only accepts such Events
+   * (involvedObject.namespace empty) in `default` (and, for new-style events, `kube-system`), and
+   * `kubectl describe` only finds them that way, so this is `default` in production.
+   */
   namespace: string;
   component: string;
   instance: string;
