@@ -1,0 +1,82 @@
+// The built operator survives a kube-apiserver restart in the middle of its work: its watches
+// break, it keeps running, reconnects (re-listing as needed) and applies every change made right
+// after the restart; no update is lost.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { jest } from '@jest/globals';
+import { REPO_ROOT, freePort, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import type { Pool, VioNode } from '../../operator/src/api/types.js';
+import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import type { KubeObject } from '../../operator/src/kube/ports.js';
+import { Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
+import { nicPF } from '../../operator/src/testing/fixtures.js';
+import { installCrdFiles, kubectlAt, spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
+
+jest.setTimeout(300_000);
+
+let cp: ControlPlane;
+let kube: ClientNodeKube;
+let op: OperatorProcess | undefined;
+const logDir = mkdtempSync(join(tmpdir(), 'vio-op-restart-'));
+
+const planOf = async (node: string) => ((await kube.get<VioNode>(VirtualIONodes, node))?.spec?.pools ?? []).map((p) => `${p.name}:${p.devices.map((d) => d.pciAddress).join('+')}`);
+const pool = (name: string) => kube.get<Pool>(VirtualIODevices, name);
+
+beforeAll(async () => {
+  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(REPO_ROOT, 'tsconfig.build.json')], { cwd: REPO_ROOT, stdio: 'pipe' });
+  cp = await startControlPlane();
+  await installCrdFiles(cp.binDir, cp.kubeconfig,
+    [join(REPO_ROOT, 'crds/virtualio.dev_virtualiodevices.yaml'), join(REPO_ROOT, 'crds/virtualio.dev_virtualionodes.yaml')],
+    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
+  await kubectlAt(cp.binDir, cp.kubeconfig, ['create', 'namespace', 'virtualio-system']);
+  kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });
+  for (const n of ['node-a', 'node-b']) await kube.create(Nodes, { apiVersion: 'v1', kind: 'Node', metadata: { name: n, labels: { pool: 'yes' } } });
+});
+
+afterAll(async () => {
+  await op?.kill('SIGKILL');
+  await cp?.stop();
+});
+
+test('an apiserver restart mid-flight loses no update', async () => {
+  op = spawnOperator({
+    repoRoot: REPO_ROOT, nodeBin: process.execPath, logFile: join(logDir, 'operator.log'),
+    args: ['--kubeconfig', cp.kubeconfig, '--identity', 'op', '--namespace', 'virtualio-system', '--lease-duration', '6s', '--metrics-address', `127.0.0.1:${await freePort()}`],
+  });
+  for (const n of ['node-a', 'node-b']) {
+    await waitUntil(`VirtualIONode ${n}`, () => kube.get<VioNode>(VirtualIONodes, n));
+    await writeAgentStatus(kube, n, { inventory: { devices: [...nicPF('0000:81:00.0', { netdev: 'ens1f0' }), ...nicPF('0000:82:00.0', { netdev: 'ens2f0' })] } });
+  }
+  await kube.create(VirtualIODevices, {
+    apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: 'vfs' },
+    spec: { class: 'NIC', nodeSelector: { matchLabels: { pool: 'yes' } }, deviceSelector: { interfaceNames: ['ens1f0'] }, carving: { mode: 'SRIOV', count: 2 } },
+  } as Pool);
+  await waitUntil('planned on both nodes', async () => (await planOf('node-a')).join() === 'vfs:0000:81:00.0' && (await planOf('node-b')).join() === 'vfs:0000:81:00.0');
+
+  await cp.restartApiserver();
+  expect(op.child.exitCode).toBeNull();
+
+  // Changes right after the restart, while the operator is still reconnecting.
+  const p = (await pool('vfs'))!;
+  await kube.replace(VirtualIODevices, { ...p, spec: { ...p.spec, deviceSelector: { interfaceNames: ['ens2f0'] } } });
+  const nb = (await kube.get<KubeObject>(Nodes, 'node-b'))!;
+  await kube.replace(Nodes, { ...nb, metadata: { ...nb.metadata, labels: {} } });
+  await kube.create(VirtualIODevices, {
+    apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: 'after-restart' },
+    spec: { class: 'NIC', deviceSelector: { interfaceNames: ['ens1f0'] }, carving: { mode: 'Passthrough' } },
+  } as Pool);
+  await writeAgentStatus(kube, 'node-a', {
+    inventory: { devices: [...nicPF('0000:81:00.0', { netdev: 'ens1f0' }), ...nicPF('0000:82:00.0', { netdev: 'ens2f0' })] },
+    pools: [{ name: 'vfs', state: 'Ready', capacity: 2, allocatable: 2, allocated: 0 }],
+  });
+
+  await waitUntil('node-a follows the edit', async () => (await planOf('node-a')).join() === 'after-restart:0000:81:00.0,vfs:0000:82:00.0', 90_000);
+  await waitUntil('node-b lost vfs with its label', async () => (await planOf('node-b')).join() === 'after-restart:0000:81:00.0', 90_000);
+  await waitUntil('status saw the agent write', async () => {
+    const x = await pool('vfs');
+    return x?.status?.observedGeneration === 2 && x.status.nodes === 1 && x.status.capacity === 2;
+  }, 90_000);
+  expect(op.child.exitCode).toBeNull();
+});

@@ -1,0 +1,96 @@
+// Leader election with two real operator processes (the built dist/operator/src/main.js) against a
+// private kube-apiserver: one leads and plans, the other stands by; when the leader is killed the
+// standby takes the Lease and carries on; a graceful stop releases the Lease.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { jest } from '@jest/globals';
+import { REPO_ROOT, freePort, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import type { Pool, VioNode } from '../../operator/src/api/types.js';
+import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import { LEASE_NAME, Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
+import { nicPF } from '../../operator/src/testing/fixtures.js';
+import { installCrdFiles, kubectlAt, spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
+
+jest.setTimeout(300_000);
+
+let cp: ControlPlane;
+let kube: ClientNodeKube;
+const procs: OperatorProcess[] = [];
+const logDir = mkdtempSync(join(tmpdir(), 'vio-op-failover-'));
+
+async function start(identity: string): Promise<{ proc: OperatorProcess; port: number }> {
+  const port = await freePort();
+  const proc = spawnOperator({
+    repoRoot: REPO_ROOT, nodeBin: process.execPath, logFile: join(logDir, `${identity}.log`),
+    args: ['--kubeconfig', cp.kubeconfig, '--identity', identity, '--namespace', 'virtualio-system', '--lease-duration', '4s', '--metrics-address', `127.0.0.1:${port}`],
+  });
+  procs.push(proc);
+  await waitUntil(`${identity} serves /healthz`, async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok, 30_000);
+  return { proc, port };
+}
+
+const holder = async () => (await kube.getLease('virtualio-system', LEASE_NAME))?.holderIdentity;
+const leaderGauge = async (port: number) => /^virtualio_operator_leader (\d)/m.exec(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())?.[1];
+const planOf = async (node: string) => ((await kube.get<VioNode>(VirtualIONodes, node))?.spec?.pools ?? []).map((p) => p.name);
+
+async function createPool(name: string, iface: string) {
+  await kube.create(VirtualIODevices, {
+    apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name },
+    spec: { class: 'NIC', deviceSelector: { interfaceNames: [iface] }, carving: { mode: 'SRIOV', count: 2 } },
+  } as Pool);
+}
+
+beforeAll(async () => {
+  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(REPO_ROOT, 'tsconfig.build.json')], { cwd: REPO_ROOT, stdio: 'pipe' });
+  cp = await startControlPlane();
+  await installCrdFiles(cp.binDir, cp.kubeconfig,
+    [join(REPO_ROOT, 'crds/virtualio.dev_virtualiodevices.yaml'), join(REPO_ROOT, 'crds/virtualio.dev_virtualionodes.yaml')],
+    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
+  await kubectlAt(cp.binDir, cp.kubeconfig, ['create', 'namespace', 'virtualio-system']);
+  kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });
+  await kube.create(Nodes, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-a' } });
+});
+
+afterAll(async () => {
+  await Promise.all(procs.map((p) => p.kill('SIGKILL')));
+  await cp?.stop();
+});
+
+test('the standby takes over when the leader dies, and a graceful stop releases the Lease', async () => {
+  const a = await start('op-a');
+  await waitUntil('op-a leads', async () => (await holder()) === 'op-a');
+  const b = await start('op-b');
+  expect(await leaderGauge(a.port)).toBe('1');
+  expect(await leaderGauge(b.port)).toBe('0');
+  // A standby is ready (it must not block a rollout); the leader once its caches synced.
+  expect((await fetch(`http://127.0.0.1:${b.port}/readyz`)).status).toBe(200);
+  await waitUntil('leader ready', async () => (await fetch(`http://127.0.0.1:${a.port}/readyz`)).status === 200);
+
+  await waitUntil('VirtualIONode created by the leader', () => kube.get<VioNode>(VirtualIONodes, 'node-a'));
+  await writeAgentStatus(kube, 'node-a', { inventory: { devices: [...nicPF('0000:81:00.0', { netdev: 'ens1f0' }), ...nicPF('0000:82:00.0', { netdev: 'ens2f0' })] } });
+  await createPool('first', 'ens1f0');
+  await waitUntil('first planned', async () => (await planOf('node-a')).includes('first'));
+
+  // Crash the leader: no release, so op-b must wait for the lease to expire, then lead.
+  const before = await kube.getLease('virtualio-system', LEASE_NAME);
+  await a.proc.kill('SIGKILL');
+  const killedAt = Date.now();
+  await waitUntil('op-b leads', async () => (await holder()) === 'op-b', 60_000, 50);
+  process.stderr.write(`[operator-failover] op-b took over ${Date.now() - killedAt} ms after op-a was killed (lease 4s)\n`);
+  expect((await kube.getLease('virtualio-system', LEASE_NAME))?.leaseTransitions).toBe((before?.leaseTransitions ?? 0) + 1);
+  await waitUntil('op-b reports leadership', async () => (await leaderGauge(b.port)) === '1');
+  // The new leader works: a new pool is planned.
+  await createPool('second', 'ens2f0');
+  await waitUntil('second planned by op-b', async () => (await planOf('node-a')).join() === 'first,second');
+
+  // Graceful stop: the Lease is released and a new candidate takes it at once.
+  expect(await b.proc.kill('SIGTERM')).toBe(0);
+  expect(await holder()).toBe('');
+  const c = await start('op-c');
+  await waitUntil('op-c leads', async () => (await holder()) === 'op-c');
+  await kube.delete(VirtualIODevices, 'second');
+  await waitUntil('second removed by op-c', async () => (await planOf('node-a')).join() === 'first');
+  void c;
+});
