@@ -242,7 +242,7 @@ describe('helm install on the real API server', () => {
   test('every rendered object exists, and the CRDs are Established', async () => {
     expect(manifest.map((o) => o.kind).sort()).toEqual([
       'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'DaemonSet', 'Deployment', 'PodDisruptionBudget',
-      'Role', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount', 'ValidatingAdmissionPolicy',
+      'Role', 'Role', 'RoleBinding', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount', 'ValidatingAdmissionPolicy',
       'ValidatingAdmissionPolicyBinding',
     ]);
     for (const o of manifest) {
@@ -285,11 +285,13 @@ describe('helm install on the real API server', () => {
     ['update', 'leases.coordination.k8s.io/virtualio-operator', '', NS, true],
     ['update', 'leases.coordination.k8s.io/someone-else', '', NS, false],
     ['create', 'leases.coordination.k8s.io', '', 'default', false],
-    ['create', 'events', '', NS, true],
-    ['create', 'events.events.k8s.io', '', NS, true],
-    ['update', 'events', '', NS, true],
-    ['list', 'events', '', NS, false],
-    ['create', 'events', '', 'default', false],
+    ['create', 'events', '', 'default', true],
+    ['create', 'events.events.k8s.io', '', 'default', true],
+    ['update', 'events', '', 'default', true],
+    ['list', 'events', '', 'default', false],
+    ['create', 'events', '', NS, false],
+    ['create', 'events', '', 'kube-system', false],
+    ['get', 'pods', '', 'default', false],
     ['get', 'secrets', '', NS, false],
     ['list', 'secrets', '', 'kube-system', false],
     ['create', 'pods', '', NS, false],

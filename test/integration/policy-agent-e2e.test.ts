@@ -156,11 +156,11 @@ test("an agent told another node's name cannot create or write that node's Virtu
 });
 
 test('the operator, as the chart deploys it, leads, plans a pool onto the node and writes the pool status, with no request refused', async () => {
-  const main = join(REPO, 'dist/operator/src/main.js');
-  if (!existsSync(main)) {
-    const r = spawnSync(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.build.json')], { cwd: REPO, encoding: 'utf8' });
-    if (!existsSync(main)) throw new Error(`operator build failed: ${r.stdout}${r.stderr}`);
-  }
+  // A private, fresh build of the working tree (inside node_modules so that packages resolve).
+  const out = join(REPO, 'node_modules/.cache/vio-policy-e2e', String(process.pid));
+  const main = join(out, 'operator/src/main.js');
+  const r = spawnSync(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.build.json'), '--outDir', out], { cwd: REPO, encoding: 'utf8' });
+  if (!existsSync(main)) throw new Error(`operator build failed: ${r.stdout}${r.stderr}`);
   const kubeconfig = tokenKubeconfig('operator', await tokenFor(NS, OPERATOR_SA));
   const lines: string[] = [];
   const proc: ChildProcess = spawn(process.execPath, [main, '--kubeconfig', kubeconfig, '--namespace', NS, '--identity', 'e2e-operator-0',
@@ -191,7 +191,23 @@ test('the operator, as the chart deploys it, leads, plans a pool onto the node a
       return o?.status?.conditions?.length && o.metadata.finalizers?.length ? o : undefined;
     }, 60_000);
     expect(pool.status.observedGeneration).toBe(pool.metadata.generation);
+    // A second pool with the same resource name: both conflict, and the operator records Warning
+    // Events (RBAC: events in `default`, where Events about cluster-scoped objects must go).
+    await kubectlOk(['apply', '--server-side', '-f', '-'], {
+      input: JSON.stringify({
+        apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: 'e2e-operator-pool-b' },
+        spec: { class: 'NIC', resourceName: 'virtualio.dev/e2e-operator-pool', deviceSelector: { pciAddresses: ['0000:82:00.0'] },
+          carving: { mode: 'SRIOV', count: 2 }, kubevirt: { permit: false } },
+      }),
+    });
+    const event = await eventually('a Warning Event about the conflict in default', async () => {
+      const r = await kubectl(['-n', 'default', 'get', 'events', '--field-selector', 'involvedObject.name=e2e-operator-pool-b', '-o', 'json']);
+      const items = r.code === 0 ? (JSON.parse(r.stdout) as { items: { type: string; reason: string }[] }).items : [];
+      return items.find((e) => e.type === 'Warning');
+    }, 60_000);
+    expect(event.reason).toBe('ResourceNameConflict');
     expect(lines.filter((l) => /forbidden/i.test(l))).toEqual([]);
+    rmSync(out, { recursive: true, force: true });
   } finally {
     proc.kill('SIGTERM');
     await new Promise((r) => proc.once('exit', r));
