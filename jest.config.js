@@ -13,6 +13,9 @@ const common = {
 };
 
 export default {
+  // Global options (jest ignores them inside projects): integration tests wait on real processes.
+  testTimeout: 120000,
+  slowTestThreshold: 30,
   reporters: ['default', '<rootDir>/test/jest/summary-reporter.js'],
   projects: [
     {
@@ -26,8 +29,6 @@ export default {
       testMatch: ['<rootDir>/test/integration/**/*.test.ts'],
       globalSetup: '<rootDir>/test/jest/global-setup.ts',
       globalTeardown: '<rootDir>/test/jest/global-teardown.ts',
-      testTimeout: 120000,
-      slowTestThreshold: 30,
     },
   ],
 };

@@ -59,9 +59,13 @@ GO
     k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-scheduler
 fi
 
-if [ ! -x "$BIN/fakecri" ]; then
-  cd "$SRC/k8s-$K8S_VERSION" && mkdir -p cmd/fakecri && cp "$HERE/fakecri/main.go" cmd/fakecri/main.go
-  go mod tidy && go build -trimpath -o "$BIN/" ./cmd/fakecri
+# fakecri is our own code: rebuilt whenever its source changes.
+FAKECRI_SUM=$(sha256sum "$HERE/fakecri/main.go" | cut -d' ' -f1)
+if [ ! -x "$BIN/fakecri" ] || [ "$(cat "$BIN/fakecri.sha256" 2>/dev/null)" != "$FAKECRI_SUM" ]; then
+  log "building fakecri"
+  (cd "$SRC/k8s-$K8S_VERSION" && mkdir -p cmd/fakecri && cp "$HERE/fakecri/main.go" cmd/fakecri/main.go \
+    && go mod tidy && go build -trimpath -o "$BIN/" ./cmd/fakecri) >&2
+  echo "$FAKECRI_SUM" > "$BIN/fakecri.sha256"
 fi
 
 if [ ! -x "$BIN/etcd" ]; then

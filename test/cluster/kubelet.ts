@@ -3,7 +3,7 @@
 // plugin directory is hard-coded to /var/lib/kubelet/device-plugins. The fake runtime records every
 // CreateContainer request (env, devices, mounts) as JSON lines in `records`.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort, stopProcess, type ControlPlane } from './control-plane.ts';
 
@@ -56,9 +56,43 @@ function launch(bin: string, args: string[], logFile: string): ChildProcess {
   return child;
 }
 
+const LOCK = '/var/lib/kubelet/.virtualio-test-lock';
+
+/**
+ * One kubelet per machine: its device plugin directory is fixed. Test files that run a kubelet take
+ * this lock (a directory holding the owner's PID) and wait for each other; a lock whose owner is
+ * gone is taken over.
+ */
+async function acquireMachineLock(timeoutMs: number): Promise<void> {
+  mkdirSync('/var/lib/kubelet', { recursive: true });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      mkdirSync(LOCK);
+      writeFileSync(join(LOCK, 'pid'), String(process.pid));
+      return;
+    } catch {
+      let owner = 0;
+      try { owner = Number(readFileSync(join(LOCK, 'pid'), 'utf8')); } catch { /* being written */ }
+      let alive = false;
+      if (owner > 0) { try { process.kill(owner, 0); alive = true; } catch { alive = false; } }
+      if (owner > 0 && !alive) rmSync(LOCK, { recursive: true, force: true });
+      else if (owner === 0 && Date.now() - (statSync(LOCK, { throwIfNoEntry: false })?.mtimeMs ?? Date.now()) > 10_000) rmSync(LOCK, { recursive: true, force: true });
+    }
+    if (Date.now() > deadline) throw new Error(`another test holds the kubelet lock ${LOCK}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function releaseMachineLock(): void {
+  rmSync(join(LOCK, 'pid'), { force: true });
+  try { rmdirSync(LOCK); } catch { /* not ours or gone */ }
+}
+
 /** Starts the fake CRI and the kubelet; resolves when the Node reports Ready. */
 export async function startKubelet(cp: ControlPlane, opts: KubeletOptions = {}): Promise<Kubelet> {
   if (!canRunKubelet()) throw new Error('a real kubelet needs root on Linux');
+  await acquireMachineLock(15 * 60_000);
   const say = (m: string) => { if (opts.verbose) process.stderr.write(`[kubelet] ${m}\n`); };
   const dir = join(cp.dir, 'kubelet');
   const rootDir = '/var/lib/kubelet';
@@ -129,6 +163,7 @@ export async function startKubelet(cp: ControlPlane, opts: KubeletOptions = {}):
   } catch (err) {
     await stopProcess(kubelet);
     await stopProcess(cri);
+    releaseMachineLock();
     throw err;
   }
 
@@ -149,6 +184,7 @@ export async function startKubelet(cp: ControlPlane, opts: KubeletOptions = {}):
       await stopProcess(kubelet);
       await stopProcess(cri);
       rmSync(join(DEVICE_PLUGIN_DIR, 'kubelet.sock'), { force: true });
+      releaseMachineLock();
     },
   };
 }

@@ -83,6 +83,10 @@ func main() {
 		{Type: runtimeapi.NetworkReady, Status: true},
 	}}
 
+	// Pulled images need an ID and a size, or the kubelet refuses to start containers from them
+	// ("Id or size of image ... is not set"); every pull succeeds with this fixed size.
+	rt.ImageService.SetFakeImageSize(64 << 20)
+
 	srv := grpc.NewServer(grpc.UnaryInterceptor(rec.intercept))
 	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
 	runtimeapi.RegisterImageServiceServer(srv, rt)

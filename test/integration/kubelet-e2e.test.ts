@@ -1,0 +1,255 @@
+// The whole node path with only the hardware faked: a REAL kubelet (on the fake CRI runtime,
+// registered to a private real control plane) drives the REAL agent in cluster mode on a fake sysfs
+// kernel. Proves: the Node's capacity/allocatable show our pools and allocatable drops when a slice
+// turns Unhealthy; a virt-launcher-shaped pod is admitted and the runtime receives exactly our env
+// vars and /dev/vfio devices; the PodResources API and our VirtualIONode.status show the allocation;
+// a kubelet restart brings capacity back. Needs root (the kubelet's device plugin dir is fixed);
+// without root the suite is reported as skipped, never as passed.
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { promisify } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
+import YAML from 'yaml';
+import type { ListPodResourcesResponse__Output } from '../../proto/generated/podresources/v1/ListPodResourcesResponse.js';
+import { loadPodResourcesApi } from '../../proto/load.js';
+import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { DEVICE_PLUGIN_DIR, canRunKubelet, startKubelet, type Kubelet } from '../cluster/kubelet.js';
+import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
+import { FakeKernel, connectX6, gpuWithAudio, mdevGpu } from '../sysfs/kernel.js';
+import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
+import { eventually } from '../support/cluster.js';
+
+const run = promisify(execFile);
+const NODE = '127.0.0.1';
+const NIC = 'virtualio.dev/cx6';
+const GPU = 'virtualio.dev/gpu-pt';
+const VGPU = 'virtualio.dev/vgpu';
+const NIC_PF = '0000:81:00.0';
+const GPU_FN = '0000:3b:00.0';
+const GPU_AUDIO = '0000:3b:00.1';
+const VGPU_PARENT = '0000:5e:00.0';
+
+const suite = canRunKubelet() ? describe : describe.skip;
+
+let cp: ControlPlane;
+let kubelet: Kubelet;
+let kernel: KernelHandle;
+let agent: AgentProcess | undefined;
+let base: string;
+const figures: Record<string, number> = {};
+
+async function kubectl(args: string[], input?: string): Promise<string> {
+  const p = run(join(cp.binDir, 'kubectl'), ['--kubeconfig', cp.kubeconfig, ...args], { maxBuffer: 16 << 20 });
+  if (input !== undefined) p.child.stdin?.end(input);
+  try {
+    return (await p).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string };
+    throw new Error(`kubectl ${args.join(' ')}: ${e.stderr ?? String(err)}`, { cause: err });
+  }
+}
+
+async function getJson<T = Record<string, unknown>>(args: string[]): Promise<T> {
+  return JSON.parse(await kubectl([...args, '-o', 'json'])) as T;
+}
+
+interface NodeStatus { capacity: Record<string, string>; allocatable: Record<string, string> }
+async function nodeStatus(): Promise<NodeStatus> {
+  const n = await getJson<{ status: NodeStatus }>(['get', 'node', NODE]);
+  return n.status;
+}
+
+/** Waits until the Node shows `capacity`/`allocatable` for every resource given. */
+async function nodeShows(what: string, want: Record<string, [capacity: number, allocatable: number]>, timeoutMs = 60_000): Promise<void> {
+  await eventually(what, async () => {
+    const s = await nodeStatus();
+    for (const [r, [c, a]] of Object.entries(want)) {
+      if (Number(s.capacity[r] ?? -1) !== c || Number(s.allocatable[r] ?? -1) !== a) return undefined;
+    }
+    return true;
+  }, timeoutMs, 100).catch((err: unknown) => {
+    throw new Error(`${String(err)}\n--- agent ---\n${agent?.tail() ?? ''}`, { cause: err });
+  });
+}
+
+/** The agent's pool registrations so far, from its logs. */
+function registrations(): number {
+  return agent?.logs.filter((l) => /registered/i.test(l.msg) && !/unregistered|not registered/i.test(l.msg)).length ?? 0;
+}
+
+const plan = {
+  apiVersion: 'virtualio.dev/v1alpha1',
+  kind: 'VirtualIONode',
+  metadata: { name: NODE },
+  spec: {
+    pools: [
+      { name: 'cx6', resourceName: NIC, class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', count: 4, devices: [{ pciAddress: NIC_PF }] },
+      { name: 'gpu-pt', resourceName: GPU, class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', devices: [{ pciAddress: GPU_FN }] },
+      { name: 'vgpu', resourceName: VGPU, class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', count: 2, mdevType: 'nvidia-222', devices: [{ pciAddress: VGPU_PARENT }] },
+    ],
+  },
+};
+
+suite('a real kubelet drives the agent (cluster mode, fake hardware)', () => {
+  beforeAll(async () => {
+    cp = await startControlPlane({ scheduler: true });
+    await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
+    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev']);
+    kubelet = await startKubelet(cp);
+
+    base = mkdtempSync(join(tmpdir(), 'vio-kubelet-e2e-'));
+    const sys = join(base, 'sys');
+    const dev = join(base, 'dev');
+    const k = await FakeKernel.create(sys, dev);
+    await k.addFunction(connectX6(NIC_PF, { netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 }));
+    for (const f of gpuWithAudio(GPU_FN, GPU_AUDIO, { group: 60, numaNode: 0 })) await k.addFunction(f);
+    await k.addFunction(mdevGpu(VGPU_PARENT, { numaNode: 0, instances: 4 }));
+    kernel = await startKernel(sys, dev);
+
+    // The plan, as the operator would write it (this suite tests the node path, not the operator).
+    await kubectl(['apply', '--server-side', '--field-manager=virtualio-operator', '-f', '-'], YAML.stringify(plan));
+
+    mkdirSync(join(base, 'devinfo'));
+    const started = Date.now();
+    agent = await startAgent([
+      '--node-name', NODE,
+      '--kubeconfig', cp.kubeconfig,
+      '--sysfs-root', sys,
+      '--dev-root', dev,
+      '--plugin-dir', DEVICE_PLUGIN_DIR,
+      '--pod-resources-socket', kubelet.podResourcesSocket,
+      '--devinfo-dir', join(base, 'devinfo'),
+      '--metrics-address', '127.0.0.1:0',
+      '--rescan-interval', '2s',
+    ]);
+    await nodeShows('our pools on the Node', { [NIC]: [4, 4], [GPU]: [1, 1], [VGPU]: [2, 2] });
+    figures.agentStartToNodeCapacityMs = Date.now() - started;
+  }, 20 * 60_000);
+
+  afterAll(async () => {
+    await agent?.stop();
+    await kubelet?.stop();
+    await kernel?.stop();
+    await cp?.stop();
+    if (base) rmSync(base, { recursive: true, force: true });
+    for (const f of readdirSync(DEVICE_PLUGIN_DIR)) if (f.startsWith('virtualio-')) rmSync(join(DEVICE_PLUGIN_DIR, f), { force: true });
+    if (Object.keys(figures).length) {
+      console.log(`kubelet end-to-end figures (ms): ${JSON.stringify(figures)}`);
+      if (process.env.VIO_RESULTS_DIR) writeFileSync(join(process.env.VIO_RESULTS_DIR, 'kubelet-e2e-figures.json'), JSON.stringify(figures, null, 2));
+    }
+  });
+
+  test('the Node advertises every pool: capacity = slices, allocatable = healthy slices', async () => {
+    const s = await nodeStatus();
+    expect(s.capacity[NIC]).toBe('4');
+    expect(s.capacity[GPU]).toBe('1');
+    expect(s.capacity[VGPU]).toBe('2');
+    // the agent created its VirtualIONode status for this node
+    const vn = await getJson<{ status: { slices: { id: string; pool: string; health: string }[] } }>(['get', 'virtualionode', NODE]);
+    expect(vn.status.slices.filter((x) => x.pool === 'cx6')).toHaveLength(4);
+  });
+
+  test('a VF turning Unhealthy drops allocatable but not capacity, and recovery restores it', async () => {
+    // The fault: the VF's VFIO group node disappears (e.g. vfio-pci unloaded under it). The agent
+    // cannot repair that by carving (it does re-bind a VF someone unbinds), so the slice must be
+    // reported Unhealthy until the node is back.
+    const vn = await getJson<{ status: { slices: { id: string; pool: string; iommuGroup?: number }[] } }>(['get', 'virtualionode', NODE]);
+    const slice = vn.status.slices.filter((x) => x.pool === 'cx6').sort((a, b) => a.id.localeCompare(b.id))[0]!;
+    const group = basename(realpathSync(join(base, 'sys/bus/pci/devices', slice.id, 'iommu_group')));
+    const node = join(base, 'dev/vfio', group);
+    rmSync(node);
+    await nodeShows('allocatable 3 of 4 once the VFIO node is gone', { [NIC]: [4, 3] });
+    const unhealthy = await getJson<{ status: { slices: { id: string; health: string; reason?: string }[] } }>(['get', 'virtualionode', NODE]);
+    const st = unhealthy.status.slices.find((x) => x.id === slice.id);
+    expect(st?.health).toBe('Unhealthy');
+    expect(st?.reason).toContain(`/dev/vfio/${group}`);
+
+    writeFileSync(node, '');
+    await nodeShows('allocatable back to 4 once the node is back', { [NIC]: [4, 4] });
+  });
+
+  test('a virt-launcher-shaped pod is admitted and its runtime config carries exactly our env and /dev/vfio devices', async () => {
+    const pod = {
+      apiVersion: 'v1', kind: 'Pod',
+      metadata: {
+        name: 'virt-launcher-vm1-abcde', namespace: 'default',
+        labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': '5a1c3e2f-0000-4000-8000-000000000001' },
+        ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: 'vm1', uid: '5a1c3e2f-0000-4000-8000-000000000001', controller: true }],
+      },
+      spec: {
+        nodeName: NODE,
+        containers: [{
+          name: 'compute', image: 'quay.io/kubevirt/virt-launcher:v1.9.0',
+          resources: { limits: { [NIC]: '2', [GPU]: '1', [VGPU]: '1', cpu: '100m', memory: '64Mi' } },
+        }],
+      },
+    };
+    await kubectl(['apply', '-f', '-'], JSON.stringify(pod));
+    await eventually('the pod to run', async () => {
+      const p = await getJson<{ status: { phase?: string } }>(['get', 'pod', '-n', 'default', pod.metadata.name]);
+      return p.status.phase === 'Running' ? true : undefined;
+    }, 60_000).catch(async (err: unknown) => {
+      const p = await kubectl(['get', 'pod', '-n', 'default', pod.metadata.name, '-o', 'yaml']).catch(() => '');
+      throw new Error(`${String(err)}\n--- pod ---\n${p}\n--- agent ---\n${agent?.tail() ?? ''}`, { cause: err });
+    });
+
+    const rec = kubelet.createdContainers().find((c) => c.podName === pod.metadata.name && c.container === 'compute');
+    expect(rec).toBeDefined();
+    const ours = Object.fromEntries(Object.entries(rec!.envs).filter(([k]) => /^(MDEV_)?PCI_RESOURCE_/.test(k)));
+    expect(Object.keys(ours).sort()).toEqual(['MDEV_PCI_RESOURCE_VIRTUALIO_DEV_VGPU', 'PCI_RESOURCE_VIRTUALIO_DEV_CX6', 'PCI_RESOURCE_VIRTUALIO_DEV_GPU-PT']);
+    const vfs = ours.PCI_RESOURCE_VIRTUALIO_DEV_CX6!.split(',');
+    expect(vfs).toHaveLength(2);
+    for (const a of vfs) expect(a).toMatch(/^0000:81:[0-1][0-9a-f]\.[0-7]$/);
+    expect(ours['PCI_RESOURCE_VIRTUALIO_DEV_GPU-PT']).toBe(GPU_FN); // the audio function travels in the group, not the env
+    expect(ours.MDEV_PCI_RESOURCE_VIRTUALIO_DEV_VGPU).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+
+    // Device nodes: /dev/vfio/vfio plus the IOMMU group (and vfio cdev) of every slice, host = container path.
+    const sys = join(base, 'sys');
+    const groupOf = (addr: string) => basename(realpathSync(join(sys, 'bus/pci/devices', addr, 'iommu_group')));
+    const paths = new Set((rec!.devices ?? []).map((d) => d.host_path));
+    for (const d of rec!.devices ?? []) {
+      expect(d.container_path).toBe(d.host_path);
+      expect(d.permissions).toBe('mrw');
+    }
+    expect(paths.has('/dev/vfio/vfio')).toBe(true);
+    for (const a of [...vfs, GPU_FN]) expect(paths.has(`/dev/vfio/${groupOf(a)}`)).toBe(true);
+    expect([...paths].every((p) => p?.startsWith('/dev/vfio/'))).toBe(true);
+  });
+
+  test('PodResources lists the allocation and VirtualIONode.status shows which VM holds which slice', async () => {
+    const api = loadPodResourcesApi();
+    const client = new api.v1.PodResourcesLister(`unix://${kubelet.podResourcesSocket}`, grpc.credentials.createInsecure());
+    const listed = await new Promise<ListPodResourcesResponse__Output>((res, rej) =>
+      client.List({}, (err, r) => (err || !r ? rej(err ?? new Error('empty List response')) : res(r))));
+    const pod = listed.podResources.find((p) => p.name === 'virt-launcher-vm1-abcde');
+    const compute = pod?.containers.find((c) => c.name === 'compute');
+    // The kubelet returns one ContainerDevices entry per device (with its NUMA node), so merge them.
+    const byResource: Record<string, string[]> = {};
+    for (const d of compute?.devices ?? []) (byResource[d.resourceName] ??= []).push(...d.deviceIds);
+    expect(byResource[NIC]).toHaveLength(2);
+    expect(byResource[GPU]).toEqual([GPU_FN]);
+    expect(byResource[VGPU]).toHaveLength(1);
+    client.close();
+
+    const held = await eventually('allocations in VirtualIONode.status', async () => {
+      const vn = await getJson<{ status: { slices: { id: string; pool: string; allocation?: { namespace: string; pod: string; vmi?: string } }[] } }>(['get', 'virtualionode', NODE]);
+      const a = vn.status.slices.filter((x) => x.allocation);
+      return a.length === 4 ? a : undefined;
+    }, 30_000);
+    for (const s of held) expect(s.allocation).toEqual({ namespace: 'default', pod: 'virt-launcher-vm1-abcde', container: 'compute', vmi: 'vm1' });
+    expect(held.map((s) => s.id).sort()).toEqual([...byResource[NIC]!, ...byResource[GPU]!, ...byResource[VGPU]!].sort());
+  });
+
+  test('a kubelet restart wipes the sockets; the agent re-registers and capacity comes back', async () => {
+    const before = registrations();
+    const t0 = Date.now();
+    await kubelet.restart();
+    await eventually('re-registration of all three pools', async () => (registrations() >= before + 3 ? true : undefined), 30_000, 50);
+    figures.kubeletRestartToReRegisteredMs = Date.now() - t0;
+    // allocatable counts every healthy slice, held by the running pod or free
+    await nodeShows('capacity back after the kubelet restart', { [NIC]: [4, 4], [GPU]: [1, 1], [VGPU]: [2, 2] });
+    figures.kubeletRestartToNodeCapacityMs = Date.now() - t0;
+  });
+});
