@@ -56,7 +56,7 @@ stage "typecheck (tsc --strict)" npm run --silent typecheck
 stage "lint (eslint, zero warnings)" npm run --silent lint
 stage "build (tsc → dist)" npm run --silent build
 if [ -f scripts/gen-docs.mjs ]; then
-  stage "generated docs match the schemas" node scripts/gen-docs.mjs --check
+  stage "generated docs match the schemas (docs/configuration.md)" npm run --silent docs:check
 fi
 
 echo "=== jest (unit + integration against a real kube-apiserver)"

@@ -87,5 +87,15 @@ if [ ! -x "$BIN/helm" ]; then
     "helm.sh/helm/v$HMAJ/cmd/helm@v$HELM_VERSION"
 fi
 
+# Helm 4 as well, so the chart is tested with both major versions (test/integration/chart-support.ts
+# looks for it here).
+HELM4_VERSION=${HELM4_VERSION:-4.2.4}
+if [ ! -x "$CACHE/helm4-v$HELM4_VERSION/helm" ]; then
+  log "building helm v$HELM4_VERSION"
+  GOBIN="$CACHE/helm4-v$HELM4_VERSION" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM4_VERSION" \
+    "helm.sh/helm/v4/cmd/helm@v$HELM4_VERSION"
+fi
+
 "$BIN/kube-apiserver" --version >&2
 echo "$BIN"
