@@ -1,0 +1,253 @@
+// Node-side benchmarks of the REAL agent process (figures, not a test; nothing here asserts):
+//   start   agent start → every pool registered with the fake kubelet and all 1,024 slices listed
+//           Healthy, on a tree whose VFs are already carved (what a restarted agent finds); repeated;
+//   carve   the same from a bare tree (the agent enables 1,024 VFs and binds them to vfio-pci through
+//           the fake kernel daemon, which runs in this process and is part of the figure);
+//   rss     agent VmRSS idle with 1,024 slices, and VmRSS/VmHWM under Allocate load;
+//   health  a VF unbound from vfio-pci through the fake kernel → the kubelet's ListAndWatch shows it
+//           Unhealthy (and how long until the agent re-binds it and it is Healthy again), ≥ 30 changes.
+// Layout: 4 pools × 4 ConnectX-6 PFs × 64 VFs = 1,024 slices (`--pfs`, `--vfs` change it).
+// Run:  node --import ./test/sysfs/ts-hooks.mjs test/bench/agent-node.ts [--only start,carve,rss,health]
+//       [--starts 5] [--changes 40] [--load-seconds 10] [--profile <dir>]
+import { writeFileSync } from 'node:fs';
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { AgentProcess } from '../fakes/agent-process.js';
+import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';
+import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
+import { cpuSecondsOf, machine, memoryOf, nicTree, out, printResult, scratchDir, spawnAgent, summarize, topFunctions, type BenchFigure } from './lib.js';
+
+const argv = process.argv.slice(2);
+const flag = (name: string, def: string): string => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? (argv[i + 1] ?? def) : def;
+};
+const ONLY = new Set(flag('only', 'start,carve,rss,health').split(','));
+const STARTS = Number(flag('starts', '5'));
+const CHANGES = Number(flag('changes', '40'));
+const LOAD_S = Number(flag('load-seconds', '10'));
+const PROFILE_DIR = flag('profile', '');
+const POOLS = 4;
+const PFS = Number(flag('pfs', '16'));
+const VFS = Number(flag('vfs', '64'));
+const SLICES = PFS * VFS;
+const say = (m: string): void => void process.stderr.write(`[bench agent-node] ${m}\n`);
+const resource = (p: number): string => `virtualio.dev/bench-${p}`;
+
+interface Rig {
+  dir: string;
+  sys: string;
+  dev: string;
+  kubelet: FakeKubelet;
+  podres: FakePodResources;
+  planFile: string;
+  starts: number;
+}
+
+async function rig(preCarved: boolean): Promise<Rig> {
+  const dir = await scratchDir('vio-bench-node-');
+  const { sys, dev, pfs } = await nicTree(dir, { pfs: PFS, vfsPerPf: VFS, preCarved });
+  const per = Math.ceil(PFS / POOLS);
+  const pools = Array.from({ length: POOLS }, (_, p) => ({
+    name: `bench-${p}`, resourceName: resource(p), class: 'NIC', mode: 'SRIOV', consumption: 'SRIOVNetwork', count: VFS,
+    devices: pfs.slice(p * per, (p + 1) * per).map((pciAddress) => ({ pciAddress })),
+  }));
+  const planFile = join(dir, 'plan.json');
+  writeFileSync(planFile, JSON.stringify({ pools }));
+  const kubelet = await FakeKubelet.start(join(dir, 'device-plugins-0'));
+  const podres = await FakePodResources.start(join(dir, 'pod-resources', 'kubelet.sock'));
+  return { dir, sys, dev, kubelet, podres, planFile, starts: 0 };
+}
+
+async function teardown(r: Rig): Promise<void> {
+  await r.kubelet.stop();
+  await r.podres.stop();
+  await rm(r.dir, { recursive: true, force: true });
+}
+
+function agentArgs(r: Rig): string[] {
+  return [
+    '--plan-file', r.planFile, '--node-name', 'bench', '--sysfs-root', r.sys, '--dev-root', r.dev,
+    '--plugin-dir', r.kubelet.pluginDir, '--pod-resources-socket', r.podres.socket, '--devinfo-dir', join(r.dir, 'devinfo'),
+    '--rescan-interval', '30s', '--metrics-address', '127.0.0.1:0', '--log-level', 'info',
+  ];
+}
+
+const allHealthy = (k: FakeKubelet): boolean =>
+  Array.from({ length: POOLS }, (_, p) => k.lastList(resource(p))?.filter((d) => d.health === 'Healthy').length ?? 0).reduce((a, b) => a + b, 0) === SLICES;
+
+/** Spawns the agent and resolves when every pool is registered with all its slices Healthy. */
+async function startToRegistered(r: Rig, profileDir?: string): Promise<{ agent: AgentProcess; ms: number; firstLogMs: number; registeredMs: number; carvingWrites: number }> {
+  if (r.starts++ > 0) {
+    // A fresh kubelet (new plugin folder) for every start, so nothing registered before counts.
+    await r.kubelet.stop();
+    r.kubelet = await FakeKubelet.start(join(r.dir, `device-plugins-${r.starts}`));
+  }
+  const wall = Date.now();
+  const s = performance.now();
+  const agent = await spawnAgent(agentArgs(r), profileDir ? { cpuProfileDir: profileDir } : {});
+  let registeredMs = Number.NaN;
+  await r.kubelet.waitFor('every pool registered', () => {
+    const ok = Array.from({ length: POOLS }, (_, p) => r.kubelet.endpoints.has(resource(p))).every(Boolean);
+    if (ok && Number.isNaN(registeredMs)) registeredMs = performance.now() - s;
+    return ok;
+  }, 600_000).catch((err: unknown) => {
+    throw new Error(`${String(err)}\n${agent.tail()}`);
+  });
+  await r.kubelet.waitFor(`${SLICES} healthy slices`, () => allHealthy(r.kubelet), 600_000).catch((err: unknown) => {
+    throw new Error(`${String(err)}\n${agent.tail()}`);
+  });
+  const ms = performance.now() - s;
+  const first = agent.logs[0];
+  const carvingWrites = agent.logs.filter((l) => l.msg === 'carving').reduce((a, l) => a + ((l.writes as unknown[] | undefined)?.length ?? 0), 0);
+  return { agent, ms, firstLogMs: first ? Date.parse(String(first.time)) - wall : Number.NaN, registeredMs, carvingWrites };
+}
+
+async function stopAgent(agent: AgentProcess): Promise<void> {
+  await agent.stop('SIGTERM');
+}
+
+const figures: BenchFigure[] = [];
+const details: Record<string, unknown> = {};
+
+async function benchStart(): Promise<void> {
+  say(`start → registered: ${STARTS} starts on a pre-carved tree of ${SLICES} slices`);
+  const r = await rig(true);
+  const runs: { ms: number; firstLogMs: number; registeredMs: number; carvingWrites: number }[] = [];
+  try {
+    for (let i = 0; i < STARTS; i++) {
+      const res = await startToRegistered(r, i === 0 && PROFILE_DIR ? join(PROFILE_DIR, 'start') : undefined);
+      await stopAgent(res.agent);
+      runs.push({ ms: res.ms, firstLogMs: res.firstLogMs, registeredMs: res.registeredMs, carvingWrites: res.carvingWrites });
+      say(`  start ${i + 1}: ${res.ms.toFixed(0)} ms (first log line ${res.firstLogMs} ms, all pools registered ${res.registeredMs.toFixed(0)} ms, carving writes ${res.carvingWrites})`);
+      await new Promise((res2) => setTimeout(res2, 500));
+    }
+  } finally {
+    await teardown(r);
+  }
+  const st = summarize(runs.map((x) => x.ms));
+  details.start = { runs, summary: st, firstLog: summarize(runs.map((x) => x.firstLogMs)), registered: summarize(runs.map((x) => x.registeredMs)) };
+  figures.push({ key: 'startToRegisteredMs', label: `agent start → ${POOLS} pools registered, ${SLICES} slices Healthy (pre-carved), median of ${STARTS}`, value: st.p50, unit: 'ms', max: 2000 });
+  figures.push({ key: 'startToRegisteredMaxMs', label: 'same, slowest start', value: st.max, unit: 'ms', max: 2000 });
+  figures.push({ key: 'startFirstLogMs', label: 'same, process spawn → first log line (Node boot + imports), median', value: summarize(runs.map((x) => x.firstLogMs)).p50, unit: 'ms' });
+}
+
+async function benchCarve(): Promise<void> {
+  say(`carve from scratch: ${SLICES} VFs enabled and bound by the agent through the fake kernel daemon`);
+  const r = await rig(false);
+  let kernel: KernelHandle | undefined;
+  try {
+    kernel = await startKernel(r.sys, r.dev, { pollMs: 1000 });
+    const res = await startToRegistered(r, PROFILE_DIR ? join(PROFILE_DIR, 'carve') : undefined);
+    const writes = kernel.events.length;
+    await stopAgent(res.agent);
+    details.carve = { ms: res.ms, kernelWrites: writes, registeredMs: res.registeredMs };
+    say(`  carve: ${res.ms.toFixed(0)} ms, ${writes} sysfs writes applied by the fake kernel`);
+    figures.push({ key: 'carveFromScratchMs', label: `agent start → ${SLICES} slices carved and Healthy (bare tree; includes the fake kernel daemon's work)`, value: Math.round(res.ms), unit: 'ms' });
+  } finally {
+    await kernel?.stop();
+    await teardown(r);
+  }
+}
+
+async function benchRssAndHealth(doRss: boolean, doHealth: boolean): Promise<void> {
+  const r = await rig(true);
+  // The daemon lets the agent repair what the benchmark breaks (it re-binds an unbound VF).
+  const kernel = await startKernel(r.sys, r.dev, { pollMs: 1000 });
+  const { agent } = await startToRegistered(r);
+  const pid = agent.proc.pid as number;
+  try {
+    if (doRss) {
+      say('rss: idle 5 s, then Allocate load');
+      await new Promise((res) => setTimeout(res, 5000));
+      const idle = memoryOf(pid);
+      const ids = Array.from({ length: POOLS }, (_, p) => (r.kubelet.lastList(resource(p)) ?? []).map((d) => d.ID));
+      let calls = 0;
+      let peak = idle.rssMiB;
+      const cpu0 = cpuSecondsOf(pid);
+      const end = performance.now() + LOAD_S * 1000;
+      const sampler = setInterval(() => {
+        peak = Math.max(peak, memoryOf(pid).rssMiB);
+      }, 100);
+      await Promise.all(Array.from({ length: 4 }, async (_, w) => {
+        let i = w;
+        while (performance.now() < end) {
+          const p = i % POOLS;
+          const list = ids[p] ?? [];
+          const n = i % 3 === 0 ? 8 : 1;
+          const chosen = Array.from({ length: n }, (_, j) => list[(i * 8 + j) % list.length] ?? '');
+          await r.kubelet.allocate(resource(p), chosen);
+          if (i % 4 === 0) await r.kubelet.preferred(resource(p), list, [], 2);
+          calls++;
+          i += 4;
+        }
+      }));
+      clearInterval(sampler);
+      const loaded = memoryOf(pid);
+      const cpu = cpuSecondsOf(pid) - cpu0;
+      details.rss = { idle, loaded, peakRssMiB: peak, allocateCalls: calls, callsPerSecond: Math.round(calls / LOAD_S), agentCpuSeconds: cpu };
+      say(`  idle RSS ${idle.rssMiB} MiB; under ${Math.round(calls / LOAD_S)} Allocate/s: peak RSS ${peak} MiB, VmHWM ${loaded.hwmMiB} MiB, agent CPU ${cpu.toFixed(1)} s`);
+      figures.push({ key: 'agentRssIdleMiB', label: `agent VmRSS idle, ${SLICES} slices in ${POOLS} pools`, value: idle.rssMiB, unit: 'MiB', max: 80 });
+      figures.push({ key: 'agentRssLoadMiB', label: `agent VmHWM (peak RSS) after ${LOAD_S} s of Allocate load (${Math.round(calls / LOAD_S)} calls/s)`, value: loaded.hwmMiB, unit: 'MiB', max: 80 });
+    }
+    if (doHealth) {
+      say(`health: ${CHANGES} VF unbinds through the fake kernel → Unhealthy in the kubelet's list`);
+      const toUnhealthy: number[] = [];
+      const toHealthy: number[] = [];
+      let manualRebinds = 0;
+      for (let i = 0; i < CHANGES; i++) {
+        const p = i % POOLS;
+        const list = r.kubelet.lastList(resource(p)) ?? [];
+        const vf = list[(i * 37) % list.length]?.ID as string;
+        const health = (): string | undefined => r.kubelet.lastList(resource(p))?.find((d) => d.ID === vf)?.health;
+        const s = performance.now();
+        await kernel.kernel.write('bus/pci/drivers/vfio-pci/unbind', vf);
+        await r.kubelet.waitFor(`${vf} Unhealthy`, () => health() === 'Unhealthy', 30_000);
+        const t1 = performance.now();
+        toUnhealthy.push(t1 - s);
+        const repaired = await r.kubelet.waitFor(`${vf} Healthy again`, () => health() === 'Healthy', 10_000).then(() => true, () => false);
+        if (!repaired) {
+          manualRebinds++;
+          await kernel.kernel.write('bus/pci/drivers_probe', vf);
+          await r.kubelet.waitFor(`${vf} Healthy after a manual re-bind`, () => health() === 'Healthy', 30_000);
+        }
+        toHealthy.push(performance.now() - t1);
+        await new Promise((res) => setTimeout(res, 150 + ((i * 53) % 200)));
+      }
+      const u = summarize(toUnhealthy);
+      const h = summarize(toHealthy);
+      details.health = { toUnhealthy: u, toHealthyAgain: h, manualRebinds };
+      say(`  unbind → Unhealthy seen: p50 ${u.p50} ms, p99 ${u.p99} ms, max ${u.max} ms; Unhealthy → re-bound and Healthy: p50 ${h.p50} ms, p99 ${h.p99} ms (manual re-binds ${manualRebinds})`);
+      figures.push({ key: 'healthPropagationP50Ms', label: `VF unbound → kubelet ListAndWatch shows it Unhealthy, p50 of ${CHANGES}`, value: u.p50, unit: 'ms', max: 1000 });
+      figures.push({ key: 'healthPropagationP99Ms', label: `same, p99 of ${CHANGES}`, value: u.p99, unit: 'ms', max: 1000 });
+      figures.push({ key: 'healthRepairP50Ms', label: `Unhealthy → agent re-binds the VF → Healthy again, p50${manualRebinds ? ` (${manualRebinds} needed a manual re-bind)` : ''}`, value: h.p50, unit: 'ms' });
+    }
+  } finally {
+    await stopAgent(agent);
+    await kernel.stop();
+    await teardown(r);
+  }
+}
+
+async function main(): Promise<void> {
+  const m = machine();
+  say(`machine: ${m.cpuModel}, ${m.nproc} CPUs, ${m.memGiB} GiB, Node ${m.node}, load ${m.load1}`);
+  if (ONLY.has('start')) await benchStart();
+  if (ONLY.has('carve')) await benchCarve();
+  if (ONLY.has('rss') || ONLY.has('health')) await benchRssAndHealth(ONLY.has('rss'), ONLY.has('health'));
+  if (PROFILE_DIR) {
+    for (const sub of ['start', 'carve']) {
+      const files = await readdir(join(PROFILE_DIR, sub)).catch(() => [] as string[]);
+      const f = files.find((x) => x.endsWith('.cpuprofile'));
+      if (!f) continue;
+      out(`CPU profile of the agent (${sub}): ${join(PROFILE_DIR, sub, f)}; top functions by total time:`);
+      for (const t of topFunctions(join(PROFILE_DIR, sub, f), 20)) out(`  ${String(t.totalMs).padStart(6)} ms total ${String(t.selfMs).padStart(6)} ms self  ${t.fn}  ${t.where}`);
+    }
+  }
+  out(`virtualio agent, node side: ${SLICES} slices (${POOLS} pools × ${PFS / POOLS} PFs × ${VFS} VFs); machine ${m.nproc} CPUs, load ${m.load1}`);
+  for (const f of figures) out(`  ${f.label}: ${f.value} ${f.unit}${f.max !== undefined ? `  (target ≤ ${f.max} ${f.unit}: ${f.value <= f.max ? 'met' : 'MISSED'})` : ''}`);
+  printResult('agent-node', figures, { machine: m, details });
+}
+
+await main();
