@@ -49,7 +49,7 @@ build_binaries() {
 
 # Prerequisites: without them nothing else can run, so a failure ends the run here.
 stage "install npm dependencies" install_deps || finish
-stage "build Kubernetes, etcd and helm from the Go module proxy (cached)" build_binaries || finish
+stage "build Kubernetes, etcd, helm and the conformance harnesses from the Go module proxy (cached after the first run)" build_binaries || finish
 
 stage "generated files match their sources (proto, CRD types, chart CRDs)" npm run --silent gen:check
 stage "typecheck (tsc --strict)" npm run --silent typecheck
