@@ -23,7 +23,7 @@ export interface OperatorTuning {
   silenceMs?: number;
   /** How often to check whether the KubeVirt CRD appeared or went away. Default 60 s. */
   kubevirtRecheckMs?: number;
-  /** Status and KubeVirt reconciles are debounced by this much after a change. Default 200 ms. */
+  /** Status and KubeVirt reconciles are debounced by this much after a change. Default 1 s. */
   debounceMs?: number;
   /** Full resync of every key. Default 10 min. */
   resyncMs?: number;
@@ -45,6 +45,42 @@ export interface OperatorOptions {
 function nodeMetadataOnly(n: NodeObject): NodeObject {
   const { name, uid, resourceVersion, labels, creationTimestamp } = n.metadata;
   return { apiVersion: 'v1', kind: 'Node', metadata: { name, uid, resourceVersion, labels, creationTimestamp } };
+}
+
+/** Drops managedFields and annotations (often as large as the object itself) from cached objects. */
+function withoutManagedFields<T extends { metadata: object }>(o: T): T {
+  const { managedFields: _m, annotations: _a, ...metadata } = o.metadata as Record<string, unknown>;
+  return { ...o, metadata: metadata as T['metadata'] };
+}
+
+type Inventory = NonNullable<NonNullable<VioNode['status']>['inventory']>;
+type InventoryDevice = NonNullable<Inventory['devices']>[number];
+
+/** The inventory fields planning and KubeVirt entries read; the rest is not cached. */
+function pruneDevice(d: InventoryDevice): InventoryDevice {
+  return {
+    pciAddress: d.pciAddress, vendorID: d.vendorID, deviceID: d.deviceID, classCode: d.classCode, driver: d.driver,
+    numaNode: d.numaNode, physfn: d.physfn,
+    ...(d.sriov?.vfs ? { sriov: { vfs: d.sriov.vfs } } : {}),
+    ...(d.mdevTypes ? { mdevTypes: d.mdevTypes.map((m) => ({ id: m.id, name: m.name })) } : {}),
+    ...(d.netdevs ? { netdevs: d.netdevs.map((n) => ({ name: n.name })) } : {}),
+  };
+}
+
+/**
+ * The cached form of a VirtualIONode: no managedFields, a pruned inventory, and slices reduced to
+ * what status reads. An inventory equal to the cached one keeps the cached object's identity, so
+ * memoized plans stay valid across status-only updates.
+ */
+function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
+  const o = withoutManagedFields(v);
+  if (!o.status) return o;
+  const inv = o.status.inventory ? { devices: (o.status.inventory.devices ?? []).map(pruneDevice) } : undefined;
+  const prevInv = prev?.status?.inventory;
+  const inventory = inv && prevInv && jsonEqual(inv, prevInv) ? prevInv : inv;
+  const slices = o.status.slices?.map((s) => ({ id: s.id, pool: s.pool, kind: s.kind, health: s.health, ...(s.allocation ? { allocation: s.allocation } : {}) }));
+  const { pools, observedGeneration } = o.status;
+  return { ...o, status: { observedGeneration, pools, ...(inventory ? { inventory } : {}), ...(slices ? { slices } : {}) } };
 }
 
 function poolsOf(v: VioNode | undefined): string[] {
@@ -78,11 +114,14 @@ export class Operator {
   async run(signal: AbortSignal): Promise<void> {
     const { kube, clock, log, metrics, events } = this.opts;
     const t = this.opts.tuning ?? {};
-    const debounce = t.debounceMs ?? 200;
+    const debounce = t.debounceMs ?? 1000;
     const informerOpts = { kube, clock, silenceMs: t.silenceMs, observer: metrics };
     const nodes = new Informer<NodeObject>({ ...informerOpts, resource: Nodes, log: log.child({ informer: 'nodes' }), transform: nodeMetadataOnly });
-    const vioNodes = new Informer<VioNode>({ ...informerOpts, resource: VirtualIONodes, log: log.child({ informer: 'virtualionodes' }) });
-    const pools = new Informer<Pool>({ ...informerOpts, resource: VirtualIODevices, log: log.child({ informer: 'virtualiodevices' }) });
+    const vioNodes: Informer<VioNode> = new Informer<VioNode>({
+      ...informerOpts, resource: VirtualIONodes, log: log.child({ informer: 'virtualionodes' }),
+      transform: (v) => vioNodeCacheForm(vioNodes.get(v.metadata.name), v),
+    });
+    const pools = new Informer<Pool>({ ...informerOpts, resource: VirtualIODevices, log: log.child({ informer: 'virtualiodevices' }), transform: withoutManagedFields });
     const world = new World(nodes, vioNodes, pools, this.opts.kubevirt);
 
     const planQ = new WorkQueue({ clock });
@@ -112,10 +151,10 @@ export class Operator {
       if (inventoryChanged || !jsonEqual(obj?.spec, old?.spec)) kubevirtSoon();
     });
     pools.onChange((obj, old) => {
-      world.poolsChanged();
       const specChanged = !obj || !old || obj.metadata.generation !== old.metadata.generation ||
         !!obj.metadata.deletionTimestamp !== !!old.metadata.deletionTimestamp;
       if (specChanged) {
+        world.poolsChanged();
         planAll();
         statusAll();
         kubevirtSoon();
@@ -195,7 +234,7 @@ export class Operator {
     this.readyFlag = true;
     const common = { clock, observer: metrics };
     await Promise.all([
-      runController({ ...common, name: 'plan', queue: planQ, workers: t.planWorkers ?? 8, log: log.child({ controller: 'plan' }),
+      runController({ ...common, name: 'plan', queue: planQ, workers: t.planWorkers ?? 16, log: log.child({ controller: 'plan' }),
         reconciler: new PlanReconciler({ kube, world, log: log.child({ controller: 'plan' }) }) }, signal),
       runController({ ...common, name: 'status', queue: statusQ, workers: t.statusWorkers ?? 2, log: log.child({ controller: 'status' }),
         reconciler: new StatusReconciler({ kube, world, clock, events, log: log.child({ controller: 'status' }) }) }, signal),

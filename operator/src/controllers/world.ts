@@ -3,7 +3,13 @@
 import type { NodeObject, Pool, VioNode } from '../api/types.js';
 import type { Informer } from '../runtime/informer.js';
 import type { KubeVirtView, PermittedLists } from './kubevirt/entries.js';
-import { planNode, preparePools, type NodePlan, type PreparedPools } from './plan/plan.js';
+import { planNode, preparePools, type DeviceConflict, type NodePlan, type PreparedPools } from './plan/plan.js';
+
+/** Per pool: the VirtualIONodes that mention it (plan, agent pool status or slices) and its conflicts. */
+export interface PoolIndex {
+  nodes: VioNode[];
+  conflicts: DeviceConflict[];
+}
 
 /** KubeVirt settings from the command line. */
 export interface KubeVirtSettings {
@@ -31,7 +37,10 @@ export interface KubeVirtObject {
 export class World {
   private poolsVersion = 0;
   private preparedCache: { version: number; value: PreparedPools } | undefined;
-  private readonly plans = new Map<string, { node: NodeObject | undefined; vio: VioNode | undefined; version: number; plan: NodePlan }>();
+  private readonly plans = new Map<string, { labels: string; inventory: unknown; vio: VioNode | undefined; version: number; plan: NodePlan }>();
+  /** Bumped on every change of any cached Node, VirtualIONode or pool. */
+  private worldVersion = 0;
+  private indexCache: { version: number; value: Map<string, PoolIndex> } | undefined;
   readonly kubevirt: KubeVirtState = { installed: false, informer: undefined };
 
   constructor(
@@ -39,11 +48,52 @@ export class World {
     readonly vioNodes: Informer<VioNode>,
     readonly pools: Informer<Pool>,
     readonly kubevirtSettings: KubeVirtSettings,
-  ) {}
+  ) {
+    const bump = () => {
+      this.worldVersion++;
+    };
+    nodes.onChange(bump);
+    vioNodes.onChange(bump);
+    pools.onChange(bump);
+  }
 
-  /** Call whenever any pool changed. */
+  /**
+   * Call when a pool changed in a way planning sees (created, deleted, spec/generation,
+   * deletionTimestamp). Status-only changes must not call it: they would invalidate every plan.
+   */
   poolsChanged(): void {
     this.poolsVersion++;
+  }
+
+  /**
+   * For every pool, the VirtualIONodes that mention it and its device conflicts on every node:
+   * one pass over all nodes, memoized until anything in the caches changes, so that the status
+   * of P pools costs one pass rather than P.
+   */
+  poolIndex(): Map<string, PoolIndex> {
+    if (this.indexCache?.version === this.worldVersion) return this.indexCache.value;
+    const idx = new Map<string, PoolIndex>();
+    const entry = (pool: string) => {
+      let e = idx.get(pool);
+      if (!e) {
+        e = { nodes: [], conflicts: [] };
+        idx.set(pool, e);
+      }
+      return e;
+    };
+    const names = new Set<string>();
+    for (const n of this.nodes.list()) names.add(n.metadata.name);
+    for (const v of this.vioNodes.list()) {
+      names.add(v.metadata.name);
+      const mentioned = new Set<string>();
+      for (const p of v.spec?.pools ?? []) mentioned.add(p.name);
+      for (const p of v.status?.pools ?? []) mentioned.add(p.name);
+      for (const sl of v.status?.slices ?? []) mentioned.add(sl.pool);
+      for (const m of mentioned) entry(m).nodes.push(v);
+    }
+    for (const n of names) for (const c of this.planFor(n).conflicts) entry(c.pool).conflicts.push(c);
+    this.indexCache = { version: this.worldVersion, value: idx };
+    return idx;
   }
 
   /** Every pool, sorted oldest first with effective values (memoized per pool-set version). */
@@ -54,14 +104,22 @@ export class World {
     return this.preparedCache.value;
   }
 
-  /** The plan of one node from the current caches (memoized on the cached objects' identity). */
+  /**
+   * The plan of one node from the current caches. Memoized on what planning reads: the Node's
+   * labels, the inventory (the VirtualIONode informer keeps an unchanged inventory's identity),
+   * the pool set, and, only while some pool is being deleted, the whole VirtualIONode.
+   */
   planFor(name: string): NodePlan {
     const node = this.nodes.get(name);
     const vio = this.vioNodes.get(name);
+    const prepared = this.prepared();
+    const labels = node ? JSON.stringify(node.metadata.labels ?? {}) : '';
+    const inventory = vio?.status?.inventory;
+    const deletingVio = prepared.anyDeleting ? vio : undefined;
     const hit = this.plans.get(name);
-    if (hit && hit.node === node && hit.vio === vio && hit.version === this.poolsVersion) return hit.plan;
-    const plan = planNode(node, vio, this.prepared());
-    if (node || vio) this.plans.set(name, { node, vio, version: this.poolsVersion, plan });
+    if (hit && hit.labels === labels && hit.inventory === inventory && hit.vio === deletingVio && hit.version === this.poolsVersion) return hit.plan;
+    const plan = planNode(node, vio, prepared);
+    if (node || vio) this.plans.set(name, { labels, inventory, vio: deletingVio, version: this.poolsVersion, plan });
     else this.plans.delete(name);
     return plan;
   }

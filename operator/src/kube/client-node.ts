@@ -9,12 +9,15 @@ import {
   KubeConfig,
   ListWatch,
   PatchStrategy,
+  ServerConfiguration,
   V1MicroTime,
   Watch,
+  createConfiguration,
   setHeaderOptions,
   type CoreV1Event,
   type KubernetesListObject,
   type KubernetesObject,
+  type RequestContext,
   type V1Lease,
 } from '@kubernetes/client-node';
 import { KubeError, classifyStatus } from './errors.js';
@@ -119,6 +122,26 @@ function leaseToApi(namespace: string, name: string, rec: LeaseRecord): V1Lease 
   };
 }
 
+/**
+ * Credentials that reuse one connection pool. client-node 2.0.1 builds a new undici Agent for
+ * every request when the kubeconfig has TLS settings, so every call paid a TLS handshake and left
+ * its sockets behind (CPU on both sides, and memory: the 1,000-node benchmark found it). This keeps
+ * the first dispatcher and hands it to every later request and watch. Tokens are still applied per
+ * request; TLS client certificates are fixed for the process lifetime.
+ */
+function sharedDispatcherAuth(kc: KubeConfig) {
+  let shared: ReturnType<RequestContext['getDispatcher']> | undefined;
+  return {
+    getName: () => 'virtualio-shared-dispatcher',
+    getCurrentCluster: () => kc.getCurrentCluster(),
+    async applySecurityAuthentication(ctx: RequestContext): Promise<void> {
+      await kc.applySecurityAuthentication(ctx);
+      if (shared === undefined) shared = ctx.getDispatcher();
+      else ctx.setDispatcher(shared);
+    },
+  };
+}
+
 /** KubePort over a real API server through @kubernetes/client-node. */
 export class ClientNodeKube implements KubePort {
   private readonly custom: CustomObjectsApi;
@@ -126,11 +149,15 @@ export class ClientNodeKube implements KubePort {
   private readonly coordination: CoordinationV1Api;
   private readonly watch: Watch;
 
-  constructor(private readonly kc: KubeConfig) {
-    this.custom = kc.makeApiClient(CustomObjectsApi);
-    this.core = kc.makeApiClient(CoreV1Api);
-    this.coordination = kc.makeApiClient(CoordinationV1Api);
-    this.watch = new Watch(kc);
+  constructor(kc: KubeConfig) {
+    const cluster = kc.getCurrentCluster();
+    if (!cluster) throw new Error('kubeconfig has no current cluster');
+    const auth = sharedDispatcherAuth(kc);
+    const config = createConfiguration({ baseServer: new ServerConfiguration(cluster.server, {}), authMethods: { default: auth } });
+    this.custom = new CustomObjectsApi(config);
+    this.core = new CoreV1Api(config);
+    this.coordination = new CoordinationV1Api(config);
+    this.watch = new Watch(auth as unknown as KubeConfig);
   }
 
   /** Builds the adapter from a kubeconfig path or in-cluster credentials. */

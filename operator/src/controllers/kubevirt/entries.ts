@@ -41,9 +41,42 @@ export function mdevSelectorName(name: string): string {
   return name.replace(/ /g, '_');
 }
 
+const hex4 = (s: string) => (s.startsWith('0x') || s.startsWith('0X') ? s.slice(2) : s).toLowerCase();
+
 function pciId(d: InventoryDevice): string | undefined {
   if (!d.vendorID || !d.deviceID) return undefined;
-  return `${d.vendorID.toLowerCase().replace(/^0x/, '')}:${d.deviceID.toLowerCase().replace(/^0x/, '')}`;
+  return `${hex4(d.vendorID)}:${hex4(d.deviceID)}`;
+}
+
+interface InventoryIndex {
+  byAddr: Map<string, InventoryDevice>;
+  /** PF address → its VFs (from `physfn` and from the PF's `sriov.vfs`). */
+  vfsOf: Map<string, InventoryDevice[]>;
+}
+
+/** Indexes per inventory list, computed once per list object (the informer keeps unchanged ones). */
+const inventoryIndexes = new WeakMap<readonly InventoryDevice[], InventoryIndex>();
+
+function indexInventory(inv: readonly InventoryDevice[]): InventoryIndex {
+  let idx = inventoryIndexes.get(inv);
+  if (idx) return idx;
+  const byAddr = new Map(inv.map((d) => [d.pciAddress, d]));
+  const vfsOf = new Map<string, InventoryDevice[]>();
+  const add = (pf: string, vf: InventoryDevice) => {
+    const xs = vfsOf.get(pf) ?? [];
+    if (!xs.includes(vf)) xs.push(vf);
+    vfsOf.set(pf, xs);
+  };
+  for (const d of inv) {
+    if (d.physfn) add(d.physfn, d);
+    for (const a of d.sriov?.vfs ?? []) {
+      const vf = byAddr.get(a);
+      if (vf) add(d.pciAddress, vf);
+    }
+  }
+  idx = { byAddr, vfsOf };
+  inventoryIndexes.set(inv, idx);
+  return idx;
 }
 
 /** Whether a pool is rendered into KubeVirt's lists at all (and why not). */
@@ -69,8 +102,9 @@ export function poolEntries(p: PreparedPool, nodes: readonly VioNode[]): Permitt
   for (const vio of nodes) {
     const plan = vio.spec?.pools?.find((x) => x.name === p.name);
     if (!plan || plan.deleting) continue;
-    const inv = vio.status?.inventory?.devices ?? [];
-    const byAddr = new Map(inv.map((d) => [d.pciAddress, d]));
+    const inv = vio.status?.inventory?.devices;
+    if (!inv) continue;
+    const { byAddr, vfsOf } = indexInventory(inv);
     for (const dev of plan.devices) {
       const pf = byAddr.get(dev.pciAddress);
       if (!pf) continue;
@@ -78,16 +112,9 @@ export function poolEntries(p: PreparedPool, nodes: readonly VioNode[]): Permitt
         const t = (pf.mdevTypes ?? []).find((m) => m.id === mdevType || (m.name && mdevSelectorName(m.name) === mdevType));
         if (t) selectors.add(t.name ? mdevSelectorName(t.name) : t.id);
       } else if (mode === 'SRIOV') {
-        for (const vfAddr of pf.sriov?.vfs ?? []) {
-          const vf = byAddr.get(vfAddr);
-          const id = vf ? pciId(vf) : undefined;
+        for (const vf of vfsOf.get(pf.pciAddress) ?? []) {
+          const id = pciId(vf);
           if (id) selectors.add(id);
-        }
-        for (const vf of inv) {
-          if (vf.physfn === pf.pciAddress) {
-            const id = pciId(vf);
-            if (id) selectors.add(id);
-          }
         }
       } else {
         const id = pciId(pf);

@@ -33,8 +33,8 @@ export class KubeVirtReconciler implements Reconciler {
     const cr = world.kubevirtObject();
     // Never create the KubeVirt CR: apply would, so only patch one that exists.
     if (!cr) return done;
-    const nodes = world.vioNodes.list();
-    const entries = world.prepared().ordered.flatMap((p) => poolEntries(p, nodes));
+    const index = world.poolIndex();
+    const entries = world.prepared().ordered.flatMap((p) => poolEntries(p, index.get(p.name)?.nodes ?? []));
     const desired = desiredLists(entries, settings.extra);
     const current = world.kubevirtView().current;
     const body = permittedHostDevicesBody(desired);

@@ -45,6 +45,8 @@ export interface PreparedPool {
 export interface PreparedPools {
   ordered: PreparedPool[];
   byName: Map<string, PreparedPool>;
+  /** Some pool is being deleted (planning then also reads the node's current plan and report). */
+  anyDeleting: boolean;
 }
 
 export function preparePools(pools: readonly Pool[]): PreparedPools {
@@ -63,7 +65,7 @@ export function preparePools(pools: readonly Pool[]): PreparedPools {
       resourceNameConflicts: (byResource.get(resourceName) ?? []).filter((n) => n !== name).sort(),
     };
   });
-  return { ordered, byName: new Map(ordered.map((p) => [p.name, p])) };
+  return { ordered, byName: new Map(ordered.map((p) => [p.name, p])), anyDeleting: ordered.some((p) => p.deleting) };
 }
 
 /** A device a pool selected on a node but an older pool holds. */

@@ -32,9 +32,7 @@ export class StatusReconciler implements Reconciler {
     }
     const prepared = world.prepared().byName.get(name);
     if (!prepared) return done;
-    const nodes = world.vioNodes.list();
-    const names = new Set([...world.nodes.list().map((n) => n.metadata.name), ...nodes.map((n) => n.metadata.name)]);
-    const conflicts = [...names].flatMap((n) => world.planFor(n).conflicts.filter((c) => c.pool === name));
+    const { nodes, conflicts } = world.poolIndex().get(name) ?? { nodes: [], conflicts: [] };
     const entries = poolEntries(prepared, nodes);
     const result = computeStatus(pool.status, {
       prepared, nodes, conflicts, kubevirtEntries: entries,

@@ -1,0 +1,169 @@
+#!/usr/bin/env node
+// Operator convergence benchmark (not a test): N simulated nodes × P pools against a private real
+// kube-apiserver. Measures
+//   cold:  operator start → every node's VirtualIONode carries all P plans
+//   edit:  one pool spec edit → every node's plan of that pool updated
+//   rss:   the operator process's peak RSS (VmHWM from /proc/<pid>/status)
+// Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build]
+// Needs Node 24 (type stripping: it imports test/cluster/control-plane.ts) and the built binaries.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import { freePort, startControlPlane } from '../../test/cluster/control-plane.ts';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../..');
+const { values: opt } = parseArgs({ options: {
+  nodes: { type: 'string', default: '1000' }, pools: { type: 'string', default: '10' },
+  'no-build': { type: 'boolean', default: false }, concurrency: { type: 'string', default: '32' },
+} });
+const N = Number(opt.nodes);
+const P = Number(opt.pools);
+const C = Number(opt.concurrency);
+const say = (m) => process.stderr.write(`[bench] ${m}\n`);
+
+if (!opt['no-build']) {
+  say('building (tsc -p tsconfig.build.json)');
+  execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' });
+}
+const { ClientNodeKube } = await import(join(ROOT, 'dist/operator/src/kube/client-node.js'));
+const { Nodes, VirtualIODevices, VirtualIONodes, AGENT_FIELD_MANAGER } = await import(join(ROOT, 'dist/operator/src/kube/resources.js'));
+const { Informer } = await import(join(ROOT, 'dist/operator/src/runtime/informer.js'));
+const { systemClock } = await import(join(ROOT, 'dist/operator/src/runtime/clock.js'));
+const { spawnOperator, kubectlAt, installCrdFiles } = await import(join(ROOT, 'dist/operator/src/testing/integration.js'));
+
+async function pool(items, fn) {
+  let i = 0;
+  await Promise.all(Array.from({ length: C }, async () => {
+    while (i < items.length) {
+      const it = items[i++];
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await fn(it);
+          break;
+        } catch (err) {
+          if (attempt >= 5) throw err;
+          await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+        }
+      }
+    }
+  }));
+}
+
+/** P NIC PFs (ens<i>f0) with 4 VFs each, plus a GPU: P*5+1 inventory entries per node. */
+function inventory(n) {
+  const devs = [];
+  for (let p = 0; p < P; p++) {
+    const bus = (0x10 + p).toString(16).padStart(2, '0');
+    const pf = `0000:${bus}:00.0`;
+    const vfs = [0, 1, 2, 3].map((v) => `0000:${bus}:00.${v + 1}`);
+    devs.push({ pciAddress: pf, vendorID: '8086', deviceID: '1593', classCode: '020000', driver: 'ice', numaNode: p % 2, iommuGroup: 10 + p,
+      netdevs: [{ name: `ens${p}f0`, operState: 'up' }], sriov: { totalVFs: 64, numVFs: 4, vfs } });
+    for (const vf of vfs) devs.push({ pciAddress: vf, vendorID: '8086', deviceID: '1889', classCode: '020000', driver: 'iavf', physfn: pf, numaNode: p % 2 });
+  }
+  devs.push({ pciAddress: '0000:c1:00.0', vendorID: '10de', deviceID: '25b6', classCode: '030200', driver: 'nvidia', numaNode: n % 2 });
+  return devs;
+}
+
+const cp = await startControlPlane({ verbose: true, apiserverArgs: ['--max-requests-inflight=800', '--max-mutating-requests-inflight=400'] });
+let op;
+try {
+  const kc = cp.kubeconfig;
+  await installCrdFiles(cp.binDir, kc, [join(ROOT, 'crds/virtualio.dev_virtualiodevices.yaml'), join(ROOT, 'crds/virtualio.dev_virtualionodes.yaml')],
+    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
+  await kubectlAt(cp.binDir, kc, ['create', 'namespace', 'virtualio-system']);
+  const kube = ClientNodeKube.fromOptions({ kubeconfig: kc });
+  const names = Array.from({ length: N }, (_, i) => `node-${String(i).padStart(5, '0')}`);
+  let t = Date.now();
+  const uids = new Map();
+  await pool(names, async (name) => {
+    const n = await kube.create(Nodes, { apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { 'virtualio.dev/bench': 'yes' } } });
+    uids.set(name, n.metadata.uid);
+  });
+  say(`created ${N} Nodes in ${Date.now() - t} ms`);
+  t = Date.now();
+  await pool(names, async (name) => {
+    if (!(await kube.get(VirtualIONodes, name))) {
+      await kube.create(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode',
+        metadata: { name, ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name, uid: uids.get(name) }] }, spec: {} });
+    }
+    await kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name },
+      status: { inventory: { devices: inventory(Number(name.slice(5))) } } }, { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
+  });
+  say(`created ${N} VirtualIONodes with inventory status in ${Date.now() - t} ms`);
+  for (let p = 0; p < P; p++) {
+    await kube.create(VirtualIODevices, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: `pool-${p}` },
+      spec: { class: 'NIC', nodeSelector: { matchLabels: { 'virtualio.dev/bench': 'yes' } }, deviceSelector: { interfaceNames: [`ens${p}f0`] },
+        carving: { mode: 'SRIOV', count: 4 }, kubevirt: { consumption: 'HostDevice' } } });
+  }
+
+  // Watch the plans from the bench side with the operator's own informer.
+  const watcher = new Informer({ kube, resource: VirtualIONodes, clock: systemClock, log: pino({ level: 'silent' }) });
+  const ac = new AbortController();
+  const watching = watcher.run(ac.signal);
+  await watcher.synced();
+  // Poll the local cache (cheap) rather than re-checking on every event.
+  const until = (pred) => new Promise((resolve) => {
+    const tick = () => (pred() ? resolve(Date.now()) : setTimeout(tick, 50));
+    tick();
+  });
+  const allPlanned = (fn) => () => watcher.size >= N && watcher.list().every((v) => fn(v.spec?.pools ?? []));
+
+  const port = await freePort();
+  const logDir = mkdtempSync(join(tmpdir(), 'vio-bench-'));
+  const t0 = Date.now();
+  op = spawnOperator({ repoRoot: ROOT, nodeBin: process.execPath, logFile: join(logDir, 'operator.log'),
+    args: ['--kubeconfig', kc, '--identity', 'bench', '--namespace', 'virtualio-system', '--metrics-address', `127.0.0.1:${port}`, '--log-level', 'warn'] });
+  const pid = op.child.pid;
+  const rssSamples = [];
+  const sampler = setInterval(() => {
+    try {
+      const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+      rssSamples.push(Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0));
+    } catch { /* exited */ }
+  }, 250);
+  const tCold = await until(allPlanned((pools) => pools.length === P));
+  const cold = tCold - t0;
+  say(`cold start: all ${N} plans written after ${cold} ms`);
+
+  // Let status settle, then edit one pool.
+  await new Promise((r) => setTimeout(r, 3000));
+  const target = await kube.get(VirtualIODevices, 'pool-3');
+  const t1 = Date.now();
+  await kube.replace(VirtualIODevices, { ...target, spec: { ...target.spec, carving: { ...target.spec.carving, count: 8 } } });
+  const tEdit = await until(allPlanned((pools) => pools.find((p) => p.name === 'pool-3')?.count === 8));
+  const edit = tEdit - t1;
+  say(`edit: all ${N} plans of pool-3 updated after ${edit} ms`);
+  const tStatus = await new Promise((resolve) => {
+    const poll = async () => {
+      const p = await kube.get(VirtualIODevices, 'pool-3');
+      if (p?.status?.observedGeneration === 2 && p.status.nodes === N) resolve(Date.now());
+      else setTimeout(poll, 200);
+    };
+    void poll();
+  });
+  clearInterval(sampler);
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const hwmKiB = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const sums = Object.fromEntries([...metrics.matchAll(/^virtualio_operator_reconcile_duration_seconds_(sum|count)\{controller="(\w+)",outcome="success"\} ([\d.e+-]+)/gm)]
+    .map((m) => [`${m[2]}_${m[1]}`, Number(Number(m[3]).toFixed(3))]));
+  const heapMiB = Math.round(Number(/^virtualio_operator_nodejs_heap_size_used_bytes (\d+)/m.exec(metrics)?.[1] ?? 0) / 1048576);
+  const errors = [...metrics.matchAll(/^virtualio_operator_reconcile_errors_total\{([^}]*)\} (\d+)/gm)].map((m) => `${m[1]}=${m[2]}`);
+  const result = {
+    nodes: N, pools: P, coldStartMs: cold, editMs: edit, editStatusMs: tStatus - t1,
+    peakRssMiB: Math.round(hwmKiB / 1024), lastRssMiB: Math.round((rssSamples.at(-1) ?? 0) / 1024),
+    heapUsedMiB: heapMiB, reconcile: sums, reconcileErrors: errors, targets: { coldStartMs: 60_000, editMs: 10_000, peakRssMiB: 300 },
+  };
+  result.pass = cold <= 60_000 && edit <= 10_000 && result.peakRssMiB <= 300;
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  say(`operator log: ${join(logDir, 'operator.log')}`);
+  ac.abort();
+  await watching;
+} finally {
+  await op?.kill('SIGTERM');
+  await cp.stop();
+}
