@@ -1,0 +1,164 @@
+#!/usr/bin/env node
+// `npm run bench` / `make bench`: runs every benchmark of the project one after another (each
+// streams its own progress), then prints every figure next to its target. Benchmarks are figures,
+// never pass/fail: the exit code is 0 whenever the benchmarks ran, whatever the figures.
+//
+//   agent     device-plugin/bench/bench-agent.ts  Allocate vs the empty gRPC call, re-registration
+//   node      test/bench/agent-node.ts            start → registered, carve, RSS, health propagation
+//   operator  operator/bench/convergence.mjs      1,000 nodes × 10 pools: cold, edit, RSS
+//
+// Flags: --only agent,node,operator   --quick (fewer iterations: a smoke run, not the published figures)
+//        --out <file.json>            (default: $VIO_CACHE/bench/results-<time>.json)
+// Needs Node 24 (scripts/env.sh), a build (dist/; built here when missing) and, for the operator
+// benchmark, the Kubernetes binaries (test/cluster/build-bins.sh, built on first use).
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const argv = process.argv.slice(2);
+const flag = (name, def) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? argv[i + 1] : def;
+};
+const only = new Set((flag('only', 'agent,node,operator') ?? '').split(','));
+const quick = argv.includes('--quick');
+const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
+const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
+const say = (m) => process.stderr.write(`[bench] ${m}\n`);
+const hooks = ['--import', join(ROOT, 'test/sysfs/ts-hooks.mjs')];
+
+if (Number(process.versions.node.split('.')[0]) < 24) {
+  console.error('scripts/bench.mjs needs Node 24: run `source scripts/env.sh` first (make bench does)');
+  process.exit(2);
+}
+
+/** Runs one benchmark, streaming its output; resolves with its stdout and exit code. */
+function runBench(name, args) {
+  return new Promise((resolve) => {
+    say(`── ${name}: node ${args.map((a) => a.replace(`${ROOT}/`, '')).join(' ')}`);
+    const t0 = Date.now();
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    let stdout = '';
+    child.stdout.setEncoding('utf8').on('data', (c) => {
+      stdout += c;
+      process.stdout.write(c);
+    });
+    child.on('exit', (code, signal) => {
+      say(`── ${name}: finished in ${((Date.now() - t0) / 1000).toFixed(0)} s (exit ${code ?? signal})`);
+      resolve({ stdout, code: code ?? 1 });
+    });
+  });
+}
+
+/** The last JSON object a benchmark printed: a `BENCH_RESULT {...}` line, a one-line object, or a pretty-printed one. */
+function lastJson(stdout) {
+  const lines = stdout.split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const l = lines[i].trim();
+    if (l.startsWith('BENCH_RESULT ')) return JSON.parse(l.slice('BENCH_RESULT '.length));
+    if (l.startsWith('{') && l.endsWith('}')) {
+      try {
+        return JSON.parse(l);
+      } catch { /* not one line */ }
+    }
+    if (l === '}' || l.endsWith('}')) {
+      for (let j = i; j >= 0; j--) {
+        if (lines[j].startsWith('{')) {
+          try {
+            return JSON.parse(lines.slice(j, i + 1).join('\n'));
+          } catch { /* keep looking */ }
+        }
+      }
+    }
+  }
+  return undefined;
+}
+
+const round = (x, d = 2) => (typeof x === 'number' && Number.isFinite(x) ? Number(x.toFixed(d)) : Number.NaN);
+/** Rows: { bench, figure, value, unit, target (text), met (true/false/undefined) } */
+const rows = [];
+const row = (bench, figure, value, unit, max) => rows.push({ bench, figure, value: round(value), unit, target: max === undefined ? '' : `≤ ${max} ${unit}`, met: max === undefined || !Number.isFinite(value) ? undefined : value <= max });
+const results = {};
+
+function ensureBuilt() {
+  const entries = ['dist/device-plugin/src/main.js', 'dist/operator/src/main.js'];
+  if (entries.every((e) => existsSync(join(ROOT, e)))) return;
+  say('building dist/ (tsc -p tsconfig.build.json)');
+  spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' });
+}
+
+ensureBuilt();
+const started = new Date();
+
+if (only.has('agent')) {
+  const file = join(ROOT, 'device-plugin/bench/bench-agent.ts');
+  if (!existsSync(file)) {
+    say('agent benchmark (device-plugin/bench/bench-agent.ts) is missing');
+    results.agent = { missing: true };
+  } else {
+    const r = await runBench('agent: Allocate and re-registration', [...hooks, file, '--json', ...(quick ? ['--iterations', '300', '--restarts', '10'] : [])]);
+    const f = lastJson(r.stdout);
+    results.agent = f ?? { error: `no figures (exit ${r.code})` };
+    if (f) {
+      row('agent', 'empty gRPC call (GetDevicePluginOptions) p99', f.emptyCallMs?.p99, 'ms');
+      row('agent', `Allocate 1 slice p99 (pool of ${f.pool?.slices ?? '?'} slices)`, f.allocate1Ms?.p99, 'ms', 2);
+      row('agent', 'Allocate 8 slices p99', f.allocate8Ms?.p99, 'ms', 2);
+      row('agent', 'Allocate 1 slice p50 ÷ empty call p50', f.ratioAllocate1ToEmptyP50, '×', 3);
+      row('agent', 'Allocate 1 slice p99 ÷ empty call p99', (f.allocate1Ms?.p99 ?? NaN) / (f.emptyCallMs?.p99 ?? NaN), '×', 3);
+      row('agent', 'Allocate 8 slices p50 ÷ empty call p50', f.ratioAllocate8ToEmptyP50, '×', 3);
+      row('agent', `kubelet restart → re-registration p99 (${f.restarts ?? '?'} restarts)`, f.reRegistrationMs?.p99, 'ms', 1000);
+      row('agent', 'kubelet restart → first ListAndWatch list p99', f.reRegistrationToFirstListMs?.p99, 'ms');
+    }
+  }
+}
+
+if (only.has('node')) {
+  const r = await runBench('agent, node side: start, carve, RSS, health', [...hooks, join(ROOT, 'test/bench/agent-node.ts'), ...(quick ? ['--starts', '2', '--changes', '30', '--load-seconds', '5'] : [])]);
+  const f = lastJson(r.stdout);
+  results.node = f ?? { error: `no figures (exit ${r.code})` };
+  for (const x of f?.figures ?? []) row('node', x.label, x.value, x.unit, x.max);
+}
+
+if (only.has('operator')) {
+  const file = join(ROOT, 'operator/bench/convergence.mjs');
+  if (!existsSync(file)) {
+    say('operator benchmark (operator/bench/convergence.mjs) is missing');
+    results.operator = { missing: true };
+  } else {
+    const r = await runBench('operator: convergence', [file, '--no-build', ...(quick ? ['--nodes', '100', '--pools', '10'] : [])]);
+    const f = lastJson(r.stdout);
+    results.operator = f ?? { error: `no figures (exit ${r.code})` };
+    if (f) {
+      row('operator', `cold start → ${f.nodes} nodes × ${f.pools} pools planned`, (f.coldStartMs ?? NaN) / 1000, 's', 60);
+      row('operator', 'one pool edited → every node\'s plan updated', (f.editMs ?? NaN) / 1000, 's', 10);
+      row('operator', 'one pool edited → its status rolled up', (f.editStatusMs ?? NaN) / 1000, 's');
+      row('operator', 'operator peak RSS (VmHWM)', f.peakRssMiB, 'MiB', 300);
+    }
+  }
+}
+
+const machine = {
+  cpuModel: (/^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? '?').trim(),
+  nproc: cpus().length,
+  memGiB: Math.round(totalmem() / 2 ** 30),
+  node: process.version,
+  loadAverage: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
+};
+const widths = [8, Math.max(...rows.map((r) => r.figure.length), 6), 12, 14];
+const line = (c) => `  ${c[0].padEnd(widths[0])}  ${c[1].padEnd(widths[1])}  ${c[2].padStart(widths[2])}  ${c[3].padEnd(widths[3])}  ${c[4]}`;
+const text = [
+  '',
+  `virtualio benchmarks, ${started.toISOString()}${quick ? ' (QUICK run: fewer iterations)' : ''}`,
+  `machine: ${machine.cpuModel}, ${machine.nproc} CPUs, ${machine.memGiB} GiB, Node ${machine.node}, load average now ${machine.loadAverage}`,
+  line(['BENCH', 'FIGURE', 'VALUE', 'TARGET', '']),
+  ...rows.map((r) => line([r.bench, r.figure, `${Number.isFinite(r.value) ? r.value : 'n/a'} ${r.unit}`, r.target, r.met === undefined ? '' : r.met ? 'met' : 'MISSED'])),
+  ...Object.entries(results).filter(([, v]) => v.missing || v.error).map(([k, v]) => `  ${k}: ${v.missing ? 'benchmark missing' : v.error}`),
+  '',
+].join('\n');
+process.stdout.write(text);
+mkdirSync(dirname(outFile), { recursive: true });
+writeFileSync(outFile, JSON.stringify({ started: started.toISOString(), quick, machine, rows, results }, null, 2));
+say(`all figures: ${outFile}`);
