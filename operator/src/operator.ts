@@ -234,7 +234,7 @@ export class Operator {
     this.readyFlag = true;
     const common = { clock, observer: metrics };
     await Promise.all([
-      runController({ ...common, name: 'plan', queue: planQ, workers: t.planWorkers ?? 16, log: log.child({ controller: 'plan' }),
+      runController({ ...common, name: 'plan', queue: planQ, workers: t.planWorkers ?? 8, log: log.child({ controller: 'plan' }),
         reconciler: new PlanReconciler({ kube, world, log: log.child({ controller: 'plan' }) }) }, signal),
       runController({ ...common, name: 'status', queue: statusQ, workers: t.statusWorkers ?? 2, log: log.child({ controller: 'status' }),
         reconciler: new StatusReconciler({ kube, world, clock, events, log: log.child({ controller: 'status' }) }) }, signal),
