@@ -101,4 +101,9 @@ export interface CarvingPlan {
   blocked: BlockedChange[];
   /** Slice IDs that stay because a pod holds them (uncarving), sorted. */
   held?: string[];
+  /**
+   * What carving found on the pool's devices that virtualio did not create (foreign mdevs and
+   * vports) and therefore leaves alone; it still occupies capacity. Informational: not a block.
+   */
+  foreign?: BlockedChange[];
 }

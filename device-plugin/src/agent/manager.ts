@@ -62,6 +62,8 @@ export class AgentManager {
   private inventory: Inventory = { devices: [] };
   private slices: Slice[] = [];
   private blocked: BlockedChange[] = [];
+  private foreign: BlockedChange[] = [];
+  private foreignText = '';
   private carvingErrors: { pool: string; message: string }[] = [];
   private scanError: string | undefined;
   private lastStatus: VirtualIONodeStatus | undefined;
@@ -269,11 +271,13 @@ export class AgentManager {
       const allocated = this.heldIds(spec);
       const writes: CarvingPlan['writes'] = [];
       const blocked: BlockedChange[] = [];
+      const foreign: BlockedChange[] = [];
       const released: string[] = [];
       try {
         const main = ops.planCarving(spec, this.inventory, allocated);
         writes.push(...main.writes);
         blocked.push(...main.blocked);
+        foreign.push(...(main.foreign ?? []));
         const leaving = [...(spec.pools ?? []).filter((p) => p.deleting), ...this.releasing.values()];
         for (const p of leaving) {
           const u = ops.planUncarve(p, spec, this.inventory, allocated);
@@ -287,6 +291,7 @@ export class AgentManager {
         break;
       }
       this.blocked = blocked;
+      this.noteForeign(foreign);
       for (const name of released) {
         this.releasing.delete(name);
         this.log.info({ pool: name }, 'pool released');
@@ -313,6 +318,15 @@ export class AgentManager {
       if (failed) break;
     }
     this.carvingErrors = errors;
+  }
+
+  /** Keeps what carving left alone (not ours) for status, and logs it once each time it changes. */
+  private noteForeign(foreign: BlockedChange[]): void {
+    this.foreign = foreign;
+    const text = foreign.map((f) => `${f.pool}/${f.device}: ${f.reason}`).join('\n');
+    if (text === this.foreignText) return;
+    this.foreignText = text;
+    if (foreign.length > 0) this.log.warn({ foreign: foreign.map((f) => `${f.pool}/${f.device}: ${f.reason}`) }, 'devices hold mdevs/vports virtualio did not create; left alone');
   }
 
   private async syncPools(spec: VirtualIONodeSpec | undefined): Promise<void> {
@@ -378,6 +392,7 @@ export class AgentManager {
       holders: this.podres.holders(),
       registration,
       blocked: this.blocked,
+      foreign: this.foreign,
       carvingErrors: this.carvingErrors,
       ...(this.podres.error ? { podResourcesError: this.podres.error } : {}),
       previous: this.conditions,

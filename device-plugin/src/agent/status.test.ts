@@ -38,6 +38,11 @@ describe('buildStatus', () => {
     ]);
   });
 
+  test('foreign mdevs/vports left alone are named in the pool message, the pool stays Ready', () => {
+    const s = buildStatus(input({ foreign: [{ pool: 'fast-net', device: '0000:81:00.0', reason: 'mdev x of type t was not created by virtualio; left alone' }] }));
+    expect(s.pools?.[0]).toMatchObject({ state: 'Ready', message: '0000:81:00.0: mdev x of type t was not created by virtualio; left alone' });
+  });
+
   test('same world later: equal object (transition times kept)', () => {
     const a = buildStatus(input());
     const b = buildStatus(input({ previous: a.conditions ?? [], now: t1 }));

@@ -23,6 +23,8 @@ export interface StatusInput {
   /** Registration state per pool name. */
   registration: ReadonlyMap<string, { registered: boolean; error?: string }>;
   blocked: readonly BlockedChange[];
+  /** Mdevs / vports on pool devices that virtualio did not create and leaves alone (reported in the pool message). */
+  foreign?: readonly BlockedChange[];
   /** Failed carving writes, by pool (or '' when the pool is unknown). */
   carvingErrors: readonly { pool: string; message: string }[];
   podResourcesError?: string;
@@ -75,6 +77,10 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
     } else if (sl.length === 0 && (p.devices ?? []).length > 0) {
       out.state = 'Carving';
       out.message = 'no slices yet';
+    }
+    const foreign = (inp.foreign ?? []).filter((f) => f.pool === p.name);
+    if (foreign.length > 0 && (out.state === 'Ready' || out.state === 'Blocked')) {
+      out.message = truncate([...(out.message ? [out.message] : []), ...foreign.map((f) => `${f.device}: ${f.reason}`)].join('; '));
     }
     return out;
   });

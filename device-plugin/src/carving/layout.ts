@@ -89,10 +89,35 @@ export interface MdevSlot {
 }
 
 /**
+ * How many slot indexes beyond those a parent can currently show are checked when telling our
+ * mdevs / vports from foreign ones (a plan whose count shrank leaves ours at higher indexes).
+ */
+const OWNERSHIP_MARGIN = 64;
+
+/**
+ * The slot index of `uuid` if it is one of virtualio's deterministic mdev UUIDs for (`node`,
+ * `parent`, `type`), checking indexes below `bound`; undefined for a foreign mdev (one we did not
+ * create, which carving must never remove).
+ */
+export function ourMdevIndex(node: string, parent: string, type: string, uuid: string, bound: number): number | undefined {
+  for (let i = 0; i < bound; i++) if (mdevUuid(node, parent, type, i) === uuid) return i;
+  return undefined;
+}
+
+/** Whether mdev `m` on `parent` is one virtualio made for `type` on this node (see {@link ourMdevIndex}). */
+export function isOurMdev(node: string, parent: InventoryDevice, type: string, m: { uuid: string; type?: string }, count = 1): boolean {
+  if (m.type !== type) return false;
+  return ourMdevIndex(node, parent.pciAddress, type, m.uuid, Math.max(count, (parent.mdevs ?? []).length) + OWNERSHIP_MARGIN) !== undefined;
+}
+
+/**
  * Where a Mediated pool's mdevs go on one pool device. A device with its own mdev types is the
  * parent of `count` mdevs (indexes 0..count-1). A PF whose VFs are the mdev parents (NVIDIA
- * SR-IOV vGPU, e.g. A16) gets one mdev on each of its first `count` VFs that support the type.
- * `missing` counts slots that have no parent to go on.
+ * SR-IOV vGPU, e.g. A16: at most one vGPU per VF) gets one mdev on each of `count` VFs that support
+ * the type, chosen deterministically: first the VFs that already hold our mdev (so nothing moves),
+ * then, in VF order, those with `available_instances` > 0 (or, when the type folder shows no count,
+ * those that hold no mdev at all). A VF holding someone else's mdev is never chosen.
+ * `candidates` lists every VF supporting the type; `missing` counts slots with no parent to go on.
  */
 export function mdevSlots(
   node: string,
@@ -109,16 +134,21 @@ export function mdevSlots(
     const slots = Array.from({ length: count }, (_, i) => ({ parent: d.pciAddress, type: own, index: i, uuid: mdevUuid(node, d.pciAddress, own, i) }));
     return { slots, candidates: [d.pciAddress], missing: 0, type: own };
   }
-  const vfParents: { addr: string; type: string }[] = [];
+  const vfParents: { addr: string; type: string; order: number; ours: boolean; free: boolean }[] = [];
   for (const vf of d.sriov?.vfs ?? []) {
     const v = devices.get(vf);
     const t = v ? resolveMdevType(v, pool.mdevType) : undefined;
-    if (t !== undefined) vfParents.push({ addr: vf, type: t });
+    if (v === undefined || t === undefined) continue;
+    const mdevs = v.mdevs ?? [];
+    const ours = mdevs.some((m) => m.type === t && m.uuid === mdevUuid(node, vf, t, 0));
+    const avail = (v.mdevTypes ?? []).find((x) => x.id === t)?.availableInstances;
+    const free = avail !== undefined ? avail > 0 : mdevs.length === 0;
+    vfParents.push({ addr: vf, type: t, order: vfParents.length, ours, free });
   }
-  const used = vfParents.slice(0, count);
-  const slots = used.map((p) => ({ parent: p.addr, type: p.type, index: 0, uuid: mdevUuid(node, p.addr, p.type, 0) }));
-  const type = used[0]?.type;
-  return { slots, candidates: vfParents.map((p) => p.addr), missing: count - used.length, ...(type !== undefined ? { type } : {}) };
+  const chosen = [...vfParents.filter((p) => p.ours), ...vfParents.filter((p) => !p.ours && p.free)].slice(0, count).sort((a, b) => a.order - b.order);
+  const slots = chosen.map((p) => ({ parent: p.addr, type: p.type, index: 0, uuid: mdevUuid(node, p.addr, p.type, 0) }));
+  const type = vfParents[0]?.type;
+  return { slots, candidates: vfParents.map((p) => p.addr), missing: count - chosen.length, ...(type !== undefined ? { type } : {}) };
 }
 
 /** One NPIV slot on one physical FC port. */
@@ -141,6 +171,19 @@ export function vportSlots(node: string, pool: PoolPlan, dev: InventoryDevice): 
     }
   }
   return out;
+}
+
+/**
+ * Whether WWPN `wwpn` on physical port `host` of `dev` is one of the deterministic vports of a pool
+ * with `prefix` on `node` (checking indexes below max(`count`, vports present) + a margin); a
+ * vport that is not ours is never deleted.
+ */
+export function isOurVport(prefix: string, node: string, dev: InventoryDevice, host: string, wwpn: string, present: number, count = 1): boolean {
+  if (!wwpn.startsWith(prefix)) return false;
+  const port = (dev.fcHosts ?? []).find((h) => h.host === host);
+  const bound = Math.max(count, present) + OWNERSHIP_MARGIN;
+  for (let i = 0; i < bound; i++) if (vportWwns(prefix, node, dev.pciAddress, port?.wwpn ?? host, i).wwpn === wwpn) return true;
+  return false;
 }
 
 /** Vports of one physical host. */

@@ -1,3 +1,4 @@
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { connectX6, emulexFc, FakeKernel, gpuWithAudio, mdevGpu, pciBridge } from '../../../test/sysfs/kernel.js';
 import { tempTree } from '../../../test/sysfs/tmp.js';
@@ -149,14 +150,25 @@ describe('Mediated carving', () => {
     expect(slices.map((s) => [s.id, s.kind, s.health])).toEqual(want.map((u) => [u, 'Mdev', 'Healthy']));
   });
 
-  test('removes extra mdevs of the type unless allocated', async () => {
+  test('removes our extra mdevs (count shrank) unless allocated, never a foreign one', async () => {
+    await converge(spec(3));
+    const ours = [0, 1, 2].map((i) => mdevUuid(NODE, GPU, 'nvidia-222', i));
     const foreign = '0b3c2d1e-0000-4000-8000-00000000000f';
     await k.write(`bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create`, foreign);
-    const held = planCarving({ spec: spec(1), inventory: await inventory(), nodeName: NODE, allocated: new Set([foreign]) });
-    expect(held.writes.map((w) => w.path)).toEqual([`bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create`]);
-    expect(held.blocked).toEqual([{ pool: 'vgpu', device: GPU, reason: `mdev ${foreign} is not one of the pool's but is allocated; kept until released` }]);
-    const free = planCarving({ spec: spec(1), inventory: await inventory(), nodeName: NODE, allocated: new Set() });
-    expect(free.writes.map((w) => `${w.path}=${w.value}`)).toEqual([`bus/mdev/devices/${foreign}/remove=1`, `bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create=${mdevUuid(NODE, GPU, 'nvidia-222', 0)}`]);
+    const held = planCarving({ spec: spec(1), inventory: await inventory(), nodeName: NODE, allocated: new Set([ours[2] as string]) });
+    expect(held.writes.map((w) => `${w.path}=${w.value}`)).toEqual([`bus/mdev/devices/${ours[1]}/remove=1`]);
+    expect(held.blocked).toEqual([{ pool: 'vgpu', device: GPU, reason: `mdev ${ours[2]} is not one of the pool's but is allocated; kept until released` }]);
+    expect(held.foreign).toEqual([{ pool: 'vgpu', device: GPU, reason: `mdev ${foreign} of type nvidia-222 was not created by virtualio; left alone` }]);
+    await converge(spec(1));
+    const left = (await inventory()).devices.find((d) => d.pciAddress === GPU)?.mdevs?.map((m) => m.uuid).sort();
+    expect(left).toEqual([ours[0], foreign].sort());
+    // The foreign mdev occupies capacity: 4 instances, ours[0] + foreign leave room for 2 more.
+    const more = planCarving({ spec: spec(4), inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(more.writes.map((w) => w.value)).toEqual([ours[1], ours[2]]);
+    expect(more.blocked).toEqual([{ pool: 'vgpu', device: GPU, reason: `3 mdevs of type nvidia-222 wanted on ${GPU} but only 2 instances are available` }]);
+    // Uncarving the pool removes ours only.
+    const un = planUncarve({ pool: spec(1).pools?.[0] as PoolPlan, spec: { pools: [] }, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(un.writes.map((w) => w.path)).toEqual([`bus/mdev/devices/${ours[0]}/remove`]);
   });
 
   test('creates only what available_instances allows and says why', async () => {
@@ -186,6 +198,17 @@ describe('NPIV carving', () => {
     const plan = planCarving({ spec: big, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
     expect(plan.writes).toHaveLength(3);
     expect(plan.blocked).toEqual([{ pool: 'fc', device: HBA, reason: '5 vports wanted on host5 but only 3 of max_npiv_vports 3 are free' }]);
+  });
+
+  test('never deletes a vport it did not create, even with the pool prefix; ours beyond count go', async () => {
+    await converge({ pools: [{ ...(spec.pools?.[0] as PoolPlan), count: 2 }] });
+    const foreign = { wwpn: 'c050760000000abc', wwnn: 'c050760000000abd' };
+    await k.write('class/fc_host/host5/vport_create', `${foreign.wwpn}:${foreign.wwnn}`);
+    const one = { pools: [{ ...(spec.pools?.[0] as PoolPlan), count: 1 }] };
+    const plan = planCarving({ spec: one, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    const second = vportWwns('c05076', NODE, HBA, '10000090fa000001', 1);
+    expect(plan.writes.map((w) => `${w.path}=${w.value}`)).toEqual([`class/fc_host/host5/vport_delete=${second.wwpn}:${second.wwnn}`]);
+    expect(plan.foreign).toEqual([{ pool: 'fc', device: HBA, reason: expect.stringMatching(new RegExp(`^vport vport-5:0-\\d+ \\(${foreign.wwpn}\\) on host5 was not created by virtualio; left alone$`)) }]);
   });
 });
 
@@ -267,30 +290,65 @@ describe('deterministic names', () => {
   });
 });
 
-describe('carving plans on the recorded vgpu-node', () => {
-  test('a Mediated pool on the A16 PF places its mdev on the VF that supports the type', async () => {
-    const t = await tempTree();
-    try {
-      await loadUmockdev(path.resolve(import.meta.dirname, '../../../../shared/fixtures/real-sysfs/vgpu-node.umockdev'), t.root, { devRoot: t.devRoot });
-      const inv = await scan(t.root, { devRoot: t.devRoot });
-      const spec: VirtualIONodeSpec = { pools: [pool({ name: 'a16', class: 'GPU', mode: 'Mediated', mdevType: 'nvidia-754', count: 1, devices: [{ pciAddress: '0000:08:00.0' }] })] };
-      const recorded = 'f715f63c-0d00-4007-9c5a-b07b0c6c05de';
-      const want = mdevUuid(NODE, '0000:08:00.4', 'nvidia-754', 0);
-      const free = planCarving({ spec, inventory: inv, nodeName: NODE, allocated: new Set() });
-      expect(free.writes.map((w) => `${w.path}=${w.value}`)).toEqual([
-        `bus/mdev/devices/${recorded}/remove=1`,
-        `bus/pci/devices/0000:08:00.4/mdev_supported_types/nvidia-754/create=${want}`,
-      ]);
-      const held = planCarving({ spec, inventory: inv, nodeName: NODE, allocated: new Set([recorded]) });
-      expect(held.blocked.map((b) => b.reason)).toEqual([`mdev ${recorded} is not one of the pool's but is allocated; kept until released`]);
-      // SR-IOV on a recorded 82599 PF: 63 VFs possible, none enabled.
-      const nic: VirtualIONodeSpec = { pools: [pool({ name: 'x', mode: 'SRIOV', count: 8, devices: [{ pciAddress: '0000:04:00.0' }] })] };
-      expect(planCarving({ spec: nic, inventory: inv, nodeName: NODE, allocated: new Set() }).writes.map((w) => `${w.path}=${w.value}`)).toEqual([
-        'bus/pci/devices/0000:04:00.0/sriov_drivers_autoprobe=0',
-        'bus/pci/devices/0000:04:00.0/sriov_numvfs=8',
-      ]);
-    } finally {
-      await t.cleanup();
+/**
+ * What a live A16 host shows but the recording lacks: `mdev_supported_types` on each VF (as the
+ * demo host adds them). One vGPU per VF: a VF that carries an mdev shows 0 available instances.
+ */
+async function addA16Types(root: string, inv: Inventory): Promise<void> {
+  for (const d of inv.devices.filter((x) => x.physfn === A16)) {
+    for (const id of ['nvidia-746', 'nvidia-751', 'nvidia-754']) {
+      const td = path.join(root, 'bus/pci/devices', d.pciAddress, 'mdev_supported_types', id);
+      await mkdir(path.join(td, 'devices'), { recursive: true });
+      await writeFile(path.join(td, 'name'), `GRID A16 ${id}\n`);
+      await writeFile(path.join(td, 'available_instances'), (d.mdevs ?? []).length > 0 ? '0\n' : '1\n');
+      await writeFile(path.join(td, 'device_api'), 'vfio-pci\n');
+      await writeFile(path.join(td, 'create'), '');
     }
+  }
+}
+
+const A16 = '0000:08:00.0';
+const RECORDED = { '0000:08:00.4': 'f715f63c-0d00-4007-9c5a-b07b0c6c05de', '0000:08:00.6': '3deab9a4-200a-4c54-99b1-5eb0722d1d81', '0000:08:02.0': 'c728e022-f16f-434b-ad2c-9665ee634d3d' };
+
+describe('carving plans on the recorded vgpu-node', () => {
+  let t: Awaited<ReturnType<typeof tempTree>>;
+  beforeEach(async () => {
+    t = await tempTree();
+    await loadUmockdev(path.resolve(import.meta.dirname, '../../../../shared/fixtures/real-sysfs/vgpu-node.umockdev'), t.root, { devRoot: t.devRoot });
+  }, 60000);
+  afterEach(() => t.cleanup());
+  const a16Pool = (count: number, mdevType = 'nvidia-754'): VirtualIONodeSpec => ({ pools: [pool({ name: 'a16', class: 'GPU', mode: 'Mediated', mdevType, count, devices: [{ pciAddress: A16 }] })] });
+
+  test('as recorded (no type folders): the recorded mdev is foreign, never removed; the pool says why it is blocked', async () => {
+    const inv = await scan(t.root, { devRoot: t.devRoot });
+    const plan = planCarving({ spec: a16Pool(1), inventory: inv, nodeName: NODE, allocated: new Set() });
+    expect(plan.writes).toEqual([]);
+    expect(plan.foreign).toEqual([{ pool: 'a16', device: '0000:08:00.4', reason: `mdev ${RECORDED['0000:08:00.4']} of type nvidia-754 was not created by virtualio; left alone` }]);
+    expect(plan.blocked).toEqual([{ pool: 'a16', device: A16, reason: `1 of 1 mdevs of type nvidia-754 have no parent on ${A16} that is free (1 support the type, 1 foreign mdev(s) occupy some)` }]);
+    // SR-IOV on a recorded 82599 PF: 63 VFs possible, none enabled.
+    const nic: VirtualIONodeSpec = { pools: [pool({ name: 'x', mode: 'SRIOV', count: 8, devices: [{ pciAddress: '0000:04:00.0' }] })] };
+    expect(planCarving({ spec: nic, inventory: inv, nodeName: NODE, allocated: new Set() }).writes.map((w) => `${w.path}=${w.value}`)).toEqual([
+      'bus/pci/devices/0000:04:00.0/sriov_drivers_autoprobe=0',
+      'bus/pci/devices/0000:04:00.0/sriov_numvfs=8',
+    ]);
+  }, 60000);
+
+  test('with the VF type folders: mdevs go on VFs with available instances, around the recorded ones, and stay put', async () => {
+    await addA16Types(t.root, await scan(t.root, { devRoot: t.devRoot }));
+    const kernel = await FakeKernel.create(t.root, t.devRoot);
+    const spec = a16Pool(4);
+    const inv = await scan(t.root, { devRoot: t.devRoot });
+    const plan = planCarving({ spec, inventory: inv, nodeName: NODE, allocated: new Set() });
+    const vfs = ['0000:08:00.5', '0000:08:00.7', '0000:08:01.0', '0000:08:01.1'];
+    expect(plan.blocked).toEqual([]);
+    expect(plan.writes.map((w) => `${w.path}=${w.value}`)).toEqual(vfs.map((vf) => `bus/pci/devices/${vf}/mdev_supported_types/nvidia-754/create=${mdevUuid(NODE, vf, 'nvidia-754', 0)}`));
+    expect(plan.foreign?.map((f) => f.device)).toEqual(['0000:08:00.4', '0000:08:00.6', '0000:08:02.0']);
+    expect((await applyCarving(plan, kernel)).filter((r) => !r.ok)).toEqual([]);
+    // Now 00.5 … 01.1 show 0 available instances and hold ours: the same VFs are chosen, nothing to do.
+    const after = await scan(t.root, { devRoot: t.devRoot });
+    expect(planCarving({ spec, inventory: after, nodeName: NODE, allocated: new Set() })).toMatchObject({ writes: [], blocked: [] });
+    const slices = buildSlices({ spec, inventory: after, devRoot: t.devRoot, nodeName: NODE });
+    expect(slices.map((s) => [s.parent, s.health]).sort()).toEqual(vfs.map((vf) => [vf, 'Healthy']));
+    for (const [vf, uuid] of Object.entries(RECORDED)) expect(after.devices.find((d) => d.pciAddress === vf)?.mdevs?.map((m) => m.uuid)).toEqual([uuid]);
   }, 60000);
 });

@@ -3,7 +3,7 @@
 // a write is planned only where the inventory differs from the wanted state.
 import type { BlockedChange, CarvingPlan, Inventory, InventoryDevice, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
 import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
-import { indexDevices, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
+import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
 
 /** Input of {@link planCarving}. */
 export interface PlanInput {
@@ -126,7 +126,15 @@ function planPassthrough(pool: PoolPlan, devices: Map<string, InventoryDevice>, 
   }
 }
 
-/** Mediated: create the deterministic UUIDs that are missing, remove extras of the type no pod holds. */
+function noteForeign(out: CarvingPlan, f: BlockedChange): void {
+  (out.foreign ??= []).push(f);
+}
+
+/**
+ * Mediated: create the deterministic UUIDs that are missing, remove extras of OUR UUIDs no pod
+ * holds. An mdev that is not one of our deterministic UUIDs is foreign: never removed, it occupies
+ * its parent's capacity and is reported in `foreign`.
+ */
 function planMediated(node: string, pool: PoolPlan, devices: Map<string, InventoryDevice>, allocated: ReadonlySet<string>, out: CarvingPlan): void {
   for (const pd of pool.devices) {
     if (!devices.has(pd.pciAddress)) {
@@ -134,24 +142,35 @@ function planMediated(node: string, pool: PoolPlan, devices: Map<string, Invento
       continue;
     }
     const { slots, candidates, missing, type } = mdevSlots(node, pool, pd, devices);
-    if (missing > 0) {
-      out.blocked.push({
-        pool: pool.name,
-        device: pd.pciAddress,
-        reason: `${missing} of ${pool.count ?? 1} mdevs of type ${pool.mdevType ?? '(none)'} have no parent on ${pd.pciAddress} that supports the type`,
-      });
-    }
     const wanted = new Set(slots.map((s) => s.uuid));
+    const ourExtras = new Map<string, number>();
+    let foreignCount = 0;
     for (const parent of candidates) {
       const p = devices.get(parent) as InventoryDevice;
+      let freed = 0;
       for (const m of p.mdevs ?? []) {
-        if (m.type !== type || wanted.has(m.uuid)) continue;
+        if (wanted.has(m.uuid)) continue;
+        if (type === undefined || !isOurMdev(node, p, type, m, pool.count ?? 1)) {
+          foreignCount++;
+          noteForeign(out, { pool: pool.name, device: parent, reason: `mdev ${m.uuid} of type ${m.type} was not created by virtualio; left alone` });
+          continue;
+        }
         if (allocated.has(m.uuid)) {
           out.blocked.push({ pool: pool.name, device: parent, reason: `mdev ${m.uuid} is not one of the pool's but is allocated; kept until released` });
           continue;
         }
+        freed++;
         out.writes.push({ path: `bus/mdev/devices/${m.uuid}/remove`, value: '1', why: `remove mdev ${m.uuid} of type ${m.type} not in pool ${pool.name}`, group: parent });
       }
+      ourExtras.set(parent, freed);
+    }
+    if (missing > 0) {
+      const why = type === undefined ? 'supports the type' : `is free (${candidates.length} support the type${foreignCount > 0 ? `, ${foreignCount} foreign mdev(s) occupy some` : ''})`;
+      out.blocked.push({
+        pool: pool.name,
+        device: pd.pciAddress,
+        reason: `${missing} of ${pool.count ?? 1} mdevs of type ${pool.mdevType ?? '(none)'} have no parent on ${pd.pciAddress} that ${why}`,
+      });
     }
     const byParent = new Map<string, typeof slots>();
     for (const s of slots) byParent.set(s.parent, [...(byParent.get(s.parent) ?? []), s]);
@@ -161,7 +180,7 @@ function planMediated(node: string, pool: PoolPlan, devices: Map<string, Invento
       const toCreate = ps.filter((s) => !have.has(s.uuid));
       const t = (p.mdevTypes ?? []).find((x) => x.id === ps[0]?.type);
       const avail = t?.availableInstances;
-      const extrasFreed = (p.mdevs ?? []).filter((m) => m.type === ps[0]?.type && !wanted.has(m.uuid) && !allocated.has(m.uuid)).length;
+      const extrasFreed = ourExtras.get(parent) ?? 0;
       let creatable = toCreate.length;
       if (avail !== undefined && avail + extrasFreed < toCreate.length) {
         creatable = Math.max(0, avail + extrasFreed);
@@ -207,7 +226,11 @@ function planNpiv(node: string, pool: PoolPlan, devices: Map<string, InventoryDe
       const have = new Set(existing.map((v) => v.wwpn));
       let freed = 0;
       for (const v of existing) {
-        if (!v.wwpn || !v.wwnn || wanted.has(v.wwpn) || !v.wwpn.startsWith(pool.wwnPrefix)) continue;
+        if (v.wwpn && wanted.has(v.wwpn)) continue;
+        if (!v.wwpn || !v.wwnn || !isOurVport(pool.wwnPrefix, node, dev, h.host, v.wwpn, existing.length, pool.count ?? 1)) {
+          noteForeign(out, { pool: pool.name, device: dev.pciAddress, reason: `vport ${v.name} (${v.wwpn ?? 'no WWPN'}) on ${h.host} was not created by virtualio; left alone` });
+          continue;
+        }
         if (allocated.has(v.wwpn)) {
           out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `vport ${v.wwpn} is no longer wanted but is allocated; kept until released` });
           continue;
@@ -253,6 +276,7 @@ export function planCarving(input: PlanInput): CarvingPlan {
     else if (pool.mode === 'NPIV') planNpiv(input.nodeName, pool, devices, input.inventory, input.allocated, out);
   }
   sortBlocked(out.blocked);
+  if (out.foreign) sortBlocked(out.foreign);
   return out;
 }
 
@@ -298,16 +322,19 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
       out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_numvfs'), value: '0', why: `release ${vfs.length} VFs of pool ${pool.name}`, group: pd.pciAddress });
       out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_drivers_autoprobe'), value: '1', why: `restore VF autoprobe on ${pd.pciAddress}`, group: pd.pciAddress });
     } else if (pool.mode === 'Mediated') {
-      const { slots } = mdevSlots(nodeName, pool, pd, devices);
-      for (const s of slots) {
-        const parent = devices.get(s.parent);
-        if (!(parent?.mdevs ?? []).some((m) => m.uuid === s.uuid)) continue;
-        if (allocated.has(s.uuid)) {
-          held.add(s.uuid);
-          out.blocked.push({ pool: pool.name, device: s.parent, reason: `mdev ${s.uuid} is allocated; removed once released` });
-          continue;
+      // Every mdev of ours on the pool's parents goes (also ours beyond the current slots); foreign ones stay.
+      const { candidates, type } = mdevSlots(nodeName, pool, pd, devices);
+      for (const parent of candidates) {
+        const p = devices.get(parent) as InventoryDevice;
+        for (const m of p.mdevs ?? []) {
+          if (type === undefined || !isOurMdev(nodeName, p, type, m, pool.count ?? 1)) continue;
+          if (allocated.has(m.uuid)) {
+            held.add(m.uuid);
+            out.blocked.push({ pool: pool.name, device: parent, reason: `mdev ${m.uuid} is allocated; removed once released` });
+            continue;
+          }
+          out.writes.push({ path: `bus/mdev/devices/${m.uuid}/remove`, value: '1', why: `release mdev ${m.uuid} of pool ${pool.name}`, group: parent });
         }
-        out.writes.push({ path: `bus/mdev/devices/${s.uuid}/remove`, value: '1', why: `release mdev ${s.uuid} of pool ${pool.name}`, group: s.parent });
       }
     } else if (pool.mode === 'Passthrough') {
       if (allocated.has(dev.pciAddress)) {
