@@ -35,6 +35,9 @@ class MemNode implements NodeOps {
   scans = 0;
   planned: { allocated: string[] }[] = [];
   writes: string[] = [];
+  /** Paths the "kernel" refuses, and every attempt at them. */
+  failPaths = new Set<string>();
+  refused: string[] = [];
   failScan = false;
   async scan(): Promise<Inventory> {
     this.scans++;
@@ -55,6 +58,16 @@ class MemNode implements NodeOps {
     return { writes: [{ path, value: '0', why: `release ${pool.name}` }], blocked: [], held: [] };
   }
   async applyCarving(plan: CarvingPlan): Promise<WriteResult[]> {
+    if (plan.writes.some((w) => this.failPaths.has(w.path))) {
+      return plan.writes.map((write) => {
+        if (!this.failPaths.has(write.path)) {
+          this.writes.push(write.path);
+          return { write };
+        }
+        this.refused.push(write.path);
+        return { write, error: 'EBUSY: device busy' };
+      });
+    }
     for (const w of plan.writes) if (w.value === '0') this.uncarved.push(w.why.replace('release ', ''));
     this.writes.push(...plan.writes.map((w) => w.path));
     return plan.writes.map((write) => ({ write }));
@@ -81,6 +94,7 @@ describe('AgentManager', () => {
   let node: MemNode;
   let manager: AgentManager;
   const statuses: VirtualIONodeStatus[] = [];
+  let fakeNow = 0;
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'vio-mgr-'));
@@ -90,6 +104,7 @@ describe('AgentManager', () => {
     plan = new MemPlan();
     node = new MemNode();
     statuses.length = 0;
+    fakeNow = 0;
     const logger = silentLogger();
     manager = new AgentManager({
       nodeName: 'n1',
@@ -107,6 +122,7 @@ describe('AgentManager', () => {
       watchPaths: [],
       statusSink: (s) => statuses.push(s),
       podResources: { intervalMs: 100, minGapMs: 50 },
+      clock: () => fakeNow,
     });
     running = manager.run(ctl.signal);
   });
@@ -171,5 +187,35 @@ describe('AgentManager', () => {
     const st = await kubelet.waitFor('scan error in status', () => statuses.findLast((s) => s.conditions?.some((c) => c.reason === 'ScanFailed')));
     expect(st.conditions?.find((c) => c.type === 'Ready')?.message).toContain('EIO');
     expect(kubelet.endpoints.get('virtualio.dev/net-a')?.connected).toBe(true);
+  });
+
+  test('a refused carving write backs off (1 s, 2 s, ...) per path+value, keeps its reason in status, resets on a plan change', async () => {
+    const path = 'bus/pci/devices/0000:81:00.0/sriov_numvfs';
+    node.failPaths.add(path);
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });
+    await kubelet.waitFor('first refusal', () => node.refused.length === 1);
+    const cyclesAt = async (n: number): Promise<void> => {
+      const target = manager.cycles + n;
+      for (let i = 0; i < n; i++) manager.trigger('timer');
+      await kubelet.waitFor(`cycle ${target}`, () => manager.cycles >= target);
+    };
+    // Many triggers within the first second: no new attempt.
+    for (let i = 0; i < 5; i++) await cyclesAt(1);
+    expect(node.refused).toHaveLength(1);
+    const st = await kubelet.waitFor('reason in status', () => statuses.findLast((s) => s.pools?.[0]?.state === 'Error'));
+    expect(st.pools?.[0]?.message).toContain(`${path}=2: EBUSY: device busy`);
+    fakeNow = 1000;
+    await cyclesAt(1);
+    expect(node.refused).toHaveLength(2);
+    fakeNow = 2500; // second delay is 2 s (due at 3000)
+    await cyclesAt(1);
+    expect(node.refused).toHaveLength(2);
+    fakeNow = 3000;
+    await cyclesAt(1);
+    expect(node.refused).toHaveLength(3);
+    // A plan change tries again at once.
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2), pool('net-b', '0000:82:00.0', 1)] }, generation: 2 });
+    await kubelet.waitFor('retry after plan change', () => node.refused.length === 4);
+    expect(node.writes).toContain('bus/pci/devices/0000:82:00.0/sriov_numvfs'); // other writes proceed
   });
 });

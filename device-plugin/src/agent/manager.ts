@@ -4,6 +4,7 @@
 // Nothing here throws out of the loop: errors are logged, reported in status and retried.
 import { watch, type FSWatcher } from 'node:fs';
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import { WriteBackoff, type BackoffOptions } from '../carving/backoff.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { BlockedChange, CarvingPlan, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
@@ -34,6 +35,10 @@ export interface ManagerOptions {
   lookupPod?: PodLookup;
   /** Wall clock for condition timestamps. */
   now?: () => Date;
+  /** Monotonic clock in ms for carving retry backoff (default performance.now). */
+  clock?: () => number;
+  /** Backoff of refused carving writes (default 1 s doubling to 5 min). */
+  backoff?: BackoffOptions;
   /** PodResources timings (tests and benchmarks shorten them). */
   podResources?: { intervalMs?: number; minGapMs?: number; afterAllocateMs?: number };
 }
@@ -72,11 +77,15 @@ export class AgentManager {
   private readonly fsWatchers = new Map<string, FSWatcher>();
   private debounce: NodeJS.Timeout | undefined;
   private signal: AbortSignal = new AbortController().signal;
+  private readonly backoff: WriteBackoff;
+  private backoffTimer: NodeJS.Timeout | undefined;
+  private lastSpecText = '';
   /** Cycles completed (for tests and logs). */
   cycles = 0;
 
   constructor(private readonly opts: ManagerOptions) {
     this.log = opts.logger.child({ component: 'manager' });
+    this.backoff = new WriteBackoff(opts.backoff);
     this.podres = new PodResourcesWatcher({
       socket: opts.podResourcesSocket,
       logger: opts.logger,
@@ -150,6 +159,7 @@ export class AgentManager {
     } finally {
       clearInterval(timer);
       if (this.debounce) clearTimeout(this.debounce);
+      if (this.backoffTimer) clearTimeout(this.backoffTimer);
       for (const w of this.fsWatchers.values()) w.close();
       this.fsWatchers.clear();
       await Promise.all([...this.plugins.values()].map((p) => p.stop()));
@@ -189,6 +199,9 @@ export class AgentManager {
       // Pools that left the plan are released (uncarved where no pod holds them).
       const next = new Set((state.spec.pools ?? []).map((p) => p.name));
       for (const p of this.lastSpec?.pools ?? []) if (!next.has(p.name)) this.releasing.set(p.name, p);
+      const specText = JSON.stringify(state.spec);
+      if (specText !== this.lastSpecText) this.backoff.reset(); // a new plan: refused writes are tried again at once
+      this.lastSpecText = specText;
       this.lastSpec = state.spec;
       this.lastGeneration = state.generation;
     }
@@ -297,16 +310,29 @@ export class AgentManager {
         this.log.info({ pool: name }, 'pool released');
       }
       if (pass === 0) for (let i = 0; i < blocked.length; i++) this.opts.metrics.carvingOperations.inc({ result: 'blocked' });
-      if (writes.length === 0) break;
-      this.log.info({ pass, writes: writes.map((w) => `${w.path}=${w.value} (${w.why})`) }, 'carving');
-      const results = await ops.applyCarving({ writes, blocked }, this.signal);
+      const now = this.clock();
+      const { due, deferred } = this.backoff.partition(writes, now, pass === 0);
+      if (pass === 0) {
+        for (const d of deferred) {
+          errors.push({
+            pool: poolOfPath(d.write.path, [...(spec.pools ?? []), ...this.releasing.values()]),
+            message: `${d.write.path}=${d.write.value}: ${d.error} (failed ${d.failures} time(s); next try in ${Math.ceil(d.retryInMs / 1000)} s)`,
+          });
+        }
+      }
+      if (due.length === 0) break;
+      this.log.info({ pass, writes: due.map((w) => `${w.path}=${w.value} (${w.why})`), ...(deferred.length ? { backingOff: deferred.length } : {}) }, 'carving');
+      const results = await ops.applyCarving({ writes: due, blocked }, this.signal);
       let failed = false;
+      const after = this.clock();
       for (const r of results) {
         this.opts.metrics.carvingOperations.inc({ result: r.error ? (r.skipped ? 'skipped' : 'error') : 'ok' });
+        if (!r.error) this.backoff.succeeded(r.write);
         if (r.error && !r.skipped) {
           failed = true;
-          errors.push({ pool: poolOfPath(r.write.path, [...(spec.pools ?? []), ...this.releasing.values()]), message: `${r.write.path}=${r.write.value}: ${r.error}` });
-          this.log.error({ path: r.write.path, value: r.write.value, error: r.error }, 'carving write failed');
+          const delay = this.backoff.failed(r.write, r.error, after);
+          errors.push({ pool: poolOfPath(r.write.path, [...(spec.pools ?? []), ...this.releasing.values()]), message: `${r.write.path}=${r.write.value}: ${r.error} (next try in ${Math.ceil(delay / 1000)} s)` });
+          this.log.error({ path: r.write.path, value: r.write.value, error: r.error, retryInMs: delay }, 'carving write failed');
         }
       }
       try {
@@ -318,6 +344,24 @@ export class AgentManager {
       if (failed) break;
     }
     this.carvingErrors = errors;
+    this.scheduleRetry();
+  }
+
+  private clock(): number {
+    return (this.opts.clock ?? (() => performance.now()))();
+  }
+
+  /** Wakes the loop when the earliest backed-off write is due (the rescan timer may be much slower). */
+  private scheduleRetry(): void {
+    if (this.backoffTimer) clearTimeout(this.backoffTimer);
+    this.backoffTimer = undefined;
+    const at = this.backoff.nextDue();
+    if (at === undefined || this.signal.aborted) return;
+    this.backoffTimer = setTimeout(() => {
+      this.backoffTimer = undefined;
+      this.trigger('timer');
+    }, Math.max(0, at - this.clock()) + 5);
+    this.backoffTimer.unref();
   }
 
   /** Keeps what carving left alone (not ours) for status, and logs it once each time it changes. */
