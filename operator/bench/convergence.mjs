@@ -5,6 +5,7 @@
 //   edit:  one pool spec edit → every node's plan of that pool updated
 //   rss:   the operator process's peak RSS (VmHWM from /proc/<pid>/status)
 // Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build]
+//          [--operator-node-options "--max-old-space-size=192"]   (V8 flags for the operator process only)
 // Needs Node 24 (type stripping: it imports test/cluster/control-plane.ts) and the built binaries.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -19,6 +20,7 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const { values: opt } = parseArgs({ options: {
   nodes: { type: 'string', default: '1000' }, pools: { type: 'string', default: '10' },
   'no-build': { type: 'boolean', default: false }, concurrency: { type: 'string', default: '32' },
+  'operator-node-options': { type: 'string', default: '' },
 } });
 const N = Number(opt.nodes);
 const P = Number(opt.pools);
@@ -115,7 +117,7 @@ try {
   const port = await freePort();
   const logDir = mkdtempSync(join(tmpdir(), 'vio-bench-'));
   const t0 = Date.now();
-  op = spawnOperator({ repoRoot: ROOT, nodeBin: process.execPath, logFile: join(logDir, 'operator.log'),
+  op = spawnOperator({ repoRoot: ROOT, nodeBin: process.execPath, nodeArgs: opt['operator-node-options'].split(/\s+/).filter(Boolean), logFile: join(logDir, 'operator.log'),
     args: ['--kubeconfig', kc, '--identity', 'bench', '--namespace', 'virtualio-system', '--metrics-address', `127.0.0.1:${port}`, '--log-level', 'warn'] });
   const pid = op.child.pid;
   const rssSamples = [];
