@@ -218,4 +218,14 @@ describe('AgentManager', () => {
     await kubelet.waitFor('retry after plan change', () => node.refused.length === 4);
     expect(node.writes).toContain('bus/pci/devices/0000:82:00.0/sriov_numvfs'); // other writes proceed
   });
+
+  test('a carving pass that wrote nothing is not followed by a rescan (one scan per cycle)', async () => {
+    node.failPaths.add('bus/pci/devices/0000:81:00.0/sriov_numvfs');
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });
+    await kubelet.waitFor('refusal', () => node.refused.length === 1);
+    const target = manager.cycles + 3;
+    for (let i = 0; i < 3; i++) manager.trigger('timer');
+    await kubelet.waitFor('cycles', () => manager.cycles >= target);
+    expect(node.scans).toBe(manager.cycles);
+  });
 });

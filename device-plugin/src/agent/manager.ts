@@ -16,6 +16,11 @@ import type { PlanSource } from './plan.js';
 import type { NodeOps, StatusSink } from './ports.js';
 import { buildStatus, type Condition } from './status.js';
 
+/** Quiet time after the last filesystem event of a burst before rescanning. */
+const FS_QUIET_MS = 50;
+/** Longest a burst of filesystem events delays its rescan. */
+const FS_MAX_WAIT_MS = 200;
+
 export interface ManagerOptions {
   nodeName: string;
   agentVersion: string;
@@ -76,6 +81,7 @@ export class AgentManager {
   private conditions: Condition[] = [];
   private readonly fsWatchers = new Map<string, FSWatcher>();
   private debounce: NodeJS.Timeout | undefined;
+  private burstStart: number | undefined;
   private signal: AbortSignal = new AbortController().signal;
   private readonly backoff: WriteBackoff;
   private backoffTimer: NodeJS.Timeout | undefined;
@@ -174,13 +180,7 @@ export class AgentManager {
     for (const path of this.opts.watchPaths) {
       if (this.fsWatchers.has(path)) continue;
       try {
-        const w = watch(path, { persistent: false }, () => {
-          if (this.debounce) return;
-          this.debounce = setTimeout(() => {
-            this.debounce = undefined;
-            this.trigger('fs');
-          }, 100);
-        });
+        const w = watch(path, { persistent: false }, () => this.fsEvent());
         w.on('error', () => {
           w.close();
           this.fsWatchers.delete(path);
@@ -190,6 +190,22 @@ export class AgentManager {
         /* not there (yet); the rescan timer covers it */
       }
     }
+  }
+
+  /**
+   * Coalesces a burst of filesystem events into one rescan: fires 50 ms after the last event, and
+   * at most 200 ms after the first one of the burst.
+   */
+  private fsEvent(): void {
+    const now = this.clock();
+    this.burstStart ??= now;
+    if (this.debounce) clearTimeout(this.debounce);
+    const wait = Math.max(0, Math.min(FS_QUIET_MS, this.burstStart + FS_MAX_WAIT_MS - now));
+    this.debounce = setTimeout(() => {
+      this.debounce = undefined;
+      this.burstStart = undefined;
+      this.trigger('fs');
+    }, wait);
   }
 
   private async cycle(): Promise<void> {
@@ -335,6 +351,7 @@ export class AgentManager {
           this.log.error({ path: r.write.path, value: r.write.value, error: r.error, retryInMs: delay }, 'carving write failed');
         }
       }
+      if (!results.some((r) => !r.error)) break; // nothing was written: the inventory is unchanged, no rescan
       try {
         this.inventory = await ops.scan();
       } catch (err) {

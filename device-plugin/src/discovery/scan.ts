@@ -1,5 +1,5 @@
 // Discovery: a full, sorted inventory snapshot read from a sysfs root (and optionally a dev root).
-import { realpath } from 'node:fs/promises';
+import { realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { FcVport, Inventory, InventoryDevice } from '../model.js';
 import { comparePci, compareText, isPciAddress, UUID_RE } from '../sysfs/pci.js';
@@ -12,8 +12,11 @@ export interface ScanOptions {
    * `<devRoot>/vfio`, so health can be computed without further I/O.
    */
   devRoot?: string;
-  /** How many devices are read at once (default 32). */
-  concurrency?: number;
+  /**
+   * Devices read (synchronously) between two yields to the event loop (default 64), so a scan of
+   * a large tree never blocks gRPC calls for long.
+   */
+  batch?: number;
 }
 
 type FcHost = NonNullable<InventoryDevice['fcHosts']>[number];
@@ -59,7 +62,7 @@ export function devPathUnder(devRoot: string, canonical: string): string {
  * support in the kernel).
  */
 export async function vfioCdevOf(sysfsRoot: string, pciAddress: string): Promise<string | undefined> {
-  const names = await listDir(path.join(sysfsRoot, 'bus/pci/devices', pciAddress, 'vfio-dev'));
+  const names = listDir(path.join(sysfsRoot, 'bus/pci/devices', pciAddress, 'vfio-dev'));
   for (const n of names) {
     const p = vfioCdevPath(n);
     if (p) return p;
@@ -67,52 +70,39 @@ export async function vfioCdevOf(sysfsRoot: string, pciAddress: string): Promise
   return undefined;
 }
 
-async function pool<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
-  return out;
-}
-
-async function readFcHost(fc: AttrReader, host: string): Promise<FcHost> {
+function readFcHost(fc: AttrReader, host: string): FcHost {
   const out: FcHost = { host };
-  const wwpn = await fc.text('port_name');
+  const wwpn = fc.text('port_name');
   if (wwpn !== undefined) {
     const v = normalizeWwn(wwpn);
     if (v) out.wwpn = v;
     else fc.fail('port_name', `malformed value ${JSON.stringify(wwpn)}`);
   }
-  const wwnn = await fc.text('node_name');
+  const wwnn = fc.text('node_name');
   if (wwnn !== undefined) {
     const v = normalizeWwn(wwnn);
     if (v) out.wwnn = v;
     else fc.fail('node_name', `malformed value ${JSON.stringify(wwnn)}`);
   }
-  const state = await fc.text('port_state');
+  const state = fc.text('port_state');
   if (state !== undefined) out.portState = state.trim();
-  const max = await fc.int('max_npiv_vports');
+  const max = fc.int('max_npiv_vports');
   if (max !== undefined) out.maxNPIVVports = max;
-  const inUse = await fc.int('npiv_vports_inuse');
+  const inUse = fc.int('npiv_vports_inuse');
   if (inUse !== undefined) out.npivVportsInUse = inUse;
   return out;
 }
 
 /** Vports under `<dev>/<host>/vport-*`: their attributes live in `fc_vports/<name>/`. */
-async function readVports(r: AttrReader, pciAddress: string, host: string): Promise<FcVport[]> {
+function readVports(r: AttrReader, pciAddress: string, host: string): FcVport[] {
   const out: FcVport[] = [];
-  for (const name of await r.list(host)) {
+  for (const name of r.list(host)) {
     if (!/^vport-\d+:\d+-\d+$/.test(name)) continue;
     const vr = r.sub(`${host}/${name}`);
     const attrs = vr.sub(`fc_vports/${name}`);
     const v: FcVport = { pciAddress, parentHost: host, name };
-    const wwpn = await attrs.text('port_name');
-    const wwnn = await attrs.text('node_name');
+    const wwpn = attrs.text('port_name');
+    const wwnn = attrs.text('node_name');
     if (wwpn !== undefined) {
       const n = normalizeWwn(wwpn);
       if (n) v.wwpn = n;
@@ -123,39 +113,39 @@ async function readVports(r: AttrReader, pciAddress: string, host: string): Prom
       if (n) v.wwnn = n;
       else attrs.fail('node_name', `malformed value ${JSON.stringify(wwnn)}`);
     }
-    const state = await attrs.text('vport_state');
+    const state = attrs.text('vport_state');
     if (state !== undefined) v.state = state.trim();
-    const child = (await vr.list()).find((n) => /^host\d+$/.test(n));
+    const child = (vr.list()).find((n) => /^host\d+$/.test(n));
     if (child) v.host = child;
     out.push(v);
   }
   return out;
 }
 
-async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): Promise<{ device: InventoryDevice; extra: Extra }> {
+function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { device: InventoryDevice; extra: Extra } {
   const errors: string[] = [];
   const device: InventoryDevice = { pciAddress: name };
   const extra: Extra = { vports: [] };
   const r = new AttrReader(path.join(root, 'bus/pci/devices', name), errors);
   if (!isPciAddress(name)) errors.push(`pciAddress: malformed ${JSON.stringify(name)}`);
 
-  const vendor = await r.matched('vendor', HEX4, true);
+  const vendor = r.matched('vendor', HEX4, true);
   if (vendor) device.vendorID = vendor[1];
-  const dev = await r.matched('device', HEX4, true);
+  const dev = r.matched('device', HEX4, true);
   if (dev) device.deviceID = dev[1];
-  const cls = await r.matched('class', HEX6, true);
+  const cls = r.matched('class', HEX6, true);
   if (cls) device.classCode = cls[1];
-  const driver = await r.linkBase('driver');
+  const driver = r.linkBase('driver');
   if (driver) device.driver = driver;
-  const numa = await r.int('numa_node');
+  const numa = r.int('numa_node');
   if (numa !== undefined && numa >= 0) device.numaNode = numa;
   else if (numa !== undefined && numa !== -1) r.fail('numa_node', `out of range ${numa}`);
 
-  const group = await r.linkBase('iommu_group');
+  const group = r.linkBase('iommu_group');
   if (group !== undefined) {
     if (/^\d+$/.test(group)) {
       device.iommuGroup = Number(group);
-      const members = await listDir(path.join(root, 'kernel/iommu_groups', group, 'devices'), (m) =>
+      const members = listDir(path.join(root, 'kernel/iommu_groups', group, 'devices'), (m) =>
         errors.push(`kernel/iommu_groups/${group}/devices: ${m}`),
       );
       if (members.length === 0) errors.push(`kernel/iommu_groups/${group}/devices: missing or empty`);
@@ -165,15 +155,15 @@ async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[
     }
   }
 
-  const physfn = await r.linkBase('physfn');
+  const physfn = r.linkBase('physfn');
   if (physfn) device.physfn = physfn;
 
-  const entries = await r.list();
+  const entries = r.list();
   if (entries.includes('sriov_totalvfs')) {
     const sriov: NonNullable<InventoryDevice['sriov']> = {};
-    const total = await r.int('sriov_totalvfs', true);
+    const total = r.int('sriov_totalvfs', true);
     if (total !== undefined) sriov.totalVFs = total;
-    const num = await r.int('sriov_numvfs');
+    const num = r.int('sriov_numvfs');
     if (num !== undefined) sriov.numVFs = num;
     const vfLinks = entries
       .map((e) => /^virtfn(\d+)$/.exec(e))
@@ -182,7 +172,7 @@ async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[
       .sort((a, b) => a.n - b.n);
     const vfs: string[] = [];
     for (const { link } of vfLinks) {
-      const vf = await r.linkBase(link);
+      const vf = r.linkBase(link);
       if (vf) vfs.push(vf);
     }
     sriov.vfs = vfs;
@@ -191,14 +181,14 @@ async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[
 
   if (entries.includes('mdev_supported_types')) {
     const types: NonNullable<InventoryDevice['mdevTypes']> = [];
-    for (const id of await r.list('mdev_supported_types')) {
+    for (const id of r.list('mdev_supported_types')) {
       const tr = r.sub(`mdev_supported_types/${id}`);
       const t: (typeof types)[number] = { id };
-      const tname = await tr.text('name');
+      const tname = tr.text('name');
       if (tname !== undefined) t.name = tname.trim();
-      const avail = await tr.int('available_instances');
+      const avail = tr.int('available_instances');
       if (avail !== undefined) t.availableInstances = avail;
-      const api = await tr.text('device_api');
+      const api = tr.text('device_api');
       if (api !== undefined) t.deviceAPI = api.trim();
       types.push(t);
     }
@@ -209,10 +199,10 @@ async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[
   for (const e of entries) {
     if (!UUID_RE.test(e)) continue;
     const mr = r.sub(e);
-    const typeLink = await mr.link('mdev_type');
+    const typeLink = mr.link('mdev_type');
     if (typeLink === undefined) continue; // a UUID-named folder that is not an mdev
     const m: (typeof mdevs)[number] = { uuid: e, type: path.basename(typeLink) };
-    const g = await mr.linkBase('iommu_group');
+    const g = mr.linkBase('iommu_group');
     if (g !== undefined) {
       if (/^\d+$/.test(g)) m.iommuGroup = Number(g);
       else mr.fail('iommu_group', `malformed link target ${JSON.stringify(g)}`);
@@ -223,8 +213,8 @@ async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[
 
   if (entries.includes('net')) {
     const netdevs: NonNullable<InventoryDevice['netdevs']> = [];
-    for (const ifname of await r.list('net')) {
-      const state = await r.sub(`net/${ifname}`).text('operstate');
+    for (const ifname of r.list('net')) {
+      const state = r.sub(`net/${ifname}`).text('operstate');
       netdevs.push(state === undefined ? { name: ifname } : { name: ifname, operState: state.trim() });
     }
     if (netdevs.length > 0) device.netdevs = netdevs;
@@ -233,28 +223,28 @@ async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[
   // Physical FC ports: hostN/fc_host/hostN below the function, plus ports found via class/fc_host.
   const hosts = new Map<string, AttrReader>();
   for (const e of entries) {
-    if (/^host\d+$/.test(e) && (await listDir(path.join(r.dir, e, 'fc_host'))).includes(e)) hosts.set(e, r.sub(`${e}/fc_host/${e}`));
+    if (/^host\d+$/.test(e) && (listDir(path.join(r.dir, e, 'fc_host'))).includes(e)) hosts.set(e, r.sub(`${e}/fc_host/${e}`));
   }
   for (const h of fcExtraHosts) if (!hosts.has(h.host)) hosts.set(h.host, new AttrReader(h.attrsDir, errors, `class/fc_host/${h.host}`));
   if (hosts.size > 0) {
     const fcHosts: FcHost[] = [];
     const sorted = [...hosts.keys()].sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
     for (const h of sorted) {
-      fcHosts.push(await readFcHost(hosts.get(h) as AttrReader, h));
-      extra.vports.push(...(await readVports(r, name, h)));
+      fcHosts.push(readFcHost(hosts.get(h) as AttrReader, h));
+      extra.vports.push(...readVports(r, name, h));
     }
     device.fcHosts = fcHosts;
   }
 
   if (entries.includes('nvme')) {
     const nvme: NonNullable<InventoryDevice['nvme']> = [];
-    for (const ctrl of await r.list('nvme')) {
+    for (const ctrl of r.list('nvme')) {
       if (!/^nvme\d+$/.test(ctrl)) continue;
       const nr = r.sub(`nvme/${ctrl}`);
       const c: (typeof nvme)[number] = { name: ctrl };
-      const model = await nr.text('model');
+      const model = nr.text('model');
       if (model !== undefined) c.model = model.trim();
-      const serial = await nr.text('serial');
+      const serial = nr.text('serial');
       if (serial !== undefined) c.serial = serial.trim();
       nvme.push(c);
     }
@@ -262,7 +252,7 @@ async function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[
   }
 
   if (entries.includes('vfio-dev')) {
-    for (const n of await r.list('vfio-dev')) {
+    for (const n of r.list('vfio-dev')) {
       const p = vfioCdevPath(n);
       if (p) {
         extra.vfioCdev = p;
@@ -288,21 +278,21 @@ interface ClassFcHost {
  * with a `device` link to `…/<bdf>/hostN` (older layout). A vport's host sits below `vport-X:Y-Z`
  * instead of a PCI function, so it is not a physical port and is skipped.
  */
-async function fcHostsFromClass(root: string, errors: string[]): Promise<Map<string, ClassFcHost[]>> {
+function fcHostsFromClass(root: string, errors: string[]): Map<string, ClassFcHost[]> {
   const out = new Map<string, ClassFcHost[]>();
   const classDir = path.join(root, 'class/fc_host');
-  for (const host of await listDir(classDir, (m) => errors.push(`class/fc_host: ${m}`))) {
+  for (const host of listDir(classDir, (m) => errors.push(`class/fc_host: ${m}`))) {
     if (!/^host\d+$/.test(host)) continue;
     let attrsDir: string;
     let hostDir: string;
     try {
-      attrsDir = await realpath(path.join(classDir, host));
+      attrsDir = realpathSync(path.join(classDir, host));
     } catch {
       errors.push(`class/fc_host/${host}: dangling link`);
       continue;
     }
     try {
-      hostDir = await realpath(path.join(attrsDir, 'device'));
+      hostDir = realpathSync(path.join(attrsDir, 'device'));
     } catch {
       hostDir = path.dirname(path.dirname(attrsDir)); // …/hostN/fc_host/hostN without a device link
     }
@@ -316,11 +306,11 @@ async function fcHostsFromClass(root: string, errors: string[]): Promise<Map<str
 }
 
 /** Canonical `/dev/vfio/...` entries present under `<devRoot>/vfio`. */
-async function readDevNodes(devRoot: string): Promise<string[]> {
+function readDevNodes(devRoot: string): string[] {
   const out: string[] = [];
-  for (const n of await listDir(path.join(devRoot, 'vfio'))) {
+  for (const n of listDir(path.join(devRoot, 'vfio'))) {
     if (n === 'devices') {
-      for (const c of await listDir(path.join(devRoot, 'vfio/devices'))) out.push(`/dev/vfio/devices/${c}`);
+      for (const c of listDir(path.join(devRoot, 'vfio/devices'))) out.push(`/dev/vfio/devices/${c}`);
     } else {
       out.push(`/dev/vfio/${n}`);
     }
@@ -337,16 +327,20 @@ async function readDevNodes(devRoot: string): Promise<string[]> {
  */
 export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<Inventory> {
   const errors: string[] = [];
-  const names = await listDir(path.join(sysfsRoot, 'bus/pci/devices'), (m) => errors.push(`bus/pci/devices: ${m}`));
-  const fcByDevice = await fcHostsFromClass(sysfsRoot, errors);
-  const results = await pool(names, opts.concurrency ?? 32, async (name) => {
+  const names = listDir(path.join(sysfsRoot, 'bus/pci/devices'), (m) => errors.push(`bus/pci/devices: ${m}`));
+  const fcByDevice = fcHostsFromClass(sysfsRoot, errors);
+  const batch = Math.max(1, opts.batch ?? 64);
+  const results: { device: InventoryDevice; extra: Extra }[] = [];
+  for (let i = 0; i < names.length; i++) {
+    if (i > 0 && i % batch === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    const name = names[i] as string;
     try {
-      return await readDevice(sysfsRoot, name, fcByDevice.get(name) ?? []);
+      results.push(readDevice(sysfsRoot, name, fcByDevice.get(name) ?? []));
     } catch (err) {
       const device: InventoryDevice = { pciAddress: name, errors: [`scan failed: ${err instanceof Error ? err.message : String(err)}`] };
-      return { device, extra: { vports: [] } as Extra };
+      results.push({ device, extra: { vports: [] } });
     }
-  });
+  }
   results.sort((a, b) => comparePci(a.device.pciAddress, b.device.pciAddress));
   const inventory: Inventory = { devices: results.map((r) => r.device) };
   const vports = results.flatMap((r) => r.extra.vports);
@@ -354,7 +348,7 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
   const cdevs: Record<string, string> = {};
   for (const r of results) if (r.extra.vfioCdev) cdevs[r.device.pciAddress] = r.extra.vfioCdev;
   if (Object.keys(cdevs).length > 0) inventory.vfioCdevs = cdevs;
-  if (opts.devRoot !== undefined) inventory.devNodes = await readDevNodes(opts.devRoot);
+  if (opts.devRoot !== undefined) inventory.devNodes = readDevNodes(opts.devRoot);
   if (errors.length > 0) inventory.errors = errors;
   return inventory;
 }

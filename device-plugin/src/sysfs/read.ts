@@ -1,5 +1,7 @@
 // Tolerant sysfs readers: every failure becomes a message in an error list, never an exception.
-import { readFile, readdir, readlink } from 'node:fs/promises';
+// Synchronous on purpose: sysfs attributes are tiny in-memory files, and one readFileSync costs a
+// fraction of the four promise round trips of fs/promises readFile (the scan's main cost).
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 
 function errCode(err: unknown): string | undefined {
@@ -45,9 +47,9 @@ export class AttrReader {
   }
 
   /** The attribute's text minus one trailing newline; undefined when absent (an error if `required`). */
-  async text(attr: string, required = false): Promise<string | undefined> {
+  text(attr: string, required = false): string | undefined {
     try {
-      return chompNewline(await readFile(path.join(this.dir, attr), 'utf8'));
+      return chompNewline(readFileSync(path.join(this.dir, attr), 'utf8'));
     } catch (err) {
       const code = errCode(err);
       if (code === 'ENOENT') {
@@ -60,8 +62,8 @@ export class AttrReader {
   }
 
   /** Parses a required or optional attribute strictly with `re`; a mismatch is recorded and yields undefined. */
-  async matched(attr: string, re: RegExp, required = false): Promise<RegExpExecArray | undefined> {
-    const raw = await this.text(attr, required);
+  matched(attr: string, re: RegExp, required = false): RegExpExecArray | undefined {
+    const raw = this.text(attr, required);
     if (raw === undefined) return undefined;
     const m = re.exec(raw);
     if (!m) this.fail(attr, `malformed value ${JSON.stringify(raw.slice(0, 64))}`);
@@ -69,21 +71,21 @@ export class AttrReader {
   }
 
   /** A decimal integer attribute (optionally signed). */
-  async int(attr: string, required = false): Promise<number | undefined> {
-    const m = await this.matched(attr, /^(-?\d{1,15})$/, required);
+  int(attr: string, required = false): number | undefined {
+    const m = this.matched(attr, /^(-?\d{1,15})$/, required);
     return m ? Number(m[1]) : undefined;
   }
 
   /** The basename of a symlink's target; undefined when the link is absent. */
-  async linkBase(attr: string): Promise<string | undefined> {
-    const target = await this.link(attr);
+  linkBase(attr: string): string | undefined {
+    const target = this.link(attr);
     return target === undefined ? undefined : path.basename(target);
   }
 
   /** A symlink's raw target; undefined when absent; recorded when the entry is not a link. */
-  async link(attr: string): Promise<string | undefined> {
+  link(attr: string): string | undefined {
     try {
-      return await readlink(path.join(this.dir, attr));
+      return readlinkSync(path.join(this.dir, attr));
     } catch (err) {
       const code = errCode(err);
       if (code !== 'ENOENT') this.fail(attr, `unreadable link (${code ?? errText(err)})`);
@@ -92,15 +94,15 @@ export class AttrReader {
   }
 
   /** Names in a subfolder, sorted; empty when absent. */
-  async list(rel = '.'): Promise<string[]> {
+  list(rel = '.'): string[] {
     return listDir(path.join(this.dir, rel), (m) => this.fail(rel, m));
   }
 }
 
 /** Sorted entries of `dir`; [] when it does not exist; other failures go to `onError`. */
-export async function listDir(dir: string, onError?: (message: string) => void): Promise<string[]> {
+export function listDir(dir: string, onError?: (message: string) => void): string[] {
   try {
-    const names = await readdir(dir);
+    const names = readdirSync(dir);
     return names.sort();
   } catch (err) {
     const code = errCode(err);
