@@ -1,10 +1,16 @@
 // Cluster mode: the plan comes from the agent's own VirtualIONode and the status goes back to it.
 // This module only knows the KubeAgentPort interface; src/kube/adapter.ts implements it with
 // @kubernetes/client-node (the only runtime importer of that package in the agent).
+import { createHash } from 'node:crypto';
 import type { VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { Logger } from '../log.js';
 import type { PodInfo } from '../podresources/client.js';
 import { validatePlan, type PlanSource, type PlanState } from './plan.js';
+
+/** SHA-1 of a status's JSON: what "unchanged" is compared by, without keeping the text. */
+function digest(status: VirtualIONodeStatus): string {
+  return createHash('sha1').update(JSON.stringify(status)).digest('hex');
+}
 
 /** What the agent needs from the API server. */
 export interface KubeAgentPort {
@@ -142,7 +148,7 @@ export class StatusWriter {
   private async flush(): Promise<void> {
     const status = this.pending;
     if (!status || this.signal.aborted) return;
-    const text = JSON.stringify(status);
+    const text = digest(status); // a 40-char digest, not a second full copy of the status
     if (text === this.written) {
       this.pending = undefined;
       return;

@@ -2,6 +2,7 @@
 // → per-pool device plugin servers → status. Driven by one AbortSignal; triggered by plan changes,
 // a rescan timer, filesystem events under the dev and sysfs roots, and PodResources changes.
 // Nothing here throws out of the loop: errors are logged, reported in status and retried.
+import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import { WriteBackoff, type BackoffOptions } from '../carving/backoff.js';
@@ -460,7 +461,7 @@ export class AgentManager {
       now: (this.opts.now ?? (() => new Date()))(),
     });
     this.conditions = status.conditions ?? [];
-    const text = JSON.stringify(status);
+    const text = createHash('sha1').update(JSON.stringify(status)).digest('hex'); // keep a digest, not a second copy
     this.lastStatus = status;
     if (text === this.lastStatusText) return;
     this.lastStatusText = text;
