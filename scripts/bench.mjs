@@ -16,6 +16,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const argv = process.argv.slice(2);
@@ -29,6 +30,10 @@ const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
 const say = (m) => process.stderr.write(`[bench] ${m}\n`);
 const hooks = ['--import', join(ROOT, 'test/sysfs/ts-hooks.mjs')];
+// Measure what we ship: the V8 flags the Helm chart sets for each process (values.yaml nodeOptions).
+const chartValues = YAML.parse(readFileSync(join(ROOT, 'charts/virtualio/values.yaml'), 'utf8'));
+const agentNodeOptions = chartValues?.agent?.nodeOptions ?? '';
+const operatorNodeOptions = chartValues?.operator?.nodeOptions ?? '';
 
 if (Number(process.versions.node.split('.')[0]) < 24) {
   console.error('scripts/bench.mjs needs Node 24: run `source scripts/env.sh` first (make bench does)');
@@ -116,7 +121,7 @@ if (only.has('agent')) {
 }
 
 if (only.has('node')) {
-  const r = await runBench('agent, node side: start, carve, RSS, health', [...hooks, join(ROOT, 'test/bench/agent-node.ts'), ...(quick ? ['--starts', '2', '--changes', '30', '--load-seconds', '5'] : [])]);
+  const r = await runBench('agent, node side: start, carve, RSS, health', [...hooks, join(ROOT, 'test/bench/agent-node.ts'), ...(agentNodeOptions ? ['--agent-node-options', agentNodeOptions] : []), ...(quick ? ['--starts', '2', '--changes', '30', '--load-seconds', '5'] : [])]);
   const f = lastJson(r.stdout);
   results.node = f ?? { error: `no figures (exit ${r.code})` };
   for (const x of f?.figures ?? []) row('node', x.label, x.value, x.unit, x.max);
@@ -128,7 +133,7 @@ if (only.has('operator')) {
     say('operator benchmark (operator/bench/convergence.mjs) is missing');
     results.operator = { missing: true };
   } else {
-    const r = await runBench('operator: convergence', [file, '--no-build', ...(quick ? ['--nodes', '100', '--pools', '10'] : [])]);
+    const r = await runBench('operator: convergence', [file, '--no-build', ...(operatorNodeOptions ? [`--operator-node-options=${operatorNodeOptions}`] : []), ...(quick ? ['--nodes', '100', '--pools', '10'] : [])]);
     const f = lastJson(r.stdout);
     results.operator = f ?? { error: `no figures (exit ${r.code})` };
     if (f) {
