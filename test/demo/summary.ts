@@ -1,22 +1,9 @@
 // The demo's summary: the machine-readable shape (`--json`) and its readable rendering. Pure.
 
-/** One device of `VirtualIONode.status.inventory` (the fields the summary shows). */
-export interface InventoryRow {
-  pciAddress: string;
-  vendorID?: string;
-  deviceID?: string;
-  classCode?: string;
-  driver?: string;
-  numaNode?: number;
-  iommuGroup?: number;
-  physfn?: string;
-  sriov?: { totalVFs?: number; numVFs?: number; vfs?: string[] };
-  mdevTypes?: { id: string; name?: string; availableInstances?: number }[];
-  mdevs?: { uuid: string; type?: string }[];
-  netdevs?: { name: string; operState?: string }[];
-  nvme?: { name: string; model?: string; serial?: string }[];
-  fcHosts?: { host: string; wwpn?: string; portState?: string }[];
-}
+import type { InventoryDevice } from '../../crds/generated/types.ts';
+
+/** One device of `VirtualIONode.status.inventory`: the generated API type, the single source. */
+export type InventoryRow = InventoryDevice;
 
 /** What one VM received. */
 export interface VmSummary {
