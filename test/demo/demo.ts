@@ -385,6 +385,18 @@ async function main(): Promise<void> {
     });
   }
 
+  // Carving and binding settle asynchronously (and the agent re-binds what it finds unbound), so the
+  // summary waits until the node reports every slice Healthy; a slice that never gets there is named.
+  await stage('every slice Healthy in the node status', async () => {
+    let note = '';
+    await until('every slice to be Healthy', async () => {
+      const slices = (await getJson<VioNode>(['get', 'virtualionode', NODE])).status?.slices ?? [];
+      const bad = slices.filter((x) => x.health !== 'Healthy');
+      note = bad.map((x) => `${x.id}: ${x.reason ?? 'Unhealthy'}`).join('; ');
+      return slices.length > 0 && bad.length === 0;
+    }, () => note);
+  });
+
   // ---- the summary ---------------------------------------------------------------------------
   const pools = (await getJson<{ items: Viod[] }>(['get', 'virtualiodevices'])).items;
   const node = await getJson<VioNode>(['get', 'virtualionode', NODE]);
