@@ -1,18 +1,18 @@
 // The built operator survives a kube-apiserver restart in the middle of its work: its watches
 // break, it keeps running, reconnects (re-listing as needed) and applies every change made right
 // after the restart; no update is lost.
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jest } from '@jest/globals';
-import { REPO_ROOT, freePort, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { REPO_ROOT, freePort, type ControlPlane } from '../cluster/control-plane.js';
 import type { Pool, VioNode } from '../../operator/src/api/types.js';
-import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import { startOperatorCluster } from '../support/operator-cluster.js';
 import type { KubeObject } from '../../operator/src/kube/ports.js';
 import { Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import { nicPF } from '../../operator/src/testing/fixtures.js';
-import { installCrdFiles, kubectlAt, spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
+import { spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
 
 jest.setTimeout(300_000);
 
@@ -25,13 +25,7 @@ const planOf = async (node: string) => ((await kube.get<VioNode>(VirtualIONodes,
 const pool = (name: string) => kube.get<Pool>(VirtualIODevices, name);
 
 beforeAll(async () => {
-  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(REPO_ROOT, 'tsconfig.build.json')], { cwd: REPO_ROOT, stdio: 'pipe' });
-  cp = await startControlPlane();
-  await installCrdFiles(cp.binDir, cp.kubeconfig,
-    [join(REPO_ROOT, 'crds/virtualio.dev_virtualiodevices.yaml'), join(REPO_ROOT, 'crds/virtualio.dev_virtualionodes.yaml')],
-    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
-  await kubectlAt(cp.binDir, cp.kubeconfig, ['create', 'namespace', 'virtualio-system']);
-  kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });
+  ({ cp, kube } = await startOperatorCluster());
   for (const n of ['node-a', 'node-b']) await kube.create(Nodes, { apiVersion: 'v1', kind: 'Node', metadata: { name: n, labels: { pool: 'yes' } } });
 });
 

@@ -1,17 +1,17 @@
 // Leader election with two real operator processes (the built dist/operator/src/main.js) against a
 // private kube-apiserver: one leads and plans, the other stands by; when the leader is killed the
 // standby takes the Lease and carries on; a graceful stop releases the Lease.
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jest } from '@jest/globals';
-import { REPO_ROOT, freePort, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { REPO_ROOT, freePort, type ControlPlane } from '../cluster/control-plane.js';
 import type { Pool, VioNode } from '../../operator/src/api/types.js';
-import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import { startOperatorCluster } from '../support/operator-cluster.js';
 import { LEASE_NAME, Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import { nicPF } from '../../operator/src/testing/fixtures.js';
-import { installCrdFiles, kubectlAt, spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
+import { spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
 
 jest.setTimeout(300_000);
 
@@ -43,13 +43,7 @@ async function createPool(name: string, iface: string) {
 }
 
 beforeAll(async () => {
-  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(REPO_ROOT, 'tsconfig.build.json')], { cwd: REPO_ROOT, stdio: 'pipe' });
-  cp = await startControlPlane();
-  await installCrdFiles(cp.binDir, cp.kubeconfig,
-    [join(REPO_ROOT, 'crds/virtualio.dev_virtualiodevices.yaml'), join(REPO_ROOT, 'crds/virtualio.dev_virtualionodes.yaml')],
-    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
-  await kubectlAt(cp.binDir, cp.kubeconfig, ['create', 'namespace', 'virtualio-system']);
-  kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });
+  ({ cp, kube } = await startOperatorCluster());
   await kube.create(Nodes, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-a' } });
 });
 
