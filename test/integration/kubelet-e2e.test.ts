@@ -5,11 +5,9 @@
 // vars and /dev/vfio devices; the PodResources API and our VirtualIONode.status show the allocation;
 // a kubelet restart brings capacity back. Needs root (the kubelet's device plugin dir is fixed);
 // without root the suite is reported as skipped, never as passed.
-import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import YAML from 'yaml';
 import type { ListPodResourcesResponse__Output } from '../../proto/generated/podresources/v1/ListPodResourcesResponse.js';
@@ -19,9 +17,8 @@ import { DEVICE_PLUGIN_DIR, canRunKubelet, startKubelet, type Kubelet } from '..
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKernel, connectX6, gpuWithAudio, mdevGpu } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
-import { eventually } from '../support/cluster.js';
+import { eventually, kubectlOk } from '../support/cluster.js';
 
-const run = promisify(execFile);
 const NODE = '127.0.0.1';
 const NIC = 'virtualio.dev/cx6';
 const GPU = 'virtualio.dev/gpu-pt';
@@ -40,16 +37,9 @@ let agent: AgentProcess | undefined;
 let base: string;
 const figures: Record<string, number> = {};
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const p = run(join(cp.binDir, 'kubectl'), ['--kubeconfig', cp.kubeconfig, ...args], { maxBuffer: 16 << 20 });
-  if (input !== undefined) p.child.stdin?.end(input);
-  try {
-    return (await p).stdout;
-  } catch (err) {
-    const e = err as { stderr?: string };
-    throw new Error(`kubectl ${args.join(' ')}: ${e.stderr ?? String(err)}`, { cause: err });
-  }
-}
+/** kubectl against this suite's private control plane. */
+const kubectl = (args: string[], input?: string): Promise<string> =>
+  kubectlOk(args, { input, kubeconfig: cp.kubeconfig, binDir: cp.binDir });
 
 async function getJson<T = Record<string, unknown>>(args: string[]): Promise<T> {
   return JSON.parse(await kubectl([...args, '-o', 'json'])) as T;

@@ -28,10 +28,18 @@ export interface KubectlResult {
   stderr: string;
 }
 
+/** Which kubectl and cluster: defaults to the global setup's; a private control plane passes its own. */
+export interface KubectlOptions {
+  input?: string;
+  kubeconfig?: string;
+  binDir?: string;
+}
+
 /** Runs the built kubectl against the test cluster; never throws on a non-zero exit. */
-export async function kubectl(args: string[], opts: { input?: string; kubeconfig?: string } = {}): Promise<KubectlResult> {
-  const env = clusterEnv();
-  const child = run(join(env.binDir, 'kubectl'), ['--kubeconfig', opts.kubeconfig ?? env.kubeconfig, ...args], {
+export async function kubectl(args: string[], opts: KubectlOptions = {}): Promise<KubectlResult> {
+  const binDir = opts.binDir ?? clusterEnv().binDir;
+  const kubeconfig = opts.kubeconfig ?? clusterEnv().kubeconfig;
+  const child = run(join(binDir, 'kubectl'), ['--kubeconfig', kubeconfig, ...args], {
     maxBuffer: 32 * 1024 * 1024,
   });
   if (opts.input !== undefined) {
@@ -47,7 +55,7 @@ export async function kubectl(args: string[], opts: { input?: string; kubeconfig
 }
 
 /** kubectl that must succeed; throws with kubectl's stderr otherwise. */
-export async function kubectlOk(args: string[], opts: { input?: string; kubeconfig?: string } = {}): Promise<string> {
+export async function kubectlOk(args: string[], opts: KubectlOptions = {}): Promise<string> {
   const r = await kubectl(args, opts);
   if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
   return r.stdout;
