@@ -40,7 +40,7 @@ if (unknown.length > 0 || !(STAGE_TIMEOUT_MS > 0)) {
 
 const CACHE = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const DEMO_DIR = join(CACHE, 'demo');
-const RECORDING = join(REPO_ROOT, '../shared/fixtures/real-sysfs/vgpu-node.umockdev');
+const RECORDING = join(REPO_ROOT, 'test/fixtures/real-sysfs/vgpu-node.umockdev');
 const NODE = KUBELET_NODE_NAME;
 const SHM = '/dev/shm';
 

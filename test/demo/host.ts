@@ -1,5 +1,5 @@
 // The demo's simulated host: the sysfs of a real HP server with an NVIDIA A16 (the umockdev
-// recording ../shared/fixtures/real-sysfs/vgpu-node.umockdev, which also holds two Intel 82599
+// recording test/fixtures/real-sysfs/vgpu-node.umockdev, which also holds two Intel 82599
 // ports and a Samsung 970 EVO Plus NVMe), plus a simulated Mellanox ConnectX-6 (two ports) and a
 // Samsung PM1733 NVMe with SR-IOV added by the fake kernel's builders into the same tree.
 //

@@ -1,5 +1,5 @@
 // A fake kubelet for tests and benchmarks. It behaves like the real device manager where a plugin
-// can tell (shared/reference/contracts.md §1, §2):
+// can tell (the device plugin v1beta1 wire contract):
 // - serves Registration on <pluginDir>/kubelet.sock; Register checks version and resource name,
 //   then, synchronously inside the call, dials back <pluginDir>/<endpoint>, calls
 //   GetDevicePluginOptions, and only then answers; afterwards it opens ListAndWatch once and

@@ -104,7 +104,7 @@ describe.each(folders)('%s', (folder) => {
 });
 
 test('the A16 vGPU type is one recorded on the real A16 server', () => {
-  const recording = readFileSync(join(REPO_ROOT, '../shared/fixtures/real-sysfs/vgpu-node.umockdev'), 'utf8');
+  const recording = readFileSync(join(REPO_ROOT, 'test/fixtures/real-sysfs/vgpu-node.umockdev'), 'utf8');
   const recorded = new Set([...recording.matchAll(/mdev_type=\.\.\/mdev_supported_types\/(\S+)/g)].map((m) => m[1]));
   const pool = docs('nvidia-a16-vgpu').find((d) => d.kind === 'VirtualIODevice');
   expect(recorded.has(pool.spec.carving.mdevType)).toBe(true);

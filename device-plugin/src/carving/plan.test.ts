@@ -314,7 +314,7 @@ describe('carving plans on the recorded vgpu-node', () => {
   let t: Awaited<ReturnType<typeof tempTree>>;
   beforeEach(async () => {
     t = await tempTree();
-    await loadUmockdev(path.resolve(import.meta.dirname, '../../../../shared/fixtures/real-sysfs/vgpu-node.umockdev'), t.root, { devRoot: t.devRoot });
+    await loadUmockdev(path.resolve(import.meta.dirname, '../../../test/fixtures/real-sysfs/vgpu-node.umockdev'), t.root, { devRoot: t.devRoot });
   }, 60000);
   afterEach(() => t.cleanup());
   const a16Pool = (count: number, mdevType = 'nvidia-754'): VirtualIONodeSpec => ({ pools: [pool({ name: 'a16', class: 'GPU', mode: 'Mediated', mdevType, count, devices: [{ pciAddress: A16 }] })] });

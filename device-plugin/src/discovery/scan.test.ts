@@ -6,7 +6,7 @@ import { tempTree } from '../../../test/sysfs/tmp.js';
 import type { Inventory, InventoryDevice } from '../model.js';
 import { normalizeWwn, scan, vfioCdevOf } from './scan.js';
 
-const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/real-sysfs');
+const FIXTURES = path.resolve(import.meta.dirname, '../../../test/fixtures/real-sysfs');
 
 function dev(inv: Inventory, addr: string): InventoryDevice {
   const d = inv.devices.find((x) => x.pciAddress === addr);

@@ -1,6 +1,6 @@
 // Names derived from a pool: socket file, env variable names, Multus device-info file, CDI names.
 // All pure string functions; the formats are the kubelet/KubeVirt/Multus/CDI contracts
-// (shared/reference/contracts.md §1, §3, §5).
+// (the kubelet device plugin and KubeVirt env contracts).
 
 /** Socket file name (the Register `endpoint`) of a pool's device plugin server. */
 export function socketName(pool: string): string {
