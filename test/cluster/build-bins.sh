@@ -25,7 +25,8 @@ mkdir -p "$BIN" "$SRC"
 MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
 STAGING="0.${K8S_VERSION#1.}"
 
-if [ ! -x "$BIN/kube-apiserver" ] || [ ! -x "$BIN/kubelet" ] || [ ! -x "$BIN/kubectl" ] || [ ! -x "$BIN/kube-scheduler" ]; then
+if [ ! -x "$BIN/kube-apiserver" ] || [ ! -x "$BIN/kubelet" ] || [ ! -x "$BIN/kubectl" ] || [ ! -x "$BIN/kube-scheduler" ] \
+  || [ ! -x "$BIN/kube-controller-manager" ]; then
   log "building Kubernetes v$K8S_VERSION (first time only; ~15-25 min on 2 cores)"
   KSRC="$SRC/k8s-$K8S_VERSION"
   mkdir -p "$KSRC"
@@ -43,6 +44,7 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
@@ -56,7 +58,8 @@ GO
   done
   go build -trimpath -ldflags "$LDF" -o "$BIN/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet \
-    k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-scheduler
+    k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kube-controller-manager
 fi
 
 # fakecri is our own code: rebuilt whenever its source changes.
