@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's Quick start runs it (`make test`) and as CI runs it.
-# Each stage is counted; the last line is "N passed, N failed" and the exit code is non-zero on any
-# failure. Installs everything it needs: Node 24 (scripts/env.sh), npm dependencies, and the
+# Pipeline stages (install, build, typecheck, lint, ...) are reported on their own line; the last
+# line counts tests only: "N passed, N failed, N skipped" (a failed stage adds to "failed", since
+# CI must show it; skipped tests are listed with their reason above it). The exit code is non-zero
+# on any failure. Installs everything it needs: Node 24 (scripts/env.sh), npm dependencies, and the
 # Kubernetes/etcd/helm binaries built from the Go module proxy into $HOME/.cache/virtualio.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +13,7 @@ source scripts/env.sh
 RESULTS=${VIO_RESULTS_DIR:-$PWD/.vio-results}
 export VIO_RESULTS_DIR=$RESULTS
 rm -rf "$RESULTS" && mkdir -p "$RESULTS"
-PASSED=0 FAILED=0
+STAGES_OK=0 STAGES_FAILED=0 PASSED=0 FAILED=0 SKIPPED=0
 FAILED_STAGES=()
 
 stage() { # stage NAME CMD...: one counted check
@@ -19,16 +21,18 @@ stage() { # stage NAME CMD...: one counted check
   local t0=$SECONDS
   echo "=== $name"
   if "$@"; then
-    PASSED=$((PASSED + 1)); echo "=== $name: ok ($((SECONDS - t0)) s)"
+    STAGES_OK=$((STAGES_OK + 1)); echo "=== $name: ok ($((SECONDS - t0)) s)"
   else
-    FAILED=$((FAILED + 1)); FAILED_STAGES+=("$name"); echo "=== $name: FAILED ($((SECONDS - t0)) s)"
+    STAGES_FAILED=$((STAGES_FAILED + 1)); FAILED_STAGES+=("$name"); echo "=== $name: FAILED ($((SECONDS - t0)) s)"
     return 1
   fi
 }
 
 finish() {
   if [ ${#FAILED_STAGES[@]} -gt 0 ]; then echo "failed: ${FAILED_STAGES[*]}"; fi
-  echo "$PASSED passed, $FAILED failed"
+  echo "pipeline stages: $STAGES_OK ok, $STAGES_FAILED failed"
+  FAILED=$((FAILED + STAGES_FAILED))
+  echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
   [ "$FAILED" -eq 0 ]
   exit $?
 }
@@ -63,11 +67,11 @@ echo "=== jest (unit + integration against a real kube-apiserver)"
 NODE_OPTIONS=--experimental-vm-modules npx jest --ci 2>&1 | tee "$RESULTS/jest.txt"
 JEST_RC=${PIPESTATUS[0]}
 if [ -f "$RESULTS/jest-summary.json" ]; then
-  read -r JP JF < <(node -e 'const s=require(process.argv[1]);console.log(s.passed, s.failed)' "$RESULTS/jest-summary.json")
-  PASSED=$((PASSED + JP)); FAILED=$((FAILED + JF))
-  if [ "$JEST_RC" -ne 0 ] && [ "$JF" -eq 0 ]; then FAILED=$((FAILED + 1)); FAILED_STAGES+=("jest exited $JEST_RC"); fi
+  read -r JP JF JS < <(node -e 'const s=require(process.argv[1]);console.log(s.passed, s.failed, s.skipped)' "$RESULTS/jest-summary.json")
+  PASSED=$((PASSED + JP)); FAILED=$((FAILED + JF)); SKIPPED=$((SKIPPED + JS))
+  if [ "$JEST_RC" -ne 0 ] && [ "$JF" -eq 0 ]; then STAGES_FAILED=$((STAGES_FAILED + 1)); FAILED_STAGES+=("jest exited $JEST_RC"); fi
 else
-  FAILED=$((FAILED + 1)); FAILED_STAGES+=("jest (no summary)")
+  STAGES_FAILED=$((STAGES_FAILED + 1)); FAILED_STAGES+=("jest (no summary)")
 fi
 
 finish

@@ -48,6 +48,11 @@ export function canRunKubelet(): boolean {
   return process.platform === 'linux' && process.getuid?.() === 0;
 }
 
+/** The describe title suffix of a suite that needs a real kubelet: why it is skipped, when it is. */
+export function kubeletSkipReason(): string {
+  return canRunKubelet() ? '' : ' (skipped: a real kubelet needs root on Linux)';
+}
+
 function launch(bin: string, args: string[], logFile: string): ChildProcess {
   const log = createWriteStream(logFile, { flags: 'a' });
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -13,7 +13,7 @@ import YAML from 'yaml';
 import type { ListPodResourcesResponse__Output } from '../../proto/generated/podresources/v1/ListPodResourcesResponse.js';
 import { loadPodResourcesApi } from '../../proto/load.js';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
-import { DEVICE_PLUGIN_DIR, canRunKubelet, startKubelet, type Kubelet } from '../cluster/kubelet.js';
+import { DEVICE_PLUGIN_DIR, canRunKubelet, kubeletSkipReason, startKubelet, type Kubelet } from '../cluster/kubelet.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKernel, connectX6, gpuWithAudio, mdevGpu } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
@@ -82,7 +82,7 @@ const plan = {
   },
 };
 
-suite('a real kubelet drives the agent (cluster mode, fake hardware)', () => {
+suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSkipReason()}`, () => {
   beforeAll(async () => {
     cp = await startControlPlane({ scheduler: true });
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);

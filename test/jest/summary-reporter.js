@@ -1,5 +1,7 @@
-// A jest reporter that (1) prints the tails of the control plane's logs when any test failed, and
-// (2) writes the counts to $VIO_RESULTS_DIR/jest-summary.json for .ci/run's closing line.
+// A jest reporter that (1) prints the tails of the control plane's logs when any test failed,
+// (2) lists every skipped test with its suite and title (a skipped suite names its reason in its
+// title, e.g. "(skipped: needs root)"), and (3) writes the counts to
+// $VIO_RESULTS_DIR/jest-summary.json for the closing line of scripts/test.sh.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -19,6 +21,13 @@ export default class SummaryReporter {
         break;
       }
     }
+    const skipped = [];
+    for (const file of results.testResults) {
+      for (const t of file.testResults) {
+        if (t.status === 'pending' || t.status === 'skipped' || t.status === 'todo') skipped.push(`${[...t.ancestorTitles, t.title].join(' › ')}  (${file.testFilePath.replace(process.cwd() + '/', '')})`);
+      }
+    }
+    if (skipped.length > 0) console.log(`\nSkipped tests (${skipped.length}):\n${skipped.map((s) => `  - ${s}`).join('\n')}`);
     if (dir) {
       writeFileSync(join(dir, 'jest-summary.json'), JSON.stringify({
         passed: results.numPassedTests,
