@@ -113,6 +113,10 @@ export interface VirtualIODeviceSpec {
      */
     policy?: 'NUMAAligned' | 'Pack' | 'Spread';
   };
+  /**
+   * How the kubelet learns about the pool's slices. DevicePlugin: one extended resource (spec.resourceName) served through the device plugin API. DRA: Dynamic Resource Allocation; the agent publishes every slice as a device in ResourceSlices of driver virtualio.dev, the operator creates the DeviceClass <name>.virtualio.dev, and VMs ask for slices with ResourceClaims (KubeVirt 1.9 GPUsWithDRA / HostDevicesWithDRA). NPIV pools cannot use DRA.
+   */
+  frontEnd?: 'DevicePlugin' | 'DRA';
   kubevirt?: {
     /**
      * How a VM consumes a slice. Defaults: Mediated → MediatedDevice; NIC with SRIOV → SRIOVNetwork; everything else → HostDevice.
@@ -243,6 +247,10 @@ export interface PoolPlan {
   class: 'NIC' | 'Storage' | 'GPU';
   mode: 'SRIOV' | 'Mediated' | 'Passthrough' | 'NPIV';
   consumption: 'HostDevice' | 'MediatedDevice' | 'SRIOVNetwork';
+  /**
+   * DRA: the agent publishes the pool in ResourceSlices and serves it through its DRA kubelet plugin instead of a device plugin socket. Absent means DevicePlugin.
+   */
+  frontEnd?: 'DevicePlugin' | 'DRA';
   policy?: 'NUMAAligned' | 'Pack' | 'Spread';
   count?: number;
   mdevType?: string;

@@ -63,6 +63,8 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
     if (!MODES.includes(p.mode as string)) problems.push(`${at}.mode: one of ${MODES.join(', ')}, got ${JSON.stringify(p.mode)}`);
     if (!CONSUMPTIONS.includes(p.consumption as string)) problems.push(`${at}.consumption: one of ${CONSUMPTIONS.join(', ')}, got ${JSON.stringify(p.consumption)}`);
     if (p.policy !== undefined && !POLICIES.includes(p.policy as string)) problems.push(`${at}.policy: one of ${POLICIES.join(', ')}, got ${JSON.stringify(p.policy)}`);
+    if (p.frontEnd !== undefined && p.frontEnd !== 'DevicePlugin' && p.frontEnd !== 'DRA') problems.push(`${at}.frontEnd: DevicePlugin or DRA, got ${JSON.stringify(p.frontEnd)}`);
+    else if (p.frontEnd === 'DRA' && p.mode === 'NPIV') problems.push(`${at}.frontEnd: NPIV pools cannot use DRA (KubeVirt has no NPIV path for DRA devices)`);
     if (p.count !== undefined && (!Number.isInteger(p.count) || (p.count as number) < 0)) problems.push(`${at}.count: a non-negative integer, got ${JSON.stringify(p.count)}`);
     if (p.mode === 'Mediated' && typeof p.mdevType !== 'string') problems.push(`${at}.mdevType: required for mode Mediated`);
     if (!Array.isArray(p.devices)) problems.push(`${at}.devices: must be a list`);

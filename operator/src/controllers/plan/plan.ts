@@ -97,6 +97,8 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
     ...(mode === 'Mediated' && spec.carving.mdevType ? { mdevType: spec.carving.mdevType } : {}),
     ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? 'vfio-pci' } : {}),
     ...(mode === 'NPIV' && spec.carving.wwnPrefix ? { wwnPrefix: spec.carving.wwnPrefix } : {}),
+    // Only DRA is carried: an absent frontEnd means DevicePlugin, so existing plans stay byte-identical.
+    ...(spec.frontEnd === 'DRA' ? { frontEnd: 'DRA' as const } : {}),
     devices: devices.map((d) => ({
       pciAddress: d.pciAddress,
       ...(d.vfFirst !== undefined ? { vfFirst: d.vfFirst, vfLast: d.vfLast ?? d.vfFirst } : {}),

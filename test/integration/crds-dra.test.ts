@@ -1,0 +1,70 @@
+// The front-end field against a real kube-apiserver: DevicePlugin is the default, DRA is accepted for
+// every mode KubeVirt can consume through a claim, and nonsense (NPIV through DRA, an unknown front
+// end) is rejected at admission with a message that names the field.
+import YAML from 'yaml';
+import { installCrds, kubectl, kubectlOk } from '../support/cluster.js';
+
+function pool(name: string, spec: Record<string, unknown>): string {
+  return YAML.stringify({
+    apiVersion: 'virtualio.dev/v1alpha1',
+    kind: 'VirtualIODevice',
+    metadata: { name },
+    spec: { class: 'NIC', deviceSelector: { vendorIDs: ['8086'] }, carving: { mode: 'SRIOV', count: 8 }, ...spec },
+  });
+}
+
+function nodePlan(name: string, pool: Record<string, unknown>): string {
+  return YAML.stringify({
+    apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name },
+    spec: { pools: [{ name: 'p', resourceName: 'virtualio.dev/p', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', count: 1, devices: [{ pciAddress: '0000:81:00.0' }], ...pool }] },
+  });
+}
+
+beforeAll(async () => {
+  await installCrds();
+});
+
+afterAll(async () => {
+  await kubectl(['delete', 'virtualiodevice', 'dra-default', 'dra-vf', 'dra-vgpu', 'dra-nvme', '--ignore-not-found']);
+});
+
+test('frontEnd defaults to DevicePlugin', async () => {
+  await kubectlOk(['apply', '--server-side', '-f', '-'], { input: pool('dra-default', {}) });
+  const obj = JSON.parse(await kubectlOk(['get', 'virtualiodevice', 'dra-default', '-o', 'json']));
+  expect(obj.spec.frontEnd).toBe('DevicePlugin');
+});
+
+test.each([
+  ['dra-vf', { frontEnd: 'DRA' }],
+  ['dra-vgpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 4, mdevType: 'nvidia-754' } }],
+  ['dra-nvme', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'Passthrough' } }],
+])('DRA is accepted for %s', async (name, spec) => {
+  await kubectlOk(['apply', '--server-side', '-f', '-'], { input: pool(name, spec) });
+  const obj = JSON.parse(await kubectlOk(['get', 'virtualiodevice', name, '-o', 'json']));
+  expect(obj.spec.frontEnd).toBe('DRA');
+});
+
+test('kubectl get -o wide shows the front end', async () => {
+  const out = await kubectlOk(['get', 'viod', 'dra-vgpu', 'dra-default', '-o', 'wide']);
+  const [header, ...rows] = out.trim().split('\n');
+  const col = header!.split(/\s+/).indexOf('FRONTEND');
+  expect(col).toBeGreaterThan(0);
+  expect(rows.map((r) => [r.split(/\s+/)[0], r.split(/\s+/)[col]]).sort()).toEqual([['dra-default', 'DevicePlugin'], ['dra-vgpu', 'DRA']]);
+});
+
+test.each([
+  ['NPIV through DRA', pool('bad-dra-npiv', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'NPIV', count: 2, wwnPrefix: 'c05076' } }), ['spec', 'frontEnd DRA cannot serve spec.carving.mode NPIV']],
+  ['unknown front end', pool('bad-dra-fe', { frontEnd: 'CSI' }), ['spec.frontEnd', 'Unsupported value: "CSI"']],
+  ['node plan: NPIV pool with DRA', nodePlan('bad-dra-plan', { class: 'Storage', mode: 'NPIV', wwnPrefix: 'c05076', frontEnd: 'DRA' }), ['spec.pools[0]', 'NPIV pools cannot use the DRA front end']],
+  ['node plan: unknown front end', nodePlan('bad-dra-plan2', { frontEnd: 'Both' }), ['spec.pools[0].frontEnd', 'Unsupported value: "Both"']],
+])('rejected at admission: %s', async (_name, doc, want) => {
+  const r = await kubectl(['create', '--dry-run=server', '-f', '-'], { input: doc as string });
+  expect(r.code).not.toBe(0);
+  for (const s of want as string[]) expect(r.stderr).toContain(s);
+});
+
+test('switching an existing DRA pool to NPIV is rejected too', async () => {
+  const r2 = await kubectl(['patch', 'virtualiodevice', 'dra-nvme', '--type=merge', '-p', '{"spec":{"carving":{"mode":"NPIV","count":2,"wwnPrefix":"c05076"}}}']);
+  expect(r2.code).not.toBe(0);
+  expect(r2.stderr).toContain('frontEnd DRA cannot serve spec.carving.mode NPIV');
+});
