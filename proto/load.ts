@@ -6,6 +6,9 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { ProtoGrpcType as DevicePluginProto } from './generated/deviceplugin/api.js';
 import type { ProtoGrpcType as PodResourcesProto } from './generated/podresources/api.js';
+import type { ProtoGrpcType as DraV1Proto } from './generated/dra-v1/api.js';
+import type { ProtoGrpcType as DraV1beta1Proto } from './generated/dra-v1beta1/api.js';
+import type { ProtoGrpcType as PluginRegistrationProto } from './generated/pluginregistration/api.js';
 
 /** Folder holding the .proto sources. Works from the TypeScript tree and from dist/. */
 export function protoDir(): string {
@@ -42,3 +45,25 @@ export function loadPodResourcesApi(): PodResourcesProto {
   return podResources;
 }
 
+
+let draV1: DraV1Proto | undefined;
+let draV1beta1: DraV1beta1Proto | undefined;
+let pluginRegistration: PluginRegistrationProto | undefined;
+
+/** The kubelet DRA plugin API v1 (service k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin). Loaded once. */
+export function loadDraV1Api(): DraV1Proto {
+  draV1 ??= load<DraV1Proto>('dra/v1/api.proto');
+  return draV1;
+}
+
+/** The kubelet DRA plugin API v1beta1, still served by kubelets up to 1.36. Loaded once. */
+export function loadDraV1beta1Api(): DraV1beta1Proto {
+  draV1beta1 ??= load<DraV1beta1Proto>('dra/v1beta1/api.proto');
+  return draV1beta1;
+}
+
+/** The plugin watcher's registration API (service pluginregistration.Registration). Loaded once. */
+export function loadPluginRegistrationApi(): PluginRegistrationProto {
+  pluginRegistration ??= load<PluginRegistrationProto>('pluginregistration/v1/api.proto');
+  return pluginRegistration;
+}

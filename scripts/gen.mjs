@@ -17,7 +17,17 @@ const check = process.argv.includes('--check');
 const out = check ? mkdtempSync(join(tmpdir(), 'vio-gen-')) : root;
 
 // Options shared with the runtime loader (proto/load.ts); keep the two in step.
-const PROTOS = ['deviceplugin/v1beta1/api.proto', 'podresources/v1/api.proto'];
+const PROTOS = [
+  'deviceplugin/v1beta1/api.proto', 'podresources/v1/api.proto',
+  'dra/v1/api.proto', 'dra/v1beta1/api.proto', 'pluginregistration/v1/api.proto',
+];
+
+// Output folder of one proto: its API name ("deviceplugin"), or "<api>-<version>" when the same API
+// is generated in more than one version (dra-v1, dra-v1beta1), so that each api.ts stays apart.
+function outFolder(p) {
+  const [api, version] = p.split('/');
+  return PROTOS.filter((q) => q.split('/')[0] === api).length > 1 ? `${api}-${version}` : api;
+}
 
 function genProto() {
   const dir = join(out, 'proto/generated');
@@ -25,7 +35,7 @@ function genProto() {
   for (const p of PROTOS) {
     // One folder per API so that each api.ts stays apart; paths are relative so the
     // "Original file" headers do not depend on where the repository is cloned.
-    const pkgDir = join(dir, p.split('/')[0]);
+    const pkgDir = join(dir, outFolder(p));
     mkdirSync(pkgDir, { recursive: true });
     execFileSync(join(root, 'node_modules/.bin/proto-loader-gen-types'), [
       '--grpcLib=@grpc/grpc-js', '--longs=Number', '--enums=String', '--defaults', '--oneofs',

@@ -1,0 +1,10 @@
+// Original file: dra/v1beta1/api.proto
+
+
+export interface NodeUnprepareResourceResponse__Input {
+  'error'?: (string);
+}
+
+export interface NodeUnprepareResourceResponse__Output {
+  'error': (string);
+}
