@@ -31,6 +31,12 @@ export interface ControlPlane {
 export interface StartOptions {
   /** Also run kube-scheduler (pods without nodeName get scheduled). */
   scheduler?: boolean;
+  /**
+   * Also run kube-controller-manager (Deployments, DaemonSets, ReplicaSets, default ServiceAccounts,
+   * kube-root-ca.crt) and keep the ServiceAccount admission plugin on, so pods get their tokens as on
+   * a real cluster. Needs kube-controller-manager in the bin folder (build-bins.sh builds it).
+   */
+  controllerManager?: boolean;
   /** Extra kube-apiserver flags. */
   apiserverArgs?: string[];
   /** Parent folder for the run directory (default: the OS temp dir). */
@@ -82,7 +88,9 @@ function openssl(dir: string, args: string[]): void {
 function makePki(dir: string): void {
   openssl(dir, ['req', '-x509', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
     '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '7', '-subj', '/CN=virtualio-test-ca']);
-  writeFileSync(join(dir, 'server.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n');
+  // 10.0.0.1: the `kubernetes` Service's cluster IP (first address of --service-cluster-ip-range), which
+  // in-cluster clients dial, as on a real cluster.
+  writeFileSync(join(dir, 'server.ext'), 'subjectAltName=DNS:localhost,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:::1,IP:10.0.0.1\nextendedKeyUsage=serverAuth\n');
   signCert(dir, 'apiserver', '/CN=localhost', 'server.ext');
   openssl(dir, ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', 'sa.key']);
   openssl(dir, ['pkey', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
@@ -189,12 +197,13 @@ export async function startControlPlane(opts: StartOptions = {}): Promise<Contro
     `--service-account-issuer=${server}`, `--service-account-key-file=${join(dir, 'sa.pub')}`,
     `--service-account-signing-key-file=${join(dir, 'sa.key')}`, '--service-cluster-ip-range=10.0.0.0/24',
     '--authorization-mode=Node,RBAC', '--allow-privileged=true',
-    '--disable-admission-plugins=ServiceAccount',
+    ...(opts.controllerManager ? [] : ['--disable-admission-plugins=ServiceAccount']),
     '--endpoint-reconciler-type=none',
     ...(opts.apiserverArgs ?? []),
   ];
   let apiserver: ChildProcess | undefined;
   let scheduler: ChildProcess | undefined;
+  let controllerManager: ChildProcess | undefined;
   const startApiserver = async () => {
     say(`starting kube-apiserver on ${server}`);
     apiserver = launch(join(binDir, 'kube-apiserver'), apiserverArgs, logs['kube-apiserver']!);
@@ -213,7 +222,17 @@ export async function startControlPlane(opts: StartOptions = {}): Promise<Contro
         `--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--bind-address=127.0.0.1', `--secure-port=${await freePort()}`,
       ], logs['kube-scheduler']);
     }
+    if (opts.controllerManager) {
+      logs['kube-controller-manager'] = join(dir, 'kube-controller-manager.log');
+      controllerManager = launch(join(binDir, 'kube-controller-manager'), [
+        `--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--bind-address=127.0.0.1', `--secure-port=${await freePort()}`,
+        `--root-ca-file=${join(dir, 'ca.crt')}`, `--service-account-private-key-file=${join(dir, 'sa.key')}`,
+        '--use-service-account-credentials=false', '--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle',
+        '--concurrent-deployment-syncs=2', '--concurrent-replicaset-syncs=2', '--concurrent-daemonset-syncs=2',
+      ], logs['kube-controller-manager']);
+    }
   } catch (err) {
+    await stopProcess(controllerManager);
     await stopProcess(scheduler);
     await stopProcess(apiserver);
     await stopProcess(etcd);
@@ -222,7 +241,7 @@ export async function startControlPlane(opts: StartOptions = {}): Promise<Contro
   say('ready');
 
   const pidFile = join(dir, 'pids');
-  const writePids = () => writeFileSync(pidFile, [etcd.pid, apiserver?.pid, scheduler?.pid].filter(Boolean).join('\n'));
+  const writePids = () => writeFileSync(pidFile, [etcd.pid, apiserver?.pid, scheduler?.pid, controllerManager?.pid].filter(Boolean).join('\n'));
   writePids();
 
   return {
@@ -241,6 +260,7 @@ export async function startControlPlane(opts: StartOptions = {}): Promise<Contro
       writePids();
     },
     async stop() {
+      await stopProcess(controllerManager);
       await stopProcess(scheduler);
       await stopProcess(apiserver);
       await stopProcess(etcd);

@@ -68,7 +68,7 @@ const LOCK = '/var/lib/kubelet/.virtualio-test-lock';
  * this lock (a directory holding the owner's PID) and wait for each other; a lock whose owner is
  * gone is taken over.
  */
-async function acquireMachineLock(timeoutMs: number): Promise<void> {
+export async function acquireMachineLock(timeoutMs: number): Promise<void> {
   mkdirSync('/var/lib/kubelet', { recursive: true });
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -89,7 +89,7 @@ async function acquireMachineLock(timeoutMs: number): Promise<void> {
   }
 }
 
-function releaseMachineLock(): void {
+export function releaseMachineLock(): void {
   rmSync(join(LOCK, 'pid'), { force: true });
   try { rmdirSync(LOCK); } catch { /* not ours or gone */ }
 }
