@@ -301,7 +301,18 @@ export interface VirtualIONodeStatus {
     reason: string;
     message: string;
   }[];
+  /**
+   * The node's PCI functions. Absent while the agent has not scanned the node yet (the operator then keeps the node's current plan).
+   */
   inventory?: {
+    /**
+     * How many PCI functions the node has; more than listed in devices when truncated.
+     */
+    total?: number;
+    /**
+     * The node has more functions than status can list. What planning needs is listed first: the planned devices and their IOMMU groups, every other physical function, then one VF per physical function, the VFs of planned devices and the other VFs, as room allows. The operator never unplans a device only because it is missing from a truncated list.
+     */
+    truncated?: boolean;
     /**
      * @maxItems 2048
      */
@@ -344,6 +355,21 @@ export interface InventoryDevice {
    * The physical function, for a VF.
    */
   physfn?: string;
+  /**
+   * For a function the agent moved off its driver (to vfio-pci, for a pool): what it looked like before, recorded once before the first write. Pools that select by drivers or interfaceNames keep matching the function by these facts, so carving it does not unplan it.
+   */
+  original?: {
+    /**
+     * The driver the function was bound to (absent when it had none).
+     */
+    driver?: string;
+    /**
+     * Its network interface names.
+     *
+     * @maxItems 16
+     */
+    interfaceNames?: string[];
+  };
   sriov?: {
     totalVFs?: number;
     numVFs?: number;

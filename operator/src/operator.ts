@@ -61,6 +61,8 @@ function pruneDevice(d: InventoryDevice): InventoryDevice {
   return {
     pciAddress: d.pciAddress, vendorID: d.vendorID, deviceID: d.deviceID, classCode: d.classCode, driver: d.driver,
     numaNode: d.numaNode, physfn: d.physfn,
+    ...(d.iommuGroupMembers ? { iommuGroupMembers: d.iommuGroupMembers } : {}),
+    ...(d.original ? { original: d.original } : {}),
     ...(d.sriov?.vfs ? { sriov: { vfs: d.sriov.vfs } } : {}),
     ...(d.mdevTypes ? { mdevTypes: d.mdevTypes.map((m) => ({ id: m.id, name: m.name })) } : {}),
     ...(d.netdevs ? { netdevs: d.netdevs.map((n) => ({ name: n.name })) } : {}),
@@ -74,13 +76,16 @@ function pruneDevice(d: InventoryDevice): InventoryDevice {
  */
 function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
   const o = withoutManagedFields(v);
-  if (!o.status) return o;
-  const inv = o.status.inventory ? { devices: (o.status.inventory.devices ?? []).map(pruneDevice) } : undefined;
+  // Planning reads the plan and memoizes on its identity: an unchanged spec keeps the cached one.
+  const spec = o.spec && prev?.spec && jsonEqual(o.spec, prev.spec) ? prev.spec : o.spec;
+  if (!o.status) return { ...o, ...(spec ? { spec } : {}) };
+  const src = o.status.inventory;
+  const inv = src ? { devices: (src.devices ?? []).map(pruneDevice), ...(src.truncated ? { truncated: true } : {}) } : undefined;
   const prevInv = prev?.status?.inventory;
   const inventory = inv && prevInv && jsonEqual(inv, prevInv) ? prevInv : inv;
   const slices = o.status.slices?.map((s) => ({ id: s.id, pool: s.pool, kind: s.kind, health: s.health, ...(s.allocation ? { allocation: s.allocation } : {}) }));
   const { pools, observedGeneration } = o.status;
-  return { ...o, status: { observedGeneration, pools, ...(inventory ? { inventory } : {}), ...(slices ? { slices } : {}) } };
+  return { ...o, ...(spec ? { spec } : {}), status: { observedGeneration, pools, ...(inventory ? { inventory } : {}), ...(slices ? { slices } : {}) } };
 }
 
 function poolsOf(v: VioNode | undefined): string[] {

@@ -4,6 +4,7 @@
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { Holder } from '../podresources/client.js';
 import type { BlockedChange, Inventory, PoolPlan, Slice } from '../model.js';
+import { boundInventory, truncationMessage } from './inventory-bound.js';
 
 export type Condition = NonNullable<VirtualIONodeStatus['conditions']>[number];
 export type PoolStatus = NonNullable<VirtualIONodeStatus['pools']>[number];
@@ -32,7 +33,6 @@ export interface StatusInput {
   now: Date;
 }
 
-const MAX_INVENTORY = 2048;
 const MAX_SLICES = 4096;
 
 /** Sets one condition, keeping `lastTransitionTime` when the status did not change. */
@@ -128,6 +128,11 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
   if (unhealthy.length) problems.push(['UnhealthySlices', unhealthy.map((s) => `${s.id}${s.reason ? ` (${s.reason})` : ''}`).join(', ')]);
   if (deviceErrors.length || inp.inventory.errors?.length) problems.push(['DiscoveryErrors', [...(inp.inventory.errors ?? []), ...deviceErrors].join('; ')]);
   if (inp.podResourcesError) problems.push(['PodResourcesUnavailable', inp.podResourcesError]);
+  // What status can carry; planning needs first. No successful scan yet: no inventory at all, so the
+  // operator keeps the node's plan instead of reading "no devices".
+  const bound = boundInventory(inp.inventory.devices, inp.pools);
+  const inventoryKnown = !(inp.scanError && inp.inventory.devices.length === 0);
+  if (bound.truncated) problems.push(['InventoryTruncated', truncationMessage(bound)]);
   const first = problems[0];
   conditions = setCondition(
     conditions,
@@ -145,7 +150,7 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
     agentVersion: inp.agentVersion,
     summary: { pools: inp.pools.length, devices: inp.inventory.devices.length, slices: inp.slices.length, healthy, allocated },
     conditions,
-    inventory: { devices: inp.inventory.devices.slice(0, MAX_INVENTORY) },
+    ...(inventoryKnown ? { inventory: { total: bound.total, ...(bound.truncated ? { truncated: true } : {}), devices: bound.devices } } : {}),
     slices,
     pools,
   };

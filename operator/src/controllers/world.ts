@@ -37,7 +37,13 @@ export interface KubeVirtObject {
 export class World {
   private poolsVersion = 0;
   private preparedCache: { version: number; value: PreparedPools } | undefined;
-  private readonly plans = new Map<string, { labels: string; inventory: unknown; vio: VioNode | undefined; version: number; plan: NodePlan }>();
+  private readonly plans = new Map<string, { labels: string; inventory: unknown; spec: unknown; lastKnown: VioNode | undefined; vio: VioNode | undefined; version: number; plan: NodePlan }>();
+  /**
+   * Per node, its last VirtualIONode that carried an inventory. Planning falls back to it when the
+   * VirtualIONode is deleted (the agent re-creates it with an empty plan and no status) or its status
+   * is lost, so that a missing report never empties the node's plan. Forgotten with the Node.
+   */
+  private readonly lastKnown = new Map<string, VioNode>();
   /** Bumped on every change of any cached Node, VirtualIONode or pool. */
   private worldVersion = 0;
   private indexCache: { version: number; value: Map<string, PoolIndex> } | undefined;
@@ -52,8 +58,14 @@ export class World {
     const bump = () => {
       this.worldVersion++;
     };
-    nodes.onChange(bump);
-    vioNodes.onChange(bump);
+    nodes.onChange((obj, old) => {
+      bump();
+      if (!obj && old) this.lastKnown.delete(old.metadata.name);
+    });
+    vioNodes.onChange((obj) => {
+      bump();
+      if (obj?.status?.inventory) this.lastKnown.set(obj.metadata.name, obj);
+    });
     pools.onChange(bump);
   }
 
@@ -104,10 +116,21 @@ export class World {
     return this.preparedCache.value;
   }
 
+  /** The node's last VirtualIONode with an inventory, when the current one has none and belongs to the same Node. */
+  private fallbackFor(name: string, node: NodeObject | undefined, vio: VioNode | undefined): VioNode | undefined {
+    if (vio?.status?.inventory) return undefined;
+    const last = this.lastKnown.get(name);
+    if (!last || !node?.metadata.uid) return undefined;
+    // A Node re-created under the same name is another machine: its old inventory does not apply.
+    const owner = (last.metadata.ownerReferences ?? []).find((o) => o.kind === 'Node');
+    return owner && owner.uid !== node.metadata.uid ? undefined : last;
+  }
+
   /**
    * The plan of one node from the current caches. Memoized on what planning reads: the Node's
-   * labels, the inventory (the VirtualIONode informer keeps an unchanged inventory's identity),
-   * the pool set, and, only while some pool is being deleted, the whole VirtualIONode.
+   * labels, the inventory and the current plan (the VirtualIONode informer keeps an unchanged
+   * inventory's and spec's identity), the fallback VirtualIONode, the pool set, and, only while some
+   * pool is being deleted, the whole VirtualIONode.
    */
   planFor(name: string): NodePlan {
     const node = this.nodes.get(name);
@@ -115,11 +138,14 @@ export class World {
     const prepared = this.prepared();
     const labels = node ? JSON.stringify(node.metadata.labels ?? {}) : '';
     const inventory = vio?.status?.inventory;
+    const spec = vio?.spec;
+    const lastKnown = this.fallbackFor(name, node, vio);
     const deletingVio = prepared.anyDeleting ? vio : undefined;
     const hit = this.plans.get(name);
-    if (hit && hit.labels === labels && hit.inventory === inventory && hit.vio === deletingVio && hit.version === this.poolsVersion) return hit.plan;
-    const plan = planNode(node, vio, prepared);
-    if (node || vio) this.plans.set(name, { labels, inventory, vio: deletingVio, version: this.poolsVersion, plan });
+    if (hit && hit.labels === labels && hit.inventory === inventory && hit.spec === spec && hit.lastKnown === lastKnown &&
+      hit.vio === deletingVio && hit.version === this.poolsVersion) return hit.plan;
+    const plan = planNode(node, vio, prepared, lastKnown);
+    if (node || vio) this.plans.set(name, { labels, inventory, spec, lastKnown, vio: deletingVio, version: this.poolsVersion, plan });
     else this.plans.delete(name);
     return plan;
   }

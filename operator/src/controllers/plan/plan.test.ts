@@ -173,14 +173,15 @@ describe('planNode', () => {
     expect(plan.conflicts).toEqual([{ pool: 'mid', node: 'n1', device: '0000:81:00.0#3-4', heldBy: 'low' }]);
   });
 
-  test('two pools with one resource name: neither is planned', () => {
+  test('two pools with one resource name: the older keeps it and stays planned, the younger is not planned', () => {
     const pools = preparePools([
-      poolObj('a', { class: 'NIC', resourceName: 'example.com/nic', deviceSelector: { pciAddresses: ['0000:81:00.0'] } }),
-      poolObj('b', { class: 'NIC', resourceName: 'example.com/nic', deviceSelector: { pciAddresses: ['0000:82:00.0'] } }),
+      poolObj('b', { class: 'NIC', resourceName: 'example.com/nic', deviceSelector: { pciAddresses: ['0000:81:00.0'] } }, { createdSec: 1 }),
+      poolObj('a', { class: 'NIC', resourceName: 'example.com/nic', deviceSelector: { pciAddresses: ['0000:82:00.0'] } }, { createdSec: 2 }),
       poolObj('c', { class: 'NIC', deviceSelector: { pciAddresses: ['0000:82:00.0'] } }),
     ]);
+    expect(pools.byName.get('b')?.resourceNameConflicts).toEqual([]);
     expect(pools.byName.get('a')?.resourceNameConflicts).toEqual(['b']);
-    expect(planNode(node, vio, pools).pools.map((p) => p.name)).toEqual(['c']);
+    expect(planNode(node, vio, pools).pools.map((p) => p.name)).toEqual(['b', 'c']);
   });
 
   test('a pool being deleted keeps its current entry, marked deleting, and still holds its devices', () => {

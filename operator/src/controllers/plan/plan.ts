@@ -1,7 +1,8 @@
 // Pure planning: which pools each node carries and which of its physical devices each pool carves.
 // No I/O, no clock: the same inputs always give the same plan (STYLE P3).
 import type { Pool, PoolPlan, VioNode } from '../../api/types.js';
-import { claimLabel, claimsOverlap, labelSelectorMatches, selectDevices, type DeviceClaim } from './selectors.js';
+import type { InventoryDevice } from '../../../../crds/generated/types.js';
+import { claimLabel, claimsOverlap, isBridgeClass, labelSelectorMatches, selectDevices, type DeviceClaim } from './selectors.js';
 
 /** The fields of a Node planning needs. */
 export interface NodeLike {
@@ -37,7 +38,10 @@ export interface PreparedPool {
   resourceName: string;
   consumption: Consumption;
   deleting: boolean;
-  /** Other pools with the same resource name (non-empty = neither is planned). */
+  /**
+   * Older pools (creationTimestamp, then name) with the same resource name. Non-empty = this pool is
+   * not planned; the oldest pool keeps the name, so a second pool never unplans one in service.
+   */
   resourceNameConflicts: string[];
 }
 
@@ -51,18 +55,16 @@ export interface PreparedPools {
 
 export function preparePools(pools: readonly Pool[]): PreparedPools {
   const byResource = new Map<string, string[]>();
-  for (const p of pools) {
-    const rn = effectiveResourceName(p);
-    byResource.set(rn, [...(byResource.get(rn) ?? []), p.metadata.name]);
-  }
   const ordered = [...pools].sort(comparePoolAge).map((pool): PreparedPool => {
     const name = pool.metadata.name;
     const resourceName = effectiveResourceName(pool);
+    const older = byResource.get(resourceName) ?? [];
+    byResource.set(resourceName, [...older, name]);
     return {
       pool, name, resourceName,
       consumption: effectiveConsumption(pool.spec),
       deleting: !!pool.metadata.deletionTimestamp,
-      resourceNameConflicts: (byResource.get(resourceName) ?? []).filter((n) => n !== name).sort(),
+      resourceNameConflicts: [...older],
     };
   });
   return { ordered, byName: new Map(ordered.map((p) => [p.name, p])), anyDeleting: ordered.some((p) => p.deleting) };
@@ -107,38 +109,107 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
 }
 
 /** Names of pools the node's agent still reports (pool status or slices). */
-function reportedPools(vio: VioNode | undefined): Set<string> {
+function reportedPools(...vios: (VioNode | undefined)[]): Set<string> {
   const s = new Set<string>();
-  for (const p of vio?.status?.pools ?? []) s.add(p.name);
-  for (const sl of vio?.status?.slices ?? []) s.add(sl.pool);
+  for (const vio of vios) {
+    for (const p of vio?.status?.pools ?? []) s.add(p.name);
+    for (const sl of vio?.status?.slices ?? []) s.add(sl.pool);
+  }
   return s;
 }
 
+/** How much planning can trust the absence of a device from the inventory. */
+export type InventoryState = 'known' | 'truncated' | 'unknown';
+
+const VFIO_PCI = 'vfio-pci';
+
 /**
- * Plans one node. `node` undefined means the Node is gone (nothing is planned). Rules:
- * - a pool whose resource name another pool also uses is not planned anywhere;
+ * The claims of a pool's current plan entry that stay although its selector does not (or cannot)
+ * select them now, because what changed is the node's report, not the admin's intent:
+ * - a device missing from an inventory that is unknown (no status yet, status lost) or truncated;
+ * - a device that carving changed (now on vfio-pci, or without its netdev) whose agent reports no
+ *   `original` facts (an older agent, a lost record), when the selector matches it on everything but
+ *   `drivers` and `interfaceNames`.
+ * A device reported with `original` facts is decided by the selector alone (it matches current ∪
+ * original facts), so an edited selector does unplan it.
+ */
+export function keptFromCurrentPlan(p: PreparedPool, cur: PoolPlan | undefined, byAddr: ReadonlyMap<string, InventoryDevice>, state: InventoryState): DeviceClaim[] {
+  if (!cur || cur.deleting) return [];
+  const { deviceSelector, class: cls, carving } = p.pool.spec;
+  const relaxed = { ...deviceSelector, drivers: undefined, interfaceNames: undefined };
+  const byDriver = (deviceSelector.drivers?.length ?? 0) > 0;
+  const lookFields = byDriver || (deviceSelector.interfaceNames?.length ?? 0) > 0;
+  const out: DeviceClaim[] = [];
+  for (const d of cur.devices) {
+    const claim: DeviceClaim = { pciAddress: d.pciAddress, ...(d.vfFirst !== undefined ? { vfFirst: d.vfFirst, vfLast: d.vfLast ?? d.vfFirst } : {}) };
+    const dev = byAddr.get(d.pciAddress);
+    if (!dev) {
+      if (state !== 'known') out.push(claim);
+      continue;
+    }
+    if (!lookFields || dev.original) continue;
+    // Only what carving does explains the mismatch: the move to vfio-pci, or (when the selector does
+    // not name drivers) the netdev that went with the old driver.
+    const carved = dev.driver === VFIO_PCI || (!byDriver && (dev.netdevs ?? []).length === 0);
+    if (carved && selectDevices(relaxed, cls, carving.mode, [dev]).length > 0) out.push(claim);
+  }
+  return out;
+}
+
+/** The non-bridge members of a function's IOMMU group other than itself: they go to vfio-pci (and the VM) with it. */
+export function companionsOf(dev: InventoryDevice | undefined, byAddr: ReadonlyMap<string, InventoryDevice>): string[] {
+  if (!dev) return [];
+  return [...new Set(dev.iommuGroupMembers ?? [])]
+    .filter((m) => m !== dev.pciAddress && !isBridgeClass(byAddr.get(m)?.classCode))
+    .sort();
+}
+
+function mergeClaims(a: readonly DeviceClaim[], b: readonly DeviceClaim[]): DeviceClaim[] {
+  const seen = new Map<string, DeviceClaim>();
+  for (const c of [...a, ...b]) if (!seen.has(claimLabel(c))) seen.set(claimLabel(c), c);
+  return [...seen.values()].sort((x, y) => x.pciAddress.localeCompare(y.pciAddress) || (x.vfFirst ?? -1) - (y.vfFirst ?? -1));
+}
+
+/**
+ * Plans one node. `node` undefined means the Node is gone (nothing is planned). `lastKnown` is the
+ * node's last VirtualIONode that carried an inventory; it stands in when `vio` carries none (deleted
+ * and re-created by the agent, status lost), so that a missing report never empties a plan. Rules:
+ * - a pool whose resource name an older pool already uses is not planned anywhere (the older one is);
  * - a pool being deleted keeps its current entry (marked `deleting: true`) while the node still has
  *   it planned or still reports it, and keeps holding those devices;
  * - otherwise a pool is planned when its nodeSelector matches the node's labels and its
- *   deviceSelector matches at least one physical device that no older pool holds; overlapping
- *   claims go to the older pool (creationTimestamp, then name) and the younger records a conflict.
+ *   deviceSelector matches at least one physical device that no older pool holds, or its current
+ *   entry keeps one ({@link keptFromCurrentPlan}); overlapping claims go to the older pool
+ *   (creationTimestamp, then name) and the younger records a conflict;
+ * - a Passthrough claim takes the non-bridge members of the device's IOMMU group with it (an audio
+ *   function next to a GPU): they count as held by the pool, a member held by an older pool is a
+ *   conflict, and a pool gets one device (one slice) per IOMMU group.
  */
-export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, prepared: PreparedPools): NodePlan {
+export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, prepared: PreparedPools, lastKnown?: VioNode): NodePlan {
   const nodeName = node?.metadata.name ?? vio?.metadata.name ?? '';
-  const inventory = vio?.status?.inventory?.devices ?? [];
-  const current = new Map((vio?.spec?.pools ?? []).map((p) => [p.name, p]));
-  const reported = reportedPools(vio);
+  const own = vio?.status?.inventory;
+  const fallback = !own && lastKnown?.status?.inventory ? lastKnown : undefined;
+  const inv = own ?? fallback?.status?.inventory;
+  const inventory = inv?.devices ?? [];
+  const state: InventoryState = !inv ? 'unknown' : inv.truncated ? 'truncated' : 'known';
+  const byAddr = new Map(inventory.map((d) => [d.pciAddress, d]));
+  const current = new Map([...(fallback?.spec?.pools ?? []), ...(vio?.spec?.pools ?? [])].map((p) => [p.name, p]));
+  const reported = reportedPools(vio, fallback);
   const held = new Map<string, { claim: DeviceClaim; pool: string }[]>();
   const plans: PoolPlan[] = [];
   const conflicts: DeviceConflict[] = [];
   const hold = (pool: string, c: DeviceClaim) => held.set(c.pciAddress, [...(held.get(c.pciAddress) ?? []), { claim: c, pool }]);
+  const holderOf = (c: DeviceClaim) => (held.get(c.pciAddress) ?? []).find((h) => claimsOverlap(h.claim, c));
 
   for (const p of prepared.ordered) {
     if (p.resourceNameConflicts.length > 0) continue;
     if (p.deleting) {
       const cur = current.get(p.name);
       if (cur) {
-        for (const d of cur.devices) hold(p.name, d);
+        for (const d of cur.devices) {
+          hold(p.name, d);
+          if (cur.mode === 'Passthrough') for (const m of companionsOf(byAddr.get(d.pciAddress), byAddr)) hold(p.name, { pciAddress: m });
+        }
         plans.push({ ...structuredClone(cur), deleting: true });
       } else if (reported.has(p.name)) {
         plans.push({ ...poolPlanFor(p, []), deleting: true });
@@ -146,17 +217,36 @@ export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, p
       continue;
     }
     if (!node || !labelSelectorMatches(p.pool.spec.nodeSelector, node.metadata.labels)) continue;
-    const claims = selectDevices(p.pool.spec.deviceSelector, p.pool.spec.class, p.pool.spec.carving.mode, inventory);
+    const passthrough = p.pool.spec.carving.mode === 'Passthrough';
+    const claims = mergeClaims(
+      selectDevices(p.pool.spec.deviceSelector, p.pool.spec.class, p.pool.spec.carving.mode, inventory),
+      keptFromCurrentPlan(p, current.get(p.name), byAddr, state),
+    );
     const accepted: DeviceClaim[] = [];
+    const companions: DeviceClaim[] = [];
+    const inGroups = new Set<string>();
     for (const c of claims) {
-      const holder = (held.get(c.pciAddress) ?? []).find((h) => claimsOverlap(h.claim, c));
+      // Another function of an IOMMU group this pool already takes: it goes with that device.
+      if (passthrough && inGroups.has(c.pciAddress)) continue;
+      const members = passthrough ? companionsOf(byAddr.get(c.pciAddress), byAddr) : [];
+      const holder = holderOf(c);
       if (holder) {
         conflicts.push({ pool: p.name, node: nodeName, device: claimLabel(c), heldBy: holder.pool });
         continue;
       }
+      const memberHeld = members.map((m) => ({ m, h: holderOf({ pciAddress: m }) })).find((x) => x.h);
+      if (memberHeld?.h) {
+        conflicts.push({ pool: p.name, node: nodeName, device: `${claimLabel(c)} (IOMMU group member ${memberHeld.m})`, heldBy: memberHeld.h.pool });
+        continue;
+      }
       accepted.push(c);
+      inGroups.add(c.pciAddress);
+      for (const m of members) {
+        inGroups.add(m);
+        companions.push({ pciAddress: m });
+      }
     }
-    for (const c of accepted) hold(p.name, c);
+    for (const c of [...accepted, ...companions]) hold(p.name, c);
     if (accepted.length > 0) plans.push(poolPlanFor(p, accepted));
   }
   plans.sort((a, b) => a.name.localeCompare(b.name));

@@ -77,11 +77,35 @@ function classFits(cls: PoolClass, classCode: string | undefined): boolean {
 
 const nonEmpty = <T>(a: readonly T[] | undefined): a is readonly T[] => !!a && a.length > 0;
 
+/** PCI bridges (0604) and host bridges (0600): never handed to a VM, never an IOMMU-group companion. */
+export function isBridgeClass(classCode: string | undefined): boolean {
+  const c = (classCode ?? '').toLowerCase().replace(/^0x/, '');
+  return c.startsWith('0604') || c.startsWith('0600');
+}
+
+/**
+ * The drivers a `drivers` selector may match: the current one and, for a function the agent moved
+ * off its driver (`original`), the one it had before. Carving a device therefore never changes
+ * whether its pool selects it; only an edit of the selector does.
+ */
+export function driversOf(d: InventoryDevice): string[] {
+  const out = [d.driver ?? ''];
+  if (d.original) out.push(d.original.driver ?? '');
+  return out;
+}
+
+/** The interface names an `interfaceNames` selector may match: current netdevs and, after carving, the ones it had before. */
+export function interfaceNamesOf(d: InventoryDevice): Set<string> {
+  return new Set([...(d.netdevs ?? []).map((n) => n.name), ...(d.original?.interfaceNames ?? [])]);
+}
+
 /**
  * The claims a device selector makes on a node's inventory. Only physical functions (devices
  * without `physfn`) are candidates. Fields are ANDed, values within a field ORed; empty fields are
  * ignored. interfaceNames with a VF range yield range claims for SRIOV pools (one claim per distinct
- * range); a plain name, or any other mode, claims the whole device. Sorted by PCI address.
+ * range); a plain name, or any other mode, claims the whole device. `drivers` and `interfaceNames`
+ * match the device's current facts or the ones it had before the agent carved it (`original`).
+ * Sorted by PCI address.
  */
 export function selectDevices(sel: DeviceSelector, cls: PoolClass, mode: CarvingMode, inventory: readonly InventoryDevice[]): DeviceClaim[] {
   const lower = (xs: readonly string[] | undefined) => xs?.map((x) => x.toLowerCase());
@@ -96,10 +120,10 @@ export function selectDevices(sel: DeviceSelector, cls: PoolClass, mode: Carving
     if (nonEmpty(vendors) && !vendors.includes((d.vendorID ?? '').toLowerCase())) continue;
     if (nonEmpty(devices) && !devices.includes((d.deviceID ?? '').toLowerCase())) continue;
     if (nonEmpty(addrs) && !addrs.includes(d.pciAddress.toLowerCase())) continue;
-    if (nonEmpty(sel.drivers) && !sel.drivers.includes(d.driver ?? '')) continue;
+    if (nonEmpty(sel.drivers) && !driversOf(d).some((x) => sel.drivers?.includes(x))) continue;
     if (nonEmpty(sel.numaNodes) && (d.numaNode === undefined || !sel.numaNodes.includes(d.numaNode))) continue;
     if (ifaces.length > 0) {
-      const names = new Set((d.netdevs ?? []).map((n) => n.name));
+      const names = interfaceNamesOf(d);
       const hits = ifaces.filter((i) => names.has(i.name));
       if (hits.length === 0) continue;
       if (mode !== 'SRIOV' || hits.some((h) => h.first === undefined)) {

@@ -130,7 +130,7 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
 
   // Conflict
   if (p.resourceNameConflicts.length > 0) {
-    const msg = `Resource name ${p.resourceName} is also used by VirtualIODevice ${p.resourceNameConflicts.join(', ')}; neither pool is planned until the names differ`;
+    const msg = `Resource name ${p.resourceName} is already used by the older VirtualIODevice ${p.resourceNameConflicts.join(', ')}; this pool is not planned until the names differ`;
     set({ type: ConditionType.Conflict, status: 'True', reason: Reason.ResourceNameConflict, message: msg });
     events.push({ type: 'Warning', reason: Reason.ResourceNameConflict, message: msg });
   } else if (conflicts.length > 0) {
@@ -178,7 +178,7 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
   } else {
     const notReady = planned.filter((v) => v.state !== 'Ready');
     if (p.resourceNameConflicts.length > 0) {
-      set({ type: ConditionType.Ready, status: 'False', reason: Reason.ResourceNameConflict, message: `Resource name ${p.resourceName} is not unique` });
+      set({ type: ConditionType.Ready, status: 'False', reason: Reason.ResourceNameConflict, message: `Resource name ${p.resourceName} is already used by ${p.resourceNameConflicts.join(', ')}` });
     } else if (planned.length === 0) {
       set({ type: ConditionType.Ready, status: 'False', reason: Reason.NoMatchingDevices, message: 'No node carries the pool: no node that matches nodeSelector has a free device that matches deviceSelector' });
     } else if (notReady.length === 0) {
