@@ -1,0 +1,167 @@
+// DRA front end, pure part: the agent's slices of DRA pools as devices in ResourceSlices
+// (resource.k8s.io/v1). One device per slice; one resource pool per (node, virtualio pool), split into
+// as many ResourceSlice objects as the per-object device limit needs. No I/O except the optional
+// sysfs look-up of PCIe roots, which callers inject.
+import { createHash } from 'node:crypto';
+import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
+
+/** The DRA driver name: ResourceSlice spec.driver, DeviceClass selectors, CDI vendor, plugin name. */
+export const DRA_DRIVER = 'virtualio.dev';
+/** Standard attributes (k8s.io/dynamic-resource-allocation deviceattribute). */
+export const ATTR_PCI_BUS_ID = 'resource.kubernetes.io/pciBusID';
+export const ATTR_PCIE_ROOT = 'resource.kubernetes.io/pcieRoot';
+/** Taint key of a device whose slice is Unhealthy (the scheduler does not allocate it). */
+export const UNHEALTHY_TAINT = 'virtualio.dev/unhealthy';
+/** API limits of one ResourceSlice: 128 devices, 64 when any device carries taints. */
+export const MAX_DEVICES = 128;
+export const MAX_DEVICES_WITH_TAINTS = 64;
+/** Label on every ResourceSlice we write: the virtualio pool. */
+export const POOL_LABEL = 'virtualio.dev/pool';
+export const MANAGED_BY = 'virtualio-agent';
+
+export type Attribute = { string: string } | { int: number } | { bool: boolean } | { version: string };
+
+export interface DraDevice {
+  name: string;
+  attributes: Record<string, Attribute>;
+  taints?: { key: string; value?: string; effect: 'NoSchedule' | 'NoExecute' }[];
+}
+
+export interface ResourceSliceObject {
+  apiVersion: 'resource.k8s.io/v1';
+  kind: 'ResourceSlice';
+  metadata: {
+    name: string;
+    labels: Record<string, string>;
+    resourceVersion?: string;
+    ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }[];
+  };
+  spec: {
+    driver: string;
+    nodeName: string;
+    pool: { name: string; generation: number; resourceSliceCount: number };
+    devices: DraDevice[];
+  };
+}
+
+/** True for pools the DRA front end serves. */
+export function isDraPool(p: Pick<PoolPlan, 'frontEnd'>): boolean {
+  return p.frontEnd === 'DRA';
+}
+
+/** The DeviceClass a VM's claim names to get a slice of `pool`. */
+export function deviceClassName(pool: string): string {
+  return `${pool}.${DRA_DRIVER}`;
+}
+
+/** The resource pool of one virtualio pool on one node (ResourceSlice spec.pool.name). */
+export function resourcePoolName(node: string, pool: string): string {
+  return `${node}/${pool}`;
+}
+
+/**
+ * The DRA device name of a slice: a DNS label (≤ 63 lower-case letters, digits and "-"). PCI
+ * functions become `<kind>-dddd-bb-dd-f`, mdevs `mdev-<uuid>`.
+ */
+export function draDeviceName(s: Pick<Slice, 'kind' | 'id' | 'pciAddress' | 'mdevUuid'>): string {
+  if (s.kind === 'Mdev') return `mdev-${(s.mdevUuid ?? s.id).toLowerCase()}`;
+  const addr = (s.pciAddress ?? s.id).toLowerCase().replace(/[:.]/g, '-');
+  return `${s.kind === 'VF' ? 'vf' : s.kind === 'Function' ? 'fn' : 'dev'}-${addr}`;
+}
+
+/** Name of the `index`-th ResourceSlice object of a pool on a node (a DNS subdomain ≤ 253). */
+export function resourceSliceName(node: string, pool: string, index: number): string {
+  const base = `${node}-${pool}`.toLowerCase().replace(/[^a-z0-9.-]/g, '-');
+  const safe = base.length <= 200 ? base : `${base.slice(0, 180)}-${createHash('sha1').update(base).digest('hex').slice(0, 12)}`;
+  return `${safe}-${DRA_DRIVER}-${index}`;
+}
+
+export interface DeviceFacts {
+  /** Inventory of the node by PCI address. */
+  devices: ReadonlyMap<string, InventoryDevice>;
+  /** PCIe root (e.g. `pci0000:00`) of a PCI address, when known. */
+  pcieRoot?: (pciAddress: string) => string | undefined;
+}
+
+/** The device a slice becomes: standard attributes first, then what an admin selects on. */
+export function draDevice(pool: PoolPlan, s: Slice, facts: DeviceFacts): DraDevice {
+  const a: Record<string, Attribute> = {};
+  const fn = s.pciAddress ?? (s.kind === 'Mdev' ? undefined : s.parent);
+  if (fn) a[ATTR_PCI_BUS_ID] = { string: fn };
+  const root = facts.pcieRoot?.(fn ?? s.parent);
+  if (root) a[ATTR_PCIE_ROOT] = { string: root };
+  a.pool = { string: pool.name };
+  a.class = { string: pool.class };
+  a.mode = { string: pool.mode };
+  a.kind = { string: s.kind };
+  a.parent = { string: s.parent };
+  const own = fn ? facts.devices.get(fn) : undefined;
+  const parent = facts.devices.get(s.parent);
+  const ids = own ?? parent;
+  if (ids?.vendorID) a.vendorID = { string: ids.vendorID };
+  if (ids?.deviceID) a.deviceID = { string: ids.deviceID };
+  if (parent?.vendorID) a.parentVendorID = { string: parent.vendorID };
+  if (parent?.deviceID) a.parentDeviceID = { string: parent.deviceID };
+  if (s.numaNode !== undefined) a.numaNode = { int: s.numaNode };
+  if (s.iommuGroup !== undefined) a.iommuGroup = { int: s.iommuGroup };
+  if (s.kind === 'VF' && s.index !== undefined) a.vfIndex = { int: s.index };
+  if (s.pfNetdev) a.pfNetdev = { string: s.pfNetdev };
+  if (s.kind === 'Mdev') {
+    if (s.mdevUuid) a.mdevUUID = { string: s.mdevUuid };
+    if (pool.mdevType) a.mdevType = { string: pool.mdevType };
+  }
+  const d: DraDevice = { name: draDeviceName(s), attributes: a };
+  if (s.health !== 'Healthy') d.taints = [{ key: UNHEALTHY_TAINT, value: taintValue(s.reason), effect: 'NoSchedule' }];
+  return d;
+}
+
+/** A taint value is a label value: ≤ 63 characters of [A-Za-z0-9_.-], alphanumeric at both ends. */
+function taintValue(reason: string | undefined): string {
+  const v = (reason ?? 'unhealthy').replace(/[^A-Za-z0-9_.-]+/g, '_').slice(0, 63).replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, '');
+  return v || 'unhealthy';
+}
+
+/** Desired content of one pool on one node: its devices in stable order, split into chunks. */
+export interface PoolContent {
+  pool: string;
+  poolName: string;
+  chunks: DraDevice[][];
+}
+
+/** The devices of every DRA pool (sorted by pool, then device name), chunked within the API limits. */
+export function desiredPools(node: string, pools: readonly PoolPlan[], slices: readonly Slice[], facts: DeviceFacts): PoolContent[] {
+  const out: PoolContent[] = [];
+  for (const p of [...pools].filter((x) => isDraPool(x) && !x.deleting).sort((x, y) => x.name.localeCompare(y.name))) {
+    // VPorts have no PCI function to hand over (and the CRD refuses NPIV with DRA): never published.
+    const devs = slices
+      .filter((s) => s.pool === p.name && s.kind !== 'VPort')
+      .map((s) => draDevice(p, s, facts))
+      .sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+    const size = devs.some((d) => d.taints) ? MAX_DEVICES_WITH_TAINTS : MAX_DEVICES;
+    const chunks: DraDevice[][] = [];
+    for (let i = 0; i < devs.length; i += size) chunks.push(devs.slice(i, i + size));
+    if (chunks.length === 0) chunks.push([]); // an empty pool is still published: "no devices", not "unknown"
+    out.push({ pool: p.name, poolName: resourcePoolName(node, p.name), chunks });
+  }
+  return out;
+}
+
+/** The ResourceSlice objects of one pool at a generation. */
+export function resourceSlicesFor(node: string, content: PoolContent, generation: number, nodeUid?: string): ResourceSliceObject[] {
+  return content.chunks.map((devices, i) => ({
+    apiVersion: 'resource.k8s.io/v1',
+    kind: 'ResourceSlice',
+    metadata: {
+      name: resourceSliceName(node, content.pool, i),
+      labels: { [POOL_LABEL]: content.pool, 'app.kubernetes.io/managed-by': MANAGED_BY },
+      // Owned by the Node: when the Node object goes, its slices go with it.
+      ...(nodeUid ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name: node, uid: nodeUid, controller: true }] } : {}),
+    },
+    spec: {
+      driver: DRA_DRIVER,
+      nodeName: node,
+      pool: { name: content.poolName, generation, resourceSliceCount: content.chunks.length },
+      devices,
+    },
+  }));
+}

@@ -1,0 +1,299 @@
+// The DRA front end without an API server: device attributes, chunking and generation bookkeeping
+// against an in-memory store, claim planning, the CDI spec and KubeVirt metadata files, the
+// checkpoint, and the driver's gRPC services called over a real unix socket the way the kubelet does.
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { loadDraV1Api, loadDraV1beta1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
+import { silentLogger } from '../log.js';
+import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
+import { ATTR_PCI_BUS_ID, ATTR_PCIE_ROOT, desiredPools, draDeviceName, MAX_DEVICES, MAX_DEVICES_WITH_TAINTS, resourceSliceName, UNHEALTHY_TAINT, type ResourceSliceObject } from './devices.js';
+import { DraDriver } from './driver.js';
+import { pcieRootReader } from './pcie.js';
+import { Checkpoint, planClaim, sliceIndex, type ClaimObject } from './prepare.js';
+import { syncResourceSlices, type ResourceSliceStore } from './publisher.js';
+
+const NODE = 'worker-1';
+const nicPool: PoolPlan = { name: 'fast-net', resourceName: 'virtualio.dev/fast-net', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', frontEnd: 'DRA', count: 4, devices: [{ pciAddress: '0000:81:00.0' }] };
+const gpuPool: PoolPlan = { name: 'vgpu', resourceName: 'virtualio.dev/vgpu', class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', frontEnd: 'DRA', count: 2, mdevType: 'nvidia-754', devices: [{ pciAddress: '0000:c1:00.0' }] };
+const dpPool: PoolPlan = { ...nicPool, name: 'classic', resourceName: 'virtualio.dev/classic', frontEnd: undefined as never };
+delete (dpPool as Partial<PoolPlan>).frontEnd;
+
+function vf(i: number, health: Slice['health'] = 'Healthy', pool = 'fast-net'): Slice {
+  const addr = `0000:81:${String(2 + Math.floor(i / 8)).padStart(2, '0')}.${i % 8}`;
+  return { id: addr, pool, resourceName: `virtualio.dev/${pool}`, kind: 'VF', parent: '0000:81:00.0', pciAddress: addr, pfNetdev: 'ens1f0', index: i, iommuGroup: 40 + i, numaNode: 1, deviceNodes: [`/dev/vfio/${40 + i}`], health, ...(health === 'Unhealthy' ? { reason: 'VF 0000:81:02.0 bound to ixgbevf, not vfio-pci' } : {}) };
+}
+const mdev: Slice = { id: 'c22f6d4d-4ecc-5030-93a3-eb7f1a400ee2', pool: 'vgpu', resourceName: 'virtualio.dev/vgpu', kind: 'Mdev', parent: '0000:c1:00.0', mdevUuid: 'c22f6d4d-4ecc-5030-93a3-eb7f1a400ee2', index: 0, iommuGroup: 109, numaNode: 0, deviceNodes: ['/dev/vfio/109'], health: 'Healthy' };
+const inventory: InventoryDevice[] = [
+  { pciAddress: '0000:81:00.0', vendorID: '8086', deviceID: '10fb', numaNode: 1 },
+  { pciAddress: '0000:81:02.0', vendorID: '8086', deviceID: '10ed', numaNode: 1, physfn: '0000:81:00.0' },
+  { pciAddress: '0000:c1:00.0', vendorID: '10de', deviceID: '25b6', numaNode: 0 },
+];
+const facts = { devices: new Map(inventory.map((d) => [d.pciAddress, d])), pcieRoot: (a: string) => (a.startsWith('0000:81') ? 'pci0000:80' : 'pci0000:c0') };
+
+class MemoryStore implements ResourceSliceStore {
+  objects = new Map<string, ResourceSliceObject>();
+  writes = 0;
+  private rv = 0;
+  async list(): Promise<ResourceSliceObject[]> {
+    return [...this.objects.values()].map((o) => structuredClone(o));
+  }
+  async create(o: ResourceSliceObject): Promise<void> {
+    if (this.objects.has(o.metadata.name)) throw new Error(`409 ${o.metadata.name} exists`);
+    this.put(o);
+  }
+  async update(o: ResourceSliceObject): Promise<void> {
+    const cur = this.objects.get(o.metadata.name);
+    if (!cur || cur.metadata.resourceVersion !== o.metadata.resourceVersion) throw new Error(`409 conflict on ${o.metadata.name}`);
+    this.put(o);
+  }
+  async remove(name: string): Promise<void> {
+    this.writes++;
+    this.objects.delete(name);
+  }
+  private put(o: ResourceSliceObject): void {
+    this.writes++;
+    const copy = structuredClone(o);
+    copy.metadata.resourceVersion = String(++this.rv);
+    // Like the API server: taints get a timeAdded the agent never sets.
+    for (const d of copy.spec.devices) for (const t of d.taints ?? []) (t as Record<string, unknown>).timeAdded = '2026-01-01T00:00:00Z';
+    this.objects.set(o.metadata.name, copy);
+  }
+}
+
+describe('devices', () => {
+  test('a VF carries the standard attributes, NUMA, IDs, parent and VF facts; names are DNS labels', () => {
+    const [pool] = desiredPools(NODE, [nicPool], [vf(0)], facts);
+    const d = pool!.chunks[0]![0]!;
+    expect(d.name).toBe('vf-0000-81-02-0');
+    expect(d.attributes).toEqual({
+      [ATTR_PCI_BUS_ID]: { string: '0000:81:02.0' }, [ATTR_PCIE_ROOT]: { string: 'pci0000:80' },
+      pool: { string: 'fast-net' }, class: { string: 'NIC' }, mode: { string: 'SRIOV' }, kind: { string: 'VF' }, parent: { string: '0000:81:00.0' },
+      vendorID: { string: '8086' }, deviceID: { string: '10ed' }, parentVendorID: { string: '8086' }, parentDeviceID: { string: '10fb' },
+      numaNode: { int: 1 }, iommuGroup: { int: 40 }, vfIndex: { int: 0 }, pfNetdev: { string: 'ens1f0' },
+    });
+    expect(pool!.poolName).toBe('worker-1/fast-net');
+  });
+
+  test('an mdev has no pciBusID of its own but the mdev UUID and type, and its parent GPU\'s PCIe root', () => {
+    const [pool] = desiredPools(NODE, [gpuPool], [mdev], facts);
+    const d = pool!.chunks[0]![0]!;
+    expect(d.name).toBe(`mdev-${mdev.mdevUuid}`);
+    expect(d.attributes[ATTR_PCI_BUS_ID]).toBeUndefined();
+    expect(d.attributes[ATTR_PCIE_ROOT]).toEqual({ string: 'pci0000:c0' });
+    expect(d.attributes.mdevUUID).toEqual({ string: mdev.mdevUuid });
+    expect(d.attributes.mdevType).toEqual({ string: 'nvidia-754' });
+    expect(d.attributes.vendorID).toEqual({ string: '10de' });
+  });
+
+  test('only DRA pools are published; an Unhealthy slice is tainted NoSchedule with a label-safe reason', () => {
+    const pools = desiredPools(NODE, [nicPool, dpPool], [vf(0, 'Unhealthy'), vf(1), vf(2, 'Healthy', 'classic')], facts);
+    expect(pools.map((p) => p.pool)).toEqual(['fast-net']);
+    const [bad, good] = pools[0]!.chunks[0]!;
+    expect(bad!.taints).toEqual([{ key: UNHEALTHY_TAINT, value: 'VF_0000_81_02.0_bound_to_ixgbevf_not_vfio-pci', effect: 'NoSchedule' }]);
+    expect(good!.taints).toBeUndefined();
+    for (const d of [bad!, good!]) expect(d.name).toMatch(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/);
+  });
+
+  test('chunks: at most 128 devices per object, 64 when a device is tainted', () => {
+    const many = Array.from({ length: 200 }, (_, i) => vf(i));
+    expect(desiredPools(NODE, [nicPool], many, facts)[0]!.chunks.map((c) => c.length)).toEqual([MAX_DEVICES, 200 - MAX_DEVICES]);
+    many[5] = vf(5, 'Unhealthy');
+    expect(desiredPools(NODE, [nicPool], many, facts)[0]!.chunks.map((c) => c.length)).toEqual([MAX_DEVICES_WITH_TAINTS, MAX_DEVICES_WITH_TAINTS, MAX_DEVICES_WITH_TAINTS, 200 - 3 * MAX_DEVICES_WITH_TAINTS]);
+  });
+
+  test('PCIe root from the sysfs link, as the standard attribute defines it', () => {
+    const sys = mkdtempSync(join(tmpdir(), 'vio-pcie-'));
+    try {
+      mkdirSync(join(sys, 'devices/pci0000:80/0000:80:03.0/0000:81:00.0'), { recursive: true });
+      mkdirSync(join(sys, 'bus/pci/devices'), { recursive: true });
+      symlinkSync('../../../devices/pci0000:80/0000:80:03.0/0000:81:00.0', join(sys, 'bus/pci/devices/0000:81:00.0'));
+      const read = pcieRootReader(sys);
+      expect(read('0000:81:00.0')).toBe('pci0000:80');
+      expect(read('0000:99:00.0')).toBeUndefined();
+    } finally {
+      rmSync(sys, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('syncResourceSlices', () => {
+  test('generation bookkeeping: written at 1, unchanged → no write, changed → every object at 2, extra objects deleted', async () => {
+    const store = new MemoryStore();
+    const many = Array.from({ length: 130 }, (_, i) => vf(i));
+    let r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], many, facts));
+    expect(r.created).toEqual([resourceSliceName(NODE, 'fast-net', 0), resourceSliceName(NODE, 'fast-net', 1)]);
+    expect([...store.objects.values()].map((o) => o.spec.pool)).toEqual([
+      { name: 'worker-1/fast-net', generation: 1, resourceSliceCount: 2 }, { name: 'worker-1/fast-net', generation: 1, resourceSliceCount: 2 },
+    ]);
+    const writes = store.writes;
+    r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], many, facts));
+    expect(store.writes).toBe(writes);
+    expect(r.generations).toEqual({});
+
+    r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], many.slice(0, 10), facts));
+    expect(r).toMatchObject({ updated: [resourceSliceName(NODE, 'fast-net', 0)], deleted: [resourceSliceName(NODE, 'fast-net', 1)], generations: { 'fast-net': 2 } });
+    expect([...store.objects.values()].map((o) => [o.spec.pool.generation, o.spec.pool.resourceSliceCount, o.spec.devices.length])).toEqual([[2, 1, 10]]);
+  });
+
+  test('a taint the server stamped with timeAdded is still "the same"; a pool that left is deleted', async () => {
+    const store = new MemoryStore();
+    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool, gpuPool], [vf(0, 'Unhealthy'), mdev], facts));
+    const writes = store.writes;
+    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool, gpuPool], [vf(0, 'Unhealthy'), mdev], facts));
+    expect(store.writes).toBe(writes);
+    const r = await syncResourceSlices(store, NODE, desiredPools(NODE, [gpuPool], [mdev], facts));
+    expect(r.deleted).toEqual([resourceSliceName(NODE, 'fast-net', 0)]);
+  });
+
+  test('slices wiped behind our back (kubelet start) are re-created at a higher generation than none', async () => {
+    const store = new MemoryStore();
+    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0)], facts));
+    store.objects.clear();
+    const r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0)], facts));
+    expect(r.created).toHaveLength(1);
+    expect([...store.objects.values()][0]!.spec.pool.generation).toBe(1);
+  });
+});
+
+function claim(uid: string, results: { request: string; driver: string; pool: string; device: string }[], annotations?: Record<string, string>): ClaimObject {
+  return { metadata: { name: 'vm-gpu', namespace: 'vms', uid, ...(annotations ? { annotations } : {}) }, status: { allocation: { devices: { results } } } };
+}
+
+describe('planClaim', () => {
+  const index = sliceIndex(NODE, [nicPool, gpuPool], [vf(0), vf(1, 'Unhealthy'), mdev]);
+  const ref = { namespace: 'vms', name: 'vm-gpu', uid: 'u1' };
+
+  test('our results on this node become prepared devices with CDI IDs; other drivers are skipped', () => {
+    const p = planClaim(ref, claim('u1', [
+      { request: 'nic', driver: 'virtualio.dev', pool: 'worker-1/fast-net', device: 'vf-0000-81-02-0' },
+      { request: 'other', driver: 'gpu.example.com', pool: 'x', device: 'y' },
+    ]), NODE, index);
+    expect(p).toEqual({ uid: 'u1', namespace: 'vms', name: 'vm-gpu', devices: [{ request: 'nic', pool: 'worker-1/fast-net', device: 'vf-0000-81-02-0', sliceId: '0000:81:02.0', cdiId: 'virtualio.dev/claim=u1-vf-0000-81-02-0' }] });
+  });
+
+  test.each([
+    ['a missing claim', undefined, 'not found'],
+    ['another claim under the same name', claim('u2', []), 'has UID u2, the kubelet asked for u1'],
+    ['an unallocated claim', { metadata: { name: 'vm-gpu', namespace: 'vms', uid: 'u1' } }, 'is not allocated'],
+    ['a device of another node', claim('u1', [{ request: 'r', driver: 'virtualio.dev', pool: 'worker-2/fast-net', device: 'vf-0000-81-02-0' }]), 'is not on node worker-1'],
+    ['a device we do not publish', claim('u1', [{ request: 'r', driver: 'virtualio.dev', pool: 'worker-1/fast-net', device: 'vf-0000-81-09-0' }]), 'is not published by this agent'],
+    ['an Unhealthy device', claim('u1', [{ request: 'r', driver: 'virtualio.dev', pool: 'worker-1/fast-net', device: 'vf-0000-81-02-1' }]), 'is Unhealthy'],
+  ])('refuses %s', (_n, c, msg) => {
+    const p = planClaim(ref, c as ClaimObject | undefined, NODE, index);
+    expect(p).toHaveProperty('error');
+    expect((p as { error: string }).error).toContain(msg);
+  });
+});
+
+test('checkpoint: survives a reload; a corrupt file is an error that names it', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vio-ckpt-'));
+  try {
+    const file = join(dir, 'checkpoint.json');
+    const a = new Checkpoint(file);
+    a.load();
+    a.put({ uid: 'u1', namespace: 'vms', name: 'c', devices: [] });
+    const b = new Checkpoint(file);
+    b.load();
+    expect(b.get('u1')?.name).toBe('c');
+    writeFileSync(file, '{');
+    expect(() => new Checkpoint(file).load()).toThrow(`DRA checkpoint ${file} is not valid JSON`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+describe('DraDriver over its unix sockets', () => {
+  let dir: string;
+  let ctl: AbortController;
+  let driver: DraDriver;
+  let running: Promise<void>;
+  const claims = new Map<string, ClaimObject>();
+  const store = new MemoryStore();
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'vio-dra-'));
+    ctl = new AbortController();
+    driver = new DraDriver({
+      nodeName: NODE, kubeletDir: join(dir, 'kubelet'), cdiDir: join(dir, 'cdi'), sysfsRoot: join(dir, 'sys'),
+      getClaim: async (ns, name) => claims.get(`${ns}/${name}`), store, logger: silentLogger(), resyncMs: 60_000, socketCheckMs: 50,
+    });
+    driver.update([nicPool, gpuPool], [vf(0), mdev], { devices: inventory });
+    running = driver.run(ctl.signal);
+    for (let i = 0; i < 100 && !(existsSync(driver.registrationSocket) && existsSync(driver.draSocket)); i++) await new Promise((r) => setTimeout(r, 20));
+  });
+
+  afterAll(async () => {
+    ctl.abort();
+    await running;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function call<Req, Res>(service: grpc.ServiceDefinition, socket: string, method: string, req: Req): Promise<Res> {
+    const Client = grpc.makeGenericClientConstructor(service, 'x');
+    const c = new Client(`unix://${socket}`, grpc.credentials.createInsecure()) as unknown as Record<string, (r: Req, cb: (e: Error | null, v: Res) => void) => void>;
+    return new Promise((resolve, reject) => c[method]!(req, (e, v) => {
+      (c as unknown as grpc.Client).close();
+      if (e) reject(e);
+      else resolve(v);
+    }));
+  }
+
+  test('GetInfo names a DRAPlugin with both service versions and the plugin socket', async () => {
+    const info = await call<object, { type: string; name: string; endpoint: string; supportedVersions: string[] }>(loadPluginRegistrationApi().pluginregistration.Registration.service, driver.registrationSocket, 'GetInfo', {});
+    expect(info).toEqual({ type: 'DRAPlugin', name: 'virtualio.dev', endpoint: driver.draSocket, supportedVersions: ['v1.DRAPlugin', 'v1beta1.DRAPlugin'] });
+    expect(driver.registrationSocket).toBe(join(dir, 'kubelet/plugins_registry/virtualio.dev-reg.sock'));
+    await call(loadPluginRegistrationApi().pluginregistration.Registration.service, driver.registrationSocket, 'NotifyRegistrationStatus', { pluginRegistered: true });
+    expect(driver.registration).toEqual({ registered: true });
+  });
+
+  test('prepare (v1) writes the CDI spec and KubeVirt metadata, holds the slice, is idempotent; unprepare undoes it (v1beta1)', async () => {
+    claims.set('vms/vm-gpu', claim('u9', [{ request: 'gpu', driver: 'virtualio.dev', pool: 'worker-1/vgpu', device: draDeviceName(mdev) }], { 'resource.kubernetes.io/pod-claim-name': 'gpu-claim' }));
+    const v1 = loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service;
+    const req = { claims: [{ namespace: 'vms', name: 'vm-gpu', uid: 'u9' }] };
+    type Resp = { claims: Record<string, { devices: { requestNames: string[]; poolName: string; deviceName: string; cdiDeviceIds: string[] }[]; error: string }> };
+    const r1 = await call<typeof req, Resp>(v1, driver.draSocket, 'NodePrepareResources', req);
+    const cdiId = `virtualio.dev/claim=u9-${draDeviceName(mdev)}`;
+    expect(r1.claims.u9).toEqual({ error: '', devices: [{ requestNames: ['gpu'], poolName: 'worker-1/vgpu', deviceName: draDeviceName(mdev), cdiDeviceIds: [cdiId] }] });
+    expect(driver.preparedSliceIds()).toEqual(new Set([mdev.id]));
+
+    const spec = JSON.parse(readFileSync(join(dir, 'cdi/virtualio.dev-claim_u9.json'), 'utf8'));
+    expect(spec.kind).toBe('virtualio.dev/claim');
+    const dev = spec.devices[0];
+    expect(dev.containerEdits.deviceNodes.map((n: { path: string }) => n.path)).toEqual(['/dev/vfio/vfio', '/dev/vfio/109']);
+    expect(dev.containerEdits.mounts[0].containerPath).toBe('/var/run/kubernetes.io/dra-device-attributes/resourceclaimtemplates/gpu-claim/gpu/virtualio.dev-metadata.json');
+    const meta = JSON.parse(readFileSync(dev.containerEdits.mounts[0].hostPath, 'utf8'));
+    expect(meta).toMatchObject({ apiVersion: 'metadata.resource.k8s.io/v1alpha1', kind: 'DeviceMetadata', podClaimName: 'gpu-claim', metadata: { name: 'vm-gpu', namespace: 'vms', uid: 'u9' } });
+    expect(meta.requests[0].devices[0]).toMatchObject({ driver: 'virtualio.dev', pool: 'worker-1/vgpu', attributes: { mdevUUID: { string: mdev.mdevUuid } } });
+
+    claims.delete('vms/vm-gpu'); // a second call must answer from the checkpoint, not the API
+    const r2 = await call<typeof req, Resp>(v1, driver.draSocket, 'NodePrepareResources', req);
+    expect(r2).toEqual(r1);
+
+    const v1beta1 = loadDraV1beta1Api().k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin.service;
+    const u = await call<typeof req, { claims: Record<string, { error: string }> }>(v1beta1, driver.draSocket, 'NodeUnprepareResources', req);
+    expect(u.claims.u9).toEqual({ error: '' });
+    expect(existsSync(join(dir, 'cdi/virtualio.dev-claim_u9.json'))).toBe(false);
+    expect(driver.preparedSliceIds().size).toBe(0);
+    const again = await call<typeof req, { claims: Record<string, { error: string }> }>(v1beta1, driver.draSocket, 'NodeUnprepareResources', req);
+    expect(again.claims.u9).toEqual({ error: '' });
+  });
+
+  test('a claim that cannot be prepared gets a per-claim error, not a failed call', async () => {
+    const v1 = loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service;
+    const r = await call<object, { claims: Record<string, { error: string }> }>(v1, driver.draSocket, 'NodePrepareResources', { claims: [{ namespace: 'vms', name: 'nope', uid: 'u0' }] });
+    expect(r.claims.u0!.error).toBe('ResourceClaim vms/nope not found');
+  });
+
+  test('the registration socket is re-created when it disappears (kubelet cleanup)', async () => {
+    rmSync(driver.registrationSocket);
+    for (let i = 0; i < 100 && !existsSync(driver.registrationSocket); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(existsSync(driver.registrationSocket)).toBe(true);
+  });
+
+  test('the publisher wrote the two pools', async () => {
+    for (let i = 0; i < 100 && store.objects.size < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    expect([...store.objects.values()].map((o) => o.spec.pool.name).sort()).toEqual(['worker-1/fast-net', 'worker-1/vgpu']);
+  });
+});

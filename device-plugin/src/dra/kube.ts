@@ -1,0 +1,68 @@
+// client-node implementation of what the DRA driver needs from the API server: this node's
+// ResourceSlices of driver virtualio.dev, and reading ResourceClaims. Loaded only with --dra.
+import { CoreV1Api, ResourceV1Api, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+import type { ClaimObject } from './prepare.js';
+import { DRA_DRIVER, type ResourceSliceObject } from './devices.js';
+import type { ResourceSliceStore } from './publisher.js';
+
+const FIELD_MANAGER = 'virtualio-agent';
+
+function httpCode(err: unknown): number | undefined {
+  const c = (err as { code?: unknown; statusCode?: unknown }).code ?? (err as { statusCode?: unknown }).statusCode;
+  return typeof c === 'number' ? c : undefined;
+}
+
+/** ResourceSlices of our driver on one node (field selectors spec.nodeName and spec.driver). */
+export class KubeResourceSliceStore implements ResourceSliceStore {
+  private readonly api: ResourceV1Api;
+
+  constructor(kc: KubeConfig, private readonly node: string) {
+    this.api = kc.makeApiClient(ResourceV1Api);
+  }
+
+  async list(): Promise<ResourceSliceObject[]> {
+    const l = await this.api.listResourceSlice({ fieldSelector: `spec.nodeName=${this.node},spec.driver=${DRA_DRIVER}` });
+    return l.items as unknown as ResourceSliceObject[];
+  }
+
+  async create(obj: ResourceSliceObject): Promise<void> {
+    await this.api.createResourceSlice({ body: obj as unknown as V1ResourceSlice, fieldManager: FIELD_MANAGER });
+  }
+
+  async update(obj: ResourceSliceObject): Promise<void> {
+    await this.api.replaceResourceSlice({ name: obj.metadata.name, body: obj as unknown as V1ResourceSlice, fieldManager: FIELD_MANAGER });
+  }
+
+  async remove(name: string): Promise<void> {
+    try {
+      await this.api.deleteResourceSlice({ name });
+    } catch (err) {
+      if (httpCode(err) !== 404) throw err;
+    }
+  }
+}
+
+/** Reads a ResourceClaim (resource.k8s.io/v1); undefined when it does not exist. */
+export function claimReader(kc: KubeConfig): (namespace: string, name: string) => Promise<ClaimObject | undefined> {
+  const api = kc.makeApiClient(ResourceV1Api);
+  return async (namespace, name) => {
+    try {
+      return (await api.readNamespacedResourceClaim({ namespace, name })) as unknown as ClaimObject;
+    } catch (err) {
+      if (httpCode(err) === 404) return undefined;
+      throw err;
+    }
+  };
+}
+
+/** The Node's UID (owner of our ResourceSlices), or undefined when it cannot be read. */
+export function nodeUidReader(kc: KubeConfig, node: string): () => Promise<string | undefined> {
+  const core = kc.makeApiClient(CoreV1Api);
+  return async () => {
+    try {
+      return (await core.readNode({ name: node })).metadata?.uid;
+    } catch {
+      return undefined;
+    }
+  };
+}

@@ -1,0 +1,233 @@
+// DRA front end: what NodePrepareResources does for one claim, as data (which slices, which CDI
+// devices, which KubeVirt metadata files), plus the file writers and the checkpoint that make
+// prepare and unprepare idempotent across agent restarts.
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { PoolPlan, Slice } from '../model.js';
+import { DRA_DRIVER, draDevice, draDeviceName, resourcePoolName, type DeviceFacts, type DraDevice } from './devices.js';
+
+/** The parts of a ResourceClaim (resource.k8s.io/v1) prepare reads. */
+export interface ClaimObject {
+  metadata: { name?: string; namespace?: string; uid?: string; annotations?: Record<string, string> };
+  status?: { allocation?: { devices?: { results?: { request: string; driver: string; pool: string; device: string }[] } } };
+}
+
+/** Annotation the ResourceClaim controller puts on claims made from a template: the pod's claim name. */
+export const POD_CLAIM_NAME_ANNOTATION = 'resource.kubernetes.io/pod-claim-name';
+/** Where KubeVirt (v1.8.3+) reads device metadata inside the virt-launcher container. */
+export const METADATA_CONTAINER_DIR = '/var/run/kubernetes.io/dra-device-attributes';
+export const METADATA_API_VERSION = 'metadata.resource.k8s.io/v1alpha1';
+/** CDI kind of the devices we hand out per claim. */
+export const CDI_KIND = `${DRA_DRIVER}/claim`;
+const CDI_VERSION = '0.5.0';
+const VFIO_CONTAINER = '/dev/vfio/vfio';
+
+export interface PreparedDevice {
+  /** Request name as in the allocation result ("<request>" or "<request>/<subrequest>"). */
+  request: string;
+  pool: string;
+  device: string;
+  sliceId: string;
+  cdiId: string;
+}
+
+export interface PreparedClaim {
+  uid: string;
+  namespace: string;
+  name: string;
+  podClaimName?: string;
+  devices: PreparedDevice[];
+}
+
+export interface ClaimRef {
+  namespace: string;
+  uid: string;
+  name: string;
+}
+
+/** A slice with the pool it belongs to, as prepare looks it up by DRA device name. */
+export interface SliceEntry {
+  pool: PoolPlan;
+  slice: Slice;
+}
+
+/** The current DRA slices of this node by (resource pool name, device name). */
+export function sliceIndex(node: string, pools: readonly PoolPlan[], slices: readonly Slice[]): Map<string, SliceEntry> {
+  const byName = new Map(pools.map((p) => [p.name, p]));
+  const out = new Map<string, SliceEntry>();
+  for (const s of slices) {
+    const pool = byName.get(s.pool);
+    if (!pool || pool.frontEnd !== 'DRA' || s.kind === 'VPort') continue;
+    out.set(`${resourcePoolName(node, pool.name)}\n${draDeviceName(s)}`, { pool, slice: s });
+  }
+  return out;
+}
+
+function cdiName(uid: string, device: string): string {
+  return `${uid}-${device}`;
+}
+
+/**
+ * Checks a claim the kubelet asked us to prepare and picks its devices: the UID must match (a claim
+ * deleted and re-created under the same name is another claim), it must be allocated, and every
+ * result of our driver on this node must name a slice that exists and is Healthy.
+ */
+export function planClaim(ref: ClaimRef, claim: ClaimObject | undefined, node: string, index: ReadonlyMap<string, SliceEntry>): PreparedClaim | { error: string } {
+  const what = `ResourceClaim ${ref.namespace}/${ref.name}`;
+  if (!claim) return { error: `${what} not found` };
+  if (claim.metadata.uid !== ref.uid) return { error: `${what} has UID ${claim.metadata.uid ?? '?'}, the kubelet asked for ${ref.uid}` };
+  const results = claim.status?.allocation?.devices?.results;
+  if (!results) return { error: `${what} is not allocated` };
+  const devices: PreparedDevice[] = [];
+  for (const r of results) {
+    if (r.driver !== DRA_DRIVER) continue;
+    if (!r.pool.startsWith(`${node}/`)) return { error: `${what}: device ${r.pool}/${r.device} is not on node ${node}` };
+    const entry = index.get(`${r.pool}\n${r.device}`);
+    if (!entry) return { error: `${what}: device ${r.device} of pool ${r.pool} is not published by this agent (gone or not carved yet)` };
+    if (entry.slice.health !== 'Healthy') return { error: `${what}: device ${r.device} is Unhealthy: ${entry.slice.reason ?? 'unknown reason'}` };
+    devices.push({ request: r.request, pool: r.pool, device: r.device, sliceId: entry.slice.id, cdiId: `${CDI_KIND}=${cdiName(ref.uid, r.device)}` });
+  }
+  const podClaimName = claim.metadata.annotations?.[POD_CLAIM_NAME_ANNOTATION];
+  return { uid: ref.uid, namespace: ref.namespace, name: ref.name, ...(podClaimName ? { podClaimName } : {}), devices };
+}
+
+/** In-container path of a request's metadata file (KEP-5304 layout that KubeVirt reads). */
+export function metadataContainerPath(c: Pick<PreparedClaim, 'name' | 'podClaimName'>, request: string): string {
+  const base = c.podClaimName ? `resourceclaimtemplates/${c.podClaimName}` : `resourceclaims/${c.name}`;
+  return `${METADATA_CONTAINER_DIR}/${base}/${request}/${DRA_DRIVER}-metadata.json`;
+}
+
+/** Host path of a request's metadata file under the plugin's data folder. */
+export function metadataHostPath(dataDir: string, uid: string, request: string): string {
+  return join(dataDir, 'metadata', uid, request, `${DRA_DRIVER}-metadata.json`);
+}
+
+/** The top-level request a (sub)request belongs to: KubeVirt names requests without subrequests. */
+function topRequest(request: string): string {
+  return request.split('/')[0] ?? request;
+}
+
+/** One metadata document per request: the devices of that request with the slice's attributes. */
+export function metadataDocuments(c: PreparedClaim, index: ReadonlyMap<string, SliceEntry>, facts: DeviceFacts): Map<string, unknown> {
+  const out = new Map<string, unknown>();
+  const grouped = new Map<string, { pool: string; dev: DraDevice }[]>();
+  for (const d of c.devices) {
+    const e = index.get(`${d.pool}\n${d.device}`);
+    if (!e) continue;
+    const dev = draDevice(e.pool, e.slice, facts);
+    const req = topRequest(d.request);
+    grouped.set(req, [...(grouped.get(req) ?? []), { pool: d.pool, dev }]);
+  }
+  for (const [req, devs] of grouped) {
+    out.set(req, {
+      apiVersion: METADATA_API_VERSION,
+      kind: 'DeviceMetadata',
+      metadata: { name: c.name, namespace: c.namespace, uid: c.uid },
+      ...(c.podClaimName ? { podClaimName: c.podClaimName } : {}),
+      requests: [{ name: req, devices: devs.map(({ pool, dev }) => ({ driver: DRA_DRIVER, pool, name: dev.name, attributes: dev.attributes })) }],
+    });
+  }
+  return out;
+}
+
+export interface CdiClaimSpec {
+  cdiVersion: string;
+  kind: string;
+  devices: {
+    name: string;
+    containerEdits: {
+      deviceNodes: { path: string; permissions: string }[];
+      mounts?: { hostPath: string; containerPath: string; options: string[] }[];
+    };
+  }[];
+}
+
+/**
+ * The CDI spec of a claim: per device its vfio nodes (plus the vfio container node) and, on the first
+ * device of each request, the read-only bind mount of that request's metadata file.
+ */
+export function cdiSpecForClaim(c: PreparedClaim, index: ReadonlyMap<string, SliceEntry>, dataDir: string): CdiClaimSpec {
+  const mounted = new Set<string>();
+  return {
+    cdiVersion: CDI_VERSION,
+    kind: CDI_KIND,
+    devices: c.devices.map((d) => {
+      const e = index.get(`${d.pool}\n${d.device}`);
+      const nodes = [VFIO_CONTAINER, ...(e?.slice.deviceNodes ?? [])];
+      const req = topRequest(d.request);
+      const edits: CdiClaimSpec['devices'][number]['containerEdits'] = { deviceNodes: nodes.map((path) => ({ path, permissions: 'rwm' })) };
+      if (!mounted.has(req)) {
+        mounted.add(req);
+        edits.mounts = [{ hostPath: metadataHostPath(dataDir, c.uid, req), containerPath: metadataContainerPath(c, req), options: ['ro', 'bind'] }];
+      }
+      return { name: cdiName(c.uid, d.device), containerEdits: edits };
+    }),
+  };
+}
+
+/** CDI spec file of a claim. */
+export function cdiSpecPath(cdiDir: string, uid: string): string {
+  return join(cdiDir, `${DRA_DRIVER}-claim_${uid}.json`);
+}
+
+/** Writes a file atomically (temp + rename), creating its folder. */
+export function writeAtomic(file: string, text: string): void {
+  mkdirSync(dirname(file), { recursive: true });
+  const tmp = `${file}.tmp`;
+  writeFileSync(tmp, text, { mode: 0o644 });
+  renameSync(tmp, file);
+}
+
+/** Removes what prepare wrote for a claim. Missing files are fine (unprepare is idempotent). */
+export function removeClaimFiles(cdiDir: string, dataDir: string, uid: string): void {
+  rmSync(cdiSpecPath(cdiDir, uid), { force: true });
+  rmSync(join(dataDir, 'metadata', uid), { recursive: true, force: true });
+}
+
+/** The prepared claims, kept in one JSON file so a restarted agent answers the same. */
+export class Checkpoint {
+  private claims = new Map<string, PreparedClaim>();
+
+  constructor(private readonly file: string) {}
+
+  /** Reads the file; a missing file is an empty checkpoint, a corrupt one is an error naming it. */
+  load(): void {
+    let text: string;
+    try {
+      text = readFileSync(this.file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    let doc: { version?: number; claims?: PreparedClaim[] };
+    try {
+      doc = JSON.parse(text) as typeof doc;
+    } catch (err) {
+      throw new Error(`DRA checkpoint ${this.file} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    }
+    if (doc.version !== 1 || !Array.isArray(doc.claims)) throw new Error(`DRA checkpoint ${this.file} has an unknown layout (want version 1)`);
+    this.claims = new Map(doc.claims.map((c) => [c.uid, c]));
+  }
+
+  get(uid: string): PreparedClaim | undefined {
+    return this.claims.get(uid);
+  }
+
+  all(): PreparedClaim[] {
+    return [...this.claims.values()];
+  }
+
+  put(c: PreparedClaim): void {
+    this.claims.set(c.uid, c);
+    this.save();
+  }
+
+  delete(uid: string): void {
+    if (this.claims.delete(uid)) this.save();
+  }
+
+  private save(): void {
+    const claims = [...this.claims.values()].sort((a, b) => a.uid.localeCompare(b.uid));
+    writeAtomic(this.file, `${JSON.stringify({ version: 1, claims }, null, 2)}\n`);
+  }
+}
