@@ -26,7 +26,7 @@ export class KernelError extends Error {
 export interface KernelConfig {
   /** `vvvv:dddd` (lower-case hex) → the driver that claims the function when probed. */
   driverIds: Record<string, string>;
-  /** vfio-pci exposes `vfio-dev/vfioN` and `/dev/vfio/devices/vfioN` (iommufd cdev). */
+  /** The kernel has the VFIO cdev: `/dev/vfio/devices/vfioN` exists (sysfs lists `vfio-dev/vfioN` either way). */
   vfioCdev: boolean;
   /** Parent driver → the mdev driver its mediated devices bind to. */
   mdevDrivers: Record<string, string>;
@@ -510,18 +510,22 @@ export class FakeKernel implements SysfsWriter {
     if (drv === 'vfio-pci') {
       const g = await this.groupOf(dir);
       if (g !== undefined) await touch(path.join(this.devRoot, 'vfio', g));
-      if (cfg.vfioCdev) {
-        const n = await this.nextVfioCdev();
-        await mkdir(path.join(dir, 'vfio-dev', `vfio${n}`), { recursive: true });
-        await writeFile(path.join(dir, 'vfio-dev', `vfio${n}`, 'dev'), `511:${n}\n`);
-        await touch(path.join(this.devRoot, 'vfio/devices', `vfio${n}`));
-      }
+      // Like Linux 6.x: every vfio device gets a `vfio-dev/vfioN` entry in sysfs, but the
+      // /dev/vfio/devices/vfioN node exists only with CONFIG_VFIO_DEVICE_CDEV (checked against
+      // Debian's 6.12 in test/kernel: entry present, node absent).
+      const n = await this.nextVfioCdev(cfg.vfioCdev);
+      await mkdir(path.join(dir, 'vfio-dev', `vfio${n}`), { recursive: true });
+      await writeFile(path.join(dir, 'vfio-dev', `vfio${n}`, 'dev'), `511:${n}\n`);
+      if (cfg.vfioCdev) await touch(path.join(this.devRoot, 'vfio/devices', `vfio${n}`));
     }
     if (cfg.netDrivers.includes(drv)) await this.attachNetdev(bdf, dir);
   }
 
-  private async nextVfioCdev(): Promise<number> {
-    const used = (await list(path.join(this.devRoot, 'vfio/devices'))).map((n) => Number(n.replace(/^vfio/, ''))).filter(Number.isInteger);
+  private async nextVfioCdev(withNodes: boolean): Promise<number> {
+    const names: string[] = [];
+    if (withNodes) names.push(...(await list(path.join(this.devRoot, 'vfio/devices'))));
+    else for (const bdf of await list(path.join(this.root, 'bus/pci/devices'))) names.push(...(await list(path.join(this.root, 'bus/pci/devices', bdf, 'vfio-dev'))));
+    const used = names.map((n) => Number(n.replace(/^vfio/, ''))).filter(Number.isInteger);
     return used.length === 0 ? 0 : Math.max(...used) + 1;
   }
 

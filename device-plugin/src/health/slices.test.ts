@@ -133,3 +133,26 @@ test('without devNodes in the inventory the dev root is read directly', async ()
   const none = buildSlices({ spec, inventory: inv, devRoot: path.join(k.devRoot, 'nope'), nodeName: NODE });
   expect(one(none, GPU)?.reason).toMatch(/^\/dev\/vfio\/40 is missing$/);
 });
+
+test('a kernel without the VFIO cdev (sysfs lists vfio-dev/vfioN, /dev/vfio/devices absent): Healthy, group node only', async () => {
+  // What Debian's 6.12 does (checked in test/kernel): CONFIG_VFIO_DEVICE_CDEV off.
+  const t = await tempTree();
+  try {
+    const nk = await FakeKernel.create(t.root, t.devRoot, { vfioCdev: false });
+    for (const f of gpuWithAudio(GPU, AUDIO, { group: 40 })) await nk.addFunction(f);
+    const gpuOnly: VirtualIONodeSpec = { pools: pools.filter((p) => p.name === 'gpu') };
+    for (let i = 0; i < 2; i++) {
+      const inv = await scan(nk.root, { devRoot: nk.devRoot });
+      await applyCarving(planCarving({ spec: gpuOnly, inventory: inv, nodeName: NODE, allocated: new Set() }), nk);
+    }
+    const inv = await scan(nk.root, { devRoot: nk.devRoot });
+    expect(inv.vfioCdevs?.[GPU]).toMatch(/^\/dev\/vfio\/devices\/vfio\d+$/);
+    const s = one(buildSlices({ spec: gpuOnly, inventory: inv, devRoot: nk.devRoot, nodeName: NODE }), GPU);
+    expect(s).toMatchObject({ health: 'Healthy', deviceNodes: ['/dev/vfio/40'] });
+    // A kernel with the cdev: the node is handed out too.
+    const all = await slices();
+    expect(one(all, GPU)?.deviceNodes).toEqual(['/dev/vfio/40', expect.stringMatching(/^\/dev\/vfio\/devices\/vfio\d+$/)]);
+  } finally {
+    await t.cleanup();
+  }
+});

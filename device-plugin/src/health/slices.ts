@@ -65,13 +65,19 @@ function groupProblem(ctx: Ctx, dev: InventoryDevice): string | undefined {
   return undefined;
 }
 
-/** Device nodes of a vfio-bound function, and the first missing one. */
+/**
+ * Device nodes of a vfio-bound function, and the first missing one. The group node
+ * (`/dev/vfio/<group>`) is required. The iommufd cdev (`/dev/vfio/devices/vfioN`) is handed out only
+ * when it exists: sysfs lists `vfio-dev/vfioN` for every vfio device even on kernels built without
+ * `CONFIG_VFIO_DEVICE_CDEV` (Debian's 6.12, for one), where the node never appears and the group
+ * node is the only way in, so its absence is no fault.
+ */
 function vfioNodes(ctx: Ctx, dev: InventoryDevice): { nodes: string[]; missing?: string } {
   const nodes: string[] = [];
   if (dev.iommuGroup !== undefined) nodes.push(vfioGroupPath(dev.iommuGroup));
-  const cdev = ctx.inv.vfioCdevs?.[dev.pciAddress];
-  if (cdev) nodes.push(cdev);
   const missing = nodes.find((n) => !nodeExists(ctx, n));
+  const cdev = ctx.inv.vfioCdevs?.[dev.pciAddress];
+  if (cdev && nodeExists(ctx, cdev)) nodes.push(cdev);
   return missing === undefined ? { nodes } : { nodes, missing };
 }
 
