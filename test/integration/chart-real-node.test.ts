@@ -1,0 +1,383 @@
+// The chart, installed for real: the image built from the project's own Dockerfile (scripts/build-image.sh:
+// BuildKit on local STAND-INS of the two base images, see test/image/bases.sh) runs in real containers
+// (containerd + runc) on a real kubelet, scheduled by the real kube-scheduler, with Deployments and
+// DaemonSets driven by the real kube-controller-manager (test/node/node.ts has the node and its
+// network). The only simulated part is the hardware: the fake sysfs kernel (test/sysfs) mounted where
+// the chart mounts /sys and /dev/vfio. Proves: both workloads reach Running with the chart's exact
+// security settings (checked in the API and in the running processes); one operator replica holds the
+// Lease and a deleted leader fails over; the agent in its pod carves and registers its pool with the
+// kubelet; a VM-shaped pod placed by the scheduler gets its slice; `helm test` passes; `helm upgrade`
+// to a changed image rolls the agent without touching a held slice; `helm uninstall` leaves no pod.
+// Needs root; without it the suite is reported as skipped with the reason, never as passed.
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { promisify } from 'node:util';
+import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { startRealNode, realNodeSkipReason, NODE_NAME, type RealNode } from '../node/node.js';
+import { FakeKernel, connectX6 } from '../sysfs/kernel.js';
+import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
+import { eventually, kubectlOk } from '../support/cluster.js';
+import { CHART_DIR, parseObjects, type KubeObject } from './chart-support.js';
+
+const run = promisify(execFile);
+
+const NS = 'virtualio-system';
+const RELEASE = 'vio';
+const REPO = 'localhost/virtualio';
+const TAG_A = 'e2e-a';
+const TAG_B = 'e2e-b';
+const NIC = 'virtualio.dev/cx6';
+const ENV_NAME = 'PCI_RESOURCE_VIRTUALIO_DEV_CX6';
+const PF = '0000:81:00.0';
+const VM_POD = 'virt-launcher-vm1-x7k2p';
+const HOST_VFIO = '/dev/vfio';
+
+const skipReason = realNodeSkipReason();
+const suite = skipReason ? describe.skip : describe;
+if (skipReason) console.log(`chart-real-node: skipped: ${skipReason}`);
+
+let cp: ControlPlane;
+let node: RealNode;
+let kernel: KernelHandle;
+let base: string;
+let images: { a: string; b: string };
+let madeHostVfio = false;
+const figures: Record<string, number | string> = {};
+
+const kubectl = (args: string[], input?: string): Promise<string> => kubectlOk(args, { input, kubeconfig: cp.kubeconfig, binDir: cp.binDir });
+async function getJson<T = Record<string, unknown>>(args: string[]): Promise<T> {
+  return JSON.parse(await kubectl([...args, '-o', 'json'])) as T;
+}
+async function helm(args: string[]): Promise<string> {
+  try {
+    const { stdout } = await run(join(cp.binDir, 'helm'), [...args, '--kubeconfig', cp.kubeconfig], {
+      maxBuffer: 32 * 1024 * 1024,
+      env: { ...process.env, HELM_CACHE_HOME: '/tmp/vio-helm/cache', HELM_CONFIG_HOME: '/tmp/vio-helm/config', HELM_DATA_HOME: '/tmp/vio-helm/data' },
+    });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; stdout?: string };
+    throw new Error(`helm ${args.join(' ')} failed: ${e.stderr ?? ''}${e.stdout ?? ''}\n${await diagnostics()}`, { cause: err });
+  }
+}
+
+/** What to print when something does not come up: pods, events and the node's logs. */
+async function diagnostics(): Promise<string> {
+  const pods = await kubectl(['get', 'pods', '-A', '-o', 'wide']).catch((e: unknown) => String(e));
+  const events = await kubectl(['get', 'events', '-A', '--sort-by=.lastTimestamp']).catch(() => '');
+  const agentLogs = await containerLog('agent').catch(() => '');
+  return [`--- pods ---\n${pods}`, `--- events ---\n${events.split('\n').slice(-30).join('\n')}`,
+    `--- agent ---\n${agentLogs.split('\n').slice(-30).join('\n')}`,
+    `--- kubelet ---\n${node?.tail(node.logs.kubelet!, 25) ?? ''}`, `--- containerd ---\n${node?.tail(node.logs.containerd!, 15) ?? ''}`].join('\n');
+}
+
+interface Pod {
+  metadata: { name: string; uid: string; creationTimestamp: string; labels?: Record<string, string>; deletionTimestamp?: string };
+  spec: { nodeName?: string; schedulerName?: string; securityContext?: unknown; containers: { name: string; image: string; securityContext?: unknown }[] };
+  status: {
+    phase?: string;
+    conditions?: { type: string; status: string }[];
+    containerStatuses?: { name: string; containerID?: string; restartCount: number; imageID?: string; image: string; state?: { running?: { startedAt: string } } }[];
+  };
+}
+const ready = (p: Pod) => p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+
+async function pods(selector: string, namespace = NS): Promise<Pod[]> {
+  return (await getJson<{ items: Pod[] }>(['get', 'pods', '-n', namespace, '-l', selector])).items;
+}
+const OPERATOR = 'app.kubernetes.io/component=operator,app.kubernetes.io/instance=vio';
+const AGENT = 'app.kubernetes.io/component=agent,app.kubernetes.io/instance=vio';
+
+/** The CRI container of a running container of ours (by container name, in NS unless given). */
+async function criContainer(name: string, namespace = NS): Promise<{ id: string; pid: number }> {
+  const list = JSON.parse(await node.crictl(['ps', '--name', `^${name}$`, '--label', `io.kubernetes.pod.namespace=${namespace}`, '--state', 'Running', '-o', 'json'])) as { containers: { id: string }[] };
+  const id = list.containers[0]?.id;
+  if (!id) throw new Error(`no running container ${name} in ${namespace}`);
+  const info = JSON.parse(await node.crictl(['inspect', id])) as { info: { pid: number } };
+  return { id, pid: info.info.pid };
+}
+async function containerLog(name: string, namespace = NS): Promise<string> {
+  const { id } = await criContainer(name, namespace);
+  return node.crictl(['logs', id]).catch((e: unknown) => String(e));
+}
+
+/** What the kernel enforces on a running container's main process. */
+function processFacts(pid: number): { uid: string; gid: string; capEff: string; capBnd: string; noNewPrivs: string; seccomp: string; rootReadOnly: boolean } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (k: string) => status.match(new RegExp(`^${k}:\\s*(.*)$`, 'm'))?.[1]?.trim() ?? '';
+  const root = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === '/') ?? '';
+  return {
+    uid: field('Uid').split(/\s+/)[0]!, gid: field('Gid').split(/\s+/)[0]!, capEff: field('CapEff'), capBnd: field('CapBnd'),
+    noNewPrivs: field('NoNewPrivs'), seccomp: field('Seccomp'), rootReadOnly: /(^|,)ro(,|$)/.test(root.split(' ')[5] ?? ''),
+  };
+}
+
+/** Polls pods matching `selector` until `count` are Ready; returns ms from `since` to each pod's Ready. */
+async function waitReady(what: string, selector: string, count: number, since: number, timeoutMs = 180_000): Promise<number[]> {
+  const readyAt = new Map<string, number>();
+  await eventually(what, async () => {
+    const ps = (await pods(selector)).filter((p) => !p.metadata.deletionTimestamp);
+    for (const p of ps) if (ready(p) && !readyAt.has(p.metadata.name)) readyAt.set(p.metadata.name, Date.now() - since);
+    return ps.filter(ready).length === count && ps.length === count ? true : undefined;
+  }, timeoutMs, 250).catch(async (err: unknown) => { throw new Error(`${String(err)}\n${await diagnostics()}`, { cause: err }); });
+  return [...readyAt.values()];
+}
+
+function buildImage(tag: string, revision: string): Promise<string> {
+  return run('bash', [join(REPO_ROOT, 'scripts/build-image.sh'), '--name', `${REPO}:${tag}`, '--revision', revision, '--quiet'], {
+    maxBuffer: 64 * 1024 * 1024,
+  }).then(({ stdout, stderr }) => {
+    for (const l of stderr.split('\n')) if (/^\[build-image\] (image|time)/.test(l)) console.log(l);
+    return stdout.trim().split('\n').pop() ?? '';
+  });
+}
+
+const helmValues = (tag: string) => [
+  '--namespace', NS, '--create-namespace',
+  '--set', `image.repository=${REPO}`, '--set', `image.tag=${tag}`, '--set', 'image.pullPolicy=Never',
+  '--set', `agent.hostPaths.sys=${join(base, 'sys')}`,
+  '--set', `agent.hostPaths.devVfio=${join(base, 'dev/vfio')}`,
+  '--set', `agent.hostPaths.devinfo=${join(base, 'devinfo')}`,
+  '--set', 'agent.rescanInterval=5s',
+  '--set', 'operator.leaderElection.leaseDuration=6s',
+];
+
+const pool = {
+  apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice',
+  metadata: { name: 'cx6' },
+  spec: {
+    class: 'NIC', resourceName: NIC,
+    nodeSelector: { matchLabels: { 'virtualio.dev/nic': 'cx6' } },
+    deviceSelector: { vendorIDs: ['15b3'], deviceIDs: ['101d'] },
+    carving: { mode: 'SRIOV', count: 4 },
+    kubevirt: { consumption: 'HostDevice' },
+  },
+};
+
+const vmScript = [
+  "const fs = require('node:fs');",
+  "const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.includes('PCI_RESOURCE')));",
+  "console.log('VM-ENV ' + JSON.stringify(env));",
+  "console.log('VM-DEV ' + JSON.stringify(fs.readdirSync('/dev/vfio').sort()));",
+  'setInterval(() => {}, 3600000);',
+].join(' ');
+const vmPod = () => ({
+  apiVersion: 'v1', kind: 'Pod',
+  metadata: { name: VM_POD, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'vm.kubevirt.io/name': 'vm1' } },
+  spec: {
+    // No nodeName: the real scheduler places it by the extended resource.
+    terminationGracePeriodSeconds: 1,
+    containers: [{
+      name: 'compute', image: `${REPO}:${TAG_A}`, imagePullPolicy: 'Never', args: ['-e', vmScript],
+      resources: { limits: { [NIC]: '1', cpu: '50m', memory: '64Mi' } },
+    }],
+  },
+});
+
+suite(`the chart on a real node: built image, containerd + runc, real kubelet/scheduler/controller-manager${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+  beforeAll(async () => {
+    let t = Date.now();
+    images = { a: await buildImage(TAG_A, 'e2e-a'), b: '' };
+    figures.imageBuildMs = Date.now() - t;
+    t = Date.now();
+    images.b = await buildImage(TAG_B, 'e2e-b-changed');
+    figures.imageRebuildMs = Date.now() - t;
+
+    base = mkdtempSync(join(tmpdir(), 'vio-real-node-'));
+    const sys = join(base, 'sys');
+    const dev = join(base, 'dev');
+    mkdirSync(join(base, 'devinfo'));
+    const k = await FakeKernel.create(sys, dev);
+    await k.addFunction(connectX6(PF, { netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 }));
+    kernel = await startKernel(sys, dev);
+
+    t = Date.now();
+    cp = await startControlPlane({ scheduler: true, controllerManager: true });
+    node = await startRealNode(cp, { images: [images.a, images.b] });
+    figures.clusterAndNodeStartMs = Date.now() - t;
+    await kubectl(['label', 'node', NODE_NAME, 'virtualio.dev/nic=cx6']);
+
+    t = Date.now();
+    await helm(['install', RELEASE, CHART_DIR, ...helmValues(TAG_A), '--wait', '--timeout', '5m']);
+    figures.helmInstallWaitMs = Date.now() - t;
+  }, 40 * 60_000);
+
+  afterAll(async () => {
+    await kubectl(['delete', 'pod', '-n', 'default', VM_POD, '--ignore-not-found', '--grace-period=1']).catch(() => undefined);
+    await node?.stop();
+    await kernel?.stop();
+    await cp?.stop();
+    if (madeHostVfio) rmSync(HOST_VFIO, { recursive: true, force: true });
+    if (base) rmSync(base, { recursive: true, force: true });
+    if (Object.keys(figures).length) {
+      console.log(`chart on a real node, figures: ${JSON.stringify(figures)}`);
+      if (process.env.VIO_RESULTS_DIR) writeFileSync(join(process.env.VIO_RESULTS_DIR, 'chart-real-node-figures.json'), JSON.stringify(figures, null, 2));
+    }
+  }, 120_000);
+
+  test('operator (2 replicas) and agent (DaemonSet) Running with the chart\'s exact security settings, in the API and in the kernel', async () => {
+    const dep = await getJson<{ status: { readyReplicas?: number } }>(['get', 'deployment', '-n', NS, 'vio-virtualio-operator']);
+    expect(dep.status.readyReplicas).toBe(2);
+    const ds = await getJson<{ status: { numberReady?: number; desiredNumberScheduled?: number } }>(['get', 'daemonset', '-n', NS, 'vio-virtualio-agent']);
+    expect(ds.status.desiredNumberScheduled).toBe(1);
+    expect(ds.status.numberReady).toBe(1);
+
+    const rendered = parseObjects(await helm(['template', RELEASE, CHART_DIR, ...helmValues(TAG_A)]));
+    const tmpl = (kind: string) => (rendered.find((o: KubeObject) => o.kind === kind) as unknown as { spec: { template: { spec: Pod['spec'] } } }).spec.template.spec;
+    const live = { operator: await pods(OPERATOR), agent: await pods(AGENT) };
+    expect(live.operator).toHaveLength(2);
+    expect(live.agent).toHaveLength(1);
+    for (const [component, want] of [['operator', tmpl('Deployment')], ['agent', tmpl('DaemonSet')]] as const) {
+      for (const p of live[component]) {
+        expect(p.spec.nodeName).toBe(NODE_NAME);
+        expect(p.spec.securityContext).toEqual(want.securityContext);
+        expect(p.spec.containers[0]!.securityContext).toEqual(want.containers[0]!.securityContext);
+        expect(p.spec.containers[0]!.image).toBe(`${REPO}:${TAG_A}`);
+      }
+    }
+    // What runc actually applied to the running processes.
+    const op = processFacts((await criContainer('operator')).pid);
+    expect(op).toEqual({ uid: '65532', gid: '65532', capEff: '0000000000000000', capBnd: '0000000000000000', noNewPrivs: '1', seccomp: '2', rootReadOnly: true });
+    const ag = processFacts((await criContainer('agent')).pid);
+    expect(ag).toEqual({ uid: '0', gid: '0', capEff: '0000000000000000', capBnd: '0000000000000000', noNewPrivs: '1', seccomp: '2', rootReadOnly: true });
+    // The shipped image: no shell, and the build-only CA setting never reaches it.
+    const cfg = JSON.parse(await node.crictl(['inspecti', `${REPO}:${TAG_A}`])) as { info: { imageSpec: { config: { Env?: string[]; User?: string; Entrypoint?: string[] } } } };
+    expect(cfg.info.imageSpec.config.User).toBe('65532:65532');
+    expect(cfg.info.imageSpec.config.Entrypoint).toEqual(['/nodejs/bin/node']);
+    expect((cfg.info.imageSpec.config.Env ?? []).filter((e) => e.startsWith('NODE_EXTRA_CA_CERTS'))).toEqual([]);
+
+    // Pod start times: creation → Ready, from the API (second resolution).
+    for (const p of [...live.operator, ...live.agent]) {
+      const readyAt = (p.status.conditions as unknown as { type: string; lastTransitionTime: string }[]).find((c) => c.type === 'Ready')!.lastTransitionTime;
+      figures[`podStart.${p.metadata.name.includes('agent') ? 'agent' : 'operator'}.${p.metadata.name.slice(-5)}.s`] =
+        (Date.parse(readyAt) - Date.parse(p.metadata.creationTimestamp)) / 1000;
+    }
+  });
+
+  test('one operator replica holds the Lease; deleting the leader pod fails over to the other', async () => {
+    const holder = async () => (await getJson<{ spec: { holderIdentity?: string } }>(['get', 'lease', '-n', NS, 'virtualio-operator'])).spec.holderIdentity ?? '';
+    const names = (await pods(OPERATOR)).map((p) => p.metadata.name);
+    const leader = await eventually('a leader', async () => { const h = await holder(); return names.includes(h) ? h : undefined; }, 60_000);
+    const other = names.find((n) => n !== leader)!;
+    const t = Date.now();
+    await kubectl(['delete', 'pod', '-n', NS, leader, '--wait=false']);
+    await eventually(`${other} to take the Lease`, async () => ((await holder()) === other ? true : undefined), 60_000, 100);
+    figures.leaderFailoverMs = Date.now() - t;
+    // The Deployment replaces the deleted pod; both replicas Ready again.
+    figures.operatorReplacementReadyMs = Math.max(...await waitReady('2 operator replicas again', OPERATOR, 2, t));
+  });
+
+  test('the agent in its pod carves the simulated host and registers the pool with the kubelet', async () => {
+    const t = Date.now();
+    await kubectl(['apply', '-f', '-'], JSON.stringify(pool));
+    await eventually('4 VFs of the cx6 pool on the Node', async () => {
+      const n = await getJson<{ status: { capacity: Record<string, string>; allocatable: Record<string, string> } }>(['get', 'node', NODE_NAME]);
+      return n.status.capacity[NIC] === '4' && n.status.allocatable[NIC] === '4' ? true : undefined;
+    }, 120_000, 250).catch(async (err: unknown) => { throw new Error(`${String(err)}\n${await diagnostics()}`, { cause: err }); });
+    figures.poolToNodeCapacityMs = Date.now() - t;
+    // The carving happened in the (simulated) kernel, written by the agent from inside its container.
+    expect(readFileSync(join(base, 'sys/bus/pci/devices', PF, 'sriov_numvfs'), 'utf8').trim()).toBe('4');
+    const vfs = readdirSync(join(base, 'sys/bus/pci/devices', PF)).filter((f) => f.startsWith('virtfn'));
+    expect(vfs).toHaveLength(4);
+    for (const v of vfs) expect(basename(realpathSync(join(base, 'sys/bus/pci/devices', PF, v, 'driver')))).toBe('vfio-pci');
+    expect(await containerLog('agent')).toMatch(/regist/i);
+  });
+
+  test('a VM-shaped pod placed by the real scheduler gets its slice (env and VFIO device nodes)', async () => {
+    // The runtime passes the allocated /dev/vfio nodes from the host; this host has no VFIO, so the
+    // group nodes the simulated kernel has are mirrored as character devices (1:3, i.e. like /dev/null).
+    if (!existsSync(HOST_VFIO)) {
+      mkdirSync(HOST_VFIO);
+      madeHostVfio = true;
+    }
+    if (madeHostVfio) {
+      for (const g of readdirSync(join(base, 'dev/vfio'))) {
+        if (!existsSync(join(HOST_VFIO, g))) await run('mknod', ['-m', '0666', join(HOST_VFIO, g), 'c', '1', '3']);
+      }
+    }
+    const t = Date.now();
+    await kubectl(['apply', '-f', '-'], JSON.stringify(vmPod()));
+    const p = await eventually('the VM pod Running', async () => {
+      const got = await getJson<Pod>(['get', 'pod', '-n', 'default', VM_POD]);
+      return got.status.phase === 'Running' ? got : undefined;
+    }, 120_000, 250).catch(async (err: unknown) => { throw new Error(`${String(err)}\n${await diagnostics()}`, { cause: err }); });
+    figures.vmPodRunningMs = Date.now() - t;
+    expect(p.spec.nodeName).toBe(NODE_NAME);
+    expect(p.spec.schedulerName).toBe('default-scheduler');
+    const events = await kubectl(['get', 'events', '-n', 'default', '--field-selector', `involvedObject.name=${VM_POD},reason=Scheduled`, '-o', 'jsonpath={.items[*].source.component}{.items[*].reportingComponent}']);
+    expect(events).toContain('default-scheduler');
+
+    const log = await eventually('the VM pod\'s report', async () => {
+      const l = await containerLog('compute', 'default');
+      return l.includes('VM-DEV') ? l : undefined;
+    }, 30_000);
+    const env = JSON.parse(log.match(/VM-ENV (.*)/)![1]!) as Record<string, string>;
+    expect(Object.keys(env)).toEqual([ENV_NAME]);
+    const vf = env[ENV_NAME]!;
+    expect(vf).toMatch(/^0000:81:00\.[2-5]$/); // one of the 4 VFs (offset 2, stride 1)
+    expect(basename(realpathSync(join(base, 'sys/bus/pci/devices', vf, 'physfn')))).toBe(PF);
+    const group = basename(realpathSync(join(base, 'sys/bus/pci/devices', vf, 'iommu_group')));
+    expect(JSON.parse(log.match(/VM-DEV (.*)/)![1]!)).toEqual([group, 'vfio'].sort());
+  });
+
+  test('helm test passes', async () => {
+    const t = Date.now();
+    const out = await helm(['test', RELEASE, '-n', NS, '--timeout', '3m']);
+    figures.helmTestMs = Date.now() - t;
+    expect(out).toMatch(/Phase:\s+Succeeded/);
+  });
+
+  test('helm upgrade to a changed image rolls the agent without touching the held slice', async () => {
+    const vmBefore = await getJson<Pod>(['get', 'pod', '-n', 'default', VM_POD]);
+    const held = (JSON.parse((await containerLog('compute', 'default')).match(/VM-ENV (.*)/)![1]!) as Record<string, string>)[ENV_NAME]!;
+    const agentBefore = (await pods(AGENT))[0]!;
+    const eventsBefore = kernel.events.length;
+    const imageA = agentBefore.status.containerStatuses![0]!.imageID;
+
+    const t = Date.now();
+    await helm(['upgrade', RELEASE, CHART_DIR, ...helmValues(TAG_B), '--wait', '--timeout', '5m']);
+    figures.helmUpgradeWaitMs = Date.now() - t;
+    const agentAfter = (await pods(AGENT)).filter((p) => !p.metadata.deletionTimestamp);
+    expect(agentAfter).toHaveLength(1);
+    expect(agentAfter[0]!.metadata.uid).not.toBe(agentBefore.metadata.uid);
+    expect(agentAfter[0]!.spec.containers[0]!.image).toBe(`${REPO}:${TAG_B}`);
+    expect(agentAfter[0]!.status.containerStatuses![0]!.imageID).not.toBe(imageA); // a different image, not just a tag
+    for (const p of await pods(OPERATOR)) expect(p.spec.containers[0]!.image).toBe(`${REPO}:${TAG_B}`);
+
+    // The new agent registered the pool again: capacity 4, one slice still allocated to the VM.
+    await eventually('the pool back on the Node', async () => {
+      const n = await getJson<{ status: { capacity: Record<string, string>; allocatable: Record<string, string> } }>(['get', 'node', NODE_NAME]);
+      return n.status.capacity[NIC] === '4' && n.status.allocatable[NIC] === '4' ? true : undefined;
+    }, 120_000, 250);
+    await kernel.idle();
+    // The held VF: no write of the kernel touched it or the PF's VF count, it is still on vfio-pci,
+    // and the VM's container never restarted.
+    const touched = kernel.events.slice(eventsBefore).filter((e) => e.path.includes(held) || e.value.includes(held) || e.path.endsWith(`${PF}/sriov_numvfs`));
+    expect(touched).toEqual([]);
+    expect(basename(realpathSync(join(base, 'sys/bus/pci/devices', held, 'driver')))).toBe('vfio-pci');
+    const vmAfter = await getJson<Pod>(['get', 'pod', '-n', 'default', VM_POD]);
+    expect(vmAfter.metadata.uid).toBe(vmBefore.metadata.uid);
+    expect(vmAfter.status.containerStatuses![0]!.containerID).toBe(vmBefore.status.containerStatuses![0]!.containerID);
+    expect(vmAfter.status.containerStatuses![0]!.restartCount).toBe(0);
+    const vn = await getJson<{ status: { slices: { id: string; health: string }[] } }>(['get', 'virtualionode', NODE_NAME]);
+    expect(vn.status.slices.find((s) => s.id === held)?.health).toBe('Healthy');
+  });
+
+  test('helm uninstall leaves no pod behind', async () => {
+    const t = Date.now();
+    await helm(['uninstall', RELEASE, '-n', NS, '--wait', '--timeout', '3m']);
+    await eventually('no virtualio pod in the API', async () => ((await pods('app.kubernetes.io/instance=vio')).length === 0 ? true : undefined), 90_000, 250);
+    await eventually('no virtualio container on the node', async () => {
+      const list = JSON.parse(await node.crictl(['ps', '--label', `io.kubernetes.pod.namespace=${NS}`, '-o', 'json'])) as { containers: unknown[] };
+      return list.containers.length === 0 ? true : undefined;
+    }, 60_000, 250);
+    figures.helmUninstallMs = Date.now() - t;
+    expect(await kubectl(['get', 'all', '-n', NS, '-o', 'name'])).toBe('');
+    // The agent unregistered on its way out: the kubelet no longer offers the pool.
+    expect(readdirSync('/var/lib/kubelet/device-plugins').filter((f) => f.startsWith('virtualio-'))).toEqual([]);
+    const helmList = await helm(['list', '-n', NS, '-q']);
+    expect(helmList.trim()).toBe('');
+  });
+});
