@@ -243,7 +243,7 @@ describe('helm install on the real API server', () => {
     expect(manifest.map((o) => o.kind).sort()).toEqual([
       'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'DaemonSet', 'Deployment', 'PodDisruptionBudget',
       'Role', 'Role', 'RoleBinding', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount', 'ValidatingAdmissionPolicy',
-      'ValidatingAdmissionPolicyBinding',
+      'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding', 'ValidatingAdmissionPolicyBinding',
     ]);
     for (const o of manifest) {
       const ns = o.metadata.namespace ? ['-n', o.metadata.namespace] : [];
@@ -317,6 +317,12 @@ describe('helm install on the real API server', () => {
     ['get', 'secrets', '', 'tenant-a', false],
     ['create', 'events', '', NS, false],
     ['get', 'kubevirts.kubevirt.io', '', 'kubevirt', false],
+    ['create', 'resourceslices.resource.k8s.io', '', '', true],
+    ['delete', 'resourceslices.resource.k8s.io', '', '', true],
+    ['get', 'resourceclaims.resource.k8s.io', '', 'tenant-a', true],
+    ['list', 'resourceclaims.resource.k8s.io', '', 'tenant-a', false],
+    ['update', 'resourceclaims.resource.k8s.io', 'status', 'tenant-a', false],
+    ['create', 'deviceclasses.resource.k8s.io', '', '', false],
   ];
 
   async function canI(sa: string, [verb, resource, sub, ns]: Row): Promise<boolean> {

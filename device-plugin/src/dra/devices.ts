@@ -165,3 +165,18 @@ export function resourceSlicesFor(node: string, content: PoolContent, generation
     },
   }));
 }
+
+/** The DeviceClass of a DRA pool: every device of our driver whose `pool` attribute names it. */
+export function deviceClassFor(pool: string): {
+  apiVersion: 'resource.k8s.io/v1';
+  kind: 'DeviceClass';
+  metadata: { name: string; labels: Record<string, string> };
+  spec: { selectors: { cel: { expression: string } }[] };
+} {
+  return {
+    apiVersion: 'resource.k8s.io/v1',
+    kind: 'DeviceClass',
+    metadata: { name: deviceClassName(pool), labels: { [POOL_LABEL]: pool, 'app.kubernetes.io/part-of': 'virtualio' } },
+    spec: { selectors: [{ cel: { expression: `device.driver == "${DRA_DRIVER}" && device.attributes["${DRA_DRIVER}"].pool == "${pool}"` } }] },
+  };
+}
