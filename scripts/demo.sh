@@ -34,6 +34,6 @@ echo "[demo] Kubernetes binaries (built from the Go module proxy the first time:
 VIO_BIN_DIR=$(bash test/cluster/build-bins.sh | tail -1)
 export VIO_BIN_DIR
 if [ "$(id -u)" != 0 ]; then
-  echo "[demo] note: not root, so no kubelet (it needs /var/lib/kubelet); run 'sudo make demo' for the VMs part" >&2
+  echo "[demo] note: not root, so no kubelet (it needs /var/lib/kubelet): no VM can start, and the demo ends NOT OK because it cannot verify them; run 'sudo make demo'" >&2
 fi
 exec node test/demo/demo.ts "$@"

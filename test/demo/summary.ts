@@ -22,9 +22,19 @@ export interface VmSummary {
   devices: string[];
 }
 
+/** One thing the demo verified (or could not): `ok` is true only when it was checked and held. */
+export interface DemoCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
 /** The whole summary; `--json` prints this object. */
 export interface DemoSummary {
+  /** Every check ran and held ({@link verifyDemo}); the demo exits non-zero otherwise. */
   ok: boolean;
+  /** What was verified, each with its evidence or why it failed or could not be checked. */
+  checks: DemoCheck[];
   kubelet: boolean;
   node: string;
   kubeconfig: string;
@@ -87,6 +97,66 @@ function describe(d: InventoryRow, inv: InventoryRow[]): string {
   return parts.join('; ');
 }
 
+/** KubeVirt's env variable for a resource: `PCI_RESOURCE_` / `MDEV_PCI_RESOURCE_` + the name upper-cased, `.` and `/` as `_`. */
+export function kubevirtEnvName(resource: string, mdev: boolean): string {
+  return `${mdev ? 'MDEV_PCI_RESOURCE_' : 'PCI_RESOURCE_'}${resource.toUpperCase().replace(/[./]/g, '_')}`;
+}
+
+const VFIO_GROUP_NODE = /^\/dev\/vfio\/\d+$/;
+
+/**
+ * What the demo can claim, checked from its own summary: the node reported an inventory, every
+ * pool is planned with capacity for its VMs and every slice is Healthy; and, only with a real
+ * kubelet, every VM's pod runs holding exactly the slices it asked for, its container got KubeVirt's
+ * env for exactly those slices with their VFIO nodes, the node's status names the VM on each of
+ * them, and no slice is held twice. Without a kubelet the VM checks fail as "not verified": the demo
+ * never reports success for what it did not see.
+ */
+export function verifyDemo(s: Omit<DemoSummary, 'ok' | 'checks'>, mdevPools: ReadonlySet<string>): DemoCheck[] {
+  const checks: DemoCheck[] = [];
+  const add = (name: string, problems: string[], good: string) => checks.push({ name, ok: problems.length === 0, detail: problems.length ? problems.join('; ') : good });
+  add('inventory', s.inventory.length > 0 ? [] : ['the node reported no inventory'], `${s.inventory.length} PCI functions reported`);
+  const wanted = new Map<string, number>();
+  for (const v of s.vms) wanted.set(v.pool, (wanted.get(v.pool) ?? 0) + v.requested);
+  add('plan', [...wanted.keys()].filter((p) => !(s.plan.find((x) => x.pool === p)?.devices.length)).map((p) => `pool ${p} is not planned on the node`), `${wanted.size} pools planned`);
+  add('capacity', [...wanted].flatMap(([p, n]) => {
+    const cap = s.pools.find((x) => x.name === p)?.capacity ?? 0;
+    return cap >= n ? [] : [`pool ${p}: capacity ${cap}, its VMs need ${n}`];
+  }), 'every pool has capacity for its VMs');
+  const bad = s.slices.filter((x) => x.health !== 'Healthy');
+  add('health', s.slices.length === 0 ? ['the node reports no slices'] : bad.map((x) => `${x.id} (${x.pool}) ${x.health}${x.reason ? `: ${x.reason}` : ''}`), `${s.slices.length} slices Healthy`);
+  if (!s.kubelet) {
+    const why = 'not verified: no kubelet ran (it needs root), so no VM pod could start; run as root (sudo make demo)';
+    checks.push({ name: 'kubelet', ok: false, detail: why });
+    checks.push({ name: 'vms', ok: false, detail: why });
+    return checks;
+  }
+  checks.push({ name: 'kubelet', ok: true, detail: 'a real kubelet ran the VM pods' });
+  const vmProblems: string[] = [];
+  for (const v of s.vms) {
+    const p: string[] = [];
+    if (v.phase !== 'Running') p.push(`pod ${v.pod || '(none)'} is ${v.phase}`);
+    if (v.slices.length !== v.requested) p.push(`holds ${v.slices.length} of ${v.requested} slices`);
+    const key = kubevirtEnvName(v.resource, mdevPools.has(v.pool));
+    const envSlices = (v.env[key] ?? '').split(',').filter(Boolean).sort();
+    if (Object.keys(v.env).join() !== key) p.push(`env ${JSON.stringify(Object.keys(v.env))}, want exactly ${key}`);
+    else if (envSlices.join() !== [...v.slices].sort().join() || envSlices.length === 0) p.push(`env ${key}=${v.env[key] ?? ''} does not match its slices ${v.slices.join(',')}`);
+    if (v.devices[0] !== '/dev/vfio/vfio') p.push('no /dev/vfio/vfio');
+    const groups = v.devices.filter((d) => VFIO_GROUP_NODE.test(d)).length;
+    if (groups !== v.requested) p.push(`${groups} /dev/vfio/<group> nodes for ${v.requested} slices`);
+    for (const id of v.slices) {
+      const sl = s.slices.find((x) => x.id === id);
+      if (!sl || sl.pool !== v.pool || sl.vmi !== v.vm || sl.pod !== v.pod) p.push(`node status does not name ${v.vm} on ${id}`);
+    }
+    if (p.length) vmProblems.push(`${v.vm}: ${p.join(', ')}`);
+  }
+  if (s.vms.length === 0) vmProblems.push('no VM');
+  const held = s.vms.flatMap((v) => v.slices);
+  if (new Set(held).size !== held.length) vmProblems.push('a slice is held by two VMs');
+  add('vms', vmProblems, `${s.vms.length} VMs hold ${held.length} slices, each with KubeVirt's env and VFIO nodes; the node status names each VM`);
+  return checks;
+}
+
 /** The readable summary. */
 export function renderSummary(s: DemoSummary): string {
   const out: string[] = [];
@@ -127,6 +197,10 @@ export function renderSummary(s: DemoSummary): string {
     if (v.devices.length > 0) out.push(`    devices ${v.devices.join(' ')}`);
   }
   out.push('');
-  out.push(s.ok ? 'OK: every VM holds its slices and got KubeVirt\'s env.' : 'NOT OK: see above (some VM lacks slices or env).');
+  out.push('What the demo verified');
+  for (const c of s.checks) out.push(`  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name.padEnd(9)} ${c.detail}`);
+  out.push('');
+  const failed = s.checks.filter((c) => !c.ok);
+  out.push(s.ok ? 'OK: every VM holds its slices and got KubeVirt\'s env.' : `NOT OK: ${failed.map((c) => c.name).join(', ')} ${failed.length === 1 ? 'was' : 'were'} not verified (see above).`);
   return out.join('\n');
 }
