@@ -169,17 +169,24 @@ describe('operator against a real kube-apiserver', () => {
     expect(await kubectl(['describe', 'virtualiodevice', 'x-overlap'])).toMatch(/Warning\s+DeviceConflict/);
   });
 
-  test('two pools with one resource name are both in Conflict and neither is planned', async () => {
+  test('two pools with one resource name: the older keeps it and stays planned, the younger is in Conflict', async () => {
     await createPool('dup-a', { class: 'GPU', resourceName: 'example.com/gpu', deviceSelector: { vendorIDs: ['10de'] }, carving: { mode: 'Passthrough' } });
+    await waitUntil('dup-a planned', async () => (await planOf('node-3')).includes('dup-a'));
+    const generation = (await vio('node-3'))?.metadata.generation;
+    // Same second or later: dup-b is younger (creationTimestamp, then name).
     await createPool('dup-b', { class: 'GPU', resourceName: 'example.com/gpu', deviceSelector: { vendorIDs: ['10de'] }, carving: { mode: 'Passthrough' } });
-    for (const n of ['dup-a', 'dup-b']) {
-      await waitUntil(`${n} ResourceNameConflict`, async () => cond(await pool(n), 'Conflict')?.reason === 'ResourceNameConflict');
-    }
-    for (let i = 0; i < 4; i++) expect(await planOf(`node-${i}`)).not.toEqual(expect.arrayContaining(['dup-a']));
+    const b = await waitUntil('dup-b ResourceNameConflict', async () => {
+      const x = await pool('dup-b');
+      return cond(x, 'Conflict')?.reason === 'ResourceNameConflict' && x;
+    });
+    expect(cond(b, 'Conflict')?.message).toContain('already used by the older VirtualIODevice dup-a');
+    expect(cond(await pool('dup-a'), 'Conflict')?.status).toBe('False');
+    for (let i = 0; i < 4; i++) expect(await planOf(`node-${i}`)).not.toContain('dup-b');
+    expect(await planOf('node-3')).toContain('dup-a');
+    expect((await vio('node-3'))?.metadata.generation).toBe(generation);
     await kube.delete(VirtualIODevices, 'dup-b');
-    await waitUntil('dup-a planned once unique', async () => (await planOf('node-3')).includes('dup-a'));
     await kube.delete(VirtualIODevices, 'dup-a');
-    await waitUntil('dup-a gone', async () => !(await pool('dup-a')));
+    await waitUntil('dup-a and dup-b gone', async () => !(await pool('dup-a')) && !(await pool('dup-b')));
   });
 
   test('a node that loses its label loses the pool', async () => {
