@@ -16,6 +16,8 @@ describe('parseAgentConfig', () => {
         rescanIntervalMs: 30_000,
         metricsAddress: { host: '0.0.0.0', port: 8080 },
         logLevel: 'info',
+        dra: false,
+        kubeletDir: '/var/lib/kubelet',
       },
     });
   });

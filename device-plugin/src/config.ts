@@ -18,6 +18,10 @@ export interface AgentConfig {
   rescanIntervalMs: number;
   metricsAddress: { host: string; port: number };
   logLevel: string;
+  /** Serve pools with frontEnd DRA through the kubelet's DRA plugin API (cluster mode only). */
+  dra: boolean;
+  /** The kubelet's root folder: plugins/ and plugins_registry/ (DRA registration) live here. */
+  kubeletDir: string;
 }
 
 export type ConfigResult = { kind: 'config'; config: AgentConfig } | { kind: 'help'; text: string } | { kind: 'error'; message: string };
@@ -44,6 +48,8 @@ const FLAGS: readonly FlagSpec[] = [
   { flag: 'rescan-interval', env: 'VIO_RESCAN_INTERVAL', def: '30s', meaning: 'full sysfs rescan period (filesystem events trigger earlier rescans)' },
   { flag: 'metrics-address', env: 'VIO_METRICS_ADDRESS', def: '0.0.0.0:8080', meaning: '/metrics, /healthz, /readyz' },
   { flag: 'log-level', env: 'VIO_LOG_LEVEL', def: 'info', meaning: 'pino level (fatal, error, warn, info, debug, trace, silent)' },
+  { flag: 'dra', env: 'VIO_DRA', def: 'false', meaning: 'serve pools with spec.frontEnd DRA as DRA driver virtualio.dev (ResourceSlices, kubelet DRA plugin); cluster mode only', bool: true },
+  { flag: 'kubelet-dir', env: 'VIO_KUBELET_DIR', def: '/var/lib/kubelet', meaning: 'kubelet root folder; the DRA plugin registers in its plugins_registry/ and serves from plugins/virtualio.dev/' },
 ];
 
 /** The `--help` text. */
@@ -151,6 +157,11 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
   if (!metrics) return { kind: 'error', message: `--metrics-address: expected host:port, got ${JSON.stringify(get('metrics-address'))}` };
   const logLevel = get('log-level') ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) return { kind: 'error', message: `--log-level: expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}` };
+  const dra = parseBool(get('dra') ?? 'false');
+  if (dra === undefined) return { kind: 'error', message: `--dra: expected true or false, got ${JSON.stringify(get('dra'))}` };
+  const kubeletDir = get('kubelet-dir') ?? '/var/lib/kubelet';
+  if (!kubeletDir.startsWith('/')) return { kind: 'error', message: `--kubelet-dir: expected an absolute path, got ${JSON.stringify(kubeletDir)}` };
+  if (dra && get('plan-file') !== undefined) return { kind: 'error', message: '--dra needs cluster mode (ResourceSlices and claims live in the API server); drop --plan-file' };
   const nodeName = get('node-name') ?? hostname;
   if (!nodeName) return { kind: 'error', message: '--node-name is empty and the host name is unknown' };
   const planFile = get('plan-file');
@@ -167,6 +178,8 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
     rescanIntervalMs: rescan,
     metricsAddress: metrics,
     logLevel,
+    dra,
+    kubeletDir,
   };
   if (planFile !== undefined) config.planFile = planFile;
   if (kubeconfig !== undefined) config.kubeconfig = kubeconfig;

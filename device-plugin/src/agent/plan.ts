@@ -20,6 +20,7 @@ export interface PlanSource {
 
 const NAME_RE = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 const PCI_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+const MDEV_PARENT_RE = /^[A-Za-z][-A-Za-z0-9_.]{0,63}$/;
 const CLASSES = ['NIC', 'Storage', 'GPU'];
 const MODES = ['SRIOV', 'Mediated', 'Passthrough', 'NPIV'];
 const CONSUMPTIONS = ['HostDevice', 'MediatedDevice', 'SRIOVNetwork'];
@@ -70,8 +71,11 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
     if (!Array.isArray(p.devices)) problems.push(`${at}.devices: must be a list`);
     else
       p.devices.forEach((d: unknown, j) => {
-        if (!isObject(d) || typeof d.pciAddress !== 'string' || !PCI_RE.test(d.pciAddress)) {
-          problems.push(`${at}.devices[${j}].pciAddress: must be dddd:bb:dd.f, got ${JSON.stringify(isObject(d) ? d.pciAddress : d)}`);
+        // Mediated pools may also name an mdev parent that is not a PCI function by its
+        // /sys/class/mdev_bus entry (e.g. mtty, or s390's vfio_ap "matrix").
+        const mdevParent = p.mode === 'Mediated' && isObject(d) && typeof d.pciAddress === 'string' && MDEV_PARENT_RE.test(d.pciAddress);
+        if (!isObject(d) || typeof d.pciAddress !== 'string' || (!PCI_RE.test(d.pciAddress) && !mdevParent)) {
+          problems.push(`${at}.devices[${j}].pciAddress: must be dddd:bb:dd.f${p.mode === 'Mediated' ? ' or an mdev parent named in /sys/class/mdev_bus' : ''}, got ${JSON.stringify(isObject(d) ? d.pciAddress : d)}`);
           return;
         }
         const other = devices.get(d.pciAddress);

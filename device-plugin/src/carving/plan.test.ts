@@ -352,3 +352,11 @@ describe('carving plans on the recorded vgpu-node', () => {
     for (const [vf, uuid] of Object.entries(RECORDED)) expect(after.devices.find((d) => d.pciAddress === vf)?.mdevs?.map((m) => m.uuid)).toEqual([uuid]);
   }, 60000);
 });
+
+test('mdevs on a parent that is not a PCI function are created through /sys/class/mdev_bus', () => {
+  const inventory = { devices: [{ pciAddress: 'mtty', mdevTypes: [{ id: 'mtty-2', availableInstances: 12, deviceAPI: 'vfio-pci' }] }] };
+  const spec = { pools: [{ name: 'serial', resourceName: 'virtualio.dev/serial', class: 'GPU' as const, mode: 'Mediated' as const, consumption: 'MediatedDevice' as const, mdevType: 'mtty-2', count: 2, devices: [{ pciAddress: 'mtty' }] }] };
+  const plan = planCarving({ spec, inventory, nodeName: 'node-a', allocated: new Set() });
+  expect(plan.blocked).toEqual([]);
+  expect(plan.writes.map((w) => w.path)).toEqual(['class/mdev_bus/mtty/mdev_supported_types/mtty-2/create', 'class/mdev_bus/mtty/mdev_supported_types/mtty-2/create']);
+});

@@ -2,7 +2,7 @@
 // that make the slices exist, plus what cannot proceed now and why. Idempotent by construction:
 // a write is planned only where the inventory differs from the wanted state.
 import type { BlockedChange, CarvingPlan, Inventory, InventoryDevice, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
-import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
+import { compareText, isBridgeClass, isPciAddress, VFIO_PCI } from '../sysfs/pci.js';
 import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
 
 /** Input of {@link planCarving}. */
@@ -192,7 +192,7 @@ function planMediated(node: string, pool: PoolPlan, devices: Map<string, Invento
       }
       for (const s of toCreate.slice(0, creatable)) {
         out.writes.push({
-          path: `bus/pci/devices/${parent}/mdev_supported_types/${s.type}/create`,
+          path: `${isPciAddress(parent) ? `bus/pci/devices/${parent}` : `class/mdev_bus/${parent}`}/mdev_supported_types/${s.type}/create`, // non-PCI parents (mtty, vfio_ap) by their class entry
           value: s.uuid,
           why: `create mdev ${s.index} of type ${s.type} on ${parent} (pool ${pool.name})`,
           group: parent,

@@ -259,3 +259,43 @@ describe('scan of FC hosts in both layouts, and vfio cdevs', () => {
     }
   });
 });
+
+describe('mdev parents that are not PCI functions (layout of the kernel sample mtty, checked in test/kernel)', () => {
+  const UUID = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
+  test('reported by their /sys/class/mdev_bus name with types and mdevs; PCI parents are not duplicated', async () => {
+    const t = await tempTree();
+    try {
+      const parent = path.join(t.root, 'devices/virtual/mtty/mtty');
+      for (const [type, avail] of [['mtty-1', '24'], ['mtty-2', '11']] as const) {
+        const d = path.join(parent, 'mdev_supported_types', type);
+        await mkdir(d, { recursive: true });
+        await writeFile(path.join(d, 'name'), `Single port serial\n`);
+        await writeFile(path.join(d, 'available_instances'), `${avail}\n`);
+        await writeFile(path.join(d, 'device_api'), 'vfio-pci\n');
+        await writeFile(path.join(d, 'create'), '');
+      }
+      await mkdir(path.join(parent, UUID), { recursive: true });
+      await mkdir(path.join(t.root, 'kernel/iommu_groups/14/devices'), { recursive: true });
+      await symlink('../mdev_supported_types/mtty-2', path.join(parent, UUID, 'mdev_type'));
+      await symlink('../../../../../kernel/iommu_groups/14', path.join(parent, UUID, 'iommu_group'));
+      await mkdir(path.join(t.root, 'class/mdev_bus'), { recursive: true });
+      await symlink('../../devices/virtual/mtty/mtty', path.join(t.root, 'class/mdev_bus/mtty'));
+      // A PCI parent is listed in class/mdev_bus too; the PCI scan reports it (once).
+      const k = await FakeKernel.create(t.root, t.devRoot);
+      await k.addFunction(emulexFc('0000:5e:00.0', { host: 5, wwpn: '10000090fa000001', wwnn: '20000090fa000001' }));
+      await symlink('../../bus/pci/devices/0000:5e:00.0', path.join(t.root, 'class/mdev_bus/0000:5e:00.0'));
+      const inv = await scan(t.root);
+      expect(inv.devices.map((d) => d.pciAddress)).toEqual(['0000:5e:00.0', 'mtty']);
+      expect(dev(inv, 'mtty')).toEqual({
+        pciAddress: 'mtty',
+        mdevTypes: [
+          { id: 'mtty-1', name: 'Single port serial', availableInstances: 24, deviceAPI: 'vfio-pci' },
+          { id: 'mtty-2', name: 'Single port serial', availableInstances: 11, deviceAPI: 'vfio-pci' },
+        ],
+        mdevs: [{ uuid: UUID, type: 'mtty-2', iommuGroup: 14 }],
+      });
+    } finally {
+      await t.cleanup();
+    }
+  });
+});

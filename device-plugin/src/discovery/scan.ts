@@ -122,6 +122,44 @@ function readVports(r: AttrReader, pciAddress: string, host: string): FcVport[] 
   return out;
 }
 
+/**
+ * The mediated-device side of a parent (PCI function or not): its `mdev_supported_types` and the
+ * mdevs below it (UUID-named folders with an `mdev_type` link).
+ */
+function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevice): void {
+  if (entries.includes('mdev_supported_types')) {
+    const types: NonNullable<InventoryDevice['mdevTypes']> = [];
+    for (const id of r.list('mdev_supported_types')) {
+      const tr = r.sub(`mdev_supported_types/${id}`);
+      const t: (typeof types)[number] = { id };
+      const tname = tr.text('name');
+      if (tname !== undefined) t.name = tname.trim();
+      const avail = tr.int('available_instances');
+      if (avail !== undefined) t.availableInstances = avail;
+      const api = tr.text('device_api');
+      if (api !== undefined) t.deviceAPI = api.trim();
+      types.push(t);
+    }
+    device.mdevTypes = types;
+  }
+
+  const mdevs: NonNullable<InventoryDevice['mdevs']> = [];
+  for (const e of entries) {
+    if (!UUID_RE.test(e)) continue;
+    const mr = r.sub(e);
+    const typeLink = mr.link('mdev_type');
+    if (typeLink === undefined) continue; // a UUID-named folder that is not an mdev
+    const m: (typeof mdevs)[number] = { uuid: e, type: path.basename(typeLink) };
+    const g = mr.linkBase('iommu_group');
+    if (g !== undefined) {
+      if (/^\d+$/.test(g)) m.iommuGroup = Number(g);
+      else mr.fail('iommu_group', `malformed link target ${JSON.stringify(g)}`);
+    }
+    mdevs.push(m);
+  }
+  if (mdevs.length > 0) device.mdevs = mdevs;
+}
+
 function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { device: InventoryDevice; extra: Extra } {
   const errors: string[] = [];
   const device: InventoryDevice = { pciAddress: name };
@@ -179,37 +217,7 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
     device.sriov = sriov;
   }
 
-  if (entries.includes('mdev_supported_types')) {
-    const types: NonNullable<InventoryDevice['mdevTypes']> = [];
-    for (const id of r.list('mdev_supported_types')) {
-      const tr = r.sub(`mdev_supported_types/${id}`);
-      const t: (typeof types)[number] = { id };
-      const tname = tr.text('name');
-      if (tname !== undefined) t.name = tname.trim();
-      const avail = tr.int('available_instances');
-      if (avail !== undefined) t.availableInstances = avail;
-      const api = tr.text('device_api');
-      if (api !== undefined) t.deviceAPI = api.trim();
-      types.push(t);
-    }
-    device.mdevTypes = types;
-  }
-
-  const mdevs: NonNullable<InventoryDevice['mdevs']> = [];
-  for (const e of entries) {
-    if (!UUID_RE.test(e)) continue;
-    const mr = r.sub(e);
-    const typeLink = mr.link('mdev_type');
-    if (typeLink === undefined) continue; // a UUID-named folder that is not an mdev
-    const m: (typeof mdevs)[number] = { uuid: e, type: path.basename(typeLink) };
-    const g = mr.linkBase('iommu_group');
-    if (g !== undefined) {
-      if (/^\d+$/.test(g)) m.iommuGroup = Number(g);
-      else mr.fail('iommu_group', `malformed link target ${JSON.stringify(g)}`);
-    }
-    mdevs.push(m);
-  }
-  if (mdevs.length > 0) device.mdevs = mdevs;
+  readMdevParent(r, entries, device);
 
   if (entries.includes('net')) {
     const netdevs: NonNullable<InventoryDevice['netdevs']> = [];
@@ -305,6 +313,29 @@ function fcHostsFromClass(root: string, errors: string[]): Map<string, ClassFcHo
   return out;
 }
 
+/**
+ * mdev parents that are not PCI functions, from `<root>/class/mdev_bus/<name>`: the kernel's sample
+ * parents (`mtty`, `mdpy`, `mbochs` under /sys/devices/virtual), s390's `vfio_ap` matrix device and
+ * `vfio_ccw` subchannels. The mdev ABI below the class entry is the same as for a PCI parent, so
+ * they are reported as devices named by their class entry (the `pciAddress` field holds that name),
+ * with their types and mdevs and nothing else. PCI parents are skipped: the PCI scan has them.
+ */
+function nonPciMdevParents(root: string, pciNames: ReadonlySet<string>, errors: string[]): InventoryDevice[] {
+  const out: InventoryDevice[] = [];
+  for (const name of listDir(path.join(root, 'class/mdev_bus'), (m) => errors.push(`class/mdev_bus: ${m}`))) {
+    if (pciNames.has(name) || isPciAddress(name)) continue;
+    const devErrors: string[] = [];
+    const device: InventoryDevice = { pciAddress: name };
+    const r = new AttrReader(path.join(root, 'class/mdev_bus', name), devErrors, `class/mdev_bus/${name}`);
+    const driver = r.linkBase('driver');
+    if (driver) device.driver = driver;
+    readMdevParent(r, r.list(), device);
+    if (devErrors.length > 0) device.errors = devErrors;
+    out.push(device);
+  }
+  return out;
+}
+
 /** Canonical `/dev/vfio/...` entries present under `<devRoot>/vfio`. */
 function readDevNodes(devRoot: string): string[] {
   const out: string[] = [];
@@ -341,6 +372,7 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
       results.push({ device, extra: { vports: [] } });
     }
   }
+  for (const device of nonPciMdevParents(sysfsRoot, new Set(names), errors)) results.push({ device, extra: { vports: [] } });
   results.sort((a, b) => comparePci(a.device.pciAddress, b.device.pciAddress));
   const inventory: Inventory = { devices: results.map((r) => r.device) };
   const vports = results.flatMap((r) => r.extra.vports);

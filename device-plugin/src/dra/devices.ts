@@ -134,7 +134,8 @@ export function desiredPools(node: string, pools: readonly PoolPlan[], slices: r
   for (const p of [...pools].filter((x) => isDraPool(x) && !x.deleting).sort((x, y) => x.name.localeCompare(y.name))) {
     // VPorts have no PCI function to hand over (and the CRD refuses NPIV with DRA): never published.
     const devs = slices
-      .filter((s) => s.pool === p.name && s.kind !== 'VPort')
+      // Draining slices (left the plan, still held) stay prepared but are not offered again.
+      .filter((s) => s.pool === p.name && s.kind !== 'VPort' && !(s as { draining?: string }).draining)
       .map((s) => draDevice(p, s, facts))
       .sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
     const size = devs.some((d) => d.taints) ? MAX_DEVICES_WITH_TAINTS : MAX_DEVICES;

@@ -57,6 +57,7 @@ export class DraDriver {
   private index = new Map<string, SliceEntry>();
   private facts: DeviceFacts = { devices: new Map() };
   private queue: Promise<unknown> = Promise.resolve();
+  private lastDesired = '';
   private draServer: grpc.Server | undefined;
   private regServer: grpc.Server | undefined;
   private regIdentity: string | undefined;
@@ -89,7 +90,11 @@ export class DraDriver {
     this.pools = [...pools];
     this.facts = { devices: new Map(inventory.devices.map((d) => [d.pciAddress, d])), pcieRoot: this.pcieRoot };
     this.index = sliceIndex(this.opts.nodeName, pools, slices);
-    this.publisher.setDesired(desiredPools(this.opts.nodeName, pools, slices, this.facts));
+    const desired = desiredPools(this.opts.nodeName, pools, slices, this.facts);
+    const text = JSON.stringify(desired);
+    if (text === this.lastDesired) return; // most cycles change nothing DRA publishes
+    this.lastDesired = text;
+    this.publisher.setDesired(desired);
   }
 
   /** Slice IDs held by prepared claims: carving must not destroy them. */

@@ -1,0 +1,69 @@
+// Wires the DRA driver into a running agent (main.ts, behind --dra): builds the client-node ports,
+// feeds the driver the agent's slices after every cycle, and returns the holder set allocation
+// safety reads. Kept out of main.ts so the agent core stays unaware of DRA.
+import type { Logger } from '../log.js';
+import type { Inventory, PoolPlan, Slice } from '../model.js';
+import { DraDriver } from './driver.js';
+
+/** What the driver reads from the agent: kept to the manager's public surface. */
+export interface AgentView {
+  /** The plan's pools as last applied (undefined before the first plan). */
+  pools(): readonly PoolPlan[] | undefined;
+  /** The slices as last built. A new array after every cycle. */
+  slices(): readonly Slice[];
+  /** The inventory as last scanned. */
+  inventory(): Inventory;
+}
+
+export interface DraWiring {
+  driver: DraDriver;
+  /** Resolves once the driver stopped (after `signal` aborts). */
+  done: Promise<void>;
+}
+
+/**
+ * Starts the DRA driver for a node: publishes its DRA pools, registers with the kubelet's plugin
+ * watcher under `<kubeletDir>/plugins_registry` and serves prepare/unprepare. The agent's state is
+ * sampled every `pollMs` (default 250 ms) and handed over when the slices or pools changed.
+ */
+export async function startDra(opts: {
+  nodeName: string;
+  kubeconfig: string | undefined;
+  kubeletDir: string;
+  cdiDir: string;
+  sysfsRoot: string;
+  agent: AgentView;
+  logger: Logger;
+  signal: AbortSignal;
+  onHoldersChanged?: () => void;
+  pollMs?: number;
+}): Promise<DraWiring> {
+  const { loadKubeConfig } = await import('../kube/adapter.js');
+  const { KubeResourceSliceStore, claimReader, nodeUidReader } = await import('./kube.js');
+  const kc = loadKubeConfig(opts.kubeconfig);
+  const driver = new DraDriver({
+    nodeName: opts.nodeName,
+    kubeletDir: opts.kubeletDir,
+    cdiDir: opts.cdiDir,
+    sysfsRoot: opts.sysfsRoot,
+    getClaim: claimReader(kc),
+    store: new KubeResourceSliceStore(kc, opts.nodeName),
+    nodeUid: nodeUidReader(kc, opts.nodeName),
+    logger: opts.logger,
+    ...(opts.onHoldersChanged ? { onHoldersChanged: opts.onHoldersChanged } : {}),
+  });
+  let lastSlices: readonly Slice[] | undefined;
+  let lastPools: readonly PoolPlan[] | undefined;
+  const tick = (): void => {
+    const pools = opts.agent.pools();
+    const slices = opts.agent.slices();
+    if (!pools || (slices === lastSlices && pools === lastPools)) return;
+    lastSlices = slices;
+    lastPools = pools;
+    driver.update(pools, slices, opts.agent.inventory());
+  };
+  const timer = setInterval(tick, opts.pollMs ?? 250);
+  timer.unref();
+  const done = driver.run(opts.signal).finally(() => clearInterval(timer));
+  return { driver, done };
+}
