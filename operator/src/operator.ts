@@ -4,6 +4,7 @@
 // ports, clock and logger as arguments, so unit tests run it against the in-memory fake.
 import type { Logger } from 'pino';
 import type { NodeObject, Pool, VioNode } from './api/types.js';
+import { DeviceClassReconciler } from './controllers/dra/deviceclass.js';
 import { KUBEVIRT_KEY, KubeVirtReconciler } from './controllers/kubevirt/reconciler.js';
 import { PlanReconciler } from './controllers/plan/reconciler.js';
 import { StatusReconciler } from './controllers/status/reconciler.js';
@@ -132,6 +133,7 @@ export class Operator {
     const planQ = new WorkQueue({ clock });
     const statusQ = new WorkQueue({ clock });
     const kubevirtQ = new WorkQueue({ clock });
+    const draQ = new WorkQueue({ clock }); // DeviceClasses of DRA pools, one key per pool
     metrics?.watchQueue('plan', planQ);
     metrics?.watchQueue('status', statusQ);
     metrics?.watchQueue('kubevirt', kubevirtQ);
@@ -156,6 +158,7 @@ export class Operator {
       if (inventoryChanged || !jsonEqual(obj?.spec, old?.spec)) kubevirtSoon();
     });
     pools.onChange((obj, old) => {
+      draQ.add((obj ?? old)?.metadata.name ?? '');
       const specChanged = !obj || !old || obj.metadata.generation !== old.metadata.generation ||
         !!obj.metadata.deletionTimestamp !== !!old.metadata.deletionTimestamp;
       if (specChanged) {
@@ -236,6 +239,7 @@ export class Operator {
     planAll();
     statusAll();
     kubevirtQ.add(KUBEVIRT_KEY);
+    for (const p of pools.list()) draQ.add(p.metadata.name);
     this.readyFlag = true;
     const common = { clock, observer: metrics };
     await Promise.all([
@@ -245,6 +249,8 @@ export class Operator {
         reconciler: new StatusReconciler({ kube, world, clock, events, log: log.child({ controller: 'status' }) }) }, signal),
       runController({ ...common, name: 'kubevirt', queue: kubevirtQ, workers: 1, log: log.child({ controller: 'kubevirt' }),
         reconciler: new KubeVirtReconciler({ kube, world, log: log.child({ controller: 'kubevirt' }) }) }, signal),
+      runController({ ...common, name: 'deviceclass', queue: draQ, workers: 1, log: log.child({ controller: 'deviceclass' }),
+        reconciler: new DeviceClassReconciler({ kube, world, log: log.child({ controller: 'deviceclass' }) }) }, signal),
       recheck, resync, ...runs,
     ]);
     if (kv) await kv.run;

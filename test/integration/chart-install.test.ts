@@ -296,6 +296,10 @@ describe('helm install on the real API server', () => {
     ['list', 'secrets', '', 'kube-system', false],
     ['create', 'pods', '', NS, false],
     ['create', 'daemonsets.apps', '', NS, false],
+    ['create', 'deviceclasses.resource.k8s.io', '', '', true],
+    ['delete', 'deviceclasses.resource.k8s.io', '', '', true],
+    ['list', 'deviceclasses.resource.k8s.io', '', '', false],
+    ['create', 'resourceslices.resource.k8s.io', '', '', false],
   ];
   const agentMatrix: Row[] = [
     ['get', 'virtualionodes.virtualio.dev', '', '', true],
