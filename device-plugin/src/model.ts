@@ -21,6 +21,8 @@ export interface Inventory {
    * `/dev/vfio/devices/vfio3`), sorted. Absent when the scan was given no dev root.
    */
   devNodes?: string[];
+  /** PCI drivers loaded (`bus/pci/drivers/*`), sorted; absent when that folder is missing or empty. */
+  pciDrivers?: string[];
   /** Problems that are not tied to one device (e.g. an unreadable `bus/pci/devices`). */
   errors?: string[];
 }

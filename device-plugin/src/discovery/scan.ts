@@ -381,6 +381,8 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
   for (const r of results) if (r.extra.vfioCdev) cdevs[r.device.pciAddress] = r.extra.vfioCdev;
   if (Object.keys(cdevs).length > 0) inventory.vfioCdevs = cdevs;
   if (opts.devRoot !== undefined) inventory.devNodes = readDevNodes(opts.devRoot);
+  const drivers = listDir(path.join(sysfsRoot, 'bus/pci/drivers'));
+  if (drivers.length > 0) inventory.pciDrivers = drivers.sort(compareText);
   if (errors.length > 0) inventory.errors = errors;
   return inventory;
 }

@@ -156,3 +156,12 @@ test('a kernel without the VFIO cdev (sysfs lists vfio-dev/vfioN, /dev/vfio/devi
     await t.cleanup();
   }
 });
+
+test('an expected driver that is not loaded is named as the reason (checked in test/kernel without vfio-pci)', async () => {
+  await k.write(`bus/pci/devices/${VF}/driver/unbind`, VF);
+  const inv = await scan(k.root, { devRoot: k.devRoot });
+  expect(inv.pciDrivers).toContain('vfio-pci');
+  const noVfio = { ...inv, pciDrivers: (inv.pciDrivers ?? []).filter((d) => d !== 'vfio-pci') };
+  const s = one(buildSlices({ spec, inventory: noVfio, devRoot: k.devRoot, nodeName: NODE }), VF);
+  expect(s).toMatchObject({ health: 'Unhealthy', reason: `VF ${VF} is not bound to a driver: driver vfio-pci is not loaded (modprobe vfio-pci)` });
+});

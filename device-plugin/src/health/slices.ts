@@ -84,6 +84,13 @@ function vfioNodes(ctx: Ctx, dev: InventoryDevice): { nodes: string[]; missing?:
 /** Checks of a function that must be on `driver`; reasons in order of importance. */
 function functionProblems(ctx: Ctx, label: string, dev: InventoryDevice, driver: string): { reason?: string; nodes: string[] } {
   if (dev.driver !== driver) {
+    // A bare node (no udev, or a module left out of the image) may lack the driver altogether:
+    // say so rather than only that the function is unbound.
+    const drivers = ctx.inv.pciDrivers;
+    if (drivers !== undefined && !drivers.includes(driver)) {
+      const now = dev.driver ? `bound to ${dev.driver}` : 'not bound to a driver';
+      return { reason: `${label} ${dev.pciAddress} is ${now}: driver ${driver} is not loaded (modprobe ${driver})`, nodes: [] };
+    }
     return { reason: dev.driver ? `${label} ${dev.pciAddress} is bound to ${dev.driver}, expected ${driver}` : `${label} ${dev.pciAddress} is not bound to a driver, expected ${driver}`, nodes: [] };
   }
   if (driver !== VFIO_PCI) return { nodes: [] };
