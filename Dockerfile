@@ -3,6 +3,8 @@
 #   operator: node /app/dist/operator/src/main.js        (Deployment, runs as uid 65532)
 #   agent:    node /app/dist/device-plugin/src/main.js   (DaemonSet; the chart runs it as uid 0 with no capabilities)
 # Build:  docker build -t ghcr.io/virtualio/virtualio:0.1.0 .
+#   Without Docker or a registry: scripts/build-image.sh (BuildKit with local stand-ins of the two base
+#   images as named contexts; it passes --opt cmdline= so the syntax line above needs no registry).
 # The runtime stage is distroless (no shell, no package manager) with production dependencies only;
 # test/integration/image-production.test.ts repeats the install steps below and starts both entrypoints.
 

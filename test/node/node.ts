@@ -239,7 +239,8 @@ export async function startRealNode(cp: ControlPlane, opts: RealNodeOptions = {}
 
     // ---- containerd -------------------------------------------------------------------------------
     const config = [
-      'version = 3',
+      'version = 4',
+      'imports = []',
       `root = ${JSON.stringify(root)}`,
       `state = ${JSON.stringify(state)}`,
       '[grpc]', `  address = ${JSON.stringify(socket)}`,
@@ -267,7 +268,7 @@ export async function startRealNode(cp: ControlPlane, opts: RealNodeOptions = {}
 
     const importImage = async (archive: string): Promise<number> => {
       const t = Date.now();
-      await ctr(['images', 'import', '--local', archive]).catch(async () => ctr(['images', 'import', archive]));
+      await ctr(['images', 'import', archive]);
       return Date.now() - t;
     };
     await importImage(pause);
