@@ -1,5 +1,6 @@
-// Two projects: `unit` (pure functions, temp-dir sysfs, fake kubelet) and `integration` (real
-// kube-apiserver, real kubelet code, KubeVirt code). Both run in native ESM mode
+// Three projects: `unit` (pure functions, temp-dir sysfs, fake kubelet), `integration` (real
+// kube-apiserver, real kubelet code, KubeVirt code) and `kernel` (the agent on a real Linux kernel in
+// QEMU). All run in native ESM mode
 // (NODE_OPTIONS=--experimental-vm-modules, set by the npm scripts) because @kubernetes/client-node is
 // ESM-only. The integration project's global setup starts etcd + kube-apiserver once.
 const tsTransform = {
@@ -29,6 +30,13 @@ export default {
       testMatch: ['<rootDir>/test/integration/**/*.test.ts'],
       globalSetup: '<rootDir>/test/jest/global-setup.ts',
       globalTeardown: '<rootDir>/test/jest/global-teardown.ts',
+    },
+    {
+      // Real Linux kernel under QEMU (test/kernel/run.sh): one guest boot, software-emulated where
+      // KVM does not work; skipped with its reason when it cannot run (not root, nothing cached).
+      ...common,
+      displayName: 'kernel',
+      testMatch: ['<rootDir>/test/kernel/**/*.test.ts'],
     },
   ],
 };

@@ -72,6 +72,13 @@ test('before VFs exist, a primary holding flexible resources releases them and t
   expect(r.actions.map((a) => a.what)).toEqual(["released the primary controller's flexible resources (8 VQ, 4 VI)", 'reset the PF so the release takes effect']);
 });
 
+test('resources already assigned to secondaries (VQRFA) are no reason to report the primary', async () => {
+  const { cli } = fakeCli({ caps: { ...CAPS, vqrfa: 4, virfa: 2 }, secs: [sec(1, 1, 2, 1), sec(2, 1, 2, 1)] });
+  expect(await provisionNvme({ spec, inventory: inventory(2), devRoot: '/dev', cli, writer })).toEqual({ actions: [], problems: [] });
+  const held = fakeCli({ caps: { ...CAPS, vqrfap: 8, virfap: 4 }, secs: [sec(1, 1, 2, 1), sec(2, 1, 2, 1)] });
+  expect((await provisionNvme({ spec, inventory: inventory(2), devRoot: '/dev', cli: held.cli, writer })).problems[0]?.reason).toMatch(/holds 8 VQ and 4 VI flexible resources/);
+});
+
 test('failures are problems naming the VF, the controller and nvme-cli\'s message; drives without flexible resources need nothing', async () => {
   const { cli } = fakeCli({ caps: CAPS, secs: [sec(1, 0), sec(2, 0)] }, (a) => (a.includes('-a') && a.includes('9') && a.includes('2') ? 'NVMe status: Invalid Controller Identifier' : undefined));
   const r = await provisionNvme({ spec, inventory: inventory(2), devRoot: '/dev', cli, writer });

@@ -31,7 +31,10 @@ export function execNvmeCli(file = 'nvme', timeoutMs = 15_000): NvmeCli {
 /** `nvme primary-ctrl-caps -o json` (Identify CNS 14h), the fields used. */
 export interface PrimaryCaps {
   cntlid: number;
-  /** VQ flexible resources total / allocated to the primary now / after its next reset / minimum per secondary / granularity. */
+  /**
+   * VQ flexible resources: total, allocated (to secondaries too: QEMU counts them here), allocated
+   * to the primary, minimum per secondary, granularity; the same for VI resources.
+   */
   vqfrt: number;
   vqrfa: number;
   vqrfap: number;
@@ -163,17 +166,17 @@ export async function provisionNvme(input: NvmeProvisionInput): Promise<NvmeProv
           await input.cli(['virt-mgmt', dev, '-c', String(caps.cntlid), '-r', '1', '-a', '1', '-n', '0']);
           act(`released the primary controller's flexible resources (${caps.vqrfap} VQ, ${caps.virfap} VI)`);
         }
-        if (caps.vqrfa > 0 || caps.virfa > 0 || caps.vqrfap > 0 || caps.virfap > 0) {
+        if (caps.vqrfap > 0 || caps.virfap > 0) {
           await input.writer.write(`bus/pci/devices/${pf.pciAddress}/reset`, '1');
           act('reset the PF so the release takes effect');
         }
         continue;
       }
-      if (caps.vqrfa > 0 || caps.virfa > 0) {
+      if (caps.vqrfap > 0 || caps.virfap > 0) {
         res.problems.push({
           pool: pool.name,
           device: pf.pciAddress,
-          reason: `NVMe primary controller ${ctrl} of ${pf.pciAddress} holds ${caps.vqrfa} VQ and ${caps.virfa} VI flexible resources; they are released only with SR-IOV off (sriov_numvfs=0), so its secondary controllers may not get any`,
+          reason: `NVMe primary controller ${ctrl} of ${pf.pciAddress} holds ${caps.vqrfap} VQ and ${caps.virfap} VI flexible resources; they are released only with SR-IOV off (sriov_numvfs=0), so its secondary controllers may not get any`,
         });
       }
       const secs = parseSecondaries(await input.cli(['list-secondary', dev, '-o', 'json']));

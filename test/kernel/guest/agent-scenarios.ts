@@ -1,0 +1,348 @@
+// Runs INSIDE the real-kernel guest (test/kernel/agent.sh starts it): the unmodified agent
+// (dist/device-plugin/src/main.js, standalone mode with a plan file) against Debian's kernel with
+// emulated igb/NVMe SR-IOV, a VGA + audio IOMMU group and the mtty mdev sample, with the fake
+// kubelet (test/fakes/kubelet.ts) as the kubelet stand-in, and a nested QEMU as KubeVirt's
+// virt-launcher. Every scenario records { ok, details, ms } into $VIO_RESULTS/results.json as it
+// finishes (a later failure keeps the earlier results); the host-side jest suite asserts on them.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
+
+const OUT = process.env.VIO_RESULTS ?? '/vio-results';
+const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/device-plugin/src/main.js');
+const MDEV_SAMPLES = process.env.VIO_KERNEL_MDEV_SAMPLES ?? '';
+const SYS = '/sys/bus/pci/devices';
+const RUN = '/run/vio';
+const PLAN = join(RUN, 'plan.json');
+const NODE = 'kernel-guest';
+const T0 = performance.now();
+
+interface Result { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
+const results: Record<string, Result> = {};
+const figures: Record<string, number> = {};
+function save(): void {
+  writeFileSync(join(OUT, 'results.json'), `${JSON.stringify({ results, figures, uptimeAtEnd: Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) }, null, 2)}\n`);
+}
+function log(msg: string): void {
+  process.stdout.write(`[scenarios +${((performance.now() - T0) / 1000).toFixed(1)} s] ${msg}\n`);
+}
+/** Runs one scenario; its thrown error is its failure. Never throws. */
+async function scenario(name: string, fn: (d: Record<string, unknown>) => Promise<void>): Promise<boolean> {
+  const d: Record<string, unknown> = {};
+  const t = performance.now();
+  log(`${name}: start`);
+  try {
+    await fn(d);
+    results[name] = { ok: true, ms: Math.round(performance.now() - t), details: d };
+  } catch (err) {
+    results[name] = { ok: false, ms: Math.round(performance.now() - t), details: d, error: err instanceof Error ? err.message : String(err) };
+  }
+  log(`${name}: ${results[name]?.ok ? 'ok' : `FAILED: ${results[name]?.error}`} (${results[name]?.ms} ms)`);
+  save();
+  return results[name]?.ok ?? false;
+}
+
+function sh(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 8 << 20 }, (err, stdout, stderr) => (err ? reject(new Error(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`)) : resolve(String(stdout)))),
+  );
+}
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs: number, everyMs = 100): Promise<T> {
+  const end = performance.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+    await sleep(everyMs);
+  }
+}
+const attr = (bdf: string, a: string): string => readFileSync(join(SYS, bdf, a), 'utf8').trim();
+const driverOf = (bdf: string): string | undefined => (existsSync(join(SYS, bdf, 'driver')) ? basename(readlinkSync(join(SYS, bdf, 'driver'))) : undefined);
+const groupOf = (bdf: string): string => basename(readlinkSync(join(SYS, bdf, 'iommu_group')));
+function find(vendor: string, device: string): string {
+  const hit = readdirSync(SYS).find((b) => attr(b, 'vendor') === `0x${vendor}` && attr(b, 'device') === `0x${device}`);
+  if (!hit) throw new Error(`no PCI function ${vendor}:${device}`);
+  return hit;
+}
+function vfsOf(pf: string): string[] {
+  return readdirSync(join(SYS, pf))
+    .filter((e) => /^virtfn\d+$/.test(e))
+    .sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))
+    .map((e) => basename(readlinkSync(join(SYS, pf, e))));
+}
+/** A sysfs write as the agent does it (open O_WRONLY, one write); resolves with the errno code or 'ok'. */
+function tryWrite(path: string, value: string): string {
+  try {
+    writeFileSync(path, value, { flag: 'r+' });
+    return 'ok';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? String(err);
+  }
+}
+
+/** The nested VM: the host's QEMU with vfio-pci devices, monitor on stdin/stdout. */
+class NestedVm {
+  private buf = '';
+  readonly proc: ChildProcess;
+  private constructor(proc: ChildProcess) {
+    this.proc = proc;
+    proc.stdout?.on('data', (c: Buffer) => (this.buf += c.toString()));
+    proc.stderr?.on('data', (c: Buffer) => (this.buf += c.toString()));
+  }
+  static async start(devices: string[]): Promise<NestedVm> {
+    const args = ['-machine', 'q35', '-accel', 'tcg', '-m', '128', '-nodefaults', '-display', 'none', '-monitor', 'stdio', '-S'];
+    for (const d of devices) args.push('-device', d);
+    const vm = new NestedVm(spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] }));
+    await vm.prompt(60_000);
+    return vm;
+  }
+  private async prompt(timeoutMs: number): Promise<string> {
+    await until('the nested QEMU monitor prompt', () => this.buf.includes('(qemu)') || this.proc.exitCode !== null, timeoutMs, 50);
+    if (this.proc.exitCode !== null) throw new Error(`nested QEMU exited ${this.proc.exitCode}: ${this.buf.slice(-2000)}`);
+    const out = this.buf;
+    this.buf = '';
+    return out;
+  }
+  async command(cmd: string): Promise<string> {
+    this.proc.stdin?.write(`${cmd}\n`);
+    await sleep(200);
+    const out = await this.prompt(30_000);
+    return out.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*[A-Za-z]`, 'g'), ''); // the monitor's line-editing escapes
+  }
+  async quit(): Promise<void> {
+    this.proc.stdin?.write('quit\n');
+    await until('the nested QEMU to exit', () => this.proc.exitCode !== null, 30_000, 50).catch(() => this.proc.kill('SIGKILL'));
+  }
+  get output(): string {
+    return this.buf;
+  }
+}
+
+async function status(): Promise<{ pools?: { name: string; slices?: { id: string; health: string; reason?: string }[]; conditions?: unknown[]; blocked?: unknown[] }[]; [k: string]: unknown }> {
+  const res = await fetch('http://127.0.0.1:9101/status');
+  return (await res.json()) as never;
+}
+
+async function main(): Promise<void> {
+  mkdirSync(RUN, { recursive: true });
+  await sh('busybox', ['ip', 'link', 'set', 'lo', 'up']);
+  // A bare guest has no udev: drivers are loaded by hand. vfio-pci is left out on purpose (first scenario).
+  // NVMe multipath off: each controller (the PF's and a VF's) gets its own namespace device, so a
+  // read proves the VF's own controller works.
+  await sh('modprobe', ['nvme_core', 'multipath=N']);
+  for (const m of ['igb', 'igbvf', 'nvme', 'bochs', 'mdev', 'vfio_iommu_type1']) await sh('modprobe', [m]);
+  await sh('insmod', [join(MDEV_SAMPLES, 'mtty.ko')]);
+  const igb = find('8086', '10c9');
+  const nvme = find('1b36', '0010');
+  const vga = find('1234', '1111');
+  const audio = find('8086', '293e');
+  const ctrl = readdirSync(join(SYS, nvme, 'nvme'))[0] as string;
+  log(`igb ${igb}, nvme ${nvme} (${ctrl}), vga ${vga} (group ${groupOf(vga)} with ${readdirSync(`/sys/kernel/iommu_groups/${groupOf(vga)}/devices`).join(' ')}), vga on ${driverOf(vga)}`);
+
+  const plan = (nicCount: number): unknown => ({
+    pools: [
+      { name: 'nic', resourceName: 'virtualio.dev/nic', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', count: nicCount, devices: [{ pciAddress: igb }] },
+      { name: 'nvme', resourceName: 'virtualio.dev/nvme', class: 'Storage', mode: 'SRIOV', consumption: 'HostDevice', count: 2, devices: [{ pciAddress: nvme }] },
+      { name: 'gpu', resourceName: 'virtualio.dev/gpu', class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', devices: [{ pciAddress: vga }] },
+      { name: 'serial', resourceName: 'virtualio.dev/serial', class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', mdevType: 'mtty-2', count: 2, devices: [{ pciAddress: 'mtty' }] },
+    ],
+  });
+  writeFileSync(PLAN, JSON.stringify(plan(4), null, 2));
+  const kubelet = await FakeKubelet.start(join(RUN, 'kubelet/device-plugins'));
+  const podres = await FakePodResources.start(join(RUN, 'kubelet/pod-resources/kubelet.sock'));
+  const RES = ['virtualio.dev/nic', 'virtualio.dev/nvme', 'virtualio.dev/gpu', 'virtualio.dev/serial'];
+  const healthy = (r: string): number => kubelet.capacity(r).allocatable;
+  const listed = (r: string, id: string): string | undefined => kubelet.lastList(r)?.find((d) => d.ID === id)?.health;
+
+  const agentLog = join(OUT, 'agent.log');
+  const tStart = performance.now();
+  const agent = spawn(process.execPath, [
+    AGENT, '--plan-file', PLAN, '--node-name', NODE, '--plugin-dir', join(RUN, 'kubelet/device-plugins'),
+    '--pod-resources-socket', podres.socket, '--devinfo-dir', join(RUN, 'devinfo'), '--cdi-dir', join(RUN, 'cdi'),
+    '--state-dir', join(RUN, 'state'), '--metrics-address', '127.0.0.1:9101', '--rescan-interval', '10s',
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const logChunks: Buffer[] = [];
+  agent.stdout.on('data', (c: Buffer) => logChunks.push(c));
+  agent.stderr.on('data', (c: Buffer) => logChunks.push(c));
+  const flushLog = (): void => writeFileSync(agentLog, Buffer.concat(logChunks));
+  let vm: NestedVm | undefined;
+
+  try {
+    await scenario('vfio-pci not loaded: clear reason', async (d) => {
+      await kubelet.waitFor('all four resources registered', () => RES.every((r) => kubelet.endpoints.has(r)), 120_000);
+      figures.startToRegisteredMs = Math.round(performance.now() - tStart);
+      const reason = await until('a slice reason naming vfio-pci as not loaded', async () => {
+        const s = JSON.stringify(await status());
+        const m = /"([^"]*vfio-pci is not loaded[^"]*)"/.exec(s);
+        return m?.[1];
+      }, 60_000, 500);
+      d.reason = reason;
+      d.allocatableWithoutVfio = Object.fromEntries(RES.map((r) => [r, healthy(r)]));
+      if (RES.some((r) => healthy(r) > 0)) throw new Error(`slices Healthy without vfio-pci: ${JSON.stringify(d.allocatableWithoutVfio)}`);
+    });
+
+    const tVfio = performance.now();
+    await sh('modprobe', ['vfio-pci']);
+    await scenario('carve: igb 4 VFs, NVMe 2 VFs, VGA+audio group, 2 mtty mdevs, all Healthy on vfio-pci', async (d) => {
+      await kubelet.waitFor('every slice Healthy', () => healthy('virtualio.dev/nic') === 4 && healthy('virtualio.dev/nvme') === 2 && healthy('virtualio.dev/gpu') === 1 && healthy('virtualio.dev/serial') === 2, 120_000);
+      figures.vfioLoadedToAllHealthyMs = Math.round(performance.now() - tVfio);
+      const nicVfs = vfsOf(igb);
+      const nvmeVfs = vfsOf(nvme);
+      d.igbVfs = nicVfs.map((v) => ({ vf: v, driver: driverOf(v), group: groupOf(v) }));
+      d.nvmeVfs = nvmeVfs.map((v) => ({ vf: v, driver: driverOf(v), group: groupOf(v) }));
+      d.gpuGroup = { vga: driverOf(vga), audio: driverOf(audio), group: groupOf(vga), sameGroup: groupOf(vga) === groupOf(audio) };
+      d.vfioNodes = readdirSync('/dev/vfio').sort();
+      d.vfioCdevDir = existsSync('/dev/vfio/devices');
+      d.sysfsVfioDev = readdirSync(join(SYS, nicVfs[0] as string)).includes('vfio-dev');
+      d.mdevs = readdirSync('/sys/bus/mdev/devices');
+      if (nicVfs.length !== 4 || nvmeVfs.length !== 2) throw new Error(`VF counts igb ${nicVfs.length}, nvme ${nvmeVfs.length}`);
+      for (const v of [...nicVfs, ...nvmeVfs, vga, audio]) if (driverOf(v) !== 'vfio-pci') throw new Error(`${v} is on ${driverOf(v)}`);
+    });
+
+    await scenario('NVMe secondary controllers Online (provisioned by the agent)', async (d) => {
+      const secs = await until('both secondary controllers Online', async () => {
+        const j = JSON.parse(await sh('nvme', ['list-secondary', `/dev/${ctrl}`, '-o', 'json'])) as { 'secondary-controllers': Record<string, number>[] };
+        const two = j['secondary-controllers'].filter((s) => (s['virtual-function-number'] ?? 0) <= 2);
+        return two.every((s) => s['secondary-controller-state'] === 1) ? two : undefined;
+      }, 30_000, 500);
+      d.secondaries = secs;
+      const provisioned = readFileSync(agentLogPath(logChunks), 'utf8').split('\n').filter((l) => l.includes('nvme provisioning')).length;
+      d.agentProvisioningLogLines = provisioned;
+    });
+
+    let nicVf = '';
+    let nvmeVf = '';
+    let uuid = '';
+    await scenario('Allocate: KubeVirt env and /dev/vfio nodes', async (d) => {
+      const nic = await kubelet.allocate('virtualio.dev/nic', [vfsOf(igb)[0] as string]);
+      const gpu = await kubelet.allocate('virtualio.dev/gpu', [vga]);
+      const ser = kubelet.lastList('virtualio.dev/serial')?.[0]?.ID as string;
+      const serial = await kubelet.allocate('virtualio.dev/serial', [ser]);
+      const nv = await kubelet.allocate('virtualio.dev/nvme', [vfsOf(nvme)[0] as string]);
+      const env = { ...nic.containerResponses[0]?.envs, ...gpu.containerResponses[0]?.envs, ...serial.containerResponses[0]?.envs, ...nv.containerResponses[0]?.envs };
+      d.env = env;
+      nicVf = env.PCI_RESOURCE_VIRTUALIO_DEV_NIC ?? '';
+      nvmeVf = env.PCI_RESOURCE_VIRTUALIO_DEV_NVME ?? '';
+      uuid = env.MDEV_PCI_RESOURCE_VIRTUALIO_DEV_SERIAL ?? '';
+      const nodes = [nic, gpu, serial, nv].flatMap((r) => (r.containerResponses[0]?.devices ?? []).map((x) => x.hostPath));
+      d.deviceNodes = nodes;
+      if (!nicVf || !nvmeVf || !uuid || env.PCI_RESOURCE_VIRTUALIO_DEV_GPU !== vga) throw new Error(`env incomplete: ${JSON.stringify(env)}`);
+      const missing = nodes.filter((n) => !existsSync(n));
+      if (missing.length > 0) throw new Error(`device nodes missing: ${missing.join(', ')}`);
+      // What the kubelet would now report through PodResources: these slices are held by a VM pod.
+      podres.setPods([{ name: 'virt-launcher-vm1', namespace: 'default', containers: [{ name: 'compute', devices: [
+        { resourceName: 'virtualio.dev/nic', deviceIds: [nicVf] }, { resourceName: 'virtualio.dev/gpu', deviceIds: [vga] },
+        { resourceName: 'virtualio.dev/serial', deviceIds: [uuid] }, { resourceName: 'virtualio.dev/nvme', deviceIds: [nvmeVf] },
+      ] }] }]);
+    });
+
+    await scenario('nested VM started from the env gets the VF, the NVMe VF, the GPU and the mdev', async (d) => {
+      const t = performance.now();
+      vm = await NestedVm.start([`vfio-pci,host=${nicVf}`, `vfio-pci,host=${nvmeVf}`, `vfio-pci,host=${vga}`, `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${uuid}`]);
+      figures.nestedVmStartMs = Math.round(performance.now() - t);
+      const pci = await vm.command('info pci');
+      d.infoPci = pci.split('\n').filter((l) => /PCI device/.test(l)).map((l) => l.trim());
+      const want = { 'igb VF 8086:10ca': /PCI device 8086:10ca/, 'NVMe VF 1b36:0010': /PCI device 1b36:0010/, 'VGA 1234:1111': /PCI device 1234:1111/, 'mtty 4348:3253': /PCI device 4348:3253/ };
+      const absent = Object.entries(want).filter(([, re]) => !re.test(pci)).map(([k]) => k);
+      if (absent.length > 0) throw new Error(`nested VM lacks ${absent.join(', ')}: ${pci}`);
+    });
+
+    await scenario('re-carving a PF whose VF a VM holds waits and reports; the kernel says EBUSY to N→M', async (d) => {
+      d.kernelNtoM = tryWrite(join(SYS, igb, 'sriov_numvfs'), '3');
+      if (d.kernelNtoM !== 'EBUSY') throw new Error(`writing 3 over 4 VFs gave ${String(d.kernelNtoM)}, expected EBUSY`);
+      writeFileSync(PLAN, JSON.stringify(plan(2), null, 2));
+      const reason = await until('a status entry saying the re-carve waits for the held VF', async () => {
+        const s = JSON.stringify(await status());
+        const m = /"[^"]*re-carving [^"]*waits[^"]*"/.exec(s);
+        return m?.[0];
+      }, 60_000, 500);
+      d.reason = reason;
+      d.numVfsAfter = Number(attr(igb, 'sriov_numvfs'));
+      if (d.numVfsAfter !== 4) throw new Error(`numvfs changed to ${String(d.numVfsAfter)} while a VF is held`);
+      d.heldVfStillOnVfio = driverOf(nicVf) === 'vfio-pci';
+      writeFileSync(PLAN, JSON.stringify(plan(4), null, 2));
+      await sleep(1000);
+    });
+
+    await scenario('VF unbound behind the agent\'s back: noticed without sysfs inotify, re-bound', async (d) => {
+      const victim = vfsOf(igb)[3] as string;
+      await kubelet.waitFor('the victim Healthy', () => listed('virtualio.dev/nic', victim) === 'Healthy', 30_000);
+      const t = performance.now();
+      writeFileSync('/sys/bus/pci/drivers/vfio-pci/unbind', victim);
+      await kubelet.waitFor('the unbound VF Unhealthy', () => listed('virtualio.dev/nic', victim) === 'Unhealthy', 60_000);
+      figures.unbindToUnhealthyMs = Math.round(performance.now() - t);
+      await kubelet.waitFor('the VF Healthy again', () => listed('virtualio.dev/nic', victim) === 'Healthy', 60_000);
+      figures.unbindToHealthyAgainMs = Math.round(performance.now() - t);
+      d.victim = victim;
+      d.driverAfter = driverOf(victim);
+    });
+
+    await scenario('agent memory', async (d) => {
+      const st = readFileSync(`/proc/${agent.pid}/status`, 'utf8');
+      const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(st)?.[1] ?? 0);
+      figures.agentRssMiB = Math.round(kb('VmRSS') / 102.4) / 10;
+      figures.agentHwmMiB = Math.round(kb('VmHWM') / 102.4) / 10;
+      d.rss = figures.agentRssMiB;
+    });
+
+    if (vm) await vm.quit();
+    vm = undefined;
+    agent.kill('SIGTERM');
+    await until('the agent to exit', () => agent.exitCode !== null || agent.signalCode !== null, 30_000, 100).catch(() => agent.kill('SIGKILL'));
+
+    await scenario('an NVMe VF the agent provisioned is a working controller (namespace read through the VF)', async (d) => {
+      const vf = vfsOf(nvme)[1] as string;
+      writeFileSync(join(SYS, vf, 'driver_override'), 'nvme');
+      if (driverOf(vf)) writeFileSync(join(SYS, vf, 'driver/unbind'), vf);
+      writeFileSync('/sys/bus/pci/drivers_probe', vf);
+      const vfCtrl = await until('the VF\'s nvme controller', () => (existsSync(join(SYS, vf, 'nvme')) ? readdirSync(join(SYS, vf, 'nvme'))[0] : undefined), 30_000, 200);
+      const cntlid = readFileSync(`/sys/class/nvme/${vfCtrl}/cntlid`, 'utf8').trim();
+      d.vf = vf;
+      d.controller = vfCtrl;
+      d.cntlid = cntlid;
+      // A shared namespace of the subsystem may already be attached to the new controller.
+      d.attach = (await sh('nvme', ['attach-ns', `/dev/${ctrl}`, '-n', '1', '-c', cntlid]).catch((e: Error) => (/Already Attached/i.test(e.message) ? 'already attached' : Promise.reject(e)))).trim();
+      await sh('nvme', ['ns-rescan', `/dev/${vfCtrl}`]).catch(() => '');
+      const ns = await until('a namespace block device on the VF', () => readdirSync('/dev').find((n) => n === `${vfCtrl}n1`), 30_000, 200);
+      const fd = readFileSync(`/dev/${ns}`, { encoding: 'latin1', flag: 'r' }).slice(0, 40);
+      d.namespaceDevice = ns;
+      d.firstBytes = fd.split('\n')[0];
+      if (!fd.startsWith('VIRTUALIO-NVME-NAMESPACE-MARKER')) throw new Error(`first block of /dev/${ns} is not the marker: ${JSON.stringify(fd)}`);
+    });
+  } finally {
+    if (vm) await vm.quit();
+    if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGKILL');
+    flushLog();
+    await kubelet.stop().catch(() => undefined);
+    await podres.stop().catch(() => undefined);
+    save();
+  }
+}
+
+/** The agent log so far, written out (for scenarios that grep it). */
+function agentLogPath(chunks: Buffer[]): string {
+  const p = join(OUT, 'agent.log');
+  writeFileSync(p, Buffer.concat(chunks));
+  return p;
+}
+
+main().then(
+  () => {
+    const failed = Object.entries(results).filter(([, r]) => !r.ok).map(([n]) => n);
+    log(failed.length ? `failed: ${failed.join('; ')}` : 'all scenarios ok');
+    process.exit(failed.length ? 1 : 0);
+  },
+  (err: unknown) => {
+    log(`harness error: ${err instanceof Error ? err.stack : String(err)}`);
+    results.harness = { ok: false, ms: 0, details: {}, error: String(err) };
+    save();
+    process.exit(2);
+  },
+);
