@@ -74,6 +74,9 @@ cleanup() {
     kill -9 "$BK_PID" 2>/dev/null || true
   fi
   rm -rf "$RUN_DIR"
+  # buildkitd's runc worker leaves an empty "buildkit" cgroup in each v1 hierarchy.
+  for d in /sys/fs/cgroup/*/buildkit; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+  true
 }
 trap cleanup EXIT
 mkdir -p "$STATE"

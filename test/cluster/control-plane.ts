@@ -227,7 +227,7 @@ export async function startControlPlane(opts: StartOptions = {}): Promise<Contro
       controllerManager = launch(join(binDir, 'kube-controller-manager'), [
         `--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--bind-address=127.0.0.1', `--secure-port=${await freePort()}`,
         `--root-ca-file=${join(dir, 'ca.crt')}`, `--service-account-private-key-file=${join(dir, 'sa.key')}`,
-        '--use-service-account-credentials=false', '--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle',
+        '--use-service-account-credentials=false', '--controllers=*,-nodeipam,-cloud-node-lifecycle',
         '--concurrent-deployment-syncs=2', '--concurrent-replicaset-syncs=2', '--concurrent-daemonset-syncs=2',
       ], logs['kube-controller-manager']);
     }

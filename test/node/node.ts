@@ -239,7 +239,8 @@ export async function startRealNode(cp: ControlPlane, opts: RealNodeOptions = {}
 
     // ---- containerd -------------------------------------------------------------------------------
     const config = [
-      'version = 4',
+      // Version 3 (containerd migrates it in memory): in version 4 the [grpc] address moved to a plugin.
+      'version = 3',
       'imports = []',
       `root = ${JSON.stringify(root)}`,
       `state = ${JSON.stringify(state)}`,
@@ -263,7 +264,7 @@ export async function startRealNode(cp: ControlPlane, opts: RealNodeOptions = {}
     const configFile = join(dir, 'containerd.toml');
     writeFileSync(configFile, config);
     say('starting containerd');
-    containerd = launch(join(tools, 'containerd'), ['--config', configFile, '--log-level', 'info'], logs.containerd!, env);
+    containerd = launch(join(tools, 'containerd'), ['--config', configFile, '--address', socket, '--log-level', 'info'], logs.containerd!, env);
     await waitFor('containerd socket', async () => { await ctr(['version']); return true; }, 60_000, containerd, logs.containerd);
 
     const importImage = async (archive: string): Promise<number> => {
