@@ -28,6 +28,8 @@ export interface KernelConfig {
   driverIds: Record<string, string>;
   /** The kernel has the VFIO cdev: `/dev/vfio/devices/vfioN` exists (sysfs lists `vfio-dev/vfioN` either way). */
   vfioCdev: boolean;
+  /** PFs whose VFs join the PF's IOMMU group (no ACS), see FunctionSpec.sriov.acs. */
+  vfsShareGroup?: string[];
   /** Parent driver → the mdev driver its mediated devices bind to. */
   mdevDrivers: Record<string, string>;
   /** Drivers that register a netdev for the functions they bind (NIC drivers). */
@@ -129,7 +131,12 @@ export interface FunctionSpec {
   iommuGroup?: number;
   subsystemVendor?: string;
   subsystemDevice?: string;
-  sriov?: { totalVFs: number; vfDevice: string; offset?: number; stride?: number };
+  /**
+   * SR-IOV capability. `acs: false` puts the VFs in the PF's IOMMU group (no ACS between them and
+   * the PF, e.g. a root-complex integrated PF); default: each VF in a group of its own, what Linux
+   * did for igb and NVMe VFs behind a root port with ACS in test/kernel.
+   */
+  sriov?: { totalVFs: number; vfDevice: string; offset?: number; stride?: number; acs?: boolean };
   /** Netdev of the function (NIC drivers); present while bound to a net driver. */
   netdev?: { name: string; operstate?: string; address?: string };
   fcHost?: { host: number; wwpn: string; wwnn: string; portState?: string; maxNPIVVports: number };
@@ -222,6 +229,10 @@ export class FakeKernel implements SysfsWriter {
       await writeFile(path.join(dir, 'sriov_offset'), `${spec.sriov.offset ?? 1}\n`);
       await writeFile(path.join(dir, 'sriov_stride'), `${spec.sriov.stride ?? 1}\n`);
       await writeFile(path.join(dir, 'sriov_vf_device'), `${spec.sriov.vfDevice}\n`);
+      if (spec.sriov.acs === false) {
+        const c = await this.config();
+        await this.saveConfig({ ...c, vfsShareGroup: [...(c.vfsShareGroup ?? []), spec.address] });
+      }
     }
     if (spec.netdev) {
       // Kept in a stash until a net driver binds, like a netdev that exists only while bound.
@@ -633,7 +644,8 @@ export class FakeKernel implements SysfsWriter {
       const vf = formatBdf(domain, rid + offset + i * stride);
       const vfDir = path.join(path.dirname(pfDir), vf);
       if (await exists(vfDir)) throw new KernelError('EEXIST', `VF address ${vf} is taken`);
-      await this.createFunctionDir(vfDir, vf, { vendor, device: vfDevice, classCode, numaNode: numa, subsystemVendor: subVendor, subsystemDevice: subDevice });
+      const shared = (await this.config()).vfsShareGroup?.includes(pf) ? await this.groupOf(pfDir) : undefined;
+      await this.createFunctionDir(vfDir, vf, { vendor, device: vfDevice, classCode, numaNode: numa, subsystemVendor: subVendor, subsystemDevice: subDevice, iommuGroup: shared === undefined ? undefined : Number(shared) });
       await link(pfDir, path.join(vfDir, 'physfn'));
       await link(vfDir, path.join(pfDir, `virtfn${i}`));
       if (autoprobe) await this.probe(vf);

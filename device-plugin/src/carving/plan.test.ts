@@ -276,7 +276,7 @@ describe('applyCarving', () => {
 
   test('a refused kernel write is a result, not an exception', async () => {
     const results = await applyCarving({ writes: [{ path: `bus/pci/devices/${PF}/sriov_numvfs`, value: '99', why: 'too many' }], blocked: [] }, k);
-    expect(results).toEqual([{ write: expect.objectContaining({ value: '99' }), ok: false, error: expect.stringContaining('ERANGE') }]);
+    expect(results).toEqual([{ write: expect.objectContaining({ value: '99' }), ok: false, error: expect.stringContaining('ERANGE'), code: 'ERANGE' }]);
   });
 });
 
@@ -359,4 +359,17 @@ test('mdevs on a parent that is not a PCI function are created through /sys/clas
   const plan = planCarving({ spec, inventory, nodeName: 'node-a', allocated: new Set() });
   expect(plan.blocked).toEqual([]);
   expect(plan.writes.map((w) => w.path)).toEqual(['class/mdev_bus/mtty/mdev_supported_types/mtty-2/create', 'class/mdev_bus/mtty/mdev_supported_types/mtty-2/create']);
+});
+
+test('binding to a driver that is not loaded is blocked with the reason, not written (the function keeps its driver)', () => {
+  const inventory = {
+    devices: [{ pciAddress: '0000:03:00.0', vendorID: '1234', deviceID: '1111', classCode: '030000', driver: 'bochs-drm', iommuGroup: 9, iommuGroupMembers: ['0000:03:00.0'] }],
+    pciDrivers: ['bochs-drm', 'igb', 'nvme'],
+  };
+  const spec = { pools: [{ name: 'gpu', resourceName: 'virtualio.dev/gpu', class: 'GPU' as const, mode: 'Passthrough' as const, consumption: 'HostDevice' as const, devices: [{ pciAddress: '0000:03:00.0' }] }] };
+  const plan = planCarving({ spec, inventory, nodeName: 'node-a', allocated: new Set() });
+  expect(plan.writes).toEqual([]);
+  expect(plan.blocked).toEqual([{ pool: 'gpu', device: '0000:03:00.0', reason: 'cannot bind 0000:03:00.0 to vfio-pci: driver vfio-pci is not loaded (modprobe vfio-pci)' }]);
+  const loaded = planCarving({ spec, inventory: { ...inventory, pciDrivers: [...inventory.pciDrivers, 'vfio-pci'] }, nodeName: 'node-a', allocated: new Set() });
+  expect(loaded.writes.map((w) => w.path)).toEqual(['bus/pci/devices/0000:03:00.0/driver_override', 'bus/pci/devices/0000:03:00.0/driver/unbind', 'bus/pci/drivers_probe']);
 });
