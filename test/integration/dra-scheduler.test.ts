@@ -85,6 +85,9 @@ beforeAll(async () => {
       conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'test node', lastHeartbeatTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z'), lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z') }],
     },
   })]);
+  // The API server's TaintNodesByCondition admission taints every new Node not-ready; without a node
+  // lifecycle controller nothing lifts it, so this test does (the node is "Ready" above).
+  await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']);
   await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } }) });
   // Pods here name no service account: the global control plane runs without that admission plugin.
   for (const p of [gpuPool, nicPool, vgpuPool]) await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify(deviceClassFor(p.name)) });
@@ -92,7 +95,11 @@ beforeAll(async () => {
   publisher = new ResourceSlicePublisher({ store: new KubeResourceSliceStore(kc, NODE), node: NODE, logger: silentLogger(), resyncMs: 2000 });
   running = publisher.run(ctl.signal);
   publisher.setDesired(desiredPools(NODE, [gpuPool, nicPool, vgpuPool], slices, { devices: inventory, pcieRoot }));
-  await eventually('three pools published', async () => ((await published()).length === 3 ? true : undefined));
+  await eventually('three pools published', async () => {
+    if ((await published()).length === 3) return true;
+    if (publisher.lastError) throw new Error(publisher.lastError);
+    return undefined;
+  });
 });
 
 afterAll(async () => {
@@ -104,6 +111,9 @@ afterAll(async () => {
 });
 
 test('the published slices pass API validation with our attributes, pool bookkeeping and the taint', async () => {
+  // Re-lists read back what was written as "the same": no rewrite, the generation stays 1.
+  const passes = publisher.passes;
+  await eventually('two more publisher passes', async () => (publisher.passes >= passes + 2 ? true : undefined), 20_000, 100);
   const objs = await published();
   expect(objs.map((o) => [o.spec.pool.name, o.spec.pool.generation, o.spec.pool.resourceSliceCount, o.spec.devices.length]).sort()).toEqual([
     [`${NODE}/a16-vgpu`, 1, 1, 2], [`${NODE}/gpu-pt`, 1, 1, 2], [`${NODE}/nic-vf`, 1, 1, 4],

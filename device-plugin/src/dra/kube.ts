@@ -12,6 +12,26 @@ function httpCode(err: unknown): number | undefined {
   return typeof c === 'number' ? c : undefined;
 }
 
+/**
+ * client-node's model names the integer attribute value `_int` (JSON `int`) and its serializer drops
+ * keys it does not know, so attributes are renamed on the way out and back in.
+ */
+function renameInts(obj: ResourceSliceObject, from: string, to: string): ResourceSliceObject {
+  const devices = (obj.spec.devices ?? []).map((d) => ({
+    ...d,
+    attributes: Object.fromEntries(Object.entries(d.attributes ?? {}).map(([k, v]) => {
+      const rec = v as Record<string, unknown>;
+      if (!(from in rec)) return [k, v];
+      const { [from]: n, ...rest } = rec;
+      return [k, { ...rest, [to]: n }];
+    })),
+  }));
+  return { ...obj, spec: { ...obj.spec, devices } } as ResourceSliceObject;
+}
+
+const toApi = (o: ResourceSliceObject): V1ResourceSlice => renameInts(o, 'int', '_int') as unknown as V1ResourceSlice;
+const fromApi = (o: V1ResourceSlice): ResourceSliceObject => renameInts(o as unknown as ResourceSliceObject, '_int', 'int');
+
 /** ResourceSlices of our driver on one node (field selectors spec.nodeName and spec.driver). */
 export class KubeResourceSliceStore implements ResourceSliceStore {
   private readonly api: ResourceV1Api;
@@ -22,15 +42,15 @@ export class KubeResourceSliceStore implements ResourceSliceStore {
 
   async list(): Promise<ResourceSliceObject[]> {
     const l = await this.api.listResourceSlice({ fieldSelector: `spec.nodeName=${this.node},spec.driver=${DRA_DRIVER}` });
-    return l.items as unknown as ResourceSliceObject[];
+    return l.items.map(fromApi);
   }
 
   async create(obj: ResourceSliceObject): Promise<void> {
-    await this.api.createResourceSlice({ body: obj as unknown as V1ResourceSlice, fieldManager: FIELD_MANAGER });
+    await this.api.createResourceSlice({ body: toApi(obj), fieldManager: FIELD_MANAGER });
   }
 
   async update(obj: ResourceSliceObject): Promise<void> {
-    await this.api.replaceResourceSlice({ name: obj.metadata.name, body: obj as unknown as V1ResourceSlice, fieldManager: FIELD_MANAGER });
+    await this.api.replaceResourceSlice({ name: obj.metadata.name, body: toApi(obj), fieldManager: FIELD_MANAGER });
   }
 
   async remove(name: string): Promise<void> {
