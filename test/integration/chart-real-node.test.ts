@@ -160,7 +160,7 @@ const vmScript = [
   "const fs = require('node:fs');",
   "const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.includes('PCI_RESOURCE')));",
   "console.log('VM-ENV ' + JSON.stringify(env));",
-  "console.log('VM-DEV ' + JSON.stringify(fs.readdirSync('/dev/vfio').sort()));",
+  "console.log('VM-DEV ' + JSON.stringify(fs.readdirSync('/dev/vfio', { recursive: true }).sort()));",
   'setInterval(() => {}, 3600000);',
 ].join(' ');
 const vmPod = () => ({
@@ -202,6 +202,10 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     t = Date.now();
     await helm(['install', RELEASE, CHART_DIR, ...helmValues(TAG_A), '--wait', '--timeout', '5m']);
     figures.helmInstallWaitMs = Date.now() - t;
+    // helm --wait is satisfied by replicas - maxUnavailable ready operators; the suite wants both.
+    const operatorReady = await waitReady('2 operator replicas Ready', OPERATOR, 2, t);
+    const agentReady = await waitReady('the agent Ready', AGENT, 1, t);
+    figures.installToAllPodsReadyMs = Math.max(...operatorReady, ...agentReady);
   }, 40 * 60_000);
 
   afterAll(async () => {
@@ -267,7 +271,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     figures.leaderFailoverMs = Date.now() - t;
     // The Deployment replaces the deleted pod; both replicas Ready again.
     figures.operatorReplacementReadyMs = Math.max(...await waitReady('2 operator replicas again', OPERATOR, 2, t));
-  });
+  }, 240_000);
 
   test('the agent in its pod carves the simulated host and registers the pool with the kubelet', async () => {
     const t = Date.now();
@@ -293,8 +297,10 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
       madeHostVfio = true;
     }
     if (madeHostVfio) {
-      for (const g of readdirSync(join(base, 'dev/vfio'))) {
-        if (!existsSync(join(HOST_VFIO, g))) await run('mknod', ['-m', '0666', join(HOST_VFIO, g), 'c', '1', '3']);
+      for (const e of readdirSync(join(base, 'dev/vfio'), { withFileTypes: true, recursive: true })) {
+        const rel = join(e.parentPath, e.name).slice(join(base, 'dev/vfio').length + 1);
+        if (e.isDirectory()) mkdirSync(join(HOST_VFIO, rel), { recursive: true });
+        else if (!existsSync(join(HOST_VFIO, rel))) await run('mknod', ['-m', '0666', join(HOST_VFIO, rel), 'c', '1', '3']);
       }
     }
     const t = Date.now();
@@ -319,8 +325,14 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(vf).toMatch(/^0000:81:00\.[2-5]$/); // one of the 4 VFs (offset 2, stride 1)
     expect(basename(realpathSync(join(base, 'sys/bus/pci/devices', vf, 'physfn')))).toBe(PF);
     const group = basename(realpathSync(join(base, 'sys/bus/pci/devices', vf, 'iommu_group')));
-    expect(JSON.parse(log.match(/VM-DEV (.*)/)![1]!)).toEqual([group, 'vfio'].sort());
-  });
+    // /dev/vfio in the container: the VFIO container node, the VF's group, and its VFIO cdev when the
+    // (simulated) kernel has one; nothing of the other VFs.
+    const devs = (JSON.parse(log.match(/VM-DEV (.*)/)![1]!) as string[]).filter((d) => d !== 'devices');
+    const cdevs = existsSync(join(base, 'sys/bus/pci/devices', vf, 'vfio-dev'))
+      ? readdirSync(join(base, 'sys/bus/pci/devices', vf, 'vfio-dev')).filter((c) => existsSync(join(base, 'dev/vfio/devices', c))).map((c) => `devices/${c}`)
+      : [];
+    expect(devs).toEqual([group, 'vfio', ...cdevs].sort());
+  }, 240_000);
 
   test('helm test passes', async () => {
     const t = Date.now();
@@ -363,7 +375,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(vmAfter.status.containerStatuses![0]!.restartCount).toBe(0);
     const vn = await getJson<{ status: { slices: { id: string; health: string }[] } }>(['get', 'virtualionode', NODE_NAME]);
     expect(vn.status.slices.find((s) => s.id === held)?.health).toBe('Healthy');
-  });
+  }, 420_000);
 
   test('helm uninstall leaves no pod behind', async () => {
     const t = Date.now();
@@ -379,5 +391,5 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(readdirSync('/var/lib/kubelet/device-plugins').filter((f) => f.startsWith('virtualio-'))).toEqual([]);
     const helmList = await helm(['list', '-n', NS, '-q']);
     expect(helmList.trim()).toBe('');
-  });
+  }, 240_000);
 });
