@@ -131,6 +131,7 @@ if [ ! -f "$RESULTS/rc" ]; then
   tail -30 "$RESULTS/console.log" >&2
   exit 3
 fi
+[ "${VIO_KERNEL_KEEP:-0}" = 1 ] || rm -f "$NVME_IMG"   # 64 MiB (sparse) of namespace; VIO_KERNEL_KEEP=1 keeps it
 src=$(cat "$RESULTS/rc")
 echo "[kernel] scenario exit $src; log $RESULTS/scenario.log" >&2
 echo "$RESULTS"

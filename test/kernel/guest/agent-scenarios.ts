@@ -162,15 +162,19 @@ async function main(): Promise<void> {
   const listed = (r: string, id: string): string | undefined => kubelet.lastList(r)?.find((d) => d.ID === id)?.health;
 
   const agentLog = join(OUT, 'agent.log');
-  const tStart = performance.now();
-  const agent = spawn(process.execPath, [
-    AGENT, '--plan-file', PLAN, '--node-name', NODE, '--plugin-dir', join(RUN, 'kubelet/device-plugins'),
-    '--pod-resources-socket', podres.socket, '--devinfo-dir', join(RUN, 'devinfo'), '--cdi-dir', join(RUN, 'cdi'),
-    '--state-dir', join(RUN, 'state'), '--metrics-address', '127.0.0.1:9101', '--rescan-interval', '10s',
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
   const logChunks: Buffer[] = [];
-  agent.stdout.on('data', (c: Buffer) => logChunks.push(c));
-  agent.stderr.on('data', (c: Buffer) => logChunks.push(c));
+  const startAgent = (): ChildProcess => {
+    const p = spawn(process.execPath, [
+      AGENT, '--plan-file', PLAN, '--node-name', NODE, '--plugin-dir', join(RUN, 'kubelet/device-plugins'),
+      '--pod-resources-socket', podres.socket, '--devinfo-dir', join(RUN, 'devinfo'), '--cdi-dir', join(RUN, 'cdi'),
+      '--state-dir', join(RUN, 'state'), '--metrics-address', '127.0.0.1:9101', '--rescan-interval', '10s',
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    p.stdout?.on('data', (c: Buffer) => logChunks.push(c));
+    p.stderr?.on('data', (c: Buffer) => logChunks.push(c));
+    return p;
+  };
+  const tStart = performance.now();
+  let agent = startAgent();
   const flushLog = (): void => writeFileSync(agentLog, Buffer.concat(logChunks));
   let vm: NestedVm | undefined;
 
@@ -185,7 +189,10 @@ async function main(): Promise<void> {
       }, 60_000, 500);
       d.reason = reason;
       d.allocatableWithoutVfio = Object.fromEntries(RES.map((r) => [r, healthy(r)]));
-      if (RES.some((r) => healthy(r) > 0)) throw new Error(`slices Healthy without vfio-pci: ${JSON.stringify(d.allocatableWithoutVfio)}`);
+      // mdevs need the vfio core only (mtty is their vfio driver): the serial pool may serve already.
+      const pciPools = ['virtualio.dev/nic', 'virtualio.dev/nvme', 'virtualio.dev/gpu'];
+      if (pciPools.some((r) => healthy(r) > 0)) throw new Error(`PCI slices Healthy without vfio-pci: ${JSON.stringify(d.allocatableWithoutVfio)}`);
+      d.vgaDriverWithoutVfio = driverOf(vga); // not unbound from its host driver for a bind that cannot happen
     });
 
     const tVfio = performance.now();
@@ -282,6 +289,30 @@ async function main(): Promise<void> {
       figures.unbindToHealthyAgainMs = Math.round(performance.now() - t);
       d.victim = victim;
       d.driverAfter = driverOf(victim);
+    });
+
+    await scenario('agent SIGKILLed mid-carve and restarted converges; the VM keeps its slices', async (d) => {
+      // Grow the mdev pool, kill -9 the agent as soon as it logs the carving pass, start it again.
+      const logged = (): number => Buffer.concat(logChunks).toString().split('\n').filter((l) => l.includes('"msg":"carving"')).length;
+      const before = logged();
+      const p = plan(4) as { pools: { name: string; count?: number }[] };
+      for (const pool of p.pools) if (pool.name === 'serial') pool.count = 3;
+      writeFileSync(PLAN, JSON.stringify(p, null, 2));
+      await until('the agent to start a carving pass', () => logged() > before, 60_000, 20);
+      agent.kill('SIGKILL');
+      await until('the agent to die', () => agent.signalCode !== null, 10_000, 20);
+      d.mdevsAtKill = readdirSync('/sys/bus/mdev/devices').length;
+      const t = performance.now();
+      agent = startAgent();
+      await kubelet.waitFor('every slice Healthy after the restart (3 mdevs)', () => healthy('virtualio.dev/nic') === 4 && healthy('virtualio.dev/nvme') === 2 && healthy('virtualio.dev/gpu') === 1 && healthy('virtualio.dev/serial') === 3, 120_000);
+      figures.restartToAllHealthyMs = Math.round(performance.now() - t);
+      d.mdevsAfter = readdirSync('/sys/bus/mdev/devices').length;
+      d.heldStillBound = [nicVf, nvmeVf, vga].map((a) => `${a}=${driverOf(a) ?? 'none'}`);
+      if ([nicVf, nvmeVf, vga].some((a) => driverOf(a) !== 'vfio-pci')) throw new Error(`a held function left vfio-pci: ${String(d.heldStillBound)}`);
+      if (!existsSync(`/sys/bus/mdev/devices/${uuid}`)) throw new Error(`the held mdev ${uuid} is gone`);
+      const pci = await vm?.command('info pci');
+      d.vmAlive = vm?.proc.exitCode === null && /PCI device 8086:10ca/.test(pci ?? '');
+      if (!d.vmAlive) throw new Error('the nested VM lost its devices or died');
     });
 
     await scenario('agent memory', async (d) => {
