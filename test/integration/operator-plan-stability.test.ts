@@ -64,6 +64,9 @@ const carvedHost = (withOriginal = true): InventoryDevice[] => host().map((d) =>
   ? { ...d, driver: 'vfio-pci', ...(withOriginal ? { original: { driver: d.driver } } : {}) }
   : d));
 
+/** A status without inventory, as the agent writes it before its first successful scan (the field goes away with server-side apply). */
+const WIPED = { agentVersion: 'test' };
+
 let planned: NonNullable<NonNullable<VioNode['spec']>['pools']> = [];
 let generation: number | undefined;
 
@@ -115,7 +118,7 @@ test('an agent without original facts (older version, lost record): the current 
 });
 
 test('status wiped (no inventory at all): the plan stays', async () => {
-  await writeAgentStatus(kube, NODE, {});
+  await writeAgentStatus(kube, NODE, WIPED);
   await waitUntil('status without inventory', async () => !(await vio())?.status?.inventory);
   await expectPlanKept();
 });
@@ -157,7 +160,7 @@ test('a second pool with the same resource name does not unplan the first', asyn
 
 test('the operator restarts while the node has no status: the plan stays', async () => {
   await stopOperator?.();
-  await writeAgentStatus(kube, NODE, {});
+  await writeAgentStatus(kube, NODE, WIPED);
   startOperator();
   await expectPlanKept();
 });
