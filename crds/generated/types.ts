@@ -103,6 +103,10 @@ export interface VirtualIODeviceSpec {
      */
     vfDriver?: string;
     /**
+     * SRIOV: take over VFs that another owner (an admin, the SR-IOV network operator) already enabled on a selected PF, re-carving them when the count differs. Off (the default), such a PF is left alone and the pool reports a Conflict naming it.
+     */
+    adoptExistingVFs?: boolean;
+    /**
      * Leading hex digits of every NPIV port's WWPN/WWNN (6 to 12, e.g. "c05076" from an OUI); the rest is derived from node, HBA and index so a reboot recreates the same names.
      */
     wwnPrefix?: string;
@@ -255,6 +259,10 @@ export interface PoolPlan {
   count?: number;
   mdevType?: string;
   vfDriver?: string;
+  /**
+   * SRIOV: VFs enabled by another owner may be re-carved (see VirtualIODevice spec.carving.adoptExistingVFs).
+   */
+  adoptExistingVFs?: boolean;
   wwnPrefix?: string;
   /**
    * The pool is being deleted; the agent stops serving it and uncarves what no pod holds.
@@ -328,7 +336,7 @@ export interface VirtualIONodeStatus {
   pools?: {
     name: string;
     resourceName?: string;
-    state: 'Ready' | 'Carving' | 'Blocked' | 'Error' | 'Deleting' | 'Released';
+    state: 'Ready' | 'Carving' | 'Blocked' | 'Error' | 'Deleting' | 'Released' | 'Draining';
     message?: string;
     /**
      * The kubelet accepted the pool's device plugin.
@@ -418,6 +426,10 @@ export interface SliceStatus {
   parent?: string;
   health: 'Healthy' | 'Unhealthy';
   reason?: string;
+  /**
+   * Set when the plan no longer wants this slice but a pod holds it: why it left the plan. The slice stays carved and bound, is not offered for new allocations, and is released once its pod is gone.
+   */
+  draining?: string;
   numaNode?: number;
   iommuGroup?: number;
   allocation?: {

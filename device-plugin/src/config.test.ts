@@ -14,6 +14,8 @@ describe('parseAgentConfig', () => {
         cdiDir: '/var/run/cdi',
         cdi: false,
         rescanIntervalMs: 30_000,
+        stateDir: '/var/lib/virtualio',
+        writeTimeoutMs: 5000,
         metricsAddress: { host: '0.0.0.0', port: 8080 },
         logLevel: 'info',
         dra: false,

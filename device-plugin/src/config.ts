@@ -16,6 +16,10 @@ export interface AgentConfig {
   cdiDir: string;
   cdi: boolean;
   rescanIntervalMs: number;
+  /** Where the node-local checkpoint lives (agent-checkpoint.json). */
+  stateDir: string;
+  /** How long one sysfs write may take before its device is reported stuck. */
+  writeTimeoutMs: number;
   metricsAddress: { host: string; port: number };
   logLevel: string;
   /** Serve pools with frontEnd DRA through the kubelet's DRA plugin API (cluster mode only). */
@@ -46,6 +50,8 @@ const FLAGS: readonly FlagSpec[] = [
   { flag: 'cdi-dir', env: 'VIO_CDI_DIR', def: '/var/run/cdi', meaning: 'CDI spec directory (used only with --cdi)' },
   { flag: 'cdi', env: 'VIO_CDI', def: 'false', meaning: 'also return CDI device names from Allocate and write CDI specs', bool: true },
   { flag: 'rescan-interval', env: 'VIO_RESCAN_INTERVAL', def: '30s', meaning: 'full sysfs rescan period (filesystem events trigger earlier rescans)' },
+  { flag: 'state-dir', env: 'VIO_STATE_DIR', def: '/var/lib/virtualio', meaning: 'node-local checkpoint of served pools, carved PFs and original drivers (a hostPath: it must survive agent restarts)' },
+  { flag: 'write-timeout', env: 'VIO_WRITE_TIMEOUT', def: '5s', meaning: 'a sysfs write that takes longer leaves its device reported stuck while every other device proceeds' },
   { flag: 'metrics-address', env: 'VIO_METRICS_ADDRESS', def: '0.0.0.0:8080', meaning: '/metrics, /healthz, /readyz' },
   { flag: 'log-level', env: 'VIO_LOG_LEVEL', def: 'info', meaning: 'pino level (fatal, error, warn, info, debug, trace, silent)' },
   { flag: 'dra', env: 'VIO_DRA', def: 'false', meaning: 'serve pools with spec.frontEnd DRA as DRA driver virtualio.dev (ResourceSlices, kubelet DRA plugin); cluster mode only', bool: true },
@@ -153,6 +159,12 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
   if (rescan === undefined || rescan <= 0) {
     return { kind: 'error', message: `--rescan-interval: expected a positive duration like 30s or 1m, got ${JSON.stringify(get('rescan-interval'))}` };
   }
+  const writeTimeout = parseDuration(get('write-timeout') ?? '');
+  if (writeTimeout === undefined || writeTimeout <= 0) {
+    return { kind: 'error', message: `--write-timeout: expected a positive duration like 5s, got ${JSON.stringify(get('write-timeout'))}` };
+  }
+  const stateDir = get('state-dir') ?? '/var/lib/virtualio';
+  if (!stateDir.startsWith('/')) return { kind: 'error', message: `--state-dir: expected an absolute path, got ${JSON.stringify(stateDir)}` };
   const metrics = parseAddress(get('metrics-address') ?? '');
   if (!metrics) return { kind: 'error', message: `--metrics-address: expected host:port, got ${JSON.stringify(get('metrics-address'))}` };
   const logLevel = get('log-level') ?? 'info';
@@ -176,6 +188,8 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
     cdiDir: get('cdi-dir') ?? '/var/run/cdi',
     cdi,
     rescanIntervalMs: rescan,
+    stateDir,
+    writeTimeoutMs: writeTimeout,
     metricsAddress: metrics,
     logLevel,
     dra,

@@ -1,11 +1,12 @@
 // The agent's entrypoint: parse flags (docs/flags.md), wire the ports, run one loop until SIGTERM or
-// SIGINT, then shut down gracefully (empty ListAndWatch lists, sockets, device-info files and CDI
-// specs removed). The only place that reads process.env, argv and signals, or exits.
+// SIGINT, then shut down without withdrawing any device (the kubelet keeps them through its grace
+// period until the next agent registers; CDI specs and device-info files stay for running pods). The only place that reads process.env, argv and signals, or exits.
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentManager } from './agent/manager.js';
+import { CHECKPOINT_FILE, Checkpoint } from './agent/checkpoint.js';
 import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
 import { createNodeOps } from './agent/node-ops.js';
 import { FilePlanSource, type PlanSource } from './agent/plan.js';
@@ -15,6 +16,8 @@ import { PluginDirWatcher } from './kubelet/watcher.js';
 import { createLogger, isLogLevel } from './log.js';
 import { createMetrics, serveMetrics } from './metrics.js';
 import type { PodLookup } from './podresources/client.js';
+import type { DraWiring } from './dra/wire.js';
+import type { PoolPlan } from './model.js';
 
 function agentVersion(): string {
   try {
@@ -82,10 +85,15 @@ async function main(): Promise<number> {
     lookupPod = (ns, name) => kube.getPod(ns, name);
   }
 
+  let rescan = (): void => undefined;
+  // --dra: set before the manager runs; allocation safety may read dra?.driver.preparedSliceIds().
+  let dra: DraWiring | undefined;
   const manager = new AgentManager({
     nodeName: cfg.nodeName,
     agentVersion: version,
-    ops: createNodeOps({ sysfsRoot: cfg.sysfsRoot, devRoot: cfg.devRoot, nodeName: cfg.nodeName, logger }),
+    // Each sysfs write runs in a helper process with a timeout: a write the kernel blocks never freezes the agent.
+    ops: createNodeOps({ sysfsRoot: cfg.sysfsRoot, devRoot: cfg.devRoot, nodeName: cfg.nodeName, logger, nvmeCli: process.env.VIO_NVME_CLI ?? 'nvme', writer: { isolated: { timeoutMs: cfg.writeTimeoutMs, onUnstuck: () => rescan() } } }),
+    checkpoint: new Checkpoint(join(cfg.stateDir, CHECKPOINT_FILE), cfg.nodeName, logger.child({ component: 'checkpoint' })),
     plan,
     pluginDir: cfg.pluginDir,
     podResourcesSocket: cfg.podResourcesSocket,
@@ -105,13 +113,31 @@ async function main(): Promise<number> {
     ...(statusSink ? { statusSink } : {}),
     ...(lookupPod ? { lookupPod } : {}),
   });
+  rescan = () => manager.trigger('fs');
   try {
     await serveMetrics({ ...cfg.metricsAddress, metrics, readiness: () => manager.readiness(), status: () => manager.status(), logger, signal });
   } catch (err) {
     logger.fatal({ err, address: cfg.metricsAddress }, 'cannot serve metrics');
     return 1;
   }
+  if (cfg.dra) {
+    const { startDra } = await import('./dra/wire.js');
+    dra = await startDra({
+      nodeName: cfg.nodeName, kubeconfig: cfg.kubeconfig, kubeletDir: cfg.kubeletDir, cdiDir: cfg.cdiDir, sysfsRoot: cfg.sysfsRoot,
+      agent: {
+        pools: (): PoolPlan[] | undefined => {
+          const st = plan.current();
+          return st.kind === 'ok' ? (st.spec.pools ?? []) : undefined;
+        },
+        slices: () => manager.currentSlices(),
+        inventory: () => ({ devices: manager.status()?.inventory?.devices ?? [] }),
+      },
+      logger, signal,
+      onHoldersChanged: () => manager.trigger('podresources'),
+    });
+  }
   await manager.run(signal);
+  await dra?.done;
   return 0;
 }
 

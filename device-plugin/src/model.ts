@@ -75,6 +75,12 @@ export interface Slice {
   reason?: string;
   /** VF index on its PF (VF), or creation index on its parent (Mdev, VPort). */
   index?: number;
+  /**
+   * Why the slice left the plan while a pod holds it. A draining slice stays carved and bound, is
+   * advertised to the kubelet as Unhealthy (so it is never allocated again) and is released once
+   * its pod is gone.
+   */
+  draining?: string;
 }
 
 /** One sysfs write, in order. Carving plans are data so they can be logged, tested and diffed. */
@@ -89,6 +95,8 @@ export interface SysfsWrite {
    * fails, `applyCarving` skips the rest of its group. Absent: independent.
    */
   group?: string;
+  /** The pools the write serves: where its failure is shown. */
+  pools?: string[];
 }
 
 /** A pool/device pair whose carving cannot proceed now (e.g. its slices are allocated). */

@@ -310,7 +310,7 @@ async function main(): Promise<void> {
     launch('agent', process.execPath, [
       join(REPO_ROOT, 'dist/device-plugin/src/main.js'), '--node-name', NODE, '--kubeconfig', cp.kubeconfig,
       '--sysfs-root', host.sys, '--dev-root', host.dev, '--plugin-dir', pluginDir, '--pod-resources-socket', podResourcesSocket,
-      '--devinfo-dir', join(run, 'devinfo'), '--metrics-address', '127.0.0.1:0', '--rescan-interval', '10s',
+      '--devinfo-dir', join(run, 'devinfo'), '--state-dir', join(run, 'agent-state'), '--metrics-address', '127.0.0.1:0', '--rescan-interval', '10s',
     ], join(run, 'agent.log'));
     demoPids();
     await until('the agent to report its inventory', async () => {

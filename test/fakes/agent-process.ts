@@ -155,6 +155,13 @@ export class AgentProcess {
 /** Starts the built agent with `args` (add `--metrics-address 127.0.0.1:0` to get a free port). */
 export async function startAgent(args: string[], env: Record<string, string> = {}): Promise<AgentProcess> {
   const main = await ensureAgentBuilt();
+  if (!args.includes('--state-dir')) {
+    // The checkpoint goes beside the test's sysfs tree (never the machine's /var/lib/virtualio), so a
+    // restarted agent of the same test finds it and two tests never share one.
+    const i = args.indexOf('--sysfs-root');
+    const root = i >= 0 ? args[i + 1] : undefined;
+    if (root) args = [...args, '--state-dir', join(dirname(root), 'agent-state')];
+  }
   const proc = spawn(process.execPath, [main, ...args], {
     cwd: REPO,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },

@@ -146,6 +146,8 @@ export interface FunctionSpec {
 
 /** Options of {@link FakeKernel.write}. */
 export interface WriteOptions {
+  /** The device a write is for (the SysfsWriter port's lane); the fake kernel does not need it. */
+  lane?: string;
   /**
    * The file already holds the new value (the daemon saw it written): apply the side effects
    * without rewriting the attribute, and apply a non-zero → different non-zero `sriov_numvfs`

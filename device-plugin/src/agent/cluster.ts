@@ -28,6 +28,21 @@ export interface KubeAgentPort {
   getPod(namespace: string, name: string): Promise<PodInfo | undefined>;
 }
 
+/**
+ * Whether the object carries a plan: `spec.pools` is present (the operator always writes it, even
+ * empty) and, where the API server reports field ownership, it is the operator's. An agent creates
+ * its VirtualIONode without `spec.pools`.
+ */
+export function hasOperatorPlan(obj: VirtualIONode): boolean {
+  if (!Array.isArray(obj.spec?.pools)) return false;
+  const managed = (obj.metadata as { managedFields?: { manager?: string; fieldsV1?: unknown }[] }).managedFields;
+  if (!managed || managed.length === 0) return true;
+  return managed.some((m) => {
+    const spec = (m.fieldsV1 as Record<string, Record<string, unknown> | undefined> | undefined)?.['f:spec'];
+    return m.manager !== 'virtualio-agent' && spec !== undefined && 'f:pools' in spec;
+  });
+}
+
 /** Plan from the watched VirtualIONode's spec (validated like a plan file), with its generation. */
 export class ClusterPlanSource implements PlanSource {
   private state: PlanState = { kind: 'none', message: 'VirtualIONode not read yet' };
@@ -57,6 +72,11 @@ export class ClusterPlanSource implements PlanSource {
     }
     if (obj.metadata.uid && this.uid && obj.metadata.uid !== this.uid) this.onRecreated?.();
     if (obj.metadata.uid) this.uid = obj.metadata.uid;
+    if (!hasOperatorPlan(obj)) {
+      // Created (or re-created) by an agent and not planned yet: that is "no plan known", never "remove everything".
+      this.state = { kind: 'none', message: `VirtualIONode ${this.nodeName} has no plan from the operator yet` };
+      return;
+    }
     const r = validatePlan(obj.spec ?? {});
     const generation = obj.metadata.generation;
     this.state = r.ok ? { kind: 'ok', spec: r.spec, ...(generation !== undefined ? { generation } : {}) } : { kind: 'error', message: `invalid VirtualIONode spec: ${r.message}` };

@@ -8,6 +8,7 @@ import { PluginDirWatcher } from '../kubelet/watcher.js';
 import { silentLogger } from '../log.js';
 import { createMetrics } from '../metrics.js';
 import type { CarvingPlan, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
+import { Checkpoint } from './checkpoint.js';
 import { AgentManager } from './manager.js';
 import type { PlanSource, PlanState } from './plan.js';
 import type { NodeOps, WriteResult } from './ports.js';
@@ -227,5 +228,85 @@ describe('AgentManager', () => {
     for (let i = 0; i < 3; i++) manager.trigger('timer');
     await kubelet.waitFor('cycles', () => manager.cycles >= target);
     expect(node.scans).toBe(manager.cycles);
+  });
+
+  const holdPod = (ids: string[], resource = 'virtualio.dev/net-a'): void =>
+    podres.setPods([{ name: 'virt-launcher-vm1-abcde', namespace: 'vms', containers: [{ name: 'compute', devices: [{ resourceName: resource, deviceIds: ids }] }] }]);
+
+  test('a pool that leaves the plan while a pod holds a slice keeps it (draining: listed Unhealthy, not uncarved) and releases it once the pod is gone', async () => {
+    holdPod(['0000:81:00.2']);
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });
+    await kubelet.waitFor('net-a list', () => kubelet.lastList('virtualio.dev/net-a')?.length === 2);
+    await kubelet.waitFor('holder known', () => statuses.findLast((s) => s.summary?.allocated === 1));
+
+    plan.set({ kind: 'ok', spec: { pools: [] }, generation: 2 });
+    const st = await kubelet.waitFor('draining status', () => statuses.findLast((s) => s.observedGeneration === 2 && s.pools?.some((p) => p.name === 'net-a' && p.state === 'Draining')));
+    expect(node.uncarved).toStrictEqual([]);
+    // Only the held slice stays listed, Unhealthy so the kubelet never hands it out again.
+    await kubelet.waitFor('only held slice listed', () => kubelet.lastList('virtualio.dev/net-a')?.length === 1);
+    expect(kubelet.lastList('virtualio.dev/net-a')).toStrictEqual([expect.objectContaining({ ID: '0000:81:00.2', health: 'Unhealthy' })]);
+    const slice = st.slices?.find((s) => s.id === '0000:81:00.2');
+    expect(slice?.allocation).toMatchObject({ namespace: 'vms', pod: 'virt-launcher-vm1-abcde' });
+    expect(slice?.draining).toContain('no longer in this node');
+    expect(st.pools?.find((p) => p.name === 'net-a')?.message).toContain('virt-launcher-vm1-abcde');
+
+    // The pod goes: the pool is released (uncarved) and its server withdrawn.
+    podres.setPods([]);
+    await kubelet.waitFor('released', () => node.uncarved.includes('net-a'));
+    await kubelet.waitFor('net-a emptied', () => kubelet.lastList('virtualio.dev/net-a')?.length === 0);
+  });
+
+  test('"no plan" after a plan (VirtualIONode re-created, plan file gone) keeps serving the last plan and removes nothing', async () => {
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });
+    await kubelet.waitFor('net-a list', () => kubelet.lastList('virtualio.dev/net-a')?.length === 2);
+    plan.set({ kind: 'none', message: 'VirtualIONode n1 has no plan from the operator yet' });
+    const st = await kubelet.waitFor('status says why', () => statuses.findLast((s) => s.conditions?.some((c) => c.type === 'Ready' && c.message.includes('no plan from the operator'))));
+    expect(st.pools?.map((p) => p.name)).toStrictEqual(['net-a']);
+    expect(node.uncarved).toStrictEqual([]);
+    expect(kubelet.lastList('virtualio.dev/net-a')?.length).toBe(2);
+  });
+
+  test('a slice held through another pool\'s resource is never offered by this pool', async () => {
+    holdPod(['0000:81:00.1'], 'virtualio.dev/net-b');
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2), pool('net-b', '0000:81:00.0', 1)] }, generation: 1 });
+    await kubelet.waitFor('held through net-b is Unhealthy in net-a', () => kubelet.lastList('virtualio.dev/net-a')?.find((d) => d.ID === '0000:81:00.1')?.health === 'Unhealthy');
+    await kubelet.waitFor('net-b offers it to its own holder', () => kubelet.lastList('virtualio.dev/net-b')?.find((d) => d.ID === '0000:81:00.1')?.health === 'Healthy');
+  });
+
+  test('checkpoint: a restarted agent learns holders of a pool that left the plan while it was down, and drains instead of uncarving', async () => {
+    ctl.abort();
+    await running;
+    const file = join(dir, 'state', 'agent-checkpoint.json');
+    const logger = silentLogger();
+    const start = (cp: Checkpoint): { ctl: AbortController; run: Promise<void>; m: AgentManager } => {
+      const c = new AbortController();
+      const m = new AgentManager({
+        nodeName: 'n1', agentVersion: 'test', ops: node, plan, pluginDir: kubelet.pluginDir, podResourcesSocket: podres.socket,
+        devinfoDir: join(dir, 'devinfo'), cdi: { enabled: false, dir: join(dir, 'cdi') },
+        watcher: new PluginDirWatcher({ dir: kubelet.pluginDir, logger, signal: c.signal }), logger, metrics: createMetrics(),
+        rescanIntervalMs: 60_000, watchPaths: [], statusSink: (s) => statuses.push(s), podResources: { intervalMs: 100, minGapMs: 50 },
+        clock: () => fakeNow, checkpoint: cp,
+      });
+      return { ctl: c, run: m.run(c.signal), m };
+    };
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });
+    const first = start(new Checkpoint(file, 'n1', logger));
+    await kubelet.waitFor('net-a list', () => kubelet.lastList('virtualio.dev/net-a')?.length === 2);
+    first.ctl.abort();
+    await first.run;
+    expect(kubelet.lastList('virtualio.dev/net-a')?.length).toBe(2); // shutdown withdrew nothing
+    // While the agent is down: the pool leaves the plan, and a pod holds a slice of it.
+    plan.state = { kind: 'ok', spec: { pools: [] }, generation: 2 };
+    holdPod(['0000:81:00.1']);
+    statuses.length = 0;
+    const second = start(new Checkpoint(file, 'n1', logger));
+    const st = await kubelet.waitFor('draining after restart', () => statuses.findLast((s) => s.slices?.some((x) => x.id === '0000:81:00.1' && x.draining && x.allocation)));
+    expect(st.pools?.find((p) => p.name === 'net-a')?.state).toBe('Draining');
+    expect(node.uncarved).toStrictEqual([]);
+    podres.setPods([]);
+    await kubelet.waitFor('released after the pod is gone', () => node.uncarved.includes('net-a'));
+    second.ctl.abort();
+    await second.run;
+    running = Promise.resolve();
   });
 });

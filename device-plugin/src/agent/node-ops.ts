@@ -1,10 +1,12 @@
 // Binds the node side (discovery, carving, health) to this node's roots: the NodeOps port of the
 // agent manager, implemented with discovery/scan, carving/plan+apply and health/slices.
 import { applyCarving } from '../carving/apply.js';
+import { execNvmeCli, provisionNvme } from '../carving/nvme.js';
 import { planCarving, planUncarve } from '../carving/plan.js';
 import { scan } from '../discovery/scan.js';
 import { buildSlices } from '../health/slices.js';
 import type { Logger } from '../log.js';
+import { IsolatedSysfsWriter } from '../sysfs/isolated-writer.js';
 import { FsSysfsWriter, type SysfsWriter } from '../sysfs/writer.js';
 import type { NodeOps } from './ports.js';
 
@@ -13,19 +15,39 @@ export interface NodeOpsOptions {
   devRoot: string;
   nodeName: string;
   logger: Logger;
-  /** Where carving writes go (default: plain file writes under the sysfs root). */
-  writer?: SysfsWriter;
+  /**
+   * Where carving writes go: a writer, or `isolated` (each write in a helper process with a
+   * timeout, what production runs). Default: plain in-process file writes under the sysfs root.
+   */
+  writer?: SysfsWriter | { isolated: { timeoutMs: number; onUnstuck?: () => void } };
+  /** nvme-cli for NVMe secondary controller provisioning (default `nvme` on PATH). */
+  nvmeCli?: string;
 }
 
 /** The NodeOps of one node. */
 export function createNodeOps(opts: NodeOpsOptions): NodeOps {
-  const writer = opts.writer ?? new FsSysfsWriter(opts.sysfsRoot);
+  const w = opts.writer;
+  const writer: SysfsWriter =
+    w === undefined
+      ? new FsSysfsWriter(opts.sysfsRoot)
+      : 'isolated' in w
+        ? new IsolatedSysfsWriter({ root: opts.sysfsRoot, timeoutMs: w.isolated.timeoutMs, ...(w.isolated.onUnstuck ? { onUnstuck: w.isolated.onUnstuck } : {}) })
+        : w;
   return {
+    stuckWrites: () => (writer instanceof IsolatedSysfsWriter ? writer.stuck() : []),
+    close: () => {
+      if (writer instanceof IsolatedSysfsWriter) writer.close();
+    },
     scan: () => scan(opts.sysfsRoot, { devRoot: opts.devRoot }),
-    planCarving: (spec, inventory, allocated) => planCarving({ spec, inventory, nodeName: opts.nodeName, allocated }),
-    planUncarve: (pool, spec, inventory, allocated) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated }),
+    planCarving: (spec, inventory, allocated, ownedPfs) => planCarving({ spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}) }),
+    planUncarve: (pool, spec, inventory, allocated, ownedPfs) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}) }),
     applyCarving: async (plan, signal) =>
-      (await applyCarving(plan, writer, signal)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.skipped ? { skipped: true } : {}) })),
+      (await applyCarving(plan, writer, signal)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
+    provision: async (spec, inventory, held) => {
+      const r = await provisionNvme({ spec, inventory, devRoot: opts.devRoot, cli: execNvmeCli(opts.nvmeCli ?? 'nvme'), writer, held });
+      for (const a of r.actions) opts.logger.info(a, 'nvme provisioning');
+      return r.problems;
+    },
     buildSlices: (spec, inventory, previous) => buildSlices({ spec, inventory, devRoot: opts.devRoot, nodeName: opts.nodeName, ...(previous ? { previous } : {}) }),
   };
 }

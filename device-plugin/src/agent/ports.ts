@@ -8,6 +8,8 @@ export interface WriteResult {
   write: SysfsWrite;
   /** Absent when the write succeeded. */
   error?: string;
+  /** The errno code of a failed write (EBUSY, EINVAL, ETIMEDOUT, ESTUCK...), when known. */
+  code?: string;
   /** True when skipped because an earlier write of its group failed. */
   skipped?: boolean;
 }
@@ -17,12 +19,12 @@ export interface NodeOps {
   /** A full inventory snapshot; must not throw on malformed sysfs (errors go into the inventory). */
   scan(): Promise<Inventory>;
   /** The sysfs writes that bring the node to the plan; never destroys `allocated` slices. */
-  planCarving(spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>): CarvingPlan;
+  planCarving(spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>, ownedPfs?: ReadonlySet<string>): CarvingPlan;
   /**
    * The writes that release a deleting or removed pool (its last known plan), keeping what pods
    * hold (`held`) and what active pools of `spec` still use.
    */
-  planUncarve(pool: PoolPlan, spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>): CarvingPlan;
+  planUncarve(pool: PoolPlan, spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>, ownedPfs?: ReadonlySet<string>): CarvingPlan;
   /** Applies writes in order; never throws for a failed write (it is in its result). */
   applyCarving(plan: CarvingPlan, signal?: AbortSignal): Promise<WriteResult[]>;
   /**
@@ -30,6 +32,16 @@ export interface NodeOps {
    * that vanished stay listed as Unhealthy with its reason instead of dropping out.
    */
   buildSlices(spec: VirtualIONodeSpec, inventory: Inventory, previous?: readonly Slice[]): Slice[];
+  /** Writes that have not returned (their devices are stuck); empty for writers that cannot tell. */
+  stuckWrites?(): { lane: string; path: string; value: string; since: number }[];
+  /**
+   * Device provisioning that sysfs writes cannot express (NVMe secondary controllers, see
+   * carving/nvme.ts), run before and after each round of carving writes; never touches `held`
+   * slices. Returns what stands in the way, for the pools' status.
+   */
+  provision?(spec: VirtualIONodeSpec, inventory: Inventory, held: ReadonlySet<string>): Promise<{ pool: string; device: string; reason: string }[]>;
+  /** Stops the writer's helper processes (shutdown). */
+  close?(): void;
 }
 
 /** Receives every freshly built status (cluster mode writes it to the API, debounced). */

@@ -14,6 +14,12 @@ export interface StatusInput {
   agentVersion: string;
   /** The plan being served (the last valid one). */
   pools: readonly PoolPlan[];
+  /** Pools no longer in the plan whose slices pods still hold (reported with state Draining). */
+  drainingPools?: readonly PoolPlan[];
+  /** Why no plan is known yet (nothing is removed meanwhile). */
+  noPlanReason?: string;
+  /** Why the node-local checkpoint cannot be read or written. */
+  checkpointError?: string;
   /** Why the current plan is not usable (it is then the last valid one that is served). */
   planError?: string;
   planLoaded: boolean;
@@ -54,13 +60,35 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
     l.push(s);
     byPool.set(s.pool, l);
   }
+  const holderText = (sl: readonly Slice[]): string =>
+    sl
+      .map((s) => {
+        const h = inp.holders.get(s.id);
+        return h ? `${s.id} (${h.vmi ? `VM ${h.vmi}, ` : ''}pod ${h.namespace}/${h.pod})` : s.id;
+      })
+      .join(', ');
+  const drainingPools: PoolStatus[] = (inp.drainingPools ?? []).map((p) => {
+    const sl = (byPool.get(p.name) ?? []).filter((s) => s.draining);
+    const reg = inp.registration.get(p.name);
+    return {
+      name: p.name,
+      resourceName: p.resourceName,
+      state: 'Draining',
+      registered: reg?.registered ?? false,
+      capacity: sl.length,
+      allocatable: 0,
+      allocated: sl.filter((s) => inp.holders.has(s.id)).length,
+      message: truncate(`no longer planned on this node; ${sl.length} slice(s) kept for the pods holding them: ${holderText(sl)}`),
+    };
+  });
   const pools: PoolStatus[] = inp.pools.map((p) => {
     const sl = byPool.get(p.name) ?? [];
     const allocated = sl.filter((s) => inp.holders.has(s.id)).length;
     const reg = inp.registration.get(p.name);
     const blocked = inp.blocked.filter((b) => b.pool === p.name);
     const errors = inp.carvingErrors.filter((e) => e.pool === p.name);
-    const out: PoolStatus = { name: p.name, resourceName: p.resourceName, state: 'Ready', registered: reg?.registered ?? false, capacity: sl.length, allocatable: sl.filter((s) => s.health === 'Healthy').length, allocated };
+    const drainingHere = sl.filter((s) => s.draining);
+    const out: PoolStatus = { name: p.name, resourceName: p.resourceName, state: 'Ready', registered: reg?.registered ?? false, capacity: sl.length, allocatable: sl.filter((s) => s.health === 'Healthy' && !s.draining).length, allocated };
     if (p.deleting) {
       out.state = allocated > 0 ? 'Deleting' : 'Released';
       out.registered = false;
@@ -78,12 +106,17 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
       out.state = 'Carving';
       out.message = 'no slices yet';
     }
+    if (drainingHere.length > 0 && out.state === 'Ready') {
+      out.state = p.deleting ? out.state : 'Draining';
+      out.message = truncate(`${drainingHere.length} slice(s) no longer planned are kept for the pods holding them: ${holderText(drainingHere)}`);
+    }
     const foreign = (inp.foreign ?? []).filter((f) => f.pool === p.name);
     if (foreign.length > 0 && (out.state === 'Ready' || out.state === 'Blocked')) {
       out.message = truncate([...(out.message ? [out.message] : []), ...foreign.map((f) => `${f.device}: ${f.reason}`)].join('; '));
     }
     return out;
   });
+  pools.push(...drainingPools.filter((d) => !pools.some((p) => p.name === d.name)));
 
   const slices = [...inp.slices]
     .sort((a, b) => (a.pool < b.pool ? -1 : a.pool > b.pool ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
@@ -91,6 +124,7 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
     .map((s) => {
       const st: NonNullable<VirtualIONodeStatus['slices']>[number] = { id: s.id, pool: s.pool, kind: s.kind, parent: s.parent, health: s.health };
       if (s.reason) st.reason = s.reason;
+      if (s.draining) st.draining = s.draining;
       if (s.numaNode !== undefined) st.numaNode = s.numaNode;
       if (s.iommuGroup !== undefined) st.iommuGroup = s.iommuGroup;
       const h = inp.holders.get(s.id);
@@ -110,7 +144,9 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
   let conditions = [...(inp.previous ?? [])];
   const ready = inp.planLoaded && !inp.planError && unregistered.length === 0 && !inp.scanError;
   const readyMsg = !inp.planLoaded
-    ? 'no plan loaded'
+    ? inp.noPlanReason
+      ? `no plan loaded (${inp.noPlanReason}); keeping every existing slice`
+      : 'no plan loaded; keeping every existing slice'
     : inp.planError
       ? inp.planError
       : inp.scanError
@@ -133,6 +169,9 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
   const bound = boundInventory(inp.inventory.devices, inp.pools);
   const inventoryKnown = !(inp.scanError && inp.inventory.devices.length === 0);
   if (bound.truncated) problems.push(['InventoryTruncated', truncationMessage(bound)]);
+  if (inp.checkpointError) problems.push(['CheckpointUnavailable', inp.checkpointError]);
+  const drainingSlices = inp.slices.filter((s) => s.draining);
+  if (drainingSlices.length) problems.push(['Draining', `${drainingSlices.length} slice(s) no longer planned are kept for their pods: ${holderText(drainingSlices)}`]);
   const first = problems[0];
   conditions = setCondition(
     conditions,

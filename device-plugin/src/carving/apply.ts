@@ -5,7 +5,7 @@ import type { SysfsWriter } from '../sysfs/writer.js';
 /** The outcome of one planned write. */
 export type WriteResult =
   | { write: SysfsWrite; ok: true }
-  | { write: SysfsWrite; ok: false; error: string; skipped?: boolean };
+  | { write: SysfsWrite; ok: false; error: string; code?: string; skipped?: boolean };
 
 /**
  * Applies `plan.writes` in order and returns one result per write. Never throws because a write
@@ -26,11 +26,12 @@ export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signa
       continue;
     }
     try {
-      await writer.write(write.path, write.value);
+      await writer.write(write.path, write.value, { lane: write.group ?? write.path });
       results.push({ write, ok: true });
     } catch (err) {
       if (write.group !== undefined) failedGroups.add(write.group);
-      results.push({ write, ok: false, error: err instanceof Error ? err.message : String(err) });
+      const code = (err as NodeJS.ErrnoException).code;
+      results.push({ write, ok: false, error: err instanceof Error ? err.message : String(err), ...(typeof code === 'string' ? { code } : {}) });
     }
   }
   return results;

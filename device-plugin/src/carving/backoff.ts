@@ -72,11 +72,18 @@ export class WriteBackoff {
     return { due, deferred };
   }
 
-  /** Records a refusal of `write` at `now`; returns the delay before the next attempt. */
-  failed(write: SysfsWrite, error: string, now: number): number {
+  /**
+   * Records a refusal of `write` at `now`; returns the delay before the next attempt. The errno
+   * `code` picks the schedule ({@link errnoClass}): a busy or stuck device is tried again soon
+   * (capped at 30 s), a refusal that only a plan or hardware change can cure starts at 30 s.
+   */
+  failed(write: SysfsWrite, error: string, now: number, code?: string): number {
     const k = keyOf(write);
     const failures = (this.entries.get(k)?.failures ?? 0) + 1;
-    const delay = Math.min(this.maxMs, this.initialMs * 2 ** Math.min(failures - 1, 30));
+    const cls = errnoClass(code);
+    const first = cls === 'refused' ? Math.max(this.initialMs, 30_000) : this.initialMs;
+    const cap = cls === 'busy' ? Math.min(this.maxMs, 30_000) : this.maxMs;
+    const delay = Math.min(cap, first * 2 ** Math.min(failures - 1, 30));
     this.entries.set(k, { failures, error, nextAt: now + delay });
     return delay;
   }
@@ -96,5 +103,32 @@ export class WriteBackoff {
     let min: number | undefined;
     for (const e of this.entries.values()) if (min === undefined || e.nextAt < min) min = e.nextAt;
     return min;
+  }
+}
+
+/**
+ * How a failed sysfs write is retried, by errno: `busy` (the device is in use or a write has not
+ * returned: EBUSY, EAGAIN, ETIMEDOUT, ESTUCK) soon and often; `refused` (the kernel rejects the
+ * value or the operation: EINVAL, EOPNOTSUPP, EPERM, EACCES, EROFS, ENODEV, ENXIO) rarely, since
+ * only a plan or hardware change cures it; anything else (EIO, ENOENT, ...) with plain doubling.
+ */
+export function errnoClass(code: string | undefined): 'busy' | 'refused' | 'other' {
+  switch (code) {
+    case 'EBUSY':
+    case 'EAGAIN':
+    case 'ETIMEDOUT':
+    case 'ESTUCK':
+      return 'busy';
+    case 'EINVAL':
+    case 'EOPNOTSUPP':
+    case 'ENOTSUP':
+    case 'EPERM':
+    case 'EACCES':
+    case 'EROFS':
+    case 'ENODEV':
+    case 'ENXIO':
+      return 'refused';
+    default:
+      return 'other';
   }
 }

@@ -12,6 +12,13 @@ export interface PlanInput {
   nodeName: string;
   /** Slice IDs the kubelet reports as allocated (PCI addresses, mdev UUIDs, WWPNs). */
   allocated: ReadonlySet<string>;
+  /**
+   * PFs whose VF count this agent set (its checkpoint). VFs enabled on any other PF belong to
+   * someone else: they are never reset or re-bound unless a pool on the PF says
+   * `adoptExistingVFs`; the pool reports a Conflict naming the PF instead. Absent: every PF is
+   * treated as ours (unit tests of the plan alone).
+   */
+  ownedPfs?: ReadonlySet<string>;
 }
 
 const pciDev = (bdf: string, attr: string): string => `bus/pci/devices/${bdf}/${attr}`;
@@ -33,12 +40,18 @@ export function releaseWrites(dev: InventoryDevice, why: string): SysfsWrite[] {
   return w;
 }
 
+/** Tags writes with the pool they serve (where a failure is shown). */
+function withPool(writes: SysfsWrite[], pool: string): SysfsWrite[] {
+  for (const w of writes) w.pools = [pool];
+  return writes;
+}
+
 function list(ids: string[], max = 8): string {
   return ids.length <= max ? ids.join(', ') : `${ids.slice(0, max).join(', ')} and ${ids.length - max} more`;
 }
 
 /** SR-IOV: numvfs per PF over every pool on it, then VF driver binding. */
-function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, allocated: ReadonlySet<string>, out: CarvingPlan): void {
+function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, allocated: ReadonlySet<string>, out: CarvingPlan, ownedPfs?: ReadonlySet<string>): void {
   const byPf = new Map<string, { pool: PoolPlan; dev: PoolDevice }[]>();
   for (const pool of pools) {
     for (const dev of pool.devices) {
@@ -70,6 +83,14 @@ function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, all
     }
     const vfs = pf.sriov?.vfs ?? [];
     const cur = pf.sriov?.numVFs ?? vfs.length;
+    const pools = users.map((u) => u.pool.name);
+    if (cur > 0 && ownedPfs && !ownedPfs.has(pfAddr) && !users.some((u) => u.pool.adoptExistingVFs)) {
+      block(
+        `Conflict: ${pfAddr} already has ${cur} VFs that virtualio did not create (another owner: an admin or the SR-IOV operator); left alone. ` +
+          'Set spec.carving.adoptExistingVFs to take them over, or disable them (sriov_numvfs=0)',
+      );
+      continue;
+    }
     if (cur !== want) {
       if (cur !== 0) {
         const held = vfs.filter((vf) => allocated.has(vf));
@@ -77,11 +98,11 @@ function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, all
           block(`re-carving ${pfAddr} from ${cur} to ${want} VFs waits: allocated VFs ${list(held)}`);
           continue;
         }
-        out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: '0', why: `disable ${cur} VFs before enabling ${want} (pools ${poolNames})`, group: pfAddr });
+        out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: '0', why: `disable ${cur} VFs before enabling ${want} (pools ${poolNames})`, group: pfAddr, pools });
       }
       if (want > 0) {
-        out.writes.push({ path: pciDev(pfAddr, 'sriov_drivers_autoprobe'), value: '0', why: `keep new VFs of ${pfAddr} unbound`, group: pfAddr });
-        out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: String(want), why: `enable ${want} VFs (pools ${poolNames})`, group: pfAddr });
+        out.writes.push({ path: pciDev(pfAddr, 'sriov_drivers_autoprobe'), value: '0', why: `keep new VFs of ${pfAddr} unbound`, group: pfAddr, pools });
+        out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: String(want), why: `enable ${want} VFs (pools ${poolNames})`, group: pfAddr, pools });
       }
       continue; // the VFs are bound on the next pass, once discovery has seen them
     }
@@ -95,7 +116,7 @@ function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, all
           out.blocked.push({ pool: pool.name, device: vfAddr, reason: `VF ${i} of ${pfAddr} (${vfAddr}) not found` });
           continue;
         }
-        if (vf.driver !== driver) out.writes.push(...bindWrites(vf, driver, `bind VF ${i} of ${pfAddr} to ${driver} (pool ${pool.name})`));
+        if (vf.driver !== driver) out.writes.push(...withPool(bindWrites(vf, driver, `bind VF ${i} of ${pfAddr} to ${driver} (pool ${pool.name})`), pool.name));
       }
     }
   }
@@ -121,7 +142,7 @@ function planPassthrough(pool: PoolPlan, devices: Map<string, InventoryDevice>, 
       if (md.driver === VFIO_PCI || seen.has(m)) continue;
       seen.add(m);
       const why = m === dev.pciAddress ? `pass ${m} through (pool ${pool.name})` : `IOMMU group ${dev.iommuGroup} member of ${dev.pciAddress} (pool ${pool.name})`;
-      out.writes.push(...bindWrites(md, VFIO_PCI, why));
+      out.writes.push(...withPool(bindWrites(md, VFIO_PCI, why), pool.name));
     }
   }
 }
@@ -160,7 +181,7 @@ function planMediated(node: string, pool: PoolPlan, devices: Map<string, Invento
           continue;
         }
         freed++;
-        out.writes.push({ path: `bus/mdev/devices/${m.uuid}/remove`, value: '1', why: `remove mdev ${m.uuid} of type ${m.type} not in pool ${pool.name}`, group: parent });
+        out.writes.push({ path: `bus/mdev/devices/${m.uuid}/remove`, value: '1', why: `remove mdev ${m.uuid} of type ${m.type} not in pool ${pool.name}`, group: parent, pools: [pool.name] });
       }
       ourExtras.set(parent, freed);
     }
@@ -196,6 +217,7 @@ function planMediated(node: string, pool: PoolPlan, devices: Map<string, Invento
           value: s.uuid,
           why: `create mdev ${s.index} of type ${s.type} on ${parent} (pool ${pool.name})`,
           group: parent,
+          pools: [pool.name],
         });
       }
     }
@@ -236,7 +258,7 @@ function planNpiv(node: string, pool: PoolPlan, devices: Map<string, InventoryDe
           continue;
         }
         freed++;
-        out.writes.push({ path: `class/fc_host/${h.host}/vport_delete`, value: `${v.wwpn}:${v.wwnn}`, why: `delete vport ${v.wwpn} not in pool ${pool.name}`, group: `${dev.pciAddress}/${h.host}` });
+        out.writes.push({ path: `class/fc_host/${h.host}/vport_delete`, value: `${v.wwpn}:${v.wwnn}`, why: `delete vport ${v.wwpn} not in pool ${pool.name}`, group: `${dev.pciAddress}/${h.host}`, pools: [pool.name] });
       }
       const toCreate = mine.filter((s) => !have.has(s.wwpn));
       let room = toCreate.length;
@@ -247,7 +269,7 @@ function planNpiv(node: string, pool: PoolPlan, devices: Map<string, InventoryDe
         }
       }
       for (const s of toCreate.slice(0, room)) {
-        out.writes.push({ path: `class/fc_host/${h.host}/vport_create`, value: `${s.wwpn}:${s.wwnn}`, why: `create vport ${s.index} on ${h.host} (pool ${pool.name})`, group: `${dev.pciAddress}/${h.host}` });
+        out.writes.push({ path: `class/fc_host/${h.host}/vport_create`, value: `${s.wwpn}:${s.wwnn}`, why: `create vport ${s.index} on ${h.host} (pool ${pool.name})`, group: `${dev.pciAddress}/${h.host}`, pools: [pool.name] });
       }
     }
   }
@@ -268,16 +290,43 @@ export function planCarving(input: PlanInput): CarvingPlan {
   const out: CarvingPlan = { writes: [], blocked: [] };
   const devices = indexDevices(input.inventory);
   const pools = [...(input.spec.pools ?? [])].filter((p) => !p.deleting).sort((a, b) => compareText(a.name, b.name));
-  planSriov(pools.filter((p) => p.mode === 'SRIOV'), devices, input.allocated, out);
+  planSriov(pools.filter((p) => p.mode === 'SRIOV'), devices, input.allocated, out, input.ownedPfs);
   const seen = new Set<string>();
   for (const pool of pools) {
     if (pool.mode === 'Passthrough') planPassthrough(pool, devices, out, seen);
     else if (pool.mode === 'Mediated') planMediated(input.nodeName, pool, devices, input.allocated, out);
     else if (pool.mode === 'NPIV') planNpiv(input.nodeName, pool, devices, input.inventory, input.allocated, out);
   }
+  holdBindsToMissingDrivers(out, input.inventory);
   sortBlocked(out.blocked);
   if (out.foreign) sortBlocked(out.foreign);
   return out;
+}
+
+/**
+ * Binding to a driver that is not loaded cannot succeed (drivers_probe leaves the function unbound
+ * and the writes would repeat every pass; on a real kernel without vfio-pci loaded they did): such
+ * moves are not planned but blocked with the reason, and the function keeps its current driver.
+ * Applies only when the inventory lists the loaded drivers.
+ */
+function holdBindsToMissingDrivers(out: CarvingPlan, inventory: Inventory): void {
+  const loaded = inventory.pciDrivers;
+  if (loaded === undefined) return;
+  const missing = new Map<string, SysfsWrite>();
+  for (const w of out.writes) {
+    const m = /^bus\/pci\/devices\/([^/]+)\/driver_override$/.exec(w.path);
+    const v = w.value.trim();
+    if (m && v !== '' && !loaded.includes(v)) missing.set(m[1] as string, w);
+  }
+  if (missing.size === 0) return;
+  out.writes = out.writes.filter((w) => {
+    const addr = w.path === 'bus/pci/drivers_probe' ? w.value : /^bus\/pci\/devices\/([^/]+)\/(driver_override|driver\/unbind)$/.exec(w.path)?.[1];
+    return addr === undefined || !missing.has(addr);
+  });
+  for (const [addr, w] of missing) {
+    const driver = w.value.trim();
+    for (const pool of w.pools ?? ['']) out.blocked.push({ pool, device: addr, reason: `cannot bind ${addr} to ${driver}: driver ${driver} is not loaded (modprobe ${driver})` });
+  }
 }
 
 /** Input of {@link planUncarve}. */
@@ -289,6 +338,8 @@ export interface UncarveInput {
   inventory: Inventory;
   nodeName: string;
   allocated: ReadonlySet<string>;
+  /** PFs whose VF count this agent set; VFs of any other PF are never disabled. Absent: all ours. */
+  ownedPfs?: ReadonlySet<string>;
 }
 
 /**
@@ -314,13 +365,14 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
       for (const vf of mine) if (allocated.has(vf)) held.add(vf);
       const shared = others.some((p) => p.mode === 'SRIOV' && p.devices.some((d) => d.pciAddress === pd.pciAddress));
       if (shared || vfs.length === 0) continue;
+      if (input.ownedPfs && !input.ownedPfs.has(pd.pciAddress)) continue; // someone else's VFs: never ours to disable
       const heldOnPf = vfs.filter((vf) => allocated.has(vf));
       if (heldOnPf.length > 0) {
         out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: `disabling VFs of ${pd.pciAddress} waits: allocated VFs ${list(heldOnPf)}` });
         continue;
       }
-      out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_numvfs'), value: '0', why: `release ${vfs.length} VFs of pool ${pool.name}`, group: pd.pciAddress });
-      out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_drivers_autoprobe'), value: '1', why: `restore VF autoprobe on ${pd.pciAddress}`, group: pd.pciAddress });
+      out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_numvfs'), value: '0', why: `release ${vfs.length} VFs of pool ${pool.name}`, group: pd.pciAddress, pools: [pool.name] });
+      out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_drivers_autoprobe'), value: '1', why: `restore VF autoprobe on ${pd.pciAddress}`, group: pd.pciAddress, pools: [pool.name] });
     } else if (pool.mode === 'Mediated') {
       // Every mdev of ours on the pool's parents goes (also ours beyond the current slots); foreign ones stay.
       const { candidates, type } = mdevSlots(nodeName, pool, pd, devices);
@@ -333,7 +385,7 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
             out.blocked.push({ pool: pool.name, device: parent, reason: `mdev ${m.uuid} is allocated; removed once released` });
             continue;
           }
-          out.writes.push({ path: `bus/mdev/devices/${m.uuid}/remove`, value: '1', why: `release mdev ${m.uuid} of pool ${pool.name}`, group: parent });
+          out.writes.push({ path: `bus/mdev/devices/${m.uuid}/remove`, value: '1', why: `release mdev ${m.uuid} of pool ${pool.name}`, group: parent, pools: [pool.name] });
         }
       }
     } else if (pool.mode === 'Passthrough') {
@@ -347,7 +399,7 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
         const md = devices.get(m);
         if (!md || md.driver !== VFIO_PCI || usedByOthers.has(m)) continue;
         if (m !== dev.pciAddress && isBridgeClass(md.classCode)) continue;
-        out.writes.push(...releaseWrites(md, `return ${m} to its native driver (pool ${pool.name} released)`));
+        out.writes.push(...withPool(releaseWrites(md, `return ${m} to its native driver (pool ${pool.name} released)`), pool.name));
       }
     } else if (pool.mode === 'NPIV') {
       for (const s of vportSlots(nodeName, pool, dev)) {
@@ -358,7 +410,7 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
           out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `vport ${s.wwpn} is allocated; deleted once released` });
           continue;
         }
-        out.writes.push({ path: `class/fc_host/${s.host}/vport_delete`, value: `${s.wwpn}:${v.wwnn ?? s.wwnn}`, why: `release vport ${s.wwpn} of pool ${pool.name}`, group: `${dev.pciAddress}/${s.host}` });
+        out.writes.push({ path: `class/fc_host/${s.host}/vport_delete`, value: `${s.wwpn}:${v.wwnn ?? s.wwnn}`, why: `release vport ${s.wwpn} of pool ${pool.name}`, group: `${dev.pciAddress}/${s.host}`, pools: [pool.name] });
       }
     }
   }

@@ -69,7 +69,8 @@ export class KubeAdapter implements KubeAgentPort {
         labels: { 'app.kubernetes.io/managed-by': FIELD_MANAGER },
         ...(nodeUid ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name, uid: nodeUid }] } : {}),
       },
-      spec: { pools: [] },
+      // No spec.pools: the agent never writes a plan; "no plan yet" keeps whatever exists.
+      spec: {},
     };
     try {
       const created = (await this.custom.createClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, body, fieldManager: FIELD_MANAGER })) as VirtualIONode;

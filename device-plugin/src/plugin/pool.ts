@@ -64,6 +64,11 @@ export class PoolPlugin {
   private readonly log: Logger;
   /** Device-info files this process wrote, by slice ID. */
   private readonly devinfoWritten = new Map<string, string>();
+  /**
+   * Set by stop() without keepDevices: the pool is gone, so its devices are withdrawn (empty list)
+   * and its files removed. The agent's own shutdown (parent signal) never withdraws.
+   */
+  private withdraw = false;
   readonly state: PoolPluginState = { registered: false, registrations: 0 };
 
   constructor(private readonly opts: PoolPluginOptions) {
@@ -115,8 +120,14 @@ export class PoolPlugin {
     this.running ??= this.run().catch((err: unknown) => this.log.error({ err }, 'pool plugin loop failed'));
   }
 
-  /** Sends an empty list, stops serving, removes the socket, device-info files and CDI spec (idempotent). */
-  async stop(): Promise<void> {
+  /**
+   * Stops serving (idempotent). By default the pool is gone: an empty list tells the kubelet to drop
+   * its devices, and the socket, device-info files and CDI spec are removed. With `keepDevices`
+   * (agent shutdown or upgrade) the streams just close: the kubelet keeps the devices for its
+   * grace period until the next agent registers, and running pods keep their CDI spec and files.
+   */
+  async stop(opts: { keepDevices?: boolean } = {}): Promise<void> {
+    this.withdraw = !opts.keepDevices;
     this.controller.abort();
     this.wake();
     await this.running;
@@ -225,11 +236,11 @@ export class PoolPlugin {
         while (!this.signal.aborted && this.restartReason === undefined) await this.sleep(5000);
         this.server = undefined;
         this.setRegistered(false, this.signal.aborted ? undefined : this.restartReason);
-        await server.stop(this.signal.aborted);
+        await server.stop(this.signal.aborted && this.withdraw);
       }
     } finally {
       unsubscribe();
-      this.cleanupFiles();
+      if (this.withdraw) this.cleanupFiles();
       this.setRegistered(false);
     }
   }

@@ -9,7 +9,11 @@ import path from 'node:path';
  * write (EBUSY, EINVAL, ENOENT...); the error's message says why. Implementations do not retry.
  */
 export interface SysfsWriter {
-  write(relPath: string, value: string): Promise<void>;
+  /**
+   * `lane` names the device the write is for (a PCI address, an FC host): a writer that isolates
+   * blocking writes (IsolatedSysfsWriter) reports that device stuck and keeps serving the others.
+   */
+  write(relPath: string, value: string, opts?: { lane?: string }): Promise<void>;
 }
 
 /**

@@ -98,6 +98,7 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
     ...(mode !== 'Passthrough' && spec.carving.count !== undefined ? { count: spec.carving.count } : {}),
     ...(mode === 'Mediated' && spec.carving.mdevType ? { mdevType: spec.carving.mdevType } : {}),
     ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? 'vfio-pci' } : {}),
+    ...(mode === 'SRIOV' && spec.carving.adoptExistingVFs ? { adoptExistingVFs: true } : {}),
     ...(mode === 'NPIV' && spec.carving.wwnPrefix ? { wwnPrefix: spec.carving.wwnPrefix } : {}),
     // Only DRA is carried: an absent frontEnd means DevicePlugin, so existing plans stay byte-identical.
     ...(spec.frontEnd === 'DRA' ? { frontEnd: 'DRA' as const } : {}),
