@@ -118,7 +118,10 @@ export class World {
 
   /** The node's last VirtualIONode with an inventory, when the current one has none and belongs to the same Node. */
   private fallbackFor(name: string, node: NodeObject | undefined, vio: VioNode | undefined): VioNode | undefined {
-    if (vio?.status?.inventory) return undefined;
+    if (vio?.status?.inventory) {
+      this.lastKnown.set(name, vio);
+      return undefined;
+    }
     const last = this.lastKnown.get(name);
     if (!last || !node?.metadata.uid) return undefined;
     // A Node re-created under the same name is another machine: its old inventory does not apply.
