@@ -1,0 +1,129 @@
+// The DRA driver against a REAL kubelet (on the fake CRI runtime, registered to a private real control
+// plane with the real kube-scheduler): the kubelet finds our registration socket in
+// /var/lib/kubelet/plugins_registry and registers driver virtualio.dev; the scheduler allocates a
+// claim from the ResourceSlices the driver published; the kubelet calls our NodePrepareResources
+// before the pod's containers start and the runtime's recorded container config carries our CDI
+// device; deleting the pod makes the kubelet call NodeUnprepareResources; a kubelet restart
+// registers the driver again (and the slices it wiped come back). Needs root (the kubelet's folders
+// are fixed); without root the suite is reported as skipped, never as passed.
+import { jest } from '@jest/globals';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadKubeConfig } from '../../device-plugin/src/kube/adapter.js';
+import { silentLogger } from '../../device-plugin/src/log.js';
+import type { PoolPlan, Slice } from '../../device-plugin/src/model.js';
+import { deviceClassFor, draDeviceName } from '../../device-plugin/src/dra/devices.js';
+import { DraDriver } from '../../device-plugin/src/dra/driver.js';
+import { claimReader, KubeResourceSliceStore, nodeUidReader } from '../../device-plugin/src/dra/kube.js';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { canRunKubelet, kubeletSkipReason, startKubelet, type Kubelet } from '../cluster/kubelet.js';
+import { eventually, kubectlOk } from '../support/cluster.js';
+
+jest.setTimeout(240_000);
+
+const NODE = '127.0.0.1';
+const suite = canRunKubelet() ? describe : describe.skip;
+
+const pool: PoolPlan = { name: 'gpu-pt', resourceName: 'virtualio.dev/gpu-pt', class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', frontEnd: 'DRA', devices: [{ pciAddress: '0000:3b:00.0' }] };
+const gpu: Slice = { id: '0000:3b:00.0', pool: 'gpu-pt', resourceName: pool.resourceName, kind: 'Function', parent: '0000:3b:00.0', pciAddress: '0000:3b:00.0', iommuGroup: 60, numaNode: 0, deviceNodes: ['/dev/vfio/60'], health: 'Healthy' };
+
+let cp: ControlPlane;
+let kubelet: Kubelet;
+let driver: DraDriver;
+let base: string;
+const ctl = new AbortController();
+let running: Promise<void>;
+
+const kubectl = (args: string[], input?: string): Promise<string> => kubectlOk(args, { input, kubeconfig: cp.kubeconfig, binDir: cp.binDir });
+
+suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason()}`, () => {
+  beforeAll(async () => {
+    cp = await startControlPlane({ scheduler: true });
+    kubelet = await startKubelet(cp);
+    // The API server's TaintNodesByCondition admission taints the new Node not-ready and no node
+    // lifecycle controller runs here to lift it; the scheduler (which must allocate the claim) would
+    // otherwise place nothing. The kubelet reports Ready, so lift it as that controller would.
+    await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
+    base = mkdtempSync(join(tmpdir(), 'vio-dra-kubelet-'));
+    const kc = loadKubeConfig(cp.kubeconfig);
+    driver = new DraDriver({
+      nodeName: NODE, kubeletDir: kubelet.rootDir, cdiDir: join(base, 'cdi'), sysfsRoot: join(base, 'sys'),
+      getClaim: claimReader(kc), store: new KubeResourceSliceStore(kc, NODE), nodeUid: nodeUidReader(kc, NODE),
+      logger: silentLogger(), resyncMs: 1000, socketCheckMs: 200,
+    });
+    driver.update([pool], [gpu], { devices: [{ pciAddress: '0000:3b:00.0', vendorID: '10de', deviceID: '2231', numaNode: 0 }] });
+    running = driver.run(ctl.signal);
+    await kubectl(['apply', '--server-side', '-f', '-'], JSON.stringify(deviceClassFor('gpu-pt')));
+  }, 20 * 60_000);
+
+  afterAll(async () => {
+    ctl.abort();
+    await running;
+    await kubelet?.stop();
+    await cp?.stop();
+    if (base) rmSync(base, { recursive: true, force: true });
+  });
+
+  test('the kubelet registers the driver from plugins_registry', async () => {
+    await eventually('registration', async () => (driver.registration?.registered ? true : undefined), 60_000, 100);
+    expect(existsSync('/var/lib/kubelet/plugins_registry/virtualio.dev-reg.sock')).toBe(true);
+    expect(driver.draSocket).toBe('/var/lib/kubelet/plugins/virtualio.dev/dra.sock');
+  });
+
+  test('the published slice is on the Node (owned by it) and the scheduler allocates it to a pod\'s claim', async () => {
+    const slices = await eventually('our ResourceSlice', async () => {
+      const l = JSON.parse(await kubectl(['get', 'resourceslices', '--field-selector', `spec.nodeName=${NODE},spec.driver=virtualio.dev`, '-o', 'json']));
+      return l.items.length === 1 ? l.items : undefined;
+    }, 60_000, 200);
+    expect(slices[0].metadata.ownerReferences[0]).toMatchObject({ kind: 'Node', name: NODE });
+    const claim = { apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name: 'vm1-gpu', namespace: 'default' }, spec: { devices: { requests: [{ name: 'gpu', exactly: { deviceClassName: 'gpu-pt.virtualio.dev' } }] } } };
+    const pod = {
+      apiVersion: 'v1', kind: 'Pod', metadata: { name: 'virt-launcher-vm1-dra', namespace: 'default' },
+      spec: {
+        resourceClaims: [{ name: 'gpu', resourceClaimName: 'vm1-gpu' }],
+        containers: [{ name: 'compute', image: 'example.invalid/virt-launcher:1', resources: { claims: [{ name: 'gpu' }] } }],
+      },
+    };
+    await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [claim, pod] }));
+    await eventually('the pod to run', async () => {
+      const p = JSON.parse(await kubectl(['get', 'pod', 'virt-launcher-vm1-dra', '-o', 'json']));
+      return p.status?.phase === 'Running' ? true : undefined;
+    }, 60_000, 250).catch(async (err: unknown) => {
+      const p = await kubectl(['get', 'pod', 'virt-launcher-vm1-dra', '-o', 'yaml']).catch(() => '');
+      throw new Error(`${String(err)}\n--- pod ---\n${p}\n--- kubelet log tail ---\n${readFileSync(kubelet.logs.kubelet ?? '', 'utf8').split('\n').filter((l) => /dra|DRA|claim/.test(l)).slice(-30).join('\n')}`, { cause: err });
+    });
+    const c = JSON.parse(await kubectl(['get', 'resourceclaim', 'vm1-gpu', '-o', 'json']));
+    expect(c.status.allocation.devices.results).toEqual([{ request: 'gpu', driver: 'virtualio.dev', pool: `${NODE}/gpu-pt`, device: draDeviceName(gpu) }]);
+  });
+
+  test('the kubelet called NodePrepareResources and the runtime got our CDI device; the metadata file is in place', async () => {
+    expect(driver.calls.prepare).toBeGreaterThanOrEqual(1);
+    const uid = JSON.parse(await kubectl(['get', 'resourceclaim', 'vm1-gpu', '-o', 'json'])).metadata.uid as string;
+    const rec = kubelet.createdContainers().find((r) => r.podName === 'virt-launcher-vm1-dra' && r.container === 'compute');
+    expect(rec?.cdiDevices).toEqual([{ name: `virtualio.dev/claim=${uid}-${draDeviceName(gpu)}` }]);
+    expect(driver.preparedSliceIds()).toEqual(new Set([gpu.id]));
+    const spec = JSON.parse(readFileSync(join(base, 'cdi', `virtualio.dev-claim_${uid}.json`), 'utf8'));
+    const mount = spec.devices[0].containerEdits.mounts[0];
+    expect(mount.containerPath).toBe('/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm1-gpu/gpu/virtualio.dev-metadata.json');
+    const meta = JSON.parse(readFileSync(mount.hostPath, 'utf8'));
+    expect(meta.requests[0].devices[0].attributes['resource.kubernetes.io/pciBusID']).toEqual({ string: gpu.pciAddress });
+  });
+
+  test('a kubelet restart registers the driver again and the slices it wiped come back', async () => {
+    driver.registration = undefined;
+    await kubelet.restart();
+    await eventually('registration after the restart', async () => (driver.registration?.registered ? true : undefined), 60_000, 100);
+    await eventually('our ResourceSlice back', async () => {
+      const l = JSON.parse(await kubectl(['get', 'resourceslices', '--field-selector', `spec.nodeName=${NODE},spec.driver=virtualio.dev`, '-o', 'json']));
+      return l.items.length === 1 ? true : undefined;
+    }, 60_000, 200);
+  });
+
+  test('deleting the pod makes the kubelet unprepare the claim: files and checkpoint entry gone', async () => {
+    const uid = JSON.parse(await kubectl(['get', 'resourceclaim', 'vm1-gpu', '-o', 'json'])).metadata.uid as string;
+    await kubectl(['delete', 'pod', 'virt-launcher-vm1-dra', '--wait=false']);
+    await eventually('NodeUnprepareResources', async () => (driver.calls.unprepare > 0 && driver.preparedSliceIds().size === 0 ? true : undefined), 90_000, 250);
+    expect(existsSync(join(base, 'cdi', `virtualio.dev-claim_${uid}.json`))).toBe(false);
+  });
+});
