@@ -76,12 +76,17 @@ test('the agent may not publish for another driver, even on its own node', async
   expectPolicyDenial(await apiRequest(tokens.agentA, 'POST', SLICES, slice('pdra-y', NODE_A, 'gpu.example.com')), 'of driver virtualio.dev');
 });
 
-test("the agent may not delete or take over another node's slice", async () => {
+test("the agent may not delete or change another node's slice", async () => {
   expectPolicyDenial(await apiRequest(tokens.agentA, 'DELETE', `${SLICES}/pdra-b`), `spec.nodeName ${NODE_A}`);
   const b = JSON.parse(await kubectlOk(['get', 'resourceslice', 'pdra-b', '-o', 'json']));
-  b.spec.nodeName = NODE_A;
-  b.spec.pool.name = `${NODE_A}/nics`;
+  b.spec.devices = [];
+  b.spec.pool.generation = 2;
   expectPolicyDenial(await apiRequest(tokens.agentA, 'PUT', `${SLICES}/pdra-b`, b), 'may only write ResourceSlices');
+  // Moving a slice to its own node is not even valid: the API server keeps spec.nodeName immutable.
+  b.spec.nodeName = NODE_A;
+  const moved = await apiRequest(tokens.agentA, 'PUT', `${SLICES}/pdra-b`, b);
+  expect(moved.status).toBe(422);
+  expect(moved.body.message).toContain('immutable');
 });
 
 test('a token that names no node is refused', async () => {
