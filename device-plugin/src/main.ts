@@ -112,6 +112,8 @@ async function main(): Promise<number> {
     ],
     ...(statusSink ? { statusSink } : {}),
     ...(lookupPod ? { lookupPod } : {}),
+    // Slices of claims the kubelet had the DRA driver prepare are held like allocated ones.
+    ...(cfg.dra ? { extraHolders: () => dra?.driver.preparedSliceIds() ?? new Set<string>() } : {}),
   });
   rescan = () => manager.trigger('fs');
   try {
