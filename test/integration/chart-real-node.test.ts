@@ -140,6 +140,8 @@ const helmValues = (tag: string) => [
   '--set', `agent.hostPaths.sys=${join(base, 'sys')}`,
   '--set', `agent.hostPaths.devVfio=${join(base, 'dev/vfio')}`,
   '--set', `agent.hostPaths.devinfo=${join(base, 'devinfo')}`,
+  // The agent's checkpoint: a fresh folder per run, so no run carves from an earlier run's plan.
+  '--set', `agent.hostPaths.state=${join(base, 'state')}`,
   '--set', 'agent.rescanInterval=5s',
   '--set', 'operator.leaderElection.leaseDuration=6s',
 ];
@@ -189,6 +191,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     const sys = join(base, 'sys');
     const dev = join(base, 'dev');
     mkdirSync(join(base, 'devinfo'));
+    mkdirSync(join(base, 'state'));
     const k = await FakeKernel.create(sys, dev);
     await k.addFunction(connectX6(PF, { netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 }));
     kernel = await startKernel(sys, dev);
@@ -282,6 +285,12 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
   }, 240_000);
 
   test('the agent in its pod carves the simulated host and registers the pool with the kubelet', async () => {
+    // Before any pool: what the agent's /readyz says (recorded, not asserted).
+    const agentIp = (await getJson<{ status: { podIP: string } }>(['get', 'pod', '-n', NS, (await pods(AGENT))[0]!.metadata.name])).status.podIP;
+    figures.agentReadyzBeforePool = await fetch(`http://${agentIp}:8080/readyz`).then(async (r) => `${r.status} ${(await r.text()).slice(0, 200)}`, (e: unknown) => String(e));
+    const planBefore = await getJson<{ spec?: unknown; metadata: { managedFields?: { manager?: string }[] } }>(['get', 'virtualionode', NODE_NAME, '--show-managed-fields']).catch(() => undefined);
+    figures.virtualIONodeBeforePool = JSON.stringify({ spec: planBefore?.spec, managers: planBefore?.metadata.managedFields?.map((m) => m.manager) });
+    const eventsBefore = kernel.events.length;
     const t = Date.now();
     await kubectl(['apply', '-f', '-'], JSON.stringify(pool));
     await eventually('4 VFs of the cx6 pool on the Node', async () => {
@@ -293,6 +302,8 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     figures.poolToAgentReadyMs = Math.max(...await waitReady('the agent Ready', AGENT, 1, t, 60_000));
     // The carving happened in the (simulated) kernel, written by the agent from inside its container.
     expect(readFileSync(join(base, 'sys/bus/pci/devices', PF, 'sriov_numvfs'), 'utf8').trim()).toBe('4');
+    // ...and the kernel's event log saw those writes (the upgrade test relies on it to prove "untouched").
+    expect(kernel.events.findIndex((e) => e.ok && e.path.endsWith(`${PF}/sriov_numvfs`) && e.value.trim() === '4')).toBeGreaterThanOrEqual(eventsBefore);
     const vfs = readdirSync(join(base, 'sys/bus/pci/devices', PF)).filter((f) => f.startsWith('virtfn'));
     expect(vfs).toHaveLength(4);
     for (const v of vfs) expect(basename(realpathSync(join(base, 'sys/bus/pci/devices', PF, v, 'driver')))).toBe('vfio-pci');
