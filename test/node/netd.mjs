@@ -146,3 +146,6 @@ process.stdout.write('ready\n');
 const stop = () => { relay.close(); dns.close(); process.exit(0); };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
+// Never outlive the test that started it (a killed test run must not leave 10.0.0.1:443 taken).
+const parent = process.ppid;
+setInterval(() => { if (process.ppid !== parent) stop(); }, 1000).unref();
