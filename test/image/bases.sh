@@ -61,7 +61,7 @@ pack() {
   umoci insert --image "$layout:latest" "$rootfs" /
   umoci config --image "$layout:latest" --author virtualio-stand-in --os linux --architecture amd64 "$@"
   umoci gc --layout "$layout"
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$layout/index.json" > "$layout.digest"
+  node -e 'console.log(JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8")).manifests[0].digest)' "$layout/index.json" > "$layout.digest"
 }
 
 if [ ! -s "$BUILD_BASE.digest" ]; then

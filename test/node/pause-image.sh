@@ -8,6 +8,9 @@
 # Prints the OCI archive path on its last line; a second run only checks the cache.
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../scripts/env.sh
+source "$ROOT/scripts/env.sh"
 K8S_VERSION=${K8S_VERSION:-1.36.3}
 CACHE=${VIO_BIN_CACHE:-$HOME/.cache/virtualio}
 OUT_DIR="$CACHE/pause-k8s$K8S_VERSION"
@@ -35,14 +38,12 @@ if [ ! -s "$OUT" ]; then
     --config.entrypoint /pause --author virtualio-test
   umoci gc --layout "$L"
   # ctr import names the image from the io.containerd.image.name annotation.
-  python3 - "$L/index.json" <<'PY'
-import json, sys
-p = sys.argv[1]
-idx = json.load(open(p))
-for m in idx["manifests"]:
-    m.setdefault("annotations", {})["io.containerd.image.name"] = "localhost/pause:local"
-json.dump(idx, open(p, "w"))
-PY
+  node -e '
+    const fs = require("node:fs");
+    const idx = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+    for (const m of idx.manifests) m.annotations = { ...m.annotations, "io.containerd.image.name": "localhost/pause:local" };
+    fs.writeFileSync(process.argv[1], JSON.stringify(idx));
+  ' "$L/index.json"
   tar -C "$L" -cf "$OUT.partial" .
   mv "$OUT.partial" "$OUT"
 fi
