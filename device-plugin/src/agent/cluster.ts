@@ -29,18 +29,13 @@ export interface KubeAgentPort {
 }
 
 /**
- * Whether the object carries a plan: `spec.pools` is present (the operator always writes it, even
- * empty) and, where the API server reports field ownership, it is the operator's. An agent creates
- * its VirtualIONode without `spec.pools`.
+ * Whether the object carries a plan: `spec.pools` is present. The operator always writes it (an
+ * empty list when no pool selects the node); an agent creates its VirtualIONode without it, so a
+ * deleted and re-created object means "no plan yet", never "no pools". (Field ownership cannot tell:
+ * the API server records no manager for an applied empty list.)
  */
 export function hasOperatorPlan(obj: VirtualIONode): boolean {
-  if (!Array.isArray(obj.spec?.pools)) return false;
-  const managed = (obj.metadata as { managedFields?: { manager?: string; fieldsV1?: unknown }[] }).managedFields;
-  if (!managed || managed.length === 0) return true;
-  return managed.some((m) => {
-    const spec = (m.fieldsV1 as Record<string, Record<string, unknown> | undefined> | undefined)?.['f:spec'];
-    return m.manager !== 'virtualio-agent' && spec !== undefined && 'f:pools' in spec;
-  });
+  return Array.isArray(obj.spec?.pools);
 }
 
 /** Plan from the watched VirtualIONode's spec (validated like a plan file), with its generation. */
