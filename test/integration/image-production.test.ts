@@ -1,4 +1,5 @@
-// The container image, short of building it (no container engine here): the Dockerfile's promises are
+// The Dockerfile's promises, checked without a container engine (the image itself is built with
+// BuildKit by scripts/build-image.sh and run on a real node by chart-real-node.test.ts): they are
 // checked against the chart and package.json, and its install steps are repeated in a temp folder
 // (`npm run build`'s compiler into dist/, `npm ci --omit=dev`, the .proto files) to prove that both
 // entrypoints start from a production install with no dev dependencies.
