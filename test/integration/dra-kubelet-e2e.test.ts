@@ -45,6 +45,8 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     // lifecycle controller runs here to lift it; the scheduler (which must allocate the claim) would
     // otherwise place nothing. The kubelet reports Ready, so lift it as that controller would.
     await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
+    // The driver's folder and checkpoint live under the machine's kubelet root: start from nothing.
+    rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     base = mkdtempSync(join(tmpdir(), 'vio-dra-kubelet-'));
     const kc = loadKubeConfig(cp.kubeconfig);
     driver = new DraDriver({
@@ -63,6 +65,7 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     await kubelet?.stop();
     await cp?.stop();
     if (base) rmSync(base, { recursive: true, force: true });
+    if (kubelet) rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
   });
 
   test('the kubelet registers the driver from plugins_registry', async () => {
