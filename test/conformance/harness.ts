@@ -62,6 +62,8 @@ export interface KubevirtHostdevResult {
   gpus: KubevirtDeviceList;
   /** KubeVirt's log messages, e.g. `PCI_RESOURCE_X not set for resource x`. */
   warnings: string[];
+  /** With `draBasePath`: virt-launcher's DRA builders on the claim-based gpus[] and hostDevices[]. */
+  dra?: { gpus: KubevirtDeviceList; hostDevices: KubevirtDeviceList };
 }
 
 export interface KubevirtHostdevCase {
@@ -69,6 +71,8 @@ export interface KubevirtHostdevCase {
   vmi: unknown;
   /** The compute container's environment, exactly (nothing else is set). */
   env: Record<string, string>;
+  /** Folder virt-launcher reads DRA device metadata files from (its /var/run/kubernetes.io/dra-device-attributes). */
+  draBasePath?: string;
 }
 
 /** Runs KubeVirt's host-device code on each case (one process, cases in order). */

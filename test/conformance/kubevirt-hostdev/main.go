@@ -5,7 +5,8 @@
 //
 // Input on stdin, one JSON object per line (a case):
 //
-//	{"vmi": <VirtualMachineInstance, or just its spec>, "env": {"PCI_RESOURCE_...": "0000:81:00.0", ...}}
+//	{"vmi": <VirtualMachineInstance, or just its spec>, "env": {"PCI_RESOURCE_...": "0000:81:00.0", ...},
+//	 "draBasePath": <optional: the folder virt-launcher reads DRA device metadata files from>}
 //
 // For each case the process environment is cleared and set to exactly "env" before KubeVirt's code
 // reads it, as the compute container's environment would be. Output, one JSON object per line:
@@ -14,6 +15,11 @@
 //	 "hostDevices": {"devices": [...]} | {"error": ...},
 //	 "gpus":        {"devices": [...]} | {"error": ...},
 //	 "warnings": [KubeVirt log lines, e.g. "PCI_RESOURCE_X not set for resource x"]}
+//
+// With "draBasePath", virt-launcher's DRA builders (.../hostdevice/dra: CreateDRAGPUHostDevices,
+// CreateDRAHostDevices) also run on the VMI's claim-based gpus[] and hostDevices[], reading the
+// KEP-5304 metadata files under that folder, and the output adds
+// "dra": {"gpus": {"devices"|"error"}, "hostDevices": {"devices"|"error"}}.
 //
 // Each device: {"type","managed","mode","model","alias","display","ramfb","pciAddress","mdevUUID",
 // "usb","xml"} where "xml" is the <hostdev> element KubeVirt's domain schema marshals.
@@ -33,13 +39,15 @@ import (
 	"kubevirt.io/client-go/log"
 
 	"kubevirt.io/kubevirt/pkg/virt-launcher/virtwrap/api"
+	"kubevirt.io/kubevirt/pkg/virt-launcher/virtwrap/device/hostdevice/dra"
 	"kubevirt.io/kubevirt/pkg/virt-launcher/virtwrap/device/hostdevice/generic"
 	"kubevirt.io/kubevirt/pkg/virt-launcher/virtwrap/device/hostdevice/gpu"
 )
 
 type input struct {
-	VMI json.RawMessage   `json:"vmi"`
-	Env map[string]string `json:"env"`
+	VMI         json.RawMessage   `json:"vmi"`
+	Env         map[string]string `json:"env"`
+	DRABasePath string            `json:"draBasePath"`
 }
 
 // hexNum renders a libvirt "0x.." attribute as a zero-padded hex number of the given width.
@@ -142,6 +150,12 @@ func run(line []byte, logs *bytes.Buffer) map[string]any {
 		"hostDevices": result(hostDevs, hostErr),
 		"gpus":        result(gpuDevs, gpuErr),
 		"warnings":    warnings(logs),
+	}
+	if in.DRABasePath != "" {
+		draGPUs, draGPUErr := dra.CreateDRAGPUHostDevices(vmi, in.DRABasePath)
+		draHost, draHostErr := dra.CreateDRAHostDevices(vmi, in.DRABasePath)
+		res["dra"] = map[string]any{"gpus": result(draGPUs, draGPUErr), "hostDevices": result(draHost, draHostErr)}
+		res["warnings"] = warnings(logs)
 	}
 	if hostErr != nil {
 		res["error"] = hostErr.Error()
