@@ -139,6 +139,12 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     expect(d.vmAlive).toBe(true);
   });
 
+  test('sriov_drivers_autoprobe=0 is checked on every probe: no override → drivers_probe leaves the VF unbound and bind fails', () => {
+    const d = r('sriov_drivers_autoprobe=0 holds on every probe: without driver_override a VF is not probed, bind is refused').details;
+    expect(d).toMatchObject({ autoprobe: '0', probe: 'ok', driverAfterProbe: 'none', driverAfterBind: 'none', driverWithOverride: 'igbvf' });
+    expect(d.bind).not.toBe('ok');
+  });
+
   test('an NVMe VF the agent provisioned works as a controller: the namespace reads through it', () => {
     const d = r('an NVMe VF the agent provisioned is a working controller (namespace read through the VF)').details;
     expect(d.firstBytes).toBe('VIRTUALIO-NVME-NAMESPACE-MARKER');

@@ -475,11 +475,22 @@ export class FakeKernel implements SysfsWriter {
     return drv;
   }
 
+  /**
+   * Like Linux's pci_device_can_probe(), checked on every probe (not only when VFs are created): a
+   * VF of a PF with sriov_drivers_autoprobe=0 is probed only when it has a driver_override.
+   */
+  private async canProbe(dir: string): Promise<boolean> {
+    if (!(await exists(path.join(dir, 'physfn')))) return true;
+    if ((await this.override(dir)) !== undefined) return true;
+    return (await readTrim(path.join(dir, 'physfn', 'sriov_drivers_autoprobe'))) !== '0';
+  }
+
   /** `echo BDF > bus/pci/drivers_probe`: binds an unbound function to its matching driver, if any. */
   private async probe(bdf: string): Promise<void> {
     if (!BDF_RE.test(bdf)) throw new KernelError('EINVAL', `drivers_probe: bad address ${JSON.stringify(bdf)}`);
-    await this.functionDir(bdf);
+    const fdir = await this.functionDir(bdf);
     if (await this.driverOf(bdf)) return;
+    if (!(await this.canProbe(fdir))) return;
     const drv = await this.matchDriver(bdf);
     if (drv) await this.bind(bdf, drv);
   }
@@ -488,6 +499,7 @@ export class FakeKernel implements SysfsWriter {
     await this.functionDir(bdf);
     if (await this.driverOf(bdf)) throw new KernelError('EBUSY', `${bdf} is already bound to ${await this.driverOf(bdf)}`);
     const dir = await this.functionDir(bdf);
+    if (!(await this.canProbe(dir))) throw new KernelError('EIO', `${bdf}: VF of a PF with sriov_drivers_autoprobe=0 and no driver_override cannot be probed`);
     const o = await this.override(dir);
     const idMatch = (await this.config()).driverIds[await this.ids(bdf)] === drv;
     if (o !== undefined ? o !== drv : !idMatch) throw new KernelError('ENODEV', `${drv} does not accept ${bdf}`);

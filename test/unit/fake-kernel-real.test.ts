@@ -80,3 +80,15 @@ test('a driver_override naming a driver that is not loaded: drivers_probe succee
   await k.write('bus/pci/drivers_probe', '0000:01:10.0');
   expect(existsSync(path.join(vfDir('0000:01:10.0'), 'driver'))).toBe(false);
 });
+
+test('sriov_drivers_autoprobe=0 is checked on every probe, not only at VF creation: no override → not probed, bind is EIO', async () => {
+  await machine();
+  await k.write(`bus/pci/devices/${PF}/sriov_drivers_autoprobe`, '0');
+  await k.write(`bus/pci/devices/${PF}/sriov_numvfs`, '1');
+  await k.write('bus/pci/drivers_probe', '0000:01:10.0');
+  expect(existsSync(path.join(vfDir('0000:01:10.0'), 'driver'))).toBe(false);
+  await expect(k.write('bus/pci/drivers/ixgbevf/bind', '0000:01:10.0')).rejects.toMatchObject({ code: 'EIO' });
+  await k.write('bus/pci/devices/0000:01:10.0/driver_override', 'ixgbevf');
+  await k.write('bus/pci/drivers_probe', '0000:01:10.0');
+  expect(existsSync(path.join(vfDir('0000:01:10.0'), 'driver'))).toBe(true);
+});

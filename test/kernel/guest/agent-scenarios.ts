@@ -347,6 +347,21 @@ async function main(): Promise<void> {
       d.firstBytes = fd.split('\n')[0];
       if (!fd.startsWith('VIRTUALIO-NVME-NAMESPACE-MARKER')) throw new Error(`first block of /dev/${ns} is not the marker: ${JSON.stringify(fd)}`);
     });
+    await scenario('sriov_drivers_autoprobe=0 holds on every probe: without driver_override a VF is not probed, bind is refused', async (d) => {
+      const vf = vfsOf(igb)[2] as string;
+      d.vf = vf;
+      d.autoprobe = attr(igb, 'sriov_drivers_autoprobe');
+      if (driverOf(vf)) writeFileSync(join(SYS, vf, 'driver/unbind'), vf);
+      writeFileSync(join(SYS, vf, 'driver_override'), '\n');
+      d.probe = tryWrite('/sys/bus/pci/drivers_probe', vf);
+      d.driverAfterProbe = driverOf(vf) ?? 'none';
+      d.bind = tryWrite('/sys/bus/pci/drivers/igbvf/bind', vf);
+      d.driverAfterBind = driverOf(vf) ?? 'none';
+      writeFileSync(join(SYS, vf, 'driver_override'), 'igbvf');
+      d.probeWithOverride = tryWrite('/sys/bus/pci/drivers_probe', vf);
+      d.driverWithOverride = driverOf(vf) ?? 'none';
+      if (d.driverAfterProbe !== 'none' || d.bind === 'ok' || d.driverWithOverride !== 'igbvf') throw new Error(`unexpected: ${JSON.stringify(d)}`);
+    });
   } finally {
     if (vm) await vm.quit();
     if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGKILL');
