@@ -9,6 +9,7 @@ import type { ProtoGrpcType as PodResourcesProto } from './generated/podresource
 import type { ProtoGrpcType as DraV1Proto } from './generated/dra-v1/api.js';
 import type { ProtoGrpcType as DraV1beta1Proto } from './generated/dra-v1beta1/api.js';
 import type { ProtoGrpcType as PluginRegistrationProto } from './generated/pluginregistration/api.js';
+import type { ProtoGrpcType as DraHealthProto } from './generated/dra-health/api.js';
 
 /** Folder holding the .proto sources. Works from the TypeScript tree and from dist/. */
 export function protoDir(): string {
@@ -66,4 +67,12 @@ export function loadDraV1beta1Api(): DraV1beta1Proto {
 export function loadPluginRegistrationApi(): PluginRegistrationProto {
   pluginRegistration ??= load<PluginRegistrationProto>('pluginregistration/v1/api.proto');
   return pluginRegistration;
+}
+
+let draHealth: DraHealthProto | undefined;
+
+/** The kubelet DRA device health API v1alpha1 (service v1alpha1.DRAResourceHealth). Loaded once. */
+export function loadDraHealthApi(): DraHealthProto {
+  draHealth ??= load<DraHealthProto>('dra-health/v1alpha1/api.proto');
+  return draHealth;
 }

@@ -19,7 +19,7 @@ const out = check ? mkdtempSync(join(tmpdir(), 'vio-gen-')) : root;
 // Options shared with the runtime loader (proto/load.ts); keep the two in step.
 const PROTOS = [
   'deviceplugin/v1beta1/api.proto', 'podresources/v1/api.proto',
-  'dra/v1/api.proto', 'dra/v1beta1/api.proto', 'pluginregistration/v1/api.proto',
+  'dra/v1/api.proto', 'dra/v1beta1/api.proto', 'dra-health/v1alpha1/api.proto', 'pluginregistration/v1/api.proto',
 ];
 
 // Output folder of one proto: its API name ("deviceplugin"), or "<api>-<version>" when the same API

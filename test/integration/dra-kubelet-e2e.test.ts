@@ -113,6 +113,20 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     expect(meta.requests[0].devices[0].attributes['resource.kubernetes.io/pciBusID']).toEqual({ string: gpu.pciAddress });
   });
 
+  test('the health stream: a prepared device that turns Unhealthy shows in the pod status, and recovers', async () => {
+    type Status = { containerStatuses?: { name: string; allocatedResourcesStatus?: { name: string; resources?: { resourceID: string; health?: string }[] }[] }[] };
+    const health = async (): Promise<string | undefined> => {
+      const p = JSON.parse(await kubectl(['get', 'pod', 'virt-launcher-vm1-dra', '-o', 'json'])) as { status: Status };
+      const res = (p.status.containerStatuses ?? []).flatMap((c) => c.allocatedResourcesStatus ?? []).flatMap((a) => a.resources ?? []);
+      return res.find((r) => r.resourceID.includes(draDeviceName(gpu)))?.health;
+    };
+    const inventory = { devices: [{ pciAddress: gpu.pciAddress!, vendorID: '10de', deviceID: '2231', numaNode: 0 }] };
+    driver.update([pool], [{ ...gpu, health: 'Unhealthy', reason: 'function 0000:3b:00.0 is bound to nvidia, expected vfio-pci' }], inventory);
+    await eventually('Unhealthy in the pod status', async () => ((await health()) === 'Unhealthy' ? true : undefined), 60_000, 250);
+    driver.update([pool], [gpu], inventory);
+    await eventually('Healthy again in the pod status', async () => ((await health()) === 'Healthy' ? true : undefined), 60_000, 250);
+  });
+
   test('a kubelet restart registers the driver again and the slices it wiped come back', async () => {
     driver.registration = undefined;
     await kubelet.restart();

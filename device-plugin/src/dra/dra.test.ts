@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadDraV1Api, loadDraV1beta1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
+import { loadDraHealthApi, loadDraV1Api, loadDraV1beta1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
 import { silentLogger } from '../log.js';
 import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
 import { ATTR_PCI_BUS_ID, ATTR_PCIE_ROOT, desiredPools, draDeviceName, MAX_DEVICES, MAX_DEVICES_WITH_TAINTS, resourceSliceName, UNHEALTHY_TAINT, type ResourceSliceObject } from './devices.js';
@@ -290,6 +290,31 @@ describe('DraDriver over its unix sockets', () => {
     rmSync(driver.registrationSocket);
     for (let i = 0; i < 100 && !existsSync(driver.registrationSocket); i++) await new Promise((r) => setTimeout(r, 20));
     expect(existsSync(driver.registrationSocket)).toBe(true);
+  });
+
+  test('the health stream sends every device at once and again when one turns Unhealthy', async () => {
+    const Client = grpc.makeGenericClientConstructor(loadDraHealthApi().v1alpha1.DRAResourceHealth.service, 'x');
+    const c = new Client(`unix://${driver.draSocket}`, grpc.credentials.createInsecure()) as unknown as { NodeWatchResources: (r: object) => grpc.ClientReadableStream<{ devices: { device: { poolName: string; deviceName: string }; health: string; message: string }[] }> } & grpc.Client;
+    const stream = c.NodeWatchResources({});
+    const got: { devices: { device: { poolName: string; deviceName: string }; health: string; message: string }[] }[] = [];
+    stream.on('data', (m) => got.push(m));
+    stream.on('error', () => undefined);
+    try {
+      for (let i = 0; i < 100 && got.length < 1; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(got[0]!.devices.map((d) => [d.device.poolName, d.device.deviceName, d.health])).toEqual([
+        ['worker-1/fast-net', 'vf-0000-81-02-0', 'HEALTHY'], ['worker-1/vgpu', draDeviceName(mdev), 'HEALTHY'],
+      ]);
+      driver.update([nicPool, gpuPool], [vf(0, 'Unhealthy'), mdev], { devices: inventory });
+      for (let i = 0; i < 100 && got.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(got[1]!.devices[0]).toMatchObject({ health: 'UNHEALTHY', message: 'VF 0000:81:02.0 bound to ixgbevf, not vfio-pci' });
+      driver.update([nicPool, gpuPool], [vf(0, 'Unhealthy'), mdev], { devices: inventory });
+      await new Promise((r) => setTimeout(r, 100));
+      expect(got).toHaveLength(2); // nothing changed: nothing sent (until the periodic refresh)
+    } finally {
+      stream.cancel();
+      c.close();
+      driver.update([nicPool, gpuPool], [vf(0), mdev], { devices: inventory });
+    }
   });
 
   test('the publisher wrote the two pools', async () => {

@@ -5,7 +5,9 @@
 import { mkdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadDraV1Api, loadDraV1beta1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
+import { loadDraHealthApi, loadDraV1Api, loadDraV1beta1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
+import type { DeviceHealth__Input } from '../../../proto/generated/dra-health/v1alpha1/DeviceHealth.js';
+import type { NodeWatchResourcesResponse__Input } from '../../../proto/generated/dra-health/v1alpha1/NodeWatchResourcesResponse.js';
 import type { DRAPluginHandlers } from '../../../proto/generated/dra-v1/k8s/io/kubelet/pkg/apis/dra/v1/DRAPlugin.js';
 import type { DRAPluginHandlers as DRAPluginV1beta1Handlers } from '../../../proto/generated/dra-v1beta1/k8s/io/kubelet/pkg/apis/dra/v1beta1/DRAPlugin.js';
 import type { RegistrationHandlers } from '../../../proto/generated/pluginregistration/pluginregistration/Registration.js';
@@ -13,7 +15,7 @@ import type { NodePrepareResourceResponse__Input } from '../../../proto/generate
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
 import { socketIdentity } from '../kubelet/watcher.js';
-import { DRA_DRIVER, desiredPools, isDraPool, type DeviceFacts } from './devices.js';
+import { DRA_DRIVER, desiredPools, draDeviceName, isDraPool, resourcePoolName, type DeviceFacts } from './devices.js';
 import { pcieRootReader } from './pcie.js';
 import {
   Checkpoint, cdiSpecForClaim, cdiSpecPath, metadataDocuments, metadataHostPath, planClaim, removeClaimFiles, sliceIndex, writeAtomic,
@@ -41,6 +43,18 @@ export interface DraDriverOptions {
   socketCheckMs?: number;
   /** Called when the set of prepared slices changed (the agent re-plans carving). */
   onHoldersChanged?: () => void;
+  /** Health stream: a full device list is re-sent at least this often (default 10 s; the kubelet's timeout is 30 s). */
+  healthRefreshMs?: number;
+  /** Wall clock in Unix seconds (tests). */
+  nowSeconds?: () => number;
+}
+
+/** The health the kubelet is told about one device (health stream). */
+interface DeviceHealthEntry {
+  pool: string;
+  device: string;
+  healthy: boolean;
+  message: string;
 }
 
 type PrepareOutcome = { devices: NodePrepareResourceResponse__Input['devices']; error: string };
@@ -58,6 +72,10 @@ export class DraDriver {
   private facts: DeviceFacts = { devices: new Map() };
   private queue: Promise<unknown> = Promise.resolve();
   private lastDesired = '';
+  private health: DeviceHealthEntry[] = [];
+  private healthText = '';
+  private readonly healthStreams = new Set<grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>>();
+  private healthTimer: NodeJS.Timeout | undefined;
   private draServer: grpc.Server | undefined;
   private regServer: grpc.Server | undefined;
   private regIdentity: string | undefined;
@@ -90,11 +108,38 @@ export class DraDriver {
     this.pools = [...pools];
     this.facts = { devices: new Map(inventory.devices.map((d) => [d.pciAddress, d])), pcieRoot: this.pcieRoot };
     this.index = sliceIndex(this.opts.nodeName, pools, slices);
+    this.setHealth(pools, slices);
     const desired = desiredPools(this.opts.nodeName, pools, slices, this.facts);
     const text = JSON.stringify(desired);
     if (text === this.lastDesired) return; // most cycles change nothing DRA publishes
     this.lastDesired = text;
     this.publisher.setDesired(desired);
+  }
+
+  /** Every published device with its health; streams get it at once when it changed. */
+  private setHealth(pools: readonly PoolPlan[], slices: readonly Slice[]): void {
+    const dra = new Set(pools.filter((p) => isDraPool(p) && !p.deleting).map((p) => p.name));
+    const health = slices
+      .filter((s) => dra.has(s.pool) && s.kind !== 'VPort' && !(s as { draining?: string }).draining)
+      .map((s) => ({ pool: resourcePoolName(this.opts.nodeName, s.pool), device: draDeviceName(s), healthy: s.health === 'Healthy', message: s.health === 'Healthy' ? '' : (s.reason ?? 'unhealthy').slice(0, 1024) }))
+      .sort((a, b) => (a.pool + a.device < b.pool + b.device ? -1 : 1));
+    const text = JSON.stringify(health);
+    if (text === this.healthText) return;
+    this.healthText = text;
+    this.health = health;
+    for (const st of this.healthStreams) this.sendHealth(st);
+  }
+
+  private sendHealth(st: grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>): void {
+    const now = Math.floor((this.opts.nowSeconds ?? (() => Date.now() / 1000))());
+    const devices: DeviceHealth__Input[] = this.health.map((h) => ({
+      device: { poolName: h.pool, deviceName: h.device },
+      health: h.healthy ? 'HEALTHY' : 'UNHEALTHY',
+      lastUpdatedTime: now,
+      healthCheckTimeoutSeconds: 0,
+      message: h.message,
+    }));
+    st.write({ devices });
   }
 
   /** Slice IDs held by prepared claims: carving must not destroy them. */
@@ -121,6 +166,9 @@ export class DraDriver {
     }, this.opts.socketCheckMs ?? 1000);
     await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
     clearInterval(timer);
+    if (this.healthTimer) clearInterval(this.healthTimer);
+    for (const st of this.healthStreams) st.end();
+    this.healthStreams.clear();
     await publishing;
     await Promise.all([stopServer(this.regServer, this.registrationSocket), stopServer(this.draServer, this.draSocket)]);
     this.log.info('DRA driver stopped');
@@ -224,6 +272,22 @@ export class DraDriver {
     const h = this.handlers();
     server.addService(loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service, h);
     server.addService(loadDraV1beta1Api().k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin.service, h);
+    server.addService(loadDraHealthApi().v1alpha1.DRAResourceHealth.service, {
+      NodeWatchResources: (call: grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>) => {
+        this.healthStreams.add(call);
+        const drop = (): void => {
+          this.healthStreams.delete(call);
+        };
+        call.on('cancelled', drop);
+        call.on('close', drop);
+        call.on('error', drop);
+        this.sendHealth(call);
+      },
+    });
+    this.healthTimer ??= setInterval(() => {
+      for (const st of this.healthStreams) this.sendHealth(st);
+    }, this.opts.healthRefreshMs ?? 10_000);
+    this.healthTimer.unref();
     await bind(server, this.draSocket);
     this.draServer = server;
     this.log.info({ socket: this.draSocket, services: DRA_SERVICES }, 'DRA plugin serving');
