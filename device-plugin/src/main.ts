@@ -113,7 +113,7 @@ async function main(): Promise<number> {
     ...(statusSink ? { statusSink } : {}),
     ...(lookupPod ? { lookupPod } : {}),
     // Slices of claims the kubelet had the DRA driver prepare are held like allocated ones.
-    ...(cfg.dra ? { extraHolders: () => dra?.driver.preparedSliceIds() ?? new Set<string>() } : {}),
+    ...(cfg.dra ? { extraHolders: () => dra?.driver.preparedSliceIds() ?? new Set<string>(), extraHolderInfo: () => dra?.driver.preparedHolders() ?? new Map() } : {}),
   });
   rescan = () => manager.trigger('fs');
   try {

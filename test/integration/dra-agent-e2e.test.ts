@@ -115,7 +115,16 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
     expect(ckpt.claims.map((c: { uid: string; devices: { sliceId: string }[] }) => [c.uid, c.devices.map((x) => x.sliceId)])).toEqual([[uid, [GPU_FN]]]);
   });
 
-  test('deleting the pod unprepares the claim', async () => {
+  test('the VirtualIONode status counts the prepared claim as an allocation of the pool, like a device-plugin one', async () => {
+    type VN = { status?: { slices?: { id: string; allocation?: { namespace: string; pod: string } }[]; pools?: { name: string; allocated?: number }[] } };
+    const vn = await eventually('the claim in VirtualIONode status', async () => {
+      const v = JSON.parse(await kubectl(['get', 'virtualionode', NODE, '-o', 'json'])) as VN;
+      return v.status?.pools?.find((p) => p.name === 'gpu-dra')?.allocated === 1 ? v : undefined;
+    }, 60_000, 250);
+    expect(vn.status?.slices?.find((x) => x.id === GPU_FN)?.allocation).toMatchObject({ namespace: 'default', pod: 'virt-launcher-vm2-dra' });
+  });
+
+  test('deleting the pod unprepares the claim, and the allocation leaves the status', async () => {
     const uid = JSON.parse(await kubectl(['get', 'resourceclaim', 'vm2-gpu', '-o', 'json'])).metadata.uid as string;
     await kubectl(['delete', 'pod', 'virt-launcher-vm2-dra', '--wait=false']);
     await eventually('the claim unprepared', async () => {
@@ -123,5 +132,9 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
       return ckpt.claims.length === 0 ? true : undefined;
     }, 90_000, 250);
     expect(() => readFileSync(join(base, 'cdi', `virtualio.dev-claim_${uid}.json`))).toThrow();
+    await eventually('no allocation in VirtualIONode status', async () => {
+      const v = JSON.parse(await kubectl(['get', 'virtualionode', NODE, '-o', 'json'])) as { status?: { pools?: { name: string; allocated?: number }[] } };
+      return v.status?.pools?.find((p) => p.name === 'gpu-dra')?.allocated === 0 ? true : undefined;
+    }, 60_000, 250);
   });
 });

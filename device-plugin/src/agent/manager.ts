@@ -12,7 +12,7 @@ import type { BlockedChange, CarvingPlan, Inventory, PoolPlan, Slice, VirtualION
 import type { PluginDirWatcher } from '../kubelet/watcher.js';
 import { PoolPlugin } from '../plugin/pool.js';
 import type { PoolSpec } from '../plugin/allocate.js';
-import { PodResourcesWatcher, type PodLookup } from '../podresources/client.js';
+import { PodResourcesWatcher, type Holder, type PodLookup } from '../podresources/client.js';
 import type { PlanSource } from './plan.js';
 import { Checkpoint } from './checkpoint.js';
 import type { NodeOps, StatusSink } from './ports.js';
@@ -52,6 +52,8 @@ export interface ManagerOptions {
   checkpoint?: Checkpoint;
   /** Set of slice IDs held by prepared DRA claims (holders too, under the same safety rules). */
   extraHolders?: () => ReadonlySet<string>;
+  /** Who holds slices through prepared DRA claims, for status allocations (PodResources wins on overlap). */
+  extraHolderInfo?: () => ReadonlyMap<string, Holder>;
 }
 
 function poolSpec(p: PoolPlan): PoolSpec {
@@ -652,6 +654,13 @@ export class AgentManager {
     }
   }
 
+  /** PodResources holders plus DRA claim holders (status counts both as allocated). */
+  private statusHolders(): ReadonlyMap<string, Holder> {
+    const extra = this.opts.extraHolderInfo?.();
+    if (!extra || extra.size === 0) return this.podres.holders();
+    return new Map([...extra, ...this.podres.holders()]);
+  }
+
   private publishStatus(): void {
     const state = this.opts.plan.current();
     const registration = new Map([...this.plugins].map(([n, p]) => [n, p.state]));
@@ -673,7 +682,7 @@ export class AgentManager {
       inventory: this.inventory,
       ...(this.scanError ? { scanError: this.scanError } : {}),
       slices: this.slices,
-      holders: this.podres.holders(),
+      holders: this.statusHolders(),
       registration,
       blocked: this.blocked,
       foreign: this.foreign,

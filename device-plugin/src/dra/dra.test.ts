@@ -170,7 +170,7 @@ describe('planClaim', () => {
       { request: 'nic', driver: 'virtualio.dev', pool: 'worker-1/fast-net', device: 'vf-0000-81-02-0' },
       { request: 'other', driver: 'gpu.example.com', pool: 'x', device: 'y' },
     ]), NODE, index);
-    expect(p).toEqual({ uid: 'u1', namespace: 'vms', name: 'vm-gpu', devices: [{ request: 'nic', pool: 'worker-1/fast-net', device: 'vf-0000-81-02-0', sliceId: '0000:81:02.0', cdiId: 'virtualio.dev/claim=u1-vf-0000-81-02-0' }] });
+    expect(p).toEqual({ uid: 'u1', namespace: 'vms', name: 'vm-gpu', devices: [{ request: 'nic', pool: 'worker-1/fast-net', device: 'vf-0000-81-02-0', sliceId: '0000:81:02.0', cdiId: 'virtualio.dev/claim=u1-vf-0000-81-02-0', resourceName: 'virtualio.dev/fast-net' }] });
   });
 
   test.each([

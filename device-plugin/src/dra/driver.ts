@@ -23,6 +23,16 @@ import {
 } from './prepare.js';
 import { ResourceSlicePublisher, type ResourceSliceStore } from './publisher.js';
 
+/** A slice held through a prepared claim, shaped like the agent's PodResources holders. */
+export interface PreparedHolder {
+  resourceName: string;
+  namespace: string;
+  pod: string;
+  container: string;
+  /** The ResourceClaim that holds it. */
+  claim: string;
+}
+
 /** The gRPC services we offer, preferred first (PluginInfo.supported_versions). */
 export const DRA_SERVICES = ['v1.DRAPlugin', 'v1beta1.DRAPlugin'];
 
@@ -140,6 +150,20 @@ export class DraDriver {
       message: h.message,
     }));
     st.write({ devices });
+  }
+
+  /**
+   * Who holds each prepared slice, in the agent's holder form (status allocations): the claim's
+   * namespace and the pod it was reserved for (or "claim/<name>" when none was recorded).
+   */
+  preparedHolders(): Map<string, PreparedHolder> {
+    const out = new Map<string, PreparedHolder>();
+    for (const c of this.checkpoint.all()) {
+      for (const d of c.devices) {
+        out.set(d.sliceId, { resourceName: d.resourceName ?? '', namespace: c.namespace, pod: c.pods?.[0] ?? `claim/${c.name}`, container: '', claim: c.name });
+      }
+    }
+    return out;
   }
 
   /** Slice IDs held by prepared claims: carving must not destroy them. */

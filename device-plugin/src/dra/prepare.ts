@@ -9,7 +9,10 @@ import { DRA_DRIVER, draDevice, draDeviceName, resourcePoolName, type DeviceFact
 /** The parts of a ResourceClaim (resource.k8s.io/v1) prepare reads. */
 export interface ClaimObject {
   metadata: { name?: string; namespace?: string; uid?: string; annotations?: Record<string, string> };
-  status?: { allocation?: { devices?: { results?: { request: string; driver: string; pool: string; device: string }[] } } };
+  status?: {
+    allocation?: { devices?: { results?: { request: string; driver: string; pool: string; device: string }[] } };
+    reservedFor?: { resource?: string; name?: string; uid?: string }[];
+  };
 }
 
 /** Annotation the ResourceClaim controller puts on claims made from a template: the pod's claim name. */
@@ -29,6 +32,8 @@ export interface PreparedDevice {
   device: string;
   sliceId: string;
   cdiId: string;
+  /** The pool's extended resource name (status rolls allocations up by it). */
+  resourceName?: string;
 }
 
 export interface PreparedClaim {
@@ -37,6 +42,8 @@ export interface PreparedClaim {
   name: string;
   podClaimName?: string;
   devices: PreparedDevice[];
+  /** Pods the claim was reserved for when it was prepared (status.reservedFor). */
+  pods?: string[];
 }
 
 export interface ClaimRef {
@@ -85,10 +92,11 @@ export function planClaim(ref: ClaimRef, claim: ClaimObject | undefined, node: s
     const entry = index.get(`${r.pool}\n${r.device}`);
     if (!entry) return { error: `${what}: device ${r.device} of pool ${r.pool} is not published by this agent (gone or not carved yet)` };
     if (entry.slice.health !== 'Healthy') return { error: `${what}: device ${r.device} is Unhealthy: ${entry.slice.reason ?? 'unknown reason'}` };
-    devices.push({ request: r.request, pool: r.pool, device: r.device, sliceId: entry.slice.id, cdiId: `${CDI_KIND}=${cdiName(ref.uid, r.device)}` });
+    devices.push({ request: r.request, pool: r.pool, device: r.device, sliceId: entry.slice.id, cdiId: `${CDI_KIND}=${cdiName(ref.uid, r.device)}`, resourceName: entry.pool.resourceName });
   }
   const podClaimName = claim.metadata.annotations?.[POD_CLAIM_NAME_ANNOTATION];
-  return { uid: ref.uid, namespace: ref.namespace, name: ref.name, ...(podClaimName ? { podClaimName } : {}), devices };
+  const pods = (claim.status?.reservedFor ?? []).filter((r) => r.resource === 'pods' && r.name).map((r) => r.name!);
+  return { uid: ref.uid, namespace: ref.namespace, name: ref.name, ...(podClaimName ? { podClaimName } : {}), devices, ...(pods.length ? { pods } : {}) };
 }
 
 /** In-container path of a request's metadata file (KEP-5304 layout that KubeVirt reads). */

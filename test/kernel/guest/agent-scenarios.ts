@@ -5,7 +5,7 @@
 // virt-launcher. Every scenario records { ok, details, ms } into $VIO_RESULTS/results.json as it
 // finishes (a later failure keeps the earlier results); the host-side jest suite asserts on them.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
 
@@ -80,7 +80,12 @@ function vfsOf(pf: string): string[] {
 /** A sysfs write as the agent does it (open O_WRONLY, one write); resolves with the errno code or 'ok'. */
 function tryWrite(path: string, value: string): string {
   try {
-    writeFileSync(path, value, { flag: 'r+' });
+    const fd = openSync(path, constants.O_WRONLY); // write-only attributes (bind, drivers_probe) refuse read opens
+    try {
+      writeSync(fd, value);
+    } finally {
+      closeSync(fd);
+    }
     return 'ok';
   } catch (err) {
     return (err as NodeJS.ErrnoException).code ?? String(err);
@@ -313,6 +318,25 @@ async function main(): Promise<void> {
       const pci = await vm?.command('info pci');
       d.vmAlive = vm?.proc.exitCode === null && /PCI device 8086:10ca/.test(pci ?? '');
       if (!d.vmAlive) throw new Error('the nested VM lost its devices or died');
+    });
+
+    if (process.env.VIO_KERNEL_STUCK === '1') await scenario('a re-carve the kernel blocks (VF still open by a VM the kubelet forgot) leaves the PF stuck, the agent serves on', async (d) => {
+      // The pod is gone for the kubelet but its QEMU still holds VF 0: shrinking the pool disables
+      // SR-IOV, and the kernel's VF removal waits for QEMU to let go.
+      podres.setPods([{ name: 'virt-launcher-vm1', namespace: 'default', containers: [{ name: 'compute', devices: [
+        { resourceName: 'virtualio.dev/gpu', deviceIds: [vga] }, { resourceName: 'virtualio.dev/serial', deviceIds: [uuid] }, { resourceName: 'virtualio.dev/nvme', deviceIds: [nvmeVf] },
+      ] }] }]);
+      writeFileSync(PLAN, JSON.stringify(plan(2), null, 2));
+      const stuck = await until('a status entry naming the stuck write', async () => /"[^"]*stuck: [^"]*"/.exec(JSON.stringify(await status()))?.[0], 90_000, 500);
+      d.stuck = stuck;
+      const t = performance.now();
+      const other = await kubelet.allocate('virtualio.dev/nvme', [vfsOf(nvme)[1] as string]);
+      d.allocateWhileStuckMs = Math.round(performance.now() - t);
+      d.allocateWhileStuck = other.containerResponses[0]?.envs;
+      await vm?.quit();
+      vm = undefined;
+      await kubelet.waitFor('the nic pool at 2 Healthy VFs once the VM let go', () => healthy('virtualio.dev/nic') === 2 && kubelet.lastList('virtualio.dev/nic')?.length === 2, 120_000);
+      d.numVfsAfter = Number(attr(igb, 'sriov_numvfs'));
     });
 
     await scenario('agent memory', async (d) => {
