@@ -14,6 +14,7 @@ import { PoolPlugin } from '../plugin/pool.js';
 import type { PoolSpec } from '../plugin/allocate.js';
 import { PodResourcesWatcher, type Holder, type PodLookup } from '../podresources/client.js';
 import type { PlanSource } from './plan.js';
+import { withOriginals } from '../discovery/original.js';
 import { Checkpoint } from './checkpoint.js';
 import type { NodeOps, StatusSink } from './ports.js';
 import { buildStatus, type Condition } from './status.js';
@@ -679,7 +680,8 @@ export class AgentManager {
       ...(planError ? { planError } : {}),
       ...(state.kind === 'none' && this.lastSpec === undefined ? { noPlanReason: state.message } : {}),
       planLoaded: this.lastSpec !== undefined,
-      inventory: this.inventory,
+      // Functions moved off their driver carry what they were before (selectors match on it).
+      inventory: { ...this.inventory, devices: withOriginals(this.inventory.devices, Object.fromEntries(this.checkpoint.originals())) },
       ...(this.scanError ? { scanError: this.scanError } : {}),
       slices: this.slices,
       holders: this.statusHolders(),
