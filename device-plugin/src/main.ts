@@ -113,7 +113,7 @@ async function main(): Promise<number> {
     ...(statusSink ? { statusSink } : {}),
     ...(lookupPod ? { lookupPod } : {}),
     // Slices of claims the kubelet had the DRA driver prepare are held like allocated ones.
-    ...(cfg.dra ? { extraHolders: () => dra?.driver.preparedSliceIds() ?? new Set<string>(), extraHolderInfo: () => dra?.driver.preparedHolders() ?? new Map() } : {}),
+    ...(cfg.dra ? { extraHolders: () => dra?.driver.preparedSliceIds() ?? new Set<string>(), extraHolderInfo: () => dra?.driver.preparedHolders() ?? new Map(), draRegistration: () => dra?.driver.registrationState() ?? { registered: false, error: 'DRA driver starting' } } : {}),
   });
   rescan = () => manager.trigger('fs');
   try {
@@ -136,6 +136,7 @@ async function main(): Promise<number> {
       },
       logger, signal,
       onHoldersChanged: () => manager.trigger('podresources'),
+      onRegistration: () => manager.trigger('registration'),
     });
   }
   await manager.run(signal);

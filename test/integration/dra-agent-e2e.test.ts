@@ -88,6 +88,13 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
     expect(d.attributes.iommuGroup).toEqual({ int: 61 });
     const n = JSON.parse(await kubectl(['get', 'node', NODE, '-o', 'json']));
     expect(n.status.capacity['virtualio.dev/gpu-dra']).toBeUndefined();
+    // The pool is Ready once the kubelet registered the DRA driver (no device plugin socket involved).
+    const pool = await eventually('pool gpu-dra Ready in VirtualIONode status', async () => {
+      const v = JSON.parse(await kubectl(['get', 'virtualionode', NODE, '-o', 'json'])) as { status?: { pools?: { name: string; state: string; registered: boolean; capacity: number }[] } };
+      const p = v.status?.pools?.find((x) => x.name === 'gpu-dra');
+      return p?.state === 'Ready' ? p : undefined;
+    }, 60_000, 250);
+    expect(pool).toMatchObject({ registered: true, capacity: 1 });
   });
 
   test('a pod with a claim runs; the agent prepared it and the runtime got its CDI device', async () => {

@@ -55,6 +55,11 @@ export interface ManagerOptions {
   extraHolders?: () => ReadonlySet<string>;
   /** Who holds slices through prepared DRA claims, for status allocations (PodResources wins on overlap). */
   extraHolderInfo?: () => ReadonlyMap<string, Holder>;
+  /**
+   * Registration of the DRA driver, which stands for the device plugin registration of every pool
+   * with frontEnd DRA. Absent: this agent does not serve DRA, and such pools report that.
+   */
+  draRegistration?: () => { registered: boolean; error?: string };
 }
 
 function poolSpec(p: PoolPlan): PoolSpec {
@@ -664,7 +669,11 @@ export class AgentManager {
 
   private publishStatus(): void {
     const state = this.opts.plan.current();
-    const registration = new Map([...this.plugins].map(([n, p]) => [n, p.state]));
+    const registration = new Map<string, { registered: boolean; error?: string }>([...this.plugins].map(([n, p]) => [n, p.state]));
+    for (const p of this.lastSpec?.pools ?? []) {
+      if (p.frontEnd !== 'DRA') continue;
+      registration.set(p.name, this.opts.draRegistration?.() ?? { registered: false, error: 'this agent does not serve DRA pools (start it with --dra; chart: agent.dra.enabled)' });
+    }
     const { spec } = this.effectiveSpec();
     const active = new Set((spec?.pools ?? []).map((p) => p.name));
     const draining = [...this.retired.values()]

@@ -53,6 +53,8 @@ export interface DraDriverOptions {
   socketCheckMs?: number;
   /** Called when the set of prepared slices changed (the agent re-plans carving). */
   onHoldersChanged?: () => void;
+  /** Called when the kubelet reported a registration outcome (the agent refreshes its status). */
+  onRegistration?: () => void;
   /** Health stream: a full device list is re-sent at least this often (default 10 s; the kubelet's timeout is 30 s). */
   healthRefreshMs?: number;
   /** Wall clock in Unix seconds (tests). */
@@ -164,6 +166,12 @@ export class DraDriver {
       }
     }
     return out;
+  }
+
+  /** The registration as pool status reports it (not yet told by the kubelet: not registered). */
+  registrationState(): { registered: boolean; error?: string } {
+    if (this.registration?.registered) return { registered: true };
+    return { registered: false, error: this.registration?.error ? `kubelet refused DRA driver virtualio.dev: ${this.registration.error}` : 'DRA driver virtualio.dev not registered with the kubelet yet' };
   }
 
   /** Slice IDs held by prepared claims: carving must not destroy them. */
@@ -329,6 +337,7 @@ export class DraDriver {
         if (ok) this.log.info('kubelet registered the DRA driver');
         else this.log.error({ error: call.request.error }, 'kubelet refused the DRA driver');
         cb(null, {});
+        this.opts.onRegistration?.();
       },
     };
     server.addService(loadPluginRegistrationApi().pluginregistration.Registration.service, handlers);

@@ -36,6 +36,7 @@ export async function startDra(opts: {
   logger: Logger;
   signal: AbortSignal;
   onHoldersChanged?: () => void;
+  onRegistration?: () => void;
   pollMs?: number;
 }): Promise<DraWiring> {
   const { loadKubeConfig } = await import('../kube/adapter.js');
@@ -51,6 +52,7 @@ export async function startDra(opts: {
     nodeUid: nodeUidReader(kc, opts.nodeName),
     logger: opts.logger,
     ...(opts.onHoldersChanged ? { onHoldersChanged: opts.onHoldersChanged } : {}),
+    ...(opts.onRegistration ? { onRegistration: opts.onRegistration } : {}),
   });
   let lastSlices: readonly Slice[] | undefined;
   let lastPools: readonly PoolPlan[] | undefined;
