@@ -80,7 +80,9 @@ function indexInventory(inv: readonly InventoryDevice[]): InventoryIndex {
 }
 
 /** Whether a pool is rendered into KubeVirt's lists at all (and why not). */
-export function kubevirtApplicability(p: PreparedPool): 'applies' | 'SRIOVNetwork' | 'PermitDisabled' {
+export function kubevirtApplicability(p: PreparedPool): 'applies' | 'SRIOVNetwork' | 'PermitDisabled' | 'DRA' {
+  // KubeVirt (1.9, DRA beta) does not check permittedHostDevices for devices a VM takes through a claim.
+  if (p.pool.spec.frontEnd === 'DRA') return 'DRA';
   if (p.consumption === 'SRIOVNetwork') return 'SRIOVNetwork';
   if (p.pool.spec.kubevirt?.permit === false) return 'PermitDisabled';
   return 'applies';
@@ -204,6 +206,9 @@ export function kubevirtCondition(p: PreparedPool, entries: readonly PermittedEn
     return { ...base, status: 'False', reason: Reason.KubeVirtNotInstalled, message: 'KubeVirt is not installed (no kubevirts.kubevirt.io CRD); nothing to permit' };
   }
   const why = kubevirtApplicability(p);
+  if (why === 'DRA') {
+    return { ...base, status: 'True', reason: Reason.NotRequired, message: 'DRA pools are consumed through ResourceClaims, which KubeVirt does not check against permittedHostDevices' };
+  }
   if (why === 'SRIOVNetwork') {
     return { ...base, status: 'True', reason: Reason.NotRequired, message: 'SR-IOV network pools are consumed through Multus networks and need no permittedHostDevices entry' };
   }
