@@ -158,10 +158,10 @@ export class Operator {
       if (inventoryChanged || !jsonEqual(obj?.spec, old?.spec)) kubevirtSoon();
     });
     pools.onChange((obj, old) => {
-      draQ.add((obj ?? old)?.metadata.name ?? '');
       const specChanged = !obj || !old || obj.metadata.generation !== old.metadata.generation ||
         !!obj.metadata.deletionTimestamp !== !!old.metadata.deletionTimestamp;
       if (specChanged) {
+        draQ.add((obj ?? old)?.metadata.name ?? ''); // DeviceClass: only spec (frontEnd) and deletion matter
         world.poolsChanged();
         planAll();
         statusAll();
