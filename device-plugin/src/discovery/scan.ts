@@ -201,8 +201,6 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
     const sriov: NonNullable<InventoryDevice['sriov']> = {};
     const total = r.int('sriov_totalvfs', true);
     if (total !== undefined) sriov.totalVFs = total;
-    const num = r.int('sriov_numvfs');
-    if (num !== undefined) sriov.numVFs = num;
     const vfLinks = entries
       .map((e) => /^virtfn(\d+)$/.exec(e))
       .filter((m): m is RegExpExecArray => m !== null)
@@ -214,6 +212,11 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
       if (vf) vfs.push(vf);
     }
     sriov.vfs = vfs;
+    // The VF count is the virtfnN links, not `sriov_numvfs`: reading that attribute takes the PF's
+    // device lock, which a blocked `sriov_numvfs` write holds while the kernel waits for a VMM to
+    // release a VF. On Debian's 6.12 in test/kernel a `cat sriov_numvfs` then sat in D state for
+    // minutes (hung-task report), so one stuck PF would freeze every scan of the agent's loop.
+    sriov.numVFs = vfLinks.length;
     device.sriov = sriov;
   }
 

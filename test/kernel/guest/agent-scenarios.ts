@@ -131,7 +131,8 @@ class NestedVm {
 }
 
 async function status(): Promise<{ pools?: { name: string; slices?: { id: string; health: string; reason?: string }[]; conditions?: unknown[]; blocked?: unknown[] }[]; [k: string]: unknown }> {
-  const res = await fetch('http://127.0.0.1:9101/status');
+  // A frozen agent must fail the scenario, not hang it.
+  const res = await fetch('http://127.0.0.1:9101/status', { signal: AbortSignal.timeout(15_000) });
   return (await res.json()) as never;
 }
 
