@@ -299,3 +299,21 @@ describe('mdev parents that are not PCI functions (layout of the kernel sample m
     }
   });
 });
+
+test('scan never reads sriov_numvfs (it blocks on the PF lock while a numvfs write waits for a VMM): VF count from virtfnN links', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const t = await tempTree();
+  try {
+    const k = await FakeKernel.create(t.root, t.devRoot);
+    await k.addFunction(emulexFc('0000:5e:00.0', { host: 5, wwpn: '10000090fa000001', wwnn: '20000090fa000001' }));
+    const pf = path.join(t.root, 'bus/pci/devices/0000:5e:00.0');
+    await writeFile(path.join(pf, 'sriov_totalvfs'), '4\n');
+    await symlink('../0000:5e:00.0', path.join(pf, 'virtfn0'));
+    // A FIFO blocks any reader, like the real attribute under a stuck write.
+    execFileSync('mkfifo', [path.join(pf, 'sriov_numvfs')]);
+    const inv = await scan(t.root);
+    expect(dev(inv, '0000:5e:00.0').sriov).toMatchObject({ totalVFs: 4, numVFs: 1 });
+  } finally {
+    await t.cleanup();
+  }
+}, 20000);
