@@ -80,6 +80,15 @@ function sameDevice(a: PoolPlan['devices'][number], b: PoolPlan['devices'][numbe
   return a.pciAddress === b.pciAddress && a.vfFirst === b.vfFirst && a.vfLast === b.vfLast;
 }
 
+/**
+ * The plan without its deleting pools: their slices come from drainingSlices only (held ones, kept
+ * draining), never also as ordinary slices (that listed a held slice twice, and a released one as
+ * an unhealthy slice that "does not exist").
+ */
+function servingSpec(spec: VirtualIONodeSpec): VirtualIONodeSpec {
+  return (spec.pools ?? []).some((p) => p.deleting) ? { ...spec, pools: (spec.pools ?? []).filter((p) => !p.deleting) } : spec;
+}
+
 /** A pool (or the part of it) that left the plan, with why. */
 interface Retired {
   plan: PoolPlan;
@@ -336,7 +345,7 @@ export class AgentManager {
       await this.reportBreakage(spec);
       await this.converge(spec, provisional);
       try {
-        this.slices = [...ops.buildSlices(spec, this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
+        this.slices = [...ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
       } catch (err) {
         this.log.error({ err }, 'building slices failed; keeping the last slices');
         this.scanError = `building slices failed: ${String(err)}`;
@@ -393,7 +402,7 @@ export class AgentManager {
     if (this.slices.length === 0) return;
     let now: Slice[];
     try {
-      now = [...this.opts.ops.buildSlices(spec, this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
+      now = [...this.opts.ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
     } catch {
       return;
     }
