@@ -119,6 +119,23 @@ test('parent gone: previous slices stay, Unhealthy with the reason', async () =>
   expect(one(await slices(), GPU)).toMatchObject({ health: 'Unhealthy', reason: `device ${GPU} gone` });
 });
 
+test('a slice the plan no longer expects is not carried forward (mdev count lowered, a device dropped from its pool)', async () => {
+  const before = await slices();
+  const u = mdevUuid(NODE, T4, 'nvidia-222', 0);
+  // The mdev pool asks for none any more and its mdev was released: no "does not exist" slice left behind.
+  await k.write(`bus/mdev/devices/${u}/remove`, '1');
+  const fewer: VirtualIONodeSpec = { pools: pools.map((p) => (p.name === 'vgpu' ? { ...p, count: 0 } : p)) };
+  const inv = await scan(k.root, { devRoot: k.devRoot });
+  expect(buildSlices({ spec: fewer, inventory: inv, devRoot: k.devRoot, nodeName: NODE, previous: before }).filter((s) => s.pool === 'vgpu')).toEqual([]);
+  // The GPU hot-unplugged and then dropped from its pool's plan: gone from the list, not "parent gone".
+  await k.write(`bus/pci/devices/${GPU}/remove`, '1');
+  const dropped: VirtualIONodeSpec = { pools: pools.map((p) => (p.name === 'gpu' ? { ...p, devices: [] } : p)) };
+  const inv2 = await scan(k.root, { devRoot: k.devRoot });
+  expect(buildSlices({ spec: dropped, inventory: inv2, devRoot: k.devRoot, nodeName: NODE, previous: before }).filter((s) => s.pool === 'gpu')).toEqual([]);
+  // While it is still planned, the vanished GPU stays listed, Unhealthy.
+  expect(one(buildSlices({ spec, inventory: inv2, devRoot: k.devRoot, nodeName: NODE, previous: before }), GPU)?.health).toBe('Unhealthy');
+});
+
 test('link state is a reason only with linkCheck', async () => {
   await writeFile(path.join(k.root, 'class/net/ens2f0np0/operstate'), 'down\n');
   expect(one(await slices(), VF)?.health).toBe('Healthy');

@@ -253,6 +253,12 @@ function carryForward(ctx: Ctx, pools: PoolPlan[], previous: readonly Slice[], o
     const parentGone = !ctx.devices.has(s.parent);
     const poolDevice = pool.devices.find((d) => d.pciAddress === s.parent);
     if (!parentGone && !poolDevice) continue;
+    // A function, VF or vport whose pool device is no longer planned (e.g. hot-unplugged, then
+    // dropped from the plan) is not expected any more: drop it rather than list it as "parent gone".
+    if (!poolDevice && s.kind !== 'Mdev') continue;
+    // With its parent present, every mdev/vport the plan still expects was built above (missing
+    // ones as Unhealthy); one that is not is no longer planned (count lowered, released): drop it.
+    if ((s.kind === 'Mdev' || s.kind === 'VPort') && !parentGone) continue;
     if (s.kind === 'VF' && poolDevice && s.index !== undefined) {
       const { first, last } = vfRange(pool, poolDevice, Number.MAX_SAFE_INTEGER);
       if (s.index < first || s.index > last) continue;
