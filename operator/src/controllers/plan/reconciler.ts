@@ -29,7 +29,13 @@ export class PlanReconciler implements Reconciler {
       },
       spec: { pools: plan.pools satisfies PoolPlan[] },
     };
-    await kube.apply<VioNode>(VirtualIONodes, body, { fieldManager: FIELD_MANAGER, force: true });
+    if (vio && plan.pools.length === 0 && (vio.spec?.pools ?? []).length > 0) {
+      // Server-side apply cannot empty the list: it prunes the items we owned, then the emptied
+      // spec, and the API server refuses `spec: null`. An update writes the empty plan.
+      await kube.replace<VioNode>(VirtualIONodes, { ...vio, metadata: { ...vio.metadata, ownerReferences: body.metadata.ownerReferences }, spec: { ...vio.spec, pools: [] } });
+    } else {
+      await kube.apply<VioNode>(VirtualIONodes, body, { fieldManager: FIELD_MANAGER, force: true });
+    }
     log.info({ node: name, pools: plan.pools.map((p) => p.name) }, vio ? 'Updated VirtualIONode plan' : 'Created VirtualIONode');
     return done;
   }
