@@ -133,6 +133,9 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
   const checkValues = async (): Promise<boolean> => {
     let changed = false;
     for (const [file, st] of values) {
+      // A test may put a FIFO in place of a value attribute to make writes to it block for real
+      // (like a kernel write that never returns); reading it here would consume the write.
+      if ((await lstat(file).catch(() => undefined))?.isFIFO()) continue;
       const raw = await readFile(file, 'utf8').catch(() => undefined);
       if (raw === undefined || raw === '') continue; // gone, or truncated by a write in progress
       const content = raw.trim(); // "\n" alone clears driver_override
@@ -209,6 +212,7 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
     }
     for (const file of valueFiles) {
       if (values.has(file)) continue;
+      if ((await lstat(file).catch(() => undefined))?.isFIFO()) continue; // blocked on purpose, see checkValues
       const shadow = firstSync ? ((await readValue(file)) ?? '') : (VALUE_DEFAULTS[path.basename(file)] ?? '');
       let watcher: FSWatcher | undefined;
       try {
