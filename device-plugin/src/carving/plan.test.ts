@@ -137,6 +137,18 @@ describe('Passthrough carving', () => {
   });
 });
 
+describe('Passthrough never destroys what a group member carries', () => {
+  test('a GPU sharing its IOMMU group with a vGPU parent that has an mdev is blocked, with no write at all', async () => {
+    const GPU2 = '0000:b0:00.0';
+    const group = Number((await inventory()).devices.find((d) => d.pciAddress === GPU)?.iommuGroup);
+    await k.addFunction({ address: GPU2, vendor: '10de', device: '2236', classCode: '030200', driver: 'nvidia', iommuGroup: group });
+    await converge({ pools: [pool({ name: 'vgpu', class: 'GPU', mode: 'Mediated', mdevType: 'nvidia-222', count: 1, devices: [{ pciAddress: GPU }] })] });
+    const plan = planCarving({ spec: { pools: [pool({ name: 'gpu', class: 'GPU', mode: 'Passthrough', devices: [{ pciAddress: GPU2 }] })] }, inventory: await inventory(), nodeName: NODE, allocated: new Set() });
+    expect(plan.writes).toEqual([]);
+    expect(plan.blocked).toEqual([{ pool: 'gpu', device: GPU2, reason: expect.stringContaining(`member(s) ${GPU} carry mdevs or VFs`) }]);
+  });
+});
+
 describe('Mediated carving', () => {
   const spec = (count: number): VirtualIONodeSpec => ({ pools: [pool({ name: 'vgpu', class: 'GPU', mode: 'Mediated', mdevType: 'GRID_T4-1B', count, devices: [{ pciAddress: GPU }] })] });
 

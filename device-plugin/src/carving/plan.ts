@@ -136,6 +136,16 @@ function planPassthrough(pool: PoolPlan, devices: Map<string, InventoryDevice>, 
       out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `IOMMU group ${dev.iommuGroup ?? '?'} members not found: ${list(missing)}` });
       continue;
     }
+    // Moving a function that carries mdevs or enabled VFs to vfio-pci destroys them (and whatever
+    // VM holds one): refuse, naming the member, e.g. a GPU sharing its group with a vGPU parent.
+    const carrying = [...members].filter((m) => {
+      const md = devices.get(m) as InventoryDevice;
+      return md.driver !== VFIO_PCI && ((md.mdevs ?? []).length > 0 || (md.sriov?.numVFs ?? 0) > 0);
+    });
+    if (carrying.length > 0) {
+      out.blocked.push({ pool: pool.name, device: dev.pciAddress, reason: `IOMMU group ${dev.iommuGroup ?? '?'} member(s) ${list(carrying)} carry mdevs or VFs; moving them to vfio-pci would destroy those` });
+      continue;
+    }
     for (const m of [...members].sort(compareText)) {
       const md = devices.get(m) as InventoryDevice;
       if (m !== dev.pciAddress && isBridgeClass(md.classCode)) continue;
