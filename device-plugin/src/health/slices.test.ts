@@ -182,3 +182,14 @@ test('an expected driver that is not loaded is named as the reason (checked in t
   const s = one(buildSlices({ spec, inventory: noVfio, devRoot: k.devRoot, nodeName: NODE }), VF);
   expect(s).toMatchObject({ health: 'Unhealthy', reason: `VF ${VF} is not bound to a driver: driver vfio-pci is not loaded (modprobe vfio-pci)` });
 });
+
+test('a VF slice whose position another function now serves is not carried forward (seen on a real kernel while VFs were removed one by one)', async () => {
+  const before = await slices();
+  // The previous round saw VF 1 at another address (e.g. mid-removal, when positions shift).
+  const phantom = { ...(one(before, '0000:81:00.3') as Slice), id: '0000:81:00.5', pciAddress: '0000:81:00.5' };
+  const now = await slices({ previous: [...before, phantom] });
+  expect(now.filter((s) => s.pool === 'nic').map((s) => [s.id, s.index, s.health])).toEqual([
+    ['0000:81:00.2', 0, 'Healthy'],
+    ['0000:81:00.3', 1, 'Healthy'],
+  ]);
+});

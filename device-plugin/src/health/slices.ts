@@ -246,10 +246,14 @@ function npivSlices(ctx: Ctx, node: string, pool: PoolPlan, out: Slice[]): void 
 /** Previous slices that vanished but are still expected, kept as Unhealthy with the reason. */
 function carryForward(ctx: Ctx, pools: PoolPlan[], previous: readonly Slice[], out: Slice[]): void {
   const have = new Set(out.map((s) => `${s.pool}\u0000${s.id}`));
+  // A VF position already served by another function (VFs re-created at new addresses, or a
+  // numbering seen mid-removal: Linux removes VFs one by one while a VMM holds one) replaces the old.
+  const vfSlots = new Set(out.filter((s) => s.kind === 'VF').map((s) => `${s.pool}\u0000${s.parent}\u0000${s.index ?? -1}`));
   const byName = new Map(pools.map((p) => [p.name, p]));
   for (const s of previous) {
     const pool = byName.get(s.pool);
     if (!pool || have.has(`${s.pool}\u0000${s.id}`)) continue;
+    if (s.kind === 'VF' && vfSlots.has(`${s.pool}\u0000${s.parent}\u0000${s.index ?? -1}`)) continue;
     const parentGone = !ctx.devices.has(s.parent);
     const poolDevice = pool.devices.find((d) => d.pciAddress === s.parent);
     if (!parentGone && !poolDevice) continue;
