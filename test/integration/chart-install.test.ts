@@ -151,18 +151,19 @@ describe('workload settings', () => {
       'device-plugins': { path: '/var/lib/kubelet/device-plugins', type: 'Directory' },
       'pod-resources': { path: '/var/lib/kubelet/pod-resources', type: 'Directory' },
       devinfo: { path: '/var/run/k8s.cni.cncf.io/devinfo/dp', type: 'DirectoryOrCreate' },
+      state: { path: '/var/lib/virtualio', type: 'DirectoryOrCreate' },
       tmp: { sizeLimit: '16Mi' },
     });
     const c = spec.containers[0];
     const mounts = Object.fromEntries(c.volumeMounts.map((m: Any) => [m.name, `${m.mountPath}${m.readOnly ? ' ro' : ''}`]));
     expect(mounts).toEqual({
       sys: '/host/sys', 'dev-vfio': '/host/dev/vfio ro', 'device-plugins': '/var/lib/kubelet/device-plugins',
-      'pod-resources': '/var/lib/kubelet/pod-resources ro', devinfo: '/var/run/k8s.cni.cncf.io/devinfo/dp', tmp: '/tmp',
+      'pod-resources': '/var/lib/kubelet/pod-resources ro', devinfo: '/var/run/k8s.cni.cncf.io/devinfo/dp', state: '/var/lib/virtualio', tmp: '/tmp',
     });
     expect(c.args).toEqual(expect.arrayContaining([
       '/app/dist/device-plugin/src/main.js', '--sysfs-root=/host/sys', '--dev-root=/host/dev',
       '--plugin-dir=/var/lib/kubelet/device-plugins', '--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock',
-      '--devinfo-dir=/var/run/k8s.cni.cncf.io/devinfo/dp', '--cdi=false', '--metrics-address=0.0.0.0:8080',
+      '--devinfo-dir=/var/run/k8s.cni.cncf.io/devinfo/dp', '--state-dir=/var/lib/virtualio', '--cdi=false', '--metrics-address=0.0.0.0:8080',
     ]));
     expect(c.env).toContainEqual({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } });
     expect(spec.hostNetwork).toBeUndefined();

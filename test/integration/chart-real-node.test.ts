@@ -377,7 +377,12 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(agentAfter[0]!.metadata.uid).not.toBe(agentBefore.metadata.uid);
     expect(agentAfter[0]!.spec.containers[0]!.image).toBe(`${REPO}:${TAG_B}`);
     expect(agentAfter[0]!.status.containerStatuses![0]!.imageID).not.toBe(imageA); // a different image, not just a tag
-    for (const p of await pods(OPERATOR)) expect(p.spec.containers[0]!.image).toBe(`${REPO}:${TAG_B}`);
+    // Old operator replicas may still be terminating after --wait (their grace period): count the live ones.
+    const operators = await eventually('both operator replicas on the new image', async () => {
+      const live = (await pods(OPERATOR)).filter((p) => !p.metadata.deletionTimestamp);
+      return live.length === 2 && live.every((p) => p.spec.containers[0]!.image === `${REPO}:${TAG_B}`) ? live : undefined;
+    }, 120_000);
+    expect(operators).toHaveLength(2);
 
     // The new agent registered the pool again: capacity 4, one slice still allocated to the VM.
     await eventually('the pool back on the Node', async () => {

@@ -7,9 +7,14 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
 . /vio-results/guest.env
+# A fresh /tmp, unless the project or the caches live under the host's /tmp (a clone in /tmp): a
+# tmpfs there would hide them. The overlay keeps /tmp writable either way.
+case "$VIO_PROJECT:$VIO_NODE_BIN:$VIO_KERNEL_ROOT" in
+  /tmp/*|*:/tmp/*) echo "[guest] the project or a cache is under /tmp: keeping the host's /tmp (overlaid)" ;;
+  *) mount -t tmpfs tmpfs /tmp ;;
+esac
+mount -t tmpfs tmpfs /run
 mkdir -p /lib/modules && mount --bind "$VIO_KERNEL_ROOT/lib/modules" /lib/modules || echo "[guest] cannot bind the kernel modules"
 export VIO_KERNEL_VERSION VIO_KERNEL_MDEV_SAMPLES VIO_PROJECT VIO_NODE_BIN VIO_ACCEL
 export VIO_RESULTS=/vio-results HOME=/root PATH="$VIO_NODE_BIN:$PATH"

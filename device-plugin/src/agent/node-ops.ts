@@ -46,6 +46,7 @@ export function createNodeOps(opts: NodeOpsOptions): NodeOps {
     provision: async (spec, inventory, held) => {
       const r = await provisionNvme({ spec, inventory, devRoot: opts.devRoot, cli: execNvmeCli(opts.nvmeCli ?? 'nvme'), writer, held });
       for (const a of r.actions) opts.logger.info(a, 'nvme provisioning');
+      for (const k of r.skipped ?? []) opts.logger.debug(k, 'nvme provisioning skipped');
       return r.problems;
     },
     buildSlices: (spec, inventory, previous) => buildSlices({ spec, inventory, devRoot: opts.devRoot, nodeName: opts.nodeName, ...(previous ? { previous } : {}) }),

@@ -6,6 +6,7 @@
 // configurable (VIO_NVME_CLI); its JSON output is what we read. Checked against QEMU's NVMe
 // controller with SR-IOV in test/kernel.
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { devPathUnder } from '../discovery/scan.js';
 import type { Inventory, InventoryDevice, PoolPlan, VirtualIONodeSpec } from '../model.js';
 import type { SysfsWriter } from '../sysfs/writer.js';
@@ -121,6 +122,8 @@ export interface NvmeProvisionInput {
 export interface NvmeProvisionResult {
   actions: { pool: string; device: string; what: string }[];
   problems: { pool: string; device: string; reason: string }[];
+  /** PFs whose controller could not be reached (no device node): nothing was tried. */
+  skipped?: { pool: string; device: string; reason: string }[];
 }
 
 /** Storage SR-IOV pools' PFs that are NVMe controllers, with the VF index ranges they take. */
@@ -156,6 +159,13 @@ export async function provisionNvme(input: NvmeProvisionInput): Promise<NvmeProv
   for (const { pool, pf, ctrl, first, last } of nvmePfs(input.spec, devices)) {
     const dev = devPathUnder(input.devRoot, `/dev/${ctrl}`);
     const act = (what: string): void => void res.actions.push({ pool: pool.name, device: pf.pciAddress, what });
+    if (!existsSync(dev)) {
+      // The controller's character device is not visible to the agent (the chart mounts only
+      // /dev/vfio; a simulated drive has none): admin commands cannot be sent, and a drive without
+      // flexible resources needs none. Noted, not a blocker: VFs of such drives work as they are.
+      (res.skipped ??= []).push({ pool: pool.name, device: pf.pciAddress, reason: `${dev} is not visible to the agent: secondary controllers not provisioned` });
+      continue;
+    }
     try {
       const caps = parsePrimaryCaps(await input.cli(['primary-ctrl-caps', dev, '-o', 'json']));
       if (caps.vqfrt === 0 && caps.vifrt === 0) continue; // no flexible resources: VFs work as they are
