@@ -69,7 +69,7 @@ fi
 h1() {
   (cd "$1" && find . -type f | sed 's#^\./##' | LC_ALL=C sort | while read -r f; do
     printf '%s  %s/%s\n' "$(sha256sum "$f" | cut -d' ' -f1)" "$2" "$f"; done) |
-    sha256sum | cut -d' ' -f1 | xxd -r -p | base64
+    sha256sum | cut -d' ' -f1 | sed 's/../\\x&/g' | { read -r hex; printf '%b' "$hex"; } | base64
 }
 kvmod="$(go env GOMODCACHE)/cache/download/kubevirt.io/kubevirt/@v/v$KUBEVIRT_VERSION.mod"
 VT_VERSION=$(awk '$1 == "kubevirt.io/virt-template-api" {print substr($2, 2); exit}' "$kvmod")
