@@ -52,7 +52,9 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     driver = new DraDriver({
       nodeName: NODE, kubeletDir: kubelet.rootDir, cdiDir: join(base, 'cdi'), sysfsRoot: join(base, 'sys'),
       getClaim: claimReader(kc), store: new KubeResourceSliceStore(kc, NODE), nodeUid: nodeUidReader(kc, NODE),
-      logger: silentLogger(), resyncMs: 1000, socketCheckMs: 200,
+      // A long re-list period: slices the kubelet wipes at its restart must come back through the
+      // re-registration, not the timer.
+      logger: silentLogger(), resyncMs: 600_000, socketCheckMs: 200,
     });
     driver.update([pool], [gpu], { devices: [{ pciAddress: '0000:3b:00.0', vendorID: '10de', deviceID: '2231', numaNode: 0 }] });
     running = driver.run(ctl.signal);
@@ -127,14 +129,33 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     await eventually('Healthy again in the pod status', async () => ((await health()) === 'Healthy' ? true : undefined), 60_000, 250);
   });
 
+  test('a slice deleted behind the driver\'s back is written again at once (watch, not the 10-minute re-list)', async () => {
+    const sel = `spec.nodeName=${NODE},spec.driver=virtualio.dev`;
+    const before = JSON.parse(await kubectl(['get', 'resourceslices', '--field-selector', sel, '-o', 'json'])).items[0];
+    await kubectl(['delete', 'resourceslice', before.metadata.name]);
+    const back = await eventually('the slice back', async () => {
+      const l = JSON.parse(await kubectl(['get', 'resourceslices', '--field-selector', sel, '-o', 'json']));
+      return l.items[0]?.metadata.uid !== before.metadata.uid ? l.items[0] : undefined;
+    }, 15_000, 200);
+    expect(back.spec.pool.generation).toBeGreaterThan(before.spec.pool.generation);
+  });
+
   test('a kubelet restart registers the driver again and the slices it wiped come back', async () => {
+    const sliceGen = async (): Promise<number | undefined> => {
+      const l = JSON.parse(await kubectl(['get', 'resourceslices', '--field-selector', `spec.nodeName=${NODE},spec.driver=virtualio.dev`, '-o', 'json']));
+      return l.items[0]?.spec.pool.generation as number | undefined;
+    };
+    const before = await sliceGen();
+    expect(before).toBeGreaterThan(0);
     driver.registration = undefined;
     await kubelet.restart();
     await eventually('registration after the restart', async () => (driver.registration?.registered ? true : undefined), 60_000, 100);
     await eventually('our ResourceSlice back', async () => {
       const l = JSON.parse(await kubectl(['get', 'resourceslices', '--field-selector', `spec.nodeName=${NODE},spec.driver=virtualio.dev`, '-o', 'json']));
       return l.items.length === 1 ? true : undefined;
-    }, 60_000, 200);
+    }, 30_000, 200);
+    // Wiped by the kubelet at its start and written again (not merely left alone): a higher generation.
+    expect(await sliceGen()).toBeGreaterThan(before!);
   });
 
   test('deleting the pod makes the kubelet unprepare the claim: files and checkpoint entry gone', async () => {

@@ -147,13 +147,16 @@ describe('syncResourceSlices', () => {
     expect(r.deleted).toEqual([resourceSliceName(NODE, 'fast-net', 0)]);
   });
 
-  test('slices wiped behind our back (kubelet start) are re-created at a higher generation than none', async () => {
+  test('slices wiped behind our back (kubelet start) come back at a higher generation than the last one written', async () => {
     const store = new MemoryStore();
-    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0)], facts));
+    const gens = new Map<string, number>();
+    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0)], facts), undefined, gens);
+    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0), vf(1)], facts), undefined, gens);
+    expect([...store.objects.values()][0]!.spec.pool.generation).toBe(2);
     store.objects.clear();
-    const r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0)], facts));
+    const r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0), vf(1)], facts), undefined, gens);
     expect(r.created).toHaveLength(1);
-    expect([...store.objects.values()][0]!.spec.pool.generation).toBe(1);
+    expect([...store.objects.values()][0]!.spec.pool.generation).toBe(3);
   });
 });
 

@@ -334,8 +334,10 @@ export class DraDriver {
       NotifyRegistrationStatus: (call, cb) => {
         const ok = call.request.pluginRegistered;
         this.registration = ok ? { registered: true } : { registered: false, error: call.request.error };
-        if (ok) this.log.info('kubelet registered the DRA driver');
-        else this.log.error({ error: call.request.error }, 'kubelet refused the DRA driver');
+        if (ok) {
+          this.log.info('kubelet registered the DRA driver');
+          this.publisher.kick(); // a (re)started kubelet has just wiped this node's ResourceSlices
+        } else this.log.error({ error: call.request.error }, 'kubelet refused the DRA driver');
         cb(null, {});
         this.opts.onRegistration?.();
       },

@@ -1,6 +1,6 @@
 // client-node implementation of what the DRA driver needs from the API server: this node's
 // ResourceSlices of driver virtualio.dev, and reading ResourceClaims. Loaded only with --dra.
-import { CoreV1Api, ResourceV1Api, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+import { CoreV1Api, ResourceV1Api, Watch, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
 import type { ClaimObject } from './prepare.js';
 import { DRA_DRIVER, type ResourceSliceObject } from './devices.js';
 import type { ResourceSliceStore } from './publisher.js';
@@ -36,12 +36,39 @@ const fromApi = (o: V1ResourceSlice): ResourceSliceObject => renameInts(o as unk
 export class KubeResourceSliceStore implements ResourceSliceStore {
   private readonly api: ResourceV1Api;
 
-  constructor(kc: KubeConfig, private readonly node: string) {
+  constructor(private readonly kc: KubeConfig, private readonly node: string) {
     this.api = kc.makeApiClient(ResourceV1Api);
   }
 
+  /** Watches this node's slices of our driver; any event but our own echo makes the publisher re-list. */
+  async watch(onChange: () => void, signal: AbortSignal): Promise<void> {
+    const w = new Watch(this.kc);
+    while (!signal.aborted) {
+      await new Promise<void>((resolve) => {
+        let ctl: AbortController | undefined;
+        const stop = (): void => ctl?.abort();
+        signal.addEventListener('abort', stop, { once: true });
+        const done = (): void => {
+          signal.removeEventListener('abort', stop);
+          resolve();
+        };
+        w.watch('/apis/resource.k8s.io/v1/resourceslices', { fieldSelector: this.selector() }, (phase) => {
+          if (phase === 'DELETED') onChange();
+        }, done).then((c) => {
+          ctl = c;
+          if (signal.aborted) c.abort();
+        }, done);
+      });
+      if (!signal.aborted) await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+
+  private selector(): string {
+    return `spec.nodeName=${this.node},spec.driver=${DRA_DRIVER}`;
+  }
+
   async list(): Promise<ResourceSliceObject[]> {
-    const l = await this.api.listResourceSlice({ fieldSelector: `spec.nodeName=${this.node},spec.driver=${DRA_DRIVER}` });
+    const l = await this.api.listResourceSlice({ fieldSelector: this.selector() });
     return l.items.map(fromApi);
   }
 

@@ -12,6 +12,11 @@ export interface ResourceSliceStore {
   /** Replaces the object (metadata.resourceVersion set: optimistic concurrency). */
   update(obj: ResourceSliceObject): Promise<void>;
   remove(name: string): Promise<void>;
+  /**
+   * Optional: calls `onChange` whenever one of these slices is deleted or changed by someone (the
+   * kubelet wipes a node's slices when it starts), until `signal` aborts. Reconnects by itself.
+   */
+  watch?(onChange: () => void, signal: AbortSignal): Promise<void>;
 }
 
 /** What one pass did, for logs and tests. */
@@ -43,8 +48,12 @@ function sameContent(existing: readonly ResourceSliceObject[], wanted: readonly 
   });
 }
 
-/** One reconcile pass (exported for tests). */
-export async function syncResourceSlices(store: ResourceSliceStore, node: string, desired: readonly PoolContent[], nodeUid?: string): Promise<SyncResult> {
+/**
+ * One reconcile pass (exported for tests). `generations` remembers the last generation written per
+ * pool across passes, so a pool whose objects someone deleted (the kubelet wipes a node's slices when
+ * it starts) comes back at a higher generation, never a lower one a stale cache could prefer.
+ */
+export async function syncResourceSlices(store: ResourceSliceStore, node: string, desired: readonly PoolContent[], nodeUid?: string, generations?: Map<string, number>): Promise<SyncResult> {
   const result: SyncResult = { created: [], updated: [], deleted: [], generations: {} };
   const existing = await store.list();
   const byPool = new Map<string, ResourceSliceObject[]>();
@@ -53,8 +62,11 @@ export async function syncResourceSlices(store: ResourceSliceStore, node: string
     const ex = byPool.get(content.poolName) ?? [];
     byPool.delete(content.poolName);
     const current = ex.length ? Math.max(...ex.map((e) => e.spec.pool.generation)) : 0;
-    if (sameContent(ex, resourceSlicesFor(node, content, current, nodeUid))) continue;
-    const generation = current + 1;
+    if (sameContent(ex, resourceSlicesFor(node, content, current, nodeUid))) {
+      generations?.set(content.poolName, Math.max(current, generations.get(content.poolName) ?? 0));
+      continue;
+    }
+    const generation = Math.max(current, generations?.get(content.poolName) ?? 0) + 1;
     const wanted = resourceSlicesFor(node, content, generation, nodeUid);
     const exByName = new Map(ex.map((e) => [e.metadata.name, e]));
     for (const w of wanted) {
@@ -73,6 +85,7 @@ export async function syncResourceSlices(store: ResourceSliceStore, node: string
       result.deleted.push(name);
     }
     result.generations[content.pool] = generation;
+    generations?.set(content.poolName, generation);
   }
   for (const gone of byPool.values()) {
     for (const e of gone) {
@@ -98,6 +111,7 @@ export class ResourceSlicePublisher {
   private dirty = false;
   private wake: (() => void) | undefined;
   private readonly log: Logger;
+  private readonly generations = new Map<string, number>();
   /** Result of the last successful pass, and the last error (for status and tests). */
   lastResult: SyncResult | undefined;
   lastError: string | undefined;
@@ -114,17 +128,24 @@ export class ResourceSlicePublisher {
     this.wake?.();
   }
 
+  /** Re-lists and repairs now (e.g. after the kubelet re-registered us: it wipes a node's slices when it starts). */
+  kick(): void {
+    this.dirty = true;
+    this.wake?.();
+  }
+
   async run(signal: AbortSignal): Promise<void> {
     const resync = this.opts.resyncMs ?? 30_000;
     let delay = 500;
     let uid: string | undefined;
+    const watching = this.opts.store.watch?.(() => this.kick(), signal).catch((err: unknown) => this.log.warn({ err: String(err) }, 'ResourceSlice watch stopped; re-listing on the timer only'));
     while (!signal.aborted) {
       let wait = resync;
       if (this.desired) {
         this.dirty = false;
         try {
           uid ??= await this.opts.nodeUid?.();
-          const r = await syncResourceSlices(this.opts.store, this.opts.node, this.desired, uid);
+          const r = await syncResourceSlices(this.opts.store, this.opts.node, this.desired, uid, this.generations);
           this.passes++;
           this.lastResult = r;
           this.lastError = undefined;
@@ -151,5 +172,6 @@ export class ResourceSlicePublisher {
       });
       this.wake = undefined;
     }
+    await watching;
   }
 }
