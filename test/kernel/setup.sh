@@ -22,11 +22,13 @@ flock 9
 qemu_ok() {
   command -v qemu-system-x86_64 >/dev/null || return 1
   local v
-  v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1)
+  v=$(qemu-system-x86_64 --version | sed -n '1s/.*version \([0-9]*\)\..*/\1/p')
   [ -n "$v" ] && [ "$v" -ge 8 ]
 }
 tools_ok() {
-  qemu_ok && [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | head -1 | grep -q BusyBox \
+  # No `| head`/`grep -q` on a producer here: under pipefail its SIGPIPE would fail the check at random.
+  local bb; bb=$(/bin/busybox --help 2>&1 || true)
+  qemu_ok && [ -x /bin/busybox ] && [[ $bb == *BusyBox* ]] \
     && command -v nvme >/dev/null && command -v cpio >/dev/null && command -v zstd >/dev/null \
     && command -v depmod >/dev/null && command -v gcc >/dev/null && command -v make >/dev/null \
     && ! ldd /bin/busybox >/dev/null 2>&1
