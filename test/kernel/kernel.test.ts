@@ -139,6 +139,13 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     expect(d.vmAlive).toBe(true);
   });
 
+  test('a re-carve the kernel blocks (a VM still holds a VF) leaves only that PF stuck: status says so, other pools serve, it converges once the VM lets go', () => {
+    const d = r('a re-carve the kernel blocks (VF still open by a VM the kubelet forgot) leaves the PF stuck, the agent serves on').details;
+    expect(d.stuck).toMatch(/stuck: bus\/pci\/devices\/0000:01:00\.0\/sriov_numvfs/);
+    expect(d.allocateWhileStuck).toEqual({ PCI_RESOURCE_VIRTUALIO_DEV_NVME: '0000:02:00.2' });
+    expect(d.numVfsAfter).toBe(2);
+  });
+
   test('sriov_drivers_autoprobe=0 is checked on every probe: no override → drivers_probe leaves the VF unbound and bind fails', () => {
     const d = r('sriov_drivers_autoprobe=0 holds on every probe: without driver_override a VF is not probed, bind is refused').details;
     expect(d).toMatchObject({ autoprobe: '0', probe: 'ok', driverAfterProbe: 'none', driverAfterBind: 'none', driverWithOverride: 'igbvf' });
