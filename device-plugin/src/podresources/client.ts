@@ -174,7 +174,11 @@ export class PodResourcesWatcher {
       const e = err as grpc.ServiceError;
       const code = typeof e.code === 'number' ? (grpc.status[e.code] ?? String(e.code)) : 'ERROR';
       this.opts.metrics.podResourcesLists.inc({ result: code });
-      this.backoffMs = Math.min(Math.max(1000, this.backoffMs * 2), 30_000);
+      // A fresh channel for the next try: a failed gRPC channel backs off on its own (up to 2 min)
+      // and would hide a kubelet that is back; the socket is local, so reconnecting is cheap.
+      client.close();
+      if (this.client === client) this.client = undefined;
+      this.backoffMs = Math.min(Math.max(1000, this.backoffMs * 2), 10_000);
       const msg = `PodResources List failed (${code}): ${e.details || e.message}`;
       if (msg !== this.error) this.log.warn({ retryInMs: this.backoffMs }, msg);
       this.error = msg;
