@@ -336,8 +336,14 @@ async function main(): Promise<void> {
       d.allocateWhileStuck = other.containerResponses[0]?.envs;
       await vm?.quit();
       vm = undefined;
-      await kubelet.waitFor('the nic pool at 2 Healthy VFs once the VM let go', () => healthy('virtualio.dev/nic') === 2 && kubelet.lastList('virtualio.dev/nic')?.length === 2, 120_000);
-      d.numVfsAfter = Number(attr(igb, 'sriov_numvfs'));
+      // Not just "2 Healthy in the list" (a list from before the VM let go can show that): the PF
+      // really has 2 VFs again and the list names exactly those, Healthy.
+      await until('the PF back at 2 VFs, listed Healthy', () => {
+        const now = vfsOf(igb);
+        const list = kubelet.lastList('virtualio.dev/nic') ?? [];
+        return now.length === 2 && list.length === 2 && now.every((v) => listed('virtualio.dev/nic', v) === 'Healthy');
+      }, 120_000, 200);
+      d.numVfsAfter = vfsOf(igb).length;
     });
 
     await scenario('agent memory', async (d) => {
@@ -374,6 +380,7 @@ async function main(): Promise<void> {
     });
     await scenario('sriov_drivers_autoprobe=0 holds on every probe: without driver_override a VF is not probed, bind is refused', async (d) => {
       const all = vfsOf(igb);
+      if (all.length === 0) throw new Error('no igb VF left to check');
       const vf = all[all.length - 1] as string; // the agent is stopped: any VF will do
       d.vf = vf;
       d.autoprobe = attr(igb, 'sriov_drivers_autoprobe');
