@@ -12,7 +12,7 @@ import { ATTR_PCI_BUS_ID, ATTR_PCIE_ROOT, desiredPools, draDeviceName, MAX_DEVIC
 import { DraDriver } from './driver.js';
 import { pcieRootReader } from './pcie.js';
 import { Checkpoint, planClaim, sliceIndex, type ClaimObject } from './prepare.js';
-import { syncResourceSlices, type ResourceSliceStore } from './publisher.js';
+import { ResourceSlicePublisher, syncResourceSlices, type ResourceSliceStore } from './publisher.js';
 
 const NODE = 'worker-1';
 const nicPool: PoolPlan = { name: 'fast-net', resourceName: 'virtualio.dev/fast-net', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', frontEnd: 'DRA', count: 4, devices: [{ pciAddress: '0000:81:00.0' }] };
@@ -116,6 +116,20 @@ describe('devices', () => {
       rmSync(sys, { recursive: true, force: true });
     }
   });
+});
+
+test('a kick before anything is desired does not spin the event loop', async () => {
+  const store = new MemoryStore();
+  const p = new ResourceSlicePublisher({ store, node: NODE, logger: silentLogger(), resyncMs: 60_000 });
+  const ctl = new AbortController();
+  const running = p.run(ctl.signal);
+  p.kick();
+  await new Promise((r) => setTimeout(r, 50)); // would never fire if run() looped synchronously
+  p.setDesired(desiredPools(NODE, [nicPool], [vf(0)], facts));
+  for (let i = 0; i < 100 && store.objects.size === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  expect(store.objects.size).toBe(1);
+  ctl.abort();
+  await running;
 });
 
 describe('syncResourceSlices', () => {

@@ -159,7 +159,9 @@ export class ResourceSlicePublisher {
           this.log.warn({ err: String(err), retryInMs: wait }, 'publishing ResourceSlices failed');
         }
       }
-      if (this.dirty && wait === resync) continue;
+      // Another pass at once only when there is something to write: a kick before the first desired
+      // state (the kubelet may register us before the agent's first cycle) must not spin.
+      if (this.dirty && this.desired && wait === resync) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, wait);
         function done(): void {
