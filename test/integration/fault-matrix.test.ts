@@ -438,7 +438,7 @@ suite(`fault matrix: a VM never loses its device (real kubelet, operator and age
     kernel = await startKernel(sys, dev);
     proxy = new PodResourcesProxy(join(base, 'podres-proxy.sock'), kubelet.podResourcesSocket);
     matrix.push({ row: '(setup: control plane, kubelet, kernel)', result: 'done', ms: Date.now() - t0 });
-  }, 10 * 60_000);
+  }, 20 * 60_000); // may wait for another suite's kubelet (the machine lock)
 
   afterAll(async () => {
     await stopAgent('SIGTERM').catch(() => undefined);
