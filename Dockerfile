@@ -51,6 +51,10 @@ COPY --from=build /src/dist ./dist
 # The kubelet APIs are loaded at run time from their .proto sources (proto/load.ts).
 COPY proto/deviceplugin/ ./proto/deviceplugin/
 COPY proto/podresources/ ./proto/podresources/
+# The DRA front end (--dra): the kubelet's DRA plugin, health and plugin-watcher registration APIs.
+COPY proto/dra/ ./proto/dra/
+COPY proto/dra-health/ ./proto/dra-health/
+COPY proto/pluginregistration/ ./proto/pluginregistration/
 ENV NODE_ENV=production
 USER 65532:65532
 EXPOSE 8080
