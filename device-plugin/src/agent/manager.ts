@@ -298,7 +298,7 @@ export class AgentManager {
       else this.retired.set(name, { ...r, plan: { ...r.plan, devices: left } });
     }
     this.known = new Map(next);
-    for (const name of Object.keys(Object.fromEntries(this.checkpoint.pools()))) if (!next.has(name)) this.checkpoint.deletePool(name);
+    for (const name of this.checkpoint.pools().keys()) if (!next.has(name)) this.checkpoint.deletePool(name);
     for (const p of next.values()) this.checkpoint.setPool(p);
     this.checkpoint.setRetired([...this.retired.values()]);
     this.checkpoint.save();
@@ -345,7 +345,7 @@ export class AgentManager {
       await this.reportBreakage(spec);
       await this.converge(spec, provisional);
       try {
-        this.slices = [...ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
+        this.slices = this.buildAllSlices(spec);
       } catch (err) {
         this.log.error({ err }, 'building slices failed; keeping the last slices');
         this.scanError = `building slices failed: ${String(err)}`;
@@ -357,6 +357,11 @@ export class AgentManager {
     await this.syncPools(spec);
     this.publishStatus();
     this.log.debug({ cycle: this.cycles, slices: this.slices.length, unhealthy: this.slices.filter((s) => s.health !== 'Healthy').length }, 'cycle done');
+  }
+
+  /** The plan's slices (health carried over from the last round) plus the draining ones; may throw. */
+  private buildAllSlices(spec: VirtualIONodeSpec): Slice[] {
+    return [...this.opts.ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
   }
 
   /**
@@ -380,8 +385,6 @@ export class AgentManager {
     const synced = this.podres.synced;
     const holders = this.podres.holders();
     const extra = this.opts.extraHolders?.() ?? new Set<string>();
-    const active = new Set<string>();
-    for (const p of spec.pools ?? []) if (!p.deleting) active.add(p.name);
     const out: Slice[] = [];
     for (const s of built) {
       if (s.health !== 'Healthy' && s.reason?.includes('not found')) continue; // gone: nothing to keep
@@ -402,7 +405,7 @@ export class AgentManager {
     if (this.slices.length === 0) return;
     let now: Slice[];
     try {
-      now = [...this.opts.ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
+      now = this.buildAllSlices(spec);
     } catch {
       return;
     }
