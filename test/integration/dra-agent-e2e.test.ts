@@ -1,16 +1,25 @@
-// The REAL agent process with --dra, in cluster mode on a fake sysfs kernel, with a REAL kubelet (fake
-// CRI) and the real scheduler: a pool with frontEnd DRA is carved (GPU and its audio companion to
-// vfio-pci) but served through DRA only — no extended resource on the Node, one device in a
-// ResourceSlice instead; a pod's claim for the pool's DeviceClass is allocated by the scheduler and
-// prepared by the agent when the kubelet asks, and the container config the runtime records carries
-// the agent's CDI device. Needs root (the kubelet's folders are fixed); without root the suite is
-// reported as skipped, never as passed.
+// The REAL operator (in process) and the REAL agent process with --dra, in cluster mode on a fake
+// sysfs kernel, with a REAL kubelet (fake CRI) and the real scheduler: a VirtualIODevice with
+// frontEnd DRA selecting the node makes the operator write the plan and the pool's DeviceClass; the
+// agent carves the pool (GPU and its audio companion to vfio-pci) but serves it through DRA only —
+// no extended resource on the Node, one device in a ResourceSlice instead; a pod's claim for the
+// pool's DeviceClass is allocated by the scheduler and prepared by the agent when the kubelet asks,
+// and the container config the runtime records carries the agent's CDI device. The claim counts as
+// an allocation in the VirtualIONode status and, through the operator, in the VirtualIODevice status
+// and `kubectl get viod` (default and wide columns), exactly like a device-plugin allocation; it
+// leaves both when the pod is deleted. Needs root (the kubelet's folders are fixed); without root the
+// suite is reported as skipped, never as passed.
 import { jest } from '@jest/globals';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import YAML from 'yaml';
-import { deviceClassFor } from '../../device-plugin/src/dra/devices.js';
+import pino from 'pino';
+import type { Pool } from '../../operator/src/api/types.js';
+import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, FIELD_MANAGER, VirtualIODevices } from '../../operator/src/kube/resources.js';
+import { Operator } from '../../operator/src/operator.js';
+import { systemClock } from '../../operator/src/runtime/clock.js';
+import { EventRecorder } from '../../operator/src/runtime/events.js';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { DEVICE_PLUGIN_DIR, canRunKubelet, kubeletSkipReason, startKubelet, type Kubelet } from '../cluster/kubelet.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
@@ -30,13 +39,35 @@ let kubelet: Kubelet;
 let kernel: KernelHandle;
 let agent: AgentProcess | undefined;
 let base: string;
+let stopOperator: (() => Promise<void>) | undefined;
 
 const kubectl = (args: string[], input?: string): Promise<string> => kubectlOk(args, { input, kubeconfig: cp.kubeconfig, binDir: cp.binDir });
 
-const plan = {
-  apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: NODE },
-  spec: { pools: [{ name: 'gpu-dra', resourceName: 'virtualio.dev/gpu-dra', class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', frontEnd: 'DRA', devices: [{ pciAddress: GPU_FN }] }] },
+const log = pino({ level: process.env.VIO_TEST_LOG_LEVEL ?? 'silent' }, pino.destination({ dest: process.env.VIO_TEST_LOG_FILE ?? 1, sync: true }));
+const NODE_LABEL = 'virtualio.dev/dra-e2e';
+// The pool an admin writes: the operator plans it on the labelled node and owns its DeviceClass.
+const viod: Pool = {
+  apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: 'gpu-dra' },
+  spec: { class: 'GPU', frontEnd: 'DRA', nodeSelector: { matchLabels: { [NODE_LABEL]: 'yes' } }, deviceSelector: { pciAddresses: [GPU_FN] }, carving: { mode: 'Passthrough' } },
+} as Pool;
+
+/** One `kubectl get viod gpu-dra` row as column → cell (every cell is one word; kubectl prints <none> for an empty one). */
+async function viodRow(wide: boolean): Promise<Record<string, string>> {
+  const out = (await kubectl(['get', 'viod', 'gpu-dra', ...(wide ? ['-o', 'wide'] : [])])).trim().split('\n');
+  expect(out).toHaveLength(2);
+  const head = out[0]!.split(/\s+/);
+  const row = out[1]!.split(/\s+/);
+  expect(row).toHaveLength(head.length);
+  return Object.fromEntries(head.map((h, i) => [h, row[i]!]));
+}
+
+type ViodStatus = {
+  nodes?: number; capacity?: number; allocatable?: number; allocated?: number;
+  nodeStatuses?: { node: string; allocated: number; state: string }[];
+  allocations?: { node: string; namespace: string; pod: string; slices: string[] }[];
+  conditions?: { type: string; status: string }[];
 };
+const viodStatus = async (): Promise<ViodStatus> => (JSON.parse(await kubectl(['get', 'viod', 'gpu-dra', '-o', 'json'])) as { status?: ViodStatus }).status ?? {};
 
 suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubeletSkipReason()}`, () => {
   beforeAll(async () => {
@@ -54,8 +85,24 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
     const k = await FakeKernel.create(sys, dev);
     for (const f of gpuWithAudio(GPU_FN, GPU_AUDIO, { group: 61, numaNode: 0 })) await k.addFunction(f);
     kernel = await startKernel(sys, dev);
-    await kubectl(['apply', '--server-side', '--field-manager=virtualio-operator', '-f', '-'], YAML.stringify(plan));
-    await kubectl(['apply', '--server-side', '-f', '-'], JSON.stringify(deviceClassFor('gpu-dra')));
+    // The real operator, in process, on the admin kubeconfig: it makes the node's VirtualIONode, plans
+    // the pool there from the inventory the agent reports, writes the DeviceClass and rolls the
+    // pool's status up from the agent's report.
+    await kubectl(['label', 'node', NODE, `${NODE_LABEL}=yes`]);
+    await kubectl(['create', 'namespace', 'virtualio-system']).catch(() => '');
+    const kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });
+    const ac = new AbortController();
+    const events = new EventRecorder({ kube, namespace: CLUSTER_EVENTS_NAMESPACE, component: COMPONENT, instance: 'dra-agent-e2e', clock: systemClock, log });
+    const run = new Operator({
+      kube, clock: systemClock, log, events,
+      kubevirt: { namespace: 'kubevirt', name: 'kubevirt', manage: false, extra: { pciHostDevices: [], mediatedDevices: [] } },
+      tuning: { kubevirtRecheckMs: 60_000, debounceMs: 50 },
+    }).run(ac.signal);
+    stopOperator = async () => {
+      ac.abort();
+      await run;
+    };
+    await kube.create(VirtualIODevices, viod);
     mkdirSync(join(base, 'devinfo'));
     agent = await startAgent([
       '--node-name', NODE, '--kubeconfig', cp.kubeconfig, '--sysfs-root', sys, '--dev-root', dev,
@@ -67,6 +114,7 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
 
   afterAll(async () => {
     await agent?.stop();
+    await stopOperator?.();
     await kubelet?.stop();
     await kernel?.stop();
     await cp?.stop();
@@ -95,6 +143,24 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
       return p?.state === 'Ready' ? p : undefined;
     }, 60_000, 250);
     expect(pool).toMatchObject({ registered: true, capacity: 1 });
+  });
+
+  test('the plan and the DeviceClass come from the operator; kubectl get viod shows the pool Ready with nothing allocated', async () => {
+    type VN = { spec?: { pools?: Record<string, unknown>[] }; metadata: { managedFields?: { manager: string; fieldsV1?: { 'f:spec'?: unknown } }[] } };
+    const vn = JSON.parse(await kubectl(['get', 'virtualionode', NODE, '--show-managed-fields', '-o', 'json'])) as VN;
+    expect(vn.spec?.pools).toEqual([expect.objectContaining({ name: 'gpu-dra', resourceName: 'virtualio.dev/gpu-dra', class: 'GPU', mode: 'Passthrough', frontEnd: 'DRA', devices: [{ pciAddress: GPU_FN }] })]);
+    expect(vn.metadata.managedFields?.filter((m) => m.fieldsV1?.['f:spec']).map((m) => m.manager)).toEqual([FIELD_MANAGER]);
+    const dc = JSON.parse(await kubectl(['get', 'deviceclass', 'gpu-dra.virtualio.dev', '-o', 'json'])) as { metadata: { ownerReferences?: { kind: string; name: string }[] } };
+    expect(dc.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: 'VirtualIODevice', name: 'gpu-dra' })]);
+    const row = await eventually('viod gpu-dra Ready with capacity 1', async () => {
+      const r = await viodRow(false);
+      return r.READY === 'True' && r.CAPACITY === '1' ? r : undefined;
+    }, 60_000, 250);
+    expect(row).toMatchObject({ NAME: 'gpu-dra', CLASS: 'GPU', RESOURCE: 'virtualio.dev/gpu-dra', MODE: 'Passthrough', NODES: '1', CAPACITY: '1', ALLOCATED: '0' });
+    expect(await viodRow(true)).toMatchObject({ FRONTEND: 'DRA', CAPACITY: '1', ALLOCATED: '0' });
+    const st = await viodStatus();
+    expect(st).toMatchObject({ nodes: 1, capacity: 1, allocatable: 1, allocated: 0, nodeStatuses: [{ node: NODE, allocated: 0, state: 'Ready' }] });
+    expect(st.allocations).toBeUndefined();
   });
 
   test('a pod with a claim runs; the agent prepared it and the runtime got its CDI device', async () => {
@@ -131,6 +197,17 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
     expect(vn.status?.slices?.find((x) => x.id === GPU_FN)?.allocation).toMatchObject({ namespace: 'default', pod: 'virt-launcher-vm2-dra' });
   });
 
+  test('the operator counts the prepared claim in the VirtualIODevice status and kubectl get viod, like a device-plugin allocation', async () => {
+    const st = await eventually('allocated 1 in the VirtualIODevice status', async () => {
+      const s = await viodStatus();
+      return s.allocated === 1 ? s : undefined;
+    }, 60_000, 250);
+    expect(st).toMatchObject({ nodes: 1, capacity: 1, allocatable: 1, allocated: 1, nodeStatuses: [{ node: NODE, allocated: 1, state: 'Ready' }] });
+    expect(st.allocations).toEqual([{ node: NODE, namespace: 'default', pod: 'virt-launcher-vm2-dra', slices: [GPU_FN] }]);
+    expect(await viodRow(false)).toMatchObject({ NAME: 'gpu-dra', NODES: '1', CAPACITY: '1', ALLOCATED: '1', READY: 'True' });
+    expect(await viodRow(true)).toMatchObject({ FRONTEND: 'DRA', CAPACITY: '1', ALLOCATED: '1', READY: 'True' });
+  });
+
   test('deleting the pod unprepares the claim, and the allocation leaves the status', async () => {
     const uid = JSON.parse(await kubectl(['get', 'resourceclaim', 'vm2-gpu', '-o', 'json'])).metadata.uid as string;
     await kubectl(['delete', 'pod', 'virt-launcher-vm2-dra', '--wait=false']);
@@ -143,5 +220,14 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
       const v = JSON.parse(await kubectl(['get', 'virtualionode', NODE, '-o', 'json'])) as { status?: { pools?: { name: string; allocated?: number }[] } };
       return v.status?.pools?.find((p) => p.name === 'gpu-dra')?.allocated === 0 ? true : undefined;
     }, 60_000, 250);
+    // And through the operator: the count drops to 0 in the pool's status and in both table views.
+    const st = await eventually('allocated 0 in the VirtualIODevice status', async () => {
+      const s = await viodStatus();
+      return s.allocated === 0 ? s : undefined;
+    }, 60_000, 250);
+    expect(st).toMatchObject({ capacity: 1, allocated: 0, nodeStatuses: [{ node: NODE, allocated: 0 }] });
+    expect(st.allocations).toBeUndefined();
+    expect(await viodRow(false)).toMatchObject({ CAPACITY: '1', ALLOCATED: '0' });
+    expect(await viodRow(true)).toMatchObject({ FRONTEND: 'DRA', ALLOCATED: '0' });
   });
 });
