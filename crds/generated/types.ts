@@ -342,6 +342,10 @@ export interface VirtualIONodeStatus {
      * The kubelet accepted the pool's device plugin.
      */
     registered?: boolean;
+    /**
+     * How the kubelet took the pool: a device plugin through its plugin watcher (plugins_registry) or kubelet.sock, or the DRA driver.
+     */
+    registeredVia?: 'PluginWatcher' | 'KubeletSocket' | 'DRA';
     capacity?: number;
     allocatable?: number;
     allocated?: number;

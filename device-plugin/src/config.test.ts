@@ -20,6 +20,7 @@ describe('parseAgentConfig', () => {
         logLevel: 'info',
         dra: false,
         kubeletDir: '/var/lib/kubelet',
+        devicePluginRegistration: 'auto',
       },
     });
   });
@@ -29,6 +30,13 @@ describe('parseAgentConfig', () => {
     expect(r.kind).toBe('config');
     if (r.kind !== 'config') return;
     expect(r.config).toMatchObject({ planFile: '/etc/plan.yaml', nodeName: 'n1', sysfsRoot: '/tmp/sys', cdi: true, rescanIntervalMs: 90_000, metricsAddress: { host: '127.0.0.1', port: 0 }, kubeconfig: '/k' });
+  });
+
+  test('--device-plugin-registration: flag or VIO_DEVICE_PLUGIN_REGISTRATION', () => {
+    const f = parseAgentConfig(['--device-plugin-registration=kubelet-sock'], {}, 'h');
+    expect(f.kind === 'config' && f.config.devicePluginRegistration).toBe('kubelet-sock');
+    const e = parseAgentConfig([], { VIO_DEVICE_PLUGIN_REGISTRATION: 'plugin-watcher' }, 'h');
+    expect(e.kind === 'config' && e.config.devicePluginRegistration).toBe('plugin-watcher');
   });
 
   test('--cdi takes an optional boolean value', () => {
@@ -44,6 +52,7 @@ describe('parseAgentConfig', () => {
     [['--metrics-address', 'nowhere'], /--metrics-address/],
     [['--log-level', 'loud'], /--log-level/],
     [['--cdi=maybe'], /--cdi/],
+    [['--device-plugin-registration', 'grpc'], /--device-plugin-registration: expected one of auto, plugin-watcher, kubelet-sock, got "grpc"/],
     [['positional'], /unexpected argument/],
   ])('%j is an error', (argv, message) => {
     const r = parseAgentConfig(argv, {}, 'h');

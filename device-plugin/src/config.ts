@@ -1,6 +1,10 @@
 // The agent's command-line contract (docs/flags.md): flag > environment variable > default.
 // Parsing is a pure function of argv, env and the host name so it can be tested without a process.
 
+/** `--device-plugin-registration`: how each pool's device plugin reaches the kubelet. */
+export type RegistrationMode = 'auto' | 'plugin-watcher' | 'kubelet-sock';
+export const REGISTRATION_MODES: readonly RegistrationMode[] = ['auto', 'plugin-watcher', 'kubelet-sock'];
+
 /** Everything main.ts needs to wire the agent. Durations are in milliseconds. */
 export interface AgentConfig {
   nodeName: string;
@@ -24,8 +28,10 @@ export interface AgentConfig {
   logLevel: string;
   /** Serve pools with frontEnd DRA through the kubelet's DRA plugin API (cluster mode only). */
   dra: boolean;
-  /** The kubelet's root folder: plugins/ and plugins_registry/ (DRA registration) live here. */
+  /** The kubelet's root folder: plugins/ and plugins_registry/ (plugin-watcher registration) live here. */
   kubeletDir: string;
+  /** How device plugins register: the kubelet's plugin watcher, kubelet.sock, or the first that works. */
+  devicePluginRegistration: RegistrationMode;
 }
 
 export type ConfigResult = { kind: 'config'; config: AgentConfig } | { kind: 'help'; text: string } | { kind: 'error'; message: string };
@@ -55,7 +61,8 @@ const FLAGS: readonly FlagSpec[] = [
   { flag: 'metrics-address', env: 'VIO_METRICS_ADDRESS', def: '0.0.0.0:8080', meaning: '/metrics, /healthz, /readyz' },
   { flag: 'log-level', env: 'VIO_LOG_LEVEL', def: 'info', meaning: 'pino level (fatal, error, warn, info, debug, trace, silent)' },
   { flag: 'dra', env: 'VIO_DRA', def: 'false', meaning: 'serve pools with spec.frontEnd DRA as DRA driver virtualio.dev (ResourceSlices, kubelet DRA plugin); cluster mode only', bool: true },
-  { flag: 'kubelet-dir', env: 'VIO_KUBELET_DIR', def: '/var/lib/kubelet', meaning: 'kubelet root folder; the DRA plugin registers in its plugins_registry/ and serves from plugins/virtualio.dev/' },
+  { flag: 'kubelet-dir', env: 'VIO_KUBELET_DIR', def: '/var/lib/kubelet', meaning: 'kubelet root folder; plugins register in its plugins_registry/ and serve from plugins/virtualio.dev/' },
+  { flag: 'device-plugin-registration', env: 'VIO_DEVICE_PLUGIN_REGISTRATION', def: 'auto', meaning: 'plugin-watcher (<kubelet-dir>/plugins_registry), kubelet-sock (Register on <plugin-dir>/kubelet.sock), or auto: the watcher when <kubelet-dir>/plugins_registry exists and --plugin-dir is <kubelet-dir>/device-plugins, kubelet.sock when the kubelet refuses it or leaves it unanswered for 30 s' },
 ];
 
 /** The `--help` text. */
@@ -173,6 +180,10 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
   if (dra === undefined) return { kind: 'error', message: `--dra: expected true or false, got ${JSON.stringify(get('dra'))}` };
   const kubeletDir = get('kubelet-dir') ?? '/var/lib/kubelet';
   if (!kubeletDir.startsWith('/')) return { kind: 'error', message: `--kubelet-dir: expected an absolute path, got ${JSON.stringify(kubeletDir)}` };
+  const registration = get('device-plugin-registration') ?? 'auto';
+  if (!(REGISTRATION_MODES as readonly string[]).includes(registration)) {
+    return { kind: 'error', message: `--device-plugin-registration: expected one of ${REGISTRATION_MODES.join(', ')}, got ${JSON.stringify(registration)}` };
+  }
   if (dra && get('plan-file') !== undefined) return { kind: 'error', message: '--dra needs cluster mode (ResourceSlices and claims live in the API server); drop --plan-file' };
   const nodeName = get('node-name') ?? hostname;
   if (!nodeName) return { kind: 'error', message: '--node-name is empty and the host name is unknown' };
@@ -194,6 +205,7 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
     logLevel,
     dra,
     kubeletDir,
+    devicePluginRegistration: registration as RegistrationMode,
   };
   if (planFile !== undefined) config.planFile = planFile;
   if (kubeconfig !== undefined) config.kubeconfig = kubeconfig;

@@ -96,6 +96,7 @@ async function main(): Promise<number> {
     checkpoint: new Checkpoint(join(cfg.stateDir, CHECKPOINT_FILE), cfg.nodeName, logger.child({ component: 'checkpoint' })),
     plan,
     pluginDir: cfg.pluginDir,
+    registration: { mode: cfg.devicePluginRegistration, kubeletDir: cfg.kubeletDir },
     podResourcesSocket: cfg.podResourcesSocket,
     devinfoDir: cfg.devinfoDir,
     cdi: { enabled: cfg.cdi, dir: cfg.cdiDir },

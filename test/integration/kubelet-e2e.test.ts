@@ -3,7 +3,9 @@
 // kernel. Proves: the Node's capacity/allocatable show our pools and allocatable drops when a slice
 // turns Unhealthy; a virt-launcher-shaped pod is admitted and the runtime receives exactly our env
 // vars and /dev/vfio devices; the PodResources API and our VirtualIONode.status show the allocation;
-// a kubelet restart brings capacity back. Needs root (the kubelet's device plugin dir is fixed);
+// the pools register through the kubelet's plugin watcher (plugins_registry) and, after a kubelet
+// restart, the watcher brings them back; with --device-plugin-registration=kubelet-sock they register
+// through kubelet.sock instead and survive the restart that wipes the device plugin folder. Needs root (the kubelet's device plugin dir is fixed);
 // without root the suite is reported as skipped, never as passed.
 import { mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,6 +37,7 @@ let kubelet: Kubelet;
 let kernel: KernelHandle;
 let agent: AgentProcess | undefined;
 let base: string;
+let agentArgs: string[] = [];
 const figures: Record<string, number> = {};
 
 /** kubectl against this suite's private control plane. */
@@ -102,18 +105,20 @@ suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSki
     await kubectl(['apply', '--server-side', '--field-manager=virtualio-operator', '-f', '-'], YAML.stringify(plan));
 
     mkdirSync(join(base, 'devinfo'));
-    const started = Date.now();
-    agent = await startAgent([
+    agentArgs = [
       '--node-name', NODE,
       '--kubeconfig', cp.kubeconfig,
       '--sysfs-root', sys,
       '--dev-root', dev,
       '--plugin-dir', DEVICE_PLUGIN_DIR,
+      '--kubelet-dir', kubelet.rootDir,
       '--pod-resources-socket', kubelet.podResourcesSocket,
       '--devinfo-dir', join(base, 'devinfo'),
       '--metrics-address', '127.0.0.1:0',
       '--rescan-interval', '2s',
-    ]);
+    ];
+    const started = Date.now();
+    agent = await startAgent(agentArgs); // --device-plugin-registration defaults to auto
     await nodeShows('our pools on the Node', { [NIC]: [4, 4], [GPU]: [1, 1], [VGPU]: [2, 2] });
     figures.agentStartToNodeCapacityMs = Date.now() - started;
   }, 20 * 60_000);
@@ -139,6 +144,19 @@ suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSki
     // the agent created its VirtualIONode status for this node
     const vn = await getJson<{ status: { slices: { id: string; pool: string; health: string }[] } }>(['get', 'virtualionode', NODE]);
     expect(vn.status.slices.filter((x) => x.pool === 'cx6')).toHaveLength(4);
+  });
+
+  test('auto registration: the kubelet took every pool through its plugin watcher, nothing went through kubelet.sock', async () => {
+    const vn = await eventually('registeredVia in the pool status', async () => {
+      const v = await getJson<{ status?: { pools?: { name: string; registeredVia?: string }[] } }>(['get', 'virtualionode', NODE]);
+      return v.status?.pools?.length === 3 && v.status.pools.every((p) => p.registeredVia) ? v : undefined;
+    }, 30_000, 100);
+    expect(vn.status?.pools?.map((p) => [p.name, p.registeredVia]).sort()).toEqual([['cx6', 'PluginWatcher'], ['gpu-pt', 'PluginWatcher'], ['vgpu', 'PluginWatcher']]);
+    expect(readdirSync(join(kubelet.rootDir, 'plugins_registry')).filter((f) => f.startsWith('virtualio.dev-dp-')).sort()).toEqual([
+      'virtualio.dev-dp-cx6.sock', 'virtualio.dev-dp-gpu-pt.sock', 'virtualio.dev-dp-vgpu.sock',
+    ]);
+    expect(readdirSync(DEVICE_PLUGIN_DIR).filter((f) => f.startsWith('virtualio-'))).toEqual([]);
+    expect(agent?.logs.filter((l) => l.msg === 'registered with the kubelet through its plugin watcher')).toHaveLength(3);
   });
 
   test('a VF turning Unhealthy drops allocatable but not capacity, and recovery restores it', async () => {
@@ -232,7 +250,7 @@ suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSki
     expect(held.map((s) => s.id).sort()).toEqual([...byResource[NIC]!, ...byResource[GPU]!, ...byResource[VGPU]!].sort());
   });
 
-  test('a kubelet restart wipes the sockets; the agent re-registers and capacity comes back', async () => {
+  test('a kubelet restart: its plugin watcher finds the pools again and capacity comes back', async () => {
     const before = registrations();
     const t0 = Date.now();
     await kubelet.restart();
@@ -241,5 +259,22 @@ suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSki
     // allocatable counts every healthy slice, held by the running pod or free
     await nodeShows('capacity back after the kubelet restart', { [NIC]: [4, 4], [GPU]: [1, 1], [VGPU]: [2, 2] });
     figures.kubeletRestartToNodeCapacityMs = Date.now() - t0;
+  });
+
+  test('--device-plugin-registration=kubelet-sock: the restarted agent registers through kubelet.sock and survives a kubelet restart that wipes its sockets', async () => {
+    await agent?.stop();
+    await nodeShows('devices kept through the agent restart (grace period)', { [NIC]: [4, 0] }, 30_000);
+    agent = await startAgent([...agentArgs, '--device-plugin-registration', 'kubelet-sock']);
+    await nodeShows('capacity back through kubelet.sock', { [NIC]: [4, 4], [GPU]: [1, 1], [VGPU]: [2, 2] });
+    expect(readdirSync(DEVICE_PLUGIN_DIR).filter((f) => f.startsWith('virtualio-')).sort()).toEqual(['virtualio-cx6.sock', 'virtualio-gpu-pt.sock', 'virtualio-vgpu.sock']);
+    expect(readdirSync(join(kubelet.rootDir, 'plugins_registry')).filter((f) => f.startsWith('virtualio.dev-dp-'))).toEqual([]);
+    await eventually('registeredVia KubeletSocket', async () => {
+      const v = await getJson<{ status?: { pools?: { registeredVia?: string }[] } }>(['get', 'virtualionode', NODE]);
+      return v.status?.pools?.length === 3 && v.status.pools.every((p) => p.registeredVia === 'KubeletSocket') ? true : undefined;
+    }, 30_000, 100);
+    const before = registrations();
+    await kubelet.restart();
+    await eventually('re-registration of all three pools through kubelet.sock', async () => (registrations() >= before + 3 ? true : undefined), 30_000, 50);
+    await nodeShows('capacity back after the kubelet restart', { [NIC]: [4, 4], [GPU]: [1, 1], [VGPU]: [2, 2] });
   });
 });

@@ -10,14 +10,14 @@ import type { Logger } from '../log.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { BlockedChange, CarvingPlan, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import type { PluginDirWatcher } from '../kubelet/watcher.js';
-import { PoolPlugin } from '../plugin/pool.js';
+import { PoolPlugin, type RegistrationOptions } from '../plugin/pool.js';
 import type { PoolSpec } from '../plugin/allocate.js';
 import { PodResourcesWatcher, type Holder, type PodLookup } from '../podresources/client.js';
 import type { PlanSource } from './plan.js';
 import { withOriginals } from '../discovery/original.js';
 import { Checkpoint } from './checkpoint.js';
 import type { NodeOps, StatusSink } from './ports.js';
-import { buildStatus, type Condition } from './status.js';
+import { buildStatus, type Condition, type PoolRegistration } from './status.js';
 
 /** Quiet time after the last filesystem event of a burst before rescanning. */
 const FS_QUIET_MS = 50;
@@ -30,6 +30,8 @@ export interface ManagerOptions {
   ops: NodeOps;
   plan: PlanSource;
   pluginDir: string;
+  /** How pool device plugins register with the kubelet (default: kubelet.sock). */
+  registration?: RegistrationOptions;
   podResourcesSocket: string;
   devinfoDir: string;
   cdi: { enabled: boolean; dir: string };
@@ -650,6 +652,7 @@ export class AgentManager {
         plugin = new PoolPlugin({
           pool: poolSpec(p),
           pluginDir: this.opts.pluginDir,
+          ...(this.opts.registration ? { registration: this.opts.registration } : {}),
           devinfoDir: this.opts.devinfoDir,
           cdi: this.opts.cdi,
           watcher: this.opts.watcher,
@@ -681,10 +684,11 @@ export class AgentManager {
 
   private publishStatus(): void {
     const state = this.opts.plan.current();
-    const registration = new Map<string, { registered: boolean; error?: string }>([...this.plugins].map(([n, p]) => [n, p.state]));
+    const registration = new Map<string, PoolRegistration>([...this.plugins].map(([n, p]) => [n, p.state]));
     for (const p of this.lastSpec?.pools ?? []) {
       if (p.frontEnd !== 'DRA') continue;
-      registration.set(p.name, this.opts.draRegistration?.() ?? { registered: false, error: 'this agent does not serve DRA pools (start it with --dra; chart: agent.dra.enabled)' });
+      const dra = this.opts.draRegistration?.();
+      registration.set(p.name, dra ? { ...dra, ...(dra.registered ? { via: 'DRA' as const } : {}) } : { registered: false, error: 'this agent does not serve DRA pools (start it with --dra; chart: agent.dra.enabled)' });
     }
     const { spec } = this.effectiveSpec();
     const active = new Set((spec?.pools ?? []).map((p) => p.name));

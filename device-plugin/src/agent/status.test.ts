@@ -38,6 +38,11 @@ describe('buildStatus', () => {
     ]);
   });
 
+  test('registeredVia reports how the kubelet took a registered pool, and only a registered one', () => {
+    expect(buildStatus(input({ registration: new Map([['fast-net', { registered: true, via: 'PluginWatcher' }]]) })).pools?.[0]?.registeredVia).toBe('PluginWatcher');
+    expect(buildStatus(input({ registration: new Map([['fast-net', { registered: false, error: 'x', via: 'KubeletSocket' }]]) })).pools?.[0]).not.toHaveProperty('registeredVia');
+  });
+
   test('foreign mdevs/vports left alone are named in the pool message, the pool stays Ready', () => {
     const s = buildStatus(input({ foreign: [{ pool: 'fast-net', device: '0000:81:00.0', reason: 'mdev x of type t was not created by virtualio; left alone' }] }));
     expect(s.pools?.[0]).toMatchObject({ state: 'Ready', message: '0000:81:00.0: mdev x of type t was not created by virtualio; left alone' });

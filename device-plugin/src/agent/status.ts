@@ -9,6 +9,13 @@ import { boundInventory, truncationMessage } from './inventory-bound.js';
 export type Condition = NonNullable<VirtualIONodeStatus['conditions']>[number];
 export type PoolStatus = NonNullable<VirtualIONodeStatus['pools']>[number];
 
+/** A pool's registration with the kubelet, as the front end reports it. */
+export interface PoolRegistration {
+  registered: boolean;
+  error?: string;
+  via?: NonNullable<PoolStatus['registeredVia']>;
+}
+
 export interface StatusInput {
   generation?: number;
   agentVersion: string;
@@ -28,7 +35,7 @@ export interface StatusInput {
   slices: readonly Slice[];
   holders: ReadonlyMap<string, Holder>;
   /** Registration state per pool name. */
-  registration: ReadonlyMap<string, { registered: boolean; error?: string }>;
+  registration: ReadonlyMap<string, PoolRegistration>;
   blocked: readonly BlockedChange[];
   /** Mdevs / vports on pool devices that virtualio did not create and leaves alone (reported in the pool message). */
   foreign?: readonly BlockedChange[];
@@ -89,9 +96,11 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
     const errors = inp.carvingErrors.filter((e) => e.pool === p.name);
     const drainingHere = sl.filter((s) => s.draining);
     const out: PoolStatus = { name: p.name, resourceName: p.resourceName, state: 'Ready', registered: reg?.registered ?? false, capacity: sl.length, allocatable: sl.filter((s) => s.health === 'Healthy' && !s.draining).length, allocated };
+    if (reg?.registered && reg.via) out.registeredVia = reg.via;
     if (p.deleting) {
       out.state = allocated > 0 ? 'Deleting' : 'Released';
       out.registered = false;
+      delete out.registeredVia;
       if (allocated > 0) out.message = `${allocated} slice(s) still held by pods`;
     } else if (errors.length) {
       out.state = 'Error';

@@ -5,16 +5,16 @@
 import { mkdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadDraHealthApi, loadDraV1Api, loadDraV1beta1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
+import { loadDraHealthApi, loadDraV1Api, loadDraV1beta1Api } from '../../../proto/load.js';
 import type { DeviceHealth__Input } from '../../../proto/generated/dra-health/v1alpha1/DeviceHealth.js';
 import type { NodeWatchResourcesResponse__Input } from '../../../proto/generated/dra-health/v1alpha1/NodeWatchResourcesResponse.js';
 import type { DRAPluginHandlers } from '../../../proto/generated/dra-v1/k8s/io/kubelet/pkg/apis/dra/v1/DRAPlugin.js';
 import type { DRAPluginHandlers as DRAPluginV1beta1Handlers } from '../../../proto/generated/dra-v1beta1/k8s/io/kubelet/pkg/apis/dra/v1beta1/DRAPlugin.js';
-import type { RegistrationHandlers } from '../../../proto/generated/pluginregistration/pluginregistration/Registration.js';
 import type { NodePrepareResourceResponse__Input } from '../../../proto/generated/dra-v1/k8s/io/kubelet/pkg/apis/dra/v1/NodePrepareResourceResponse.js';
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
-import { socketIdentity } from '../kubelet/watcher.js';
+import { PLUGINS_REGISTRY, RegistrationSocket } from '../kubelet/registration-socket.js';
+import { kubeletPluginFolder } from '../plugin/names.js';
 import { DRA_DRIVER, desiredPools, draDeviceName, isDraPool, resourcePoolName, type DeviceFacts } from './devices.js';
 import { pcieRootReader } from './pcie.js';
 import {
@@ -89,8 +89,7 @@ export class DraDriver {
   private readonly healthStreams = new Set<grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>>();
   private healthTimer: NodeJS.Timeout | undefined;
   private draServer: grpc.Server | undefined;
-  private regServer: grpc.Server | undefined;
-  private regIdentity: string | undefined;
+  private readonly reg: RegistrationSocket;
   /** Last registration outcome reported by the kubelet. */
   registration: { registered: boolean; error?: string } | undefined;
   /** Prepare/unprepare calls served (tests and logs). */
@@ -98,9 +97,23 @@ export class DraDriver {
 
   constructor(private readonly opts: DraDriverOptions) {
     this.log = opts.logger.child({ component: 'dra' });
-    this.pluginDir = join(opts.kubeletDir, 'plugins', DRA_DRIVER);
+    this.pluginDir = kubeletPluginFolder(opts.kubeletDir);
     this.draSocket = join(this.pluginDir, 'dra.sock');
-    this.registrationSocket = join(opts.kubeletDir, 'plugins_registry', `${DRA_DRIVER}-reg.sock`);
+    this.registrationSocket = join(opts.kubeletDir, PLUGINS_REGISTRY, `${DRA_DRIVER}-reg.sock`);
+    this.reg = new RegistrationSocket(
+      this.registrationSocket,
+      () => ({ type: 'DRAPlugin', name: DRA_DRIVER, endpoint: this.draSocket, supportedVersions: DRA_SERVICES }),
+      {
+        onStatus: (ok, error) => {
+          this.registration = ok ? { registered: true } : { registered: false, error };
+          if (ok) {
+            this.log.info('kubelet registered the DRA driver');
+            this.publisher.kick(); // a (re)started kubelet has just wiped this node's ResourceSlices
+          } else this.log.error({ error }, 'kubelet refused the DRA driver');
+          this.opts.onRegistration?.();
+        },
+      },
+    );
     this.checkpoint = new Checkpoint(join(this.pluginDir, 'checkpoint.json'));
     this.pcieRoot = pcieRootReader(opts.sysfsRoot);
     this.publisher = new ResourceSlicePublisher({
@@ -189,12 +202,12 @@ export class DraDriver {
     mkdirSync(this.pluginDir, { recursive: true });
     this.checkpoint.load();
     await this.startDraServer();
-    await this.startRegistration();
+    await this.reg.start();
     const publishing = this.publisher.run(signal);
     const timer = setInterval(() => {
-      if (socketIdentity(this.registrationSocket) === this.regIdentity) return;
+      if (this.reg.intact()) return;
       this.log.info({ socket: this.registrationSocket }, 'registration socket gone (kubelet restart or cleanup); registering again');
-      this.startRegistration().catch((err: unknown) => this.log.error({ err }, 'cannot re-create the registration socket'));
+      this.reg.start().catch((err: unknown) => this.log.error({ err }, 'cannot re-create the registration socket'));
     }, this.opts.socketCheckMs ?? 1000);
     await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
     clearInterval(timer);
@@ -202,7 +215,7 @@ export class DraDriver {
     for (const st of this.healthStreams) st.end();
     this.healthStreams.clear();
     await publishing;
-    await Promise.all([stopServer(this.regServer, this.registrationSocket), stopServer(this.draServer, this.draSocket)]);
+    await Promise.all([this.reg.stop(), stopServer(this.draServer, this.draSocket)]);
     this.log.info('DRA driver stopped');
   }
 
@@ -323,29 +336,6 @@ export class DraDriver {
     await bind(server, this.draSocket);
     this.draServer = server;
     this.log.info({ socket: this.draSocket, services: DRA_SERVICES }, 'DRA plugin serving');
-  }
-
-  private async startRegistration(): Promise<void> {
-    await stopServer(this.regServer, this.registrationSocket);
-    mkdirSync(join(this.opts.kubeletDir, 'plugins_registry'), { recursive: true });
-    const server = new grpc.Server();
-    const handlers: RegistrationHandlers = {
-      GetInfo: (_call, cb) => cb(null, { type: 'DRAPlugin', name: DRA_DRIVER, endpoint: this.draSocket, supportedVersions: DRA_SERVICES }),
-      NotifyRegistrationStatus: (call, cb) => {
-        const ok = call.request.pluginRegistered;
-        this.registration = ok ? { registered: true } : { registered: false, error: call.request.error };
-        if (ok) {
-          this.log.info('kubelet registered the DRA driver');
-          this.publisher.kick(); // a (re)started kubelet has just wiped this node's ResourceSlices
-        } else this.log.error({ error: call.request.error }, 'kubelet refused the DRA driver');
-        cb(null, {});
-        this.opts.onRegistration?.();
-      },
-    };
-    server.addService(loadPluginRegistrationApi().pluginregistration.Registration.service, handlers);
-    await bind(server, this.registrationSocket);
-    this.regServer = server;
-    this.regIdentity = socketIdentity(this.registrationSocket);
   }
 }
 

@@ -1,10 +1,20 @@
 // Names derived from a pool: socket file, env variable names, Multus device-info file, CDI names.
 // All pure string functions; the formats are the kubelet/KubeVirt/Multus/CDI contracts
 // (the kubelet device plugin and KubeVirt env contracts).
+import { join } from 'node:path';
 
 /** Socket file name (the Register `endpoint`) of a pool's device plugin server. */
 export function socketName(pool: string): string {
   return `virtualio-${pool}.sock`;
+}
+
+/**
+ * Our folder under the kubelet's `plugins/` (same name as the DRA driver): the DRA socket and
+ * checkpoint, and the device plugin sockets registered through the plugin watcher. Unlike
+ * `device-plugins/`, the kubelet does not empty it when it starts.
+ */
+export function kubeletPluginFolder(kubeletDir: string): string {
+  return join(kubeletDir, 'plugins', 'virtualio.dev');
 }
 
 /**

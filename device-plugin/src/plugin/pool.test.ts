@@ -1,12 +1,16 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { loadPluginRegistrationApi } from '../../../proto/load.js';
+import type { PluginInfo__Output } from '../../../proto/generated/pluginregistration/pluginregistration/PluginInfo.js';
 import { FakeKubelet } from '../../../test/fakes/kubelet.js';
+import { socketPath } from '../kubelet/registration-socket.js';
 import { PluginDirWatcher } from '../kubelet/watcher.js';
 import { silentLogger } from '../log.js';
 import { createMetrics } from '../metrics.js';
 import type { Slice } from '../model.js';
-import { PoolPlugin } from './pool.js';
+import { PoolPlugin, initialRegistration, type RegistrationOptions } from './pool.js';
 
 const RES = 'virtualio.dev/fast-net';
 function vf(i: number, health: Slice['health'] = 'Healthy'): Slice {
@@ -112,5 +116,130 @@ describe('PoolPlugin against the fake kubelet', () => {
     } finally {
       await k2.stop();
     }
+  });
+});
+
+describe('registration through the plugin watcher, and the fall back to kubelet.sock', () => {
+  let dir: string;
+  let kubeletDir: string;
+  let kubelet: FakeKubelet;
+  let ctl: AbortController;
+  let watcher: PluginDirWatcher;
+  let plugin: PoolPlugin | undefined;
+
+  const make = (registration: RegistrationOptions): PoolPlugin => {
+    plugin = new PoolPlugin({
+      pool: { name: 'fast-net', resourceName: RES, class: 'NIC', mode: 'SRIOV', consumption: 'SRIOVNetwork' },
+      pluginDir: kubelet.pluginDir,
+      devinfoDir: join(dir, 'devinfo'),
+      cdi: { enabled: false, dir: join(dir, 'cdi') },
+      watcher,
+      logger: silentLogger(),
+      metrics: createMetrics(),
+      signal: ctl.signal,
+      registration,
+    });
+    return plugin;
+  };
+
+  /** What the kubelet's plugin watcher does with a socket in plugins_registry: GetInfo, then the verdict. */
+  const watcherVisit = async (verdict: { pluginRegistered: boolean; error: string }) => {
+    const registry = join(kubeletDir, 'plugins_registry');
+    const sock = await kubelet.waitFor('a registration socket', () => readdirSync(registry).find((f) => f.endsWith('.sock')));
+    const client = new (loadPluginRegistrationApi().pluginregistration.Registration)(`unix:${join(registry, sock)}`, grpc.credentials.createInsecure());
+    try {
+      const info = await new Promise<PluginInfo__Output>((res, rej) => client.getInfo({}, (e, r) => (e || !r ? rej(e) : res(r))));
+      await new Promise<void>((res, rej) => client.notifyRegistrationStatus(verdict, (e) => (e ? rej(e) : res())));
+      return { info, socket: join(registry, sock) };
+    } finally {
+      client.close();
+    }
+  };
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'vio-pool-reg-'));
+    kubeletDir = join(dir, 'kubelet');
+    mkdirSync(join(kubeletDir, 'plugins_registry'), { recursive: true });
+    kubelet = await FakeKubelet.start(join(kubeletDir, 'device-plugins'));
+    ctl = new AbortController();
+    watcher = new PluginDirWatcher({ dir: kubelet.pluginDir, logger: silentLogger(), signal: ctl.signal });
+    watcher.start();
+    plugin = undefined;
+  });
+
+  afterEach(async () => {
+    ctl.abort();
+    await plugin?.stop();
+    await kubelet.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('auto picks the watcher only where the kubelet has one next to its device plugin folder', () => {
+    const dp = join(kubeletDir, 'device-plugins');
+    expect(initialRegistration({ mode: 'auto', kubeletDir }, dp).way).toBe('plugin-watcher');
+    expect(initialRegistration({ mode: 'auto', kubeletDir }, join(dir, 'elsewhere'))).toMatchObject({ way: 'kubelet-sock', why: expect.stringContaining('is not') });
+    expect(initialRegistration({ mode: 'auto', kubeletDir: join(dir, 'nokubelet') }, join(dir, 'nokubelet', 'device-plugins'))).toMatchObject({ way: 'kubelet-sock', why: expect.stringContaining('does not exist') });
+    expect(initialRegistration({ mode: 'plugin-watcher', kubeletDir: join(dir, 'nokubelet') }, dp).way).toBe('plugin-watcher');
+    expect(initialRegistration({ mode: 'kubelet-sock', kubeletDir }, dp).way).toBe('kubelet-sock');
+  });
+
+  test('offers the pool in plugins_registry: GetInfo names the resource and an endpoint outside device-plugins/; the verdict sets the state', async () => {
+    const p = make({ mode: 'plugin-watcher', kubeletDir });
+    p.update([vf(0)]);
+    p.start();
+    const { info, socket } = await watcherVisit({ pluginRegistered: true, error: '' });
+    expect(info).toMatchObject({ type: 'DevicePlugin', name: RES, supportedVersions: ['v1beta1'], endpoint: join(kubeletDir, 'plugins/virtualio.dev/dp-fast-net.sock') });
+    expect(socket).toBe(join(kubeletDir, 'plugins_registry/virtualio.dev-dp-fast-net.sock'));
+    await kubelet.waitFor('registered', () => p.state.registered);
+    expect(p.state).toMatchObject({ registered: true, via: 'PluginWatcher', registrations: 1 });
+    expect(kubelet.endpoints.get(RES)).toBeUndefined(); // nothing through kubelet.sock
+    // A stop removes both sockets (the kubelet deregisters the plugin).
+    await p.stop();
+    expect(existsSync(socket)).toBe(false);
+    expect(existsSync(info.endpoint)).toBe(false);
+  });
+
+  test('auto: the kubelet refuses the watcher registration → registers through kubelet.sock instead', async () => {
+    const p = make({ mode: 'auto', kubeletDir });
+    p.update([vf(0)]);
+    p.start();
+    await watcherVisit({ pluginRegistered: false, error: 'no handler registered for plugin type: DevicePlugin' });
+    const ep = await kubelet.waitFor('registration on kubelet.sock', () => kubelet.endpoints.get(RES));
+    expect(ep.endpoint).toBe('virtualio-fast-net.sock');
+    await kubelet.waitFor('registered', () => p.state.registered);
+    expect(p.state.via).toBe('KubeletSocket');
+    expect(readdirSync(join(kubeletDir, 'plugins_registry'))).toEqual([]);
+  });
+
+  test('auto: nobody picks up the registration socket while kubelet.sock is up → kubelet.sock after fallbackMs', async () => {
+    const p = make({ mode: 'auto', kubeletDir, fallbackMs: 300 });
+    p.update([vf(0)]);
+    p.start();
+    await kubelet.waitFor('registration on kubelet.sock', () => kubelet.endpoints.get(RES));
+    await kubelet.waitFor('registered', () => p.state.registered);
+    expect(p.state.via).toBe('KubeletSocket');
+  });
+
+  test('plugin-watcher (explicit): a refusal is reported and never falls back', async () => {
+    const p = make({ mode: 'plugin-watcher', kubeletDir, fallbackMs: 100 });
+    p.update([vf(0)]);
+    p.start();
+    await watcherVisit({ pluginRegistered: false, error: 'invalid name of device plugin socket' });
+    await kubelet.waitFor('refusal in state', () => p.state.error?.includes('invalid name of device plugin socket'));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(kubelet.endpoints.get(RES)).toBeUndefined();
+    expect(p.state.registered).toBe(false);
+  });
+});
+
+describe('socketPath', () => {
+  test('keeps short names, cuts long ones to a unix socket path with a stable hash', () => {
+    expect(socketPath('/var/lib/kubelet/plugins_registry', 'virtualio.dev-dp-gpu')).toBe('/var/lib/kubelet/plugins_registry/virtualio.dev-dp-gpu.sock');
+    const long = 'virtualio.dev-dp-' + 'a'.repeat(200);
+    const a = socketPath('/var/lib/kubelet/plugins_registry', long);
+    expect(Buffer.byteLength(a)).toBeLessThanOrEqual(107);
+    expect(a).toBe(socketPath('/var/lib/kubelet/plugins_registry', long));
+    expect(a).not.toBe(socketPath('/var/lib/kubelet/plugins_registry', long + 'b'));
+    expect(() => socketPath('/' + 'x'.repeat(120), 'a')).toThrow(/too long/);
   });
 });

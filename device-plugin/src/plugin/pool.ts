@@ -1,17 +1,26 @@
-// One pool's device plugin, kept registered with the kubelet for its whole life: serve → Register →
-// watch for a kubelet restart (our socket wiped, kubelet.sock recreated, ListAndWatch stream ended)
-// → new server → Register again, with backoff while kubelet.sock is absent (STYLE P9).
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+// One pool's device plugin, kept registered with the kubelet for its whole life. Two ways in:
+//  - plugin watcher (preferred): serve the pool's socket under <kubelet>/plugins/virtualio.dev and put a
+//    registration socket in <kubelet>/plugins_registry; the kubelet finds it, calls GetInfo, connects,
+//    and after its own restart finds it again by itself;
+//  - kubelet.sock (fallback, and every kubelet before the watcher handled device plugins): serve in the
+//    device plugin folder → Register → watch for a kubelet restart (our socket wiped, kubelet.sock
+//    recreated, ListAndWatch stream ended) → new server → Register again, with backoff while
+//    kubelet.sock is absent (STYLE P9).
+// `auto` takes the watcher when the kubelet has one next to its device plugin folder, and falls back
+// for good when the kubelet refuses it or never answers while kubelet.sock is up.
+import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import type { RegistrationMode } from '../config.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { Slice } from '../model.js';
-import { registerWithKubelet } from '../kubelet/register.js';
+import { DEVICE_PLUGIN_VERSION, registerWithKubelet } from '../kubelet/register.js';
+import { PLUGINS_REGISTRY, RegistrationSocket, socketPath } from '../kubelet/registration-socket.js';
 import type { PluginDirWatcher } from '../kubelet/watcher.js';
 import { allocate, wantsDevinfo, type DevInfoFile, type PoolSpec } from './allocate.js';
 import { buildCdiSpec, syncCdiSpec } from './cdi.js';
-import { devinfoFileName, socketName } from './names.js';
+import { devinfoFileName, kubeletPluginFolder, socketName } from './names.js';
 import { preferredAllocation } from './preferred.js';
 import { PoolServer, deviceList, type ServerView } from './server.js';
 import type { DevicePluginHandlers } from '../../../proto/generated/deviceplugin/v1beta1/DevicePlugin.js';
@@ -32,6 +41,41 @@ export interface PoolPluginOptions {
   onStateChange?: () => void;
   /** Register call, replaceable in tests. */
   register?: typeof registerWithKubelet;
+  /** How to register (default: kubelet.sock only). */
+  registration?: RegistrationOptions;
+}
+
+export interface RegistrationOptions {
+  mode: RegistrationMode;
+  /** The kubelet's root folder: plugins_registry/ and plugins/ live there. */
+  kubeletDir: string;
+  /** auto: give up on the watcher when it has not registered us this long while kubelet.sock exists (default 30 s). */
+  fallbackMs?: number;
+  /** Watcher: re-create the registration socket when the kubelet has not reconnected this long after a disconnect (default 30 s). */
+  reconnectMs?: number;
+}
+
+/** How a pool got registered, as the pool status reports it. */
+export type RegisteredVia = 'PluginWatcher' | 'KubeletSocket';
+
+/**
+ * The way `auto` starts: the plugin watcher when the kubelet's plugins_registry folder exists and the
+ * device plugin folder is that same kubelet's (`<kubeletDir>/device-plugins`); kubelet.sock otherwise
+ * (with the reason, for the log).
+ */
+export function initialRegistration(r: RegistrationOptions, pluginDir: string): { way: 'plugin-watcher' | 'kubelet-sock'; why: string } {
+  if (r.mode !== 'auto') return { way: r.mode, why: `--device-plugin-registration=${r.mode}` };
+  const registry = join(r.kubeletDir, PLUGINS_REGISTRY);
+  if (resolve(pluginDir) !== join(resolve(r.kubeletDir), 'device-plugins')) {
+    return { way: 'kubelet-sock', why: `the device plugin folder ${pluginDir} is not ${join(r.kubeletDir, 'device-plugins')}, so the kubelet's plugin watcher is unknown` };
+  }
+  let isDir = false;
+  try {
+    isDir = statSync(registry).isDirectory();
+  } catch {
+    /* absent */
+  }
+  return isDir ? { way: 'plugin-watcher', why: `${registry} exists` } : { way: 'kubelet-sock', why: `${registry} does not exist` };
 }
 
 /** Registration state of a pool, for status and /readyz. */
@@ -40,6 +84,8 @@ export interface PoolPluginState {
   /** Last registration or serving error, cleared on success. */
   error?: string;
   registrations: number;
+  /** How the current registration was made. */
+  via?: RegisteredVia;
 }
 
 /** Writes one device-info file: a stale file is removed first, the new one is read-only (0444). */
@@ -69,6 +115,9 @@ export class PoolPlugin {
    * and its files removed. The agent's own shutdown (parent signal) never withdraws.
    */
   private withdraw = false;
+  /** The registration socket while serving through the plugin watcher. */
+  private reg: RegistrationSocket | undefined;
+  private regStarted = false;
   readonly state: PoolPluginState = { registered: false, registrations: 0 };
 
   constructor(private readonly opts: PoolPluginOptions) {
@@ -160,7 +209,9 @@ export class PoolPlugin {
     const kubelet = this.opts.watcher.kubeletIdentity();
     if (server && this.restartReason === undefined) {
       if (server.identity !== undefined && !server.socketIntact()) this.requestRestart('plugin socket removed');
-      else if (this.state.registered && kubelet !== undefined && kubelet !== this.registeredKubelet) this.requestRestart('kubelet.sock recreated');
+      else if (this.reg && this.regStarted && !this.reg.intact()) this.requestRestart('registration socket removed');
+      // Through the watcher, a restarted kubelet finds the registration socket by itself.
+      else if (!this.reg && this.state.registered && kubelet !== undefined && kubelet !== this.registeredKubelet) this.requestRestart('kubelet.sock recreated');
     }
     if (kubelet !== this.lastSeenKubelet) {
       this.lastSeenKubelet = kubelet;
@@ -176,73 +227,175 @@ export class PoolPlugin {
     this.wake();
   }
 
-  private setRegistered(registered: boolean, error?: string): void {
-    const changed = this.state.registered !== registered || this.state.error !== error;
+  private setRegistered(registered: boolean, error?: string, via?: RegisteredVia): void {
+    const changed = this.state.registered !== registered || this.state.error !== error || this.state.via !== via;
     this.state.registered = registered;
     if (error === undefined) delete this.state.error;
     else this.state.error = error;
+    if (via === undefined) delete this.state.via;
+    else this.state.via = via;
     if (changed) this.opts.onStateChange?.();
   }
 
   private async run(): Promise<void> {
     const unsubscribe = this.opts.watcher.onChange(() => this.check());
-    const register = this.opts.register ?? registerWithKubelet;
+    const registration = this.opts.registration ?? { mode: 'kubelet-sock' as const, kubeletDir: '/var/lib/kubelet' };
+    const first = initialRegistration(registration, this.opts.pluginDir);
+    let way = first.way;
+    this.log.info({ way, why: first.why }, 'device plugin registration');
     let startDelay = 100;
     try {
       while (!this.signal.aborted) {
         this.restartReason = undefined;
-        const server = new PoolServer(this.socketPath, this.serverView(), this.log);
+        const folder = way === 'plugin-watcher' ? kubeletPluginFolder(registration.kubeletDir) : this.opts.pluginDir;
+        const path = way === 'plugin-watcher' ? socketPath(folder, `dp-${this.opts.pool.name}`) : this.socketPath;
+        const server = new PoolServer(path, this.serverView(), this.log);
         try {
+          mkdirSync(folder, { recursive: true });
           await server.start();
           startDelay = 100;
         } catch (err) {
-          this.log.error({ err, socket: this.socketPath }, 'cannot serve the plugin socket; retrying');
-          this.setRegistered(false, `cannot serve ${this.socketPath}: ${String(err)}`);
+          this.log.error({ err, socket: path }, 'cannot serve the plugin socket; retrying');
+          this.setRegistered(false, `cannot serve ${path}: ${String(err)}`);
           await server.stop(false);
           await this.sleep(startDelay);
           startDelay = Math.min(startDelay * 2, 5000);
           continue;
         }
         this.server = server;
-        server.onStreamEnd(() => this.requestRestart('ListAndWatch stream ended'));
-        let delay = 100;
-        while (!this.signal.aborted && this.restartReason === undefined) {
-          const kubelet = this.opts.watcher.kubeletIdentity();
-          this.lastSeenKubelet = kubelet;
-          if (kubelet === undefined) {
-            this.setRegistered(false, 'kubelet.sock is absent');
-            await this.sleep(delay);
-            delay = Math.min(delay * 2, 2000);
-            continue;
-          }
-          try {
-            await register({ kubeletSocket: this.opts.watcher.kubeletSocket, endpoint: socketName(this.opts.pool.name), resourceName: this.opts.pool.resourceName });
-            this.registeredKubelet = kubelet;
-            this.state.registrations++;
-            this.opts.metrics.registrations.inc({ pool: this.opts.pool.name, result: 'ok' });
-            this.log.info({ resourceName: this.opts.pool.resourceName, socket: this.socketPath }, 'registered with the kubelet');
-            this.setRegistered(true);
-            break;
-          } catch (err) {
-            this.opts.metrics.registrations.inc({ pool: this.opts.pool.name, result: 'error' });
-            const message = (err as grpc.ServiceError).details || String(err);
-            this.log.warn({ err: message, retryInMs: delay }, 'Register failed; retrying');
-            this.setRegistered(false, `Register failed: ${message}`);
-            await this.sleep(delay);
-            delay = Math.min(delay * 2, 5000);
-          }
+        if (way === 'kubelet-sock') {
+          server.onStreamEnd(() => this.requestRestart('ListAndWatch stream ended'));
+          await this.registerThroughKubeletSock();
+          // Serve until a restart is wanted or we are stopped; the watcher wakes us.
+          while (!this.signal.aborted && this.restartReason === undefined) await this.sleep(5000);
+        } else if ((await this.serveThroughWatcher(server, registration)) === 'fall back') {
+          way = 'kubelet-sock';
         }
-        // Serve until a restart is wanted or we are stopped; the watcher wakes us.
-        while (!this.signal.aborted && this.restartReason === undefined) await this.sleep(5000);
         this.server = undefined;
         this.setRegistered(false, this.signal.aborted ? undefined : this.restartReason);
         await server.stop(this.signal.aborted && this.withdraw);
+        // After the endpoint: a pool that is gone first sends its empty list, then deregisters.
+        await this.reg?.stop();
+        this.reg = undefined;
       }
     } finally {
       unsubscribe();
       if (this.withdraw) this.cleanupFiles();
       this.setRegistered(false);
     }
+  }
+
+  /** Register through kubelet.sock until it succeeds (backoff), a restart is wanted or we are stopped. */
+  private async registerThroughKubeletSock(): Promise<void> {
+    const register = this.opts.register ?? registerWithKubelet;
+    let delay = 100;
+    while (!this.signal.aborted && this.restartReason === undefined) {
+      const kubelet = this.opts.watcher.kubeletIdentity();
+      this.lastSeenKubelet = kubelet;
+      if (kubelet === undefined) {
+        this.setRegistered(false, 'kubelet.sock is absent');
+        await this.sleep(delay);
+        delay = Math.min(delay * 2, 2000);
+        continue;
+      }
+      try {
+        await register({ kubeletSocket: this.opts.watcher.kubeletSocket, endpoint: socketName(this.opts.pool.name), resourceName: this.opts.pool.resourceName });
+        this.registeredKubelet = kubelet;
+        this.state.registrations++;
+        this.opts.metrics.registrations.inc({ pool: this.opts.pool.name, result: 'ok' });
+        this.log.info({ resourceName: this.opts.pool.resourceName, socket: this.socketPath }, 'registered with the kubelet through kubelet.sock');
+        this.setRegistered(true, undefined, 'KubeletSocket');
+        return;
+      } catch (err) {
+        this.opts.metrics.registrations.inc({ pool: this.opts.pool.name, result: 'error' });
+        const message = (err as grpc.ServiceError).details || String(err);
+        this.log.warn({ err: message, retryInMs: delay }, 'Register failed; retrying');
+        this.setRegistered(false, `Register failed: ${message}`);
+        await this.sleep(delay);
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+  }
+
+  /**
+   * Offers the pool to the kubelet's plugin watcher and serves until a restart is wanted or we are
+   * stopped. The kubelet owns the connection: after a disconnect (its restart) we wait for it to
+   * connect again and only re-create the registration socket when it has not within `reconnectMs`
+   * (re-creating deregisters the live connection, so doing it on every stream end would loop).
+   * Returns 'fall back' when `auto` should use kubelet.sock instead.
+   */
+  private async serveThroughWatcher(server: PoolServer, r: RegistrationOptions): Promise<'served' | 'fall back'> {
+    const name = this.opts.pool.name;
+    let refused: string | undefined;
+    let everRegistered = false;
+    let lostAt: number | undefined;
+    const reg = new RegistrationSocket(
+      socketPath(join(r.kubeletDir, PLUGINS_REGISTRY), `virtualio.dev-dp-${name}`),
+      () => ({ type: 'DevicePlugin', name: this.opts.pool.resourceName, endpoint: server.socketPath, supportedVersions: [DEVICE_PLUGIN_VERSION] }),
+      {
+        onStatus: (ok, error) => {
+          if (ok) {
+            everRegistered = true;
+            refused = undefined;
+            lostAt = undefined;
+            this.state.registrations++;
+            this.opts.metrics.registrations.inc({ pool: name, result: 'ok' });
+            this.log.info({ resourceName: this.opts.pool.resourceName, socket: server.socketPath, registration: reg.path }, 'registered with the kubelet through its plugin watcher');
+            this.setRegistered(true, undefined, 'PluginWatcher');
+          } else {
+            refused = error;
+            this.opts.metrics.registrations.inc({ pool: name, result: 'error' });
+            this.log.warn({ error }, 'the kubelet refused the device plugin');
+            this.setRegistered(false, `the kubelet's plugin watcher refused the device plugin: ${error}`);
+          }
+          this.wake();
+        },
+      },
+    );
+    server.onStreamEnd(() => {
+      lostAt = Date.now();
+      this.setRegistered(false, 'the kubelet closed ListAndWatch (restart?); waiting for its plugin watcher to connect again');
+      this.wake();
+    });
+    server.onStreamStart(() => {
+      lostAt = undefined;
+      if (everRegistered) this.setRegistered(true, undefined, 'PluginWatcher');
+    });
+    this.reg = reg;
+    this.regStarted = false;
+    try {
+      await reg.start();
+      this.regStarted = true;
+    } catch (err) {
+      this.log.error({ err, socket: reg.path }, 'cannot create the registration socket');
+      if (r.mode === 'auto') return 'fall back';
+      this.setRegistered(false, `cannot create ${reg.path}: ${String(err)}`);
+      await this.sleep(5000);
+      this.restartReason ??= 'registration socket failed';
+      return 'served';
+    }
+    if (!this.state.registered) this.setRegistered(false, `waiting for the kubelet's plugin watcher to pick up ${reg.path}`);
+    const since = Date.now();
+    const fallbackMs = r.fallbackMs ?? 30_000;
+    const reconnectMs = r.reconnectMs ?? 30_000;
+    while (!this.signal.aborted && this.restartReason === undefined) {
+      const kubeletUp = this.opts.watcher.kubeletIdentity() !== undefined;
+      if (r.mode === 'auto' && !everRegistered) {
+        const why = refused !== undefined
+          ? `the kubelet refused it: ${refused}`
+          : kubeletUp && Date.now() - since >= fallbackMs ? `the kubelet has not picked up ${reg.path} within ${Math.round(fallbackMs / 1000)} s` : undefined;
+        if (why !== undefined) {
+          this.log.warn({ why }, 'falling back from the plugin watcher to kubelet.sock');
+          return 'fall back';
+        }
+      }
+      if (lostAt !== undefined && kubeletUp && Date.now() - lostAt >= reconnectMs) {
+        this.requestRestart(`the kubelet has not connected again within ${Math.round(reconnectMs / 1000)} s`);
+        break;
+      }
+      await this.sleep(1000);
+    }
+    return 'served';
   }
 
   private cleanupFiles(): void {

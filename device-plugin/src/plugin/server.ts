@@ -34,6 +34,7 @@ export class PoolServer {
   private lastSent = '';
   private stopping = false;
   private streamEndListeners = new Set<() => void>();
+  private streamStartListeners = new Set<() => void>();
   /** Identity of the socket file we bound (to notice it being wiped). */
   identity: string | undefined;
 
@@ -77,6 +78,11 @@ export class PoolServer {
     return this.streams.size;
   }
 
+  /** Called when the kubelet opens a ListAndWatch stream. */
+  onStreamStart(listener: () => void): void {
+    this.streamStartListeners.add(listener);
+  }
+
   /** Called when a ListAndWatch stream ends while the server is not stopping. */
   onStreamEnd(listener: () => void): void {
     this.streamEndListeners.add(listener);
@@ -101,6 +107,7 @@ export class PoolServer {
     const devices = this.view.devices();
     this.lastSent = JSON.stringify(devices);
     call.write({ devices });
+    for (const l of this.streamStartListeners) l();
   }
 
   /** Sends the current list to every stream when it differs from the last one sent. */
