@@ -308,6 +308,14 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(vfs).toHaveLength(4);
     for (const v of vfs) expect(basename(realpathSync(join(base, 'sys/bus/pci/devices', PF, v, 'driver')))).toBe('vfio-pci');
     expect(await containerLog('agent')).toMatch(/regist/i);
+    // The chart's default (auto): the kubelet took the pool through its plugin watcher, from the
+    // folders the chart mounts at their host paths.
+    const via = await eventually('registeredVia in the pool status', async () => {
+      const vn = await getJson<{ status?: { pools?: { name: string; registeredVia?: string }[] } }>(['get', 'virtualionode', NODE_NAME]);
+      return vn.status?.pools?.[0]?.registeredVia ? vn.status.pools.map((p) => p.registeredVia) : undefined;
+    }, 30_000, 250);
+    expect(via).toEqual(['PluginWatcher']);
+    expect(readdirSync('/var/lib/kubelet/plugins_registry').filter((f) => f.startsWith('virtualio.dev-dp-'))).toHaveLength(1);
   });
 
   test('a VM-shaped pod placed by the real scheduler gets its slice (env and VFIO device nodes)', async () => {
@@ -415,6 +423,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(await kubectl(['get', 'all', '-n', NS, '-o', 'name'])).toBe('');
     // The agent unregistered on its way out: the kubelet no longer offers the pool.
     expect(readdirSync('/var/lib/kubelet/device-plugins').filter((f) => f.startsWith('virtualio-'))).toEqual([]);
+    expect(readdirSync('/var/lib/kubelet/plugins_registry').filter((f) => f.startsWith('virtualio.dev-'))).toEqual([]);
     const helmList = await helm(['list', '-n', NS, '-q']);
     expect(helmList.trim()).toBe('');
   }, 240_000);
