@@ -16,7 +16,7 @@ case "$VIO_PROJECT:$VIO_NODE_BIN:$VIO_KERNEL_ROOT" in
 esac
 mount -t tmpfs tmpfs /run
 mkdir -p /lib/modules && mount --bind "$VIO_KERNEL_ROOT/lib/modules" /lib/modules || echo "[guest] cannot bind the kernel modules"
-export VIO_KERNEL_VERSION VIO_KERNEL_MDEV_SAMPLES VIO_PROJECT VIO_NODE_BIN VIO_ACCEL
+export VIO_KERNEL_VERSION VIO_KERNEL_MDEV_SAMPLES VIO_PROJECT VIO_NODE_BIN VIO_ACCEL VIO_KERNEL_DRA
 export VIO_RESULTS=/vio-results HOME=/root PATH="$VIO_NODE_BIN:$PATH"
 echo "[guest] up after $(cut -d' ' -f1 /proc/uptime) s; kernel $(uname -r)"
 cd "$VIO_PROJECT"

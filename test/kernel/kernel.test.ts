@@ -3,6 +3,9 @@
 // the kernel's mtty mdev sample) runs test/kernel/guest/agent-scenarios.ts: the unmodified agent in
 // standalone mode with the fake kubelet, and a nested QEMU as KubeVirt's launcher. This file asserts
 // on the results the guest left in the shared folder, one test per scenario, and prints the timings.
+// Last in the same boot, the DRA scenario: while the guest runs, this process starts a real etcd,
+// kube-apiserver and kube-scheduler (dra-cluster.ts) that the guest reaches through run.sh's
+// restricted user network, and the guest runs the agent in cluster mode with --dra against it.
 //
 // Behaviours checked here against the real kernel (and mirrored in test/sysfs, the simulation the
 // unit suites use): sysfs lists vfio-dev/vfioN but /dev/vfio/devices does not exist without
@@ -11,12 +14,14 @@
 // inotify events but /dev/vfio (devtmpfs) does; mdev parents need not be PCI functions.
 //
 // Skipped (with the reason printed and listed by the summary reporter, never counted as passed)
-// only when the guest cannot run here: not root and nothing cached, or VIO_SKIP_KERNEL=1.
+// only when the guest cannot run here: not root and nothing cached, or VIO_SKIP_KERNEL=1; the DRA
+// test alone also when $VIO_BIN_DIR lacks the Kubernetes binaries (scripts/test.sh builds them first).
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir, homedir, arch, platform } from 'node:os';
 import { join } from 'node:path';
 import { ensureAgentBuilt, REPO } from '../fakes/agent-process.js';
+import { DRA_NODE, DRA_POD, draSkipReason, portFileIn, startDraCluster, type DraCluster } from './dra-cluster.js';
 
 interface Scenario { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
 interface GuestResults { results: Record<string, Scenario>; figures: Record<string, number> }
@@ -33,11 +38,16 @@ function whyCannotRun(): string | undefined {
 
 const reason = whyCannotRun();
 if (reason) console.warn(`real-kernel suite skipped: ${reason}`);
+// The DRA scenario alone needs the Kubernetes binaries (a real apiserver and scheduler on the host).
+const draReason = reason ? undefined : draSkipReason();
+if (draReason) console.warn(`real-kernel DRA scenario skipped: ${draReason}`);
 const suite = reason ? describe.skip : describe;
 
 suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, () => {
   let out: GuestResults;
   let dir: string;
+  let cluster: DraCluster | undefined;
+  let clusterError: unknown;
   const r = (name: string): Scenario => {
     const s = out.results[name];
     if (!s) throw new Error(`the guest did not run scenario "${name}" (see ${dir}/scenario.log)`);
@@ -51,12 +61,22 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     if (base) mkdirSync(base, { recursive: true });
     dir = mkdtempSync(join(base ?? tmpdir(), 'kernel-'));
     const t0 = performance.now();
+    // The control plane comes up while the guest boots and runs the standalone scenarios; the guest's
+    // relay reads the apiserver's port from the file once it is there.
+    const clusterUp = draReason ? Promise.resolve() : startDraCluster(dir).then((c) => {
+      cluster = c;
+      console.log(`real-kernel DRA: control plane ready after ${((performance.now() - t0) / 1000).toFixed(1)} s (${c.cp.server}, logs ${c.cp.dir})`);
+    }, (err: unknown) => {
+      clusterError = err;
+    });
+    const env = draReason ? process.env : { ...process.env, VIO_KERNEL_APISERVER_PORT_FILE: portFileIn(dir) };
     const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const p = spawn('bash', [join(REPO, 'test/kernel/run.sh'), join(REPO, 'test/kernel/agent.sh'), dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const p = spawn('bash', [join(REPO, 'test/kernel/run.sh'), join(REPO, 'test/kernel/agent.sh'), dir], { stdio: ['ignore', 'ignore', 'pipe'], env });
       let err = '';
       p.stderr.on('data', (c: Buffer) => (err += c.toString()));
       p.on('close', (c) => resolve({ code: c, stderr: err }));
     });
+    await clusterUp;
     const file = join(dir, 'results.json');
     if (!existsSync(file)) throw new Error(`the guest left no results (run.sh exit ${code}):\n${stderr.slice(-4000)}\nscenario log: ${existsSync(join(dir, 'scenario.log')) ? readFileSync(join(dir, 'scenario.log'), 'utf8').slice(-3000) : '(none)'}`);
     out = JSON.parse(readFileSync(file, 'utf8')) as GuestResults;
@@ -64,6 +84,10 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     const lines = Object.entries(out.results).map(([n, s]) => `  ${s.ok ? 'ok    ' : 'FAILED'} ${(s.ms / 1000).toFixed(1).padStart(6)} s  ${n}`);
     console.log(`real-kernel stage: ${((performance.now() - t0) / 1000).toFixed(1)} s in all; guest ${timing}\n${lines.join('\n')}\nfigures (software-emulated kernel): ${JSON.stringify(out.figures)}\nresults: ${dir}`);
   }, 600_000);
+
+  afterAll(async () => {
+    await cluster?.cp.stop();
+  });
 
   test('vfio-pci not loaded: slices Unhealthy with a reason that says so, nothing allocatable', () => {
     const d = r('vfio-pci not loaded: clear reason').details;
@@ -156,5 +180,27 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     const d = r('an NVMe VF the agent provisioned is a working controller (namespace read through the VF)').details;
     expect(d.firstBytes).toBe('VIRTUALIO-NVME-NAMESPACE-MARKER');
     expect(d.controller).not.toBe('nvme0');
+  });
+
+  (draReason ? test.skip : test)(`DRA: a VF claim allocated by the real kube-scheduler is prepared by the agent through the kubelet's gRPC API, and the VF from prepare's files reaches a nested VM; unprepare removes the files${draReason ? ` (skipped: ${draReason})` : ''}`, async () => {
+    if (clusterError) throw new Error(`the host's control plane for the DRA scenario did not start: ${String(clusterError)}`);
+    const d = r('DRA: a VF claim the real scheduler allocated, prepared through the DRA gRPC API, reaches a nested VM').details;
+    // The scheduler, not the test, allocated a device the guest's agent published, and bound the pod to the guest's node.
+    const results = d.allocation as { driver: string; pool: string; device: string }[];
+    expect(results).toEqual([expect.objectContaining({ request: 'nic', driver: 'virtualio.dev', pool: `${DRA_NODE}/nic-dra`, device: expect.stringMatching(/^vf-0000-01-10-\d$/) })]);
+    expect(d.publishedDevices).toContain(results[0]?.device);
+    expect(d.podNodeName).toBe(DRA_NODE);
+    expect(d.reservedFor).toEqual([DRA_POD]);
+    const pod = JSON.parse(await cluster!.kubectl(['get', 'pod', DRA_POD, '-o', 'json'])) as { spec: { nodeName?: string } };
+    expect(pod.spec.nodeName).toBe(DRA_NODE);
+    // Prepare's files alone led to the VF: pciBusID from KubeVirt's metadata file, the group node from the CDI spec.
+    expect(d.prepared).toEqual([expect.objectContaining({ requestNames: ['nic'], deviceName: results[0]?.device, cdiDeviceIds: [expect.stringMatching(/^virtualio\.dev\/claim=/)] })]);
+    expect(d.pciBusID).toBe(`0000:01:10.${String(results[0]?.device).slice(-1)}`);
+    expect(d.metadataContainerPath).toBe('/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm-nic/nic/virtualio.dev-metadata.json');
+    expect(d.deviceNodes).toEqual(['/dev/vfio/vfio', d.sysfsGroup]);
+    expect(d.driver).toBe('vfio-pci');
+    expect((d.infoPci as string[]).join('\n')).toMatch(/Ethernet controller: PCI device 8086:10ca/);
+    expect(d.unprepareError).toBe('');
+    expect(d.filesAfterUnprepare).toEqual([]);
   });
 });

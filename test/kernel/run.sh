@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-kernel harness, one command: boots Debian's kernel in QEMU (emulated Intel IOMMU, igb and
-# NVMe with SR-IOV, a VGA + audio function pair in one slot, no network), runs a scenario script
+# NVMe with SR-IOV, a VGA + audio function pair in one slot, no network unless asked), runs a scenario script
 # inside the guest with the host's / mounted read-only (plus a tmpfs overlay) so the guest runs this
 # checkout's own code with the host's Node, QEMU and nvme-cli, powers off, and leaves the results in
 # a shared folder.
@@ -13,7 +13,10 @@
 # 3 when the guest died or timed out before the scenario finished.
 # Environment: VIO_KERNEL_ACCEL=kvm|tcg forces an accelerator (default: KVM if a probe boot works,
 # else TCG; the probe's verdict is cached), VIO_KERNEL_TIMEOUT (seconds, default 600),
-# VIO_KERNEL_MEM (MiB, default 2048).
+# VIO_KERNEL_MEM (MiB, default 2048), VIO_KERNEL_APISERVER_PORT_FILE (a file that holds, or will hold,
+# the loopback port of a kube-apiserver on this machine: the guest then gets one more NIC, virtio-net
+# at 00:06.0 on QEMU's user network with restrict=on, where 10.0.2.100:6443 reaches that port through
+# tcp-relay.mjs and nothing else is reachable; without it the guest has no network).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PROJECT=$(cd "$HERE/../.." && pwd)
@@ -88,6 +91,7 @@ VIO_PROJECT='$PROJECT'
 VIO_SCENARIO='/vio-results/scenario.sh'
 VIO_NODE_BIN='$NODE_BIN'
 VIO_ACCEL='$ACCEL'
+VIO_KERNEL_DRA='$([ -n "${VIO_KERNEL_APISERVER_PORT_FILE:-}" ] && echo 1 || echo 0)'
 EOF
 rm -f "$RESULTS/rc"
 cp "$SCENARIO" "$RESULTS/scenario.sh"   # the guest's /tmp is its own tmpfs: run a copy in the shared folder
@@ -109,6 +113,18 @@ DEVICES=(
   -device VGA,bus=rp3,addr=0x0.0,multifunction=on
   -device ich9-intel-hda,bus=rp3,addr=0x0.1
 )
+if [ -n "${VIO_KERNEL_APISERVER_PORT_FILE:-}" ]; then
+  case "$VIO_KERNEL_APISERVER_PORT_FILE$HERE$NODE_BIN" in
+    *,*|*' '*) echo "VIO_KERNEL_APISERVER_PORT_FILE, the checkout and Node's folder must not contain commas or spaces (QEMU option syntax)" >&2; exit 64 ;;
+  esac
+  # The DRA scenario's way to a real kube-apiserver: a NIC on the root bus at a fixed slot after the
+  # root ports (no new bus, so every other device keeps its address), restricted user networking (no
+  # route off the machine), one forwarding rule; QEMU runs the relay per connection.
+  DEVICES+=(
+    -netdev "user,id=apinet,restrict=on,guestfwd=tcp:10.0.2.100:6443-cmd:$NODE_BIN/node $HERE/tcp-relay.mjs $VIO_KERNEL_APISERVER_PORT_FILE"
+    -device virtio-net-pci,netdev=apinet,addr=0x6,romfile=
+  )
+fi
 
 echo "[kernel] booting $VIO_KERNEL_VERSION, scenario $(basename "$SCENARIO"), results $RESULTS" >&2
 t_boot=$(date +%s.%N)

@@ -8,6 +8,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
+import { draScenario } from './dra-scenario.js';
 
 const OUT = process.env.VIO_RESULTS ?? '/vio-results';
 const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/device-plugin/src/main.js');
@@ -395,6 +396,14 @@ async function main(): Promise<void> {
       d.driverWithOverride = driverOf(vf) ?? 'none';
       if (d.driverAfterProbe !== 'none' || d.bind === 'ok' || d.driverWithOverride !== 'igbvf') throw new Error(`unexpected: ${JSON.stringify(d)}`);
     });
+
+    // Last (it needs the standalone agent gone): the agent in cluster mode with --dra, a real
+    // apiserver and scheduler on the host, the kubelet's DRA calls, a nested VM from prepare's files.
+    if (process.env.VIO_KERNEL_DRA === '1') {
+      await scenario('DRA: a VF claim the real scheduler allocated, prepared through the DRA gRPC API, reaches a nested VM', (d) => draScenario(d, {
+        out: OUT, agentMain: AGENT, podResourcesSocket: podres.socket, sh, until, log, startVm: (devices) => NestedVm.start(devices),
+      }));
+    } else log('DRA scenario not run: the host started no kube-apiserver for this boot (VIO_KERNEL_APISERVER_PORT_FILE unset)');
   } finally {
     if (vm) await vm.quit();
     if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGKILL');
