@@ -76,7 +76,13 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
     await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev']);
     kubelet = await startKubelet(cp);
     // TaintNodesByCondition taints the new Node not-ready and no node lifecycle controller runs here.
-    await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
+    // Verified, not fire-and-forget: a pod left Pending on this taint never reaches the kubelet.
+    await eventually('node without the not-ready taint', async () => {
+      const n = JSON.parse(await kubectl(['get', 'node', NODE, '-o', 'json'])) as { spec: { taints?: { key: string }[] } };
+      if (!(n.spec.taints ?? []).some((t) => t.key === 'node.kubernetes.io/not-ready')) return true;
+      await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
+      return undefined;
+    }, 60_000, 250);
     // The driver's folder and checkpoint live under the machine's kubelet root: start from nothing.
     rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     base = mkdtempSync(join(tmpdir(), 'vio-dra-agent-'));
