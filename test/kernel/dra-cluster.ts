@@ -87,6 +87,7 @@ export async function startDraCluster(results: string): Promise<DraCluster> {
     writeFileSync(join(dir, 'kubeconfig'), YAML.stringify(guestKc), { mode: 0o600 });
     writeFileSync(join(dir, 'setup.json'), `${JSON.stringify({
       node: DRA_NODE, pool: DRA_POOL, namespace: 'default', claim: DRA_CLAIM, pod: DRA_POD, server: GUEST_APISERVER, servername: 'localhost',
+      hostPort: Number(new URL(cp.server).port), // only for the guest to check that it cannot dial it directly
       ca: b64(cluster['certificate-authority-data']), cert: b64(user['client-certificate-data']), key: b64(user['client-key-data']),
     }, null, 2)}\n`, { mode: 0o600 });
     return { cp, kubectl };

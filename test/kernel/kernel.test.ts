@@ -185,6 +185,8 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
   (draReason ? test.skip : test)(`DRA: a VF claim allocated by the real kube-scheduler is prepared by the agent through the kubelet's gRPC API, and the VF from prepare's files reaches a nested VM; unprepare removes the files${draReason ? ` (skipped: ${draReason})` : ''}`, async () => {
     if (clusterError) throw new Error(`the host's control plane for the DRA scenario did not start: ${String(clusterError)}`);
     const d = r('DRA: a VF claim the real scheduler allocated, prepared through the DRA gRPC API, reaches a nested VM').details;
+    expect(d.apiserverReachable).toBe(true);
+    expect(d.hostPortDirect).not.toBe('connected'); // restrict=on: only the guestfwd address leads off the guest
     // The scheduler, not the test, allocated a device the guest's agent published, and bound the pod to the guest's node.
     const results = d.allocation as { driver: string; pool: string; device: string }[];
     expect(results).toEqual([expect.objectContaining({ request: 'nic', driver: 'virtualio.dev', pool: `${DRA_NODE}/nic-dra`, device: expect.stringMatching(/^vf-0000-01-10-\d$/) })]);

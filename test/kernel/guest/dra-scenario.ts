@@ -10,11 +10,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
+import { connect } from 'node:net';
 import { basename, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadDraV1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
 
-export interface DraSetup { node: string; pool: string; namespace: string; claim: string; pod: string; server: string; servername: string; ca: string; cert: string; key: string }
+export interface DraSetup { node: string; pool: string; namespace: string; claim: string; pod: string; server: string; servername: string; hostPort: number; ca: string; cert: string; key: string }
 
 export interface DraHelpers {
   out: string;
@@ -64,6 +65,22 @@ function grpcCall<Req, Res>(service: grpc.ServiceDefinition, socket: string, met
   }));
 }
 
+/** 'connected', the error code, or 'timeout': what a TCP connect to host:port gives within 3 s. */
+function tryConnect(host: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const c = connect({ host, port, timeout: 3000 });
+    c.on('connect', () => {
+      c.destroy();
+      resolve('connected');
+    });
+    c.on('timeout', () => {
+      c.destroy();
+      resolve('timeout');
+    });
+    c.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+  });
+}
+
 type PrepareResponse = { claims: Record<string, { devices: { requestNames: string[]; poolName: string; deviceName: string; cdiDeviceIds: string[] }[]; error: string }> };
 type CdiSpec = { kind: string; devices: { name: string; containerEdits: { deviceNodes: { path: string }[]; mounts?: { hostPath: string; containerPath: string }[] } }[] };
 
@@ -86,6 +103,10 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
   const s = await h.until('the host\'s control plane (dra/setup.json)', () => existsSync(setupFile) && (JSON.parse(readFileSync(setupFile, 'utf8')) as DraSetup), 180_000, 500);
   const ready = await h.until('the apiserver through the guest\'s NIC', async () => (await api(s, 'GET', '/readyz')).status === 200, 60_000, 500);
   d.apiserverReachable = ready;
+  // restrict=on: the host itself (10.0.2.2 on QEMU's user network) is not reachable, not even the
+  // apiserver's own port; only the guestfwd address is.
+  d.hostPortDirect = await tryConnect('10.0.2.2', s.hostPort);
+  if (d.hostPortDirect === 'connected') throw new Error(`the guest reached the host's port ${s.hostPort} directly at 10.0.2.2: the user network is not restricted`);
 
   mkdirSync(RUN, { recursive: true });
   const kubeconfig = join(h.out, 'dra', 'kubeconfig');
