@@ -118,6 +118,8 @@ describe('values schema', () => {
     ['admissionPolicy.validationActions={Block}', "at '/admissionPolicy/validationActions/0': value must be one of 'Deny', 'Warn', 'Audit'"],
     ['agent.rescanInterval=soon', "at '/agent/rescanInterval'"],
     ['metricsPort=80', "at '/metricsPort': minimum"],
+    ['agent.devicePluginRegistration=grpc', "at '/agent/devicePluginRegistration': value must be one of 'auto', 'plugin-watcher', 'kubelet-sock'"],
+    ['agent.dra.kubeletDir=/var/lib/kubelet', "at '/agent/dra': additional properties 'kubeletDir' not allowed"],
   ])('helm install rejects %s with the schema message', async (set, message) => {
     const r = await helm(['install', 'bad-values', CHART_DIR, '--namespace', NS, '--dry-run=server', '--set', set]);
     expect(r.code).not.toBe(0);
@@ -152,6 +154,8 @@ describe('workload settings', () => {
       'pod-resources': { path: '/var/lib/kubelet/pod-resources', type: 'Directory' },
       devinfo: { path: '/var/run/k8s.cni.cncf.io/devinfo/dp', type: 'DirectoryOrCreate' },
       state: { path: '/var/lib/virtualio', type: 'DirectoryOrCreate' },
+      'kubelet-plugin': { path: '/var/lib/kubelet/plugins/virtualio.dev', type: 'DirectoryOrCreate' },
+      'kubelet-registry': { path: '/var/lib/kubelet/plugins_registry', type: 'DirectoryOrCreate' },
       tmp: { sizeLimit: '16Mi' },
     });
     const c = spec.containers[0];
@@ -159,12 +163,15 @@ describe('workload settings', () => {
     expect(mounts).toEqual({
       sys: '/host/sys', 'dev-vfio': '/host/dev/vfio ro', 'device-plugins': '/var/lib/kubelet/device-plugins',
       'pod-resources': '/var/lib/kubelet/pod-resources ro', devinfo: '/var/run/k8s.cni.cncf.io/devinfo/dp', state: '/var/lib/virtualio', tmp: '/tmp',
+      'kubelet-plugin': '/var/lib/kubelet/plugins/virtualio.dev', 'kubelet-registry': '/var/lib/kubelet/plugins_registry',
     });
     expect(c.args).toEqual(expect.arrayContaining([
       '/app/dist/device-plugin/src/main.js', '--sysfs-root=/host/sys', '--dev-root=/host/dev',
       '--plugin-dir=/var/lib/kubelet/device-plugins', '--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock',
       '--devinfo-dir=/var/run/k8s.cni.cncf.io/devinfo/dp', '--state-dir=/var/lib/virtualio', '--cdi=false', '--metrics-address=0.0.0.0:8080',
+      '--kubelet-dir=/var/lib/kubelet', '--device-plugin-registration=auto',
     ]));
+    expect(c.args).not.toContain('--dra');
     expect(c.env).toContainEqual({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } });
     expect(spec.hostNetwork).toBeUndefined();
     expect(spec.hostPID).toBeUndefined();
@@ -175,6 +182,20 @@ describe('workload settings', () => {
     expect(spec.volumes).toContainEqual({ name: 'cdi', hostPath: { path: '/var/run/cdi', type: 'DirectoryOrCreate' } });
     expect(spec.containers[0].volumeMounts).toContainEqual({ name: 'cdi', mountPath: '/var/run/cdi' });
     expect(spec.containers[0].args).toEqual(expect.arrayContaining(['--cdi=true', '--cdi-dir=/var/run/cdi']));
+  });
+
+  test('agent.hostPaths.kubelet moves the plugin folders (same path inside), devicePluginRegistration and agent.dra.enabled reach the flags', async () => {
+    const spec = podSpec(only(await renderChart(RELEASE, NS, ['agent.hostPaths.kubelet=/data/kubelet', 'agent.devicePluginRegistration=kubelet-sock', 'agent.dra.enabled=true']), 'DaemonSet'));
+    expect(spec.volumes).toEqual(expect.arrayContaining([
+      { name: 'kubelet-plugin', hostPath: { path: '/data/kubelet/plugins/virtualio.dev', type: 'DirectoryOrCreate' } },
+      { name: 'kubelet-registry', hostPath: { path: '/data/kubelet/plugins_registry', type: 'DirectoryOrCreate' } },
+      { name: 'cdi', hostPath: { path: '/var/run/cdi', type: 'DirectoryOrCreate' } },
+    ]));
+    expect(spec.containers[0].volumeMounts).toEqual(expect.arrayContaining([
+      { name: 'kubelet-plugin', mountPath: '/data/kubelet/plugins/virtualio.dev' },
+      { name: 'kubelet-registry', mountPath: '/data/kubelet/plugins_registry' },
+    ]));
+    expect(spec.containers[0].args).toEqual(expect.arrayContaining(['--kubelet-dir=/data/kubelet', '--device-plugin-registration=kubelet-sock', '--dra', '--cdi-dir=/var/run/cdi']));
   });
 
   test('the agent runs as uid 0 with no capabilities, not privileged, read-only root, RuntimeDefault seccomp', () => {
