@@ -220,6 +220,24 @@ describe('registration through the plugin watcher, and the fall back to kubelet.
     expect(p.state.via).toBe('KubeletSocket');
   });
 
+  test('auto: while kubelet.sock is absent the fallback clock does not run', async () => {
+    await kubelet.stop();
+    const p = make({ mode: 'auto', kubeletDir, fallbackMs: 300 });
+    p.update([vf(0)]);
+    p.start();
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(readdirSync(join(kubeletDir, 'plugins_registry'))).toEqual(['virtualio.dev-dp-fast-net.sock']); // still offered to the watcher
+    const k2 = await FakeKubelet.start(kubelet.pluginDir);
+    try {
+      await k2.waitFor('registration on kubelet.sock once the kubelet is up and the watcher stays silent', () => k2.endpoints.get(RES));
+      await k2.waitFor('registered', () => p.state.registered);
+      expect(p.state.via).toBe('KubeletSocket');
+    } finally {
+      await p.stop();
+      await k2.stop();
+    }
+  });
+
   test('plugin-watcher (explicit): a refusal is reported and never falls back', async () => {
     const p = make({ mode: 'plugin-watcher', kubeletDir, fallbackMs: 100 });
     p.update([vf(0)]);

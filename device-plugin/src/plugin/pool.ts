@@ -375,15 +375,18 @@ export class PoolPlugin {
       return 'served';
     }
     if (!this.state.registered) this.setRegistered(false, `waiting for the kubelet's plugin watcher to pick up ${reg.path}`);
-    const since = Date.now();
     const fallbackMs = r.fallbackMs ?? 30_000;
     const reconnectMs = r.reconnectMs ?? 30_000;
+    // The fallback clock runs only while kubelet.sock is up: a kubelet that is still starting (or
+    // down) has not had its chance to pick the socket up.
+    let upSince: number | undefined;
     while (!this.signal.aborted && this.restartReason === undefined) {
       const kubeletUp = this.opts.watcher.kubeletIdentity() !== undefined;
+      upSince = kubeletUp ? upSince ?? Date.now() : undefined;
       if (r.mode === 'auto' && !everRegistered) {
         const why = refused !== undefined
           ? `the kubelet refused it: ${refused}`
-          : kubeletUp && Date.now() - since >= fallbackMs ? `the kubelet has not picked up ${reg.path} within ${Math.round(fallbackMs / 1000)} s` : undefined;
+          : upSince !== undefined && Date.now() - upSince >= fallbackMs ? `the kubelet has not picked up ${reg.path} within ${Math.round(fallbackMs / 1000)} s of kubelet.sock being up` : undefined;
         if (why !== undefined) {
           this.log.warn({ why }, 'falling back from the plugin watcher to kubelet.sock');
           return 'fall back';
