@@ -90,7 +90,7 @@ test('cluster mode: creates its VirtualIONode, follows the spec, and writes stat
     const p = v?.status?.pools?.[0];
     return v?.status?.observedGeneration === generation && p?.registered && p.allocatable === 2 ? v : undefined;
   }, 60_000);
-  expect(ready.status?.pools).toStrictEqual([{ name: 'it-net', resourceName: RES, state: 'Ready', registered: true, capacity: 2, allocatable: 2, allocated: 0 }]);
+  expect(ready.status?.pools).toStrictEqual([{ name: 'it-net', resourceName: RES, state: 'Ready', registered: true, registeredVia: 'KubeletSocket', capacity: 2, allocatable: 2, allocated: 0 }]);
   expect(ready.status?.summary).toMatchObject({ pools: 1, slices: 2, healthy: 2, allocated: 0 });
   expect(ready.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', observedGeneration: generation });
   expect(kubelet.lastList(RES)?.map((d) => d.ID)).toStrictEqual(['0000:81:00.2', '0000:81:00.3']);

@@ -148,7 +148,7 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
       const p = v.status?.pools?.find((x) => x.name === 'gpu-dra');
       return p?.state === 'Ready' ? p : undefined;
     }, 60_000, 250);
-    expect(pool).toMatchObject({ registered: true, capacity: 1 });
+    expect(pool).toMatchObject({ registered: true, registeredVia: 'DRA', capacity: 1 });
   });
 
   test('the plan and the DeviceClass come from the operator; kubectl get viod shows the pool Ready with nothing allocated', async () => {
