@@ -14,6 +14,7 @@ import type { NodePrepareResourceResponse__Input } from '../../../proto/generate
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
 import { PLUGINS_REGISTRY, RegistrationSocket } from '../kubelet/registration-socket.js';
+import { bindUnix, shutdownWithin } from '../kubelet/unix-grpc.js';
 import { kubeletPluginFolder } from '../plugin/names.js';
 import { DRA_DRIVER, desiredPools, draDeviceName, isDraPool, resourcePoolName, type DeviceFacts } from './devices.js';
 import { pcieRootReader } from './pcie.js';
@@ -333,37 +334,14 @@ export class DraDriver {
       for (const st of this.healthStreams) this.sendHealth(st);
     }, this.opts.healthRefreshMs ?? 10_000);
     this.healthTimer.unref();
-    await bind(server, this.draSocket);
+    await bindUnix(server, this.draSocket);
     this.draServer = server;
     this.log.info({ socket: this.draSocket, services: DRA_SERVICES }, 'DRA plugin serving');
   }
 }
 
-function bind(server: grpc.Server, socket: string): Promise<void> {
-  try {
-    unlinkSync(socket);
-  } catch {
-    /* absent */
-  }
-  mkdirSync(join(socket, '..'), { recursive: true });
-  return new Promise((resolve, reject) => {
-    server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-  });
-}
-
 async function stopServer(server: grpc.Server | undefined, socket: string): Promise<void> {
-  if (server) {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        server.forceShutdown();
-        resolve();
-      }, 2000);
-      server.tryShutdown(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
-  }
+  if (server) await shutdownWithin(server, 2000);
   try {
     unlinkSync(socket);
   } catch {

@@ -3,12 +3,13 @@
 // connects to the endpoint it names, then reports the outcome through NotifyRegistrationStatus;
 // removing the socket deregisters the plugin. Used by the DRA driver and by the device plugins.
 import { createHash } from 'node:crypto';
-import { mkdirSync, unlinkSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { unlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadPluginRegistrationApi } from '../../../proto/load.js';
 import type { RegistrationHandlers } from '../../../proto/generated/pluginregistration/pluginregistration/Registration.js';
 import type { PluginInfo__Input } from '../../../proto/generated/pluginregistration/pluginregistration/PluginInfo.js';
+import { bindUnix, shutdownWithin } from './unix-grpc.js';
 import { socketIdentity } from './watcher.js';
 
 /** The plugin-watcher folder under the kubelet's root folder. */
@@ -50,12 +51,6 @@ export class RegistrationSocket {
   /** (Re)creates the socket: any previous server stops and a stale file is replaced. */
   async start(): Promise<void> {
     await this.stop();
-    mkdirSync(dirname(this.path), { recursive: true });
-    try {
-      unlinkSync(this.path);
-    } catch {
-      /* absent */
-    }
     const server = new grpc.Server();
     const handlers: RegistrationHandlers = {
       GetInfo: (_call, cb) => {
@@ -68,9 +63,7 @@ export class RegistrationSocket {
       },
     };
     server.addService(loadPluginRegistrationApi().pluginregistration.Registration.service, handlers);
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix://${this.path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-    });
+    await bindUnix(server, this.path);
     this.server = server;
     this.identity = socketIdentity(this.path);
   }
@@ -86,18 +79,7 @@ export class RegistrationSocket {
     const ours = this.intact();
     this.server = undefined;
     this.identity = undefined;
-    if (server) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => {
-          server.forceShutdown();
-          resolve();
-        }, 2000);
-        server.tryShutdown(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+    if (server) await shutdownWithin(server, 2000);
     if (ours) {
       try {
         unlinkSync(this.path);

@@ -117,7 +117,6 @@ export class PoolPlugin {
   private withdraw = false;
   /** The registration socket while serving through the plugin watcher. */
   private reg: RegistrationSocket | undefined;
-  private regStarted = false;
   readonly state: PoolPluginState = { registered: false, registrations: 0 };
 
   constructor(private readonly opts: PoolPluginOptions) {
@@ -209,7 +208,7 @@ export class PoolPlugin {
     const kubelet = this.opts.watcher.kubeletIdentity();
     if (server && this.restartReason === undefined) {
       if (server.identity !== undefined && !server.socketIntact()) this.requestRestart('plugin socket removed');
-      else if (this.reg && this.regStarted && !this.reg.intact()) this.requestRestart('registration socket removed');
+      else if (this.reg && !this.reg.intact()) this.requestRestart('registration socket removed');
       // Through the watcher, a restarted kubelet finds the registration socket by itself.
       else if (!this.reg && this.state.registered && kubelet !== undefined && kubelet !== this.registeredKubelet) this.requestRestart('kubelet.sock recreated');
     }
@@ -247,11 +246,9 @@ export class PoolPlugin {
     try {
       while (!this.signal.aborted) {
         this.restartReason = undefined;
-        const folder = way === 'plugin-watcher' ? kubeletPluginFolder(registration.kubeletDir) : this.opts.pluginDir;
-        const path = way === 'plugin-watcher' ? socketPath(folder, `dp-${this.opts.pool.name}`) : this.socketPath;
+        const path = way === 'plugin-watcher' ? socketPath(kubeletPluginFolder(registration.kubeletDir), `dp-${this.opts.pool.name}`) : this.socketPath;
         const server = new PoolServer(path, this.serverView(), this.log);
         try {
-          mkdirSync(folder, { recursive: true });
           await server.start();
           startDelay = 100;
         } catch (err) {
@@ -361,11 +358,9 @@ export class PoolPlugin {
       lostAt = undefined;
       if (everRegistered) this.setRegistered(true, undefined, 'PluginWatcher');
     });
-    this.reg = reg;
-    this.regStarted = false;
     try {
       await reg.start();
-      this.regStarted = true;
+      this.reg = reg; // only a started socket is watched for removal, and stopped by run()
     } catch (err) {
       this.log.error({ err, socket: reg.path }, 'cannot create the registration socket');
       if (r.mode === 'auto') return 'fall back';

@@ -8,6 +8,7 @@ import type { Device__Input } from '../../../proto/generated/deviceplugin/v1beta
 import type { ListAndWatchResponse__Input } from '../../../proto/generated/deviceplugin/v1beta1/ListAndWatchResponse.js';
 import type { Logger } from '../log.js';
 import type { Slice } from '../model.js';
+import { bindUnix, shutdownWithin } from '../kubelet/unix-grpc.js';
 import { socketIdentity } from '../kubelet/watcher.js';
 
 /** The ListAndWatch device list of a snapshot: ID, health, NUMA topology when known. Sorted by ID. */
@@ -46,11 +47,6 @@ export class PoolServer {
 
   /** Removes a stale socket, binds and starts serving. */
   async start(): Promise<void> {
-    try {
-      unlinkSync(this.socketPath);
-    } catch {
-      /* absent */
-    }
     const api = loadDevicePluginApi();
     const server = new grpc.Server();
     const handlers: DevicePluginHandlers = {
@@ -61,9 +57,7 @@ export class PoolServer {
       PreStartContainer: (_call, cb) => cb(null, {}),
     };
     server.addService(api.v1beta1.DevicePlugin.service, handlers);
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix:${this.socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-    });
+    await bindUnix(server, this.socketPath);
     this.server = server;
     this.identity = socketIdentity(this.socketPath);
   }
@@ -141,16 +135,7 @@ export class PoolServer {
       const ours = this.socketIntact();
       if (sendEmpty) {
         // Graceful: let the kubelet read the empty list, then force after a second at most.
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(() => {
-            server.forceShutdown();
-            resolve();
-          }, 1000);
-          server.tryShutdown(() => {
-            clearTimeout(t);
-            resolve();
-          });
-        });
+        await shutdownWithin(server, 1000);
       } else {
         server.forceShutdown();
       }
