@@ -370,7 +370,8 @@ async function applyPools(objs = poolObjects()): Promise<void> {
 async function baseline(): Promise<void> {
   await proxy.up();
   if (agent && agentMode !== 'cluster') await stopAgent();
-  if (!agent?.alive) await startClusterAgent();
+  const agentStarted = !agent?.alive;
+  if (agentStarted) await startClusterAgent();
   if (!operatorAlive()) startOperator();
   for (const p of (await kubectl(['get', 'pods', '-o', 'name'])).split('\n').filter(Boolean)) await kubectl(['delete', p, '--wait=false']);
   await kubectl(['label', 'node', NODE, '--overwrite', `${LABEL}=on`]);
@@ -383,6 +384,9 @@ async function baseline(): Promise<void> {
   });
   await applyPools();
   await until('no pods left', async () => ((await kubectl(['get', 'pods', '-o', 'name'])).trim() === '' ? true : undefined));
+  // A fresh agent: the VirtualIONode status and the Node still show what the previous one reported,
+  // so wait until this one has every pool registered (its /readyz) before reading them.
+  if (agentStarted) await until('the restarted cluster agent ready', async () => ((await agent!.get('/readyz')).status === 200 ? true : undefined));
   await until('the baseline: every pool Ready with all its slices free and healthy, the Node allocatable = capacity', async () => {
     const v = await vio();
     const names = (v.spec?.pools ?? []).map((p) => p.name).sort();

@@ -2,7 +2,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadPluginRegistrationApi } from '../../../proto/load.js';
+import { loadDevicePluginApi, loadPluginRegistrationApi } from '../../../proto/load.js';
+import type { Device__Output } from '../../../proto/generated/deviceplugin/v1beta1/Device.js';
 import type { PluginInfo__Output } from '../../../proto/generated/pluginregistration/pluginregistration/PluginInfo.js';
 import { FakeKubelet } from '../../../test/fakes/kubelet.js';
 import { socketPath } from '../kubelet/registration-socket.js';
@@ -190,9 +191,20 @@ describe('registration through the plugin watcher, and the fall back to kubelet.
     const { info, socket } = await watcherVisit({ pluginRegistered: true, error: '' });
     expect(info).toMatchObject({ type: 'DevicePlugin', name: RES, supportedVersions: ['v1beta1'], endpoint: join(kubeletDir, 'plugins/virtualio.dev/dp-fast-net.sock') });
     expect(socket).toBe(join(kubeletDir, 'plugins_registry/virtualio.dev-dp-fast-net.sock'));
+    // Notified but the kubelet has no device list yet: not registered (readiness waits for the list).
+    await kubelet.waitFor('waiting for ListAndWatch', () => p.state.error?.includes('waiting for it to open ListAndWatch'));
+    expect(p.state.registered).toBe(false);
+    // The kubelet's device manager dials the endpoint GetInfo named and opens ListAndWatch.
+    const dp = new (loadDevicePluginApi().v1beta1.DevicePlugin)(`unix:${info.endpoint}`, grpc.credentials.createInsecure());
+    const stream = dp.listAndWatch({});
+    stream.on('error', () => undefined); // the cancel below ends it with CANCELLED
+    const first = await new Promise<Device__Output[]>((res) => stream.once('data', (m: { devices: Device__Output[] }) => res(m.devices)));
+    expect(first.map((d) => d.ID)).toEqual(['0000:81:02.0']);
     await kubelet.waitFor('registered', () => p.state.registered);
     expect(p.state).toMatchObject({ registered: true, via: 'PluginWatcher', registrations: 1 });
     expect(kubelet.endpoints.get(RES)).toBeUndefined(); // nothing through kubelet.sock
+    stream.cancel();
+    dp.close();
     // A stop removes both sockets (the kubelet deregisters the plugin).
     await p.stop();
     expect(existsSync(socket)).toBe(false);

@@ -338,7 +338,10 @@ export class PoolPlugin {
             this.state.registrations++;
             this.opts.metrics.registrations.inc({ pool: name, result: 'ok' });
             this.log.info({ resourceName: this.opts.pool.resourceName, socket: server.socketPath, registration: reg.path }, 'registered with the kubelet through its plugin watcher');
-            this.setRegistered(true, undefined, 'PluginWatcher');
+            // Registered (and /readyz) means the kubelet holds our device list: the kubelet opens
+            // ListAndWatch around the time it notifies, and admits pods only against that list.
+            if (server.streamCount > 0) this.setRegistered(true, undefined, 'PluginWatcher');
+            else this.setRegistered(false, 'the kubelet registered the plugin; waiting for it to open ListAndWatch');
           } else {
             refused = error;
             this.opts.metrics.registrations.inc({ pool: name, result: 'error' });
