@@ -3,7 +3,7 @@
 // ports, with a client-certificate admin kubeconfig. Processes are stopped by PID; their logs stay
 // in the run directory so a failing test can print them.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -162,8 +162,34 @@ export async function stopProcess(child: ChildProcess | undefined, graceMs = 500
   clearTimeout(timer);
 }
 
-/** Starts etcd and kube-apiserver (and kube-scheduler when asked); resolves once /readyz is ok. */
+/**
+ * Starts etcd and kube-apiserver (and kube-scheduler when asked); resolves once /readyz is ok.
+ * Ports come from freePort(), which only knows they were free a moment ago: when another suite
+ * running in parallel takes one first (etcd or the apiserver logs "address already in use"), the
+ * whole start is tried again with new ports, up to three times.
+ */
 export async function startControlPlane(opts: StartOptions = {}): Promise<ControlPlane> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startControlPlaneOnce(opts);
+    } catch (err) {
+      const dir = err instanceof ControlPlaneStartError ? err.dir : undefined;
+      const lostPort = dir !== undefined && readdirSync(dir).some((f) => f.endsWith('.log') && readFileSync(join(dir, f), 'utf8').includes('address already in use'));
+      if (!lostPort || attempt >= 3) throw err;
+      process.stderr.write(`[control-plane] a port was taken between choosing and binding it (logs in ${dir}); starting again with new ports\n`);
+    }
+  }
+}
+
+class ControlPlaneStartError extends Error {
+  readonly dir: string;
+  constructor(dir: string, cause: unknown) {
+    super(`control plane failed to start; logs in ${dir}`, { cause });
+    this.dir = dir;
+  }
+}
+
+async function startControlPlaneOnce(opts: StartOptions): Promise<ControlPlane> {
   const say = (m: string) => { if (opts.verbose) process.stderr.write(`[control-plane] ${m}\n`); };
   const binDir = ensureBinaries({ verbose: opts.verbose });
   const parent = opts.parentDir ?? tmpdir();
@@ -236,7 +262,7 @@ export async function startControlPlane(opts: StartOptions = {}): Promise<Contro
     await stopProcess(scheduler);
     await stopProcess(apiserver);
     await stopProcess(etcd);
-    throw new Error(`control plane failed to start; logs in ${dir}`, { cause: err });
+    throw new ControlPlaneStartError(dir, err);
   }
   say('ready');
 
