@@ -30,6 +30,7 @@ import type {
   ListOptions,
   ListResult,
   ListWatchSource,
+  MergePatchOptions,
   ResourceType,
 } from './ports.js';
 
@@ -169,16 +170,18 @@ export class ClientNodeKube implements KubePort {
     try {
       let list: KubernetesListObject<KubernetesObject>;
       if (isNodes(res)) {
-        list = plain(await this.core.listNode({ fieldSelector: opts.fieldSelector }));
+        list = plain(await this.core.listNode({ fieldSelector: opts.fieldSelector, labelSelector: opts.labelSelector }));
       } else if (res.group === '') {
         throw new KubeError('Invalid', 0, `list ${res.plural}: core resource not supported by the adapter`);
       } else if (res.namespaced && opts.namespace) {
         list = (await this.custom.listNamespacedCustomObject({
           group: res.group, version: res.version, namespace: opts.namespace, plural: res.plural, fieldSelector: opts.fieldSelector,
+          labelSelector: opts.labelSelector,
         })) as KubernetesListObject<KubernetesObject>;
       } else {
         list = (await this.custom.listClusterCustomObject({
           group: res.group, version: res.version, plural: res.plural, fieldSelector: opts.fieldSelector,
+          labelSelector: opts.labelSelector,
         })) as KubernetesListObject<KubernetesObject>;
       }
       const apiVersion = res.group === '' ? res.version : `${res.group}/${res.version}`;
@@ -195,7 +198,7 @@ export class ClientNodeKube implements KubePort {
       const r = await list();
       return { metadata: { resourceVersion: r.resourceVersion }, items: r.items as unknown as KubernetesObject[] };
     };
-    const lw = new ListWatch<KubernetesObject>(collectionPath(res, opts.namespace), this.watch, listFn, false, undefined, opts.fieldSelector);
+    const lw = new ListWatch<KubernetesObject>(collectionPath(res, opts.namespace), this.watch, listFn, false, opts.labelSelector, opts.fieldSelector);
     return lw as unknown as ListWatchSource<T>;
   }
 
@@ -235,6 +238,25 @@ export class ClientNodeKube implements KubePort {
         : await this.custom.patchClusterCustomObject(common, ssa)) as T;
     } catch (err) {
       throw toKubeError(err, `apply ${res.plural}/${name}${opts.subresource ? '/status' : ''}`);
+    }
+  }
+
+  async mergePatch<T extends KubeObject>(res: ResourceType, name: string, patch: Record<string, unknown>, opts: MergePatchOptions): Promise<T> {
+    const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+    const common = { group: res.group, version: res.version, plural: res.plural, name, body: patch, fieldManager: opts.fieldManager };
+    try {
+      if (res.group === '') throw new KubeError('Invalid', 0, `patch ${res.plural}: core resource not supported by the adapter`);
+      if (res.namespaced) {
+        const namespace = opts.namespace ?? '';
+        return (opts.subresource === 'status'
+          ? await this.custom.patchNamespacedCustomObjectStatus({ ...common, namespace }, merge)
+          : await this.custom.patchNamespacedCustomObject({ ...common, namespace }, merge)) as T;
+      }
+      return (opts.subresource === 'status'
+        ? await this.custom.patchClusterCustomObjectStatus(common, merge)
+        : await this.custom.patchClusterCustomObject(common, merge)) as T;
+    } catch (err) {
+      throw toKubeError(err, `patch ${res.plural}/${name}${opts.subresource ? '/status' : ''}`);
     }
   }
 

@@ -4,9 +4,10 @@
 // changes, finalizers and deletionTimestamp, ownerReference garbage collection (foreground-less,
 // immediate), server-side apply with per-manager field ownership (objects merge; lists are atomic
 // leaves; fields a manager stops applying are removed when no one else owns them; conflicts without
-// force), no-op writes that do not bump the resourceVersion, watch history with 410 Gone for too-old
-// resourceVersions. Fault injection: `inject` fails chosen calls, `failWatches` breaks watches,
-// `silenceWatches` makes them drop events silently (half-open TCP).
+// force), JSON merge patches (conditional on a metadata.resourceVersion they carry), label
+// selectors on lists and watches, no-op writes that do not bump the resourceVersion, watch history
+// with 410 Gone for too-old resourceVersions. Fault injection: `inject` fails chosen calls,
+// `failWatches` breaks watches, `silenceWatches` makes them drop events silently (half-open TCP).
 import type { Clock } from '../runtime/clock.js';
 import { systemClock } from '../runtime/clock.js';
 import { KubeError } from './errors.js';
@@ -19,6 +20,7 @@ import type {
   ListOptions,
   ListResult,
   ListWatchSource,
+  MergePatchOptions,
   ResourceType,
   WatchVerb,
 } from './ports.js';
@@ -99,6 +101,33 @@ function deletePath(o: Record<string, Json>, path: readonly string[]): void {
 const pathStr = (p: readonly string[]) => p.join('\u0000');
 const overlaps = (a: string, b: string) => a === b || a.startsWith(`${b}\u0000`) || b.startsWith(`${a}\u0000`);
 
+/** Equality-based label selector (`k=v`, `k!=v`, bare `k`) over an object's labels. */
+function labelsMatch(labels: Record<string, string> | undefined, selector: string | undefined): boolean {
+  for (const term of (selector ?? '').split(',').map((t) => t.trim()).filter(Boolean)) {
+    const ne = /^([^!=]+)!=(.*)$/.exec(term);
+    const eq = /^([^!=]+)==?(.*)$/.exec(term);
+    if (ne) {
+      if (labels?.[ne[1] ?? ''] === ne[2]) return false;
+    } else if (eq) {
+      if (labels?.[eq[1] ?? ''] !== eq[2]) return false;
+    } else if (labels?.[term] === undefined) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/** RFC 7386 JSON merge patch: objects merge, null deletes, everything else replaces. */
+function mergePatchValue(target: Json, patch: Json): Json {
+  if (!isPlainObject(patch)) return clone(patch);
+  const out: Record<string, Json> = isPlainObject(target) ? clone(target) : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatchValue(out[k], v);
+  }
+  return out;
+}
+
 interface Stored {
   obj: Obj;
   /** manager → owned leaf paths (per section: 'main' | 'status'). */
@@ -109,6 +138,7 @@ interface Watcher {
   res: string;
   namespace?: string;
   name?: string;
+  labelSelector?: string;
   silent: boolean;
   deliver(type: 'ADDED' | 'MODIFIED' | 'DELETED', obj: Obj): void;
   fail(err: KubeError): void;
@@ -121,7 +151,7 @@ interface HistoryEntry {
   obj: Obj;
 }
 
-export type FakeOp = 'list' | 'get' | 'apply' | 'replace' | 'create' | 'delete' | 'discovery' | 'lease' | 'event';
+export type FakeOp = 'list' | 'get' | 'apply' | 'patch' | 'replace' | 'create' | 'delete' | 'discovery' | 'lease' | 'event';
 
 /** Returns an error to fail the call with, or undefined to let it through. */
 export type Interceptor = (op: FakeOp, res: ResourceType | undefined, name: string | undefined) => KubeError | undefined;
@@ -248,12 +278,14 @@ export class FakeKube implements KubePort {
       if (w.res !== entry.res || w.silent) continue;
       if (w.namespace && obj.metadata.namespace !== w.namespace) continue;
       if (w.name && obj.metadata.name !== w.name) continue;
+      if (!labelsMatch(obj.metadata.labels, w.labelSelector)) continue;
       w.deliver(type, clone(entry.obj));
     }
   }
 
   private matches(obj: Obj, opts: ListOptions | undefined): boolean {
     if (opts?.namespace && obj.metadata.namespace !== opts.namespace) return false;
+    if (!labelsMatch(obj.metadata.labels, opts?.labelSelector)) return false;
     const name = /(?:^|,)metadata\.name=([^,]+)/.exec(opts?.fieldSelector ?? '')?.[1];
     return !name || obj.metadata.name === name;
   }
@@ -271,15 +303,16 @@ export class FakeKube implements KubePort {
   }
 
   /** @internal Used by FakeListWatch: subscribe from a resourceVersion (replaying history). */
-  subscribe(res: ResourceType, opts: ListOptions, fromRv: number, w: Omit<Watcher, 'res' | 'namespace' | 'name' | 'silent'>): Watcher | KubeError {
+  subscribe(res: ResourceType, opts: ListOptions, fromRv: number, w: Omit<Watcher, 'res' | 'namespace' | 'name' | 'labelSelector' | 'silent'>): Watcher | KubeError {
     const oldest = this.history[0]?.rv ?? this.rv;
     if (fromRv < oldest - 1 && this.history.length >= this.historyLimit) return new KubeError('Gone', 410, 'too old resource version');
     const name = /(?:^|,)metadata\.name=([^,]+)/.exec(opts.fieldSelector ?? '')?.[1];
-    const watcher: Watcher = { ...w, res: resKey(res), namespace: opts.namespace, name, silent: false };
+    const watcher: Watcher = { ...w, res: resKey(res), namespace: opts.namespace, name, labelSelector: opts.labelSelector, silent: false };
     for (const h of this.history) {
       if (h.res !== watcher.res || h.rv <= fromRv) continue;
       if (watcher.namespace && h.obj.metadata.namespace !== watcher.namespace) continue;
       if (watcher.name && h.obj.metadata.name !== watcher.name) continue;
+      if (!labelsMatch(h.obj.metadata.labels, watcher.labelSelector)) continue;
       watcher.deliver(h.type, clone(h.obj));
     }
     this.watchers.add(watcher);
@@ -341,6 +374,39 @@ export class FakeKube implements KubePort {
     delete o.metadata.deletionTimestamp;
     const owners = new Map([['update', new Set(leafPaths(this.specOf(o)).map(pathStr))]]);
     return this.commit(res, key, undefined, { obj: o, owners }, true) as unknown as T;
+  }
+
+  async mergePatch<T extends KubeObject>(res: ResourceType, name: string, patch: Record<string, unknown>, opts: MergePatchOptions): Promise<T> {
+    this.check('patch', res, name);
+    const key = objKey(name, res.namespaced ? opts.namespace : undefined);
+    const cur = this.store(res).get(key);
+    if (!cur) throw new KubeError('NotFound', 404, `${res.plural} "${name}" not found`);
+    const meta = isPlainObject(patch.metadata) ? patch.metadata : {};
+    if (typeof meta.resourceVersion === 'string' && meta.resourceVersion !== cur.obj.metadata.resourceVersion) {
+      throw new KubeError('Conflict', 409, `Operation cannot be fulfilled on ${res.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
+    }
+    const status = opts.subresource === 'status';
+    const merged = mergePatchValue(cur.obj, patch) as Obj;
+    const next = clone(cur.obj);
+    if (status) {
+      if (merged.status === undefined) delete next.status;
+      else next.status = merged.status;
+    } else {
+      for (const k of Object.keys(next)) if (k !== 'status' && k !== 'metadata' && !(k in merged)) delete next[k];
+      for (const [k, v] of Object.entries(merged)) if (k !== 'status' && k !== 'metadata') next[k] = v;
+      if (!this.statusSubresource(res)) next.status = merged.status;
+      if (next.status === undefined) delete next.status;
+      // Server-owned metadata stays; the rest (labels, annotations, finalizers, ownerReferences) is patched.
+      next.metadata = {
+        ...merged.metadata, name: cur.obj.metadata.name, uid: cur.obj.metadata.uid, resourceVersion: cur.obj.metadata.resourceVersion,
+        creationTimestamp: cur.obj.metadata.creationTimestamp, generation: cur.obj.metadata.generation,
+        deletionTimestamp: cur.obj.metadata.deletionTimestamp,
+        ...(cur.obj.metadata.namespace ? { namespace: cur.obj.metadata.namespace } : {}),
+      };
+      for (const k of ['deletionTimestamp', 'generation', 'namespace'] as const) if (next.metadata[k] === undefined) delete next.metadata[k];
+    }
+    // Like a PUT, a patch (an Update operation) leaves the Apply managers' ownership as it was.
+    return this.commit(res, key, cur, { obj: next, owners: new Map(cur.owners) }, false) as unknown as T;
   }
 
   async replace<T extends KubeObject>(res: ResourceType, obj: T): Promise<T> {

@@ -51,6 +51,8 @@ export interface ListResult<T extends KubeObject> {
 export interface ListOptions {
   namespace?: string;
   fieldSelector?: string;
+  /** Equality-based label selector: `key=value` and bare `key` (exists) terms, comma-separated. */
+  labelSelector?: string;
 }
 
 /** Verbs a list-then-watch source emits; the same contract as client-node's `ListWatch`. */
@@ -73,6 +75,13 @@ export interface ApplyOptions {
   /** Take ownership of fields another manager owns (SSA `force=true`). */
   force?: boolean;
   /** Apply to the status subresource. */
+  subresource?: 'status';
+}
+
+export interface MergePatchOptions {
+  fieldManager: string;
+  namespace?: string;
+  /** Patch the status subresource. */
   subresource?: 'status';
 }
 
@@ -116,6 +125,11 @@ export interface KubePort {
   get<T extends KubeObject>(res: ResourceType, name: string, namespace?: string): Promise<T | undefined>;
   /** Server-side apply of `obj` (which must carry apiVersion, kind and metadata.name). */
   apply<T extends KubeObject>(res: ResourceType, obj: KubeObject & Record<string, unknown>, opts: ApplyOptions): Promise<T>;
+  /**
+   * JSON merge patch (RFC 7386). A `metadata.resourceVersion` in the patch makes it conditional
+   * (Conflict when stale), which is how the operator changes finalizers without a full update.
+   */
+  mergePatch<T extends KubeObject>(res: ResourceType, name: string, patch: Record<string, unknown>, opts: MergePatchOptions): Promise<T>;
   /** PUT with optimistic concurrency on `metadata.resourceVersion` (Conflict when stale). */
   replace<T extends KubeObject>(res: ResourceType, obj: T): Promise<T>;
   create<T extends KubeObject>(res: ResourceType, obj: T): Promise<T>;

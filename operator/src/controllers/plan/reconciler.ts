@@ -1,5 +1,6 @@
 // Plan controller: one key per node; writes the node's VirtualIONode.spec.pools with server-side
-// apply (field manager virtualio-operator) when it differs from the desired plan.
+// apply (field manager virtualio-operator) when it differs from the desired plan, and an empty plan
+// with a JSON merge patch of spec.pools alone (see below).
 import type { Logger } from 'pino';
 import type { PoolPlan, VioNode } from '../../api/types.js';
 import type { KubePort } from '../../kube/ports.js';
@@ -30,9 +31,15 @@ export class PlanReconciler implements Reconciler {
       spec: { pools: plan.pools satisfies PoolPlan[] },
     };
     if (vio && plan.pools.length === 0 && (vio.spec?.pools ?? []).length > 0) {
-      // Server-side apply cannot empty the list: it prunes the items we owned, then the emptied
-      // spec, and the API server refuses `spec: null`. An update writes the empty plan.
-      await kube.replace<VioNode>(VirtualIONodes, { ...vio, metadata: { ...vio.metadata, ownerReferences: body.metadata.ownerReferences }, spec: { ...vio.spec, pools: [] } });
+      // Server-side apply cannot say "this list is now empty" when the same manager owned its items:
+      // it prunes the list (and the emptied spec), which the agent reads as "no plan yet", or fails
+      // with `spec.pools: null` when an Update manager also owns the list (kube-apiserver 1.36). A
+      // merge patch writes exactly `spec.pools: []` (and the owner when it is missing) and nothing
+      // else: never a full update of the cached copy, which lacks annotations.
+      await kube.mergePatch<VioNode>(VirtualIONodes, name, {
+        ...(owned ? {} : { metadata: { ownerReferences: body.metadata.ownerReferences } }),
+        spec: { pools: [] },
+      }, { fieldManager: FIELD_MANAGER });
     } else {
       await kube.apply<VioNode>(VirtualIONodes, body, { fieldManager: FIELD_MANAGER, force: true });
     }

@@ -1,8 +1,10 @@
 // Status controller: one key per pool. Keeps the finalizer, rolls the pool's status up from every
 // VirtualIONode, writes it (server-side apply on the status subresource) only when it changed,
-// records Events, and removes the finalizer once every node has released the pool.
+// records Events, and removes the finalizer once every node has released the pool. Finalizers change
+// through conditional merge patches, never a full update of the cached (annotation-less) copy.
 import type { Logger } from 'pino';
 import type { Pool } from '../../api/types.js';
+import { addFinalizer, removeFinalizer } from '../../kube/finalizers.js';
 import type { KubePort } from '../../kube/ports.js';
 import { FIELD_MANAGER, POOL_FINALIZER, VIRTUALIO_API_VERSION, VirtualIODevices } from '../../kube/resources.js';
 import type { Clock } from '../../runtime/clock.js';
@@ -23,9 +25,7 @@ export class StatusReconciler implements Reconciler {
     const finalizers = pool.metadata.finalizers ?? [];
     const deleting = !!pool.metadata.deletionTimestamp;
     if (!deleting && !finalizers.includes(POOL_FINALIZER)) {
-      const next = structuredClone(pool);
-      next.metadata.finalizers = [...finalizers, POOL_FINALIZER];
-      await kube.replace(VirtualIODevices, next);
+      await addFinalizer(kube, VirtualIODevices, pool, POOL_FINALIZER, FIELD_MANAGER);
       log.info({ pool: name }, 'Added finalizer to VirtualIODevice');
       // The update comes back through the informer and queues this key again.
       return done;
@@ -47,9 +47,7 @@ export class StatusReconciler implements Reconciler {
     const target = { apiVersion: VIRTUALIO_API_VERSION, kind: 'VirtualIODevice', metadata: pool.metadata };
     for (const ev of result.events) await events.record(target, ev.type, ev.reason, ev.message);
     if (deleting && result.released && finalizers.includes(POOL_FINALIZER)) {
-      const next = structuredClone(pool);
-      next.metadata.finalizers = finalizers.filter((f) => f !== POOL_FINALIZER);
-      await kube.replace(VirtualIODevices, next);
+      await removeFinalizer(kube, VirtualIODevices, pool, POOL_FINALIZER, FIELD_MANAGER);
       log.info({ pool: name }, 'Removed finalizer from VirtualIODevice; every node released the pool');
     }
     return done;
