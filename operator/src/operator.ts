@@ -1,21 +1,23 @@
 // The operator's composition: informers over Nodes, VirtualIONodes and VirtualIODevices (and the
-// KubeVirt CR once its CRD is served), three work queues fed by their change handlers, and three
-// controllers: plan (per node), status (per pool) and kubevirt (one key). Everything takes its
-// ports, clock and logger as arguments, so unit tests run it against the in-memory fake.
+// KubeVirt CR once its CRD is served, and our DeviceClasses while resource.k8s.io/v1 is served),
+// four work queues fed by their change handlers, and four controllers: plan (per node), status
+// (per pool), kubevirt (one key) and deviceclass (per pool). Everything takes its ports, clock and
+// logger as arguments, so unit tests run it against the in-memory fake.
 import type { Logger } from 'pino';
 import type { NodeObject, Pool, VioNode } from './api/types.js';
-import { DeviceClassReconciler } from './controllers/dra/deviceclass.js';
-import { KUBEVIRT_KEY, KubeVirtReconciler } from './controllers/kubevirt/reconciler.js';
+import { DEVICE_CLASS_SELECTOR, DeviceClasses, DeviceClassReconciler, poolOfDeviceClass } from './controllers/dra/deviceclass.js';
+import { KUBEVIRT_KEY, KubeVirtReconciler, type KubeVirtContestTuning } from './controllers/kubevirt/reconciler.js';
 import { PlanReconciler } from './controllers/plan/reconciler.js';
 import { StatusReconciler } from './controllers/status/reconciler.js';
 import { World, type KubeVirtObject, type KubeVirtSettings } from './controllers/world.js';
-import type { KubePort } from './kube/ports.js';
+import type { KubeObject, KubePort } from './kube/ports.js';
 import { KubeVirts, Nodes, VirtualIODevices, VirtualIONodes } from './kube/resources.js';
 import type { OperatorMetrics } from './metrics.js';
 import { sleep, type Clock } from './runtime/clock.js';
 import { runController } from './runtime/controller.js';
 import type { EventRecorder } from './runtime/events.js';
 import { Informer } from './runtime/informer.js';
+import { ServedInformer } from './runtime/served-informer.js';
 import { WorkQueue } from './runtime/workqueue.js';
 import { jsonEqual } from './util/json.js';
 
@@ -30,6 +32,8 @@ export interface OperatorTuning {
   resyncMs?: number;
   planWorkers?: number;
   statusWorkers?: number;
+  /** Backoff and give-up against another controller that changes KubeVirt's permittedHostDevices. */
+  kubevirtContest?: KubeVirtContestTuning;
 }
 
 export interface OperatorOptions {
@@ -144,6 +148,19 @@ export class Operator {
       for (const p of pools.list()) statusQ.addAfter(p.metadata.name, debounce);
     };
     const kubevirtSoon = () => kubevirtQ.addAfter(KUBEVIRT_KEY, debounce);
+    const draAll = () => {
+      for (const p of pools.list()) draQ.add(p.metadata.name);
+    };
+    // The DeviceClasses we wrote (by label): one deleted or changed by anyone is ensured again.
+    const deviceClasses = new ServedInformer<KubeObject>({
+      ...informerOpts, resource: DeviceClasses, log: log.child({ informer: 'deviceclasses' }), transform: withoutManagedFields,
+      list: { labelSelector: DEVICE_CLASS_SELECTOR }, recheckMs: t.kubevirtRecheckMs, onServedChange: draAll,
+    });
+    deviceClasses.onChange((obj, old) => {
+      const dc = obj ?? old;
+      const pool = dc && poolOfDeviceClass(dc);
+      if (pool && pools.get(pool)) draQ.add(pool);
+    });
 
     nodes.onChange((obj, old) => {
       planQ.add((obj ?? old)?.metadata.name ?? '');
@@ -233,13 +250,14 @@ export class Operator {
         planAll();
         statusAll();
         kubevirtSoon();
+        draAll();
       }
     })();
 
     planAll();
     statusAll();
     kubevirtQ.add(KUBEVIRT_KEY);
-    for (const p of pools.list()) draQ.add(p.metadata.name);
+    draAll();
     this.readyFlag = true;
     const common = { clock, observer: metrics };
     await Promise.all([
@@ -248,10 +266,10 @@ export class Operator {
       runController({ ...common, name: 'status', queue: statusQ, workers: t.statusWorkers ?? 2, log: log.child({ controller: 'status' }),
         reconciler: new StatusReconciler({ kube, world, clock, events, log: log.child({ controller: 'status' }) }) }, signal),
       runController({ ...common, name: 'kubevirt', queue: kubevirtQ, workers: 1, log: log.child({ controller: 'kubevirt' }),
-        reconciler: new KubeVirtReconciler({ kube, world, log: log.child({ controller: 'kubevirt' }) }) }, signal),
+        reconciler: new KubeVirtReconciler({ kube, world, clock, events, tuning: t.kubevirtContest, onContestChange: statusAll, log: log.child({ controller: 'kubevirt' }) }) }, signal),
       runController({ ...common, name: 'deviceclass', queue: draQ, workers: 1, log: log.child({ controller: 'deviceclass' }),
         reconciler: new DeviceClassReconciler({ kube, world, log: log.child({ controller: 'deviceclass' }) }) }, signal),
-      recheck, resync, ...runs,
+      recheck, resync, deviceClasses.run(signal), ...runs,
     ]);
     if (kv) await kv.run;
     this.readyFlag = false;

@@ -320,7 +320,9 @@ describe('helm install on the real API server', () => {
     ['create', 'daemonsets.apps', '', NS, false],
     ['create', 'deviceclasses.resource.k8s.io', '', '', true],
     ['delete', 'deviceclasses.resource.k8s.io', '', '', true],
-    ['list', 'deviceclasses.resource.k8s.io', '', '', false],
+    ['list', 'deviceclasses.resource.k8s.io', '', '', true],
+    ['watch', 'deviceclasses.resource.k8s.io', '', '', true],
+    ['update', 'deviceclasses.resource.k8s.io', '', '', false],
     ['create', 'resourceslices.resource.k8s.io', '', '', false],
   ];
   const agentMatrix: Row[] = [

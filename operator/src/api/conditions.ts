@@ -37,6 +37,7 @@ export const Reason = {
   KubeVirtNotFound: 'KubeVirtNotFound',
   NotManaged: 'NotManaged',
   ApplyPending: 'ApplyPending',
+  Contested: 'Contested',
   WaitingForInventory: 'WaitingForInventory',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];

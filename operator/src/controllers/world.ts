@@ -2,7 +2,7 @@
 // the three controllers. Nothing here writes to the API.
 import type { NodeObject, Pool, VioNode } from '../api/types.js';
 import type { Informer } from '../runtime/informer.js';
-import type { KubeVirtView, PermittedLists } from './kubevirt/entries.js';
+import type { KubeVirtContest, KubeVirtView, PermittedLists } from './kubevirt/entries.js';
 import { planNode, preparePools, type DeviceConflict, type NodePlan, type PreparedPools } from './plan/plan.js';
 
 /** Per pool: the VirtualIONodes that mention it (plan, agent pool status or slices) and its conflicts. */
@@ -25,6 +25,8 @@ export interface KubeVirtSettings {
 export interface KubeVirtState {
   installed: boolean;
   informer: Informer<KubeVirtObject> | undefined;
+  /** Set by the KubeVirt controller when another manager keeps changing the lists. */
+  contest?: KubeVirtContest;
 }
 
 export interface KubeVirtObject {
@@ -171,6 +173,7 @@ export class World {
         pciHostDevices: Array.isArray(phd?.pciHostDevices) ? phd.pciHostDevices : [],
         mediatedDevices: Array.isArray(phd?.mediatedDevices) ? phd.mediatedDevices : [],
       },
+      ...(this.kubevirt.contest ? { contest: this.kubevirt.contest } : {}),
     };
   }
 }

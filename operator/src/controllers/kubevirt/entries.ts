@@ -24,6 +24,17 @@ export interface PermittedLists {
   mediatedDevices: MediatedHostDevice[];
 }
 
+/** Another field manager keeps changing the lists the operator applies (see kubevirt/reconciler.ts). */
+export interface KubeVirtContest {
+  /** Rounds lost: times the applied lists were changed back by someone else. */
+  rounds: number;
+  maxRounds: number;
+  /** The other field managers that own the lists now. */
+  managers: string[];
+  /** The operator stopped re-applying. */
+  gaveUp: boolean;
+}
+
 /** What the operator knows about KubeVirt right now. */
 export interface KubeVirtView {
   /** The kubevirts.kubevirt.io CRD is served. */
@@ -34,6 +45,7 @@ export interface KubeVirtView {
   ref: string;
   managed: boolean;
   current: PermittedLists;
+  contest?: KubeVirtContest;
 }
 
 /** KubeVirt compares mdev type names with spaces replaced by "_". */
@@ -199,6 +211,8 @@ export function describeEntries(entries: readonly PermittedEntry[]): string {
   return parts.join('; ');
 }
 
+const contenders = (c: KubeVirtContest) => (c.managers.length > 0 ? `field manager ${c.managers.join(', ')}` : 'unknown field manager');
+
 /** The KubeVirtPermitted condition of a pool. */
 export function kubevirtCondition(p: PreparedPool, entries: readonly PermittedEntry[], kv: KubeVirtView): ConditionInput {
   const base = { type: 'KubeVirtPermitted' as const, observedGeneration: p.pool.metadata.generation };
@@ -226,8 +240,19 @@ export function kubevirtCondition(p: PreparedPool, entries: readonly PermittedEn
   if (missing.length === 0) {
     return { ...base, status: 'True', reason: Reason.Permitted, message: `KubeVirt ${kv.ref} permits the pool: ${text}` };
   }
+  if (kv.managed && kv.contest?.gaveUp) {
+    return {
+      ...base, status: 'False', reason: Reason.Contested,
+      message: `Another controller (${contenders(kv.contest)}) keeps changing spec.configuration.permittedHostDevices of KubeVirt ${kv.ref}: ` +
+        `it changed the operator's lists back ${kv.contest.rounds} times, so the operator stopped re-applying them until the pools change. ` +
+        `Let that controller leave the lists alone (Argo CD: ignoreDifferences; HyperConverged: set the entries there) or add: ${describeEntries(missing)}`,
+    };
+  }
   if (kv.managed) {
-    return { ...base, status: 'False', reason: Reason.ApplyPending, message: `Applying permittedHostDevices entries to KubeVirt ${kv.ref}: ${describeEntries(missing)}` };
+    const fight = kv.contest && kv.contest.rounds > 0
+      ? ` (changed back by ${contenders(kv.contest)} ${kv.contest.rounds} time(s); re-applying with backoff, giving up after ${kv.contest.maxRounds})`
+      : '';
+    return { ...base, status: 'False', reason: Reason.ApplyPending, message: `Applying permittedHostDevices entries to KubeVirt ${kv.ref}${fight}: ${describeEntries(missing)}` };
   }
   return {
     ...base, status: 'False', reason: Reason.NotManaged,
