@@ -26,7 +26,7 @@ export interface KubeVirtState {
   installed: boolean;
   informer: Informer<KubeVirtObject> | undefined;
   /** Set by the KubeVirt controller when another manager keeps changing the lists. */
-  contest?: KubeVirtContest;
+  contest?: KubeVirtContest | undefined;
 }
 
 export interface KubeVirtObject {

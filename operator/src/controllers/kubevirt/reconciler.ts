@@ -1,15 +1,17 @@
 // KubeVirt controller: a single key. With --manage-permitted-host-devices it applies the
 // pciHostDevices and mediatedDevices lists of the KubeVirt CR under our field manager. Both lists are
-// atomic in KubeVirt's schema (no x-kubernetes-list-type in the CRD that virt-operator installs, so
-// the API server treats them as atomic): server-side apply can only own a list whole, and the
-// operator forces that ownership. Without the flag it writes nothing (pools report what to add).
+// `x-kubernetes-list-type: atomic` in the CRD that virt-operator installs (checked in KubeVirt
+// 1.8.4's generated CRD): server-side apply can only own such a list whole, so the operator applies
+// the whole lists (the admin's --extra-permitted-host-devices entries included) and forces that
+// ownership. Without the flag it writes nothing (pools report what to add).
 //
 // Another controller that writes the same lists (the HyperConverged operator, or a GitOps tool
 // self-healing a KubeVirt CR that sets them) would otherwise be overwritten at once on every change,
 // for ever. So a change of our applied lists by anyone else counts as a round lost: the operator
 // re-applies after an exponential backoff (5 s, 10 s, 20 s...), names the other field manager in the
 // pools' KubeVirtPermitted condition and in Warning Events, and after `maxRounds` rounds stops
-// re-applying until what it wants changes (a pool, a node's inventory) or the operator restarts.
+// re-applying until what it wants changes (a pool, a node's inventory), the other managers no longer
+// own the lists (they were taken out of Git, say), or the operator restarts.
 import type { Logger } from 'pino';
 import type { Pool } from '../../api/types.js';
 import type { KubeObject, KubePort } from '../../kube/ports.js';
@@ -61,6 +63,12 @@ export function listManagers(cr: KubeVirtObject): string[] {
   return [...out].sort();
 }
 
+/** Every entry of `want` is in `have` (order and other entries do not matter). */
+function contains(have: PermittedLists, want: PermittedLists): boolean {
+  return want.pciHostDevices.every((e) => have.pciHostDevices.some((x) => jsonEqual(x, e))) &&
+    want.mediatedDevices.every((e) => have.mediatedDevices.some((x) => jsonEqual(x, e)));
+}
+
 export class KubeVirtReconciler implements Reconciler {
   /** What this process applied last (after a restart the first reconcile always applies). */
   private lastApplied: string | undefined;
@@ -106,7 +114,15 @@ export class KubeVirtReconciler implements Reconciler {
       // What we want changed (or this process never applied): apply now, whatever happened before.
       return this.apply(body, applied, desired, cr);
     }
-    if (matches) return done;
+    // Our entries all there, others' added (HyperConverged carrying ours among its own): no fight.
+    if (matches || contains(current, desired)) return done;
+    if (this.contest?.gaveUp) {
+      // The controllers we gave up against no longer own the lists: try again from scratch.
+      const owners = listManagers(cr);
+      if (this.contest.managers.length === 0 || owners.some((m) => this.contest?.managers.includes(m))) return done;
+      this.setContest(undefined);
+      return this.apply(body, applied, desired, cr);
+    }
     const rv = cr.metadata.resourceVersion;
     // Our own write not in the cache yet: its event will queue this key again.
     if (rv === this.rvBefore || rv === this.rvAfter) return done;
@@ -168,9 +184,10 @@ export class KubeVirtReconciler implements Reconciler {
     return done;
   }
 
-  private setContest(c: KubeVirtContest): void {
+  private setContest(c: KubeVirtContest | undefined): void {
     this.contest = c;
     this.deps.world.kubevirt.contest = c;
+    if (!c) this.lastLostAt = 0;
     this.deps.onContestChange?.();
   }
 
