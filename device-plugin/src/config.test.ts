@@ -16,6 +16,7 @@ describe('parseAgentConfig', () => {
         rescanIntervalMs: 30_000,
         stateDir: '/var/lib/virtualio',
         writeTimeoutMs: 5000,
+        releaseGraceMs: 30000,
         metricsAddress: { host: '0.0.0.0', port: 8080 },
         logLevel: 'info',
         dra: false,

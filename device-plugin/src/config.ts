@@ -24,6 +24,8 @@ export interface AgentConfig {
   stateDir: string;
   /** How long one sysfs write may take before its device is reported stuck. */
   writeTimeoutMs: number;
+  /** How long no source may show a slice held before it counts as released. */
+  releaseGraceMs: number;
   metricsAddress: { host: string; port: number };
   logLevel: string;
   /** Serve pools with frontEnd DRA through the kubelet's DRA plugin API (cluster mode only). */
@@ -58,6 +60,7 @@ const FLAGS: readonly FlagSpec[] = [
   { flag: 'rescan-interval', env: 'VIO_RESCAN_INTERVAL', def: '30s', meaning: 'full sysfs rescan period (filesystem events trigger earlier rescans)' },
   { flag: 'state-dir', env: 'VIO_STATE_DIR', def: '/var/lib/virtualio', meaning: 'node-local checkpoint of served pools, carved PFs and original drivers (a hostPath: it must survive agent restarts)' },
   { flag: 'write-timeout', env: 'VIO_WRITE_TIMEOUT', def: '5s', meaning: 'a sysfs write that takes longer leaves its device reported stuck while every other device proceeds' },
+  { flag: 'release-grace', env: 'VIO_RELEASE_GRACE', def: '30s', meaning: 'a slice counts as released only after neither PodResources nor the kubelet checkpoint has shown it held for this long' },
   { flag: 'metrics-address', env: 'VIO_METRICS_ADDRESS', def: '0.0.0.0:8080', meaning: '/metrics, /healthz, /readyz' },
   { flag: 'log-level', env: 'VIO_LOG_LEVEL', def: 'info', meaning: 'pino level (fatal, error, warn, info, debug, trace, silent)' },
   { flag: 'dra', env: 'VIO_DRA', def: 'false', meaning: 'serve pools with spec.frontEnd DRA as DRA driver virtualio.dev (ResourceSlices, kubelet DRA plugin); cluster mode only', bool: true },
@@ -170,6 +173,10 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
   if (writeTimeout === undefined || writeTimeout <= 0) {
     return { kind: 'error', message: `--write-timeout: expected a positive duration like 5s, got ${JSON.stringify(get('write-timeout'))}` };
   }
+  const releaseGrace = parseDuration(get('release-grace') ?? '');
+  if (releaseGrace === undefined || releaseGrace < 0) {
+    return { kind: 'error', message: `--release-grace: expected a duration like 30s, got ${JSON.stringify(get('release-grace'))}` };
+  }
   const stateDir = get('state-dir') ?? '/var/lib/virtualio';
   if (!stateDir.startsWith('/')) return { kind: 'error', message: `--state-dir: expected an absolute path, got ${JSON.stringify(stateDir)}` };
   const metrics = parseAddress(get('metrics-address') ?? '');
@@ -201,6 +208,7 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
     rescanIntervalMs: rescan,
     stateDir,
     writeTimeoutMs: writeTimeout,
+    releaseGraceMs: releaseGrace,
     metricsAddress: metrics,
     logLevel,
     dra,

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { AgentManager } from './agent/manager.js';
 import { CHECKPOINT_FILE, Checkpoint } from './agent/checkpoint.js';
 import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
+import { LEDGER_FILE } from './agent/ledger.js';
 import { createNodeOps } from './agent/node-ops.js';
 import { FilePlanSource, type PlanSource } from './agent/plan.js';
 import type { StatusSink } from './agent/ports.js';
@@ -113,8 +114,17 @@ async function main(): Promise<number> {
     ],
     ...(statusSink ? { statusSink } : {}),
     ...(lookupPod ? { lookupPod } : {}),
-    // Slices of claims the kubelet had the DRA driver prepare are held like allocated ones.
-    ...(cfg.dra ? { extraHolders: () => dra?.driver.preparedSliceIds() ?? new Set<string>(), extraHolderInfo: () => dra?.driver.preparedHolders() ?? new Map(), draRegistration: () => dra?.driver.registrationState() ?? { registered: false, error: 'DRA driver starting' } } : {}),
+    ledgerFile: join(cfg.stateDir, LEDGER_FILE),
+    releaseGraceMs: cfg.releaseGraceMs,
+    // Slices of claims the kubelet had the DRA driver prepare are held like allocated ones; until the
+    // driver has read its record, nobody can tell which those are.
+    ...(cfg.dra
+      ? {
+          extraHolderInfo: () => dra?.driver.preparedHolders() ?? new Map(),
+          draUnknown: () => (dra ? dra.driver.holdersUnknown() : 'the DRA driver has not read its prepared claims yet'),
+          draRegistration: () => dra?.driver.registrationState() ?? { registered: false, error: 'DRA driver starting' },
+        }
+      : {}),
   });
   rescan = () => manager.trigger('fs');
   try {

@@ -123,6 +123,7 @@ describe('AgentManager', () => {
       watchPaths: [],
       statusSink: (s) => statuses.push(s),
       podResources: { intervalMs: 100, minGapMs: 50 },
+      releaseGraceMs: 0,
       clock: () => fakeNow,
     });
     running = manager.run(ctl.signal);
@@ -171,7 +172,8 @@ describe('AgentManager', () => {
     await podres.stop();
     plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] } });
     await kubelet.waitFor('list', () => kubelet.lastList('virtualio.dev/net-a')?.length === 2);
-    expect(node.planned[0]?.allocated).toStrictEqual(['0000:81:00.1', '0000:81:00.2']);
+    // Everything that exists is protected, the pool's VFs included.
+    expect(node.planned[0]?.allocated).toEqual(expect.arrayContaining(['0000:81:00.1', '0000:81:00.2']));
     const again = await FakePodResources.start(podres.socket);
     podres = again;
     again.setPods([{ name: 'p', namespace: 'ns', containers: [{ name: 'compute', devices: [{ resourceName: 'virtualio.dev/net-a', deviceIds: ['0000:81:00.2'] }] }] }]);
@@ -285,7 +287,7 @@ describe('AgentManager', () => {
         devinfoDir: join(dir, 'devinfo'), cdi: { enabled: false, dir: join(dir, 'cdi') },
         watcher: new PluginDirWatcher({ dir: kubelet.pluginDir, logger, signal: c.signal }), logger, metrics: createMetrics(),
         rescanIntervalMs: 60_000, watchPaths: [], statusSink: (s) => statuses.push(s), podResources: { intervalMs: 100, minGapMs: 50 },
-        clock: () => fakeNow, checkpoint: cp,
+        clock: () => fakeNow, checkpoint: cp, releaseGraceMs: 0,
       });
       return { ctl: c, run: m.run(c.signal), m };
     };

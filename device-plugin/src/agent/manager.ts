@@ -1,22 +1,31 @@
-// The agent's one loop (STYLE P8/P9): plan → scan → carve (never what a pod holds) → slices → diff
-// → per-pool device plugin servers → status. Driven by one AbortSignal; triggered by plan changes,
-// a rescan timer, filesystem events under the dev and sysfs roots, and PodResources changes.
+// The agent's one loop: scan → ledger → plan → gate → carve → slices → front ends → status. Driven by
+// one AbortSignal; triggered by plan changes, a rescan timer, filesystem events under the dev and
+// sysfs roots, PodResources changes and Allocate calls. The parts it wires, each a file:
+//   ledger.ts (who holds what, durable; "don't know" is held), gate.ts (the one check before a
+//   destructive write), carver.ts (plans and applies writes through the gate), retire.ts (what a plan
+//   change leaves behind), frontends.ts (device plugin servers), status.ts.
 // Nothing here throws out of the loop: errors are logged, reported in status and retried.
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
+import { join } from 'node:path';
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
-import { WriteBackoff, type BackoffOptions } from '../carving/backoff.js';
+import type { BackoffOptions } from '../carving/backoff.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from '../metrics.js';
-import type { BlockedChange, CarvingPlan, Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
+import type { Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import type { PluginDirWatcher } from '../kubelet/watcher.js';
-import { PoolPlugin, type RegistrationOptions } from '../plugin/pool.js';
-import type { PoolSpec } from '../plugin/allocate.js';
+import type { RegistrationOptions } from '../plugin/pool.js';
 import { PodResourcesWatcher, type Holder, type PodLookup } from '../podresources/client.js';
 import type { PlanSource } from './plan.js';
 import { withOriginals } from '../discovery/original.js';
+import { Carver } from './carver.js';
 import { Checkpoint } from './checkpoint.js';
+import { DevicePluginFrontEnd } from './frontends.js';
+import { existingIds } from './gate.js';
+import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-checkpoint.js';
+import { Ledger } from './ledger.js';
 import type { NodeOps, StatusSink } from './ports.js';
+import { diffPlans, retire, retiredKey, type Retired } from './retire.js';
 import { buildStatus, type Condition, type PoolRegistration } from './status.js';
 
 /** Quiet time after the last filesystem event of a burst before rescanning. */
@@ -53,10 +62,16 @@ export interface ManagerOptions {
   podResources?: { intervalMs?: number; minGapMs?: number; afterAllocateMs?: number };
   /** The node-local record of served pools, owned PFs and original driver facts (default: in memory only). */
   checkpoint?: Checkpoint;
-  /** Set of slice IDs held by prepared DRA claims (holders too, under the same safety rules). */
-  extraHolders?: () => ReadonlySet<string>;
-  /** Who holds slices through prepared DRA claims, for status allocations (PodResources wins on overlap). */
+  /** Where the ledger of who holds what is kept (default: memory only). */
+  ledgerFile?: string;
+  /** The kubelet's device manager checkpoint (default `<pluginDir>/kubelet_internal_checkpoint`). */
+  kubeletCheckpoint?: string;
+  /** How long no source must show a slice held before it counts as released (default 30 s). */
+  releaseGraceMs?: number;
+  /** Slices held by prepared DRA claims, with who holds them (holders under the same safety rules). */
   extraHolderInfo?: () => ReadonlyMap<string, Holder>;
+  /** Why the DRA driver cannot tell which claims it prepared (then every slice counts as held). */
+  draUnknown?: () => string | undefined;
   /**
    * Registration of the DRA driver, which stands for the device plugin registration of every pool
    * with frontEnd DRA. Absent: this agent does not serve DRA, and such pools report that.
@@ -64,44 +79,21 @@ export interface ManagerOptions {
   draRegistration?: () => { registered: boolean; error?: string };
 }
 
-function poolSpec(p: PoolPlan): PoolSpec {
-  const s: PoolSpec = { name: p.name, resourceName: p.resourceName, class: p.class, mode: p.mode, consumption: p.consumption };
-  if (p.policy) s.policy = p.policy;
-  return s;
-}
-
-/** Which pools a carving write serves: its own tag, else the pools listing the device its path names. */
-function poolsOfWrite(w: { path: string; pools?: string[] }, pools: readonly PoolPlan[]): string[] {
-  if (w.pools?.length) return w.pools;
-  const out = pools.filter((p) => (p.devices ?? []).some((d) => w.path.includes(d.pciAddress))).map((p) => p.name);
-  return out.length ? out : [''];
-}
-
-/** Same device (and VF range) in two plans of a pool. */
-function sameDevice(a: PoolPlan['devices'][number], b: PoolPlan['devices'][number]): boolean {
-  return a.pciAddress === b.pciAddress && a.vfFirst === b.vfFirst && a.vfLast === b.vfLast;
-}
-
 /**
  * The plan without its deleting pools: their slices come from drainingSlices only (held ones, kept
- * draining), never also as ordinary slices (that listed a held slice twice, and a released one as
- * an unhealthy slice that "does not exist").
+ * draining), never also as ordinary slices.
  */
 function servingSpec(spec: VirtualIONodeSpec): VirtualIONodeSpec {
   return (spec.pools ?? []).some((p) => p.deleting) ? { ...spec, pools: (spec.pools ?? []).filter((p) => !p.deleting) } : spec;
 }
 
-/** A pool (or the part of it) that left the plan, with why. */
-interface Retired {
-  plan: PoolPlan;
-  why: string;
-}
-
 export class AgentManager {
   private readonly log: Logger;
-  private readonly plugins = new Map<string, PoolPlugin>();
   private readonly podres: PodResourcesWatcher;
   private readonly checkpoint: Checkpoint;
+  private readonly ledger: Ledger;
+  private readonly carver: Carver;
+  private readonly frontEnd: DevicePluginFrontEnd;
   private wantScan = true;
   private wantStatus = false;
   private waker: (() => void) | undefined;
@@ -109,14 +101,10 @@ export class AgentManager {
   private lastGeneration: number | undefined;
   /** The last plan of every pool served here (from the checkpoint until a plan is read). */
   private known = new Map<string, PoolPlan>();
-  /** Pools, or devices of pools, that left the plan and may still have carved slices. */
+  /** What plan changes left behind and may still have carved slices, by retiredKey. */
   private readonly retired = new Map<string, Retired>();
   private inventory: Inventory = { devices: [] };
   private slices: Slice[] = [];
-  private blocked: BlockedChange[] = [];
-  private foreign: BlockedChange[] = [];
-  private foreignText = '';
-  private carvingErrors: { pool: string; message: string }[] = [];
   private scanError: string | undefined;
   private lastStatus: VirtualIONodeStatus | undefined;
   private lastStatusText = '';
@@ -125,20 +113,16 @@ export class AgentManager {
   private debounce: NodeJS.Timeout | undefined;
   private burstStart: number | undefined;
   private signal: AbortSignal = new AbortController().signal;
-  private readonly backoff: WriteBackoff;
-  private backoffTimer: NodeJS.Timeout | undefined;
+  private wakeTimer: NodeJS.Timeout | undefined;
   private lastSpecText = '';
-  /** Which pools the writes of each device (lane) served last: where a stuck write is shown. */
-  private readonly lanePools = new Map<string, string[]>();
   /** Cycles completed (for tests and logs). */
   cycles = 0;
 
   constructor(private readonly opts: ManagerOptions) {
     this.log = opts.logger.child({ component: 'manager' });
-    this.backoff = new WriteBackoff(opts.backoff);
     this.checkpoint = opts.checkpoint ?? new Checkpoint(undefined, opts.nodeName, this.log);
     this.known = new Map(this.checkpoint.pools());
-    for (const r of this.checkpoint.retired()) this.retired.set(r.plan.name, r);
+    for (const r of this.checkpoint.retired()) this.retired.set(retiredKey(r.plan), r);
     this.podres = new PodResourcesWatcher({
       socket: opts.podResourcesSocket,
       logger: opts.logger,
@@ -148,6 +132,52 @@ export class AgentManager {
       onChange: () => this.trigger('podresources'),
       ...(opts.lookupPod ? { lookupPod: opts.lookupPod } : {}),
       ...opts.podResources,
+    });
+    const kubelet = new KubeletCheckpointReader(opts.kubeletCheckpoint ?? join(opts.pluginDir, KUBELET_CHECKPOINT_FILE));
+    const lookup = opts.lookupPod;
+    this.ledger = new Ledger({
+      ...(opts.ledgerFile ? { file: opts.ledgerFile } : {}),
+      node: opts.nodeName,
+      logger: opts.logger,
+      ...(opts.releaseGraceMs !== undefined ? { graceMs: opts.releaseGraceMs } : {}),
+      sources: {
+        podResources: () => ({ synced: this.podres.synced, error: this.podres.error, holders: this.podres.holders() }),
+        kubeletCheckpoint: () => kubelet.read(),
+        dra: () => ({ holders: opts.extraHolderInfo?.() ?? new Map(), unknown: opts.draUnknown?.() }),
+        resourceNames: () => this.resourceNames(),
+        ...(lookup
+          ? {
+              podGone: async (ns: string, name: string, uid: string) => {
+                const p = await lookup(ns, name);
+                if (!p) return true;
+                if (p.uid && p.uid !== uid) return true;
+                return p.phase === 'Succeeded' || p.phase === 'Failed';
+              },
+            }
+          : {}),
+      },
+    });
+    this.carver = new Carver(opts.ops, this.checkpoint, opts.metrics, this.log, () => this.clock(), opts.backoff);
+    this.frontEnd = new DevicePluginFrontEnd({
+      pluginDir: opts.pluginDir,
+      ...(opts.registration ? { registration: opts.registration } : {}),
+      devinfoDir: opts.devinfoDir,
+      cdi: opts.cdi,
+      watcher: opts.watcher,
+      logger: opts.logger,
+      metrics: opts.metrics,
+      holder: (id) => this.ledger.state(id),
+      admit: (pool, resourceName, ids) => {
+        const why = this.ledger.refuseAllocate(resourceName, ids);
+        if (why) return why;
+        this.ledger.granted(resourceName, ids);
+        return undefined;
+      },
+      onAllocated: () => {
+        this.podres.kick();
+        this.trigger('allocate');
+      },
+      onStateChange: () => this.trigger('registration'),
     });
   }
 
@@ -164,7 +194,7 @@ export class AgentManager {
     const state = this.opts.plan.current();
     if (!this.lastSpec) return { ready: false, reason: state.kind === 'ok' ? 'plan not applied yet' : state.message };
     const active = (this.lastSpec.pools ?? []).filter((p) => !p.deleting && p.frontEnd !== 'DRA');
-    const missing = active.filter((p) => !this.plugins.get(p.name)?.state.registered).map((p) => p.name);
+    const missing = active.filter((p) => !this.frontEnd.plugins.get(p.name)?.state.registered).map((p) => p.name);
     if (missing.length) return { ready: false, reason: `pools not registered: ${missing.join(', ')}` };
     return { ready: true };
   }
@@ -179,11 +209,15 @@ export class AgentManager {
     return this.slices;
   }
 
+  /** Who holds a slice, for other front ends (DRA prepare refuses what another holder has). */
+  holderOf(id: string): ReturnType<Ledger['state']> {
+    return this.ledger.state(id);
+  }
+
   /** Asks the loop for a rescan ('scan'-like reasons) or only a status refresh. */
   trigger(reason: 'plan' | 'timer' | 'fs' | 'podresources' | 'registration' | 'allocate'): void {
     if (reason === 'registration') this.wantStatus = true;
     else this.wantScan = true;
-    if (reason === 'podresources') this.wantScan = true; // carving may be unblocked
     this.waker?.();
   }
 
@@ -231,12 +265,11 @@ export class AgentManager {
     } finally {
       clearInterval(timer);
       if (this.debounce) clearTimeout(this.debounce);
-      if (this.backoffTimer) clearTimeout(this.backoffTimer);
+      if (this.wakeTimer) clearTimeout(this.wakeTimer);
       for (const w of this.fsWatchers.values()) w.close();
       this.fsWatchers.clear();
       this.opts.ops.close?.();
-      await Promise.all([...this.plugins.values()].map((p) => p.stop({ keepDevices: true })));
-      this.plugins.clear();
+      await this.frontEnd.stopKeepingDevices();
       this.checkpoint.save();
       await Promise.all([planRun, podresRun]);
       this.log.info('agent stopped');
@@ -277,41 +310,21 @@ export class AgentManager {
   }
 
   /**
-   * Takes a new plan: whatever a pool had in the last known plan (or the checkpoint) and no longer
-   * has is retired, to be released where no pod holds it and kept draining where one does.
+   * Takes a new plan: whatever a pool's devices carved under the last known plan (or the checkpoint)
+   * and no longer carve is retired, to be released where nobody holds it and kept draining where
+   * someone does.
    */
   private applyPlan(spec: VirtualIONodeSpec): void {
     const next = new Map((spec.pools ?? []).map((p) => [p.name, p]));
-    for (const [name, old] of this.known) {
-      const cur = next.get(name);
-      if (!cur || cur.mode !== old.mode || cur.resourceName !== old.resourceName) {
-        this.retire(old, old.devices, cur ? `pool ${name} changed its mode or resource name` : `pool ${name} is no longer in this node's plan`);
-        continue;
-      }
-      const gone = old.devices.filter((d) => !cur.devices.some((c) => sameDevice(c, d)));
-      if (gone.length > 0) this.retire(old, gone, `device no longer selected by pool ${name}`);
-    }
-    // Devices back in the plan of their pool are no longer retired.
-    for (const [name, r] of [...this.retired]) {
-      const cur = next.get(name);
-      if (!cur || cur.mode !== r.plan.mode || cur.resourceName !== r.plan.resourceName) continue;
-      const left = r.plan.devices.filter((d) => !cur.devices.some((c) => sameDevice(c, d)));
-      if (left.length === 0) this.retired.delete(name);
-      else this.retired.set(name, { ...r, plan: { ...r.plan, devices: left } });
+    for (const r of diffPlans(this.known, next, this.retired)) {
+      retire(this.retired, r.plan, r.devices, r.why);
+      this.log.info({ pool: r.plan.name, devices: r.devices.map((d) => d.pciAddress), why: r.why }, 'retiring: released where nobody holds it, kept draining where someone does');
     }
     this.known = new Map(next);
     for (const name of this.checkpoint.pools().keys()) if (!next.has(name)) this.checkpoint.deletePool(name);
     for (const p of next.values()) this.checkpoint.setPool(p);
     this.checkpoint.setRetired([...this.retired.values()]);
     this.checkpoint.save();
-  }
-
-  private retire(plan: PoolPlan, devices: PoolPlan['devices'], why: string): void {
-    const prev = this.retired.get(plan.name);
-    const merged = prev && prev.plan.mode === plan.mode && prev.plan.resourceName === plan.resourceName ? [...prev.plan.devices] : [];
-    for (const d of devices) if (!merged.some((m) => sameDevice(m, d))) merged.push(d);
-    this.retired.set(plan.name, { plan: { ...plan, devices: merged, deleting: false }, why });
-    this.log.info({ pool: plan.name, devices: devices.map((d) => d.pciAddress), why }, 'retiring: released where no pod holds it, kept draining where one does');
   }
 
   /** The plan to serve: the last valid one, or (no plan known yet) the pools of the checkpoint. */
@@ -327,25 +340,46 @@ export class AgentManager {
     if (state.kind === 'ok') {
       const specText = JSON.stringify(state.spec);
       if (specText !== this.lastSpecText) {
-        this.backoff.reset(); // a new plan: refused writes are tried again at once
+        this.carver.resetBackoff();
         this.applyPlan(state.spec);
       }
       this.lastSpecText = specText;
       this.lastSpec = state.spec;
       this.lastGeneration = state.generation;
     }
-    const ops = this.opts.ops;
     try {
-      this.inventory = await ops.scan();
+      this.inventory = await this.opts.ops.scan();
       this.scanError = undefined;
     } catch (err) {
       this.scanError = `sysfs scan failed: ${String(err)}`;
       this.log.error({ err }, 'sysfs scan failed; keeping the last inventory');
     }
+    await this.ledger.refresh();
     const { spec, provisional } = this.effectiveSpec();
     if (spec) {
       await this.reportBreakage(spec);
-      await this.converge(spec, provisional);
+      const r = await this.carver.round({
+        spec,
+        provisional,
+        retired: this.retired,
+        inventory: this.inventory,
+        protectedIds: (inv) => this.protectedIds(inv),
+        protection: (id) => this.protection(id),
+        activeIds: (inv) => this.activeIds(spec, inv),
+        fence: (ids, why) => this.ledger.fence(ids, why),
+        unfence: (ids) => this.ledger.unfence(ids),
+        signal: this.signal,
+      });
+      this.inventory = r.inventory;
+      if (r.scanError) this.scanError = r.scanError;
+      if (r.released.length > 0) {
+        for (const key of r.released) {
+          this.log.info({ pool: this.retired.get(key)?.plan.name }, 'retired slices released');
+          this.retired.delete(key);
+        }
+        this.checkpoint.setRetired([...this.retired.values()]);
+        this.checkpoint.save();
+      }
       try {
         this.slices = this.buildAllSlices(spec);
       } catch (err) {
@@ -356,46 +390,81 @@ export class AgentManager {
       this.slices = [];
     }
     this.attachWatches();
-    await this.syncPools(spec);
+    await this.frontEnd.sync(spec, this.slices, this.retired, this.signal);
     this.publishStatus();
+    this.scheduleWake();
     this.log.debug({ cycle: this.cycles, slices: this.slices.length, unhealthy: this.slices.filter((s) => s.health !== 'Healthy').length }, 'cycle done');
+  }
+
+  /** Why a slice must not be destroyed now: someone holds it, or nobody can tell. */
+  private protection(id: string): string | undefined {
+    const s = this.ledger.state(id);
+    if (s.kind === 'held') return `held by ${s.by}`;
+    const unknown = this.ledger.unknown();
+    return unknown ? `nobody can tell who holds it (${unknown})` : undefined;
+  }
+
+  /** IDs the planners must keep: held ones, or while nobody can tell, everything that exists. */
+  private protectedIds(inv: Inventory): Set<string> {
+    const held = this.ledger.heldIds();
+    if (!this.ledger.unknown()) return held;
+    for (const id of existingIds(inv)) held.add(id);
+    for (const s of this.slices) held.add(s.id);
+    const { spec } = this.effectiveSpec();
+    try {
+      const pools = [...(spec?.pools ?? []), ...[...this.retired.values()].map((r) => r.plan)];
+      for (const s of this.opts.ops.buildSlices({ pools }, inv)) held.add(s.id);
+    } catch {
+      /* the inventory and the last slices cover it */
+    }
+    return held;
+  }
+
+  /** Slice IDs the active (not deleting) plan serves. */
+  private activeIds(spec: VirtualIONodeSpec, inv: Inventory): Set<string> {
+    try {
+      return new Set(this.opts.ops.buildSlices(servingSpec(spec), inv).map((s) => s.id));
+    } catch {
+      return new Set(this.slices.filter((s) => !s.draining).map((s) => s.id));
+    }
   }
 
   /** The plan's slices (health carried over from the last round) plus the draining ones; may throw. */
   private buildAllSlices(spec: VirtualIONodeSpec): Slice[] {
-    return [...this.opts.ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining)), ...this.drainingSlices(spec)];
+    const active = this.opts.ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining));
+    return [...active, ...this.drainingSlices(spec, new Set(active.map((s) => s.id)))];
   }
 
   /**
-   * Slices of retired and deleting pools that still exist and are held (or, while the kubelet has
-   * not said who holds what, every one that exists): they stay listed, marked draining.
+   * Slices of retired and deleting pools that still exist and are held (or, while nobody can tell
+   * who holds what, every one that exists), minus what the active plan serves: listed, draining.
    */
-  private drainingSlices(spec: VirtualIONodeSpec): Slice[] {
+  private drainingSlices(spec: VirtualIONodeSpec, active: ReadonlySet<string>): Slice[] {
     const leaving: Retired[] = [
       ...(spec.pools ?? []).filter((p) => p.deleting).map((p) => ({ plan: { ...p, deleting: false }, why: `pool ${p.name} is being deleted` })),
       ...this.retired.values(),
     ];
     if (leaving.length === 0) return [];
-    let built: Slice[];
-    try {
-      built = this.opts.ops.buildSlices({ pools: leaving.map((r) => r.plan) }, this.inventory);
-    } catch (err) {
-      this.log.error({ err }, 'building draining slices failed');
-      return this.slices.filter((s) => s.draining);
+    const unknown = this.ledger.unknown();
+    const out = new Map<string, Slice>();
+    for (const r of leaving) {
+      let built: Slice[];
+      try {
+        built = this.opts.ops.buildSlices({ pools: [r.plan] }, this.inventory);
+      } catch (err) {
+        this.log.error({ err }, 'building draining slices failed');
+        return this.slices.filter((s) => s.draining);
+      }
+      for (const s of built) {
+        if (active.has(s.id) || out.has(s.id)) continue;
+        if (s.health !== 'Healthy' && s.reason?.includes('not found')) continue; // gone: nothing to keep
+        const h = this.ledger.state(s.id);
+        if (h.kind === 'free' && !unknown) continue;
+        const who = h.kind === 'held' ? `held by ${h.by}` : `kept until the kubelet says who holds it (${unknown ?? ''})`;
+        out.set(s.id, { ...s, draining: `${r.why}; ${who}; released once its pod is gone` });
+      }
     }
-    const whyOf = new Map(leaving.map((r) => [r.plan.name, r.why]));
-    const synced = this.podres.synced;
-    const holders = this.podres.holders();
-    const extra = this.opts.extraHolders?.() ?? new Set<string>();
-    const out: Slice[] = [];
-    for (const s of built) {
-      if (s.health !== 'Healthy' && s.reason?.includes('not found')) continue; // gone: nothing to keep
-      const h = holders.get(s.id);
-      if (synced && !h && !extra.has(s.id)) continue;
-      const who = h ? `held by ${h.vmi ? `VM ${h.vmi} (pod ${h.namespace}/${h.pod})` : `pod ${h.namespace}/${h.pod}`}` : extra.has(s.id) ? 'held by a prepared DRA claim' : 'kept until the kubelet says who holds it';
-      out.push({ ...s, draining: `${whyOf.get(s.pool) ?? 'left the plan'}; ${who}; released once its pod is gone` });
-    }
-    return out;
+    return [...out.values()];
   }
 
   /**
@@ -416,275 +485,32 @@ export class AgentManager {
     if (broke.length === 0) return;
     this.log.warn({ slices: broke.map((s) => `${s.id}: ${s.reason ?? 'unhealthy'}`) }, 'slices became unhealthy');
     this.slices = now;
-    await this.syncPools(spec);
-  }
-
-  /**
-   * Slice IDs that must not be destroyed: the kubelet's holders (of every resource ever served
-   * here) and prepared DRA claims, or, while PodResources has not answered yet, every slice that
-   * exists, of every pool known, retired or active.
-   */
-  private heldIds(spec: VirtualIONodeSpec): Set<string> {
-    const extra = this.opts.extraHolders?.() ?? new Set<string>();
-    if (this.podres.synced) return new Set([...this.podres.holders().keys(), ...extra]);
-    let existing: Slice[];
-    try {
-      existing = this.opts.ops.buildSlices({ pools: [...(spec.pools ?? []), ...[...this.retired.values()].map((r) => r.plan)] }, this.inventory);
-    } catch {
-      existing = this.slices;
-    }
-    return new Set([...existing, ...this.slices].map((s) => s.id).concat([...extra]));
-  }
-
-  /**
-   * Records, before any write, what a restart must know: the PFs whose VF count we are about to
-   * set (ours from now on) and the driver/netdev facts of functions we are about to move.
-   */
-  private recordIntent(writes: readonly CarvingPlan['writes'][number][]): void {
-    const devices = new Map(this.inventory.devices.map((d) => [d.pciAddress, d]));
-    for (const w of writes) {
-      const m = /^bus\/pci\/devices\/([^/]+)\/(sriov_numvfs|driver_override)$/.exec(w.path);
-      if (!m) continue;
-      const [, addr, attr] = m as unknown as [string, string, string];
-      if (attr === 'sriov_numvfs' && w.value !== '0') this.checkpoint.ownPf(addr, w.pools ?? []);
-      if (attr === 'driver_override' && w.value.trim() !== '') {
-        const d = devices.get(addr);
-        if (d?.driver && d.driver !== w.value) {
-          const names = (d as { netdevs?: { name: string }[] }).netdevs?.map((n) => n.name);
-          this.checkpoint.rememberOriginal(addr, { driver: d.driver, ...(names?.length ? { interfaceNames: names } : {}) });
-        }
-      }
-    }
-    this.checkpoint.save();
-  }
-
-  /** After writes: PFs released to zero VFs are no longer ours; returned functions forget their record. */
-  private recordDone(results: readonly { write: CarvingPlan['writes'][number]; error?: string }[], releasing: ReadonlySet<CarvingPlan['writes'][number]>): void {
-    for (const r of results) {
-      if (r.error || !releasing.has(r.write)) continue;
-      const m = /^bus\/pci\/devices\/([^/]+)\/(sriov_numvfs|driver_override)$/.exec(r.write.path);
-      if (!m) continue;
-      if (m[2] === 'sriov_numvfs' && r.write.value === '0') this.checkpoint.disownPf(m[1] as string);
-      if (m[2] === 'driver_override' && r.write.value.trim() === '') this.checkpoint.forgetOriginal(m[1] as string);
-    }
-    this.checkpoint.save();
-  }
-
-  /**
-   * Plans and applies carving until nothing is left to write (SR-IOV needs two passes: enable VFs,
-   * then bind them once a scan sees them), at most 4 passes per cycle; stops early on a failed write.
-   * While the plan is provisional (none read yet; the checkpoint's is served) nothing is released.
-   */
-  private async converge(spec: VirtualIONodeSpec, provisional: boolean): Promise<void> {
-    const ops = this.opts.ops;
-    const errors: { pool: string; message: string }[] = [];
-    const allPools = (): PoolPlan[] => [...(spec.pools ?? []), ...[...this.retired.values()].map((r) => r.plan)];
-    await this.provision(spec); // e.g. free an NVMe primary's flexible resources before its VFs exist
-    for (let pass = 0; pass < 4 && !this.signal.aborted; pass++) {
-      const allocated = this.heldIds(spec);
-      const owned = this.checkpoint.ownedPfs();
-      const writes: CarvingPlan['writes'] = [];
-      const blocked: BlockedChange[] = [];
-      const foreign: BlockedChange[] = [];
-      const released: string[] = [];
-      const releasing = new Set<CarvingPlan['writes'][number]>();
-      try {
-        const main = ops.planCarving(spec, this.inventory, allocated, owned);
-        writes.push(...main.writes);
-        blocked.push(...main.blocked);
-        foreign.push(...(main.foreign ?? []));
-        if (!provisional) {
-          const leaving = [...(spec.pools ?? []).filter((p) => p.deleting), ...[...this.retired.values()].map((r) => r.plan)];
-          for (const p of leaving) {
-            const u = ops.planUncarve(p, spec, this.inventory, allocated, owned);
-            for (const w of u.writes) releasing.add(w);
-            writes.push(...u.writes);
-            // Held slices of a retired pool are draining, not blocked: shown on the slice and the pool.
-            if (!this.retired.has(p.name)) blocked.push(...u.blocked);
-            if (u.writes.length === 0 && (u.held ?? []).length === 0 && this.retired.has(p.name)) released.push(p.name);
-          }
-        }
-      } catch (err) {
-        errors.push({ pool: '', message: `carving plan failed: ${String(err)}` });
-        this.log.error({ err }, 'carving plan failed');
-        break;
-      }
-      for (const st of ops.stuckWrites?.() ?? []) {
-        const secs = Math.round((Date.now() - st.since) / 1000);
-        for (const pool of this.lanePools.get(st.lane) ?? ['']) {
-          blocked.push({ pool, device: st.lane, reason: `stuck: ${st.path}=${JSON.stringify(st.value)} has not returned for ${secs} s (the device is probably held open, e.g. by a VM); other devices proceed` });
-        }
-      }
-      this.blocked = blocked;
-      this.noteForeign(foreign);
-      if (released.length > 0) {
-        for (const name of released) {
-          this.retired.delete(name);
-          this.log.info({ pool: name }, 'pool released');
-        }
-        this.checkpoint.setRetired([...this.retired.values()]);
-        this.checkpoint.save();
-      }
-      if (pass === 0) for (let i = 0; i < blocked.length; i++) this.opts.metrics.carvingOperations.inc({ result: 'blocked' });
-      const now = this.clock();
-      const { due, deferred } = this.backoff.partition(writes, now, pass === 0);
-      if (pass === 0) {
-        for (const d of deferred) {
-          for (const pool of poolsOfWrite(d.write, allPools())) {
-            errors.push({ pool, message: `${d.write.path}=${d.write.value}: ${d.error} (failed ${d.failures} time(s); next try in ${Math.ceil(d.retryInMs / 1000)} s)` });
-          }
-        }
-      }
-      if (due.length === 0) break;
-      for (const w of due) this.lanePools.set(w.group ?? w.path, poolsOfWrite(w, allPools()));
-      this.recordIntent(due);
-      this.log.info({ pass, writes: due.map((w) => `${w.path}=${w.value} (${w.why})`), ...(deferred.length ? { backingOff: deferred.length } : {}) }, 'carving');
-      const results = await ops.applyCarving({ writes: due, blocked }, this.signal);
-      this.recordDone(results, releasing);
-      let failed = false;
-      const after = this.clock();
-      for (const r of results) {
-        this.opts.metrics.carvingOperations.inc({ result: r.error ? (r.skipped ? 'skipped' : 'error') : 'ok' });
-        if (!r.error) this.backoff.succeeded(r.write);
-        if (r.error && !r.skipped) {
-          failed = true;
-          const delay = this.backoff.failed(r.write, r.error, after, r.code);
-          for (const pool of poolsOfWrite(r.write, allPools())) {
-            errors.push({ pool, message: `${r.write.path}=${r.write.value}: ${r.error} (next try in ${Math.ceil(delay / 1000)} s)` });
-          }
-          this.log.error({ path: r.write.path, value: r.write.value, error: r.error, code: r.code, retryInMs: delay }, 'carving write failed');
-        }
-      }
-      if (!results.some((r) => !r.error)) break; // nothing was written: the inventory is unchanged, no rescan
-      try {
-        this.inventory = await ops.scan();
-      } catch (err) {
-        this.scanError = `sysfs scan failed: ${String(err)}`;
-        break;
-      }
-      // A failed write ends this round's writes of its device only (its group was skipped); the
-      // other devices' follow-up passes (e.g. binding the VFs just enabled) still run.
-      if (failed && results.every((r) => r.error)) break;
-    }
-    errors.push(...(await this.provision(spec)));
-    this.carvingErrors = errors;
-    this.scheduleRetry();
-  }
-
-  /** Device provisioning beyond sysfs (NVMe secondary controllers); its problems become pool errors. */
-  private async provision(spec: VirtualIONodeSpec): Promise<{ pool: string; message: string }[]> {
-    if (!this.opts.ops.provision || this.signal.aborted) return [];
-    try {
-      return (await this.opts.ops.provision(spec, this.inventory, this.heldIds(spec))).map((p) => ({ pool: p.pool, message: p.reason }));
-    } catch (err) {
-      this.log.error({ err }, 'provisioning failed');
-      return [{ pool: '', message: `provisioning failed: ${String(err)}` }];
-    }
+    await this.frontEnd.sync(spec, this.slices, this.retired, this.signal);
   }
 
   private clock(): number {
     return (this.opts.clock ?? (() => performance.now()))();
   }
 
-  /** Wakes the loop when the earliest backed-off write is due (the rescan timer may be much slower). */
-  private scheduleRetry(): void {
-    if (this.backoffTimer) clearTimeout(this.backoffTimer);
-    this.backoffTimer = undefined;
-    const at = this.backoff.nextDue();
-    if (at === undefined || this.signal.aborted) return;
-    this.backoffTimer = setTimeout(() => {
-      this.backoffTimer = undefined;
+  /** Wakes the loop when the earliest backed-off write is due or a held slice may be released. */
+  private scheduleWake(): void {
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeTimer = undefined;
+    if (this.signal.aborted) return;
+    const due = this.carver.nextDue();
+    const release = this.slices.some((s) => s.draining) || this.carver.blocked.length > 0 ? this.ledger.nextRelease() : undefined;
+    const waits = [due !== undefined ? due - this.clock() : undefined, release !== undefined ? release - Date.now() : undefined].filter((x): x is number => x !== undefined);
+    if (waits.length === 0) return;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = undefined;
       this.trigger('timer');
-    }, Math.max(0, at - this.clock()) + 5);
-    this.backoffTimer.unref();
-  }
-
-  /** Keeps what carving left alone (not ours) for status, and logs it once each time it changes. */
-  private noteForeign(foreign: BlockedChange[]): void {
-    this.foreign = foreign;
-    const text = foreign.map((f) => `${f.pool}/${f.device}: ${f.reason}`).join('\n');
-    if (text === this.foreignText) return;
-    this.foreignText = text;
-    if (foreign.length > 0) this.log.warn({ foreign: foreign.map((f) => `${f.pool}/${f.device}: ${f.reason}`) }, 'devices hold mdevs/vports virtualio did not create; left alone');
-  }
-
-  /**
-   * What the kubelet is told about a slice: draining slices, and slices the kubelet reports as
-   * held through another resource, are advertised Unhealthy so they are never allocated again;
-   * the pod holding them keeps them (the kubelet never takes a device from a running pod).
-   */
-  private advertised(s: Slice): Slice {
-    if (s.draining) return { ...s, health: 'Unhealthy', reason: `draining: ${s.draining}` };
-    const h = this.podres.holders().get(s.id);
-    if (h && h.resourceName !== s.resourceName) return { ...s, health: 'Unhealthy', reason: `held by pod ${h.namespace}/${h.pod} through ${h.resourceName}` };
-    return s;
-  }
-
-  private async syncPools(spec: VirtualIONodeSpec | undefined): Promise<void> {
-    const wanted = new Map((spec?.pools ?? []).filter((p) => !p.deleting && p.frontEnd !== 'DRA').map((p) => [p.name, p]));
-    // A pool that left the plan keeps its device plugin while it has draining slices.
-    for (const s of this.slices) {
-      if (!s.draining || wanted.has(s.pool)) continue;
-      const plan = this.retired.get(s.pool)?.plan ?? (spec?.pools ?? []).find((p) => p.name === s.pool);
-      if (plan && plan.frontEnd !== 'DRA') wanted.set(s.pool, plan);
-    }
-    const stops: Promise<void>[] = [];
-    for (const [name, plugin] of this.plugins) {
-      const w = wanted.get(name);
-      if (!w || w.resourceName !== plugin.pool.resourceName) {
-        this.log.info({ pool: name }, 'stopping pool server');
-        this.plugins.delete(name);
-        stops.push(plugin.stop());
-        this.opts.metrics.slices.remove({ pool: name, health: 'Healthy' });
-        this.opts.metrics.slices.remove({ pool: name, health: 'Unhealthy' });
-      }
-    }
-    await Promise.all(stops);
-    const byPool = new Map<string, Slice[]>();
-    for (const s of this.slices) {
-      const l = byPool.get(s.pool) ?? [];
-      l.push(this.advertised(s));
-      byPool.set(s.pool, l);
-    }
-    for (const [name, p] of wanted) {
-      let plugin = this.plugins.get(name);
-      if (!plugin) {
-        plugin = new PoolPlugin({
-          pool: poolSpec(p),
-          pluginDir: this.opts.pluginDir,
-          ...(this.opts.registration ? { registration: this.opts.registration } : {}),
-          devinfoDir: this.opts.devinfoDir,
-          cdi: this.opts.cdi,
-          watcher: this.opts.watcher,
-          logger: this.opts.logger,
-          metrics: this.opts.metrics,
-          signal: this.signal,
-          onAllocated: () => this.podres.kick(),
-          onStateChange: () => this.trigger('registration'),
-        });
-        this.plugins.set(name, plugin);
-        this.log.info({ pool: name, resourceName: p.resourceName }, 'starting pool server');
-      } else {
-        plugin.setPool(poolSpec(p));
-      }
-      const sl = byPool.get(name) ?? [];
-      plugin.update(sl);
-      plugin.start();
-      this.opts.metrics.slices.set({ pool: name, health: 'Healthy' }, sl.filter((s) => s.health === 'Healthy').length);
-      this.opts.metrics.slices.set({ pool: name, health: 'Unhealthy' }, sl.filter((s) => s.health !== 'Healthy').length);
-    }
-  }
-
-  /** PodResources holders plus DRA claim holders (status counts both as allocated). */
-  private statusHolders(): ReadonlyMap<string, Holder> {
-    const extra = this.opts.extraHolderInfo?.();
-    if (!extra || extra.size === 0) return this.podres.holders();
-    return new Map([...extra, ...this.podres.holders()]);
+    }, Math.max(0, Math.min(...waits)) + 5);
+    this.wakeTimer.unref();
   }
 
   private publishStatus(): void {
     const state = this.opts.plan.current();
-    const registration = new Map<string, PoolRegistration>([...this.plugins].map(([n, p]) => [n, p.state]));
+    const registration = new Map<string, PoolRegistration>([...this.frontEnd.plugins].map(([n, p]) => [n, p.state]));
     for (const p of this.lastSpec?.pools ?? []) {
       if (p.frontEnd !== 'DRA') continue;
       const dra = this.opts.draRegistration?.();
@@ -693,7 +519,7 @@ export class AgentManager {
     const { spec } = this.effectiveSpec();
     const active = new Set((spec?.pools ?? []).map((p) => p.name));
     const draining = [...this.retired.values()]
-      .filter((r) => !active.has(r.plan.name) && this.slices.some((s) => s.pool === r.plan.name && s.draining))
+      .filter((r, i, all) => !active.has(r.plan.name) && this.slices.some((s) => s.pool === r.plan.name && s.draining) && all.findIndex((x) => x.plan.name === r.plan.name) === i)
       .map((r) => ({ ...r.plan, deleting: false }));
     // No usable plan: with a last plan, it is served and the reason shown; without one, nothing is removed.
     const planError = state.kind !== 'ok' && (this.lastSpec !== undefined || state.kind === 'error') ? state.message : undefined;
@@ -709,12 +535,13 @@ export class AgentManager {
       inventory: { ...this.inventory, devices: withOriginals(this.inventory.devices, Object.fromEntries(this.checkpoint.originals())) },
       ...(this.scanError ? { scanError: this.scanError } : {}),
       slices: this.slices,
-      holders: this.statusHolders(),
+      holders: this.ledger.holders(),
       registration,
-      blocked: this.blocked,
-      foreign: this.foreign,
-      carvingErrors: this.carvingErrors,
+      blocked: this.carver.blocked,
+      foreign: this.carver.foreign,
+      carvingErrors: this.carver.errors,
       ...(this.podres.error ? { podResourcesError: this.podres.error } : {}),
+      ...(this.ledger.unknown() ? { holdersUnknown: this.ledger.unknown() as string } : {}),
       ...(this.checkpoint.error ? { checkpointError: this.checkpoint.error } : {}),
       previous: this.conditions,
       now: (this.opts.now ?? (() => new Date()))(),

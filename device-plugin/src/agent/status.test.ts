@@ -87,7 +87,10 @@ describe('buildStatus', () => {
   test('deleting pool: Deleting while held, Released when free', () => {
     const del = { ...pool, deleting: true };
     expect(buildStatus(input({ pools: [del] })).pools?.[0]?.state).toBe('Deleting');
-    expect(buildStatus(input({ pools: [del], holders: new Map() })).pools?.[0]?.state).toBe('Released');
+    // Slices still listed (kept, e.g. while the kubelet has not said who holds them) are not released.
+    expect(buildStatus(input({ pools: [del], holders: new Map() })).pools?.[0]?.state).toBe('Deleting');
+    expect(buildStatus(input({ pools: [del], holders: new Map(), slices: [] })).pools?.[0]?.state).toBe('Released');
+    expect(buildStatus(input({ pools: [del], holders: new Map(), slices: [], holdersUnknown: 'PodResources has not answered yet' })).pools?.[0]).toMatchObject({ state: 'Deleting', message: expect.stringContaining('PodResources has not answered yet') });
   });
 
   test('setCondition sorts by type and only moves the time on a flip', () => {

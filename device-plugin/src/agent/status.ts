@@ -42,6 +42,8 @@ export interface StatusInput {
   /** Failed carving writes, by pool (or '' when the pool is unknown). */
   carvingErrors: readonly { pool: string; message: string }[];
   podResourcesError?: string;
+  /** Why nobody can tell now who holds what (every existing slice then counts as held). */
+  holdersUnknown?: string;
   previous?: readonly Condition[];
   now: Date;
 }
@@ -98,10 +100,12 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
     const out: PoolStatus = { name: p.name, resourceName: p.resourceName, state: 'Ready', registered: reg?.registered ?? false, capacity: sl.length, allocatable: sl.filter((s) => s.health === 'Healthy' && !s.draining).length, allocated };
     if (reg?.registered && reg.via) out.registeredVia = reg.via;
     if (p.deleting) {
-      out.state = allocated > 0 ? 'Deleting' : 'Released';
+      // Released only once nothing of it is kept and the kubelet has said who holds what.
+      out.state = allocated > 0 || sl.length > 0 || inp.holdersUnknown ? 'Deleting' : 'Released';
       out.registered = false;
       delete out.registeredVia;
       if (allocated > 0) out.message = `${allocated} slice(s) still held by pods`;
+      else if (sl.length > 0 || inp.holdersUnknown) out.message = `kept until the kubelet says who holds its slices${inp.holdersUnknown ? ` (${inp.holdersUnknown})` : ''}`;
     } else if (errors.length) {
       out.state = 'Error';
       out.message = truncate(errors.map((e) => e.message).join('; '));
@@ -173,6 +177,7 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
   if (unhealthy.length) problems.push(['UnhealthySlices', unhealthy.map((s) => `${s.id}${s.reason ? ` (${s.reason})` : ''}`).join(', ')]);
   if (deviceErrors.length || inp.inventory.errors?.length) problems.push(['DiscoveryErrors', [...(inp.inventory.errors ?? []), ...deviceErrors].join('; ')]);
   if (inp.podResourcesError) problems.push(['PodResourcesUnavailable', inp.podResourcesError]);
+  else if (inp.holdersUnknown) problems.push(['HoldersUnknown', `nothing is destroyed until it is known who holds what: ${inp.holdersUnknown}`]);
   // What status can carry; planning needs first. No successful scan yet: no inventory at all, so the
   // operator keeps the node's plan instead of reading "no devices".
   const bound = boundInventory(inp.inventory.devices, inp.pools);

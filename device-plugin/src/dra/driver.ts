@@ -188,6 +188,13 @@ export class DraDriver {
     return { registered: false, error: this.registration?.error ? `kubelet refused DRA driver virtualio.dev: ${this.registration.error}` : 'DRA driver virtualio.dev not registered with the kubelet yet' };
   }
 
+  /** Why nobody can tell which claims were prepared (record not read yet, damaged or unreadable), or undefined. */
+  holdersUnknown(): string | undefined {
+    const st = this.checkpoint.state;
+    if (st === 'ok' || st === 'absent') return undefined;
+    return st === 'unloaded' ? 'the DRA driver has not read its prepared claims yet' : (this.checkpoint.loadError ?? `DRA checkpoint ${st}`);
+  }
+
   /** Slice IDs held by prepared claims: carving must not destroy them. */
   preparedSliceIds(): Set<string> {
     return new Set(this.checkpoint.all().flatMap((c) => c.devices.map((d) => d.sliceId)));

@@ -158,6 +158,8 @@ export class KubeAdapter implements KubeAgentPort {
     try {
       const pod = await this.core.readNamespacedPod({ namespace, name });
       const info: PodInfo = {};
+      if (pod.metadata?.uid) info.uid = pod.metadata.uid;
+      if (pod.status?.phase) info.phase = pod.status.phase;
       if (pod.metadata?.labels) info.labels = pod.metadata.labels;
       if (pod.metadata?.ownerReferences) info.ownerReferences = pod.metadata.ownerReferences.map((o) => ({ kind: o.kind, name: o.name }));
       return info;

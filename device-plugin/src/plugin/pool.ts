@@ -37,6 +37,11 @@ export interface PoolPluginOptions {
   signal: AbortSignal;
   /** Called after every successful Allocate with the allocated IDs. */
   onAllocated?: (pool: string, ids: string[]) => void;
+  /**
+   * Asked before an Allocate is answered: a reason refuses it (FAILED_PRECONDITION); undefined lets
+   * it go ahead, and the callee has then durably recorded the IDs as handed out.
+   */
+  admit?: (pool: string, resourceName: string, ids: string[]) => string | undefined;
   /** Called when the registration state changes. */
   onStateChange?: () => void;
   /** Register call, replaceable in tests. */
@@ -433,6 +438,14 @@ export class PoolPlugin {
         cb({ code: grpc.status[out.code], details: out.message });
         return;
       }
+      const ids = call.request.containerRequests.flatMap((c) => c.devicesIds);
+      const refused = this.opts.admit?.(pool.name, pool.resourceName, ids);
+      if (refused) {
+        this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
+        this.log.error({ ids, reason: refused }, 'Allocate refused: the slice is held elsewhere or being changed');
+        cb({ code: grpc.status.FAILED_PRECONDITION, details: `pool ${pool.name}: ${refused}` });
+        return;
+      }
       for (const f of out.devinfo) {
         try {
           writeDevinfoFile(this.opts.devinfoDir, f);
@@ -447,7 +460,6 @@ export class PoolPlugin {
         }
       }
       this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, elapsed());
-      const ids = call.request.containerRequests.flatMap((c) => c.devicesIds);
       this.log.info({ ids }, 'allocated');
       cb(null, out.response);
       this.opts.onAllocated?.(pool.name, ids);

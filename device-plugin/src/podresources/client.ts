@@ -24,6 +24,9 @@ export const CREATED_BY_LABEL = 'kubevirt.io/created-by';
 
 /** What the agent can learn about a pod from the API server (cluster mode). */
 export interface PodInfo {
+  uid?: string;
+  /** status.phase (Pending, Running, Succeeded, Failed). */
+  phase?: string;
   labels?: Record<string, string>;
   ownerReferences?: { kind: string; name: string }[];
 }

@@ -1,0 +1,237 @@
+// One round of carving: plan the writes that bring the node to the plan (and release what retired
+// pools left behind), pass every write through the gate, apply what it lets through, rescan, repeat
+// (SR-IOV needs two passes: enable VFs, then bind them). A refused or failed write ends its device's
+// round only; other devices proceed. What stands in the way is kept for status.
+import { WriteBackoff, type BackoffOptions } from '../carving/backoff.js';
+import type { Logger } from '../log.js';
+import type { AgentMetrics } from '../metrics.js';
+import type { BlockedChange, Inventory, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
+import type { Checkpoint } from './checkpoint.js';
+import { gate, type Protection } from './gate.js';
+import type { NodeOps } from './ports.js';
+import type { Retired } from './retire.js';
+
+/** Which pools a carving write serves: its own tag, else the pools listing the device its path names. */
+function poolsOfWrite(w: { path: string; pools?: string[] }, pools: readonly PoolPlan[]): string[] {
+  if (w.pools?.length) return w.pools;
+  const out = pools.filter((p) => (p.devices ?? []).some((d) => w.path.includes(d.pciAddress))).map((p) => p.name);
+  return out.length ? out : [''];
+}
+
+/** What one round needs from the agent. */
+export interface RoundInput {
+  spec: VirtualIONodeSpec;
+  /** No plan read yet (the checkpoint's is served): nothing is released. */
+  provisional: boolean;
+  retired: ReadonlyMap<string, Retired>;
+  inventory: Inventory;
+  /** IDs never to destroy: held, or (nobody can tell) everything that exists. Asked each pass. */
+  protectedIds: (inv: Inventory) => ReadonlySet<string>;
+  /** Why one ID must not be destroyed now (the gate's question), or undefined. */
+  protection: Protection;
+  /** Slice IDs the active plan serves (a retired entry of the same pool never releases them). */
+  activeIds: (inv: Inventory) => ReadonlySet<string>;
+  /** Marks what a write is about to destroy (Allocate refuses it), and clears it after. */
+  fence: (ids: readonly string[], why: string) => void;
+  unfence: (ids: readonly string[]) => void;
+  signal: AbortSignal;
+}
+
+export interface RoundResult {
+  inventory: Inventory;
+  /** Keys of retired entries with nothing left to release or drain. */
+  released: string[];
+  scanError?: string;
+}
+
+export class Carver {
+  blocked: BlockedChange[] = [];
+  foreign: BlockedChange[] = [];
+  errors: { pool: string; message: string }[] = [];
+  private foreignText = '';
+  private readonly backoff: WriteBackoff;
+  /** Which pools the writes of each device (lane) served last: where a stuck write is shown. */
+  private readonly lanePools = new Map<string, string[]>();
+
+  constructor(
+    private readonly ops: NodeOps,
+    private readonly checkpoint: Checkpoint,
+    private readonly metrics: AgentMetrics,
+    private readonly log: Logger,
+    private readonly clock: () => number,
+    backoff?: BackoffOptions,
+  ) {
+    this.backoff = new WriteBackoff(backoff);
+  }
+
+  /** A new plan: refused writes are tried again at once. */
+  resetBackoff(): void {
+    this.backoff.reset();
+  }
+
+  /** When the earliest backed-off write is due, or undefined. */
+  nextDue(): number | undefined {
+    return this.backoff.nextDue();
+  }
+
+  async round(inp: RoundInput): Promise<RoundResult> {
+    const { spec, provisional, ops } = { ...inp, ops: this.ops };
+    let inventory = inp.inventory;
+    const errors: { pool: string; message: string }[] = [];
+    const released = new Set<string>();
+    let scanError: string | undefined;
+    const allPools = (): PoolPlan[] => [...(spec.pools ?? []), ...[...inp.retired.values()].map((r) => r.plan)];
+    await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal); // e.g. free an NVMe primary's flexible resources before its VFs exist
+    for (let pass = 0; pass < 4 && !inp.signal.aborted; pass++) {
+      const held = inp.protectedIds(inventory);
+      const owned = this.checkpoint.ownedPfs();
+      const writes: SysfsWrite[] = [];
+      const blocked: BlockedChange[] = [];
+      const foreign: BlockedChange[] = [];
+      const releasing = new Set<SysfsWrite>();
+      try {
+        const main = ops.planCarving(spec, inventory, held, owned);
+        writes.push(...main.writes);
+        blocked.push(...main.blocked);
+        foreign.push(...(main.foreign ?? []));
+        if (!provisional) {
+          const active = inp.activeIds(inventory);
+          const keep = new Set([...held, ...active]);
+          const leaving: [string | undefined, PoolPlan][] = [...(spec.pools ?? []).filter((p) => p.deleting).map((p): [undefined, PoolPlan] => [undefined, p]), ...[...inp.retired].map(([k, r]): [string, PoolPlan] => [k, r.plan])];
+          for (const [key, p] of leaving) {
+            // What the active plan still serves is never released by a retired entry of the same pool.
+            const u = ops.planUncarve(p, spec, inventory, keep, owned);
+            const stillHeld = (u.held ?? []).filter((id) => !active.has(id));
+            for (const w of u.writes) releasing.add(w);
+            writes.push(...u.writes);
+            // Held slices of a retired pool are draining, not blocked: shown on the slice and the pool.
+            if (key === undefined) blocked.push(...u.blocked);
+            if (key !== undefined && u.writes.length === 0 && stillHeld.length === 0) released.add(key);
+          }
+        }
+      } catch (err) {
+        errors.push({ pool: '', message: `carving plan failed: ${String(err)}` });
+        this.log.error({ err }, 'carving plan failed');
+        break;
+      }
+      for (const st of ops.stuckWrites?.() ?? []) {
+        const secs = Math.round((Date.now() - st.since) / 1000);
+        for (const pool of this.lanePools.get(st.lane) ?? ['']) {
+          blocked.push({ pool, device: st.lane, reason: `stuck: ${st.path}=${JSON.stringify(st.value)} has not returned for ${secs} s (the device is probably held open, e.g. by a VM); other devices proceed` });
+        }
+      }
+      // One write per path and value a pass (a retired entry and the active plan may both plan it).
+      const unique = writes.filter((w, i) => writes.findIndex((x) => x.path === w.path && x.value === w.value && (x.group ?? '') === (w.group ?? '')) === i);
+      const verdict = gate(unique, inventory, inp.protection);
+      for (const r of verdict.refused) {
+        for (const pool of poolsOfWrite(r.write, allPools())) blocked.push({ pool, device: r.victim, reason: `${r.write.path}=${JSON.stringify(r.write.value.trim())} refused: it would destroy ${r.victim}, ${r.why}` });
+        this.metrics.carvingOperations.inc({ result: 'refused' });
+      }
+      if (verdict.refused.length) this.log.warn({ refused: verdict.refused.map((r) => `${r.write.path}=${r.write.value.trim()} (${r.victim}: ${r.why})`) }, 'safety gate refused writes');
+      this.blocked = blocked;
+      this.noteForeign(foreign);
+      if (pass === 0) for (let i = 0; i < blocked.length; i++) this.metrics.carvingOperations.inc({ result: 'blocked' });
+      const now = this.clock();
+      const { due, deferred } = this.backoff.partition(verdict.allowed.map((a) => a.write), now, pass === 0);
+      if (pass === 0) {
+        for (const d of deferred) {
+          for (const pool of poolsOfWrite(d.write, allPools())) {
+            errors.push({ pool, message: `${d.write.path}=${d.write.value}: ${d.error} (failed ${d.failures} time(s); next try in ${Math.ceil(d.retryInMs / 1000)} s)` });
+          }
+        }
+      }
+      if (due.length === 0) break;
+      for (const w of due) this.lanePools.set(w.group ?? w.path, poolsOfWrite(w, allPools()));
+      this.recordIntent(due, inventory);
+      const victims = [...new Set(verdict.allowed.filter((a) => due.includes(a.write)).flatMap((a) => a.victims))];
+      this.log.info({ pass, writes: due.map((w) => `${w.path}=${w.value} (${w.why})`), ...(victims.length ? { destroys: victims } : {}), ...(deferred.length ? { backingOff: deferred.length } : {}) }, 'carving');
+      inp.fence(victims, 'being re-carved or released');
+      let results;
+      try {
+        results = await ops.applyCarving({ writes: due, blocked }, inp.signal);
+      } finally {
+        inp.unfence(victims);
+      }
+      this.recordDone(results, releasing);
+      let failed = false;
+      const after = this.clock();
+      for (const r of results) {
+        this.metrics.carvingOperations.inc({ result: r.error ? (r.skipped ? 'skipped' : 'error') : 'ok' });
+        if (!r.error) this.backoff.succeeded(r.write);
+        if (r.error && !r.skipped) {
+          failed = true;
+          const delay = this.backoff.failed(r.write, r.error, after, r.code);
+          for (const pool of poolsOfWrite(r.write, allPools())) errors.push({ pool, message: `${r.write.path}=${r.write.value}: ${r.error} (next try in ${Math.ceil(delay / 1000)} s)` });
+          this.log.error({ path: r.write.path, value: r.write.value, error: r.error, code: r.code, retryInMs: delay }, 'carving write failed');
+        }
+      }
+      if (!results.some((r) => !r.error)) break; // nothing was written: the inventory is unchanged, no rescan
+      try {
+        inventory = await ops.scan();
+      } catch (err) {
+        scanError = `sysfs scan failed: ${String(err)}`;
+        break;
+      }
+      // A failed write ends this round's writes of its device only (its group was skipped); the
+      // other devices' follow-up passes (e.g. binding the VFs just enabled) still run.
+      if (failed && results.every((r) => r.error)) break;
+    }
+    errors.push(...(await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal)));
+    this.errors = errors;
+    return { inventory, released: [...released], ...(scanError ? { scanError } : {}) };
+  }
+
+  /** Device provisioning beyond sysfs (NVMe secondary controllers); its problems become pool errors. */
+  private async provision(spec: VirtualIONodeSpec, inventory: Inventory, held: ReadonlySet<string>, signal: AbortSignal): Promise<{ pool: string; message: string }[]> {
+    if (!this.ops.provision || signal.aborted) return [];
+    try {
+      return (await this.ops.provision(spec, inventory, held)).map((p) => ({ pool: p.pool, message: p.reason }));
+    } catch (err) {
+      this.log.error({ err }, 'provisioning failed');
+      return [{ pool: '', message: `provisioning failed: ${String(err)}` }];
+    }
+  }
+
+  /**
+   * Records, before any write, what a restart must know: the PFs whose VF count we are about to
+   * set (ours from now on) and the driver/netdev facts of functions we are about to move.
+   */
+  private recordIntent(writes: readonly SysfsWrite[], inventory: Inventory): void {
+    const devices = new Map(inventory.devices.map((d) => [d.pciAddress, d]));
+    for (const w of writes) {
+      const m = /^bus\/pci\/devices\/([^/]+)\/(sriov_numvfs|driver_override)$/.exec(w.path);
+      if (!m) continue;
+      const [, addr, attr] = m as unknown as [string, string, string];
+      if (attr === 'sriov_numvfs' && w.value !== '0') this.checkpoint.ownPf(addr, w.pools ?? []);
+      if (attr === 'driver_override' && w.value.trim() !== '') {
+        const d = devices.get(addr);
+        if (d?.driver && d.driver !== w.value) {
+          const names = d.netdevs?.map((n) => n.name);
+          this.checkpoint.rememberOriginal(addr, { driver: d.driver, ...(names?.length ? { interfaceNames: names } : {}) });
+        }
+      }
+    }
+    this.checkpoint.save();
+  }
+
+  /** After writes: PFs released to zero VFs are no longer ours; returned functions forget their record. */
+  private recordDone(results: readonly { write: SysfsWrite; error?: string }[], releasing: ReadonlySet<SysfsWrite>): void {
+    for (const r of results) {
+      if (r.error || !releasing.has(r.write)) continue;
+      const m = /^bus\/pci\/devices\/([^/]+)\/(sriov_numvfs|driver_override)$/.exec(r.write.path);
+      if (!m) continue;
+      if (m[2] === 'sriov_numvfs' && r.write.value === '0') this.checkpoint.disownPf(m[1] as string);
+      if (m[2] === 'driver_override' && r.write.value.trim() === '') this.checkpoint.forgetOriginal(m[1] as string);
+    }
+    this.checkpoint.save();
+  }
+
+  /** Keeps what carving left alone (not ours) for status, and logs it once each time it changes. */
+  private noteForeign(foreign: BlockedChange[]): void {
+    this.foreign = foreign;
+    const text = foreign.map((f) => `${f.pool}/${f.device}: ${f.reason}`).join('\n');
+    if (text === this.foreignText) return;
+    this.foreignText = text;
+    if (foreign.length > 0) this.log.warn({ foreign: foreign.map((f) => `${f.pool}/${f.device}: ${f.reason}`) }, 'devices hold mdevs/vports virtualio did not create; left alone');
+  }
+}
