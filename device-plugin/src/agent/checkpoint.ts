@@ -11,12 +11,16 @@
 // - `devices`: what a function looked like before the agent moved it off its driver (driver and
 //   netdev names), so pool membership survives the agent's own carving.
 //
-// Written atomically (temp file + rename), only when it changed. A missing file is an empty
-// record; an unreadable or malformed one is reported and replaced on the next write, never fatal.
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+// Written durably (temp file, fsync, rename, fsync of the folder; see durable-file.ts), only when it
+// changed, with a checksum. A missing file is an empty record. A file that cannot be read, is not
+// JSON, fails its checksum or has the wrong shape is NOT an empty record: `state` says so, `unknown`
+// stays true (the caller treats every slice as held, since pools and retired plans it listed are
+// lost), the damaged file is kept as `<file>.corrupt-<time>` before the first write replaces it, and
+// the loss is written into the new record so that a restart does not forget it.
+import { readFileSync } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { PoolPlan } from '../model.js';
+import { decodeChecked, encodeChecked, keepCorruptCopy, writeFileDurable } from './durable-file.js';
 
 export const CHECKPOINT_FILE = 'agent-checkpoint.json';
 
@@ -24,6 +28,15 @@ export const CHECKPOINT_FILE = 'agent-checkpoint.json';
 export interface OriginalFacts {
   driver?: string;
   interfaceNames?: string[];
+}
+
+/** A record that could not be read: what it held is unknown from then on, until the caller says otherwise. */
+export interface CheckpointLoss {
+  /** When the damage was found (ISO time). */
+  at: string;
+  why: string;
+  /** Where the damaged file was kept. */
+  copy?: string;
 }
 
 export interface CheckpointData {
@@ -34,7 +47,16 @@ export interface CheckpointData {
   retired: { plan: PoolPlan; why: string }[];
   pfs: Record<string, { pools: string[] }>;
   devices: Record<string, OriginalFacts>;
+  /** Set while an earlier record was lost (see {@link Checkpoint.unknown}). */
+  lost?: CheckpointLoss;
 }
+
+/**
+ * What loading found: `ok` (a valid record), `absent` (no file, or no file configured: a trusted
+ * empty record), `corrupt` (not JSON, bad checksum, wrong shape or another node's record) or
+ * `unreadable` (the file exists but cannot be read). The last two mean "unknown", never "empty".
+ */
+export type CheckpointState = 'ok' | 'absent' | 'corrupt' | 'unreadable';
 
 function empty(node: string): CheckpointData {
   return { version: 1, node, pools: {}, retired: [], pfs: {}, devices: {} };
@@ -44,42 +66,64 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Parses checkpoint text; returns a reason instead of throwing on anything malformed. */
+function isStringList(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((x) => typeof x === 'string');
+}
+
+function isPlan(p: unknown): p is PoolPlan {
+  return isRecord(p) && typeof p.name === 'string' && typeof p.resourceName === 'string' && typeof p.mode === 'string' && Array.isArray(p.devices);
+}
+
+/**
+ * Parses checkpoint text; returns a reason instead of throwing on anything malformed. Strict: any
+ * entry of the wrong shape refuses the whole record (a record missing entries would look like
+ * pools that were never served here). Sections missing entirely are empty (older records).
+ */
 export function parseCheckpoint(text: string, node: string): { ok: true; data: CheckpointData } | { ok: false; message: string } {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (err) {
-    return { ok: false, message: `not JSON: ${(err as Error).message}` };
-  }
-  if (!isRecord(doc) || doc.version !== 1) return { ok: false, message: 'not a version 1 checkpoint' };
+  const decoded = decodeChecked(text);
+  if (!decoded.ok) return decoded;
+  const doc = decoded.doc;
+  if (doc.version !== 1) return { ok: false, message: `not a version 1 checkpoint (version ${JSON.stringify(doc.version)})` };
   if (doc.node !== node) return { ok: false, message: `written for node ${JSON.stringify(doc.node)}, not ${node}` };
   const data = empty(node);
-  if (isRecord(doc.pools)) {
+  const bad = (what: string) => ({ ok: false as const, message: `malformed ${what}` });
+  if (doc.pools !== undefined) {
+    if (!isRecord(doc.pools)) return bad('pools');
     for (const [name, p] of Object.entries(doc.pools)) {
-      if (isRecord(p) && typeof p.resourceName === 'string' && typeof p.mode === 'string' && Array.isArray(p.devices)) data.pools[name] = p as unknown as PoolPlan;
+      if (!isPlan(p) || p.name !== name) return bad(`pool ${JSON.stringify(name)}`);
+      data.pools[name] = p;
     }
   }
-  if (Array.isArray(doc.retired)) {
-    for (const r of doc.retired) {
-      if (isRecord(r) && isRecord(r.plan) && typeof r.plan.name === 'string' && typeof r.plan.resourceName === 'string' && Array.isArray(r.plan.devices)) {
-        data.retired.push({ plan: r.plan as unknown as PoolPlan, why: typeof r.why === 'string' ? r.why : 'left the plan' });
-      }
+  if (doc.retired !== undefined) {
+    if (!Array.isArray(doc.retired)) return bad('retired');
+    for (const [i, r] of doc.retired.entries()) {
+      if (!isRecord(r) || !isPlan(r.plan) || (r.why !== undefined && typeof r.why !== 'string')) return bad(`retired[${i}]`);
+      data.retired.push({ plan: r.plan, why: typeof r.why === 'string' ? r.why : 'left the plan' });
     }
   }
-  if (isRecord(doc.pfs)) {
+  if (doc.pfs !== undefined) {
+    if (!isRecord(doc.pfs)) return bad('pfs');
     for (const [addr, v] of Object.entries(doc.pfs)) {
-      if (isRecord(v) && Array.isArray(v.pools)) data.pfs[addr] = { pools: v.pools.filter((x): x is string => typeof x === 'string') };
+      if (!isRecord(v) || !isStringList(v.pools)) return bad(`pfs[${JSON.stringify(addr)}]`);
+      data.pfs[addr] = { pools: v.pools };
     }
   }
-  if (isRecord(doc.devices)) {
+  if (doc.devices !== undefined) {
+    if (!isRecord(doc.devices)) return bad('devices');
     for (const [addr, v] of Object.entries(doc.devices)) {
-      if (!isRecord(v)) continue;
+      if (!isRecord(v) || (v.driver !== undefined && typeof v.driver !== 'string') || (v.interfaceNames !== undefined && !isStringList(v.interfaceNames))) {
+        return bad(`devices[${JSON.stringify(addr)}]`);
+      }
       const f: OriginalFacts = {};
       if (typeof v.driver === 'string') f.driver = v.driver;
-      if (Array.isArray(v.interfaceNames)) f.interfaceNames = v.interfaceNames.filter((x): x is string => typeof x === 'string');
+      if (isStringList(v.interfaceNames)) f.interfaceNames = v.interfaceNames;
       data.devices[addr] = f;
     }
+  }
+  if (doc.lost !== undefined) {
+    const l = doc.lost;
+    if (!isRecord(l) || typeof l.at !== 'string' || typeof l.why !== 'string' || (l.copy !== undefined && typeof l.copy !== 'string')) return bad('lost');
+    data.lost = { at: l.at, why: l.why, ...(typeof l.copy === 'string' ? { copy: l.copy } : {}) };
   }
   return { ok: true, data };
 }
@@ -87,35 +131,92 @@ export function parseCheckpoint(text: string, node: string): { ok: true; data: C
 export class Checkpoint {
   private data: CheckpointData;
   private written = '';
-  /** Why the record could not be read or written (cleared by the next successful write). */
-  error: string | undefined;
+  private writeError: string | undefined;
+  /** What loading found (fixed for the life of the object). */
+  readonly state: CheckpointState;
+  /** Why the record could not be loaded (state `corrupt` or `unreadable`). */
+  readonly loadError: string | undefined;
+  /** The damaged file still has to be kept before the first write replaces it. */
+  private mustKeepCopy: boolean;
 
   constructor(
     private readonly file: string | undefined,
     node: string,
     private readonly log: Logger,
+    private readonly now: () => Date = () => new Date(),
   ) {
     this.data = empty(node);
-    if (!file) return;
+    this.mustKeepCopy = false;
+    if (!file) {
+      this.state = 'absent';
+      return;
+    }
     let text: string;
     try {
       text = readFileSync(file, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        this.error = `cannot read checkpoint ${file}: ${(err as Error).message}`;
-        log.error(this.error);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        this.state = 'absent';
+        return;
       }
+      this.state = 'unreadable';
+      this.loadError = `cannot read checkpoint ${file}: ${(err as Error).message}`;
+      this.lose(this.loadError);
       return;
     }
     const r = parseCheckpoint(text, node);
     if (r.ok) {
+      this.state = 'ok';
       this.data = r.data;
       this.written = JSON.stringify(r.data);
+      if (r.data.lost) log.warn({ file, lost: r.data.lost }, 'checkpoint loaded; an earlier record was lost and is still treated as unknown');
       log.info({ file, pools: Object.keys(r.data.pools), pfs: Object.keys(r.data.pfs).length }, 'checkpoint loaded');
     } else {
-      this.error = `checkpoint ${file} ignored: ${r.message}`;
-      log.error(this.error);
+      this.state = 'corrupt';
+      this.loadError = `checkpoint ${file} is damaged: ${r.message}`;
+      this.lose(this.loadError);
     }
+  }
+
+  private lose(why: string): void {
+    this.mustKeepCopy = true;
+    this.data.lost = { at: this.now().toISOString(), why };
+    this.log.error({ file: this.file }, `${why}; what it recorded is unknown: every slice is treated as held, and the file is kept as ${this.file}.corrupt-<time> before it is replaced`);
+  }
+
+  /**
+   * True while what an earlier record held is unknown (it was damaged or unreadable, now or before
+   * a restart): treat every slice that exists as held and release nothing on the strength of this
+   * record. Ends only with {@link markRecovered}.
+   */
+  get unknown(): boolean {
+    return this.data.lost !== undefined;
+  }
+
+  /** The loss behind {@link unknown}: when, why, and where the damaged file was kept. */
+  get lost(): CheckpointLoss | undefined {
+    return this.data.lost ? { ...this.data.lost } : undefined;
+  }
+
+  /**
+   * The caller has re-learned what the lost record held from other sources (e.g. the kubelet
+   * answered who holds what): ends {@link unknown}; written with the next {@link save}.
+   */
+  markRecovered(): void {
+    if (!this.data.lost) return;
+    this.log.info({ file: this.file, lost: this.data.lost }, 'checkpoint loss acknowledged; the record is trusted again');
+    delete this.data.lost;
+  }
+
+  /**
+   * Why the record cannot be trusted or written, for status (CheckpointUnavailable): the last write
+   * error, else the loss while it is {@link unknown}.
+   */
+  get error(): string | undefined {
+    if (this.writeError) return this.writeError;
+    const l = this.data.lost;
+    if (!l) return undefined;
+    return `${l.why}${l.copy ? ` (kept as ${l.copy})` : ''}; every slice is treated as held until the agent re-learns who holds them`;
   }
 
   /** Pools served on this node, by name (their last plan). */
@@ -165,23 +266,36 @@ export class Checkpoint {
     delete this.data.devices[pci];
   }
 
-  /** Writes the record when it changed: temp file + rename, so a crash leaves the old or the new one. */
+  /**
+   * Writes the record when it changed, durably (see durable-file.ts). A damaged file is first kept
+   * as `<file>.corrupt-<time>`; when that fails nothing is written (the error says why).
+   */
   save(): void {
     if (!this.file) return;
+    if (this.mustKeepCopy) {
+      try {
+        const copy = keepCorruptCopy(this.file, this.now());
+        if (copy && this.data.lost) this.data.lost.copy = copy;
+        this.mustKeepCopy = false;
+        if (copy) this.log.warn({ file: this.file, copy }, 'damaged checkpoint kept before it is replaced');
+      } catch (err) {
+        const msg = `cannot keep a copy of the damaged checkpoint ${this.file}, so it is not replaced: ${(err as Error).message}`;
+        if (msg !== this.writeError) this.log.error(msg);
+        this.writeError = msg;
+        return;
+      }
+    }
     const text = JSON.stringify(this.data);
     if (text === this.written) return;
-    const tmp = `${this.file}.tmp`;
     try {
-      mkdirSync(dirname(this.file), { recursive: true });
-      writeFileSync(tmp, `${JSON.stringify(this.data, null, 1)}\n`, { mode: 0o600 });
-      renameSync(tmp, this.file);
+      writeFileDurable(this.file, encodeChecked(this.data as unknown as Record<string, unknown>), { mode: 0o600 });
       this.written = text;
-      if (this.error) this.log.info({ file: this.file }, 'checkpoint written again');
-      this.error = undefined;
+      if (this.writeError) this.log.info({ file: this.file }, 'checkpoint written again');
+      this.writeError = undefined;
     } catch (err) {
       const msg = `cannot write checkpoint ${this.file}: ${(err as Error).message}`;
-      if (msg !== this.error) this.log.error(msg);
-      this.error = msg;
+      if (msg !== this.writeError) this.log.error(msg);
+      this.writeError = msg;
     }
   }
 }

@@ -9,11 +9,41 @@ const good = {
 };
 
 describe('plan validation', () => {
-  test('a spec, a whole VirtualIONode, YAML and an empty file are accepted', () => {
+  test('a spec, a whole VirtualIONode and YAML are accepted', () => {
     expect(validatePlan(good)).toStrictEqual({ ok: true, spec: good });
     expect(validatePlan({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: 'n' }, spec: good })).toStrictEqual({ ok: true, spec: good });
     expect(parsePlanText('pools:\n  - name: fast-net\n    resourceName: virtualio.dev/fast-net\n    class: NIC\n    mode: SRIOV\n    consumption: SRIOVNetwork\n    count: 4\n    devices:\n      - pciAddress: "0000:81:00.0"\n')).toStrictEqual({ ok: true, spec: good });
-    expect(parsePlanText('')).toStrictEqual({ ok: true, spec: { pools: [] } });
+  });
+
+  // An empty plan must be explicit: anything that may be a half-written or truncated file is an
+  // error (the agent then keeps what it serves), never "no pools" (which releases every slice).
+  const yamlPlan = 'pools:\n  - name: fast-net\n    resourceName: virtualio.dev/fast-net\n    class: NIC\n    mode: SRIOV\n    consumption: SRIOVNetwork\n    count: 4\n    devices:\n      - pciAddress: "0000:81:00.0"\n';
+  const jsonPlan = JSON.stringify(good, null, 2);
+  test.each([
+    ['an empty file', '', /the file is empty; an empty plan must say so explicitly: "pools: \[\]"/],
+    ['a whitespace-only file', '  \n\t\n', /the file is empty/],
+    ['comments only', '# plan for n1\n', /holds no document/],
+    ['a document separator only', '---\n', /holds no document/],
+    ['an empty object', '{}', /no "pools" list \(the file is incomplete or not a plan\)/],
+    ['"pools:" without a value (YAML cut after the key)', 'pools:\n', /no "pools" list/],
+    ['truncated JSON', jsonPlan.slice(0, jsonPlan.length - 10), /cannot parse plan \(incomplete or not YAML\/JSON\)/],
+    ['JSON cut inside the pools list', jsonPlan.slice(0, jsonPlan.indexOf('[') + 1), /cannot parse plan/],
+    ['truncated YAML (inside a pool)', yamlPlan.slice(0, yamlPlan.indexOf('class:')), /pool fast-net\.class/],
+    ['truncated YAML (inside a value)', yamlPlan.slice(0, yamlPlan.length - 8), /pciAddress|cannot parse plan/],
+    ['a VirtualIONode without spec', 'kind: VirtualIONode\nmetadata: {name: n1}\n', /no "pools" list in spec/],
+    ['a VirtualIONode whose spec has no pools', 'kind: VirtualIONode\nspec: {}\n', /no "pools" list in spec/],
+  ])('%s is an error, not an empty plan', (_n, text, message) => {
+    const r = parsePlanText(text);
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.message).toMatch(message);
+  });
+
+  test.each([
+    ['YAML', 'pools: []\n'],
+    ['JSON', '{"pools": []}'],
+    ['a whole VirtualIONode', 'apiVersion: virtualio.dev/v1alpha1\nkind: VirtualIONode\nspec:\n  pools: []\n'],
+  ])('an explicit empty pools list in %s is an empty plan', (_n, text) => {
+    expect(parsePlanText(text)).toStrictEqual({ ok: true, spec: { pools: [] } });
   });
 
   test.each([
@@ -46,6 +76,28 @@ describe('FilePlanSource', () => {
       writeFileSync(file, 'pools: [ {name: 1} ]   ');
       expect(src.reload()).toBe(true);
       expect(src.current().kind).toBe('error');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('an emptied or truncated file is an error state with the reason; only "pools: []" empties the plan', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vio-plan-'));
+    try {
+      const file = join(dir, 'plan.yaml');
+      const src = new FilePlanSource(file, silentLogger());
+      writeFileSync(file, JSON.stringify(good));
+      src.reload();
+      expect(src.current()).toStrictEqual({ kind: 'ok', spec: good });
+      writeFileSync(file, '');
+      expect(src.reload()).toBe(true);
+      expect(src.current()).toStrictEqual({ kind: 'error', message: `invalid plan file ${file}: the file is empty; an empty plan must say so explicitly: "pools: []"` });
+      writeFileSync(file, JSON.stringify(good).slice(0, 30));
+      expect(src.reload()).toBe(true);
+      expect(src.current()).toMatchObject({ kind: 'error', message: expect.stringContaining('cannot parse plan') });
+      writeFileSync(file, 'pools: []\n');
+      expect(src.reload()).toBe(true);
+      expect(src.current()).toStrictEqual({ kind: 'ok', spec: { pools: [] } });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -3,6 +3,7 @@
 // prepare and unprepare idempotent across agent restarts.
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { decodeChecked, encodeChecked, keepCorruptCopy, writeFileDurable } from '../agent/durable-file.js';
 import type { PoolPlan, Slice } from '../model.js';
 import { DRA_DRIVER, draDevice, draDeviceName, resourcePoolName, type DeviceFacts, type DraDevice } from './devices.js';
 
@@ -192,29 +193,119 @@ export function removeClaimFiles(cdiDir: string, dataDir: string, uid: string): 
   rmSync(join(dataDir, 'metadata', uid), { recursive: true, force: true });
 }
 
-/** The prepared claims, kept in one JSON file so a restarted agent answers the same. */
+function isPreparedClaim(c: unknown): c is PreparedClaim {
+  if (typeof c !== 'object' || c === null) return false;
+  const o = c as Record<string, unknown>;
+  const str = (v: unknown) => typeof v === 'string';
+  return str(o.uid) && str(o.namespace) && str(o.name) && (o.podClaimName === undefined || str(o.podClaimName)) &&
+    (o.pods === undefined || (Array.isArray(o.pods) && o.pods.every(str))) &&
+    Array.isArray(o.devices) && o.devices.every((d: unknown) => {
+      if (typeof d !== 'object' || d === null) return false;
+      const x = d as Record<string, unknown>;
+      return str(x.request) && str(x.pool) && str(x.device) && str(x.sliceId) && str(x.cdiId) && (x.resourceName === undefined || str(x.resourceName));
+    });
+}
+
+/**
+ * What loading the DRA checkpoint found: not `load`ed yet, a valid file, no file (nothing
+ * prepared), or a file that is damaged or unreadable. `unloaded`, `corrupt` and `unreadable` mean
+ * "unknown": the caller must treat every DRA slice as held by a prepared claim (the kubelet's DRA
+ * manager refuses to start on a damaged state file for the same reason).
+ */
+export type DraCheckpointState = 'unloaded' | 'ok' | 'absent' | 'corrupt' | 'unreadable';
+
+/** A checkpoint that could not be read: what it held is unknown until the caller says otherwise. */
+export interface DraCheckpointLoss {
+  at: string;
+  why: string;
+  /** Where the damaged file was kept. */
+  copy?: string;
+}
+
+/**
+ * The prepared claims, kept in one JSON file so a restarted agent answers the same. Written
+ * durably (temp file, fsync, rename, fsync of the folder) with a checksum. A damaged file is never
+ * read as "no claims": `state`/`unknown` say so, the file is kept as `<file>.corrupt-<time>` before
+ * the first write replaces it, and the loss is carried in the new file until `markRecovered()`.
+ */
 export class Checkpoint {
   private claims = new Map<string, PreparedClaim>();
+  private lostInfo: DraCheckpointLoss | undefined;
+  private mustKeepCopy = false;
+  /** What loading found. */
+  state: DraCheckpointState = 'unloaded';
+  /** Why the file could not be loaded (state `corrupt` or `unreadable`). */
+  loadError: string | undefined;
 
-  constructor(private readonly file: string) {}
+  constructor(
+    private readonly file: string,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
 
-  /** Reads the file; a missing file is an empty checkpoint, a corrupt one is an error naming it. */
-  load(): void {
+  /**
+   * Reads the file without throwing and returns what it found. A missing file is an empty
+   * checkpoint; a damaged or unreadable one leaves no claims loaded and {@link unknown} true.
+   */
+  tryLoad(): DraCheckpointState {
     let text: string;
     try {
       text = readFileSync(this.file, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw err;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return (this.state = 'absent');
+      return this.lose('unreadable', `cannot read DRA checkpoint ${this.file}: ${(err as Error).message}`);
     }
-    let doc: { version?: number; claims?: PreparedClaim[] };
-    try {
-      doc = JSON.parse(text) as typeof doc;
-    } catch (err) {
-      throw new Error(`DRA checkpoint ${this.file} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    const d = decodeChecked(text);
+    if (!d.ok) {
+      const what = d.message.startsWith('not JSON') ? `is not valid JSON: ${d.message.slice('not JSON: '.length)}` : `is damaged: ${d.message}`;
+      return this.lose('corrupt', `DRA checkpoint ${this.file} ${what}`);
     }
-    if (doc.version !== 1 || !Array.isArray(doc.claims)) throw new Error(`DRA checkpoint ${this.file} has an unknown layout (want version 1)`);
-    this.claims = new Map(doc.claims.map((c) => [c.uid, c]));
+    const doc = d.doc;
+    if (doc.version !== 1 || !Array.isArray(doc.claims)) return this.lose('corrupt', `DRA checkpoint ${this.file} has an unknown layout (want version 1)`);
+    const bad = doc.claims.findIndex((c) => !isPreparedClaim(c));
+    if (bad >= 0) return this.lose('corrupt', `DRA checkpoint ${this.file} is damaged: malformed claims[${bad}]`);
+    const l = doc.lost as Partial<DraCheckpointLoss> | undefined;
+    if (l !== undefined && (typeof l !== 'object' || l === null || typeof l.at !== 'string' || typeof l.why !== 'string')) {
+      return this.lose('corrupt', `DRA checkpoint ${this.file} is damaged: malformed lost`);
+    }
+    this.claims = new Map((doc.claims as PreparedClaim[]).map((c) => [c.uid, c]));
+    this.lostInfo = l ? { at: l.at!, why: l.why!, ...(typeof l.copy === 'string' ? { copy: l.copy } : {}) } : undefined;
+    return (this.state = 'ok');
+  }
+
+  private lose(state: 'corrupt' | 'unreadable', why: string): DraCheckpointState {
+    this.state = state;
+    this.loadError = why;
+    this.claims = new Map();
+    this.lostInfo = { at: this.now().toISOString(), why };
+    this.mustKeepCopy = true;
+    return state;
+  }
+
+  /** Like {@link tryLoad}, but throws (naming the file) when the file is damaged or unreadable. */
+  load(): void {
+    const st = this.tryLoad();
+    if (st === 'corrupt' || st === 'unreadable') throw new Error(this.loadError);
+  }
+
+  /**
+   * True while it is unknown which claims were prepared (not loaded yet, or the file was damaged,
+   * now or before a restart): every DRA slice must count as held. Ends with {@link markRecovered}.
+   */
+  get unknown(): boolean {
+    return this.state === 'unloaded' || this.lostInfo !== undefined;
+  }
+
+  /** The loss behind {@link unknown}, if any. */
+  get lost(): DraCheckpointLoss | undefined {
+    return this.lostInfo ? { ...this.lostInfo } : undefined;
+  }
+
+  /**
+   * The caller re-learned the prepared claims elsewhere: ends {@link unknown}. Written with the next
+   * put or delete (until then a restart finds the loss again, which errs on the safe side).
+   */
+  markRecovered(): void {
+    if (this.state !== 'unloaded') this.lostInfo = undefined;
   }
 
   get(uid: string): PreparedClaim | undefined {
@@ -234,8 +325,15 @@ export class Checkpoint {
     if (this.claims.delete(uid)) this.save();
   }
 
+  /** Throws when the file cannot be written, or a damaged file cannot be kept first (then nothing is written). */
   private save(): void {
+    if (this.state === 'unloaded') throw new Error(`DRA checkpoint ${this.file} not loaded yet; not overwriting it`);
+    if (this.mustKeepCopy) {
+      const copy = keepCorruptCopy(this.file, this.now());
+      if (copy && this.lostInfo) this.lostInfo.copy = copy;
+      this.mustKeepCopy = false;
+    }
     const claims = [...this.claims.values()].sort((a, b) => a.uid.localeCompare(b.uid));
-    writeAtomic(this.file, `${JSON.stringify({ version: 1, claims }, null, 2)}\n`);
+    writeFileDurable(this.file, encodeChecked({ version: 1, claims, ...(this.lostInfo ? { lost: this.lostInfo } : {}) }), { mode: 0o644 });
   }
 }

@@ -1,0 +1,118 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { acquireAgentLock, AGENT_LOCK_FILE, type AgentLockHolder } from './lock.js';
+
+const REPO = resolve(import.meta.dirname, '../../..');
+
+let dir: string;
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vio-lock-'));
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A second agent: a child process that takes the lock with the real code and prints "held". */
+function childHolder(lockDir: string): { child: ChildProcess; held: Promise<void> } {
+  const script = join(lockDir, 'holder.mjs');
+  writeFileSync(script, [
+    `import { acquireAgentLock } from ${JSON.stringify(join(REPO, 'device-plugin/src/agent/lock.ts'))};`,
+    `await acquireAgentLock(${JSON.stringify(lockDir)}, { identity: { pod: 'agent-old', node: 'n1' } });`,
+    "process.stdout.write('held\\n');",
+    'setInterval(() => {}, 1000);',
+  ].join('\n'));
+  const child = spawn(process.execPath, ['--import', join(REPO, 'test/sysfs/ts-hooks.mjs'), script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const held = new Promise<void>((ok, fail) => {
+    child.stdout?.on('data', (d: Buffer) => {
+      if (d.toString().includes('held')) ok();
+    });
+    child.once('exit', (code, sig) => fail(new Error(`holder exited (${code ?? sig})`)));
+  });
+  return { child, held };
+}
+
+describe('agent lock', () => {
+  test('a second acquirer waits, is told who holds it, and gets it once the first releases it', async () => {
+    const first = await acquireAgentLock(dir, { identity: { pod: 'agent-a', node: 'n1' } });
+    const waits: { message: string; holder: AgentLockHolder | undefined }[] = [];
+    let got = false;
+    const second = acquireAgentLock(dir, { pollMs: 60_000, onWait: (message, holder) => waits.push({ message, holder }) }).then((l) => {
+      got = true;
+      return l;
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(got).toBe(false);
+    expect(waits).toHaveLength(1);
+    expect(waits[0]?.holder).toMatchObject({ pid: process.pid, pod: 'agent-a', node: 'n1' });
+    expect(waits[0]?.message).toContain(`another virtualio agent holds the node's agent lock ${join(dir, AGENT_LOCK_FILE)}: pid ${process.pid} (pod agent-a, node n1`);
+    const t0 = Date.now();
+    await first.release();
+    const lock = await second; // at once (the holder's connection closed), not after pollMs
+    expect(Date.now() - t0).toBeLessThan(5000);
+    await lock.release();
+    expect(existsSync(join(dir, AGENT_LOCK_FILE))).toBe(false);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  test('the lock of an agent killed with SIGKILL is stale and taken over', async () => {
+    const { child, held } = childHolder(dir);
+    try {
+      await held;
+      const waits: string[] = [];
+      let got = false;
+      const mine = acquireAgentLock(dir, { pollMs: 60_000, onWait: (m) => waits.push(m) }).then((l) => {
+        got = true;
+        return l;
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(got).toBe(false);
+      expect(waits[0]).toMatch(/pid \d+ \(pod agent-old, node n1/);
+      const t0 = Date.now();
+      child.kill('SIGKILL');
+      const lock = await mine;
+      expect(Date.now() - t0).toBeLessThan(10_000); // not after pollMs
+      expect(waits.at(-1)).toBe(`took over the stale agent lock ${join(dir, AGENT_LOCK_FILE)} (its holder is gone)`);
+      await lock.release();
+      // The killed agent's socket file is swept once someone holds the lock; nothing else is left.
+      await new Promise((r) => setTimeout(r, 100));
+      expect(readdirSync(dir).filter((n) => n !== 'holder.mjs')).toEqual([]);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  test('a lock file nobody listens behind (left by an agent killed before this one started) is taken over at once', async () => {
+    // What a SIGKILL leaves: the socket file, and no listener behind it.
+    const path = join(dir, AGENT_LOCK_FILE);
+    const child = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(path)}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((ok) => child.stdout?.once('data', () => ok()));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    expect(existsSync(path)).toBe(true);
+    const messages: string[] = [];
+    const lock = await acquireAgentLock(dir, { onWait: (m) => messages.push(m), settleMs: 10 });
+    expect(messages).toEqual([`took over the stale agent lock ${path} (its holder is gone)`]);
+    await lock.release();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  test('a holder whose lock is replaced under it is told', async () => {
+    const lost: string[] = [];
+    const lock = await acquireAgentLock(dir, { checkMs: 20, onLost: (m) => lost.push(m) });
+    rmSync(join(dir, AGENT_LOCK_FILE));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(lost).toEqual([`the node's agent lock ${join(dir, AGENT_LOCK_FILE)} is no longer held by this agent (removed or replaced): another agent may be running`]);
+    await lock.release();
+  });
+
+  test('waiting stops when the signal aborts', async () => {
+    const first = await acquireAgentLock(dir);
+    const ac = new AbortController();
+    const second = acquireAgentLock(dir, { signal: ac.signal, pollMs: 60_000 });
+    await new Promise((r) => setTimeout(r, 100));
+    ac.abort(new Error('shutting down'));
+    await expect(second).rejects.toThrow('shutting down');
+    await first.release();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+});
