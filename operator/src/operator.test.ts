@@ -185,12 +185,17 @@ describe('Operator on the fake API', () => {
       await waitFor('blocked', async () => cond(await poolOf(kube, 'vfs'), 'Progressing')?.reason === 'DeletionBlocked');
       expect(cond(await poolOf(kube, 'vfs'), 'Progressing')?.message).toContain('VMI vms/web (pod virt-launcher-web-abc) on node node-0');
       await waitFor('event', () => kube.events.find((e) => e.reason === 'DeletionBlocked' && e.type === 'Warning'));
-      // Node 1 releases; node 0's VM goes away and it releases too.
-      await agentStatus(kube, 'node-1', { pools: [{ name: 'vfs', state: 'Released' }] });
-      await agentStatus(kube, 'node-0', { pools: [{ name: 'vfs', state: 'Deleting' }], slices: [{ id: '0000:81:10.0', pool: 'vfs', kind: 'VF', health: 'Healthy' }] });
-      await waitFor('waiting for release', async () => cond(await poolOf(kube, 'vfs'), 'Progressing')?.reason === 'Deleting');
+      // Node 1 releases; node 0's VM goes away and it releases too. An agent reports on the plan it
+      // acted on (observedGeneration): a Released from before the deletion mark would not count.
+      const report = async (name: string, status: Record<string, unknown>) =>
+        agentStatus(kube, name, { ...status, observedGeneration: (await vio(kube, name))?.metadata.generation });
+      await agentStatus(kube, 'node-1', { pools: [{ name: 'vfs', state: 'Released' }], observedGeneration: 1 });
+      await report('node-0', { pools: [{ name: 'vfs', state: 'Deleting' }], slices: [{ id: '0000:81:10.0', pool: 'vfs', kind: 'VF', health: 'Healthy' }] });
+      await waitFor('waiting for node-1 to report on the deleting plan', async () => cond(await poolOf(kube, 'vfs'), 'Progressing')?.message.includes('node-1 (its agent has not reported on the current plan'));
+      await report('node-1', { pools: [{ name: 'vfs', state: 'Released' }] });
+      await waitFor('waiting for release', async () => cond(await poolOf(kube, 'vfs'), 'Progressing')?.message === 'Waiting for 1 node(s) to release and uncarve the pool: node-0 (Deleting)');
       expect(await poolOf(kube, 'vfs')).toBeDefined();
-      await agentStatus(kube, 'node-0', { pools: [], slices: [] });
+      await report('node-0', { pools: [{ name: 'vfs', state: 'Released' }], slices: [] });
       await waitFor('pool gone', async () => !(await poolOf(kube, 'vfs')));
       await waitFor('plans emptied', async () => ((await vio(kube, 'node-0'))?.spec?.pools ?? []).length === 0 && ((await vio(kube, 'node-1'))?.spec?.pools ?? []).length === 0);
     } finally {

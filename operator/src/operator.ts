@@ -75,9 +75,9 @@ function pruneDevice(d: InventoryDevice): InventoryDevice {
 }
 
 /**
- * The cached form of a VirtualIONode: no managedFields, a pruned inventory, and slices reduced to
- * what status reads. An inventory equal to the cached one keeps the cached object's identity, so
- * memoized plans stay valid across status-only updates.
+ * The cached form of a VirtualIONode: no managedFields, a pruned inventory, slices reduced to what
+ * status reads, and only the Degraded condition. An inventory equal to the cached one keeps the
+ * cached object's identity, so memoized plans stay valid across status-only updates.
  */
 function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
   const o = withoutManagedFields(v);
@@ -90,7 +90,12 @@ function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
   const inventory = inv && prevInv && jsonEqual(inv, prevInv) ? prevInv : inv;
   const slices = o.status.slices?.map((s) => ({ id: s.id, pool: s.pool, kind: s.kind, health: s.health, ...(s.allocation ? { allocation: s.allocation } : {}) }));
   const { pools, observedGeneration } = o.status;
-  return { ...o, ...(spec ? { spec } : {}), status: { observedGeneration, pools, ...(inventory ? { inventory } : {}), ...(slices ? { slices } : {}) } };
+  // Deletion reads the agent's Degraded condition: it says when the agent cannot tell who holds what.
+  const conditions = o.status.conditions?.filter((c) => c.type === 'Degraded');
+  return {
+    ...o, ...(spec ? { spec } : {}),
+    status: { observedGeneration, pools, ...(conditions?.length ? { conditions } : {}), ...(inventory ? { inventory } : {}), ...(slices ? { slices } : {}) },
+  };
 }
 
 function poolsOf(v: VioNode | undefined): string[] {

@@ -3,7 +3,7 @@
 // records Events, and removes the finalizer once every node has released the pool. Finalizers change
 // through conditional merge patches, never a full update of the cached (annotation-less) copy.
 import type { Logger } from 'pino';
-import type { Pool } from '../../api/types.js';
+import type { Pool, VioNode } from '../../api/types.js';
 import { addFinalizer, removeFinalizer } from '../../kube/finalizers.js';
 import type { KubePort } from '../../kube/ports.js';
 import { FIELD_MANAGER, POOL_FINALIZER, VIRTUALIO_API_VERSION, VirtualIODevices } from '../../kube/resources.js';
@@ -37,6 +37,7 @@ export class StatusReconciler implements Reconciler {
     const result = computeStatus(pool.status, {
       prepared, nodes, conflicts, kubevirtEntries: entries,
       kubevirtCondition: kubevirtCondition(prepared, entries, world.kubevirtView()), now: clock.now(),
+      ...(deleting ? { unreported: unreportedNodes(world, name, nodes) } : {}),
     });
     if (!jsonEqual(normalizeStatus(pool.status), result.status)) {
       await kube.apply<Pool>(VirtualIODevices, {
@@ -52,4 +53,22 @@ export class StatusReconciler implements Reconciler {
     }
     return done;
   }
+}
+
+/**
+ * Nodes that may hold a pool being deleted but whose VirtualIONode cannot say so: a Node without a
+ * VirtualIONode (deleted; the plan controller re-creates it), and a node the pool is planned on
+ * (from the node's last known plan) whose VirtualIONode does not mention the pool (re-created by
+ * its agent, plan not written back yet). A node whose Node is gone too left the cluster.
+ */
+export function unreportedNodes(world: World, pool: string, mentioning: readonly VioNode[]): { node: string; why: string }[] {
+  const seen = new Set(mentioning.map((v) => v.metadata.name));
+  const out: { node: string; why: string }[] = [];
+  for (const n of world.nodes.list()) {
+    const name = n.metadata.name;
+    if (seen.has(name)) continue;
+    if (!world.vioNodes.get(name)) out.push({ node: name, why: 'the Node has no VirtualIONode, so its agent cannot report' });
+    else if (world.planFor(name).pools.some((p) => p.name === pool)) out.push({ node: name, why: 'its VirtualIONode does not carry the plan yet' });
+  }
+  return out.sort((a, b) => a.node.localeCompare(b.node));
 }

@@ -1,5 +1,5 @@
 import { Reason, type ConditionInput } from '../../api/conditions.js';
-import type { PoolPlan } from '../../api/types.js';
+import type { PoolPlan, VioNode } from '../../api/types.js';
 import { nicPF, poolObj, slice, vioNodeObj } from '../../testing/fixtures.js';
 import { preparePools } from '../plan/plan.js';
 import { computeStatus, MAX_NODE_STATUSES, type StatusInput } from './status.js';
@@ -124,14 +124,62 @@ describe('computeStatus', () => {
       expect(r.events.map((e) => e.reason)).toEqual(['DeletionBlocked']);
     });
 
-    test.each<[string, Parameters<typeof vioNodeObj>[1], boolean]>([
-      ['agent still serving', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Ready' }] } }, false],
-      ['slices left without pool status', { plan: [plan('vfs', true)], status: { slices: [slice('0000:81:10.0', 'vfs')] } }, false],
-      ['pool state Released', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Released' }] } }, true],
-      ['pool absent with no slices', { plan: [plan('vfs', true)], status: { slices: [slice('0000:81:10.0', 'other')] } }, true],
-    ])('%s → released=%s', (_n, node, want) => {
+    test.each<[string, boolean, Parameters<typeof vioNodeObj>[1]]>([
+      ['agent still serving', false, { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Ready' }] } }],
+      ['slices left without pool status', false, { plan: [plan('vfs', true)], status: { slices: [slice('0000:81:10.0', 'vfs')] } }],
+      ['pool state Released', true, { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Released' }] } }],
+      ['pool state Deleting (kept until the kubelet says who holds it)', false, { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Deleting' }] } }],
+      ['pool left the plan earlier, still Draining there', false, { plan: [plan('other')], status: { pools: [{ name: 'vfs', state: 'Draining' }] } }],
+      ['planned, but the agent report does not name the pool', false, { plan: [plan('vfs', true)], status: { slices: [slice('0000:81:10.0', 'other')] } }],
+      ['not planned, not reported, no slices (mentioned nowhere)', true, { plan: [plan('other')], status: { slices: [slice('0000:81:10.0', 'other')] } }],
+    ])('%s → released=%s', (_n, want, node) => {
       const r = computeStatus(undefined, input({ nodes: [vioNodeObj('n1', node)], deleting: true }));
       expect(r.released).toBe(want);
+    });
+
+    const withGen = (v: VioNode, generation: number): VioNode => ({ ...v, metadata: { ...v.metadata, generation } });
+    const degraded = (reason: string, message: string) => ({ type: 'Degraded', status: 'True' as const, reason, message, lastTransitionTime: '2026-03-01T12:00:00Z' });
+    const waitingMessage = (r: ReturnType<typeof computeStatus>) => cond(r.status, 'Progressing')?.message ?? '';
+
+    test('a planned node whose VirtualIONode has no status has not released the pool', () => {
+      const v = vioNodeObj('n1', { plan: [plan('vfs', true)] });
+      delete v.status;
+      const r = computeStatus(undefined, input({ nodes: [v], deleting: true }));
+      expect(r.released).toBe(false);
+      expect(waitingMessage(r)).toBe('Waiting for 1 node(s) to release and uncarve the pool: n1 (its agent has not reported)');
+    });
+
+    test('a Released from before the deletion mark (status older than the spec) does not count; the same report on the current plan does', () => {
+      const report = vioNodeObj('n1', { plan: [plan('vfs', true)], status: { observedGeneration: 4, pools: [{ name: 'vfs', state: 'Released' }] } });
+      const stale = computeStatus(undefined, input({ nodes: [withGen(report, 5)], deleting: true }));
+      expect(stale.released).toBe(false);
+      expect(waitingMessage(stale)).toContain('n1 (its agent has not reported on the current plan (generation 5; last report: 4))');
+      const noGen = vioNodeObj('n1', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Released' }] } });
+      expect(computeStatus(undefined, input({ nodes: [withGen(noGen, 5)], deleting: true })).released).toBe(false);
+      expect(computeStatus(undefined, input({ nodes: [withGen(report, 4)], deleting: true })).released).toBe(true);
+    });
+
+    test.each([
+      ['PodResourcesUnavailable first', degraded('PodResourcesUnavailable', 'PodResourcesUnavailable: PodResources List failed (UNAVAILABLE): connect ENOENT')],
+      ['PodResourcesUnavailable behind another problem', degraded('UnhealthySlices', 'UnhealthySlices: 0000:81:10.0 | PodResourcesUnavailable: List failed')],
+      ['HoldersUnknown', degraded('HoldersUnknown', 'HoldersUnknown: nothing is destroyed until it is known who holds what: PodResources has not answered yet')],
+    ])('an agent that cannot tell who holds its slices has not released the pool (%s)', (_n, condition) => {
+      const v = vioNodeObj('n1', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Released' }], conditions: [condition] } });
+      const r = computeStatus(undefined, input({ nodes: [v], deleting: true }));
+      expect(r.released).toBe(false);
+      expect(waitingMessage(r)).toContain('n1 (its agent cannot tell who holds the slices: ');
+      const fine = vioNodeObj('n1', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Released' }], conditions: [{ ...condition, status: 'False' }] } });
+      expect(computeStatus(undefined, input({ nodes: [fine], deleting: true })).released).toBe(true);
+    });
+
+    test('a Node whose VirtualIONode is gone (or lacks the plan) is waited for; one whose Node is gone too left the cluster', () => {
+      const n1 = vioNodeObj('n1', { plan: [plan('vfs', true)], status: { pools: [{ name: 'vfs', state: 'Released' }] } });
+      const r = computeStatus(undefined, input({ nodes: [n1], deleting: true, unreported: [{ node: 'n2', why: 'the Node has no VirtualIONode, so its agent cannot report' }] }));
+      expect(r.released).toBe(false);
+      expect(waitingMessage(r)).toBe('Waiting for 1 node(s) to release and uncarve the pool: n2 (the Node has no VirtualIONode, so its agent cannot report)');
+      // Both gone: not in the input at all.
+      expect(computeStatus(undefined, input({ nodes: [n1], deleting: true, unreported: [] })).released).toBe(true);
+      expect(computeStatus(undefined, input({ nodes: [], deleting: true })).released).toBe(true);
     });
   });
 });

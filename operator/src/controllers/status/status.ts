@@ -23,6 +23,13 @@ export interface StatusInput {
   kubevirtEntries: readonly PermittedEntry[];
   kubevirtCondition: ConditionInput;
   now: number;
+  /**
+   * Deletion only: nodes that may hold the pool but have no VirtualIONode that could say so (the
+   * Node exists but its VirtualIONode is gone, or was re-created without the plan yet). They are
+   * waited for like a node that has not reported. A node whose Node and VirtualIONode are both gone
+   * left the cluster and is not listed.
+   */
+  unreported?: readonly { node: string; why: string }[];
 }
 
 export interface HumanEvent {
@@ -47,12 +54,53 @@ interface NodeView {
   state: string;
   message?: string;
   releasedHere: boolean;
+  /** Why the node does not count as released (deletion). */
+  notReleased?: string;
   allocations: AllocationEntry[];
 }
 
 function listSome(items: readonly string[]): string {
   const shown = items.slice(0, MESSAGE_ITEMS).join('; ');
   return items.length > MESSAGE_ITEMS ? `${shown}; and ${items.length - MESSAGE_ITEMS} more` : shown;
+}
+
+/** Agent status problems that mean it cannot tell who holds its slices (agent/status.ts Degraded reasons). */
+const HOLDERS_UNKNOWN_REASONS = ['PodResourcesUnavailable', 'HoldersUnknown'];
+
+/** Why the node's agent cannot tell who holds what, from its Degraded condition (undefined: it can). */
+function holdersUnknown(vio: VioNode): string | undefined {
+  const d = vio.status?.conditions?.find((c) => c.type === 'Degraded' && c.status === 'True');
+  if (!d) return undefined;
+  const r = HOLDERS_UNKNOWN_REASONS.find((x) => d.reason === x || d.message.includes(`${x}:`));
+  return r ? `${r}: ${d.message.length > 200 ? `${d.message.slice(0, 197)}...` : d.message}` : undefined;
+}
+
+/**
+ * Whether one node has released a pool being deleted, from its agent's report alone. The agent must
+ * have reported (a VirtualIONode without status says nothing), on the current plan (status older
+ * than the spec predates the deletion mark), while able to tell who holds its slices (not Degraded
+ * PodResourcesUnavailable/HoldersUnknown), and report the pool Released (agent/status.ts says
+ * Released only once nothing of the pool is kept and the kubelet has said who holds what), or no
+ * longer report it at all where it is not planned. Returns why not, or undefined when released.
+ */
+function notReleasedWhy(vio: VioNode, planned: boolean, agent: { state: string } | undefined, slices: number): string | undefined {
+  const st = vio.status;
+  if (!st) return 'its agent has not reported';
+  const gen = vio.metadata.generation;
+  if (gen !== undefined && (st.observedGeneration === undefined || st.observedGeneration < gen)) {
+    return `its agent has not reported on the current plan (generation ${gen}; last report: ${st.observedGeneration ?? 'none'})`;
+  }
+  const unknown = holdersUnknown(vio);
+  if (unknown) return `its agent cannot tell who holds the slices: ${unknown}`;
+  if (agent) return agent.state === 'Released' ? undefined : agent.state;
+  if (slices > 0) return `${slices} slice(s) still reported`;
+  if (planned) return 'planned, but its agent does not report the pool';
+  return undefined;
+}
+
+function releaseFields(vio: VioNode, planned: boolean, agent: { state: string } | undefined, slices: number): { releasedHere: boolean; notReleased?: string } {
+  const why = notReleasedWhy(vio, planned, agent, slices);
+  return why === undefined ? { releasedHere: true } : { releasedHere: false, notReleased: why };
 }
 
 function viewOf(name: string, vio: VioNode): NodeView | undefined {
@@ -80,7 +128,7 @@ function viewOf(name: string, vio: VioNode): NodeView | undefined {
     allocated: fromSlices ? slices.filter((s) => !!s.allocation).length : agent?.allocated ?? 0,
     state: agent?.state ?? (plan ? 'Pending' : 'Released'),
     ...(agent?.message ? { message: agent.message } : {}),
-    releasedHere: agent ? agent.state === 'Released' : slices.length === 0,
+    ...releaseFields(vio, !!plan, agent, slices.length),
     allocations: [...byPod.values()],
   };
 }
@@ -163,7 +211,10 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
   let released = false;
   if (p.deleting) {
     set({ type: ConditionType.Ready, status: 'False', reason: Reason.Deleting, message: 'The pool is being deleted' });
-    const waiting = views.filter((v) => !v.releasedHere);
+    const waiting = [
+      ...views.filter((v) => !v.releasedHere).map((v) => ({ node: v.node, why: v.notReleased ?? v.state })),
+      ...(input.unreported ?? []),
+    ];
     released = waiting.length === 0;
     if (allAllocations.length > 0) {
       const holders = allAllocations.map((a) => `${a.vmi ? `VMI ${a.namespace}/${a.vmi} (pod ${a.pod})` : `pod ${a.namespace}/${a.pod}`} on node ${a.node}`);
@@ -171,7 +222,7 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
       set({ type: ConditionType.Progressing, status: 'True', reason: Reason.DeletionBlocked, message: msg });
       events.push({ type: 'Warning', reason: Reason.DeletionBlocked, message: msg });
     } else if (!released) {
-      set({ type: ConditionType.Progressing, status: 'True', reason: Reason.Deleting, message: `Waiting for ${waiting.length} node(s) to release and uncarve the pool: ${listSome(waiting.map((v) => `${v.node} (${v.state})`))}` });
+      set({ type: ConditionType.Progressing, status: 'True', reason: Reason.Deleting, message: `Waiting for ${waiting.length} node(s) to release and uncarve the pool: ${listSome(waiting.map((w) => `${w.node} (${w.why})`))}` });
     } else {
       set({ type: ConditionType.Progressing, status: 'False', reason: Reason.Deleting, message: 'Every node released the pool' });
     }
