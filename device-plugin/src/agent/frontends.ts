@@ -102,6 +102,11 @@ export class DevicePluginFrontEnd {
     }
   }
 
+  /** Has the kubelet rewrite its checkpoint (see PoolPlugin.resend). */
+  nudgeKubelet(): void {
+    for (const p of this.plugins.values()) p.resend();
+  }
+
   /** Stops serving without withdrawing devices (agent restart or upgrade). */
   async stopKeepingDevices(): Promise<void> {
     await Promise.all([...this.plugins.values()].map((p) => p.stop({ keepDevices: true })));

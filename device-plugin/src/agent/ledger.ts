@@ -43,6 +43,12 @@ export interface LedgerSources {
   dra?: () => { holders: ReadonlyMap<string, Holder>; unknown?: string | undefined };
   /** Resource names whose kubelet checkpoint entries are ours. */
   resourceNames: () => ReadonlySet<string>;
+  /**
+   * Asks the kubelet to rewrite its checkpoint (a device list update makes it do so): called when
+   * its checkpoint lists an ID that PodResources does not. Once its pod sources are ready, the
+   * kubelet drops gone pods on a PodResources List, so the rewritten file no longer lists them.
+   */
+  nudgeKubelet?: () => void;
   /** Is the pod with this name and UID gone? undefined: cannot tell now (counts as not gone). */
   podGone?: (namespace: string, name: string, uid: string) => Promise<boolean | undefined>;
 }
@@ -96,6 +102,7 @@ export class Ledger {
   private loadError: string | undefined;
   private readonly loadedAt: number;
   private readonly goneCache = new Map<string, { gone: boolean | undefined; at: number }>();
+  private lastNudge = 0;
   /** Why the last save failed. */
   saveError: string | undefined;
 
@@ -234,15 +241,24 @@ export class Ledger {
     for (const [id, h] of this.dra.holders) see(id, { resourceName: h.resourceName, via: 'dra' });
     if (this.kubelet.kind === 'ok') {
       const ours = s.resourceNames();
+      let disputed = false;
       for (const [id, entries] of this.kubelet.entries) {
         if (seen.has(id)) continue;
         for (const e of entries) {
           if (!ours.has(e.resourceName)) continue;
+          disputed = true;
           const g = this.grants.get(id);
           if (g?.pod && (await this.isGone(g.pod.namespace, g.pod.name, e.podUID, now))) continue; // its pod is gone: a stale entry
           see(id, { resourceName: e.resourceName, via: 'kubelet-checkpoint', podUID: e.podUID });
           break;
         }
+      }
+      // The kubelet's record and PodResources disagree: have the kubelet write its record again
+      // (at most every 5 s); if the pod is really gone and the kubelet's sources are ready, the
+      // entry goes, else it stays and keeps holding.
+      if (disputed && !this.unknown() && s.nudgeKubelet && now - this.lastNudge >= 5_000) {
+        this.lastNudge = now;
+        s.nudgeKubelet();
       }
     }
     const unknown = this.unknown();

@@ -145,6 +145,7 @@ export class AgentManager {
         kubeletCheckpoint: () => kubelet.read(),
         dra: () => ({ holders: opts.extraHolderInfo?.() ?? new Map(), unknown: opts.draUnknown?.() }),
         resourceNames: () => this.resourceNames(),
+        nudgeKubelet: () => this.frontEnd.nudgeKubelet(),
         ...(lookup
           ? {
               podGone: async (ns: string, name: string, uid: string) => {

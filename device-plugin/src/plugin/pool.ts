@@ -168,6 +168,15 @@ export class PoolPlugin {
     this.server?.push();
   }
 
+  /**
+   * Sends the current list again even though it did not change. The kubelet rewrites its device
+   * checkpoint on every list it receives, without the pods it has since found gone (it prunes them
+   * on a PodResources List once its pod sources are ready): this is how a stale entry goes away.
+   */
+  resend(): void {
+    this.server?.push(true);
+  }
+
   /** Starts the serve/register loop (idempotent). */
   start(): void {
     this.running ??= this.run().catch((err: unknown) => this.log.error({ err }, 'pool plugin loop failed'));

@@ -105,10 +105,10 @@ export class PoolServer {
   }
 
   /** Sends the current list to every stream when it differs from the last one sent. */
-  push(): void {
+  push(force = false): void {
     const devices = this.view.devices();
     const text = JSON.stringify(devices);
-    if (text === this.lastSent) return;
+    if (text === this.lastSent && !force) return;
     this.lastSent = text;
     for (const s of this.streams) s.write({ devices });
   }
