@@ -12,9 +12,33 @@
 // a non-zero → different non-zero sriov_numvfs change is applied as "0 then N" (the write of 0 in
 // between may have been coalesced by the watcher). Use FakeKernel.write directly to test refusals.
 //
+//
+// VFIO ownership (vfio.ts): the daemon's kernel is the witness too. A destructive write reaching a
+// device a VMM holds is recorded as a violation (`handle.violations`, `<root>/.fake-kernel/
+// violations.jsonl`, readViolations(root)); a value attribute such as sriov_numvfs is seen after the
+// fact, and recorded then. A write that blocks in the kernel (waiting for the holder to let go) does
+// not block the daemon: it is recorded as an event with `blocked: true`, later again with its outcome,
+// and writes to other devices go on. The writer's own write(2) cannot block here (the FIFO has taken
+// the bytes): a difference from Linux, where the writer sits in D state until the VMM lets go.
+// Holding devices:
+//  * in-process: `handle.openVfio(group, holder)`, `closeVfio`, `holdVport`, `releaseVport` (or any
+//    FakeKernel over the same root: they share the state), or test/sysfs/vmm.ts;
+//  * from another process (the CLI daemon serves it; `control: true` in-process): the unix socket
+//    `<root>/.fake-kernel/control`, one command a line, one reply line each (`ok [data]` or
+//    `error <ERRNO> <message>`):
+//      open <group> <holder> [release-after-ms]   (with ms: let go that long after each request)
+//      close <group> <holder>
+//      hold-vport <wwpn> <holder>
+//      release-vport <wwpn> <holder>
+//      status                                     (ok {"groups":[...],"vports":[...],"violations":N})
+//    While a connection that opened a group is up, requests to let go of it arrive on it as lines
+//    `request <group> <holder> <path>`. Holds outlive the connection (holders are names, not
+//    processes). `kernelControl(root, line)` sends one command.
+//
 // In-process:  const k = await startKernel(root, devRoot); ...; await k.stop();
 // CLI:         node --import ./test/sysfs/ts-hooks.mjs test/sysfs/kernel-daemon.ts --root <sysfs> --dev-root <dev>
-//              prints "ready" on stdout once watching; SIGTERM/SIGINT stop it (FIFOs become files again).
+//              prints "ready" on stdout once watching and serving the control socket; violations go
+//              to stderr as JSON lines too; SIGTERM/SIGINT stop it (FIFOs become files again).
 import { execFile } from 'node:child_process';
 import { constants, openSync, watch, type FSWatcher } from 'node:fs';
 import { appendFile, lstat, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -22,7 +46,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { FakeKernel } from './kernel.js';
+import { FakeKernel, KernelError } from './kernel.js';
+import type { Destroyed, OpenOptions, Violation, VfioRequest } from './vfio.js';
 
 const run = promisify(execFile);
 
@@ -32,6 +57,8 @@ export interface KernelEvent {
   value: string;
   ok: boolean;
   error?: string;
+  /** The kernel is waiting for a VMM to let go of a device this write destroys (a later event has the outcome). */
+  blocked?: boolean;
 }
 
 /** Options of {@link startKernel}. */
@@ -42,6 +69,8 @@ export interface StartKernelOptions {
   onEvent?: (e: KernelEvent) => void;
   /** Safety poll of value files and new trigger files, in ms (default 200). */
   pollMs?: number;
+  /** Serve the control socket `<root>/.fake-kernel/control` (default false; the CLI always does). */
+  control?: boolean;
 }
 
 /** A running kernel daemon. */
@@ -53,7 +82,20 @@ export interface KernelHandle {
   idle(): Promise<void>;
   /** Stops watching and turns the FIFOs back into plain files. Idempotent. */
   stop(): Promise<void>;
+  /** See FakeKernel.openVfio / closeVfio / holdVport / releaseVport. */
+  openVfio(group: number, holder: string, opts?: OpenOptions): Promise<void>;
+  closeVfio(group: number, holder: string): void;
+  holdVport(wwpn: string, holder: string): Promise<void>;
+  releaseVport(wwpn: string, holder: string): void;
+  /** Destructive writes that reached a held device (this process's record of the root). */
+  readonly violations: Violation[];
+  /** Destructive writes applied. */
+  readonly destroyed: Destroyed[];
+  /** The control socket's path, when served. */
+  readonly control: string | undefined;
 }
+
+export const CONTROL_REL = '.fake-kernel/control';
 
 /** Default contents of value attributes the kernel creates (new VFs). */
 const VALUE_DEFAULTS: Record<string, string> = { driver_override: '(null)', sriov_numvfs: '0', sriov_drivers_autoprobe: '1' };
@@ -119,14 +161,26 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
 
   const apply = async (file: string, value: string, alreadyWritten: boolean): Promise<boolean> => {
     const rel = path.relative(root, file);
-    try {
-      await kernel.write(rel, value, { alreadyWritten });
-      await record({ path: rel, value, ok: true });
-      return true;
-    } catch (err) {
-      await record({ path: rel, value, ok: false, error: err instanceof Error ? err.message : String(err) });
-      return false;
+    let blocked!: () => void;
+    const waiting = new Promise<'blocked'>((r) => (blocked = () => r('blocked')));
+    const outcome = kernel.write(rel, value, { alreadyWritten, onBlocked: blocked }).then(
+      (): KernelEvent => ({ path: rel, value, ok: true }),
+      (err: unknown): KernelEvent => ({ path: rel, value, ok: false, error: err instanceof Error ? err.message : String(err) }),
+    );
+    const first = await Promise.race([outcome, waiting]);
+    if (first !== 'blocked') {
+      await record(first);
+      return first.ok;
     }
+    // The kernel waits for a VMM to let go: go on with other devices; report the outcome later.
+    await record({ path: rel, value, ok: true, blocked: true });
+    void outcome.then((e) =>
+      enqueue(async () => {
+        await record(e);
+        await sync();
+      }),
+    );
+    return true;
   };
 
   /** Applies value files whose content differs from what the kernel last accepted. */
@@ -235,15 +289,26 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
     });
   }, opts.pollMs ?? 200);
   timer.unref();
+  const controlFile = opts.control ? path.join(root, CONTROL_REL) : undefined;
+  const control = controlFile ? await serveControl(kernel, controlFile) : undefined;
 
   return {
     kernel,
     events,
     idle: () => chain,
+    openVfio: (group, holder, o) => kernel.openVfio(group, holder, o),
+    closeVfio: (group, holder) => kernel.closeVfio(group, holder),
+    holdVport: (wwpn, holder) => kernel.holdVport(wwpn, holder),
+    releaseVport: (wwpn, holder) => kernel.releaseVport(wwpn, holder),
+    violations: kernel.violations,
+    destroyed: kernel.destroyed,
+    control: controlFile,
     stop: async () => {
       if (stopped) return;
       stopped = true;
       clearInterval(timer);
+      if (control) await new Promise<void>((r) => control.close(() => r()));
+      if (controlFile) await rm(controlFile, { force: true });
       await chain;
       for (const st of values.values()) st.watcher?.close();
       values.clear();
@@ -255,6 +320,134 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
       fifos.clear();
     },
   };
+}
+
+/** One control command (see the file header) → its reply line. */
+async function controlCommand(kernel: FakeKernel, line: string, opened: { group: number; holder: string }[]): Promise<string> {
+  const [cmd, a, holder, extra] = line.split(/\s+/);
+  const need = (): string => {
+    if (a === undefined || holder === undefined) throw new KernelError('EINVAL', `usage: ${cmd ?? ''} <id> <holder>`);
+    return holder;
+  };
+  const group = (): number => {
+    const g = Number(a);
+    if (!Number.isInteger(g)) throw new KernelError('EINVAL', `bad group ${JSON.stringify(a)}`);
+    return g;
+  };
+  switch (cmd) {
+    case 'open': {
+      const h = need();
+      const g = group();
+      const after = extra === undefined ? undefined : Number(extra);
+      if (after !== undefined && !(after >= 0)) throw new KernelError('EINVAL', `bad release-after-ms ${JSON.stringify(extra)}`);
+      const o: OpenOptions = {};
+      if (after !== undefined) {
+        let pending = false;
+        o.onRequest = () => {
+          if (pending) return;
+          pending = true;
+          setTimeout(() => {
+            try {
+              kernel.closeVfio(g, h);
+            } catch {
+              /* closed already */
+            }
+          }, after);
+        };
+      }
+      await kernel.openVfio(g, h, o);
+      opened.push({ group: g, holder: h });
+      return 'ok';
+    }
+    case 'close':
+      kernel.closeVfio(group(), need());
+      return 'ok';
+    case 'hold-vport':
+      await kernel.holdVport(a ?? '', need());
+      return 'ok';
+    case 'release-vport':
+      kernel.releaseVport(a ?? '', need());
+      return 'ok';
+    case 'status':
+      return `ok ${JSON.stringify({ ...kernel.ownership.holders(), violations: kernel.violations.length })}`;
+    default:
+      throw new KernelError('EINVAL', `unknown command ${JSON.stringify(cmd ?? '')}`);
+  }
+}
+
+/** Serves the control socket at `file` (see the file header). */
+async function serveControl(kernel: FakeKernel, file: string): Promise<net.Server> {
+  await mkdir(path.dirname(file), { recursive: true });
+  await rm(file, { force: true });
+  const server = net.createServer((sock) => {
+    const opened: { group: number; holder: string }[] = [];
+    let queue: Promise<void> = Promise.resolve();
+    let buf = '';
+    const onRequest = (r: VfioRequest): void => {
+      if (!sock.destroyed && opened.some((o) => o.group === r.group && o.holder === r.holder)) sock.write(`request ${r.group} ${r.holder} ${r.path}\n`);
+    };
+    kernel.on('vfio-request', onRequest);
+    sock.on('close', () => kernel.off('vfio-request', onRequest));
+    sock.on('error', () => undefined);
+    sock.on('data', (c: Buffer) => {
+      buf += c.toString('utf8');
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (line === '') continue;
+        queue = queue.then(async () => {
+          let reply: string;
+          try {
+            reply = await controlCommand(kernel, line, opened);
+          } catch (err) {
+            const code = err instanceof KernelError ? err.code : 'EIO';
+            const msg = err instanceof Error ? err.message.replace(/^[A-Z]+: /, '') : String(err);
+            reply = `error ${code} ${msg.replace(/\n/g, ' ')}`;
+          }
+          if (!sock.destroyed) sock.write(`${reply}\n`);
+        });
+      }
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(file, () => resolve());
+  });
+  return server;
+}
+
+/**
+ * Sends one command to the control socket of the kernel daemon over `root` and resolves to the data
+ * after `ok` ('' when none); rejects with a KernelError carrying the errno of an `error` reply.
+ */
+export async function kernelControl(root: string, line: string, timeoutMs = 10_000): Promise<string> {
+  const sock = net.createConnection(path.join(root, CONTROL_REL));
+  try {
+    return await new Promise<string>((resolve, reject) => {
+      let buf = '';
+      const timer = setTimeout(() => reject(new Error(`fake kernel control: no reply to ${JSON.stringify(line)} in ${timeoutMs} ms`)), timeoutMs);
+      const done = (f: () => void): void => {
+        clearTimeout(timer);
+        f();
+      };
+      sock.on('error', (err) => done(() => reject(err)));
+      sock.on('connect', () => sock.write(`${line}\n`));
+      sock.on('data', (c: Buffer) => {
+        buf += c.toString('utf8');
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+          const reply = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          if (reply.startsWith('request ')) continue;
+          const m = /^error (\S+) ?(.*)$/.exec(reply);
+          if (m) done(() => reject(new KernelError(m[1] as string, m[2] ?? '')));
+          else done(() => resolve(reply.replace(/^ok ?/, '')));
+          return;
+        }
+      });
+    });
+  } finally {
+    sock.destroy();
+  }
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -271,7 +464,9 @@ async function main(argv: string[]): Promise<void> {
   }
   const handle = await startKernel(path.resolve(root), path.resolve(devRoot), {
     onEvent: (e) => console.error(JSON.stringify(e)),
+    control: true,
   });
+  handle.kernel.ownership.on('violation', (v: Violation) => console.error(JSON.stringify({ violation: v })));
   const stop = (): void => {
     void handle.stop().then(() => process.exit(0));
   };

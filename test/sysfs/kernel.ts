@@ -8,19 +8,23 @@
 //    KernelError carrying the errno the real kernel returns (EBUSY, ERANGE, EINVAL, ENODEV...).
 //  * `startKernel(root, devRoot)` (kernel-daemon.ts): watches the tree so an unmodified process that
 //    writes real files gets the same behaviour.
+//
+// The kernel is also the witness of allocation safety (vfio.ts): a VMM holds `/dev/vfio/<N>` open
+// (`openVfio`, or test/sysfs/vmm.ts) or a vport (`holdVport`); every destructive write that reaches
+// a held device is recorded in `violations` (and `<root>/.fake-kernel/violations.jsonl`), and, like
+// Linux, a PCI/mdev one blocks until the holder lets go (the holder is asked to, see 'vfio-request').
+// A blocked write leaves the write chain while it waits, so writes to OTHER devices proceed (as in
+// Linux, where only the device's own lock is held); writes to the devices it is destroying wait for
+// it. Every destructive write applied is logged in `destroyed`. Only writes are witnessed: the
+// builder methods (`addFunction`, `bind`, `unbind`) are set-up tools and check nothing.
 import { lstat, mkdir, readFile, readdir, readlink, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { SysfsWriter } from '../../device-plugin/src/sysfs/writer.js';
+import { KernelError } from './kernel-error.js';
+import { normalizeWwn, ownership, type Destroyed, type OpenOptions, type Ownership, type Violation, type VfioRequest } from './vfio.js';
 
-/** A refused write, with the errno name the kernel would return. */
-export class KernelError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(`${code}: ${message}`);
-    this.code = code;
-    this.name = 'KernelError';
-  }
-}
+export { KernelError } from './kernel-error.js';
+export { readViolations, type Destroyed, type OpenOptions, type Violation, type VfioRequest } from './vfio.js';
 
 /** Kernel-wide facts a tree cannot express as sysfs (module alias tables, build options). */
 export interface KernelConfig {
@@ -154,6 +158,30 @@ export interface WriteOptions {
    * change as "0 then N", since a coalesced write of 0 in between cannot be told apart.
    */
   alreadyWritten?: boolean;
+  /**
+   * Called when the write starts to wait: for a holder to let go of a device it destroys, or for
+   * another blocked write on the same device. The kernel daemon uses it to move on.
+   */
+  onBlocked?: () => void;
+}
+
+/** The write being applied (one at a time, except those waiting for a holder). */
+interface Op {
+  path: string;
+  value: string;
+  opts: WriteOptions;
+  /** Lets the next write in. */
+  release: () => void;
+  /** Frees the devices this write locked while it waited. */
+  unlock?: () => void;
+}
+
+const BDF_G = /[0-9a-f]{4,5}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]/gi;
+const UUID_G = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
+
+/** Drivers that manage DMA themselves and may bind inside a group a VMM holds (Linux: driver_managed_dma). */
+function managesDma(drv: string): boolean {
+  return drv.includes('vfio') || drv === 'pci-stub' || drv === 'pcieport';
 }
 
 /**
@@ -163,11 +191,57 @@ export interface WriteOptions {
 export class FakeKernel implements SysfsWriter {
   readonly root: string;
   readonly devRoot: string;
-  private chain: Promise<unknown> = Promise.resolve();
+  /** Who holds what, and the witness record; shared by every FakeKernel over this root. */
+  readonly ownership: Ownership;
+  private tail: Promise<void> = Promise.resolve();
+  private current: Op | undefined;
 
   constructor(root: string, devRoot: string) {
     this.root = root;
     this.devRoot = devRoot;
+    this.ownership = ownership(root, devRoot);
+  }
+
+  // ---- VFIO ownership (vfio.ts) ---------------------------------------------------------------
+
+  /** open(/dev/vfio/<group>) by `holder`: ENOENT without the node, EBUSY when it is open already. */
+  openVfio(group: number, holder: string, opts?: OpenOptions): Promise<void> {
+    return this.ownership.open(group, holder, opts);
+  }
+
+  /** The holder closes the group (EBADF when it does not have it open). */
+  closeVfio(group: number, holder: string): void {
+    this.ownership.close(group, holder);
+  }
+
+  /** A VM uses the LUNs of the vport with this WWPN (ENOENT when absent, EBUSY when held). */
+  holdVport(wwpn: string, holder: string): Promise<void> {
+    return this.ownership.holdVport(wwpn, holder);
+  }
+
+  releaseVport(wwpn: string, holder: string): void {
+    this.ownership.releaseVport(wwpn, holder);
+  }
+
+  /** Destructive writes that reached a held device, in order. */
+  get violations(): Violation[] {
+    return this.ownership.violations;
+  }
+
+  /** Destructive writes applied (violating or not), in order. */
+  get destroyed(): Destroyed[] {
+    return this.ownership.destroyed;
+  }
+
+  /** 'vfio-request': the kernel asks a holder to let go of a group a write is destroying. */
+  on(event: 'vfio-request', fn: (r: VfioRequest) => void): this {
+    this.ownership.on(event, fn);
+    return this;
+  }
+
+  off(event: 'vfio-request', fn: (r: VfioRequest) => void): this {
+    this.ownership.off(event, fn);
+    return this;
   }
 
   /**
@@ -391,9 +465,130 @@ export class FakeKernel implements SysfsWriter {
    * write. Rejects with a {@link KernelError} where the kernel refuses (the tree is unchanged).
    */
   write(relPath: string, value: string, opts: WriteOptions = {}): Promise<void> {
-    const run = this.chain.then(() => this.apply(relPath, value, opts));
-    this.chain = run.catch(() => undefined);
-    return run;
+    const op: Op = { path: relPath, value: value.trim(), opts, release: () => undefined };
+    const turn = this.acquire();
+    return (async () => {
+      op.release = await turn;
+      try {
+        await this.waitUntilFree(op);
+        this.current = op;
+        await this.apply(relPath, value, opts);
+      } finally {
+        this.current = undefined;
+        op.unlock?.();
+        op.release();
+      }
+    })();
+  }
+
+  /** Waits for the previous write to finish; resolves to the function that lets the next one in. */
+  private acquire(): Promise<() => void> {
+    let release!: () => void;
+    const done = new Promise<void>((r) => (release = r));
+    const turn = this.tail.then(() => release);
+    this.tail = this.tail.then(() => done);
+    return turn;
+  }
+
+  /** A write to a device a blocked write is destroying waits for it (outside the chain). */
+  private async waitUntilFree(op: Op): Promise<void> {
+    while (this.ownership.anyBusy) {
+      const busy = this.ownership.busyFor(await this.keysOf(op));
+      if (!busy) return;
+      op.opts.onBlocked?.();
+      op.release();
+      await busy;
+      op.release = await this.acquire();
+    }
+  }
+
+  /** The device a write is for: the deepest address/UUID in the attribute's real path, and those in the value. */
+  private async keysOf(op: { path: string; value: string }): Promise<string[]> {
+    const abs = path.join(this.root, op.path);
+    const dir = await realpath(path.dirname(abs)).catch(() => path.dirname(abs));
+    const parts = dir.split(path.sep).filter((p) => BDF_RE.test(p) || UUID_RE.test(p));
+    const keys = parts.length > 0 ? [parts[parts.length - 1] as string] : [];
+    return [...keys, ...(op.value.match(BDF_G) ?? []), ...(op.value.match(UUID_G) ?? []).map((u) => u.toLowerCase())];
+  }
+
+  /**
+   * The witness, called by every destructive write just before it changes the tree, with the
+   * devices it destroys, unbinds or disturbs (addresses, mdev UUIDs, vport WWPNs). Records a
+   * violation per held one; then, when a VMM holds a PCI function or mdev among them, waits like
+   * vfio_unregister_group_dev() until every such holder has let go (asking it to), with the write
+   * chain released and the devices locked. Logs the operation in `destroyed` when it goes ahead.
+   */
+  private async witness(devices: string[]): Promise<void> {
+    const op = this.current;
+    const where = { path: op?.path ?? '', value: op?.value ?? '' };
+    const hits = await this.ownership.holdersOf(devices);
+    await this.ownership.recordViolations(where, hits);
+    const groups = [...new Set(hits.flatMap((h) => (h.group === undefined ? [] : [h.group])))];
+    if (groups.length > 0 && op) {
+      op.unlock = this.ownership.lock([...devices, ...(await this.keysOf(op))]);
+      op.opts.onBlocked?.();
+      op.release();
+      try {
+        await this.ownership.waitReleased(groups, where);
+      } finally {
+        op.release = await this.acquire();
+        this.current = op;
+      }
+    }
+    this.ownership.recordDestroyed(where, devices);
+  }
+
+  /**
+   * Binding a driver that does not manage DMA itself to a member of a group a VMM holds: Linux
+   * refuses (EBUSY, the group's DMA owner is the user). Records the attempt as a violation.
+   */
+  private async refusedInHeldGroup(bdf: string, drv: string): Promise<boolean> {
+    if (managesDma(drv)) return false;
+    const hits = await this.ownership.holdersOf([bdf]);
+    if (hits.length === 0) return false;
+    await this.ownership.recordViolations({ path: this.current?.path ?? '', value: this.current?.value ?? '' }, hits);
+    return true;
+  }
+
+  /** mdev UUIDs on the function at `dir`. */
+  private async mdevsOn(dir: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const e of await list(dir)) if (UUID_RE.test(e) && (await exists(path.join(dir, e, 'mdev_type')))) out.push(e);
+    return out;
+  }
+
+  /** WWPNs of the NPIV vports on the function's FC hosts. */
+  private async vportsOn(dir: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const h of await list(dir)) {
+      if (!/^host\d+$/.test(h)) continue;
+      for (const v of await list(path.join(dir, h))) {
+        if (!v.startsWith('vport-')) continue;
+        const w = normalizeWwn((await readTrim(path.join(dir, h, v, 'fc_vports', v, 'port_name'))) ?? '');
+        if (w) out.push(w);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * What unbinding or removing the function takes from a VM, as Linux does it: the function, its
+   * mdevs (the parent driver unregisters them), its vports (the FC host goes) and, for a PF, its VFs
+   * with theirs (PF drivers disable SR-IOV on remove). The fake's unbind keeps mdevs and VFs; the
+   * witness counts them all the same.
+   */
+  private async takesWith(bdf: string, dir: string): Promise<string[]> {
+    return [bdf, ...(await this.mdevsOn(dir)), ...(await this.vportsOn(dir)), ...(await this.vfsWithMdevs(dir))];
+  }
+
+  /** The PF's VFs and the mdevs on them. */
+  private async vfsWithMdevs(pfDir: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const { bdf: vf } of await this.virtfns(pfDir)) {
+      const vfDir = await this.functionDir(vf).catch(() => undefined);
+      out.push(vf, ...(vfDir ? await this.mdevsOn(vfDir) : []));
+    }
+    return out;
   }
 
   private async apply(relPath: string, value: string, opts: WriteOptions): Promise<void> {
@@ -420,7 +615,10 @@ export class FakeKernel implements SysfsWriter {
       if (name === 'remove_id') return;
     }
     if (parent === 'mdev_supported_types' && name === 'create') return this.mdevCreate(dir, v.trim());
-    if (name === 'remove' && UUID_RE.test(path.basename(dir)) && (await exists(path.join(dir, 'mdev_type')))) return this.mdevRemove(dir, v.trim());
+    if (name === 'remove' && UUID_RE.test(path.basename(dir)) && (await exists(path.join(dir, 'mdev_type')))) {
+      if (v.trim() === '1') await this.witness([path.basename(dir)]);
+      return this.mdevRemove(dir, v.trim());
+    }
     if (parent === 'fc_host' && name === 'vport_create') return this.vportCreate(dir, v.trim());
     if (parent === 'fc_host' && name === 'vport_delete') return this.vportDelete(dir, v.trim());
     if (parent === 'fc_vports' && name === 'vport_delete') return this.vportDeleteSelf(dir);
@@ -441,6 +639,7 @@ export class FakeKernel implements SysfsWriter {
       }
       if (name === 'remove') {
         if (v.trim() !== '1') return;
+        await this.witness(await this.takesWith(bdf, dir));
         return this.removeFunction(bdf);
       }
       if (['vendor', 'device', 'class', 'numa_node', 'iommu_group', 'sriov_totalvfs', 'subsystem_vendor', 'subsystem_device', 'revision'].includes(name)) {
@@ -492,7 +691,7 @@ export class FakeKernel implements SysfsWriter {
     if (await this.driverOf(bdf)) return;
     if (!(await this.canProbe(fdir))) return;
     const drv = await this.matchDriver(bdf);
-    if (drv) await this.bind(bdf, drv);
+    if (drv && !(await this.refusedInHeldGroup(bdf, drv))) await this.bind(bdf, drv);
   }
 
   private async sysfsBind(bdf: string, drv: string): Promise<void> {
@@ -503,12 +702,14 @@ export class FakeKernel implements SysfsWriter {
     const o = await this.override(dir);
     const idMatch = (await this.config()).driverIds[await this.ids(bdf)] === drv;
     if (o !== undefined ? o !== drv : !idMatch) throw new KernelError('ENODEV', `${drv} does not accept ${bdf}`);
+    if (await this.refusedInHeldGroup(bdf, drv)) throw new KernelError('EBUSY', `${bdf} is in an IOMMU group a VFIO user holds; ${drv} cannot claim it`);
     await this.bind(bdf, drv);
   }
 
   private async sysfsUnbind(bdf: string, drv: string): Promise<void> {
     await this.functionDir(bdf);
     if ((await this.driverOf(bdf)) !== drv) throw new KernelError('ENODEV', `${bdf} is not bound to ${drv}`);
+    await this.witness(await this.takesWith(bdf, await this.functionDir(bdf)));
     await this.unbind(bdf);
   }
 
@@ -520,7 +721,7 @@ export class FakeKernel implements SysfsWriter {
     c.driverIds[key] = drv;
     await this.saveConfig(c);
     for (const bdf of await list(path.join(this.root, 'bus/pci/devices'))) {
-      if ((await this.ids(bdf)) === key && !(await this.driverOf(bdf)) && (await this.override(await this.functionDir(bdf))) === undefined) await this.bind(bdf, drv);
+      if ((await this.ids(bdf)) === key && !(await this.driverOf(bdf)) && (await this.override(await this.functionDir(bdf))) === undefined && !(await this.refusedInHeldGroup(bdf, drv))) await this.bind(bdf, drv);
     }
   }
 
@@ -625,10 +826,10 @@ export class FakeKernel implements SysfsWriter {
       return;
     }
     if (!(await this.driverOf(bdf))) throw new KernelError('ENOENT', `${bdf}: no driver bound to device; cannot configure SR-IOV`);
-    if (n !== 0 && current !== 0) {
-      if (!opts.alreadyWritten) throw new KernelError('EBUSY', `${bdf}: ${current} VFs already enabled. Disable before enabling ${n} VFs`);
-      await this.disableVfs(dir);
-    }
+    if (n !== 0 && current !== 0 && !opts.alreadyWritten) throw new KernelError('EBUSY', `${bdf}: ${current} VFs already enabled. Disable before enabling ${n} VFs`);
+    // Any change of the VF count takes every VF (and mdevs on them, and conservatively the PF's own).
+    await this.witness([...(await this.vfsWithMdevs(dir)), ...(await this.mdevsOn(dir))]);
+    if (n !== 0 && current !== 0) await this.disableVfs(dir);
     if (n === 0) await this.disableVfs(dir);
     else await this.enableVfs(dir, bdf, n);
     if (!opts.alreadyWritten) await writeFile(path.join(dir, 'sriov_numvfs'), `${n}\n`);
@@ -815,6 +1016,7 @@ export class FakeKernel implements SysfsWriter {
       const pn = await readTrim(path.join(a, 'port_name'));
       const nn = await readTrim(path.join(a, 'node_name'));
       if (pn !== undefined && nn !== undefined && BigInt(pn) === BigInt(`0x${m[1]}`) && BigInt(nn) === BigInt(`0x${m[2]}`)) {
+        await this.witness([normalizeWwn(m[1] as string) as string]);
         return this.destroyVport(fcDir, path.join(hostDir, e));
       }
     }
@@ -825,6 +1027,8 @@ export class FakeKernel implements SysfsWriter {
     const vdir = path.dirname(path.dirname(attrsDir));
     const hostDir = path.dirname(vdir);
     const host = path.basename(hostDir);
+    const wwpn = normalizeWwn((await readTrim(path.join(attrsDir, 'port_name'))) ?? '');
+    await this.witness(wwpn ? [wwpn] : []);
     await this.destroyVport(path.join(hostDir, 'fc_host', host), vdir);
   }
 
@@ -889,67 +1093,9 @@ async function rmRename(from: string, to: string): Promise<void> {
   await rename(from, to);
 }
 
-// ---- named builders ---------------------------------------------------------------------------
+// ---- named builders (builders.ts) ------------------------------------------------------------
 
-/** Mellanox ConnectX-6 PF (15b3:101d, mlx5_core) with a netdev; VFs are 15b3:101e. */
-export function connectX6(address: string, o: { netdev: string; totalVFs?: number; numaNode?: number; iommuGroup?: number } = { netdev: 'ens1f0np0' }): FunctionSpec {
-  return {
-    address, vendor: '15b3', device: '101d', classCode: '020000', driver: 'mlx5_core', numaNode: o.numaNode ?? 0,
-    iommuGroup: o.iommuGroup, subsystemDevice: '0016',
-    sriov: { totalVFs: o.totalVFs ?? 8, vfDevice: '101e', offset: 2, stride: 1 },
-    netdev: { name: o.netdev, operstate: 'up', address: '0c:42:a1:00:00:01' },
-  };
-}
-
-/** Intel 82599 10GbE PF (8086:10fb, ixgbe); VFs are 8086:10ed at offset 128, stride 2. */
-export function intel82599(address: string, o: { netdev: string; totalVFs?: number; numaNode?: number } = { netdev: 'eno49' }): FunctionSpec {
-  return {
-    address, vendor: '8086', device: '10fb', classCode: '020000', driver: 'ixgbe', numaNode: o.numaNode ?? 0,
-    sriov: { totalVFs: o.totalVFs ?? 63, vfDevice: '10ed', offset: 128, stride: 2 },
-    netdev: { name: o.netdev, operstate: 'up', address: '5c:b9:01:89:c6:e4' },
-  };
-}
-
-/** NVIDIA A10 GPU (10de:2236, nvidia) and its HDMI audio function (10de:1aef) in one IOMMU group. */
-export function gpuWithAudio(gpu: string, audio: string, o: { group: number; numaNode?: number }): FunctionSpec[] {
-  return [
-    { address: gpu, vendor: '10de', device: '2236', classCode: '030200', driver: 'nvidia', numaNode: o.numaNode ?? 0, iommuGroup: o.group },
-    { address: audio, vendor: '10de', device: '1aef', classCode: '040300', driver: 'snd_hda_intel', numaNode: o.numaNode ?? 0, iommuGroup: o.group },
-  ];
-}
-
-/** PCI-to-PCI bridge (class 060400, pcieport). */
-export function pciBridge(address: string, o: { group?: number; numaNode?: number } = {}): FunctionSpec {
-  return { address, vendor: '8086', device: '2f04', classCode: '060400', driver: 'pcieport', numaNode: o.numaNode ?? 0, iommuGroup: o.group };
-}
-
-/** Samsung PM1733 NVMe controller (144d:a824, nvme) with SR-IOV (VF 144d:a824). */
-export function nvmeWithSriov(address: string, o: { name: string; serial: string; totalVFs?: number; numaNode?: number }): FunctionSpec {
-  return {
-    address, vendor: '144d', device: 'a824', classCode: '010802', driver: 'nvme', numaNode: o.numaNode ?? 1,
-    sriov: { totalVFs: o.totalVFs ?? 32, vfDevice: 'a824', offset: 1, stride: 1 },
-    nvme: { name: o.name, model: 'SAMSUNG MZWLJ3T8HBLS-00007', serial: o.serial },
-  };
-}
-
-/** Emulex LPe32000 FC HBA (10df:f100, lpfc) with one fc_host port. */
-export function emulexFc(address: string, o: { host: number; wwpn: string; wwnn: string; maxNPIVVports?: number; numaNode?: number; portState?: string }): FunctionSpec {
-  return {
-    address, vendor: '10df', device: 'f100', classCode: '0c0400', driver: 'lpfc', numaNode: o.numaNode ?? 0,
-    fcHost: { host: o.host, wwpn: o.wwpn, wwnn: o.wwnn, maxNPIVVports: o.maxNPIVVports ?? 255, portState: o.portState ?? 'Online' },
-  };
-}
-
-/** NVIDIA T4 (10de:1eb8, nvidia) as an mdev parent with GRID types nvidia-222 (16×1B) and nvidia-230 (1×16Q). */
-export function mdevGpu(address: string, o: { numaNode?: number; instances?: number } = {}): FunctionSpec {
-  return {
-    address, vendor: '10de', device: '1eb8', classCode: '030200', driver: 'nvidia', numaNode: o.numaNode ?? 0,
-    mdevTypes: [
-      { id: 'nvidia-222', name: 'GRID T4-1B', availableInstances: o.instances ?? 16 },
-      { id: 'nvidia-230', name: 'GRID T4-16Q', availableInstances: 1 },
-    ],
-  };
-}
+export { connectX6, emulexFc, gpuWithAudio, intel82599, mdevGpu, nvmeWithSriov, pciBridge } from './builders.js';
 
 /** True when `p` is a FIFO (the daemon turns trigger attributes into FIFOs while it runs). */
 export async function isFifo(p: string): Promise<boolean> {
