@@ -21,7 +21,7 @@ import { lstat, mkdir, readFile, readdir, readlink, realpath, rename, rm, stat, 
 import path from 'node:path';
 import type { SysfsWriter } from '../../device-plugin/src/sysfs/writer.js';
 import { KernelError } from './kernel-error.js';
-import { normalizeWwn, ownership, type Destroyed, type OpenOptions, type Ownership, type Violation, type VfioRequest } from './vfio.js';
+import { normalizeWwn, ownership, WriteGate, type Destroyed, type OpenOptions, type Ownership, type Violation, type VfioRequest } from './vfio.js';
 
 export { KernelError } from './kernel-error.js';
 export { readViolations, type Destroyed, type OpenOptions, type Violation, type VfioRequest } from './vfio.js';
@@ -165,25 +165,6 @@ export interface WriteOptions {
   onBlocked?: () => void;
 }
 
-/** The write being applied (one at a time, except those waiting for a holder). */
-interface Op {
-  path: string;
-  value: string;
-  opts: WriteOptions;
-  /** Lets the next write in. */
-  release: () => void;
-  /** Frees the devices this write locked while it waited. */
-  unlock?: () => void;
-}
-
-const BDF_G = /[0-9a-f]{4,5}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]/gi;
-const UUID_G = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
-
-/** Drivers that manage DMA themselves and may bind inside a group a VMM holds (Linux: driver_managed_dma). */
-function managesDma(drv: string): boolean {
-  return drv.includes('vfio') || drv === 'pci-stub' || drv === 'pcieport';
-}
-
 /**
  * The fake kernel over one temp tree: `<root>` plays `/sys`, `<devRoot>` plays `/dev`.
  * Implements {@link SysfsWriter}; writes are serialized.
@@ -193,13 +174,14 @@ export class FakeKernel implements SysfsWriter {
   readonly devRoot: string;
   /** Who holds what, and the witness record; shared by every FakeKernel over this root. */
   readonly ownership: Ownership;
-  private tail: Promise<void> = Promise.resolve();
-  private current: Op | undefined;
+  /** Serializes writes and witnesses destructive ones. */
+  private readonly gate: WriteGate;
 
   constructor(root: string, devRoot: string) {
     this.root = root;
     this.devRoot = devRoot;
     this.ownership = ownership(root, devRoot);
+    this.gate = new WriteGate(this.ownership, root);
   }
 
   // ---- VFIO ownership (vfio.ts) ---------------------------------------------------------------
@@ -465,89 +447,17 @@ export class FakeKernel implements SysfsWriter {
    * write. Rejects with a {@link KernelError} where the kernel refuses (the tree is unchanged).
    */
   write(relPath: string, value: string, opts: WriteOptions = {}): Promise<void> {
-    const op: Op = { path: relPath, value: value.trim(), opts, release: () => undefined };
-    const turn = this.acquire();
-    return (async () => {
-      op.release = await turn;
-      try {
-        await this.waitUntilFree(op);
-        this.current = op;
-        await this.apply(relPath, value, opts);
-      } finally {
-        this.current = undefined;
-        op.unlock?.();
-        op.release();
-      }
-    })();
+    return this.gate.run({ path: relPath, value: value.trim(), onBlocked: opts.onBlocked }, () => this.apply(relPath, value, opts));
   }
 
-  /** Waits for the previous write to finish; resolves to the function that lets the next one in. */
-  private acquire(): Promise<() => void> {
-    let release!: () => void;
-    const done = new Promise<void>((r) => (release = r));
-    const turn = this.tail.then(() => release);
-    this.tail = this.tail.then(() => done);
-    return turn;
+  /** The witness (WriteGate.witness): every destructive write passes here before it changes the tree. */
+  private witness(devices: string[]): Promise<void> {
+    return this.gate.witness(devices);
   }
 
-  /** A write to a device a blocked write is destroying waits for it (outside the chain). */
-  private async waitUntilFree(op: Op): Promise<void> {
-    while (this.ownership.anyBusy) {
-      const busy = this.ownership.busyFor(await this.keysOf(op));
-      if (!busy) return;
-      op.opts.onBlocked?.();
-      op.release();
-      await busy;
-      op.release = await this.acquire();
-    }
-  }
-
-  /** The device a write is for: the deepest address/UUID in the attribute's real path, and those in the value. */
-  private async keysOf(op: { path: string; value: string }): Promise<string[]> {
-    const abs = path.join(this.root, op.path);
-    const dir = await realpath(path.dirname(abs)).catch(() => path.dirname(abs));
-    const parts = dir.split(path.sep).filter((p) => BDF_RE.test(p) || UUID_RE.test(p));
-    const keys = parts.length > 0 ? [parts[parts.length - 1] as string] : [];
-    return [...keys, ...(op.value.match(BDF_G) ?? []), ...(op.value.match(UUID_G) ?? []).map((u) => u.toLowerCase())];
-  }
-
-  /**
-   * The witness, called by every destructive write just before it changes the tree, with the
-   * devices it destroys, unbinds or disturbs (addresses, mdev UUIDs, vport WWPNs). Records a
-   * violation per held one; then, when a VMM holds a PCI function or mdev among them, waits like
-   * vfio_unregister_group_dev() until every such holder has let go (asking it to), with the write
-   * chain released and the devices locked. Logs the operation in `destroyed` when it goes ahead.
-   */
-  private async witness(devices: string[]): Promise<void> {
-    const op = this.current;
-    const where = { path: op?.path ?? '', value: op?.value ?? '' };
-    const hits = await this.ownership.holdersOf(devices);
-    await this.ownership.recordViolations(where, hits);
-    const groups = [...new Set(hits.flatMap((h) => (h.group === undefined ? [] : [h.group])))];
-    if (groups.length > 0 && op) {
-      op.unlock = this.ownership.lock([...devices, ...(await this.keysOf(op))]);
-      op.opts.onBlocked?.();
-      op.release();
-      try {
-        await this.ownership.waitReleased(groups, where);
-      } finally {
-        op.release = await this.acquire();
-        this.current = op;
-      }
-    }
-    this.ownership.recordDestroyed(where, devices);
-  }
-
-  /**
-   * Binding a driver that does not manage DMA itself to a member of a group a VMM holds: Linux
-   * refuses (EBUSY, the group's DMA owner is the user). Records the attempt as a violation.
-   */
-  private async refusedInHeldGroup(bdf: string, drv: string): Promise<boolean> {
-    if (managesDma(drv)) return false;
-    const hits = await this.ownership.holdersOf([bdf]);
-    if (hits.length === 0) return false;
-    await this.ownership.recordViolations({ path: this.current?.path ?? '', value: this.current?.value ?? '' }, hits);
-    return true;
+  /** Binding a driver that does not manage DMA into a held group: refused, recorded (WriteGate.refuseBind). */
+  private refusedInHeldGroup(bdf: string, drv: string): Promise<boolean> {
+    return this.gate.refuseBind(bdf, drv);
   }
 
   /** mdev UUIDs on the function at `dir`. */

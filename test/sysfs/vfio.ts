@@ -19,8 +19,13 @@
 // One Ownership per sysfs root and process (`ownership(root, devRoot)`), shared by every FakeKernel
 // over that root (the kernel daemon's too), as there is one kernel. Each violation also goes to
 // `<root>/.fake-kernel/violations.jsonl`, so a test in another process can read it (readViolations).
+//
+// WriteGate is the FakeKernel's write chain with the witness in it: writes run one at a time; a
+// destructive one calls witness(devices) just before it changes the tree. A write that must wait for
+// a holder leaves the chain while it waits, so writes to OTHER devices proceed (as in Linux, where
+// only the device's own lock is held), while writes to the devices it destroys wait for it.
 import { EventEmitter } from 'node:events';
-import { appendFile, lstat, mkdir, readdir, readFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, readdir, readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { KernelError } from './kernel-error.js';
 
@@ -282,6 +287,133 @@ export class Ownership extends EventEmitter {
       if (p) return p;
     }
     return undefined;
+  }
+}
+
+// ---- the write gate ----------------------------------------------------------------------------
+
+const BDF_RE = /^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$/;
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const BDF_G = /[0-9a-f]{4,5}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]/gi;
+const UUID_G = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
+
+/** Drivers that manage DMA themselves and may bind inside a group a VMM holds (Linux: driver_managed_dma). */
+function managesDma(drv: string): boolean {
+  return drv.includes('vfio') || drv === 'pci-stub' || drv === 'pcieport';
+}
+
+/** The write being applied. */
+interface Op {
+  path: string;
+  value: string;
+  onBlocked?: (() => void) | undefined;
+  /** Lets the next write in. */
+  release: () => void;
+  /** Frees the devices this write locked while it waited. */
+  unlock?: () => void;
+}
+
+/** Serializes a kernel's writes and witnesses the destructive ones (see the file header). */
+export class WriteGate {
+  private readonly own: Ownership;
+  private readonly root: string;
+  private tail: Promise<void> = Promise.resolve();
+  private current: Op | undefined;
+
+  constructor(own: Ownership, root: string) {
+    this.own = own;
+    this.root = root;
+  }
+
+  /** Runs `apply` for the write `w` after every write before it; `onBlocked` is called if it waits. */
+  run(w: { path: string; value: string; onBlocked?: (() => void) | undefined }, apply: () => Promise<void>): Promise<void> {
+    const op: Op = { ...w, release: () => undefined };
+    const turn = this.acquire();
+    return (async () => {
+      op.release = await turn;
+      try {
+        await this.waitUntilFree(op);
+        this.current = op;
+        await apply();
+      } finally {
+        this.current = undefined;
+        op.unlock?.();
+        op.release();
+      }
+    })();
+  }
+
+  /** Waits for the previous write to finish; resolves to the function that lets the next one in. */
+  private acquire(): Promise<() => void> {
+    let release!: () => void;
+    const done = new Promise<void>((r) => (release = r));
+    const turn = this.tail.then(() => release);
+    this.tail = this.tail.then(() => done);
+    return turn;
+  }
+
+  /** A write to a device a blocked write is destroying waits for it (outside the chain). */
+  private async waitUntilFree(op: Op): Promise<void> {
+    while (this.own.anyBusy) {
+      const busy = this.own.busyFor(await this.keysOf(op));
+      if (!busy) return;
+      op.onBlocked?.();
+      op.release();
+      await busy;
+      op.release = await this.acquire();
+    }
+  }
+
+  /** The device a write is for: the deepest address/UUID in the attribute's real path, and those in the value. */
+  private async keysOf(op: { path: string; value: string }): Promise<string[]> {
+    const abs = path.join(this.root, op.path);
+    const dir = await realpath(path.dirname(abs)).catch(() => path.dirname(abs));
+    const parts = dir.split(path.sep).filter((p) => BDF_RE.test(p) || UUID_RE.test(p));
+    const keys = parts.length > 0 ? [parts[parts.length - 1] as string] : [];
+    return [...keys, ...(op.value.match(BDF_G) ?? []), ...(op.value.match(UUID_G) ?? []).map((u) => u.toLowerCase())];
+  }
+
+  private where(): { path: string; value: string } {
+    return { path: this.current?.path ?? '', value: this.current?.value ?? '' };
+  }
+
+  /**
+   * Called by every destructive write just before it changes the tree, with the devices it
+   * destroys, unbinds or disturbs (addresses, mdev UUIDs, vport WWPNs). Records a violation per
+   * held one; then, when a VMM holds a PCI function or mdev among them, waits like
+   * vfio_unregister_group_dev() until every such holder has let go (asking it to), with the chain
+   * released and the devices locked. Logs the operation in `destroyed` when it goes ahead.
+   */
+  async witness(devices: string[]): Promise<void> {
+    const op = this.current;
+    const where = this.where();
+    const hits = await this.own.holdersOf(devices);
+    await this.own.recordViolations(where, hits);
+    const groups = [...new Set(hits.flatMap((h) => (h.group === undefined ? [] : [h.group])))];
+    if (groups.length > 0 && op) {
+      op.unlock = this.own.lock([...devices, ...(await this.keysOf(op))]);
+      op.onBlocked?.();
+      op.release();
+      try {
+        await this.own.waitReleased(groups, where);
+      } finally {
+        op.release = await this.acquire();
+        this.current = op;
+      }
+    }
+    this.own.recordDestroyed(where, devices);
+  }
+
+  /**
+   * Binding driver `drv` that does not manage DMA itself to `bdf`, a member of a group a VMM holds:
+   * Linux refuses (EBUSY, the group's DMA owner is the user). True (and recorded as a violation)
+   * when refused.
+   */
+  async refuseBind(bdf: string, drv: string): Promise<boolean> {
+    if (managesDma(drv)) return false;
+    const hits = await this.own.holdersOf([bdf]);
+    await this.own.recordViolations(this.where(), hits);
+    return hits.length > 0;
   }
 }
 
