@@ -80,6 +80,7 @@ const destructive: [string, Case][] = [
   ['sriov_numvfs=0 on the PF of an open VF', { setup: async () => ({ group: await toVfio(VF0), device: VF0, path: `bus/pci/devices/${PF}/sriov_numvfs`, value: '0' }) }],
   ['driver/unbind of an open VF', { setup: async () => ({ group: await toVfio(VF0), device: VF0, path: `bus/pci/devices/${VF0}/driver/unbind`, value: VF0 }) }],
   ['drivers/vfio-pci/unbind of an open VF', { setup: async () => ({ group: await toVfio(VF0), device: VF0, path: 'bus/pci/drivers/vfio-pci/unbind', value: VF0 }) }],
+  ['driver/unbind of the PF of an open VF (PF drivers disable SR-IOV on remove)', { setup: async () => ({ group: await toVfio(VF0), device: VF0, path: `bus/pci/devices/${PF}/driver/unbind`, value: PF }) }],
   ['PCI remove of an open VF', { setup: async () => ({ group: await toVfio(VF0), device: VF0, path: `bus/pci/devices/${VF0}/remove`, value: '1' }) }],
   [
     'mdev remove of an open mdev',
@@ -105,6 +106,15 @@ const destructive: [string, Case][] = [
       setup: async () => {
         await k.write(`${FC}/vport_create`, `${WWPN}:c050760000000002`);
         return { device: WWPN, path: `${FC}/vport_delete`, value: `${WWPN}:c050760000000002` };
+      },
+    },
+  ],
+  [
+    'unbind of the HBA of a held vport (the FC host goes)',
+    {
+      setup: async () => {
+        await k.write(`${FC}/vport_create`, `${WWPN}:c050760000000002`);
+        return { device: WWPN, path: `bus/pci/devices/${HBA}/driver/unbind`, value: HBA };
       },
     },
   ],
