@@ -148,6 +148,8 @@ async function main(): Promise<number> {
       logger, signal,
       onHoldersChanged: () => manager.trigger('podresources'),
       onRegistration: () => manager.trigger('registration'),
+      // One slice, one holder: what the ledger says is held outside DRA is neither published nor prepared.
+      holderOf: (id) => manager.holderOf(id),
     });
   }
   await manager.run(signal);

@@ -348,7 +348,8 @@ describe('helm install on the real API server', () => {
     ['create', 'resourceslices.resource.k8s.io', '', '', true],
     ['delete', 'resourceslices.resource.k8s.io', '', '', true],
     ['get', 'resourceclaims.resource.k8s.io', '', 'tenant-a', true],
-    ['list', 'resourceclaims.resource.k8s.io', '', 'tenant-a', false],
+    ['list', 'resourceclaims.resource.k8s.io', '', 'tenant-a', true],
+    ['watch', 'resourceclaims.resource.k8s.io', '', '', true],
     ['update', 'resourceclaims.resource.k8s.io', 'status', 'tenant-a', false],
     ['create', 'deviceclasses.resource.k8s.io', '', '', false],
   ];

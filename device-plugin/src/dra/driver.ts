@@ -1,7 +1,14 @@
 // The agent's DRA driver "virtualio.dev": publishes the DRA pools' slices as ResourceSlices, registers
 // with the kubelet's plugin watcher, and serves DRAPlugin v1 and v1beta1 (NodePrepareResources /
 // NodeUnprepareResources). The agent loop feeds it through `update` after every cycle; allocation
-// safety reads `preparedSliceIds()` (a prepared claim holds its slices like a pod holds a device).
+// safety reads `preparedHolders()`: a claim prepared here, or allocated here by the scheduler and not
+// prepared yet, holds its slices like a pod holds a device.
+//
+// One slice, one holder: a slice the agent's ledger says is held by anyone but one of our claims (a
+// pod through the device plugin, before or after the pool's frontEnd changed) is left out of the
+// ResourceSlices, and NodePrepareResources refuses it, as it refuses a slice already prepared for
+// another claim. The claim is read from the API server outside the serialized part of prepare and
+// with a deadline, so one slow request never holds up the other claims of the node.
 import { mkdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -16,6 +23,7 @@ import type { Inventory, PoolPlan, Slice } from '../model.js';
 import { PLUGINS_REGISTRY, RegistrationSocket } from '../kubelet/registration-socket.js';
 import { bindUnix, shutdownWithin } from '../kubelet/unix-grpc.js';
 import { kubeletPluginFolder } from '../plugin/names.js';
+import { AllocatedClaims, type AllocatedClaim, type ClaimListWatch } from './claims.js';
 import { DRA_DRIVER, desiredPools, draDeviceName, isDraPool, resourcePoolName, type DeviceFacts } from './devices.js';
 import { pcieRootReader } from './pcie.js';
 import {
@@ -23,8 +31,9 @@ import {
   type ClaimObject, type ClaimRef, type PreparedClaim, type SliceEntry,
 } from './prepare.js';
 import { ResourceSlicePublisher, type ResourceSliceStore } from './publisher.js';
+import { claimUidsOnDisk, relearnClaim } from './recover.js';
 
-/** A slice held through a prepared claim, shaped like the agent's PodResources holders. */
+/** A slice held through one of our claims (prepared or allocated), shaped like the agent's PodResources holders. */
 export interface PreparedHolder {
   resourceName: string;
   namespace: string;
@@ -33,6 +42,12 @@ export interface PreparedHolder {
   /** The ResourceClaim that holds it. */
   claim: string;
 }
+
+/**
+ * Who holds a slice according to the agent's ledger (AgentManager.holderOf). A holder with `claim`
+ * is one of our DRA claims (the agent got it from `preparedHolders()`).
+ */
+export type DraHoldState = { kind: 'held'; by: string; holder?: { resourceName: string; claim?: string } | undefined } | { kind: 'free' };
 
 /** The gRPC services we offer, preferred first (PluginInfo.supported_versions). */
 export const DRA_SERVICES = ['v1.DRAPlugin', 'v1beta1.DRAPlugin'];
@@ -43,8 +58,25 @@ export interface DraDriverOptions {
   kubeletDir: string;
   cdiDir: string;
   sysfsRoot: string;
-  /** Reads a ResourceClaim; undefined when it does not exist. */
-  getClaim: (namespace: string, name: string) => Promise<ClaimObject | undefined>;
+  /** Reads a ResourceClaim; undefined when it does not exist. `signal` aborts it at the deadline. */
+  getClaim: (namespace: string, name: string, signal?: AbortSignal) => Promise<ClaimObject | undefined>;
+  /** How long prepare waits for that read (default 10 s); the claim then gets an error and the kubelet retries. */
+  claimTimeoutMs?: number;
+  /**
+   * Lists and watches ResourceClaims: a claim the scheduler allocated on this node counts as a
+   * holder before the kubelet prepares it. Absent: only prepared claims hold slices.
+   */
+  claims?: ClaimListWatch;
+  /** Who holds a slice per the agent's ledger; slices held by anyone but our claims are neither published nor prepared. */
+  holderOf?: (sliceId: string) => DraHoldState;
+  /**
+   * A hold the ledger keeps without naming its holder (a released claim's grace period) counts as our
+   * claim's while one of our claims held the slice less than this long ago, in a pool that has been a
+   * DRA pool since (default 10 min). Otherwise the slice would be withdrawn after every unprepare.
+   */
+  recentHoldMs?: number;
+  /** Wall clock in ms (tests). */
+  nowMs?: () => number;
   store: ResourceSliceStore;
   nodeUid?: () => Promise<string | undefined>;
   logger: Logger;
@@ -85,6 +117,21 @@ export class DraDriver {
   private facts: DeviceFacts = { devices: new Map() };
   private queue: Promise<unknown> = Promise.resolve();
   private lastDesired = '';
+  private slices: readonly Slice[] = [];
+  private inventory: Inventory = { devices: [] };
+  private readonly allocated: AllocatedClaims | undefined;
+  /** (resource pool, device) → slice, from every index seen: allocated claims name devices, the ledger protects IDs. */
+  private readonly idByDevice = new Map<string, { sliceId: string; resourceName?: string }>();
+  /** Slice ID → when one of our claims last held it, and in which pool. */
+  private readonly lastOurs = new Map<string, { at: number; pool: string }>();
+  /** DRA pool → since when it has been one (without a break). */
+  private readonly draSince = new Map<string, number>();
+  /** Claim UID → the pods it was reserved for when the kubelet unprepared it (no longer a holder while that is all). */
+  private readonly released = new Map<string, { uids: Set<string>; names: Set<string>; at: number }>();
+  /** Slice ID → why it is left out of the ResourceSlices (held elsewhere). */
+  private withheldNow = new Map<string, string>();
+  /** Why a lost checkpoint is not recovered yet. */
+  private recoveryBlocker: string | undefined;
   private health: DeviceHealthEntry[] = [];
   private healthText = '';
   private readonly healthStreams = new Set<grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>>();
@@ -122,6 +169,19 @@ export class DraDriver {
       ...(opts.nodeUid ? { nodeUid: opts.nodeUid } : {}),
       ...(opts.resyncMs !== undefined ? { resyncMs: opts.resyncMs } : {}),
     });
+    if (opts.claims) {
+      this.allocated = new AllocatedClaims({
+        source: opts.claims, node: opts.nodeName, logger: opts.logger,
+        onChange: () => {
+          this.refresh();
+          this.opts.onHoldersChanged?.();
+        },
+      });
+    }
+  }
+
+  private nowMs(): number {
+    return (this.opts.nowMs ?? Date.now)();
   }
 
   /** True when the plan has a pool the DRA front end serves. */
@@ -132,14 +192,64 @@ export class DraDriver {
   /** The agent loop's hook: the plan, slices and inventory of the cycle that just ended. */
   update(pools: readonly PoolPlan[], slices: readonly Slice[], inventory: Inventory): void {
     this.pools = [...pools];
-    this.facts = { devices: new Map(inventory.devices.map((d) => [d.pciAddress, d])), pcieRoot: this.pcieRoot };
-    this.index = sliceIndex(this.opts.nodeName, pools, slices);
-    this.setHealth(pools, slices);
-    const desired = desiredPools(this.opts.nodeName, pools, slices, this.facts);
+    this.slices = slices;
+    this.inventory = inventory;
+    this.refresh();
+  }
+
+  /** Re-derives what is published (and the health stream) from the last update and who holds what now. */
+  private refresh(): void {
+    const now = this.nowMs();
+    const dra = new Set(this.pools.filter((p) => isDraPool(p) && !p.deleting).map((p) => p.name));
+    for (const p of dra) if (!this.draSince.has(p)) this.draSince.set(p, now);
+    for (const p of [...this.draSince.keys()]) if (!dra.has(p)) this.draSince.delete(p);
+    this.facts = { devices: new Map(this.inventory.devices.map((d) => [d.pciAddress, d])), pcieRoot: this.pcieRoot };
+    this.index = sliceIndex(this.opts.nodeName, this.pools, this.slices);
+    if (this.idByDevice.size > 8192) this.idByDevice.clear();
+    for (const [k, e] of this.index) this.idByDevice.set(k, { sliceId: e.slice.id, resourceName: e.pool.resourceName });
+    const recent = this.opts.recentHoldMs ?? 600_000;
+    for (const [id, o] of this.lastOurs) if (now - o.at >= recent) this.lastOurs.delete(id);
+    for (const [uid, r] of this.released) if (now - r.at >= recent && !this.allocated?.all().has(uid)) this.released.delete(uid);
+    this.draHolders(); // stamps lastOurs
+    const withheld = new Map<string, string>();
+    for (const s of this.slices) {
+      if (!dra.has(s.pool)) continue;
+      const why = this.heldElsewhere(s.id, s.pool);
+      if (why) withheld.set(s.id, why);
+    }
+    for (const [id, why] of withheld) if (!this.withheldNow.has(id)) this.log.warn({ slice: id, heldBy: why }, 'slice held outside DRA: not published, not prepared');
+    for (const id of this.withheldNow.keys()) if (!withheld.has(id)) this.log.info({ slice: id }, 'slice no longer held outside DRA: published again');
+    this.withheldNow = withheld;
+    const offered = withheld.size ? this.slices.filter((s) => !withheld.has(s.id)) : this.slices;
+    this.setHealth(this.pools, offered);
+    this.tryRecover();
+    const desired = desiredPools(this.opts.nodeName, this.pools, offered, this.facts);
     const text = JSON.stringify(desired);
     if (text === this.lastDesired) return; // most cycles change nothing DRA publishes
     this.lastDesired = text;
     this.publisher.setDesired(desired);
+  }
+
+  /** Slices left out of the ResourceSlices because someone other than our claims holds them, with who. */
+  get withheld(): ReadonlyMap<string, string> {
+    return this.withheldNow;
+  }
+
+  /**
+   * Who holds `sliceId` if not one of our claims, per the agent's ledger, or undefined. A hold
+   * that names no holder is our claim's grace period when one of our claims held the slice
+   * recently in a pool that has stayed a DRA pool since (no device plugin could have handed it out).
+   */
+  private heldElsewhere(sliceId: string, pool: string): string | undefined {
+    const h = this.opts.holderOf?.(sliceId);
+    if (!h || h.kind === 'free') return undefined;
+    if (h.holder?.claim) return undefined; // one of our claims: prepare checks which one
+    if (!h.holder) {
+      const o = this.lastOurs.get(sliceId);
+      const since = this.draSince.get(pool);
+      if (o && o.pool === pool && since !== undefined && since <= o.at && this.nowMs() - o.at < (this.opts.recentHoldMs ?? 600_000)) return undefined;
+    }
+    return h.by;
   }
 
   /** Every published device with its health; streams get it at once when it changed. */
@@ -169,17 +279,58 @@ export class DraDriver {
   }
 
   /**
-   * Who holds each prepared slice, in the agent's holder form (status allocations): the claim's
-   * namespace and the pod it was reserved for (or "claim/<name>" when none was recorded).
+   * Who holds each slice through one of our claims, in the agent's holder form (status allocations):
+   * claims prepared here (what prepare recorded), and claims the scheduler allocated on this node
+   * that are not prepared yet — between the scheduler's decision and the kubelet's prepare, carving
+   * must not tear the device down. The claim's namespace and the pod it is reserved for (or
+   * "claim/<name>"). A claim the kubelet unprepared stops counting while it is still reserved only
+   * for the pods it was reserved for then (without the ResourceClaim controller nobody clears that).
    */
   preparedHolders(): Map<string, PreparedHolder> {
+    return this.draHolders();
+  }
+
+  private draHolders(): Map<string, PreparedHolder> {
     const out = new Map<string, PreparedHolder>();
+    for (const c of this.allocated?.all().values() ?? []) {
+      if (this.checkpoint.get(c.uid) || this.isReleased(c)) continue;
+      for (const d of c.devices) {
+        const m = this.lookup(d.pool, d.device);
+        if (m) out.set(m.sliceId, { resourceName: m.resourceName ?? '', namespace: c.namespace, pod: c.pods[0]?.name ?? `claim/${c.name}`, container: '', claim: c.name });
+      }
+    }
     for (const c of this.checkpoint.all()) {
       for (const d of c.devices) {
         out.set(d.sliceId, { resourceName: d.resourceName ?? '', namespace: c.namespace, pod: c.pods?.[0] ?? `claim/${c.name}`, container: '', claim: c.name });
       }
     }
+    const now = this.nowMs();
+    for (const id of out.keys()) {
+      const pool = this.poolOfSlice(id);
+      if (pool) this.lastOurs.set(id, { at: now, pool });
+    }
     return out;
+  }
+
+  private poolOfSlice(id: string): string | undefined {
+    for (const e of this.index.values()) if (e.slice.id === id) return e.pool.name;
+    return this.slices.find((s) => s.id === id)?.pool;
+  }
+
+  private lookup(pool: string, device: string): { sliceId: string; resourceName?: string } | undefined {
+    const e = this.index.get(`${pool}\n${device}`);
+    return e ? { sliceId: e.slice.id, resourceName: e.pool.resourceName } : this.idByDevice.get(`${pool}\n${device}`);
+  }
+
+  private isReleased(c: AllocatedClaim): boolean {
+    const r = this.released.get(c.uid);
+    if (!r) return false;
+    return c.pods.every((p) => (p.uid !== undefined && r.uids.has(p.uid)) || ((p.uid === undefined || r.uids.size === 0) && r.names.has(p.name)));
+  }
+
+  /** Claims allocated on this node as last listed/watched (tests and status). */
+  allocatedClaims(): ReadonlyMap<string, AllocatedClaim> {
+    return this.allocated?.all() ?? new Map();
   }
 
   /** The registration as pool status reports it (not yet told by the kubelet: not registered). */
@@ -188,11 +339,64 @@ export class DraDriver {
     return { registered: false, error: this.registration?.error ? `kubelet refused DRA driver virtualio.dev: ${this.registration.error}` : 'DRA driver virtualio.dev not registered with the kubelet yet' };
   }
 
-  /** Why nobody can tell which claims were prepared (record not read yet, damaged or unreadable), or undefined. */
+  /**
+   * Why nobody can tell which slices our claims hold, or undefined: the checkpoint is not read yet,
+   * or it was lost (damaged or unreadable, now or before a restart) and is not recovered yet, or
+   * ResourceClaims were never listed. The agent then counts every slice as held.
+   */
   holdersUnknown(): string | undefined {
-    const st = this.checkpoint.state;
-    if (st === 'ok' || st === 'absent') return undefined;
-    return st === 'unloaded' ? 'the DRA driver has not read its prepared claims yet' : (this.checkpoint.loadError ?? `DRA checkpoint ${st}`);
+    const cp = this.checkpoint;
+    if (cp.state === 'unloaded') return 'the DRA driver has not read its prepared claims yet';
+    if (cp.unknown) {
+      const l = cp.lost;
+      const why = l?.why ?? cp.loadError ?? `DRA checkpoint ${cp.state}`;
+      return `${why}${l?.copy ? ` (damaged file kept as ${l.copy})` : ''}; prepared claims not re-learned yet: ${this.recoveryBlocker ?? 'starting'}`;
+    }
+    return this.allocated?.unknown();
+  }
+
+  /**
+   * After a lost checkpoint: re-learns the claims whose CDI specs are still on disk (prepare writes
+   * them, unprepare removes them) and ends the loss once every such claim is recorded again and
+   * ResourceClaims were listed since the start (claims allocated here count as held from then on,
+   * prepared or not). What blocks it is in `holdersUnknown()`; docs/dra.md has the way out by hand.
+   */
+  private tryRecover(): void {
+    const cp = this.checkpoint;
+    if (cp.state === 'unloaded' || !cp.unknown) return;
+    let uids: string[];
+    try {
+      uids = claimUidsOnDisk(this.opts.cdiDir);
+    } catch (err) {
+      this.recoveryBlocker = `cannot list the CDI folder ${this.opts.cdiDir}: ${String(err)}`;
+      return;
+    }
+    const stuck: string[] = [];
+    for (const uid of uids) {
+      if (cp.get(uid)) continue;
+      const c = relearnClaim(uid, this.opts.cdiDir, this.pluginDir, (pool, device) => this.lookup(pool, device), this.allocated?.all().get(uid));
+      if (typeof c === 'string') {
+        stuck.push(`claim ${uid} (${cdiSpecPath(this.opts.cdiDir, uid)}): ${c}`);
+        continue;
+      }
+      try {
+        cp.put(c);
+        this.log.warn({ claim: `${c.namespace}/${c.name}`, uid, devices: c.devices.map((d) => `${d.request}=${d.sliceId}`) }, 'prepared claim re-learned from its CDI spec and metadata');
+      } catch (err) {
+        stuck.push(`claim ${uid}: cannot record it: ${String(err)}`);
+      }
+    }
+    const blocker = stuck.length ? stuck.join('; ') : this.allocated?.unknown();
+    if (blocker) {
+      if (blocker !== this.recoveryBlocker) this.log.warn({ blocker }, 'DRA checkpoint not recovered yet: every slice still counts as held');
+      this.recoveryBlocker = blocker;
+      return;
+    }
+    const lost = cp.lost;
+    cp.markRecovered();
+    this.recoveryBlocker = undefined;
+    this.log.warn({ lost, claims: cp.all().length }, 'DRA checkpoint recovered: prepared claims re-learned from the CDI specs on disk; claims allocated here are known from the API server');
+    this.opts.onHoldersChanged?.();
   }
 
   /** Slice IDs held by prepared claims: carving must not destroy them. */
@@ -208,10 +412,21 @@ export class DraDriver {
   /** Serves until `signal` aborts, then removes both sockets (the kubelet deregisters the driver). */
   async run(signal: AbortSignal): Promise<void> {
     mkdirSync(this.pluginDir, { recursive: true });
-    this.checkpoint.load();
+    // A damaged or unreadable checkpoint never stops the driver: the kubelet must still be able to
+    // unprepare, and new claims are still prepared (and recorded in a new file, after the damaged
+    // one was kept). holdersUnknown() keeps every slice held until the claims are re-learned.
+    const st = this.checkpoint.tryLoad();
+    if (st === 'corrupt' || st === 'unreadable') {
+      this.log.error({ error: this.checkpoint.loadError }, 'DRA checkpoint lost: every slice counts as held until the prepared claims are re-learned (docs/dra.md); still serving prepare and unprepare');
+    } else if (this.checkpoint.unknown) {
+      this.log.warn({ lost: this.checkpoint.lost }, 'DRA checkpoint records an earlier loss not recovered yet: every slice counts as held until the prepared claims are re-learned');
+    }
+    this.tryRecover();
+    this.opts.onHoldersChanged?.();
     await this.startDraServer();
     await this.reg.start();
     const publishing = this.publisher.run(signal);
+    const listing = this.allocated?.run(signal);
     const timer = setInterval(() => {
       if (this.reg.intact()) return;
       this.log.info({ socket: this.registrationSocket }, 'registration socket gone (kubelet restart or cleanup); registering again');
@@ -223,13 +438,31 @@ export class DraDriver {
     for (const st of this.healthStreams) st.end();
     this.healthStreams.clear();
     await publishing;
+    await listing;
     await Promise.all([this.reg.stop(), stopServer(this.draServer, this.draSocket)]);
     this.log.info('DRA driver stopped');
   }
 
-  /** NodePrepareResources for one claim (serialized with every other call). */
-  prepare(ref: ClaimRef): Promise<PrepareOutcome> {
-    return this.serial(() => this.prepareNow(ref));
+  /**
+   * NodePrepareResources for one claim. The ResourceClaim is read first, with a deadline and outside
+   * the serialized part; only the check against what is prepared and the state change are serialized
+   * with every other call.
+   */
+  async prepare(ref: ClaimRef): Promise<PrepareOutcome> {
+    this.calls.prepare++;
+    if (this.checkpoint.get(ref.uid)) {
+      const again = await this.serial(async () => this.answerPrepared(ref));
+      if (again) return again;
+    }
+    let claim: ClaimObject | undefined;
+    try {
+      claim = await this.fetchClaim(ref);
+    } catch (err) {
+      const error = `reading ResourceClaim ${ref.namespace}/${ref.name}: ${err instanceof Error ? err.message : String(err)}`;
+      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error }, 'cannot prepare claim');
+      return { devices: [], error };
+    }
+    return this.serial(() => this.prepareNow(ref, claim));
   }
 
   /** NodeUnprepareResources for one claim (serialized with every other call). */
@@ -243,28 +476,63 @@ export class DraDriver {
     return next;
   }
 
+  /** The GET of the claim, abandoned (and aborted) after `claimTimeoutMs`. */
+  private async fetchClaim(ref: ClaimRef): Promise<ClaimObject | undefined> {
+    const ms = this.opts.claimTimeoutMs ?? 10_000;
+    const ctl = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => {
+        ctl.abort();
+        reject(new Error(`no answer from the API server within ${ms} ms`));
+      }, ms);
+    });
+    try {
+      return await Promise.race([this.opts.getClaim(ref.namespace, ref.name, ctl.signal), deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   private answer(c: PreparedClaim): PrepareOutcome {
     return { devices: c.devices.map((d) => ({ requestNames: [d.request], poolName: d.pool, deviceName: d.device, cdiDeviceIds: [d.cdiId] })), error: '' };
   }
 
-  private async prepareNow(ref: ClaimRef): Promise<PrepareOutcome> {
-    this.calls.prepare++;
+  /** Idempotent prepare: the recorded answer, files re-written if someone removed them; undefined when not (fully) prepared now. */
+  private async answerPrepared(ref: ClaimRef): Promise<PrepareOutcome | undefined> {
     const done = this.checkpoint.get(ref.uid);
-    if (done && done.devices.every((d) => this.index.has(`${d.pool}\n${d.device}`))) {
-      this.writeFiles(done); // idempotent: the same answer, files re-written if someone removed them
-      return this.answer(done);
-    }
-    let claim: ClaimObject | undefined;
+    if (!done || !done.devices.every((d) => this.index.has(`${d.pool}\n${d.device}`))) return undefined;
     try {
-      claim = await this.opts.getClaim(ref.namespace, ref.name);
+      this.writeFiles(done);
     } catch (err) {
-      return { devices: [], error: `reading ResourceClaim ${ref.namespace}/${ref.name}: ${String(err)}` };
+      return { devices: [], error: `re-writing CDI spec or metadata for ${ref.namespace}/${ref.name}: ${String(err)}` };
     }
+    return this.answer(done);
+  }
+
+  /** Why a planned claim must not get its devices: one is prepared for another claim, or held outside DRA. */
+  private conflict(plan: PreparedClaim): string | undefined {
+    const what = `ResourceClaim ${plan.namespace}/${plan.name}`;
+    for (const d of plan.devices) {
+      const other = this.checkpoint.all().find((c) => c.uid !== plan.uid && c.devices.some((x) => x.sliceId === d.sliceId));
+      if (other) return `${what}: device ${d.device} (${d.sliceId}) is already prepared for ResourceClaim ${other.namespace}/${other.name} (UID ${other.uid}); not handing it out twice`;
+      const pool = this.index.get(`${d.pool}\n${d.device}`)?.pool.name ?? '';
+      const by = this.heldElsewhere(d.sliceId, pool);
+      if (by) return `${what}: device ${d.device} (${d.sliceId}) is held by ${by}; not handing it out twice`;
+    }
+    return undefined;
+  }
+
+  private async prepareNow(ref: ClaimRef, claim: ClaimObject | undefined): Promise<PrepareOutcome> {
+    const again = await this.answerPrepared(ref); // a concurrent call for the same claim got here first
+    if (again) return again;
     const plan = planClaim(ref, claim, this.opts.nodeName, this.index);
-    if ('error' in plan) {
-      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error: plan.error }, 'cannot prepare claim');
-      return { devices: [], error: plan.error };
+    const error = 'error' in plan ? plan.error : this.conflict(plan);
+    if (error !== undefined) {
+      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error }, 'cannot prepare claim');
+      return { devices: [], error };
     }
+    if ('error' in plan) return { devices: [], error: plan.error }; // (narrowing only)
     try {
       this.writeFiles(plan);
       this.checkpoint.put(plan);
@@ -272,6 +540,7 @@ export class DraDriver {
       removeClaimFiles(this.opts.cdiDir, this.pluginDir, ref.uid);
       return { devices: [], error: `writing CDI spec or metadata for ${ref.namespace}/${ref.name}: ${String(err)}` };
     }
+    this.released.delete(ref.uid);
     this.log.info({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, devices: plan.devices.map((d) => `${d.request}=${d.sliceId}`) }, 'claim prepared');
     this.opts.onHoldersChanged?.();
     return this.answer(plan);
@@ -287,13 +556,22 @@ export class DraDriver {
   private async unprepareNow(ref: ClaimRef): Promise<string> {
     this.calls.unprepare++;
     try {
+      this.draHolders(); // when our claims last held their slices: the ledger's grace period that follows is ours
       removeClaimFiles(this.opts.cdiDir, this.pluginDir, ref.uid);
       const had = this.checkpoint.get(ref.uid);
+      const allocated = this.allocated?.all().get(ref.uid);
+      // Still allocated and reserved for the same pods, it holds nothing any more (see preparedHolders).
+      this.released.set(ref.uid, {
+        uids: new Set((allocated?.pods ?? []).flatMap((p) => (p.uid ? [p.uid] : []))),
+        names: new Set([...(allocated?.pods ?? []).map((p) => p.name), ...(had?.pods ?? [])]),
+        at: this.nowMs(),
+      });
       this.checkpoint.delete(ref.uid);
-      if (had) {
+      if (had || allocated) {
         this.log.info({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid }, 'claim unprepared');
         this.opts.onHoldersChanged?.();
       }
+      if (this.checkpoint.unknown) this.tryRecover(); // one claim fewer to re-learn
       return '';
     } catch (err) {
       return `unpreparing ${ref.namespace}/${ref.name}: ${String(err)}`;

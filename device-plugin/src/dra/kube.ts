@@ -1,6 +1,8 @@
 // client-node implementation of what the DRA driver needs from the API server: this node's
-// ResourceSlices of driver virtualio.dev, and reading ResourceClaims. Loaded only with --dra.
-import { CoreV1Api, ResourceV1Api, Watch, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+// ResourceSlices of driver virtualio.dev, reading ResourceClaims, and listing and watching every
+// ResourceClaim (the ones allocated here). Loaded only with --dra.
+import { CoreV1Api, ResourceV1Api, Watch, type ConfigurationOptions, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+import type { ClaimEventType, ClaimListWatch } from './claims.js';
 import type { ClaimObject } from './prepare.js';
 import { DRA_DRIVER, type ResourceSliceObject } from './devices.js';
 import type { ResourceSliceStore } from './publisher.js';
@@ -89,17 +91,76 @@ export class KubeResourceSliceStore implements ResourceSliceStore {
   }
 }
 
-/** Reads a ResourceClaim (resource.k8s.io/v1); undefined when it does not exist. */
-export function claimReader(kc: KubeConfig): (namespace: string, name: string) => Promise<ClaimObject | undefined> {
+/**
+ * Request options that abort the HTTP request when `signal` aborts (client-node runs the request
+ * through fetch, which takes the signal from the request context).
+ */
+function abortable(signal: AbortSignal | undefined): ConfigurationOptions | undefined {
+  if (!signal) return undefined;
+  // client-node's middleware returns its own minimal Observable: anything with toPromise() will do.
+  const pass = <T>(v: T) => ({ toPromise: () => Promise.resolve(v) });
+  return {
+    middleware: [{
+      pre: (ctx: { setSignal(s: AbortSignal): void }) => {
+        ctx.setSignal(signal);
+        return pass(ctx);
+      },
+      post: <T>(rsp: T) => pass(rsp),
+    }],
+    middlewareMergeStrategy: 'append',
+  } as unknown as ConfigurationOptions;
+}
+
+/** Reads a ResourceClaim (resource.k8s.io/v1); undefined when it does not exist. `signal` aborts the request. */
+export function claimReader(kc: KubeConfig): (namespace: string, name: string, signal?: AbortSignal) => Promise<ClaimObject | undefined> {
   const api = kc.makeApiClient(ResourceV1Api);
-  return async (namespace, name) => {
+  return async (namespace, name, signal) => {
     try {
-      return (await api.readNamespacedResourceClaim({ namespace, name })) as unknown as ClaimObject;
+      return (await api.readNamespacedResourceClaim({ namespace, name }, abortable(signal))) as unknown as ClaimObject;
     } catch (err) {
       if (httpCode(err) === 404) return undefined;
       throw err;
     }
   };
+}
+
+/** Every ResourceClaim of the cluster, listed in pages of 500 and watched (the DRA driver's allocated claims). */
+export class KubeClaimListWatch implements ClaimListWatch {
+  private readonly api: ResourceV1Api;
+
+  constructor(private readonly kc: KubeConfig) {
+    this.api = kc.makeApiClient(ResourceV1Api);
+  }
+
+  async list(signal: AbortSignal): Promise<{ items: ClaimObject[]; resourceVersion: string }> {
+    const items: ClaimObject[] = [];
+    let cont: string | undefined;
+    let rv = '';
+    do {
+      const page = await this.api.listResourceClaimForAllNamespaces({ limit: 500, ...(cont ? { _continue: cont } : {}) }, abortable(signal));
+      items.push(...(page.items as unknown as ClaimObject[]));
+      rv ||= page.metadata?.resourceVersion ?? ''; // the first page's version: the snapshot every page comes from
+      cont = page.metadata?._continue || undefined;
+    } while (cont);
+    return { items, resourceVersion: rv };
+  }
+
+  watch(resourceVersion: string, onEvent: (type: ClaimEventType, obj: unknown) => void, signal: AbortSignal): Promise<unknown> {
+    const w = new Watch(this.kc);
+    return new Promise<unknown>((resolve) => {
+      let ctl: AbortController | undefined;
+      const stop = (): void => ctl?.abort();
+      signal.addEventListener('abort', stop, { once: true });
+      const done = (err: unknown): void => {
+        signal.removeEventListener('abort', stop);
+        resolve(err ?? undefined);
+      };
+      w.watch('/apis/resource.k8s.io/v1/resourceclaims', { resourceVersion, allowWatchBookmarks: true }, (phase, obj) => onEvent(phase as ClaimEventType, obj), done).then((c) => {
+        ctl = c;
+        if (signal.aborted) c.abort();
+      }, done);
+    });
+  }
 }
 
 /** The Node's UID (owner of our ResourceSlices), or undefined when it cannot be read. */

@@ -1,9 +1,10 @@
-// Wires the DRA driver into a running agent (main.ts, behind --dra): builds the client-node ports,
-// feeds the driver the agent's slices after every cycle, and returns the holder set allocation
+// Wires the DRA driver into a running agent (main.ts, behind --dra): builds the client-node ports
+// (ResourceSlices, ResourceClaim reads, the list and watch of allocated claims), feeds the driver the
+// agent's slices after every cycle and the ledger's holderOf, and returns the holder set allocation
 // safety reads. Kept out of main.ts so the agent core stays unaware of DRA.
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
-import { DraDriver } from './driver.js';
+import { DraDriver, type DraHoldState } from './driver.js';
 
 /** What the driver reads from the agent: kept to the manager's public surface. */
 export interface AgentView {
@@ -37,10 +38,12 @@ export async function startDra(opts: {
   signal: AbortSignal;
   onHoldersChanged?: () => void;
   onRegistration?: () => void;
+  /** Who holds a slice per the agent's ledger (AgentManager.holderOf): slices held outside DRA are neither published nor prepared. */
+  holderOf?: (sliceId: string) => DraHoldState;
   pollMs?: number;
 }): Promise<DraWiring> {
   const { loadKubeConfig } = await import('../kube/adapter.js');
-  const { KubeResourceSliceStore, claimReader, nodeUidReader } = await import('./kube.js');
+  const { KubeClaimListWatch, KubeResourceSliceStore, claimReader, nodeUidReader } = await import('./kube.js');
   const kc = loadKubeConfig(opts.kubeconfig);
   const driver = new DraDriver({
     nodeName: opts.nodeName,
@@ -48,11 +51,13 @@ export async function startDra(opts: {
     cdiDir: opts.cdiDir,
     sysfsRoot: opts.sysfsRoot,
     getClaim: claimReader(kc),
+    claims: new KubeClaimListWatch(kc),
     store: new KubeResourceSliceStore(kc, opts.nodeName),
     nodeUid: nodeUidReader(kc, opts.nodeName),
     logger: opts.logger,
     ...(opts.onHoldersChanged ? { onHoldersChanged: opts.onHoldersChanged } : {}),
     ...(opts.onRegistration ? { onRegistration: opts.onRegistration } : {}),
+    ...(opts.holderOf ? { holderOf: opts.holderOf } : {}),
   });
   let lastSlices: readonly Slice[] | undefined;
   let lastPools: readonly PoolPlan[] | undefined;
