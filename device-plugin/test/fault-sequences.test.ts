@@ -25,10 +25,16 @@ beforeAll(async () => {
 // Shrunk counterexamples found by the generated runs, kept as regression tests.
 const regressions = {
   'a damaged agent checkpoint after a kill mid-write, with a VM on an NPIV vport': [S.pool('fc', 'restore'), S.killAgent('on-next-write'), S.startVm('fc', 1), S.edit('vgpu', 'policy', 'NUMAAligned'), S.corrupt('agent-checkpoint.json', 'empty')],
+  // The reproduction: VFs draining, the kubelet restarts and PodResources answers empty.
+  'a kubelet restart with PodResources empty while the NIC pool leaves and a re-carve waits': [S.startVm('net', 2), S.restartKubelet(10_000), S.edit('net', 'count', 1), S.wait(1500), S.pool('net', 'remove'), S.wait(3000), S.killAgent('now'), S.wait(3000)],
+  'lowered count, new mdev type and WWN prefix under running VMs': [S.startVm('vgpu', 2), S.startVm('fc', 2), S.edit('vgpu', 'count', 1), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.edit('fc', 'wwnPrefix', 'c05077'), S.edit('fc', 'count', 1), S.wait(3000)],
+  'SIGKILL right after a write of a re-carve, PodResources failing meanwhile': [S.startVm('net', 1), S.edit('net', 'count', 2), S.killAgent('on-next-write'), S.podResourcesFail(), S.edit('net', 'count', 3), S.killAgent('on-next-write'), S.wait(1500), S.podResourcesRecover(), S.wait(1500)],
+  'the ledger damaged while a VM holds a passthrough GPU and the pool is deleted': [S.startVm('gpu', 1), S.pool('gpu', 'deleting'), S.corrupt('agent-ledger.json', 'truncated'), S.wait(1500), S.pool('gpu', 'remove'), S.wait(3000)],
 };
 
 test.each(Object.entries(regressions))('regression: %s', async (_name, cmds) => {
   const r = await runOne(cmds);
+  console.log(r.journal.join('\n'));
   expect(r.steps).toBe(cmds.length);
 });
 

@@ -29,7 +29,8 @@ abstract class Step implements Cmd {
     return true;
   }
   async run(_m: Model, n: NodeUnderTest): Promise<void> {
-    await this.act(n);
+    const r = await this.act(n);
+    n.journal.push(`${this.toString()}${typeof r === 'string' ? `: ${r}` : ''}`);
     await sleep(SETTLE_MS);
     await n.check(this.toString());
     n.steps++;
@@ -158,13 +159,13 @@ export const S = {
 };
 
 /** Runs one sequence on a fresh node and returns its figures (throws on a violation or no convergence). */
-export async function runOne(cmds: readonly Cmd[]): Promise<{ steps: number; faults: number; convergenceMs: number }> {
+export async function runOne(cmds: readonly Cmd[]): Promise<{ steps: number; faults: number; convergenceMs: number; journal: string[] }> {
   const node = new NodeUnderTest();
   try {
     await node.start();
     for (const c of cmds) await c.run({} as Model, node);
     const ms = await node.converge();
-    return { steps: node.steps, faults: node.faults, convergenceMs: ms };
+    return { steps: node.steps, faults: node.faults, convergenceMs: ms, journal: node.journal };
   } finally {
     await node.close();
   }
@@ -213,6 +214,7 @@ export async function runSequences(o: { runs: number; maxSteps: number; seed?: n
         o.log?.(`sequence ${figures.sequences}: ${node.steps} steps, ${node.faults} faults, converged in ${ms} ms: ${cmds.toString()}`);
       } catch (err) {
         figures.violations += node.kernel?.violations.length ?? 0;
+        o.log?.(`FAILED (${node.steps} steps done): ${cmds.toString()}\n  ${String(err).split('\n')[0]?.slice(0, 1500)}`);
         throw err;
       } finally {
         await node.close();

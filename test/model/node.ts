@@ -60,6 +60,8 @@ export class NodeUnderTest {
   private seq = 0;
   /** SIGKILL the agent right after the next destructive write the kernel sees. */
   private killOnWrite = false;
+  /** What each step did (a failure message carries it). */
+  readonly journal: string[] = [];
   /** Faults injected and steps run (for the figures). */
   faults = 0;
   steps = 0;
@@ -95,10 +97,16 @@ export class NodeUnderTest {
       },
     });
     this.kubelet = await FakeKubelet.start(join(this.dir, 'device-plugins'));
-    this.podres = await FakePodResources.start(join(this.dir, 'pod-resources', 'kubelet.sock'));
+    // A List prunes the kubelet's gone pods (once its sources are ready), as the real one does.
+    this.podres = await FakePodResources.start(join(this.dir, 'pod-resources', 'kubelet.sock'), { kubelet: this.kubelet });
     mkdirSync(this.stateDir, { recursive: true });
     this.writePlan();
     this.agent = await this.spawnAgent();
+    // Every pool carved and listed to the kubelet before the first step.
+    await this.until('every pool listed to the kubelet', async () => {
+      await this.kernel.idle();
+      return Object.values(this.pools).every((p) => (this.kubelet.lastList(p.resourceName) ?? []).filter((d) => d.health === 'Healthy').length === (p.mode === 'Passthrough' ? 1 : (p.count ?? 1)));
+    }, 30_000);
   }
 
   private spawnAgent(): Promise<AgentProcess> {
@@ -199,8 +207,14 @@ export class NodeUnderTest {
   /** The kubelet restarts: sockets wiped, PodResources empty until its pods come back. */
   async restartKubelet(emptyForMs: number): Promise<string> {
     this.faults++;
+    // Until its pod sources sync, the kubelet answers PodResources empty and prunes nothing.
+    this.kubelet.sourcesReady = false;
     await this.kubelet.restart();
     await this.podres.restart({ emptyForMs });
+    const kubelet = this.kubelet;
+    setTimeout(() => {
+      kubelet.sourcesReady = true;
+    }, emptyForMs).unref();
     return `kubelet restarted, PodResources empty for ${emptyForMs} ms`;
   }
 
@@ -250,7 +264,7 @@ export class NodeUnderTest {
   async check(step: string): Promise<void> {
     await this.kernel.idle();
     const v = this.kernel.violations;
-    if (v.length > 0) throw new Error(`after "${step}": the kernel saw ${v.length} destructive write(s) on held devices: ${JSON.stringify(v.slice(0, 5))}\n${this.agent?.tail() ?? ''}`);
+    if (v.length > 0) throw new Error(`after "${step}" (steps: ${this.journal.join(' | ')}): the kernel saw ${v.length} destructive write(s) on held devices: ${JSON.stringify(v.slice(0, 5))}\n${this.agent?.tail() ?? ''}`);
     if (this.problems.length > 0) throw new Error(`after "${step}": ${this.problems.join('; ')}`);
     for (const r of this.vms.values()) {
       if (r.vm.openGroups().length !== r.vm.groups.length) throw new Error(`after "${step}": ${r.name} lost a group: had ${r.vm.groups.join(',')}, has ${r.vm.openGroups().join(',')}`);
@@ -356,7 +370,7 @@ export class NodeUnderTest {
     const end = Date.now() + timeoutMs;
     for (;;) {
       if (await fn()) return;
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what} ${detail()}\n${this.agent?.tail() ?? ''}`);
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what} ${detail()} (steps: ${this.journal.join(' | ')})\n${this.agent?.tail() ?? ''}`);
       await sleep(200);
     }
   }

@@ -42,6 +42,7 @@ export class DevicePluginFrontEnd {
   advertised(s: Slice): Slice {
     if (s.draining) return { ...s, health: 'Unhealthy', reason: `draining: ${s.draining}` };
     const h = this.opts.holder(s.id);
+    if (h.kind === 'held' && h.holder && 'claim' in h.holder) return { ...s, health: 'Unhealthy', reason: `held by ${h.by}` }; // a DRA claim (the pool switched its front end)
     if (h.kind === 'held' && h.holder && h.holder.resourceName !== s.resourceName) return { ...s, health: 'Unhealthy', reason: `held by ${h.by} through ${h.holder.resourceName}` };
     return s;
   }

@@ -367,12 +367,9 @@ describe('DRA → device plugin (agent side, with the real ledger)', () => {
     expect(ledger.refuseAllocate(pool.resourceName, [B.id])).toBe(`${B.id} is held by DRA claim vms/virt-launcher-vm2-fghij`);
   });
 
-  // KNOWN GAP (agent/frontends.ts, not this front end): advertised() marks a slice Unhealthy only when
-  // its holder's resourceName differs from the slice's, and a pool switched from DRA to the device
-  // plugin keeps its resourceName, so the claim's slice is advertised Healthy (Allocate then refuses
-  // it and the pod fails admission instead of going elsewhere). Fix there: also when the holder is a
-  // DRA claim (`'claim' in h.holder`, or h.by starting with "DRA claim"); then drop `.failing`.
-  test.failing('the device plugin advertises a claim\'s slice Unhealthy after the pool went back to the device plugin (same resourceName)', async () => {
+  // A pool switched from DRA back to the device plugin keeps its resourceName: a claim's slice must
+  // still not be offered (Allocate would refuse it and the pod fail admission instead of going elsewhere).
+  test('the device plugin advertises a claim\'s slice Unhealthy after the pool went back to the device plugin (same resourceName)', async () => {
     const { fe } = await setup();
     expect(fe.advertised({ ...A }).health).toBe('Unhealthy');
   });
