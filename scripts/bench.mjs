@@ -6,6 +6,7 @@
 //   agent     device-plugin/bench/bench-agent.ts  Allocate vs the empty gRPC call, re-registration
 //   node      test/bench/agent-node.ts            start → registered, carve, RSS, health propagation
 //   operator  operator/bench/convergence.mjs      1,000 nodes × 10 pools: cold, edit, RSS
+//   faults    test/bench/fault-sequences.ts       generated fault sequences, long run (issue 17)
 //
 // Flags: --only agent,node,operator   --quick (fewer iterations: a smoke run, not the published figures)
 //        --out <file.json>            (default: $VIO_CACHE/bench/results-<time>.json)
@@ -24,7 +25,7 @@ const flag = (name, def) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : def;
 };
-const only = new Set((flag('only', 'agent,node,operator') ?? '').split(','));
+const only = new Set((flag('only', 'agent,node,operator,faults') ?? '').split(','));
 const quick = argv.includes('--quick');
 const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
@@ -142,6 +143,19 @@ if (only.has('operator')) {
       row('operator', 'one pool edited → its status rolled up', (f.editStatusMs ?? NaN) / 1000, 's');
       row('operator', 'operator peak RSS (VmHWM)', f.peakRssMiB, 'MiB', 300);
     }
+  }
+}
+
+if (only.has('faults')) {
+  const r = await runBench('generated fault sequences (long run)', [...hooks, join(ROOT, 'test/bench/fault-sequences.ts'), ...(quick ? ['--runs', '4', '--steps', '12', '--seconds', '300'] : [])]);
+  const f = lastJson(r.stdout);
+  results.faults = f ?? { error: `no figures (exit ${r.code})` };
+  if (f) {
+    row('faults', 'sequences run', f.sequences, '');
+    row('faults', 'steps run', f.steps, '');
+    row('faults', 'faults injected', f.faults, '');
+    row('faults', 'violations (kernel-witnessed, or no convergence)', f.violations, '', 0);
+    row('faults', 'slowest convergence once the faults stop', (f.slowestConvergenceMs ?? NaN) / 1000, 's');
   }
 }
 
