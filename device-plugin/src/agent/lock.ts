@@ -37,7 +37,7 @@ export interface AgentLockHolder {
   hostname: string;
   node?: string;
   pod?: string;
-  /** When it took the lock (ISO time). */
+  /** When it took the lock (ISO time; before that, when it started waiting). */
   since: string;
 }
 
@@ -269,6 +269,7 @@ export async function acquireAgentLock(dir: string, opts: AgentLockOptions = {})
     throw err;
   }
 
+  identity.since = new Date().toISOString();
   sweepDeadSockets(dir, ownPath);
   opts.onAcquired?.(`holding the node's agent lock ${lockPath}${waited ? ' after waiting for another agent' : ''}`);
   let released = false;
