@@ -38,8 +38,12 @@ abstract class Step implements Cmd {
 }
 
 class StartVm extends Step {
-  constructor(readonly pool: string, readonly n: number) {
+  readonly pool: string;
+  readonly n: number;
+  constructor(pool: string, n: number) {
     super();
+    this.pool = pool;
+    this.n = n;
   }
   toString(): string {
     return `StartVm(${this.pool}, ${this.n})`;
@@ -50,8 +54,10 @@ class StartVm extends Step {
 }
 
 class StopVm extends Step {
-  constructor(readonly i: number) {
+  readonly i: number;
+  constructor(i: number) {
     super();
+    this.i = i;
   }
   toString(): string {
     return `StopVm(${this.i})`;
@@ -62,8 +68,10 @@ class StopVm extends Step {
 }
 
 class Wait extends Step {
-  constructor(readonly ms: number) {
+  readonly ms: number;
+  constructor(ms: number) {
     super();
+    this.ms = ms;
   }
   toString(): string {
     return `Wait(${this.ms})`;
@@ -75,8 +83,14 @@ class Wait extends Step {
 
 /** An edit of one mutable field of a pool's plan (what the operator writes after a spec edit). */
 class Edit extends Step {
-  constructor(readonly pool: string, readonly field: 'count' | 'mdevType' | 'wwnPrefix' | 'resourceName' | 'policy', readonly value: string | number) {
+  readonly pool: string;
+  readonly field: 'count' | 'mdevType' | 'wwnPrefix' | 'resourceName' | 'policy';
+  readonly value: string | number;
+  constructor(pool: string, field: 'count' | 'mdevType' | 'wwnPrefix' | 'resourceName' | 'policy', value: string | number) {
     super();
+    this.pool = pool;
+    this.field = field;
+    this.value = value;
   }
   toString(): string {
     return `Edit(${this.pool}.${this.field}=${JSON.stringify(this.value)})`;
@@ -93,8 +107,12 @@ class Edit extends Step {
 
 /** Deletion as the operator does it: first `deleting`, then the pool leaves the plan; or it comes back. */
 class Lifecycle extends Step {
-  constructor(readonly pool: string, readonly what: 'deleting' | 'remove' | 'restore') {
+  readonly pool: string;
+  readonly what: 'deleting' | 'remove' | 'restore';
+  constructor(pool: string, what: 'deleting' | 'remove' | 'restore') {
     super();
+    this.pool = pool;
+    this.what = what;
   }
   toString(): string {
     return `Pool(${this.pool}, ${this.what})`;
@@ -125,11 +143,12 @@ class MoveNic extends Step {
 }
 
 class Fault extends Step {
-  constructor(
-    readonly name: string,
-    readonly f: (n: NodeUnderTest) => Promise<unknown> | unknown,
-  ) {
+  readonly name: string;
+  readonly f: (n: NodeUnderTest) => Promise<unknown> | unknown;
+  constructor(name: string, f: (n: NodeUnderTest) => Promise<unknown> | unknown) {
     super();
+    this.name = name;
+    this.f = f;
   }
   toString(): string {
     return this.name;
