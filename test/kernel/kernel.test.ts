@@ -22,6 +22,7 @@ import { tmpdir, homedir, arch, platform } from 'node:os';
 import { join } from 'node:path';
 import { ensureAgentBuilt, REPO } from '../fakes/agent-process.js';
 import { DRA_NODE, DRA_POD, draSkipReason, portFileIn, startDraCluster, type DraCluster } from './dra-cluster.js';
+import { HELD } from './guest/held-scenario.js';
 
 interface Scenario { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
 interface GuestResults { results: Record<string, Scenario>; figures: Record<string, number> }
@@ -168,6 +169,73 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     expect(d.stuck).toMatch(/stuck: bus\/pci\/devices\/0000:01:00\.0\/sriov_numvfs/);
     expect(d.allocateWhileStuck).toEqual({ PCI_RESOURCE_VIRTUALIO_DEV_NVME: '0000:02:00.2' });
     expect(d.numVfsAfter).toBe(2);
+  });
+
+  describe('issue 17: a nested VM holding an igb VF, an NVMe VF and an mdev keeps all three', () => {
+    /** What every step checks from the kernel's side (the guest throws when one fails; these say what was seen). */
+    const intact = (d: Record<string, unknown>): void => {
+      const pci = (d.infoPci as string[]).join('\n');
+      expect(pci).toMatch(/PCI device 8086:10ca/);
+      expect(pci).toMatch(/PCI device 1b36:0010/);
+      expect(pci).toMatch(/PCI device 4348:3253/);
+      expect(Object.values(d.sysfs as Record<string, unknown>).slice(0, 3)).toEqual(['vfio-pci', 'vfio-pci', 'exists']);
+      expect(d.sysfs).toMatchObject({ igbVfs: 4, nvmeVfs: 2 });
+      const groups = Object.values((out.results[HELD.setup]?.details.groups ?? {}) as Record<string, string>);
+      expect(groups).toHaveLength(3);
+      expect(d.vfioOpenByQemu).toEqual(expect.arrayContaining(groups));
+      expect(d.nvmeSecondary).toMatchObject({ 'secondary-controller-state': 1 });
+      expect(d.deviceRequests).toEqual([]);
+      expect(d.qemuUnplugLines).toEqual([]);
+      expect(d.monitorViolations).toEqual([]);
+    };
+    test('setup: Allocate for one pod gives the highest-index VF, NVMe VF and mdev; the nested VM opens them; the kernel-side check has a positive control', () => {
+      const d = r(HELD.setup).details;
+      expect(d.env).toEqual({
+        PCI_RESOURCE_VIRTUALIO_DEV_NIC: '0000:01:10.6',
+        PCI_RESOURCE_VIRTUALIO_DEV_NVME: '0000:02:00.2',
+        MDEV_PCI_RESOURCE_VIRTUALIO_DEV_SERIAL: expect.stringMatching(/^[0-9a-f-]{36}$/),
+      });
+      intact(d);
+      // The same boot's earlier scenario (a VM the kubelet forgot) made the kernel ask QEMU for its VF:
+      // the pattern the steps must not find is one this kernel really prints.
+      expect((d.positiveControl as string[]).join('\n')).toMatch(/Relaying device request to user/);
+    });
+
+    test('(1) agent SIGKILLed during a carving pass while the plan wants the igb PF re-carved: restarted, it reports the re-carve waiting; nothing destroyed', () => {
+      const d = r(HELD.sigkill).details;
+      intact(d);
+      expect((d.nicPool as { message: string }).message).toMatch(/re-carving 0000:01:00\.0 from 4 to 5 VFs waits: allocated VFs 0000:01:10\.6$/);
+    });
+
+    test('(2) kubelet restart with PodResources empty for 10 s, the NIC count lowered below the held VF and the agent restarted inside the window: nothing destroyed', () => {
+      const d = r(HELD.kubeletRestart).details;
+      intact(d);
+      expect(d.emptyListCalls).toBeGreaterThanOrEqual(2); // the first answer of the new agent and its next poll
+      expect(d.waitReportedAfterFirstEmptyMs).toBeLessThan(10_000);
+      expect((d.nicPoolInWindow as { message: string }).message).toMatch(/re-carving 0000:01:00\.0 from 4 to 2 VFs waits: allocated VFs 0000:01:10\.6$/);
+      expect(d.degradedInWindow).not.toMatch(/HoldersUnknown/);
+    });
+
+    test('(3) every pool\'s count lowered below its held slice: the free mdev goes, the held slices drain; nothing held destroyed', () => {
+      const d = r(HELD.countLowered).details;
+      intact(d);
+      expect(d.freeMdevBefore).toBe(true);
+      const held = d.heldSlices as { id: string; draining?: string }[];
+      expect(held.find((s) => /^[0-9a-f-]{36}$/.test(s.id))?.draining).toMatch(/lowered its count/);
+    });
+
+    test('(4) the three pools deleted from the plan: their held slices drain; nothing destroyed', () => {
+      const d = r(HELD.poolsDeleted).details;
+      intact(d);
+      expect((d.pools as { state: string }[]).map((p) => p.state)).toEqual(['Draining', 'Draining', 'Draining']);
+      expect((d.heldSlices as { draining?: string }[]).every((s) => s.draining)).toBe(true);
+    });
+
+    test('once the VM quits and its pod is gone, the agent releases what the plan no longer wants: both PFs back to 0 VFs, the mdevs removed', () => {
+      const d = r(HELD.released).details;
+      expect(d.deviceRequestsWhileHeld).toEqual([]);
+      expect(d.after).toMatchObject({ igbVfs: 0, nvmeVfs: 0, mdevs: [] });
+    });
   });
 
   test('sriov_drivers_autoprobe=0 is checked on every probe: no override → drivers_probe leaves the VF unbound and bind fails', () => {

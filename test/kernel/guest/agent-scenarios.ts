@@ -5,10 +5,12 @@
 // virt-launcher. Every scenario records { ok, details, ms } into $VIO_RESULTS/results.json as it
 // finishes (a later failure keeps the earlier results); the host-side jest suite asserts on them.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
 import { draScenario } from './dra-scenario.js';
+import { heldThroughScenario } from './held-scenario.js';
 
 const OUT = process.env.VIO_RESULTS ?? '/vio-results';
 const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/device-plugin/src/main.js');
@@ -17,6 +19,12 @@ const SYS = '/sys/bus/pci/devices';
 const RUN = '/run/vio';
 const PLAN = join(RUN, 'plan.json');
 const NODE = 'kernel-guest';
+/**
+ * The agent's --release-grace here: shorter than the 10 s of empty PodResources in the held-slices
+ * scenario, so what keeps a held slice through that window is the kubelet's checkpoint and the
+ * agent's ledger, not the timer (the default is 30 s).
+ */
+const RELEASE_GRACE = '5s';
 const T0 = performance.now();
 
 interface Result { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
@@ -96,11 +104,17 @@ function tryWrite(path: string, value: string): string {
 /** The nested VM: the host's QEMU with vfio-pci devices, monitor on stdin/stdout. */
 class NestedVm {
   private buf = '';
+  /** Everything QEMU printed (monitor answers included), never cleared. */
+  transcript = '';
   readonly proc: ChildProcess;
   private constructor(proc: ChildProcess) {
     this.proc = proc;
-    proc.stdout?.on('data', (c: Buffer) => (this.buf += c.toString()));
-    proc.stderr?.on('data', (c: Buffer) => (this.buf += c.toString()));
+    const take = (c: Buffer): void => {
+      this.buf += c.toString();
+      this.transcript += c.toString();
+    };
+    proc.stdout?.on('data', take);
+    proc.stderr?.on('data', take);
   }
   static async start(devices: string[]): Promise<NestedVm> {
     const args = ['-machine', 'q35', '-accel', 'tcg', '-m', '128', '-nodefaults', '-display', 'none', '-monitor', 'stdio', '-S'];
@@ -153,17 +167,27 @@ async function main(): Promise<void> {
   const ctrl = readdirSync(join(SYS, nvme, 'nvme'))[0] as string;
   log(`igb ${igb}, nvme ${nvme} (${ctrl}), vga ${vga} (group ${groupOf(vga)} with ${readdirSync(`/sys/kernel/iommu_groups/${groupOf(vga)}/devices`).join(' ')}), vga on ${driverOf(vga)}`);
 
-  const plan = (nicCount: number): unknown => ({
+  /** The standalone plan: pool counts, and which pools it has (default all four). */
+  const planOf = (c: { nic?: number; nvme?: number; serial?: number; pools?: readonly string[] } = {}): { pools: Record<string, unknown>[] } => ({
     pools: [
-      { name: 'nic', resourceName: 'virtualio.dev/nic', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', count: nicCount, devices: [{ pciAddress: igb }] },
-      { name: 'nvme', resourceName: 'virtualio.dev/nvme', class: 'Storage', mode: 'SRIOV', consumption: 'HostDevice', count: 2, devices: [{ pciAddress: nvme }] },
+      { name: 'nic', resourceName: 'virtualio.dev/nic', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', count: c.nic ?? 4, devices: [{ pciAddress: igb }] },
+      { name: 'nvme', resourceName: 'virtualio.dev/nvme', class: 'Storage', mode: 'SRIOV', consumption: 'HostDevice', count: c.nvme ?? 2, devices: [{ pciAddress: nvme }] },
       { name: 'gpu', resourceName: 'virtualio.dev/gpu', class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', devices: [{ pciAddress: vga }] },
-      { name: 'serial', resourceName: 'virtualio.dev/serial', class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', mdevType: 'mtty-2', count: 2, devices: [{ pciAddress: 'mtty' }] },
-    ],
+      { name: 'serial', resourceName: 'virtualio.dev/serial', class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', mdevType: 'mtty-2', count: c.serial ?? 2, devices: [{ pciAddress: 'mtty' }] },
+    ].filter((p) => !c.pools || c.pools.includes(p.name)),
   });
-  writeFileSync(PLAN, JSON.stringify(plan(4), null, 2));
+  const plan = (nicCount: number): unknown => planOf({ nic: nicCount });
+  /** Replaces the plan file by rename (the agent never reads a half-written plan). */
+  const writePlan = (spec: unknown): void => {
+    writeFileSync(`${PLAN}.tmp`, JSON.stringify(spec, null, 2));
+    renameSync(`${PLAN}.tmp`, PLAN);
+  };
+  writePlan(plan(4));
   const kubelet = await FakeKubelet.start(join(RUN, 'kubelet/device-plugins'));
-  const podres = await FakePodResources.start(join(RUN, 'kubelet/pod-resources/kubelet.sock'));
+  // Attached: a List answered runs the kubelet's UpdateAllocatedDevices, as the real one does.
+  const podres = await FakePodResources.start(join(RUN, 'kubelet/pod-resources/kubelet.sock'), { kubelet });
+  /** The first VM's pod (virt-launcher) as the kubelet admitted it. */
+  const VM1 = { uid: randomUUID(), name: 'virt-launcher-vm1', namespace: 'default' };
   const RES = ['virtualio.dev/nic', 'virtualio.dev/nvme', 'virtualio.dev/gpu', 'virtualio.dev/serial'];
   const healthy = (r: string): number => kubelet.capacity(r).allocatable;
   const listed = (r: string, id: string): string | undefined => kubelet.lastList(r)?.find((d) => d.ID === id)?.health;
@@ -175,6 +199,7 @@ async function main(): Promise<void> {
       AGENT, '--plan-file', PLAN, '--node-name', NODE, '--plugin-dir', join(RUN, 'kubelet/device-plugins'),
       '--pod-resources-socket', podres.socket, '--devinfo-dir', join(RUN, 'devinfo'), '--cdi-dir', join(RUN, 'cdi'),
       '--state-dir', join(RUN, 'state'), '--metrics-address', '127.0.0.1:9101', '--rescan-interval', '10s',
+      '--release-grace', RELEASE_GRACE,
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     p.stdout?.on('data', (c: Buffer) => logChunks.push(c));
     p.stderr?.on('data', (c: Buffer) => logChunks.push(c));
@@ -235,11 +260,11 @@ async function main(): Promise<void> {
     let nvmeVf = '';
     let uuid = '';
     await scenario('Allocate: KubeVirt env and /dev/vfio nodes', async (d) => {
-      const nic = await kubelet.allocate('virtualio.dev/nic', [vfsOf(igb)[0] as string]);
-      const gpu = await kubelet.allocate('virtualio.dev/gpu', [vga]);
+      const nic = await kubelet.allocate('virtualio.dev/nic', [vfsOf(igb)[0] as string], VM1);
+      const gpu = await kubelet.allocate('virtualio.dev/gpu', [vga], VM1);
       const ser = kubelet.lastList('virtualio.dev/serial')?.[0]?.ID as string;
-      const serial = await kubelet.allocate('virtualio.dev/serial', [ser]);
-      const nv = await kubelet.allocate('virtualio.dev/nvme', [vfsOf(nvme)[0] as string]);
+      const serial = await kubelet.allocate('virtualio.dev/serial', [ser], VM1);
+      const nv = await kubelet.allocate('virtualio.dev/nvme', [vfsOf(nvme)[0] as string], VM1);
       const env = { ...nic.containerResponses[0]?.envs, ...gpu.containerResponses[0]?.envs, ...serial.containerResponses[0]?.envs, ...nv.containerResponses[0]?.envs };
       d.env = env;
       nicVf = env.PCI_RESOURCE_VIRTUALIO_DEV_NIC ?? '';
@@ -250,11 +275,9 @@ async function main(): Promise<void> {
       if (!nicVf || !nvmeVf || !uuid || env.PCI_RESOURCE_VIRTUALIO_DEV_GPU !== vga) throw new Error(`env incomplete: ${JSON.stringify(env)}`);
       const missing = nodes.filter((n) => !existsSync(n));
       if (missing.length > 0) throw new Error(`device nodes missing: ${missing.join(', ')}`);
-      // What the kubelet would now report through PodResources: these slices are held by a VM pod.
-      podres.setPods([{ name: 'virt-launcher-vm1', namespace: 'default', containers: [{ name: 'compute', devices: [
-        { resourceName: 'virtualio.dev/nic', deviceIds: [nicVf] }, { resourceName: 'virtualio.dev/gpu', deviceIds: [vga] },
-        { resourceName: 'virtualio.dev/serial', deviceIds: [uuid] }, { resourceName: 'virtualio.dev/nvme', deviceIds: [nvmeVf] },
-      ] }] }]);
+      // What the kubelet now reports through PodResources (and has in its checkpoint): the VM pod holds these slices.
+      podres.setPods(kubelet.podResources());
+      d.podResources = kubelet.podResources();
     });
 
     await scenario('nested VM started from the env gets the VF, the NVMe VF, the GPU and the mdev', async (d) => {
@@ -271,7 +294,7 @@ async function main(): Promise<void> {
     await scenario('re-carving a PF whose VF a VM holds waits and reports; the kernel says EBUSY to N→M', async (d) => {
       d.kernelNtoM = tryWrite(join(SYS, igb, 'sriov_numvfs'), '3');
       if (d.kernelNtoM !== 'EBUSY') throw new Error(`writing 3 over 4 VFs gave ${String(d.kernelNtoM)}, expected EBUSY`);
-      writeFileSync(PLAN, JSON.stringify(plan(2), null, 2));
+      writePlan(plan(2));
       const reason = await until('a status entry saying the re-carve waits for the held VF', async () => {
         const s = JSON.stringify(await status());
         const m = /"[^"]*re-carving [^"]*waits[^"]*"/.exec(s);
@@ -281,7 +304,7 @@ async function main(): Promise<void> {
       d.numVfsAfter = Number(attr(igb, 'sriov_numvfs'));
       if (d.numVfsAfter !== 4) throw new Error(`numvfs changed to ${String(d.numVfsAfter)} while a VF is held`);
       d.heldVfStillOnVfio = driverOf(nicVf) === 'vfio-pci';
-      writeFileSync(PLAN, JSON.stringify(plan(4), null, 2));
+      writePlan(plan(4));
       await sleep(1000);
     });
 
@@ -304,7 +327,7 @@ async function main(): Promise<void> {
       const before = logged();
       const p = plan(4) as { pools: { name: string; count?: number }[] };
       for (const pool of p.pools) if (pool.name === 'serial') pool.count = 3;
-      writeFileSync(PLAN, JSON.stringify(p, null, 2));
+      writePlan(p);
       await until('the agent to start a carving pass', () => logged() > before, 60_000, 20);
       agent.kill('SIGKILL');
       await until('the agent to die', () => agent.signalCode !== null, 10_000, 20);
@@ -323,18 +346,21 @@ async function main(): Promise<void> {
     });
 
     await scenario('a re-carve the kernel blocks (VF still open by a VM the kubelet forgot) leaves the PF stuck, the agent serves on', async (d) => {
-      // The pod is gone for the kubelet but its QEMU still holds VF 0: shrinking the pool disables
-      // SR-IOV, and the kernel's VF removal waits for QEMU to let go.
-      podres.setPods([{ name: 'virt-launcher-vm1', namespace: 'default', containers: [{ name: 'compute', devices: [
-        { resourceName: 'virtualio.dev/gpu', deviceIds: [vga] }, { resourceName: 'virtualio.dev/serial', deviceIds: [uuid] }, { resourceName: 'virtualio.dev/nvme', deviceIds: [nvmeVf] },
-      ] }] }]);
-      writeFileSync(PLAN, JSON.stringify(plan(2), null, 2));
+      // The pod is gone for the kubelet (PodResources no longer lists it; its checkpoint entries go at
+      // the kubelet's next write) but its QEMU still holds VF 0: once the release grace has passed,
+      // shrinking the pool disables SR-IOV, and the kernel's VF removal waits for QEMU to let go.
+      kubelet.removePod(VM1.uid);
+      podres.setPods(kubelet.podResources());
+      writePlan(plan(2));
       const stuck = await until('a status entry naming the stuck write', async () => /"[^"]*stuck: [^"]*"/.exec(JSON.stringify(await status()))?.[0], 90_000, 500);
       d.stuck = stuck;
       const t = performance.now();
-      const other = await kubelet.allocate('virtualio.dev/nvme', [vfsOf(nvme)[1] as string]);
+      const probe = { uid: randomUUID(), name: 'probe', namespace: 'default' };
+      const other = await kubelet.allocate('virtualio.dev/nvme', [vfsOf(nvme)[1] as string], probe);
       d.allocateWhileStuckMs = Math.round(performance.now() - t);
       d.allocateWhileStuck = other.containerResponses[0]?.envs;
+      kubelet.removePod(probe.uid); // no VM started from it
+      podres.setPods(kubelet.podResources());
       await vm?.quit();
       vm = undefined;
       // Not just "2 Healthy in the list" (a list from before the VM let go can show that): the PF
@@ -355,8 +381,25 @@ async function main(): Promise<void> {
       d.rss = figures.agentRssMiB;
     });
 
+    // Issue 17: a second nested VM holds an igb VF, an NVMe VF and an mdev through an agent SIGKILL
+    // mid-carve, a kubelet restart with empty PodResources, lowered counts and deleted pools.
     if (vm) await vm.quit();
     vm = undefined;
+    await heldThroughScenario({
+      node: NODE, igb, nvme, ctrl, kubelet, podres, scenario, figures, sh, until, log, status, planOf, writePlan, vfsOf, driverOf,
+      startVm: (devices) => NestedVm.start(devices),
+      agent: () => agent,
+      restartAgent: async (signal, beforeStart) => {
+        agent.kill(signal);
+        await until('the agent to exit', () => agent.exitCode !== null || agent.signalCode !== null, 30_000, 20).catch(() => agent.kill('SIGKILL'));
+        await until('the agent to be gone', () => agent.exitCode !== null || agent.signalCode !== null, 10_000, 20);
+        await beforeStart?.();
+        agent = startAgent();
+        return agent;
+      },
+      agentLog: () => Buffer.concat(logChunks).toString(),
+    });
+
     agent.kill('SIGTERM');
     await until('the agent to exit', () => agent.exitCode !== null || agent.signalCode !== null, 30_000, 100).catch(() => agent.kill('SIGKILL'));
 
