@@ -141,10 +141,14 @@ test('annotations and labels of kubectl, Helm and Argo CD survive the finalizer 
   // Deletion: someone else's finalizer keeps the object after ours is removed, so it can be read.
   await kubectl(['patch', 'virtualiodevice', 'tracked', '--type=json', '-p', '[{"op":"add","path":"/metadata/finalizers/-","value":"example.com/hold"}]']);
   await kubectl(['delete', 'virtualiodevice', 'tracked', '--wait=false']);
-  await waitUntil('deleting in the plan', async () => (await kube.get<VioNode>(VirtualIONodes, 'node-0'))?.spec?.pools?.find((p) => p.name === 'tracked')?.deleting === true);
+  const marked = await waitUntil('deleting in the plan', async () => {
+    const v = await kube.get<VioNode>(VirtualIONodes, 'node-0');
+    return v?.spec?.pools?.find((p) => p.name === 'tracked')?.deleting === true && v;
+  });
+  // The agent reports on the plan it acted on: the operator counts Released only for the deleting plan.
   await writeAgentStatus(kube, 'node-0', {
     inventory: { devices: [gpu('0000:c1:00.0', { device: '25b6' }), gpu('0000:c2:00.0', { device: '25b6' })] },
-    pools: [{ name: 'tracked', state: 'Released' }], slices: [],
+    observedGeneration: marked.metadata.generation, pools: [{ name: 'tracked', state: 'Released' }], slices: [],
   });
   const released = await waitUntil('our finalizer removed', async () => {
     const p = await pool('tracked');

@@ -32,6 +32,28 @@ const vio = (name: string) => kube.get<VioNode>(VirtualIONodes, name);
 const cond = (p: Pool | undefined, type: string) => p?.status?.conditions?.find((c) => c.type === type);
 const planOf = async (node: string) => ((await vio(node))?.spec?.pools ?? []).map((p) => p.name);
 
+/**
+ * What every node's agent does once it sees a pool deleting and nothing holds it: reports the pool
+ * Released on that plan (observedGeneration), as the real agent does. The operator counts a node
+ * released only on such a report.
+ */
+async function agentsRelease(pool: string): Promise<void> {
+  for (let i = 0; i < 4; i++) {
+    const node = `node-${i}`;
+    const v = await waitUntil(`${pool} deleting (or not planned) on ${node}`, async () => {
+      const x = await vio(node);
+      const p = x?.spec?.pools?.find((q) => q.name === pool);
+      return (!p || p.deleting) && x;
+    });
+    if (!v.spec?.pools?.some((p) => p.name === pool)) continue;
+    await writeAgentStatus(kube, node, {
+      ...v.status, observedGeneration: v.metadata.generation,
+      pools: [...(v.status?.pools ?? []).filter((p) => p.name !== pool), { name: pool, state: 'Released' }],
+      slices: (v.status?.slices ?? []).filter((s) => s.pool !== pool),
+    });
+  }
+}
+
 function startOperator(manage: boolean) {
   const ac = new AbortController();
   const events = new EventRecorder({ kube, namespace: CLUSTER_EVENTS_NAMESPACE, component: COMPONENT, instance: 'it', clock: systemClock, log });
@@ -186,6 +208,7 @@ describe('operator against a real kube-apiserver', () => {
     expect((await vio('node-3'))?.metadata.generation).toBe(generation);
     await kube.delete(VirtualIODevices, 'dup-b');
     await kube.delete(VirtualIODevices, 'dup-a');
+    await agentsRelease('dup-a');
     await waitUntil('dup-a and dup-b gone', async () => !(await pool('dup-a')) && !(await pool('dup-b')));
   });
 
@@ -245,6 +268,7 @@ describe('operator against a real kube-apiserver', () => {
     // vgpu (older, Mediated) holds the GPUs everywhere, so make the passthrough pool take what vgpu does not: nothing.
     // Delete vgpu first so gpu-pt gets the GPUs.
     await kube.delete(VirtualIODevices, 'vgpu');
+    await agentsRelease('vgpu');
     await waitUntil('vgpu deleted', async () => !(await pool('vgpu')));
     const p = await waitUntil('NotManaged', async () => {
       const x = await pool('gpu-pt');
@@ -254,6 +278,7 @@ describe('operator against a real kube-apiserver', () => {
     expect(cond(p, 'KubeVirtPermitted')?.message).toContain('pciHostDevices: [{pciVendorSelector: "10de:25b6", resourceName: "example.com/a16", externalResourceProvider: true}]');
     expect(p.status?.kubevirtEntries).toEqual([{ list: 'pciHostDevices', resourceName: 'example.com/a16', pciVendorSelector: '10de:25b6', externalResourceProvider: true }]);
     await kube.delete(VirtualIODevices, 'gpu-pt');
+    await agentsRelease('gpu-pt');
     await waitUntil('gpu-pt deleted', async () => !(await pool('gpu-pt')));
   });
 
@@ -271,10 +296,11 @@ describe('operator against a real kube-apiserver', () => {
       return ev.items.some((e) => e.reason === 'DeletionBlocked' && e.involvedObject.name === 'vfs');
     });
     // The VM goes away; node-0's agent uncarves and reports Released; node-1 (unlabelled) still reports slices of vfs.
-    await writeAgentStatus(kube, 'node-0', { inventory: { devices: inventory(0) }, pools: [{ name: 'vfs', state: 'Released' }], slices: [] });
+    const generation = async (node: string) => (await vio(node))?.metadata.generation;
+    await writeAgentStatus(kube, 'node-0', { inventory: { devices: inventory(0) }, observedGeneration: await generation('node-0'), pools: [{ name: 'vfs', state: 'Released' }], slices: [] });
     await waitUntil('waiting for node-1', async () => cond(await pool('vfs'), 'Progressing')?.message.includes('node-1'));
     expect(await pool('vfs')).toBeDefined();
-    await writeAgentStatus(kube, 'node-1', { inventory: { devices: inventory(1) }, pools: [], slices: [] });
+    await writeAgentStatus(kube, 'node-1', { inventory: { devices: inventory(1) }, observedGeneration: await generation('node-1'), pools: [{ name: 'vfs', state: 'Released' }], slices: [] });
     await waitUntil('pool deleted', async () => !(await pool('vfs')));
     await waitUntil('vfs left every plan', async () => !(await planOf('node-0')).includes('vfs') && !(await planOf('node-1')).includes('vfs'));
   });

@@ -85,6 +85,16 @@ test('the standby takes over when the leader dies, and a graceful stop releases 
   const c = await start('op-c');
   await waitUntil('op-c leads', async () => (await holder()) === 'op-c');
   await kube.delete(VirtualIODevices, 'second');
+  // node-a's agent acts on the deletion: it reports the pool Released on the deleting plan (unless
+  // the pool had no finalizer yet and is gone at once).
+  const marked = await waitUntil('second deleting in the plan, or gone', async () => {
+    const v = await kube.get<VioNode>(VirtualIONodes, 'node-a');
+    const p = v?.spec?.pools?.find((x) => x.name === 'second');
+    return v && (!p || p.deleting) && v;
+  });
+  if (marked.spec?.pools?.some((p) => p.name === 'second')) {
+    await writeAgentStatus(kube, 'node-a', { ...marked.status, observedGeneration: marked.metadata.generation, pools: [{ name: 'second', state: 'Released' }] });
+  }
   await waitUntil('second removed by op-c', async () => (await planOf('node-a')).join() === 'first');
   void c;
 });
