@@ -59,6 +59,11 @@ function writeYaml(name: string, docs: unknown[]): string {
   writeFileSync(file, docs.map((d) => YAML.stringify(d)).join('---\n'));
   return file;
 }
+/** Writes a node's status as its agent does, having acted on the VirtualIONode's current generation. */
+async function agentReport(node: string, status: NonNullable<VioNode['status']>): Promise<void> {
+  const observedGeneration = (await kube.get<VioNode>(VirtualIONodes, node))?.metadata.generation;
+  await writeAgentStatus(kube, node, { ...status, ...(observedGeneration !== undefined ? { observedGeneration } : {}) });
+}
 const poolDoc = (name: string, spec: Record<string, unknown>, metadata: Record<string, unknown> = {}) =>
   ({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name, ...metadata }, spec });
 
@@ -128,7 +133,7 @@ test('annotations and labels of kubectl, Helm and Argo CD survive the finalizer 
   // A plan and a status round; an annotation on the VirtualIONode (its plan is emptied later).
   await waitUntil('planned on node-0', async () => (await planOf('node-0')).includes('tracked'));
   await kubectl(['annotate', 'virtualionode', 'node-0', 'example.com/note=keep']);
-  await writeAgentStatus(kube, 'node-0', {
+  await agentReport('node-0', {
     inventory: { devices: [gpu('0000:c1:00.0', { device: '25b6' }), gpu('0000:c2:00.0', { device: '25b6' })] },
     pools: [{ name: 'tracked', state: 'Ready', capacity: 1, allocatable: 1, allocated: 0 }],
   });
@@ -179,7 +184,7 @@ test('CRDs and pools applied server-side by Argo CD, applied again after the ope
     const plan = await planOf('node-1');
     return plan.includes('ssa-a') && plan.includes('ssa-b');
   });
-  await writeAgentStatus(kube, 'node-1', {
+  await agentReport('node-1', {
     inventory: { devices: [gpu('0000:c1:00.0', { device: '25b6' }), gpu('0000:c2:00.0', { device: '25b6' })] },
     pools: [{ name: 'ssa-a', state: 'Ready', capacity: 1, allocatable: 1, allocated: 0 }, { name: 'ssa-b', state: 'Ready', capacity: 1, allocatable: 1, allocated: 0 }],
   });

@@ -10,6 +10,10 @@ export const ConditionType = {
   Degraded: 'Degraded',
   Conflict: 'Conflict',
   KubeVirtPermitted: 'KubeVirtPermitted',
+  /** kstatus: True while the nodes carry out the latest plan (InProgress). */
+  Reconciling: 'Reconciling',
+  /** kstatus: True when waiting will not help: a conflict or a failed carving (Failed). */
+  Stalled: 'Stalled',
 } as const;
 export type ConditionType = (typeof ConditionType)[keyof typeof ConditionType];
 

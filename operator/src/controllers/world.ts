@@ -1,7 +1,8 @@
 // The operator's read side: informer caches plus memoized pure computations over them, shared by
 // the three controllers. Nothing here writes to the API.
-import type { NodeObject, Pool, VioNode } from '../api/types.js';
+import type { NodeObject, Pool, PoolPlan, VioNode } from '../api/types.js';
 import type { Informer } from '../runtime/informer.js';
+import { jsonEqual } from '../util/json.js';
 import type { KubeVirtContest, KubeVirtView, PermittedLists } from './kubevirt/entries.js';
 import { planNode, preparePools, type DeviceConflict, type NodePlan, type PreparedPools } from './plan/plan.js';
 
@@ -9,6 +10,11 @@ import { planNode, preparePools, type DeviceConflict, type NodePlan, type Prepar
 export interface PoolIndex {
   nodes: VioNode[];
   conflicts: DeviceConflict[];
+  /**
+   * Nodes whose plan for the pool is not carried out yet: the written plan entry differs from the
+   * desired one, or the agent has not acted on the VirtualIONode generation that last changed it.
+   */
+  pending: string[];
 }
 
 /** KubeVirt settings from the command line. */
@@ -49,6 +55,8 @@ export class World {
   /** Bumped on every change of any cached Node, VirtualIONode or pool. */
   private worldVersion = 0;
   private indexCache: { version: number; value: Map<string, PoolIndex> } | undefined;
+  /** Per node and pool: the VirtualIONode generation at which this process last changed the pool's plan entry. */
+  private readonly planWrites = new Map<string, Map<string, number>>();
   readonly kubevirt: KubeVirtState = { installed: false, informer: undefined };
 
   constructor(
@@ -62,7 +70,10 @@ export class World {
     };
     nodes.onChange((obj, old) => {
       bump();
-      if (!obj && old) this.lastKnown.delete(old.metadata.name);
+      if (!obj && old) {
+        this.lastKnown.delete(old.metadata.name);
+        this.planWrites.delete(old.metadata.name);
+      }
     });
     vioNodes.onChange((obj) => {
       bump();
@@ -80,6 +91,21 @@ export class World {
   }
 
   /**
+   * Records a plan write (plan controller): the pools whose entry changed got the VirtualIONode's new
+   * generation, so that a pool's status waits until the node's agent reports having acted on it.
+   */
+  notePlanWrite(node: string, before: readonly PoolPlan[], after: readonly PoolPlan[], generation: number | undefined): void {
+    if (generation === undefined) return;
+    const writes = this.planWrites.get(node) ?? new Map<string, number>();
+    for (const p of new Set([...before.map((x) => x.name), ...after.map((x) => x.name)])) {
+      if (!jsonEqual(before.find((x) => x.name === p), after.find((x) => x.name === p))) writes.set(p, generation);
+    }
+    for (const p of writes.keys()) if (!after.some((x) => x.name === p)) writes.delete(p);
+    this.planWrites.set(node, writes);
+    this.worldVersion++;
+  }
+
+  /**
    * For every pool, the VirtualIONodes that mention it and its device conflicts on every node:
    * one pass over all nodes, memoized until anything in the caches changes, so that the status
    * of P pools costs one pass rather than P.
@@ -90,7 +116,7 @@ export class World {
     const entry = (pool: string) => {
       let e = idx.get(pool);
       if (!e) {
-        e = { nodes: [], conflicts: [] };
+        e = { nodes: [], conflicts: [], pending: [] };
         idx.set(pool, e);
       }
       return e;
@@ -105,7 +131,23 @@ export class World {
       for (const sl of v.status?.slices ?? []) mentioned.add(sl.pool);
       for (const m of mentioned) entry(m).nodes.push(v);
     }
-    for (const n of names) for (const c of this.planFor(n).conflicts) entry(c.pool).conflicts.push(c);
+    for (const n of names) {
+      const plan = this.planFor(n);
+      for (const c of plan.conflicts) entry(c.pool).conflicts.push(c);
+      // A VirtualIONode without its Node is garbage: no plan will be written to it.
+      if (!this.nodes.get(n)) continue;
+      const vio = this.vioNodes.get(n);
+      const written = vio?.spec?.pools ?? [];
+      const observed = vio?.status?.observedGeneration;
+      for (const p of new Set([...plan.pools.map((x) => x.name), ...written.map((x) => x.name)])) {
+        const want = plan.pools.find((x) => x.name === p);
+        const have = written.find((x) => x.name === p);
+        const changedAt = this.planWrites.get(n)?.get(p);
+        // An agent that reports no observedGeneration (older agents) is taken at its word.
+        const notActed = !!have && changedAt !== undefined && observed !== undefined && observed < changedAt;
+        if (!jsonEqual(want, have) || notActed) entry(p).pending.push(n);
+      }
+    }
     this.indexCache = { version: this.worldVersion, value: idx };
     return idx;
   }

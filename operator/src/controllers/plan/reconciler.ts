@@ -30,19 +30,19 @@ export class PlanReconciler implements Reconciler {
       },
       spec: { pools: plan.pools satisfies PoolPlan[] },
     };
-    if (vio && plan.pools.length === 0 && (vio.spec?.pools ?? []).length > 0) {
-      // Server-side apply cannot say "this list is now empty" when the same manager owned its items:
-      // it prunes the list (and the emptied spec), which the agent reads as "no plan yet", or fails
-      // with `spec.pools: null` when an Update manager also owns the list (kube-apiserver 1.36). A
-      // merge patch writes exactly `spec.pools: []` (and the owner when it is missing) and nothing
-      // else: never a full update of the cached copy, which lacks annotations.
-      await kube.mergePatch<VioNode>(VirtualIONodes, name, {
+    // Server-side apply cannot say "this list is now empty" when the same manager owned its items:
+    // it prunes the list (and the emptied spec), which the agent reads as "no plan yet", or fails
+    // with `spec.pools: null` when an Update manager also owns the list (kube-apiserver 1.36). A
+    // merge patch writes exactly `spec.pools: []` (and the owner when it is missing) and nothing
+    // else: never a full update of the cached copy, which lacks annotations.
+    const written = vio && plan.pools.length === 0 && (vio.spec?.pools ?? []).length > 0
+      ? await kube.mergePatch<VioNode>(VirtualIONodes, name, {
         ...(owned ? {} : { metadata: { ownerReferences: body.metadata.ownerReferences } }),
         spec: { pools: [] },
-      }, { fieldManager: FIELD_MANAGER });
-    } else {
-      await kube.apply<VioNode>(VirtualIONodes, body, { fieldManager: FIELD_MANAGER, force: true });
-    }
+      }, { fieldManager: FIELD_MANAGER })
+      : await kube.apply<VioNode>(VirtualIONodes, body, { fieldManager: FIELD_MANAGER, force: true });
+    // Pool statuses wait for the agent to report this generation before they count the node as done.
+    world.notePlanWrite(name, vio?.spec?.pools ?? [], plan.pools, written.metadata.generation);
     log.info({ node: name, pools: plan.pools.map((p) => p.name) }, vio ? 'Updated VirtualIONode plan' : 'Created VirtualIONode');
     return done;
   }

@@ -32,10 +32,10 @@ export class StatusReconciler implements Reconciler {
     }
     const prepared = world.prepared().byName.get(name);
     if (!prepared) return done;
-    const { nodes, conflicts } = world.poolIndex().get(name) ?? { nodes: [], conflicts: [] };
+    const { nodes, conflicts, pending } = world.poolIndex().get(name) ?? { nodes: [], conflicts: [], pending: [] };
     const entries = poolEntries(prepared, nodes);
     const result = computeStatus(pool.status, {
-      prepared, nodes, conflicts, kubevirtEntries: entries,
+      prepared, nodes, conflicts, pendingNodes: pending, kubevirtEntries: entries,
       kubevirtCondition: kubevirtCondition(prepared, entries, world.kubevirtView()), now: clock.now(),
       ...(deleting ? { unreported: unreportedNodes(world, name, nodes) } : {}),
     });

@@ -1,7 +1,7 @@
 // Pure: a pool's status rolled up from every VioNode (plan in spec, agent report in status),
 // plus what deletion waits for and the Events an admin should see.
 import type { VioNode, VirtualIODeviceStatus } from '../../api/types.js';
-import { ConditionType, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
+import { ConditionType, findCondition, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
 import type { PermittedEntry } from '../kubevirt/entries.js';
 import type { DeviceConflict, PreparedPool } from '../plan/plan.js';
 
@@ -30,6 +30,11 @@ export interface StatusInput {
    * left the cluster and is not listed.
    */
   unreported?: readonly { node: string; why: string }[];
+  /**
+   * Nodes whose plan for this pool is not carried out yet (not written, or not acted on by the
+   * agent): they count as Pending whatever their agent reported for the previous plan.
+   */
+  pendingNodes?: readonly string[];
 }
 
 export interface HumanEvent {
@@ -63,6 +68,9 @@ function listSome(items: readonly string[]): string {
   const shown = items.slice(0, MESSAGE_ITEMS).join('; ');
   return items.length > MESSAGE_ITEMS ? `${shown}; and ${items.length - MESSAGE_ITEMS} more` : shown;
 }
+
+const STALE_MESSAGE = 'the agent has not acted on the latest plan yet';
+const NOT_WRITTEN_MESSAGE = 'the plan is not written yet';
 
 /** Agent status problems that mean it cannot tell who holds its slices (agent/status.ts Degraded reasons). */
 const HOLDERS_UNKNOWN_REASONS = ['PodResourcesUnavailable', 'HoldersUnknown'];
@@ -103,11 +111,11 @@ function releaseFields(vio: VioNode, planned: boolean, agent: { state: string } 
   return why === undefined ? { releasedHere: true } : { releasedHere: false, notReleased: why };
 }
 
-function viewOf(name: string, vio: VioNode): NodeView | undefined {
+function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefined {
   const plan = vio.spec?.pools?.find((p) => p.name === name);
   const agent = vio.status?.pools?.find((p) => p.name === name);
   const slices = (vio.status?.slices ?? []).filter((s) => s.pool === name);
-  if (!plan && !agent && slices.length === 0) return undefined;
+  if (!plan && !agent && slices.length === 0) return pending ? pendingView(vio.metadata.name ?? '') : undefined;
   const node = vio.metadata.name ?? '';
   const byPod = new Map<string, AllocationEntry>();
   for (const s of slices) {
@@ -120,17 +128,26 @@ function viewOf(name: string, vio: VioNode): NodeView | undefined {
   }
   for (const e of byPod.values()) e.slices.sort();
   const fromSlices = slices.length > 0;
+  // To be planned here but not written yet; or a "Ready" from before the latest plan, which says
+  // nothing about that plan.
+  const notWritten = pending && !plan;
+  const stale = pending && !!plan && !plan.deleting && (agent?.state === 'Ready' || agent?.state === 'Released');
   return {
     node,
-    planned: !!plan && !plan.deleting,
+    planned: (!!plan && !plan.deleting) || notWritten,
     capacity: fromSlices ? slices.length : agent?.capacity ?? 0,
     allocatable: fromSlices ? slices.filter((s) => s.health === 'Healthy').length : agent?.allocatable ?? 0,
     allocated: fromSlices ? slices.filter((s) => !!s.allocation).length : agent?.allocated ?? 0,
-    state: agent?.state ?? (plan ? 'Pending' : 'Released'),
-    ...(agent?.message ? { message: agent.message } : {}),
+    state: notWritten || stale ? 'Pending' : agent?.state ?? (plan ? 'Pending' : 'Released'),
+    ...(notWritten ? { message: NOT_WRITTEN_MESSAGE } : stale ? { message: STALE_MESSAGE } : agent?.message ? { message: agent.message } : {}),
     ...releaseFields(vio, !!plan, agent, slices.length),
     allocations: [...byPod.values()],
   };
+}
+
+/** A node the pool is about to be planned on (its VirtualIONode does not mention the pool yet). */
+function pendingView(node: string): NodeView {
+  return { node, planned: true, capacity: 0, allocatable: 0, allocated: 0, state: 'Pending', message: NOT_WRITTEN_MESSAGE, releasedHere: true, allocations: [] };
 }
 
 const PROBLEM_RANK: Record<string, number> = { Error: 0, Blocked: 1, Deleting: 2, Carving: 3, Pending: 4 };
@@ -153,7 +170,10 @@ export function normalizeStatus(s: VirtualIODeviceStatus | undefined): Record<st
 export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: StatusInput): StatusResult {
   const { prepared: p, now } = input;
   const gen = p.pool.metadata.generation;
-  const views = input.nodes.map((n) => viewOf(p.name, n)).filter((v): v is NodeView => !!v).sort((a, b) => a.node.localeCompare(b.node));
+  const pending = new Set(p.deleting ? [] : input.pendingNodes ?? []);
+  const views = input.nodes.map((n) => viewOf(p.name, n, pending.has(n.metadata.name ?? ''))).filter((v): v is NodeView => !!v);
+  for (const n of pending) if (!views.some((v) => v.node === n)) views.push(pendingView(n));
+  views.sort((a, b) => a.node.localeCompare(b.node));
   const planned = views.filter((v) => v.planned);
   const sum = (f: (v: NodeView) => number) => views.reduce((acc, v) => acc + f(v), 0);
   const events: HumanEvent[] = [];
@@ -246,6 +266,35 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
   }
 
   set({ type: ConditionType.KubeVirtPermitted, status: input.kubevirtCondition.status, reason: input.kubevirtCondition.reason, message: input.kubevirtCondition.message });
+
+  // kstatus (Flux, kubectl-style waits): Stalled=True reads as Failed, Reconciling=True as
+  // InProgress, neither with Ready=True as Current, with Ready=False as InProgress. Stalled first: a
+  // conflict, a failed carving or KubeVirt entries another controller keeps removing do not go
+  // away by waiting, whatever else is still carving.
+  const stalled = p.deleting ? undefined : p.resourceNameConflicts.length > 0
+    ? { reason: Reason.ResourceNameConflict, message: `Resource name ${p.resourceName} is already used by the older VirtualIODevice ${p.resourceNameConflicts.join(', ')}` }
+    : conflicts.length > 0
+      ? { reason: Reason.DeviceConflict, message: `${conflicts.length} selected device(s) are held by older pools: ${listSome(conflicts.map((c) => `node ${c.node} device ${c.device} held by ${c.heldBy}`))}` }
+      : failed.length > 0
+        ? { reason: Reason.CarvingFailed, message: `Carving failed on ${failed.length} node(s): ${listSome(failed.map(describe))}` }
+        : input.kubevirtCondition.reason === Reason.Contested
+          ? { reason: Reason.Contested, message: input.kubevirtCondition.message }
+          : undefined;
+  set(stalled
+    ? { type: ConditionType.Stalled, status: 'True', ...stalled }
+    : { type: ConditionType.Stalled, status: 'False', reason: Reason.AsExpected, message: 'Nothing keeps the pool from progressing' });
+  const progressing = findCondition(conds, ConditionType.Progressing);
+  const working = p.deleting
+    ? progressing?.status === 'True' ? { reason: progressing.reason as Reason, message: progressing.message } : undefined
+    : stalled ? undefined
+      : planned.some((v) => v.state === 'Carving' || v.state === 'Pending')
+        ? { reason: Reason.Carving, message: progressing?.message ?? 'Carving' }
+        : blocked.length > 0
+          ? { reason: Reason.CarvingBlocked, message: `Carving waits for pods to release slices on ${blocked.length} node(s): ${listSome(blocked.map(describe))}` }
+          : undefined;
+  set(working
+    ? { type: ConditionType.Reconciling, status: 'True', ...working }
+    : { type: ConditionType.Reconciling, status: 'False', reason: Reason.Stable, message: p.deleting ? 'Every node released the pool' : 'Every node carries out the latest plan' });
 
   const status: VirtualIODeviceStatus = {
     ...(gen !== undefined ? { observedGeneration: gen } : {}),
