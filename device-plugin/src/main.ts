@@ -9,6 +9,7 @@ import { AgentManager } from './agent/manager.js';
 import { CHECKPOINT_FILE, Checkpoint } from './agent/checkpoint.js';
 import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
 import { LEDGER_FILE } from './agent/ledger.js';
+import { acquireAgentLock } from './agent/lock.js';
 import { createNodeOps } from './agent/node-ops.js';
 import { FilePlanSource, type PlanSource } from './agent/plan.js';
 import type { StatusSink } from './agent/ports.js';
@@ -89,7 +90,31 @@ async function main(): Promise<number> {
   let rescan = (): void => undefined;
   // --dra: set before the manager runs; allocation safety may read dra?.driver.preparedSliceIds().
   let dra: DraWiring | undefined;
-  const manager = new AgentManager({
+  // One agent per node: the state folder's records and the devices have one writer. /healthz and
+  // /readyz answer while a second agent waits (a rolling update with surge), so it is not restarted.
+  const started: { manager?: AgentManager } = {};
+  try {
+    await serveMetrics({
+      ...cfg.metricsAddress,
+      metrics,
+      readiness: () => started.manager?.readiness() ?? { ready: false, reason: 'waiting for the node lock: another agent runs on this node' },
+      status: () => started.manager?.status(),
+      logger,
+      signal,
+    });
+  } catch (err) {
+    logger.fatal({ err, address: cfg.metricsAddress }, 'cannot serve metrics');
+    return 1;
+  }
+  let lock;
+  try {
+    lock = await acquireAgentLock(cfg.stateDir, { identity: { node: cfg.nodeName }, onWait: (m, h) => logger.warn({ holder: h }, m), onAcquired: (m) => logger.info(m), signal });
+  } catch (err) {
+    if (signal.aborted) return 0;
+    logger.fatal({ err, dir: cfg.stateDir }, 'cannot take the node lock');
+    return 1;
+  }
+  const agent = new AgentManager({
     nodeName: cfg.nodeName,
     agentVersion: version,
     // Each sysfs write runs in a helper process with a timeout: a write the kernel blocks never freezes the agent.
@@ -126,13 +151,8 @@ async function main(): Promise<number> {
         }
       : {}),
   });
-  rescan = () => manager.trigger('fs');
-  try {
-    await serveMetrics({ ...cfg.metricsAddress, metrics, readiness: () => manager.readiness(), status: () => manager.status(), logger, signal });
-  } catch (err) {
-    logger.fatal({ err, address: cfg.metricsAddress }, 'cannot serve metrics');
-    return 1;
-  }
+  started.manager = agent;
+  rescan = () => agent.trigger('fs');
   if (cfg.dra) {
     const { startDra } = await import('./dra/wire.js');
     dra = await startDra({
@@ -142,18 +162,19 @@ async function main(): Promise<number> {
           const st = plan.current();
           return st.kind === 'ok' ? (st.spec.pools ?? []) : undefined;
         },
-        slices: () => manager.currentSlices(),
-        inventory: () => ({ devices: manager.status()?.inventory?.devices ?? [] }),
+        slices: () => agent.currentSlices(),
+        inventory: () => ({ devices: agent.status()?.inventory?.devices ?? [] }),
       },
       logger, signal,
-      onHoldersChanged: () => manager.trigger('podresources'),
-      onRegistration: () => manager.trigger('registration'),
+      onHoldersChanged: () => agent.trigger('podresources'),
+      onRegistration: () => agent.trigger('registration'),
       // One slice, one holder: what the ledger says is held outside DRA is neither published nor prepared.
-      holderOf: (id) => manager.holderOf(id),
+      holderOf: (id) => agent.holderOf(id),
     });
   }
-  await manager.run(signal);
+  await agent.run(signal);
   await dra?.done;
+  await lock.release();
   return 0;
 }
 

@@ -310,7 +310,8 @@ export class NodeUnderTest {
     const fc = active.find((p) => p.mode === 'NPIV' && p.devices.some((d) => d.pciAddress === HBA));
     return {
       vfs: net?.count ?? 0,
-      mdevs: Array.from({ length: vgpu?.count ?? 0 }, () => vgpu?.mdevType ?? ''),
+      // The T4 offers 8 × nvidia-222 here but 1 × nvidia-230: more than that cannot be carved.
+      mdevs: Array.from({ length: Math.min(vgpu?.count ?? 0, vgpu?.mdevType === 'nvidia-230' ? 1 : 8) }, () => vgpu?.mdevType ?? ''),
       vports: fc?.count ?? 0,
       ...(fc?.wwnPrefix ? { prefix: fc.wwnPrefix } : {}),
     };
@@ -349,7 +350,8 @@ export class NodeUnderTest {
         .filter((p) => !p.deleting)
         .every((p) => {
           const ps = st?.pools?.find((x) => x.name === p.name);
-          return (ps?.state === 'Ready' || (ps?.state === 'Blocked' && conflict(p.name))) && (this.kubelet.lastList(p.resourceName) ?? []).filter((d) => d.health === 'Healthy').length === ps.capacity;
+          const overAsked = p.mdevType === 'nvidia-230' && (p.count ?? 1) > 1; // the agent reports the refused create
+          return (ps?.state === 'Ready' || (ps?.state === 'Blocked' && conflict(p.name)) || (overAsked && ps?.state === 'Error')) && (this.kubelet.lastList(p.resourceName) ?? []).filter((d) => d.health === 'Healthy').length === ps.capacity;
         });
     }, timeoutMs, () => last);
     await this.check('convergence');

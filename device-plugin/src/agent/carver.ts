@@ -34,6 +34,8 @@ export interface RoundInput {
   /** Marks what a write is about to destroy (Allocate refuses it), and clears it after. */
   fence: (ids: readonly string[], why: string) => void;
   unfence: (ids: readonly string[]) => void;
+  /** Why a rescan after writes must not be believed (a broken sysfs), or undefined. */
+  suspectScan: (next: Inventory, previous: Inventory) => string | undefined;
   signal: AbortSignal;
 }
 
@@ -167,7 +169,13 @@ export class Carver {
       }
       if (!results.some((r) => !r.error)) break; // nothing was written: the inventory is unchanged, no rescan
       try {
-        inventory = await ops.scan();
+        const next = await ops.scan();
+        const suspect = inp.suspectScan(next, inventory);
+        if (suspect) {
+          scanError = suspect;
+          break;
+        }
+        inventory = next;
       } catch (err) {
         scanError = `sysfs scan failed: ${String(err)}`;
         break;

@@ -41,6 +41,8 @@ export interface LedgerSources {
   kubeletCheckpoint: () => KubeletCheckpointState;
   /** Slices held by prepared DRA claims; `unknown` when the DRA record cannot be read. */
   dra?: () => { holders: ReadonlyMap<string, Holder>; unknown?: string | undefined };
+  /** Why the agent's own record (its checkpoint) cannot be trusted now, or undefined. */
+  ownRecord?: () => string | undefined;
   /** Resource names whose kubelet checkpoint entries are ours. */
   resourceNames: () => ReadonlySet<string>;
   /**
@@ -135,7 +137,9 @@ export class Ledger {
   /**
    * Why nobody can say now who holds what (then every existing slice counts as held), or undefined.
    */
-  unknown(): string | undefined {
+  unknown(o: { ignoreCheckpoint?: boolean } = {}): string | undefined {
+    const own = o.ignoreCheckpoint ? undefined : this.opts.sources.ownRecord?.();
+    if (own) return own;
     const pr = this.podResources;
     if (!pr.synced) return 'the kubelet has not answered PodResources yet';
     if (pr.error) return pr.error;

@@ -22,6 +22,7 @@ import { Carver } from './carver.js';
 import { Checkpoint } from './checkpoint.js';
 import { DevicePluginFrontEnd } from './frontends.js';
 import { existingIds } from './gate.js';
+import { acceptScan } from './inventory-guard.js';
 import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-checkpoint.js';
 import { Ledger } from './ledger.js';
 import type { NodeOps, StatusSink } from './ports.js';
@@ -145,6 +146,7 @@ export class AgentManager {
         kubeletCheckpoint: () => kubelet.read(),
         dra: () => ({ holders: opts.extraHolderInfo?.() ?? new Map(), unknown: opts.draUnknown?.() }),
         resourceNames: () => this.resourceNames(),
+        ownRecord: () => (this.checkpoint.unknown ? (this.checkpoint.error ?? 'the agent checkpoint is damaged') : undefined),
         nudgeKubelet: () => this.frontEnd.nudgeKubelet(),
         ...(lookup
           ? {
@@ -349,13 +351,18 @@ export class AgentManager {
       this.lastGeneration = state.generation;
     }
     try {
-      this.inventory = await this.opts.ops.scan();
-      this.scanError = undefined;
+      this.acceptInventory(await this.opts.ops.scan());
     } catch (err) {
       this.scanError = `sysfs scan failed: ${String(err)}`;
       this.log.error({ err }, 'sysfs scan failed; keeping the last inventory');
     }
     await this.ledger.refresh();
+    // A damaged checkpoint is "don't know" until every other source of holders answers again.
+    if (this.checkpoint.unknown && !this.ledger.unknown({ ignoreCheckpoint: true })) {
+      this.log.warn({ lost: this.checkpoint.lost }, 'holders known again from the kubelet: the damaged checkpoint no longer blocks releases');
+      this.checkpoint.markRecovered();
+      this.checkpoint.save();
+    }
     const { spec, provisional } = this.effectiveSpec();
     if (spec) {
       await this.reportBreakage(spec);
@@ -369,9 +376,13 @@ export class AgentManager {
         activeIds: (inv) => this.activeIds(spec, inv),
         fence: (ids, why) => this.ledger.fence(ids, why),
         unfence: (ids) => this.ledger.unfence(ids),
+        suspectScan: (next, prev) => {
+          const v = acceptScan(prev.devices.length > 0 ? prev : undefined, next);
+          return v.ok ? undefined : v.reason;
+        },
         signal: this.signal,
       });
-      this.inventory = r.inventory;
+      this.inventory = r.inventory; // accepted pass by pass (suspectScan)
       if (r.scanError) this.scanError = r.scanError;
       if (r.released.length > 0) {
         for (const key of r.released) {
@@ -395,6 +406,23 @@ export class AgentManager {
     this.publishStatus();
     this.scheduleWake();
     this.log.debug({ cycle: this.cycles, slices: this.slices.length, unhealthy: this.slices.filter((s) => s.health !== 'Healthy').length }, 'cycle done');
+  }
+
+  /**
+   * Takes a scan as the node's inventory unless it looks like a broken sysfs (no PCI function at all
+   * where there were some, or where the plan names some): then the last one stays and status says why.
+   */
+  private acceptInventory(next: Inventory): void {
+    const { spec } = this.effectiveSpec();
+    const expected = [...(spec?.pools ?? []), ...[...this.retired.values()].map((r) => r.plan)].flatMap((p) => p.devices.map((d) => d.pciAddress));
+    const v = acceptScan(this.inventory.devices.length > 0 ? this.inventory : undefined, next, { expected });
+    if (v.ok) {
+      this.inventory = next;
+      this.scanError = undefined;
+    } else {
+      this.scanError = v.reason;
+      this.log.error(v.reason);
+    }
   }
 
   /** Why a slice must not be destroyed now: someone holds it, or nobody can tell. */
