@@ -29,6 +29,7 @@ const regressions = {
   'a kubelet restart with PodResources empty while the NIC pool leaves and a re-carve waits': [S.startVm('net', 2), S.restartKubelet(10_000), S.edit('net', 'count', 1), S.wait(1500), S.pool('net', 'remove'), S.wait(3000), S.killAgent('now'), S.wait(3000)],
   'lowered count, new mdev type and WWN prefix under running VMs': [S.startVm('vgpu', 2), S.startVm('fc', 2), S.edit('vgpu', 'count', 1), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.edit('fc', 'wwnPrefix', 'c05077'), S.edit('fc', 'count', 1), S.wait(3000)],
   'SIGKILL right after a write of a re-carve, PodResources failing meanwhile': [S.startVm('net', 1), S.edit('net', 'count', 2), S.killAgent('on-next-write'), S.podResourcesFail(), S.edit('net', 'count', 3), S.killAgent('on-next-write'), S.wait(1500), S.podResourcesRecover(), S.wait(1500)],
+  'an mdev type with fewer instances than asked, then a pool removed': [S.edit('fc', 'count', 3), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.podResourcesRecover(), S.pool('gpu', 'remove')],
   'the ledger damaged while a VM holds a passthrough GPU and the pool is deleted': [S.startVm('gpu', 1), S.pool('gpu', 'deleting'), S.corrupt('agent-ledger.json', 'truncated'), S.wait(1500), S.pool('gpu', 'remove'), S.wait(3000)],
 };
 

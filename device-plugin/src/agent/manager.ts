@@ -3,10 +3,10 @@
 // sysfs roots, PodResources changes and Allocate calls. The parts it wires, each a file:
 //   ledger.ts (who holds what, durable; "don't know" is held), gate.ts (the one check before a
 //   destructive write), carver.ts (plans and applies writes through the gate), retire.ts (what a plan
-//   change leaves behind), frontends.ts (device plugin servers), status.ts.
+//   change leaves behind), views.ts (slices served, draining, protected), frontends.ts (device
+//   plugin servers), fs-trigger.ts, status.ts.
 // Nothing here throws out of the loop: errors are logged, reported in status and retried.
 import { createHash } from 'node:crypto';
-import { watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { BackoffOptions } from '../carving/backoff.js';
@@ -21,18 +21,15 @@ import { withOriginals } from '../discovery/original.js';
 import { Carver } from './carver.js';
 import { Checkpoint } from './checkpoint.js';
 import { DevicePluginFrontEnd } from './frontends.js';
-import { existingIds } from './gate.js';
 import { acceptScan } from './inventory-guard.js';
 import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-checkpoint.js';
 import { Ledger } from './ledger.js';
 import type { NodeOps, StatusSink } from './ports.js';
 import { diffPlans, retire, retiredKey, type Retired } from './retire.js';
 import { buildStatus, type Condition, type PoolRegistration } from './status.js';
+import { FsTrigger } from './fs-trigger.js';
+import { activeIds, allSlices, protectedIds, type ViewInput } from './views.js';
 
-/** Quiet time after the last filesystem event of a burst before rescanning. */
-const FS_QUIET_MS = 50;
-/** Longest a burst of filesystem events delays its rescan. */
-const FS_MAX_WAIT_MS = 200;
 
 export interface ManagerOptions {
   nodeName: string;
@@ -80,14 +77,6 @@ export interface ManagerOptions {
   draRegistration?: () => { registered: boolean; error?: string };
 }
 
-/**
- * The plan without its deleting pools: their slices come from drainingSlices only (held ones, kept
- * draining), never also as ordinary slices.
- */
-function servingSpec(spec: VirtualIONodeSpec): VirtualIONodeSpec {
-  return (spec.pools ?? []).some((p) => p.deleting) ? { ...spec, pools: (spec.pools ?? []).filter((p) => !p.deleting) } : spec;
-}
-
 export class AgentManager {
   private readonly log: Logger;
   private readonly podres: PodResourcesWatcher;
@@ -110,9 +99,7 @@ export class AgentManager {
   private lastStatus: VirtualIONodeStatus | undefined;
   private lastStatusText = '';
   private conditions: Condition[] = [];
-  private readonly fsWatchers = new Map<string, FSWatcher>();
-  private debounce: NodeJS.Timeout | undefined;
-  private burstStart: number | undefined;
+  private readonly fs: FsTrigger;
   private signal: AbortSignal = new AbortController().signal;
   private wakeTimer: NodeJS.Timeout | undefined;
   private lastSpecText = '';
@@ -160,6 +147,7 @@ export class AgentManager {
           : {}),
       },
     });
+    this.fs = new FsTrigger(opts.watchPaths, () => this.trigger('fs'), () => this.clock());
     this.carver = new Carver(opts.ops, this.checkpoint, opts.metrics, this.log, () => this.clock(), opts.backoff);
     this.frontEnd = new DevicePluginFrontEnd({
       pluginDir: opts.pluginDir,
@@ -236,7 +224,7 @@ export class AgentManager {
     const podresRun = this.podres.run(signal);
     this.opts.watcher.start();
     const timer = setInterval(() => this.trigger('timer'), this.opts.rescanIntervalMs);
-    this.attachWatches();
+    this.fs.attach();
     try {
       while (!signal.aborted) {
         if (!this.wantScan && !this.wantStatus) {
@@ -267,49 +255,14 @@ export class AgentManager {
       }
     } finally {
       clearInterval(timer);
-      if (this.debounce) clearTimeout(this.debounce);
       if (this.wakeTimer) clearTimeout(this.wakeTimer);
-      for (const w of this.fsWatchers.values()) w.close();
-      this.fsWatchers.clear();
+      this.fs.close();
       this.opts.ops.close?.();
       await this.frontEnd.stopKeepingDevices();
       this.checkpoint.save();
       await Promise.all([planRun, podresRun]);
       this.log.info('agent stopped');
     }
-  }
-
-  /** fs.watch on each watched folder that exists; re-tried on every cycle for folders that appear later. */
-  private attachWatches(): void {
-    for (const path of this.opts.watchPaths) {
-      if (this.fsWatchers.has(path)) continue;
-      try {
-        const w = watch(path, { persistent: false }, () => this.fsEvent());
-        w.on('error', () => {
-          w.close();
-          this.fsWatchers.delete(path);
-        });
-        this.fsWatchers.set(path, w);
-      } catch {
-        /* not there (yet); the rescan timer covers it */
-      }
-    }
-  }
-
-  /**
-   * Coalesces a burst of filesystem events into one rescan: fires 50 ms after the last event, and
-   * at most 200 ms after the first one of the burst.
-   */
-  private fsEvent(): void {
-    const now = this.clock();
-    this.burstStart ??= now;
-    if (this.debounce) clearTimeout(this.debounce);
-    const wait = Math.max(0, Math.min(FS_QUIET_MS, this.burstStart + FS_MAX_WAIT_MS - now));
-    this.debounce = setTimeout(() => {
-      this.debounce = undefined;
-      this.burstStart = undefined;
-      this.trigger('fs');
-    }, wait);
   }
 
   /**
@@ -371,9 +324,9 @@ export class AgentManager {
         provisional,
         retired: this.retired,
         inventory: this.inventory,
-        protectedIds: (inv) => this.protectedIds(inv),
+        protectedIds: (inv) => protectedIds(this.view(), this.ledger.heldIds(), this.effectiveSpec().spec, inv),
         protection: (id) => this.protection(id),
-        activeIds: (inv) => this.activeIds(spec, inv),
+        activeIds: (inv) => activeIds(this.view(), spec, inv),
         fence: (ids, why) => this.ledger.fence(ids, why),
         unfence: (ids) => this.ledger.unfence(ids),
         suspectScan: (next, prev) => {
@@ -401,7 +354,7 @@ export class AgentManager {
     } else {
       this.slices = [];
     }
-    this.attachWatches();
+    this.fs.attach();
     await this.frontEnd.sync(spec, this.slices, this.retired, this.signal);
     this.publishStatus();
     this.scheduleWake();
@@ -433,67 +386,13 @@ export class AgentManager {
     return unknown ? `nobody can tell who holds it (${unknown})` : undefined;
   }
 
-  /** IDs the planners must keep: held ones, or while nobody can tell, everything that exists. */
-  private protectedIds(inv: Inventory): Set<string> {
-    const held = this.ledger.heldIds();
-    if (!this.ledger.unknown()) return held;
-    for (const id of existingIds(inv)) held.add(id);
-    for (const s of this.slices) held.add(s.id);
-    const { spec } = this.effectiveSpec();
-    try {
-      const pools = [...(spec?.pools ?? []), ...[...this.retired.values()].map((r) => r.plan)];
-      for (const s of this.opts.ops.buildSlices({ pools }, inv)) held.add(s.id);
-    } catch {
-      /* the inventory and the last slices cover it */
-    }
-    return held;
+  /** The inputs of the slice views (views.ts) as of now. */
+  private view(): ViewInput {
+    return { ops: this.opts.ops, inventory: this.inventory, retired: this.retired, previous: this.slices, holder: (id) => this.ledger.state(id), unknown: this.ledger.unknown() };
   }
 
-  /** Slice IDs the active (not deleting) plan serves. */
-  private activeIds(spec: VirtualIONodeSpec, inv: Inventory): Set<string> {
-    try {
-      return new Set(this.opts.ops.buildSlices(servingSpec(spec), inv).map((s) => s.id));
-    } catch {
-      return new Set(this.slices.filter((s) => !s.draining).map((s) => s.id));
-    }
-  }
-
-  /** The plan's slices (health carried over from the last round) plus the draining ones; may throw. */
   private buildAllSlices(spec: VirtualIONodeSpec): Slice[] {
-    const active = this.opts.ops.buildSlices(servingSpec(spec), this.inventory, this.slices.filter((s) => !s.draining));
-    return [...active, ...this.drainingSlices(spec, new Set(active.map((s) => s.id)))];
-  }
-
-  /**
-   * Slices of retired and deleting pools that still exist and are held (or, while nobody can tell
-   * who holds what, every one that exists), minus what the active plan serves: listed, draining.
-   */
-  private drainingSlices(spec: VirtualIONodeSpec, active: ReadonlySet<string>): Slice[] {
-    const leaving: Retired[] = [
-      ...(spec.pools ?? []).filter((p) => p.deleting).map((p) => ({ plan: { ...p, deleting: false }, why: `pool ${p.name} is being deleted` })),
-      ...this.retired.values(),
-    ];
-    if (leaving.length === 0) return [];
-    const unknown = this.ledger.unknown();
-    const out = new Map<string, Slice>();
-    for (const r of leaving) {
-      let built: Slice[];
-      try {
-        built = this.opts.ops.buildSlices({ pools: [r.plan] }, this.inventory);
-      } catch (err) {
-        this.log.error({ err }, 'building draining slices failed');
-        return this.slices.filter((s) => s.draining);
-      }
-      for (const s of built) {
-        if (active.has(s.id) || out.has(s.id)) continue;
-        if (s.health !== 'Healthy' && s.reason?.includes('not found')) continue; // gone: nothing to keep
-        const h = this.ledger.state(s.id);
-        if (h.kind === 'free' && !unknown) continue;
-        const who = h.kind === 'held' ? `held by ${h.by}` : `kept until the kubelet says who holds it (${unknown ?? ''})`;
-        out.set(s.id, { ...s, draining: `${r.why}; ${who}; released once its pod is gone` });
-      }
-    }
-    return [...out.values()];
+    return allSlices(this.view(), spec);
   }
 
   /**
