@@ -56,6 +56,10 @@ test('KubeVirt builds a PCI host device for a VF and a GPU and an mdev for a vGP
     getClaim: async (ns, name) => claims.get(`${ns}/${name}`), store: noStore, logger: silentLogger(),
   });
   driver.update([nic, gpu, vgpu], slices, { devices: [] });
+  // Running, as in the agent: the driver reads its prepared-claims checkpoint before it prepares.
+  const ctl = new AbortController();
+  const running = driver.run(ctl.signal);
+  await new Promise((r) => setTimeout(r, 200));
   const container = join(dir, 'container', 'dra-device-attributes');
   for (const [key, c] of claims) {
     const r = await driver.prepare({ namespace: 'vms', name: key.split('/')[1]!, uid: c.metadata.uid! });
@@ -98,4 +102,6 @@ test('KubeVirt builds a PCI host device for a VF and a GPU and an mdev for a vGP
     expect.objectContaining({ type: 'mdev', mdevUUID: UUID }),
   ]));
   expect(gpus).toHaveLength(2);
+  ctl.abort();
+  await running;
 });
