@@ -388,7 +388,6 @@ async function main(): Promise<void> {
     await heldThroughScenario({
       node: NODE, igb, nvme, ctrl, kubelet, podres, scenario, figures, sh, until, log, status, planOf, writePlan, vfsOf, driverOf,
       startVm: (devices) => NestedVm.start(devices),
-      agent: () => agent,
       restartAgent: async (signal, beforeStart) => {
         agent.kill(signal);
         await until('the agent to exit', () => agent.exitCode !== null || agent.signalCode !== null, 30_000, 20).catch(() => agent.kill('SIGKILL'));

@@ -59,8 +59,7 @@ export interface HeldCtx {
   startVm: (devices: string[]) => Promise<Vm>;
   planOf: (c?: { nic?: number; nvme?: number; serial?: number; pools?: readonly string[] }) => unknown;
   writePlan: (spec: unknown) => void;
-  /** The running agent, and a restart of it after `signal` (returns once the new process is spawned). */
-  agent: () => ChildProcess;
+  /** Stops the agent with `signal`, runs `beforeStart`, starts it again (returns once it is spawned). */
   restartAgent: (signal: 'SIGKILL' | 'SIGTERM', beforeStart?: () => Promise<void>) => Promise<ChildProcess>;
   /** The agent's log so far (every process of it). */
   agentLog: () => string;
@@ -97,7 +96,7 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
   let monitor: NodeJS.Timeout | undefined;
 
   const st = async (): Promise<StatusDoc> => (await c.status()) as StatusDoc;
-  const pool = (s: StatusDoc, name: string): { name: string; state?: string; message?: string } | undefined => s.pools?.find((p) => p.name === name);
+  const pool = (s: StatusDoc | null, name: string): { name: string; state?: string; message?: string } | undefined => s?.pools?.find((p) => p.name === name);
   const carvingPasses = (): number => c.agentLog().split('\n').filter((l) => l.includes('"msg":"carving"')).length;
   const mdevs = (): string[] => (existsSync('/sys/bus/mdev/devices') ? readdirSync('/sys/bus/mdev/devices').sort() : []);
   /** Kernel messages stamped in [from, to) s of uptime, and those of them that are device requests. */
@@ -127,13 +126,18 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
   /** Everything, the nested VM's own view and the NVMe secondary controller included; throws what is wrong. */
   const checkIntact = async (d: Record<string, unknown>, since: number): Promise<void> => {
     const bad = intactNow();
-    const pci = vm && vm.proc.exitCode === null ? await vm.command('info pci') : '';
+    let pci = '';
+    try {
+      if (vm && vm.proc.exitCode === null) pci = await vm.command('info pci');
+    } catch (err) {
+      bad.push(`the nested QEMU's monitor did not answer: ${String(err)}`);
+    }
     d.infoPci = pci.split('\n').filter((l) => /PCI device/.test(l)).map((l) => l.trim());
     const want = { 'igb VF 8086:10ca': /PCI device 8086:10ca/, 'NVMe VF 1b36:0010': /PCI device 1b36:0010/, 'mtty 4348:3253': /PCI device 4348:3253/ };
     for (const [k, re] of Object.entries(want)) if (!re.test(pci)) bad.push(`nested VM lacks ${k}`);
     d.vfioOpenByQemu = vm ? vfioOpen(vm.proc.pid as number) : [];
     d.sysfs = { [nicVf]: c.driverOf(nicVf) ?? 'none', [nvmeVf]: c.driverOf(nvmeVf) ?? 'none', [uuid]: existsSync(`/sys/bus/mdev/devices/${uuid}`) ? 'exists' : 'gone', igbVfs: c.vfsOf(igb).length, nvmeVfs: c.vfsOf(nvme).length, mdevs: mdevs().length };
-    const sec = await secondary(c, 2);
+    const sec: Record<string, unknown> | undefined = await secondary(c, 2).catch((err: unknown) => ({ error: String(err) }));
     d.nvmeSecondary = sec;
     if (sec?.['secondary-controller-state'] !== 1) bad.push(`the held NVMe VF's secondary controller is not Online: ${JSON.stringify(sec)}`);
     const k = await dmesgSince(since);
@@ -149,6 +153,33 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
     if (bad.length > 0) throw new Error(bad.join('; '));
   };
 
+  /**
+   * One step: what it does and what the agent answers (`body`), then the kernel-side check, which runs
+   * even when the body failed (a failure then says what the kernel saw, not only what timed out).
+   */
+  let lost: string | undefined;
+  const step = (name: string, body: (d: Record<string, unknown>) => Promise<void>): Promise<boolean> =>
+    c.scenario(name, async (d) => {
+      // Once a held device is gone the later steps prove nothing (and would only wait for their timeouts).
+      if (lost) throw new Error(`not run: ${lost}`);
+      const since = uptime();
+      let agentSide: unknown;
+      try {
+        await body(d);
+      } catch (err) {
+        agentSide = err;
+      }
+      let kernelSide: unknown;
+      try {
+        await checkIntact(d, since);
+      } catch (err) {
+        kernelSide = err;
+      }
+      const text = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+      if (kernelSide) lost = `an earlier step (${name.slice(0, 9)}) lost a held device`;
+      if (kernelSide || agentSide) throw new Error([kernelSide ? `kernel side: ${text(kernelSide)}` : '', agentSide ? `agent side: ${text(agentSide)}` : ''].filter(Boolean).join(' || '));
+    });
+
   // ---- setup: the second VM and its three slices ------------------------------------------------
   const ok = await c.scenario(HELD.setup, async (d) => {
     // Where the earlier scenarios left off (NIC pool at 2 VFs): back to 4 VFs, 2 NVMe VFs, 2 mdevs.
@@ -160,7 +191,7 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
     const wantMdev = mdevUuid(c.node, 'mtty', 'mtty-2', 1);
     if (!existsSync(`/sys/bus/mdev/devices/${wantMdev}`)) throw new Error(`mdev slot 1 ${wantMdev} does not exist (mdevs: ${mdevs().join(' ')})`);
     await until('the NVMe VF\'s secondary controller Online', async () => (await secondary(c, 2))?.['secondary-controller-state'] === 1, 30_000, 500);
-    // The pod's three containers' worth of devices, through Allocate as the kubelet does at admission.
+    // The pod's devices (one container, three resources), through Allocate as the kubelet does at admission.
     const nic = await kubelet.allocate('virtualio.dev/nic', [wantNic], pod);
     const nv = await kubelet.allocate('virtualio.dev/nvme', [wantNvme], pod);
     const ser = await kubelet.allocate('virtualio.dev/serial', [wantMdev], pod);
@@ -172,7 +203,8 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
     if (nicVf !== wantNic || nvmeVf !== wantNvme || uuid !== wantMdev) throw new Error(`Allocate answered ${JSON.stringify(env)}; asked for ${wantNic}, ${wantNvme}, ${wantMdev}`);
     podres.setPods(kubelet.podResources());
     d.podResources = kubelet.podResources();
-    d.kubeletCheckpointLists = JSON.parse(readFileSync(kubelet.checkpointFile, 'utf8')) as unknown;
+    const cp = JSON.parse(readFileSync(kubelet.checkpointFile, 'utf8')) as { Data: { PodDeviceEntries: { PodUID: string; ResourceName: string; DeviceIDs: unknown }[] | null } };
+    d.kubeletCheckpoint = (cp.Data.PodDeviceEntries ?? []).filter((e) => e.PodUID === pod.uid).map((e) => ({ resourceName: e.ResourceName, deviceIds: e.DeviceIDs }));
     groups = { [`igb VF ${nicVf}`]: group(join(SYS, nicVf)), [`NVMe VF ${nvmeVf}`]: group(join(SYS, nvmeVf)), [`mdev ${uuid}`]: group(`/sys/bus/mdev/devices/${uuid}`) };
     d.groups = groups;
     const t = performance.now();
@@ -192,8 +224,7 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
     if (!ok) return;
 
     // ---- (1) SIGKILL while carving, with a re-carve of the igb PF wanted -----------------------------
-    await c.scenario(HELD.sigkill, async (d) => {
-      const since = uptime();
+    await step(HELD.sigkill, async (d) => {
       const before = carvingPasses();
       c.writePlan(c.planOf({ nic: 5, nvme: 2, serial: 3 }));
       await until('the agent to start a carving pass for the new plan', () => carvingPasses() > before, 60_000, 20);
@@ -206,15 +237,13 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
         const doc = await st();
         const m = pool(doc, 'nic')?.message ?? '';
         return m.includes(`from 4 to 5 VFs waits: allocated VFs ${nicVf}`) && !m.includes(`${nicVf},`) && mdevs().length === 3 ? doc : undefined;
-      }, 120_000, 500);
+      }, 60_000, 500);
       c.figures.heldSigkillToConvergedMs = Math.round(performance.now() - t);
       d.nicPool = pool(s, 'nic');
-      await checkIntact(d, since);
     });
 
     // ---- (2) kubelet restart: PodResources empty for 10 s; count lowered; agent restarted inside ----
-    await c.scenario(HELD.kubeletRestart, async (d) => {
-      const since = uptime();
+    await step(HELD.kubeletRestart, async (d) => {
       const emptyBefore = podres.emptyListCalls;
       // The agent goes down first (SIGTERM: a rolling update) and the kubelet restarts meanwhile, so the
       // new agent's first PodResources answer is the empty one, with a plan that wants the held VF gone.
@@ -228,7 +257,7 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
         t0 = performance.now();
         c.writePlan(c.planOf({ nic: 2, nvme: 2, serial: 3 }));
       });
-      await until('the restarted agent to get the empty PodResources list', () => podres.emptyListCalls > emptyBefore, 60_000, 50);
+      await until('the restarted agent to get the empty PodResources list', () => podres.emptyListCalls > emptyBefore, 45_000, 50);
       const tEmpty = performance.now();
       d.firstEmptyListAfterRestartMs = Math.round(tEmpty - t0);
       // Inside the window: the agent ran a cycle on the empty list and says the re-carve waits for the
@@ -254,12 +283,10 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
       await kubelet.waitFor('every pool registered with the restarted kubelet', () => ['virtualio.dev/nic', 'virtualio.dev/nvme', 'virtualio.dev/gpu', 'virtualio.dev/serial'].every((r) => kubelet.endpoints.get(r)?.connected && kubelet.endpoints.get(r)?.generation === kubelet.generation), 60_000);
       await new Promise((r) => setTimeout(r, 1_000));
       if (seenAt > 10_000) throw new Error(`the agent reported the waiting re-carve only ${Math.round(seenAt)} ms after its first empty answer: its cycle on the empty list was not seen inside the window`);
-      await checkIntact(d, since);
     });
 
     // ---- (3) every pool's count lowered below its held slice ----------------------------------------
-    await c.scenario(HELD.countLowered, async (d) => {
-      const since = uptime();
+    await step(HELD.countLowered, async (d) => {
       const extra = mdevUuid(c.node, 'mtty', 'mtty-2', 2);
       d.freeMdevBefore = existsSync(`/sys/bus/mdev/devices/${extra}`);
       c.writePlan(c.planOf({ nic: 1, nvme: 1, serial: 1 }));
@@ -269,28 +296,25 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
         const nvmeMsg = pool(doc, 'nvme')?.message ?? '';
         const drained = (doc.slices ?? []).find((x) => x.id === uuid)?.draining;
         return nicMsg.includes('from 4 to 1 VFs waits') && nvmeMsg.includes('from 2 to 1 VFs waits') && drained && !existsSync(`/sys/bus/mdev/devices/${extra}`) ? doc : undefined;
-      }, 90_000, 500);
+      }, 45_000, 500);
       d.pools = ['nic', 'nvme', 'serial'].map((n) => pool(s, n));
       d.heldSlices = (s.slices ?? []).filter((x) => [nicVf, nvmeVf, uuid].includes(x.id));
       d.mdevsAfter = mdevs();
-      await checkIntact(d, since);
     });
 
     // ---- (4) the three pools deleted ----------------------------------------------------------------
-    await c.scenario(HELD.poolsDeleted, async (d) => {
-      const since = uptime();
+    await step(HELD.poolsDeleted, async (d) => {
       c.writePlan(c.planOf({ pools: ['gpu'] }));
       const s = await until('nic, nvme and serial draining with their held slices', async () => {
         const doc = await st();
         const draining = ['nic', 'nvme', 'serial'].every((n) => pool(doc, n)?.state === 'Draining');
         const held = [nicVf, nvmeVf, uuid].every((id) => (doc.slices ?? []).find((x) => x.id === id)?.draining);
         return draining && held ? doc : undefined;
-      }, 90_000, 500);
+      }, 45_000, 500);
       d.pools = ['nic', 'nvme', 'serial'].map((n) => pool(s, n));
       d.heldSlices = (s.slices ?? []).filter((x) => [nicVf, nvmeVf, uuid].includes(x.id));
       // One more rescan period and a release grace on top: nothing is destroyed later either.
       await new Promise((r) => setTimeout(r, 6_000));
-      await checkIntact(d, since);
     });
 
     // ---- the VM quits, its pod goes: released --------------------------------------------------------
@@ -310,7 +334,7 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
         const s = await st();
         const draining = (s.slices ?? []).filter((x) => x.draining).length + (s.pools ?? []).filter((p) => p.state === 'Draining').length;
         return c.vfsOf(igb).length === 0 && c.vfsOf(nvme).length === 0 && mdevs().length === 0 && draining === 0 ? s : undefined;
-      }, 120_000, 500);
+      }, 60_000, 500);
       c.figures.heldQuitToReleasedMs = Math.round(performance.now() - t);
       d.after = { igbVfs: c.vfsOf(igb).length, nvmeVfs: c.vfsOf(nvme).length, mdevs: mdevs(), pools: doc.pools };
       d.releaseLog = c.agentLog().split('\n').filter((l) => /released|"msg":"carving"/.test(l)).slice(-6).map((l) => l.slice(0, 500));
