@@ -30,6 +30,9 @@ const regressions = {
   'lowered count, new mdev type and WWN prefix under running VMs': [S.startVm('vgpu', 2), S.startVm('fc', 2), S.edit('vgpu', 'count', 1), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.edit('fc', 'wwnPrefix', 'c05077'), S.edit('fc', 'count', 1), S.wait(3000)],
   'SIGKILL right after a write of a re-carve, PodResources failing meanwhile': [S.startVm('net', 1), S.edit('net', 'count', 2), S.killAgent('on-next-write'), S.podResourcesFail(), S.edit('net', 'count', 3), S.killAgent('on-next-write'), S.wait(1500), S.podResourcesRecover(), S.wait(1500)],
   'an mdev type with fewer instances than asked, then a pool removed': [S.edit('fc', 'count', 3), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.podResourcesRecover(), S.pool('gpu', 'remove')],
+  // Found by the long run: the NIC moved to another pool while the agent was down and its ledger was
+  // lost; the VM's VF was held only through the old resource name, which nothing remembered.
+  'a VF held through a resource name the agent forgot (pool moved, ledger lost, PodResources failing)': [S.startVm('net', 1), S.podResourcesFail(), S.edit('vgpu', 'count', 4), S.killAgent('now'), S.moveNic(), S.corrupt('agent-ledger.json', 'empty'), S.edit('fc', 'wwnPrefix', 'c05076')],
   'the ledger damaged while a VM holds a passthrough GPU and the pool is deleted': [S.startVm('gpu', 1), S.pool('gpu', 'deleting'), S.corrupt('agent-ledger.json', 'truncated'), S.wait(1500), S.pool('gpu', 'remove'), S.wait(3000)],
 };
 

@@ -45,6 +45,8 @@ export interface LedgerSources {
   ownRecord?: () => string | undefined;
   /** Resource names whose kubelet checkpoint entries are ours. */
   resourceNames: () => ReadonlySet<string>;
+  /** Is this ID a device of this node? Its kubelet checkpoint entries count whatever the resource name. */
+  deviceHere?: (id: string) => boolean;
   /**
    * Asks the kubelet to rewrite its checkpoint (a device list update makes it do so): called when
    * its checkpoint lists an ID that PodResources does not. Once its pod sources are ready, the
@@ -249,7 +251,7 @@ export class Ledger {
       for (const [id, entries] of this.kubelet.entries) {
         if (seen.has(id)) continue;
         for (const e of entries) {
-          if (!ours.has(e.resourceName)) continue;
+          if (!ours.has(e.resourceName) && !s.deviceHere?.(id)) continue;
           disputed = true;
           const g = this.grants.get(id);
           if (g?.pod && (await this.isGone(g.pod.namespace, g.pod.name, e.podUID, now))) continue; // its pod is gone: a stale entry

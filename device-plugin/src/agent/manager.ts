@@ -21,6 +21,7 @@ import { withOriginals } from '../discovery/original.js';
 import { Carver } from './carver.js';
 import { Checkpoint } from './checkpoint.js';
 import { DevicePluginFrontEnd } from './frontends.js';
+import { existingIds } from './gate.js';
 import { acceptScan } from './inventory-guard.js';
 import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-checkpoint.js';
 import { Ledger } from './ledger.js';
@@ -94,6 +95,8 @@ export class AgentManager {
   /** What plan changes left behind and may still have carved slices, by retiredKey. */
   private readonly retired = new Map<string, Retired>();
   private inventory: Inventory = { devices: [] };
+  private idsOf: Inventory | undefined;
+  private ids = new Set<string>();
   private slices: Slice[] = [];
   private scanError: string | undefined;
   private lastStatus: VirtualIONodeStatus | undefined;
@@ -117,6 +120,7 @@ export class AgentManager {
       metrics: opts.metrics,
       // Holders of every resource this agent has served, not only of today's plan.
       resourceNames: () => this.resourceNames(),
+      deviceHere: (id) => this.deviceHere(id),
       onChange: () => this.trigger('podresources'),
       ...(opts.lookupPod ? { lookupPod: opts.lookupPod } : {}),
       ...opts.podResources,
@@ -133,6 +137,7 @@ export class AgentManager {
         kubeletCheckpoint: () => kubelet.read(),
         dra: () => ({ holders: opts.extraHolderInfo?.() ?? new Map(), unknown: opts.draUnknown?.() }),
         resourceNames: () => this.resourceNames(),
+        deviceHere: (id) => this.deviceHere(id),
         ownRecord: () => (this.checkpoint.unknown ? (this.checkpoint.error ?? 'the agent checkpoint is damaged') : undefined),
         nudgeKubelet: () => this.frontEnd.nudgeKubelet(),
         ...(lookup
@@ -170,6 +175,15 @@ export class AgentManager {
       },
       onStateChange: () => this.trigger('registration'),
     });
+  }
+
+  /** Device IDs that exist on this node (functions, mdevs, vports), as of the last scan. */
+  private deviceHere(id: string): boolean {
+    if (this.idsOf !== this.inventory) {
+      this.idsOf = this.inventory;
+      this.ids = existingIds(this.inventory);
+    }
+    return this.ids.has(id);
   }
 
   private resourceNames(): Set<string> {

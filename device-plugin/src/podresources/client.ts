@@ -38,13 +38,16 @@ export type PodLookup = (namespace: string, name: string) => Promise<PodInfo | u
  * Maps a List response to slice ID → holder, keeping only our resource names. A device listed twice
  * (init container reused by an app container) keeps its first holder.
  */
-export function mapHolders(pods: readonly PodResources__Output[], resourceNames: ReadonlySet<string>): Map<string, Holder> {
+export function mapHolders(pods: readonly PodResources__Output[], resourceNames: ReadonlySet<string>, deviceHere: (id: string) => boolean = () => false): Map<string, Holder> {
   const out = new Map<string, Holder>();
   for (const pod of pods) {
     for (const c of pod.containers ?? []) {
       for (const d of c.devices ?? []) {
-        if (!resourceNames.has(d.resourceName)) continue;
+        const ours = resourceNames.has(d.resourceName);
         for (const id of d.deviceIds ?? []) {
+          // Ours by resource name, or a device of this node by its ID (a PCI address, mdev UUID or
+          // WWPN held through a resource name this agent no longer remembers, or another plugin's).
+          if (!ours && !deviceHere(id)) continue;
           if (!out.has(id)) out.set(id, { resourceName: d.resourceName, namespace: pod.namespace, pod: pod.name, container: c.name });
         }
       }
@@ -69,6 +72,8 @@ export interface PodResourcesWatcherOptions {
   metrics: AgentMetrics;
   /** Resource names to keep (read on every List). */
   resourceNames: () => ReadonlySet<string>;
+  /** Is this device ID a device of this node (then its holder counts whatever the resource name)? */
+  deviceHere?: (id: string) => boolean;
   /** Called when the holders changed. */
   onChange: () => void;
   lookupPod?: PodLookup;
@@ -160,7 +165,7 @@ export class PodResourcesWatcher {
         client.list({}, { deadline: Date.now() + 5000 }, (err, r) => (err ? reject(err) : resolve(r?.podResources ?? []))),
       );
       this.opts.metrics.podResourcesLists.inc({ result: 'ok' });
-      const holders = mapHolders(res, this.opts.resourceNames());
+      const holders = mapHolders(res, this.opts.resourceNames(), this.opts.deviceHere);
       await this.enrich(holders);
       this.backoffMs = 0;
       if (this.error) this.log.info('PodResources List works again');
