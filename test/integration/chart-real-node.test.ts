@@ -10,7 +10,7 @@
 // to a changed image rolls the agent without touching a held slice; `helm uninstall` leaves no pod.
 // Needs root; without it the suite is reported as skipped with the reason, never as passed.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -20,6 +20,7 @@ import { FakeKernel, connectX6 } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { eventually, kubectlOk } from '../support/cluster.js';
 import { CHART_DIR, parseObjects, type KubeObject } from './chart-support.js';
+import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
 
 const run = promisify(execFile);
 
@@ -101,6 +102,44 @@ async function criContainer(name: string, namespace = NS): Promise<{ id: string;
 async function containerLog(name: string, namespace = NS): Promise<string> {
   const { id } = await criContainer(name, namespace);
   return node.crictl(['logs', id]).catch((e: unknown) => String(e));
+}
+
+/**
+ * The log of a pod's running container, read from the file the kubelet writes (CRI format) through a
+ * descriptor opened now, so it stays readable after the pod is deleted and the file removed.
+ */
+async function openLog(pod: string, container = 'operator'): Promise<{ text(): string; close(): void }> {
+  const list = JSON.parse(await node.crictl(['ps', '--name', `^${container}$`, '--label', `io.kubernetes.pod.name=${pod}`, '-o', 'json'])) as { containers: { id: string }[] };
+  const id = list.containers[0]?.id;
+  if (!id) throw new Error(`no container ${container} of pod ${pod}`);
+  const logPath = (JSON.parse(await node.crictl(['inspect', id])) as { status: { logPath: string } }).status.logPath;
+  const fd = openSync(logPath, 'r');
+  return {
+    text() {
+      const buf = Buffer.alloc(fstatSync(fd).size);
+      readSync(fd, buf, 0, buf.length, 0);
+      // "<time> stdout|stderr F|P <line>"
+      return buf.toString('utf8').split('\n').map((l) => l.split(' ').slice(3).join(' ')).join('\n');
+    },
+    close: () => closeSync(fd),
+  };
+}
+/** The operator's JSON log lines (pino): message and epoch ms. */
+function parseLog(text: string): { msg: string; time: number }[] {
+  return text.split('\n').flatMap((l) => {
+    try {
+      const o = JSON.parse(l) as { msg?: string; time?: string | number };
+      return o.msg ? [{ msg: o.msg, time: typeof o.time === 'number' ? o.time : Date.parse(String(o.time)) }] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+/** virtualio_operator_leader of an operator pod, from its /metrics. */
+async function leaderGauge(p: Pod): Promise<string | undefined> {
+  const ip = (await getJson<{ status: { podIP?: string } }>(['get', 'pod', '-n', NS, p.metadata.name])).status.podIP;
+  const text = await (await fetch(`http://${ip}:8080/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+  return /^virtualio_operator_leader (\d)/m.exec(text)?.[1];
 }
 
 /** What the kernel enforces on a running container's main process. */
@@ -271,18 +310,85 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     }
   });
 
-  test('one operator replica holds the Lease; deleting the leader pod fails over to the other', async () => {
-    const holder = async () => (await getJson<{ spec: { holderIdentity?: string } }>(['get', 'lease', '-n', NS, 'virtualio-operator'])).spec.holderIdentity ?? '';
-    const names = (await pods(OPERATOR)).map((p) => p.metadata.name);
-    const leader = await eventually('a leader', async () => { const h = await holder(); return names.includes(h) ? h : undefined; }, 60_000);
-    const other = names.find((n) => n !== leader)!;
-    const t = Date.now();
-    await kubectl(['delete', 'pod', '-n', NS, leader, '--wait=false']);
-    await eventually(`${other} to take the Lease`, async () => ((await holder()) === other ? true : undefined), 60_000, 100);
-    figures.leaderFailoverMs = Date.now() - t;
-    // The Deployment replaces the deleted pod; both replicas Ready again.
-    figures.operatorReplacementReadyMs = Math.max(...await waitReady('2 operator replicas again', OPERATOR, 2, t));
-  }, 240_000);
+  test('one operator replica holds the Lease; deleting the leader pod hands it over: released on the way out, one leader again', async () => {
+    // Any live replica other than the deleted one may take over: the standby, or the Deployment's
+    // replacement when it campaigns between the release and the standby's next retry (both are
+    // correct; the replacement is as warm as the standby, which syncs its caches only once it leads).
+    // What must hold: the deleted leader drains, releases the Lease and exits within its grace period;
+    // another replica takes it (the test fails when none does); exactly one replica leads afterwards.
+    const rounds = Math.max(1, Number(process.env.VIO_FAILOVER_ROUNDS ?? 2));
+    const kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });
+    const lease = async () => (await kube.getLease(NS, 'virtualio-operator'))!;
+    const live = async () => (await pods(OPERATOR)).filter((p) => !p.metadata.deletionTimestamp);
+    const timelines: Record<string, number | string>[] = [];
+    for (let round = 0; round < rounds; round++) {
+      const before = await live();
+      const names = before.map((p) => p.metadata.name);
+      const leader = await eventually('a leader', async () => {
+        const h = (await lease()).holderIdentity ?? '';
+        return names.includes(h) ? h : undefined;
+      }, 60_000);
+      const transitions = (await lease()).leaseTransitions ?? 0;
+      const leaderLog = await openLog(leader);
+      const t = Date.now();
+      await kubectl(['delete', 'pod', '-n', NS, leader, '--wait=false']);
+      // The Lease as it changes (every 50 ms): when it was released, who took it, when.
+      let releasedMs: number | undefined;
+      const taken = await eventually('another operator replica to take the Lease', async () => {
+        const l = await lease();
+        if (l.holderIdentity === '' && releasedMs === undefined) releasedMs = Date.now() - t;
+        return l.holderIdentity && l.holderIdentity !== leader ? { holder: l.holderIdentity, ms: Date.now() - t, transitions: l.leaseTransitions ?? 0 } : undefined;
+      }, 60_000, 50).catch(async (err: unknown) => { throw new Error(`${String(err)}\n--- deleted leader ---\n${leaderLog.text()}\n${await diagnostics()}`, { cause: err }); });
+      // Its whole shutdown (it has 30 s; the wait ends early once it logged its last line).
+      await eventually('the deleted leader to finish', async () => (leaderLog.text().includes('Stopped virtualio operator') ? true : undefined), 40_000, 100).catch(() => undefined);
+      const out = parseLog(leaderLog.text());
+      leaderLog.close();
+      const at = (msg: string) => out.find((l) => l.msg === msg)?.time;
+      const standby = names.find((n) => n !== leader)!;
+      const tl: Record<string, number | string> = {
+        round, takeoverMs: taken.ms, by: taken.holder === standby ? 'standby' : 'replacement',
+        ...(releasedMs !== undefined ? { releaseSeenMs: releasedMs } : {}),
+      };
+      for (const [k, msg] of [['sigtermMs', 'Shutting down'], ['releasedMs', 'Released leader Lease'], ['exitedMs', 'Stopped virtualio operator']] as const) {
+        const x = at(msg);
+        if (x !== undefined) tl[k] = x - t;
+      }
+      timelines.push(tl);
+      // The deleted leader shut down in order: released the Lease itself (no wait for expiry), exited.
+      expect(out.map((l) => l.msg)).toEqual(expect.arrayContaining(['Shutting down', 'Released leader Lease', 'Stopped virtualio operator']));
+      expect(tl.exitedMs as number).toBeLessThan(30_000);
+      // The new holder is a live replica of this Deployment, and the Lease changed hands exactly once.
+      expect((await live()).map((p) => p.metadata.name)).toContain(taken.holder);
+      expect(taken.transitions).toBe(transitions + 1);
+      // Both replicas Ready again, and exactly one of them says it leads: the Lease holder.
+      const readyMs = Math.max(...await waitReady('2 operator replicas again', OPERATOR, 2, t));
+      // When the replacement started campaigning (it does so at once), and when the new holder says it
+      // took the Lease, with its Lease request failures meanwhile: the race between the two.
+      const replacement = (await live()).find((p) => !names.includes(p.metadata.name));
+      for (const [key, pod] of [['replacement', replacement?.metadata.name], ['holder', taken.holder]] as const) {
+        if (!pod) continue;
+        const plog = await openLog(pod);
+        const lines = parseLog(plog.text()).filter((l) => l.time >= t);
+        plog.close();
+        const x = key === 'replacement' ? lines.find((l) => l.msg === 'Started virtualio operator') : lines.find((l) => l.msg === 'Acquired leader Lease');
+        if (x) tl[`${key}${key === 'replacement' ? 'Started' : 'Acquired'}Ms`] = x.time - t;
+        const failures = lines.filter((l) => /leader Lease/.test(l.msg) && l.msg.startsWith('Failed')).length;
+        if (failures) tl[`${key}LeaseFailures`] = failures;
+      }
+      console.log(`chart-real-node fail-over: ${JSON.stringify(tl)}`);
+      const gauges = await eventually('exactly one replica reports leading', async () => {
+        const ps = await live();
+        const g = await Promise.all(ps.map(async (p) => [p.metadata.name, await leaderGauge(p)] as const));
+        return g.filter(([, v]) => v === '1').length === 1 ? g : undefined;
+      }, 30_000, 250);
+      expect(gauges.filter(([, v]) => v === '1').map(([n]) => n)).toEqual([(await lease()).holderIdentity]);
+      if (round === 0) {
+        figures.leaderFailoverMs = taken.ms;
+        figures.operatorReplacementReadyMs = readyMs;
+      }
+    }
+    figures.leaderFailovers = JSON.stringify(timelines);
+  }, 600_000);
 
   test('the agent in its pod carves the simulated host and registers the pool with the kubelet', async () => {
     // Before any pool: what the agent's /readyz says (recorded, not asserted).

@@ -1,6 +1,9 @@
 // Leader election with two real operator processes (the built dist/operator/src/main.js) against a
 // private kube-apiserver: one leads and plans, the other stands by; when the leader is killed the
-// standby takes the Lease and carries on; a graceful stop releases the Lease.
+// standby takes the Lease and carries on; a graceful stop releases the Lease. A graceful stop while a
+// replacement starts (what a Deployment does): the leader drains, releases and exits 0; the standby
+// or the replacement takes over (either is correct), and exactly one of them leads.
+import { readFileSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,14 +23,14 @@ let kube: ClientNodeKube;
 const procs: OperatorProcess[] = [];
 const logDir = mkdtempSync(join(tmpdir(), 'vio-op-failover-'));
 
-async function start(identity: string): Promise<{ proc: OperatorProcess; port: number }> {
+async function start(identity: string, waitHealthy = true): Promise<{ proc: OperatorProcess; port: number }> {
   const port = await freePort();
   const proc = spawnOperator({
     repoRoot: REPO_ROOT, nodeBin: process.execPath, logFile: join(logDir, `${identity}.log`),
     args: ['--kubeconfig', cp.kubeconfig, '--identity', identity, '--namespace', 'virtualio-system', '--lease-duration', '4s', '--metrics-address', `127.0.0.1:${port}`],
   });
   procs.push(proc);
-  await waitUntil(`${identity} serves /healthz`, async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok, 30_000);
+  if (waitHealthy) await waitUntil(`${identity} serves /healthz`, async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok, 30_000);
   return { proc, port };
 }
 
@@ -97,4 +100,43 @@ test('the standby takes over when the leader dies, and a graceful stop releases 
   }
   await waitUntil('second removed by op-c', async () => (await planOf('node-a')).join() === 'first');
   void c;
+});
+
+test('SIGTERM on the leader while a replacement starts: drained, released, exit 0; one of the others leads', async () => {
+  const current = await holder();
+  const leader = procs.find((p) => p.logFile.endsWith(`${current}.log`))!;
+  expect(leader).toBeDefined();
+  const standby = await start('op-d');
+  const transitions = (await kube.getLease('virtualio-system', LEASE_NAME))?.leaseTransitions ?? 0;
+  const t = Date.now();
+  const exited = leader.kill('SIGTERM');
+  const replacement = await start('op-e', false); // campaigns as soon as it runs
+  let releasedMs: number | undefined;
+  const next = await waitUntil('another replica takes the Lease', async () => {
+    const h = await holder();
+    if (h === '' && releasedMs === undefined) releasedMs = Date.now() - t;
+    return h && h !== current ? h : undefined;
+  }, 60_000, 25);
+  const takeoverMs = Date.now() - t;
+  expect(await exited).toBe(0);
+  const exitMs = Date.now() - t;
+  process.stderr.write(`[operator-failover] SIGTERM ${current}: released seen ${releasedMs ?? '-'} ms, ${next} took over ${takeoverMs} ms, exited ${exitMs} ms\n`);
+  expect(['op-d', 'op-e']).toContain(next);
+  expect((await kube.getLease('virtualio-system', LEASE_NAME))?.leaseTransitions).toBe(transitions + 1);
+  // The leader stopped its work first, then released (it did not leave the Lease to expire), then exited.
+  const msgs = readFileSync(leader.logFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; drained?: boolean; released?: boolean })
+    .filter((l, i, all) => i >= all.findIndex((x) => x.msg === 'Shutting down'));
+  const order = ['Shutting down', 'Released leader Lease', 'Stopped leading', 'Stopped virtualio operator'].map((m) => msgs.findIndex((l) => l.msg === m));
+  expect(order.every((i) => i >= 0)).toBe(true);
+  expect([...order].sort((a, b) => a - b)).toEqual(order);
+  expect(msgs.find((l) => l.msg === 'Stopped leading')).toMatchObject({ drained: true, released: true });
+  // Exactly one of the two says it leads, and it is the holder.
+  await waitUntil('exactly one leader gauge', async () => {
+    const g = await Promise.all([standby, replacement].map((p) => leaderGauge(p.port).catch(() => undefined)));
+    return g.filter((x) => x === '1').length === 1 && g;
+  }, 30_000);
+  expect(await leaderGauge(next === 'op-d' ? standby.port : replacement.port)).toBe('1');
+  // ...and works: a new pool is planned.
+  await createPool('third', 'ens2f0');
+  await waitUntil('third planned by the new leader', async () => (await planOf('node-a')).join() === 'first,third');
 });
