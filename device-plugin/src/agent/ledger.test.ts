@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { silentLogger } from '../log.js';
 import type { Holder } from '../podresources/client.js';
 import type { KubeletCheckpointState } from './kubelet-checkpoint.js';
-import { Ledger, type LedgerSources } from './ledger.js';
+import { Ledger, type HoldState, type LedgerSources } from './ledger.js';
 
 const R = 'virtualio.dev/net';
 const holder = (pod: string, resourceName = R): Holder => ({ resourceName, namespace: 'vms', pod, container: 'compute' });
@@ -31,6 +31,13 @@ class Sources {
       },
     };
   }
+}
+
+/** Moves the clock on, refreshes, and says whether `id` is held. */
+async function after(l: Ledger, clock: { t: number }, ms: number, id: string): Promise<HoldState['kind']> {
+  clock.t += ms;
+  await l.refresh();
+  return l.state(id).kind;
 }
 
 function make(src: Sources, o: { file?: string; graceMs?: number; clock?: { t: number } } = {}): Ledger {
@@ -68,12 +75,8 @@ describe('Ledger', () => {
     l.granted(R, ['0000:81:00.2']);
     await l.refresh();
     expect(l.state('0000:81:00.2')).toMatchObject({ kind: 'held', by: expect.stringContaining('Allocate') });
-    clock.t += 9_999;
-    await l.refresh();
-    expect(l.state('0000:81:00.2').kind).toBe('held');
-    clock.t += 1;
-    await l.refresh();
-    expect(l.state('0000:81:00.2').kind).toBe('free');
+    expect(await after(l, clock, 9_999, '0000:81:00.2')).toBe('held');
+    expect(await after(l, clock, 1, '0000:81:00.2')).toBe('free');
   });
 
   test('an empty PodResources list after a kubelet restart releases nothing the kubelet checkpoint still lists', async () => {
@@ -103,12 +106,8 @@ describe('Ledger', () => {
     await l.refresh();
     src.pods.clear();
     src.gone.set('vms/virt-launcher-a/uid-a', true);
-    clock.t += 500;
-    await l.refresh();
-    expect(l.state('0000:81:00.2').kind).toBe('held'); // grace not over
-    clock.t += 1_000;
-    await l.refresh();
-    expect(l.state('0000:81:00.2').kind).toBe('free');
+    expect(await after(l, clock, 500, '0000:81:00.2')).toBe('held'); // grace not over
+    expect(await after(l, clock, 1_000, '0000:81:00.2')).toBe('free');
   });
 
   test('a checkpoint entry of another resource is not ours; one with no pod name known holds until the kubelet rewrites it', async () => {
@@ -139,12 +138,8 @@ describe('Ledger', () => {
     await l.refresh();
     expect(l.state('a').kind).toBe('held');
     src.error = undefined;
-    clock.t += 4_000;
-    await l.refresh();
-    expect(l.state('a').kind).toBe('held');
-    clock.t += 2_000;
-    await l.refresh();
-    expect(l.state('a').kind).toBe('free');
+    expect(await after(l, clock, 4_000, 'a')).toBe('held');
+    expect(await after(l, clock, 2_000, 'a')).toBe('free');
   });
 
   test('Allocate is refused for a fenced ID, one a DRA claim holds, and one held through another resource', async () => {
