@@ -164,6 +164,8 @@ async function main(): Promise<number> {
         },
         slices: () => agent.currentSlices(),
         inventory: () => ({ devices: agent.status()?.inventory?.devices ?? [] }),
+        // The status exists once the first cycle ended: before it, no slices means "not scanned yet".
+        cycleDone: () => agent.status() !== undefined,
       },
       logger, signal,
       onHoldersChanged: () => agent.trigger('podresources'),

@@ -141,6 +141,9 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     expect(mount.containerPath).toBe('/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm1-gpu/gpu/virtualio.dev-metadata.json');
     const meta = JSON.parse(readFileSync(mount.hostPath, 'utf8'));
     expect(meta.requests[0].devices[0].attributes['resource.kubernetes.io/pciBusID']).toEqual({ string: gpu.pciAddress });
+    // The kubelet's own DRA state names the claim while it is prepared: what the driver reads before it
+    // forgets a prepared claim as stale.
+    expect(readFileSync(join(kubelet.rootDir, 'dra_manager_state'), 'utf8')).toContain(uid);
   });
 
   test('the health stream: a prepared device that turns Unhealthy shows in the pod status, and recovers', async () => {
@@ -203,5 +206,43 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     await kubectl(['delete', 'pod', 'virt-launcher-vm1-dra', '--wait=false']);
     await eventually('NodeUnprepareResources', async () => (driver.calls.unprepare > 0 && driver.preparedSliceIds().size === 0 ? true : undefined), 90_000, 250);
     expect(existsSync(join(base, 'cdi', `virtualio.dev-claim_${uid}.json`))).toBe(false);
+    await eventually('the claim gone from the kubelet\'s DRA state', async () => (readFileSync(join(kubelet.rootDir, 'dra_manager_state'), 'utf8').includes(uid) ? undefined : true), 30_000, 250);
+  });
+
+  test('a firstAvailable claim: the container that names the request gets the CDI device', async () => {
+    // KubeVirt's virt-launcher names the request (gpus[].requestName); with firstAvailable the
+    // allocation result says `gpu/passthrough`, and the kubelet matches the container's request
+    // against the requestNames prepare answers. vm1-gpu keeps its device allocated (no ResourceClaim
+    // controller runs here): a second GPU is published for this claim.
+    const gpu2: Slice = { ...gpu, id: '0000:3c:00.0', parent: '0000:3c:00.0', pciAddress: '0000:3c:00.0', iommuGroup: 61, deviceNodes: ['/dev/vfio/61'] };
+    driver.update([{ ...pool, devices: [...pool.devices, { pciAddress: gpu2.pciAddress! }] }], [gpu, gpu2], {
+      devices: [gpu, gpu2].map((g) => ({ pciAddress: g.pciAddress!, vendorID: '10de', deviceID: '2231', numaNode: 0 })),
+    });
+    const claim = {
+      apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name: 'vm2-gpu', namespace: 'default' },
+      spec: { devices: { requests: [{ name: 'gpu', firstAvailable: [{ name: 'passthrough', deviceClassName: 'gpu-pt.virtualio.dev' }] }] } },
+    };
+    const pod = {
+      apiVersion: 'v1', kind: 'Pod', metadata: { name: 'virt-launcher-vm2-dra', namespace: 'default' },
+      spec: {
+        resourceClaims: [{ name: 'gpu', resourceClaimName: 'vm2-gpu' }],
+        containers: [{ name: 'compute', image: 'example.invalid/virt-launcher:1', resources: { claims: [{ name: 'gpu', request: 'gpu' }] } }],
+      },
+    };
+    await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [claim, pod] }));
+    await eventually('the pod to run', async () => {
+      const p = JSON.parse(await kubectl(['get', 'pod', 'virt-launcher-vm2-dra', '-o', 'json']));
+      return p.status?.phase === 'Running' ? true : undefined;
+    }, 120_000, 250).catch(async (err: unknown) => {
+      throw new Error(`${String(err)}\n${await podDiagnostics('virt-launcher-vm2-dra', 'vm2-gpu')}`, { cause: err });
+    });
+    const c = JSON.parse(await kubectl(['get', 'resourceclaim', 'vm2-gpu', '-o', 'json']));
+    expect(c.status.allocation.devices.results).toEqual([{ request: 'gpu/passthrough', driver: 'virtualio.dev', pool: `${NODE}/gpu-pt`, device: draDeviceName(gpu2) }]);
+    const rec = kubelet.createdContainers().find((r) => r.podName === 'virt-launcher-vm2-dra' && r.container === 'compute');
+    expect(rec?.cdiDevices).toEqual([{ name: `virtualio.dev/claim=${c.metadata.uid}-${draDeviceName(gpu2)}` }]);
+    const spec = JSON.parse(readFileSync(join(base, 'cdi', `virtualio.dev-claim_${c.metadata.uid}.json`), 'utf8'));
+    expect(spec.devices[0].containerEdits.mounts[0].containerPath).toBe('/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm2-gpu/gpu/virtualio.dev-metadata.json');
+    await kubectl(['delete', 'pod', 'virt-launcher-vm2-dra', '--wait=false']);
+    await eventually('NodeUnprepareResources', async () => (driver.preparedSliceIds().size === 0 ? true : undefined), 90_000, 250);
   });
 });

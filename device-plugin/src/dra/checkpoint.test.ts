@@ -1,5 +1,5 @@
 // The DRA driver's prepared-claims checkpoint (prepare.ts): durable, and never "no claims" when damaged.
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Checkpoint, type PreparedClaim } from './prepare.js';
@@ -78,4 +78,33 @@ test.each([
   expect(c.all().map((x) => x.uid)).toEqual(['u2']);
   c.markRecovered();
   expect(c.unknown).toBe(false);
+});
+
+/** Makes every save of `file` fail (a non-empty folder where the file is renamed to) until the returned undo. */
+function breakSaves(target: string): () => void {
+  const text = readFileSync(target, 'utf8');
+  rmSync(target);
+  mkdirSync(join(target, 'in-the-way'), { recursive: true });
+  return () => {
+    rmSync(target, { recursive: true, force: true });
+    writeFileSync(target, text);
+  };
+}
+
+test('a claim is recorded or forgotten in memory only once it is saved: a failed save changes nothing', () => {
+  const cp = new Checkpoint(file);
+  cp.tryLoad();
+  cp.put(claim);
+  const undo = breakSaves(file);
+  expect(() => cp.put({ ...claim, uid: 'u2' })).toThrow();
+  expect(cp.get('u2')).toBeUndefined();
+  expect(() => cp.delete('u1')).toThrow();
+  expect(cp.get('u1')).toEqual(claim);
+  undo();
+  // Retried once the disk works again: the delete is written, not skipped as already done.
+  cp.delete('u1');
+  const again = new Checkpoint(file);
+  again.load();
+  expect(again.all()).toEqual([]);
+  expect(readdirSync(dir).filter((n) => n.endsWith('.tmp'))).toEqual([]);
 });

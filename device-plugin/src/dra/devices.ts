@@ -2,7 +2,6 @@
 // (resource.k8s.io/v1). One device per slice; one resource pool per (node, virtualio pool), split into
 // as many ResourceSlice objects as the per-object device limit needs. No I/O except the optional
 // sysfs look-up of PCIe roots, which callers inject.
-import { createHash } from 'node:crypto';
 import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
 
 /** The DRA driver name: ResourceSlice spec.driver, DeviceClass selectors, CDI vendor, plugin name. */
@@ -31,7 +30,9 @@ export interface ResourceSliceObject {
   apiVersion: 'resource.k8s.io/v1';
   kind: 'ResourceSlice';
   metadata: {
-    name: string;
+    /** Set by the API server from `generateName` when the object is created. */
+    name?: string;
+    generateName?: string;
     labels: Record<string, string>;
     resourceVersion?: string;
     ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }[];
@@ -69,11 +70,28 @@ export function draDeviceName(s: Pick<Slice, 'kind' | 'id' | 'pciAddress' | 'mde
   return `${s.kind === 'VF' ? 'vf' : s.kind === 'Function' ? 'fn' : 'dev'}-${addr}`;
 }
 
-/** Name of the `index`-th ResourceSlice object of a pool on a node (a DNS subdomain ≤ 253). */
-export function resourceSliceName(node: string, pool: string, index: number): string {
-  const base = `${node}-${pool}`.toLowerCase().replace(/[^a-z0-9.-]/g, '-');
-  const safe = base.length <= 200 ? base : `${base.slice(0, 180)}-${createHash('sha1').update(base).digest('hex').slice(0, 12)}`;
-  return `${safe}-${DRA_DRIVER}-${index}`;
+/** Digits of the index at the start of a ResourceSlice name (at least 5, more when a pool needs more). */
+export function sliceIndexDigits(count: number): number {
+  return Math.max(5, Math.max(0, count - 1).toString(16).length);
+}
+
+/**
+ * `metadata.generateName` of the `index`-th ResourceSlice object of a pool of `count` objects on a
+ * node, as the Go resourceslice controller names them: `<index, hex>-<driver>-<node>-`. The API
+ * server appends a random suffix, so objects of different nodes can never collide (a fixed
+ * `<node>-<pool>-…` name did: node `a-b`, pool `c` and node `a`, pool `b-c`); the publisher finds
+ * its objects by node, driver and pool, and tells them apart by the index at the front.
+ */
+export function resourceSliceGenerateName(node: string, index: number, count: number): string {
+  return `${index.toString(16).padStart(sliceIndexDigits(count), '0')}-${DRA_DRIVER}-${node}-`;
+}
+
+/** The index at the front of a ResourceSlice name written for a pool of `count` objects, or undefined. */
+export function resourceSliceIndex(name: string, count: number): number | undefined {
+  const dash = name.indexOf('-');
+  if (dash !== sliceIndexDigits(count)) return undefined;
+  const hex = name.slice(0, dash);
+  return /^[0-9a-f]+$/.test(hex) ? parseInt(hex, 16) : undefined;
 }
 
 export interface DeviceFacts {
@@ -153,7 +171,7 @@ export function resourceSlicesFor(node: string, content: PoolContent, generation
     apiVersion: 'resource.k8s.io/v1',
     kind: 'ResourceSlice',
     metadata: {
-      name: resourceSliceName(node, content.pool, i),
+      generateName: resourceSliceGenerateName(node, i, content.chunks.length),
       labels: { [POOL_LABEL]: content.pool, 'app.kubernetes.io/managed-by': MANAGED_BY },
       // Owned by the Node: when the Node object goes, its slices go with it.
       ...(nodeUid ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name: node, uid: nodeUid, controller: true }] } : {}),

@@ -8,11 +8,11 @@ import * as grpc from '@grpc/grpc-js';
 import { loadDraHealthApi, loadDraV1Api, loadDraV1beta1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
 import { silentLogger } from '../log.js';
 import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
-import { ATTR_PCI_BUS_ID, ATTR_PCIE_ROOT, desiredPools, draDeviceName, MAX_DEVICES, MAX_DEVICES_WITH_TAINTS, resourceSliceName, UNHEALTHY_TAINT, type ResourceSliceObject } from './devices.js';
+import { ATTR_PCI_BUS_ID, ATTR_PCIE_ROOT, desiredPools, draDeviceName, MAX_DEVICES, MAX_DEVICES_WITH_TAINTS, resourceSliceIndex, UNHEALTHY_TAINT, type ResourceSliceObject } from './devices.js';
 import { DraDriver } from './driver.js';
 import { pcieRootReader } from './pcie.js';
 import { Checkpoint, planClaim, sliceIndex, type ClaimObject } from './prepare.js';
-import { ResourceSlicePublisher, syncResourceSlices, type ResourceSliceStore } from './publisher.js';
+import { newPublisherMemory, ResourceSlicePublisher, syncResourceSlices, type DroppedFields, type ResourceSliceStore } from './publisher.js';
 
 const NODE = 'worker-1';
 const nicPool: PoolPlan = { name: 'fast-net', resourceName: 'virtualio.dev/fast-net', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', frontEnd: 'DRA', count: 4, devices: [{ pciAddress: '0000:81:00.0' }] };
@@ -32,33 +32,49 @@ const inventory: InventoryDevice[] = [
 ];
 const facts = { devices: new Map(inventory.map((d) => [d.pciAddress, d])), pcieRoot: (a: string) => (a.startsWith('0000:81') ? 'pci0000:80' : 'pci0000:c0') };
 
+/**
+ * The API server's ResourceSlices as one node's agent sees them (field selector spec.nodeName).
+ * Stores sharing `objects` are the agents of several nodes on one API server: names are cluster-wide.
+ * `dropTaints`: an API server without the DRADeviceTaints feature (1.34–1.35 defaults).
+ */
 class MemoryStore implements ResourceSliceStore {
-  objects = new Map<string, ResourceSliceObject>();
   writes = 0;
-  private rv = 0;
+  private static rv = 0;
+  private static seq = 0;
+  constructor(readonly objects = new Map<string, ResourceSliceObject>(), private readonly node?: string, readonly opts: { dropTaints?: boolean } = {}) {}
   async list(): Promise<ResourceSliceObject[]> {
-    return [...this.objects.values()].map((o) => structuredClone(o));
+    return [...this.objects.values()].filter((o) => !this.node || o.spec.nodeName === this.node).map((o) => structuredClone(o));
   }
-  async create(o: ResourceSliceObject): Promise<void> {
-    if (this.objects.has(o.metadata.name)) throw new Error(`409 ${o.metadata.name} exists`);
-    this.put(o);
+  async create(o: ResourceSliceObject): Promise<ResourceSliceObject> {
+    const name = o.metadata.name ?? `${o.metadata.generateName!.slice(0, 58)}${(++MemoryStore.seq).toString(36).padStart(5, 'x')}`;
+    if (this.objects.has(name)) throw new Error(`409 AlreadyExists: resourceslices "${name}" already exists`);
+    return this.put({ ...o, metadata: { ...o.metadata, name } });
   }
-  async update(o: ResourceSliceObject): Promise<void> {
-    const cur = this.objects.get(o.metadata.name);
+  async update(o: ResourceSliceObject): Promise<ResourceSliceObject> {
+    const cur = this.objects.get(o.metadata.name!);
     if (!cur || cur.metadata.resourceVersion !== o.metadata.resourceVersion) throw new Error(`409 conflict on ${o.metadata.name}`);
-    this.put(o);
+    return this.put(o);
   }
   async remove(name: string): Promise<void> {
     this.writes++;
     this.objects.delete(name);
   }
-  private put(o: ResourceSliceObject): void {
+  private put(o: ResourceSliceObject): ResourceSliceObject {
     this.writes++;
     const copy = structuredClone(o);
-    copy.metadata.resourceVersion = String(++this.rv);
-    // Like the API server: taints get a timeAdded the agent never sets.
-    for (const d of copy.spec.devices) for (const t of d.taints ?? []) (t as Record<string, unknown>).timeAdded = '2026-01-01T00:00:00Z';
-    this.objects.set(o.metadata.name, copy);
+    delete copy.metadata.generateName;
+    copy.metadata.resourceVersion = String(++MemoryStore.rv);
+    // Like the API server: taints get a timeAdded the agent never sets, or are dropped with the feature off.
+    for (const d of copy.spec.devices) {
+      if (this.opts.dropTaints) delete d.taints;
+      for (const t of d.taints ?? []) (t as Record<string, unknown>).timeAdded = '2026-01-01T00:00:00Z';
+    }
+    this.objects.set(copy.metadata.name!, copy);
+    return structuredClone(copy);
+  }
+  /** Object names by index (the first `-` field), in index order. */
+  names(): string[] {
+    return [...this.objects.values()].filter((o) => !this.node || o.spec.nodeName === this.node).map((o) => o.metadata.name!).sort();
   }
 }
 
@@ -137,7 +153,9 @@ describe('syncResourceSlices', () => {
     const store = new MemoryStore();
     const many = Array.from({ length: 130 }, (_, i) => vf(i));
     let r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], many, facts));
-    expect(r.created).toEqual([resourceSliceName(NODE, 'fast-net', 0), resourceSliceName(NODE, 'fast-net', 1)]);
+    expect(r.created).toHaveLength(2);
+    expect(r.created.map((n) => [resourceSliceIndex(n, 2), n.slice(0, -5)])).toEqual([[0, '00000-virtualio.dev-worker-1-'], [1, '00001-virtualio.dev-worker-1-']]);
+    const [first, second] = r.created;
     expect([...store.objects.values()].map((o) => o.spec.pool)).toEqual([
       { name: 'worker-1/fast-net', generation: 1, resourceSliceCount: 2 }, { name: 'worker-1/fast-net', generation: 1, resourceSliceCount: 2 },
     ]);
@@ -147,18 +165,18 @@ describe('syncResourceSlices', () => {
     expect(r.generations).toEqual({});
 
     r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], many.slice(0, 10), facts));
-    expect(r).toMatchObject({ updated: [resourceSliceName(NODE, 'fast-net', 0)], deleted: [resourceSliceName(NODE, 'fast-net', 1)], generations: { 'fast-net': 2 } });
+    expect(r).toMatchObject({ updated: [first], deleted: [second], generations: { 'fast-net': 2 } });
     expect([...store.objects.values()].map((o) => [o.spec.pool.generation, o.spec.pool.resourceSliceCount, o.spec.devices.length])).toEqual([[2, 1, 10]]);
   });
 
   test('a taint the server stamped with timeAdded is still "the same"; a pool that left is deleted', async () => {
     const store = new MemoryStore();
-    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool, gpuPool], [vf(0, 'Unhealthy'), mdev], facts));
+    const first = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool, gpuPool], [vf(0, 'Unhealthy'), mdev], facts));
     const writes = store.writes;
     await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool, gpuPool], [vf(0, 'Unhealthy'), mdev], facts));
     expect(store.writes).toBe(writes);
     const r = await syncResourceSlices(store, NODE, desiredPools(NODE, [gpuPool], [mdev], facts));
-    expect(r.deleted).toEqual([resourceSliceName(NODE, 'fast-net', 0)]);
+    expect(r.deleted).toEqual([first.created[0]]);
   });
 
   test('slices wiped behind our back (kubelet start) come back at a higher generation than the last one written', async () => {
@@ -171,6 +189,95 @@ describe('syncResourceSlices', () => {
     const r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0), vf(1)], facts), undefined, gens);
     expect(r.created).toHaveLength(1);
     expect([...store.objects.values()][0]!.spec.pool.generation).toBe(3);
+  });
+});
+
+describe('ResourceSlice object names', () => {
+  test('never collide across nodes: node a-b pool c and node a pool b-c publish side by side on one API server', async () => {
+    const api = new Map<string, ResourceSliceObject>();
+    const ab = new MemoryStore(api, 'a-b');
+    const a = new MemoryStore(api, 'a');
+    const pool = (name: string): PoolPlan => ({ ...nicPool, name, resourceName: `virtualio.dev/${name}` });
+    await syncResourceSlices(ab, 'a-b', desiredPools('a-b', [pool('c')], [vf(0, 'Healthy', 'c')], facts));
+    await syncResourceSlices(a, 'a', desiredPools('a', [pool('b-c')], [vf(0, 'Healthy', 'b-c')], facts));
+    expect([...api.values()].map((o) => [o.spec.nodeName, o.spec.pool.name]).sort()).toEqual([['a', 'a/b-c'], ['a-b', 'a-b/c']]);
+    // Each agent keeps to its own objects: a second pass writes nothing.
+    const writes = ab.writes + a.writes;
+    await syncResourceSlices(ab, 'a-b', desiredPools('a-b', [pool('c')], [vf(0, 'Healthy', 'c')], facts));
+    await syncResourceSlices(a, 'a', desiredPools('a', [pool('b-c')], [vf(0, 'Healthy', 'b-c')], facts));
+    expect(ab.writes + a.writes).toBe(writes);
+  });
+
+  test('objects of an earlier version (fixed names) are replaced by indexed ones; a second object for one index is deleted', async () => {
+    const store = new MemoryStore();
+    const [content] = desiredPools(NODE, [nicPool], [vf(0)], facts);
+    const old: ResourceSliceObject = {
+      apiVersion: 'resource.k8s.io/v1', kind: 'ResourceSlice', metadata: { name: `${NODE}-fast-net-virtualio.dev-0`, labels: {}, resourceVersion: '1' },
+      spec: { driver: 'virtualio.dev', nodeName: NODE, pool: { name: content!.poolName, generation: 4, resourceSliceCount: 1 }, devices: content!.chunks[0]! },
+    };
+    store.objects.set(old.metadata.name!, old);
+    const r = await syncResourceSlices(store, NODE, [content!]);
+    expect(r.deleted).toEqual([old.metadata.name]);
+    expect(r.created).toHaveLength(1);
+    expect([...store.objects.values()].map((o) => [resourceSliceIndex(o.metadata.name!, 1), o.spec.pool.generation])).toEqual([[0, 5]]);
+    // A create whose answer was lost leaves two objects for index 0: one goes.
+    const dup = structuredClone([...store.objects.values()][0]!);
+    dup.metadata.name = `${dup.metadata.name!.slice(0, -5)}zzzzz`;
+    store.objects.set(dup.metadata.name, dup);
+    const again = await syncResourceSlices(store, NODE, [content!]);
+    expect(again.deleted).toHaveLength(1);
+    expect(store.objects.size).toBe(1);
+  });
+});
+
+describe('fields the API server drops (device taints with DRADeviceTaints off)', () => {
+  test('detected in what the write returns; what was stored counts as written: no new generation every pass', async () => {
+    const store = new MemoryStore(undefined, undefined, { dropTaints: true });
+    const memory = newPublisherMemory();
+    const dropped: DroppedFields[] = [];
+    const desired = desiredPools(NODE, [nicPool], [vf(0, 'Unhealthy'), vf(1)], facts);
+    await syncResourceSlices(store, NODE, desired, undefined, memory, (d) => dropped.push(d));
+    expect(dropped).toEqual([{ pool: 'fast-net', poolName: 'worker-1/fast-net', index: 0, features: ['DRADeviceTaints'] }]);
+    const writes = store.writes;
+    for (let i = 0; i < 3; i++) await syncResourceSlices(store, NODE, desired, undefined, memory, (d) => dropped.push(d));
+    expect(store.writes).toBe(writes);
+    expect([...store.objects.values()].map((o) => o.spec.pool.generation)).toEqual([1]);
+    expect(dropped).toHaveLength(1);
+    // Another content is written (and checked) again.
+    await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], [vf(0, 'Unhealthy')], facts), undefined, memory, (d) => dropped.push(d));
+    expect([...store.objects.values()].map((o) => o.spec.pool.generation)).toEqual([2]);
+    expect(dropped).toHaveLength(2);
+  });
+
+  test('the driver then leaves unhealthy devices out instead of publishing them untainted (allocatable), once', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vio-dra-taints-'));
+    const store = new MemoryStore(undefined, undefined, { dropTaints: true });
+    const ctl = new AbortController();
+    const claims = new Map<string, ClaimObject>();
+    const driver = new DraDriver({
+      nodeName: NODE, kubeletDir: join(dir, 'kubelet'), cdiDir: join(dir, 'cdi'), sysfsRoot: join(dir, 'sys'),
+      getClaim: async (ns, name) => claims.get(`${ns}/${name}`), store, logger: silentLogger(), resyncMs: 30, socketCheckMs: 50,
+    });
+    driver.update([nicPool], [vf(0, 'Unhealthy'), vf(1)], { devices: inventory });
+    const running = driver.run(ctl.signal);
+    try {
+      const devices = (): string[] => [...store.objects.values()].flatMap((o) => o.spec.devices.map((d) => d.name));
+      for (let i = 0; i < 200 && !(driver.taintsUnsupported && devices().length === 1); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(devices()).toEqual([draDeviceName(vf(1))]);
+      expect(driver.taintsUnsupported).toContain('DRADeviceTaints');
+      // Resyncs every 30 ms: nothing more is written.
+      const writes = store.writes;
+      await new Promise((r) => setTimeout(r, 300));
+      expect(store.writes).toBe(writes);
+      // Healthy again: published again.
+      driver.update([nicPool], [vf(0), vf(1)], { devices: inventory });
+      for (let i = 0; i < 200 && devices().length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(devices().sort()).toEqual([draDeviceName(vf(0)), draDeviceName(vf(1))]);
+    } finally {
+      ctl.abort();
+      await running;
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -295,6 +402,24 @@ describe('DraDriver over its unix sockets', () => {
     expect(driver.preparedSliceIds().size).toBe(0);
     const again = await call<typeof req, { claims: Record<string, { error: string }> }>(v1beta1, driver.draSocket, 'NodeUnprepareResources', req);
     expect(again.claims.u9).toEqual({ error: '' });
+  });
+
+  test('a firstAvailable claim: requestNames is the top-level request (the kubelet and KubeVirt match it), as are the metadata file and mount', async () => {
+    claims.set('vms/vm-first', { ...claim('u10', [{ request: 'gpu/a16-4q', driver: 'virtualio.dev', pool: 'worker-1/vgpu', device: draDeviceName(mdev) }]), metadata: { name: 'vm-first', namespace: 'vms', uid: 'u10' } });
+    const v1 = loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service;
+    const req = { claims: [{ namespace: 'vms', name: 'vm-first', uid: 'u10' }] };
+    type Resp = { claims: Record<string, { devices: { requestNames: string[] }[]; error: string }> };
+    try {
+      const r = await call<typeof req, Resp>(v1, driver.draSocket, 'NodePrepareResources', req);
+      expect(r.claims.u10!.error).toBe('');
+      expect(r.claims.u10!.devices.map((d) => d.requestNames)).toEqual([['gpu']]);
+      const spec = JSON.parse(readFileSync(join(dir, 'cdi/virtualio.dev-claim_u10.json'), 'utf8'));
+      expect(spec.devices[0].containerEdits.mounts[0].containerPath).toBe('/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm-first/gpu/virtualio.dev-metadata.json');
+      // Answered the same from the checkpoint.
+      expect((await call<typeof req, Resp>(v1, driver.draSocket, 'NodePrepareResources', req)).claims.u10!.devices.map((d) => d.requestNames)).toEqual([['gpu']]);
+    } finally {
+      await call(v1, driver.draSocket, 'NodeUnprepareResources', req);
+    }
   });
 
   test('a claim that cannot be prepared gets a per-claim error, not a failed call', async () => {

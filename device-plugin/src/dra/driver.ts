@@ -9,7 +9,12 @@
 // ResourceSlices, and NodePrepareResources refuses it, as it refuses a slice already prepared for
 // another claim. The claim is read from the API server outside the serialized part of prepare and
 // with a deadline, so one slow request never holds up the other claims of the node.
-import { mkdirSync, unlinkSync } from 'node:fs';
+//
+// Nothing is published, prepared or reported before the agent's first cycle (the first `update`):
+// until then "no slices" means "not scanned yet". Unhealthy devices are left out instead of tainted
+// where the API server drops device taints. Prepared claims the kubelet will never unprepare are
+// forgotten (`collectStale`), and what a crash leaves on disk is removed at start.
+import { mkdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadDraHealthApi, loadDraV1Api, loadDraV1beta1Api } from '../../../proto/load.js';
@@ -23,14 +28,14 @@ import type { Inventory, PoolPlan, Slice } from '../model.js';
 import { PLUGINS_REGISTRY, RegistrationSocket } from '../kubelet/registration-socket.js';
 import { bindUnix, shutdownWithin } from '../kubelet/unix-grpc.js';
 import { kubeletPluginFolder } from '../plugin/names.js';
-import { AllocatedClaims, type AllocatedClaim, type ClaimListWatch } from './claims.js';
+import { AllocatedClaims, allocatedHere, type AllocatedClaim, type ClaimListWatch } from './claims.js';
 import { DRA_DRIVER, desiredPools, draDeviceName, isDraPool, resourcePoolName, type DeviceFacts } from './devices.js';
 import { pcieRootReader } from './pcie.js';
 import {
-  Checkpoint, cdiSpecForClaim, cdiSpecPath, metadataDocuments, metadataHostPath, planClaim, removeClaimFiles, sliceIndex, writeAtomic,
+  Checkpoint, cdiSpecForClaim, cdiSpecPath, metadataDocuments, metadataHostPath, planClaim, removeClaimFiles, sliceIndex, sweepLeftovers, topRequest, writeAtomic,
   type ClaimObject, type ClaimRef, type PreparedClaim, type SliceEntry,
 } from './prepare.js';
-import { ResourceSlicePublisher, type ResourceSliceStore } from './publisher.js';
+import { ResourceSlicePublisher, type DroppedFields, type ResourceSliceStore } from './publisher.js';
 import { claimUidsOnDisk, relearnClaim } from './recover.js';
 
 /** A slice held through one of our claims (prepared or allocated), shaped like the agent's PodResources holders. */
@@ -92,6 +97,27 @@ export interface DraDriverOptions {
   healthRefreshMs?: number;
   /** Wall clock in Unix seconds (tests). */
   nowSeconds?: () => number;
+  /**
+   * How long NodePrepareResources waits for the agent's first cycle (the first `update`) before it
+   * answers with an error the kubelet retries (default 30 s, within the kubelet's 45 s call timeout).
+   * Until then nothing is published and the health stream stays silent: the driver does not know the
+   * node's slices yet.
+   */
+  readyTimeoutMs?: number;
+  /**
+   * The kubelet's DRA state file (default `<kubeletDir>/dra_manager_state`): a prepared claim whose
+   * UID it does not name is one the kubelet will never unprepare. Missing or unreadable: no claim is
+   * ever taken for stale.
+   */
+  kubeletDraStateFile?: string;
+  /**
+   * A prepared claim is forgotten once, for this long (default 10 min), the kubelet's state file has
+   * not named it, ResourceClaims were listed without it allocated here, and a GET confirms the claim
+   * is gone or no longer allocated here.
+   */
+  staleClaimGraceMs?: number;
+  /** How often stale prepared claims are looked for (default 60 s). */
+  gcIntervalMs?: number;
 }
 
 /** The health the kubelet is told about one device (health stream). */
@@ -136,6 +162,14 @@ export class DraDriver {
   private healthText = '';
   private readonly healthStreams = new Set<grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>>();
   private healthTimer: NodeJS.Timeout | undefined;
+  /** True once the agent's first cycle was handed over (`update`): before it the node's slices are unknown. */
+  private ready = false;
+  private readonly readyWaiters = new Set<() => void>();
+  /** Why unhealthy devices are left out instead of tainted (the API server drops device taints). */
+  private taintsDropped: string | undefined;
+  /** Prepared claim UID → since when it looks stale (see `collectStale`). */
+  private readonly staleSince = new Map<string, number>();
+  private collecting = false;
   private draServer: grpc.Server | undefined;
   private readonly reg: RegistrationSocket;
   /** Last registration outcome reported by the kubelet. */
@@ -166,6 +200,7 @@ export class DraDriver {
     this.pcieRoot = pcieRootReader(opts.sysfsRoot);
     this.publisher = new ResourceSlicePublisher({
       store: opts.store, node: opts.nodeName, logger: opts.logger,
+      onDroppedFields: (d) => this.droppedFields(d),
       ...(opts.nodeUid ? { nodeUid: opts.nodeUid } : {}),
       ...(opts.resyncMs !== undefined ? { resyncMs: opts.resyncMs } : {}),
     });
@@ -189,16 +224,63 @@ export class DraDriver {
     return pools.some((p) => isDraPool(p) && !p.deleting);
   }
 
-  /** The agent loop's hook: the plan, slices and inventory of the cycle that just ended. */
+  /**
+   * The agent loop's hook: the plan, slices and inventory of a cycle that ended. The first call
+   * ends the start: only from then on are ResourceSlices written, claims prepared and health sent
+   * (before it, an empty slice list means "not scanned yet", not "no devices").
+   */
   update(pools: readonly PoolPlan[], slices: readonly Slice[], inventory: Inventory): void {
     this.pools = [...pools];
     this.slices = slices;
     this.inventory = inventory;
+    if (!this.ready) {
+      this.ready = true;
+      for (const w of [...this.readyWaiters]) w();
+    }
+    this.refresh();
+  }
+
+  /** True once the first `update` arrived. */
+  get started(): boolean {
+    return this.ready;
+  }
+
+  /** Why unhealthy devices are left out of the ResourceSlices instead of tainted, if they are. */
+  get taintsUnsupported(): string | undefined {
+    return this.taintsDropped;
+  }
+
+  /** Resolves true at the first `update`, false after `readyTimeoutMs` without one. */
+  private whenReady(): Promise<boolean> {
+    if (this.ready) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean): void => {
+        clearTimeout(t);
+        this.readyWaiters.delete(onReady);
+        resolve(ok);
+      };
+      const onReady = (): void => done(true);
+      const t = setTimeout(() => done(false), this.opts.readyTimeoutMs ?? 30_000);
+      t.unref();
+      this.readyWaiters.add(onReady);
+    });
+  }
+
+  /**
+   * The publisher found fields the API server dropped. Device taints: unhealthy devices cannot be
+   * marked, so they are left out of the ResourceSlices from now on (as a slice held elsewhere is),
+   * and the pool is written once more without them instead of every resync.
+   */
+  private droppedFields(d: DroppedFields): void {
+    if (!d.features.includes('DRADeviceTaints') || this.taintsDropped) return;
+    this.taintsDropped = `the API server dropped the device taints of ResourceSlice #${d.index} of pool ${d.poolName} (feature gate DRADeviceTaints off)`;
+    this.log.error({ pool: d.poolName }, `${this.taintsDropped}: unhealthy devices are left out of the ResourceSlices instead of tainted until the agent restarts`);
     this.refresh();
   }
 
   /** Re-derives what is published (and the health stream) from the last update and who holds what now. */
   private refresh(): void {
+    if (!this.ready) return; // the node's slices are not known yet: publishing now would withdraw them all
     const now = this.nowMs();
     const dra = new Set(this.pools.filter((p) => isDraPool(p) && !p.deleting).map((p) => p.name));
     for (const p of dra) if (!this.draSince.has(p)) this.draSince.set(p, now);
@@ -210,7 +292,7 @@ export class DraDriver {
     const recent = this.opts.recentHoldMs ?? 600_000;
     for (const [id, o] of this.lastOurs) if (now - o.at >= recent) this.lastOurs.delete(id);
     for (const [uid, r] of this.released) if (now - r.at >= recent && !this.allocated?.all().has(uid)) this.released.delete(uid);
-    this.draHolders(); // stamps lastOurs
+    const ours = this.draHolders(); // stamps lastOurs
     const withheld = new Map<string, string>();
     for (const s of this.slices) {
       if (!dra.has(s.pool)) continue;
@@ -220,8 +302,9 @@ export class DraDriver {
     for (const [id, why] of withheld) if (!this.withheldNow.has(id)) this.log.warn({ slice: id, heldBy: why }, 'slice held outside DRA: not published, not prepared');
     for (const id of this.withheldNow.keys()) if (!withheld.has(id)) this.log.info({ slice: id }, 'slice no longer held outside DRA: published again');
     this.withheldNow = withheld;
-    const offered = withheld.size ? this.slices.filter((s) => !withheld.has(s.id)) : this.slices;
-    this.setHealth(this.pools, offered);
+    this.setHealth(dra, this.slices.filter((s) => !withheld.has(s.id)), ours);
+    // Without device taints an unhealthy device would be allocatable: left out instead.
+    const offered = this.slices.filter((s) => !withheld.has(s.id) && !(this.taintsDropped && s.health !== 'Healthy'));
     this.tryRecover();
     const desired = desiredPools(this.opts.nodeName, this.pools, offered, this.facts);
     const text = JSON.stringify(desired);
@@ -252,11 +335,14 @@ export class DraDriver {
     return h.by;
   }
 
-  /** Every published device with its health; streams get it at once when it changed. */
-  private setHealth(pools: readonly PoolPlan[], slices: readonly Slice[]): void {
-    const dra = new Set(pools.filter((p) => isDraPool(p) && !p.deleting).map((p) => p.name));
+  /**
+   * The health of every device of a DRA pool — draining ones included: they are still prepared for a
+   * VM, and the kubelet marks every device a report leaves out Unknown — and of every other slice one
+   * of our claims holds; streams get it at once when it changed.
+   */
+  private setHealth(dra: ReadonlySet<string>, slices: readonly Slice[], ours: ReadonlyMap<string, PreparedHolder>): void {
     const health = slices
-      .filter((s) => dra.has(s.pool) && s.kind !== 'VPort' && !(s as { draining?: string }).draining)
+      .filter((s) => s.kind !== 'VPort' && (dra.has(s.pool) || ours.has(s.id)))
       .map((s) => ({ pool: resourcePoolName(this.opts.nodeName, s.pool), device: draDeviceName(s), healthy: s.health === 'Healthy', message: s.health === 'Healthy' ? '' : (s.reason ?? 'unhealthy').slice(0, 1024) }))
       .sort((a, b) => (a.pool + a.device < b.pool + b.device ? -1 : 1));
     const text = JSON.stringify(health);
@@ -267,6 +353,7 @@ export class DraDriver {
   }
 
   private sendHealth(st: grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>): void {
+    if (!this.ready) return; // an empty report before the first cycle would mark every device Unknown
     const now = Math.floor((this.opts.nowSeconds ?? (() => Date.now() / 1000))());
     const devices: DeviceHealth__Input[] = this.health.map((h) => ({
       device: { poolName: h.pool, deviceName: h.device },
@@ -421,6 +508,7 @@ export class DraDriver {
     } else if (this.checkpoint.unknown) {
       this.log.warn({ lost: this.checkpoint.lost }, 'DRA checkpoint records an earlier loss not recovered yet: every slice counts as held until the prepared claims are re-learned');
     }
+    this.sweep();
     this.tryRecover();
     this.opts.onHoldersChanged?.();
     await this.startDraServer();
@@ -432,8 +520,13 @@ export class DraDriver {
       this.log.info({ socket: this.registrationSocket }, 'registration socket gone (kubelet restart or cleanup); registering again');
       this.reg.start().catch((err: unknown) => this.log.error({ err }, 'cannot re-create the registration socket'));
     }, this.opts.socketCheckMs ?? 1000);
+    const gc = setInterval(() => {
+      this.collectStale().catch((err: unknown) => this.log.warn({ err: String(err) }, 'looking for stale prepared claims failed'));
+    }, this.opts.gcIntervalMs ?? 60_000);
+    gc.unref();
     await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
     clearInterval(timer);
+    clearInterval(gc);
     if (this.healthTimer) clearInterval(this.healthTimer);
     for (const st of this.healthStreams) st.end();
     this.healthStreams.clear();
@@ -444,13 +537,105 @@ export class DraDriver {
   }
 
   /**
+   * Before serving: removes temp files a crash left, and — with a checkpoint that was read and is
+   * trusted — the CDI specs and metadata of claims it does not record (a prepare that died before
+   * recording, so never answered). A lost checkpoint keeps them: claims are re-learned from them.
+   */
+  private sweep(): void {
+    const cp = this.checkpoint;
+    const trusted = cp.state === 'ok' && !cp.unknown;
+    try {
+      const r = sweepLeftovers(this.opts.cdiDir, this.pluginDir, trusted ? new Set(cp.all().map((c) => c.uid)) : undefined);
+      if (r.tempFiles.length || r.orphanClaims.length) this.log.warn({ tempFiles: r.tempFiles, orphanClaims: r.orphanClaims }, 'removed what an interrupted write or prepare left behind');
+    } catch (err) {
+      this.log.warn({ err: String(err) }, 'cannot clean up after an interrupted write or prepare');
+    }
+  }
+
+  /** The kubelet's DRA state file as text, or undefined when it cannot be read. */
+  private kubeletState(): string | undefined {
+    try {
+      return readFileSync(this.opts.kubeletDraStateFile ?? join(this.opts.kubeletDir, 'dra_manager_state'), 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Forgets prepared claims the kubelet will never unprepare (its state was wiped, the node was
+   * rebuilt under the same name): the kubelet's DRA state file does not name the claim, ResourceClaims
+   * were listed without it allocated here, both for `staleClaimGraceMs`, and a GET finds the claim gone,
+   * replaced or no longer allocated here. Then its files go and its slices are free for carving again.
+   * Without a trusted checkpoint, a list of ResourceClaims or a readable kubelet state nothing is
+   * forgotten. Runs every `gcIntervalMs`; returns the UIDs forgotten.
+   */
+  async collectStale(): Promise<string[]> {
+    const cp = this.checkpoint;
+    const allocated = this.allocated;
+    if (this.collecting || cp.state === 'unloaded' || cp.unknown || !allocated || allocated.unknown() !== undefined) return [];
+    this.collecting = true;
+    try {
+      const now = this.nowMs();
+      const grace = this.opts.staleClaimGraceMs ?? 600_000;
+      const kubelet = this.kubeletState();
+      const present = new Set(cp.all().map((c) => c.uid));
+      for (const uid of [...this.staleSince.keys()]) if (!present.has(uid)) this.staleSince.delete(uid);
+      const due: PreparedClaim[] = [];
+      for (const c of cp.all()) {
+        if (kubelet === undefined || kubelet.includes(c.uid) || allocated.all().has(c.uid)) {
+          this.staleSince.delete(c.uid);
+          continue;
+        }
+        const since = this.staleSince.get(c.uid) ?? now;
+        this.staleSince.set(c.uid, since);
+        if (now - since >= grace) due.push(c);
+      }
+      const forgotten: string[] = [];
+      for (const c of due) {
+        let obj: ClaimObject | undefined;
+        try {
+          obj = await this.fetchClaim(c);
+        } catch {
+          continue; // not confirmed: next time
+        }
+        if (obj && obj.metadata.uid === c.uid && allocatedHere(obj, this.opts.nodeName)) {
+          this.staleSince.delete(c.uid);
+          continue;
+        }
+        const done = await this.serial(async () => {
+          // Again under the queue: the kubelet may have prepared or unprepared it meanwhile.
+          const text = this.kubeletState();
+          if (!cp.get(c.uid) || allocated.all().has(c.uid) || text === undefined || text.includes(c.uid)) return false;
+          try {
+            removeClaimFiles(this.opts.cdiDir, this.pluginDir, c.uid);
+            cp.delete(c.uid);
+          } catch (err) {
+            this.log.warn({ claim: `${c.namespace}/${c.name}`, uid: c.uid, err: String(err) }, 'cannot forget a stale prepared claim');
+            return false;
+          }
+          this.staleSince.delete(c.uid);
+          this.log.warn({ claim: `${c.namespace}/${c.name}`, uid: c.uid, devices: c.devices.map((d) => `${d.request}=${d.sliceId}`), claimNow: obj ? 'no longer allocated here' : 'gone' },
+            'prepared claim forgotten: the kubelet no longer knows it and the API server no longer allocates it here');
+          return true;
+        });
+        if (done) forgotten.push(c.uid);
+      }
+      if (forgotten.length) this.opts.onHoldersChanged?.();
+      return forgotten;
+    } finally {
+      this.collecting = false;
+    }
+  }
+
+  /**
    * NodePrepareResources for one claim. The ResourceClaim is read first, with a deadline and outside
    * the serialized part; only the check against what is prepared and the state change are serialized
-   * with every other call.
+   * with every other call. Before the agent's first cycle the driver waits for it (`readyTimeoutMs`).
    */
   async prepare(ref: ClaimRef): Promise<PrepareOutcome> {
     this.calls.prepare++;
-    if (this.checkpoint.get(ref.uid)) {
+    const ready = this.whenReady();
+    if (this.checkpoint.get(ref.uid) && (await ready)) {
       const again = await this.serial(async () => this.answerPrepared(ref));
       if (again) return again;
     }
@@ -459,6 +644,11 @@ export class DraDriver {
       claim = await this.fetchClaim(ref);
     } catch (err) {
       const error = `reading ResourceClaim ${ref.namespace}/${ref.name}: ${err instanceof Error ? err.message : String(err)}`;
+      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error }, 'cannot prepare claim');
+      return { devices: [], error };
+    }
+    if (!(await ready)) {
+      const error = `the agent has not finished its first scan of the node yet (waited ${this.opts.readyTimeoutMs ?? 30_000} ms); try again`;
       this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error }, 'cannot prepare claim');
       return { devices: [], error };
     }
@@ -495,7 +685,8 @@ export class DraDriver {
   }
 
   private answer(c: PreparedClaim): PrepareOutcome {
-    return { devices: c.devices.map((d) => ({ requestNames: [d.request], poolName: d.pool, deviceName: d.device, cdiDeviceIds: [d.cdiId] })), error: '' };
+    // The top-level request name: the kubelet and KubeVirt match a container's claim by it.
+    return { devices: c.devices.map((d) => ({ requestNames: [topRequest(d.request)], poolName: d.pool, deviceName: d.device, cdiDeviceIds: [d.cdiId] })), error: '' };
   }
 
   /** Idempotent prepare: the recorded answer, files re-written if someone removed them; undefined when not (fully) prepared now. */
@@ -612,7 +803,7 @@ export class DraDriver {
         call.on('cancelled', drop);
         call.on('close', drop);
         call.on('error', drop);
-        this.sendHealth(call);
+        this.sendHealth(call); // nothing before the first cycle: the first report follows it
       },
     });
     this.healthTimer ??= setInterval(() => {

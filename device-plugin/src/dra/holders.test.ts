@@ -42,11 +42,13 @@ class MemoryStore implements ResourceSliceStore {
   async list(): Promise<ResourceSliceObject[]> {
     return [...this.objects.values()].map((o) => structuredClone(o));
   }
+  private seq = 0;
   async create(o: ResourceSliceObject): Promise<void> {
-    this.objects.set(o.metadata.name, structuredClone(o));
+    const name = o.metadata.name ?? `${o.metadata.generateName}${String(++this.seq).padStart(5, '0')}`;
+    this.objects.set(name, structuredClone({ ...o, metadata: { ...o.metadata, name } }));
   }
   async update(o: ResourceSliceObject): Promise<void> {
-    this.objects.set(o.metadata.name, structuredClone(o));
+    this.objects.set(o.metadata.name!, structuredClone(o));
   }
   async remove(name: string): Promise<void> {
     this.objects.delete(name);

@@ -74,12 +74,14 @@ export class KubeResourceSliceStore implements ResourceSliceStore {
     return l.items.map(fromApi);
   }
 
-  async create(obj: ResourceSliceObject): Promise<void> {
-    await this.api.createResourceSlice({ body: toApi(obj), fieldManager: FIELD_MANAGER });
+  /** Returns the object as the API server stored it (fields it does not know or serve are gone). */
+  async create(obj: ResourceSliceObject): Promise<ResourceSliceObject> {
+    return fromApi(await this.api.createResourceSlice({ body: toApi(obj), fieldManager: FIELD_MANAGER }));
   }
 
-  async update(obj: ResourceSliceObject): Promise<void> {
-    await this.api.replaceResourceSlice({ name: obj.metadata.name, body: toApi(obj), fieldManager: FIELD_MANAGER });
+  async update(obj: ResourceSliceObject): Promise<ResourceSliceObject> {
+    if (!obj.metadata.name) throw new Error('updating a ResourceSlice needs its name');
+    return fromApi(await this.api.replaceResourceSlice({ name: obj.metadata.name, body: toApi(obj), fieldManager: FIELD_MANAGER }));
   }
 
   async remove(name: string): Promise<void> {

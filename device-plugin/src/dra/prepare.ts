@@ -1,8 +1,8 @@
 // DRA front end: what NodePrepareResources does for one claim, as data (which slices, which CDI
 // devices, which KubeVirt metadata files), plus the file writers and the checkpoint that make
 // prepare and unprepare idempotent across agent restarts.
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { readdirSync, readFileSync, rmSync, type Dirent } from 'node:fs';
+import { join } from 'node:path';
 import { decodeChecked, encodeChecked, keepCorruptCopy, writeFileDurable } from '../agent/durable-file.js';
 import type { PoolPlan, Slice } from '../model.js';
 import { DRA_DRIVER, draDevice, draDeviceName, resourcePoolName, type DeviceFacts, type DraDevice } from './devices.js';
@@ -111,8 +111,12 @@ export function metadataHostPath(dataDir: string, uid: string, request: string):
   return join(dataDir, 'metadata', uid, request, `${DRA_DRIVER}-metadata.json`);
 }
 
-/** The top-level request a (sub)request belongs to: KubeVirt names requests without subrequests. */
-function topRequest(request: string): string {
+/**
+ * The top-level request a (sub)request belongs to (`firstAvailable`: `<request>/<subrequest>`). The
+ * kubelet matches a container's `resources.claims[].request` and KubeVirt its `requestName` against
+ * it, so prepare answers with it (as the Go kubeletplugin's stripSubrequestNames does).
+ */
+export function topRequest(request: string): string {
   return request.split('/')[0] ?? request;
 }
 
@@ -179,12 +183,89 @@ export function cdiSpecPath(cdiDir: string, uid: string): string {
   return join(cdiDir, `${DRA_DRIVER}-claim_${uid}.json`);
 }
 
-/** Writes a file atomically (temp + rename), creating its folder. */
+/**
+ * Writes a file atomically and durably, creating its folder: a uniquely named temp file beside it,
+ * fsync, rename, fsync of the folder; on failure the temp file is removed. (A crash can still leave
+ * one behind: {@link sweepLeftovers} removes those at start.)
+ */
 export function writeAtomic(file: string, text: string): void {
-  mkdirSync(dirname(file), { recursive: true });
-  const tmp = `${file}.tmp`;
-  writeFileSync(tmp, text, { mode: 0o644 });
-  renameSync(tmp, file);
+  writeFileDurable(file, text, { mode: 0o644 });
+}
+
+/** Temp files of writeFileDurable (`.<name>.<pid>-<hex>.tmp`) and of earlier versions (`<name>.tmp`). */
+function isTempFile(name: string): boolean {
+  return /^\..+\.[0-9]+-[0-9a-f]+\.tmp$/.test(name) || name.endsWith('.json.tmp');
+}
+
+/** What {@link sweepLeftovers} removed. */
+export interface Leftovers {
+  tempFiles: string[];
+  /** Claims whose CDI spec or metadata was on disk without a checkpoint entry. */
+  orphanClaims: string[];
+}
+
+/**
+ * Removes, before the driver serves, what a crash can leave: temp files of ours in the CDI folder,
+ * the plugin folder and the metadata folders, and — only when `recorded` is given, i.e. the
+ * checkpoint was read and is trusted — the CDI spec and metadata of claims it does not record. Those
+ * were written by a prepare that died before it recorded the claim, so the kubelet never got their
+ * CDI IDs (prepare answers only after the record is saved) and no container uses them. With a lost
+ * checkpoint they are kept: they are what the claims are re-learned from.
+ */
+export function sweepLeftovers(cdiDir: string, dataDir: string, recorded: ReadonlySet<string> | undefined): Leftovers {
+  const out: Leftovers = { tempFiles: [], orphanClaims: [] };
+  const list = (dir: string): string[] => {
+    try {
+      return readdirSync(dir);
+    } catch {
+      return [];
+    }
+  };
+  const specTemp = new RegExp(`^\\.?${DRA_DRIVER.replace(/\./g, '\\.')}-claim_.+\\.json\\.`);
+  for (const n of list(cdiDir)) {
+    if (isTempFile(n) && specTemp.test(n)) {
+      rmSync(join(cdiDir, n), { force: true });
+      out.tempFiles.push(join(cdiDir, n));
+    }
+  }
+  for (const n of list(dataDir)) {
+    if (isTempFile(n)) {
+      rmSync(join(dataDir, n), { force: true });
+      out.tempFiles.push(join(dataDir, n));
+    }
+  }
+  const metaDir = join(dataDir, 'metadata');
+  const walk = (dir: string): void => {
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (isTempFile(e.name)) {
+        rmSync(p, { force: true });
+        out.tempFiles.push(p);
+      }
+    }
+  };
+  walk(metaDir);
+  if (recorded) {
+    const uids = new Set<string>(list(metaDir));
+    const spec = new RegExp(`^${DRA_DRIVER.replace(/\./g, '\\.')}-claim_(.+)\\.json$`);
+    for (const n of list(cdiDir)) {
+      const m = spec.exec(n);
+      if (m) uids.add(m[1]!);
+    }
+    for (const uid of [...uids].sort()) {
+      if (recorded.has(uid)) continue;
+      removeClaimFiles(cdiDir, dataDir, uid);
+      out.orphanClaims.push(uid);
+    }
+  }
+  return out;
 }
 
 /** Removes what prepare wrote for a claim. Missing files are fine (unprepare is idempotent). */
@@ -316,24 +397,32 @@ export class Checkpoint {
     return [...this.claims.values()];
   }
 
+  /** Records a prepared claim: on disk first, in memory only once it is saved (throws, changing nothing, when it cannot be). */
   put(c: PreparedClaim): void {
-    this.claims.set(c.uid, c);
-    this.save();
+    const next = new Map(this.claims);
+    next.set(c.uid, c);
+    this.save(next);
+    this.claims = next;
   }
 
+  /** Forgets a claim: on disk first, in memory only once it is saved (throws, changing nothing, when it cannot be). */
   delete(uid: string): void {
-    if (this.claims.delete(uid)) this.save();
+    if (!this.claims.has(uid)) return;
+    const next = new Map(this.claims);
+    next.delete(uid);
+    this.save(next);
+    this.claims = next;
   }
 
   /** Throws when the file cannot be written, or a damaged file cannot be kept first (then nothing is written). */
-  private save(): void {
+  private save(claimsToSave: ReadonlyMap<string, PreparedClaim>): void {
     if (this.state === 'unloaded') throw new Error(`DRA checkpoint ${this.file} not loaded yet; not overwriting it`);
     if (this.mustKeepCopy) {
       const copy = keepCorruptCopy(this.file, this.now());
       if (copy && this.lostInfo) this.lostInfo.copy = copy;
       this.mustKeepCopy = false;
     }
-    const claims = [...this.claims.values()].sort((a, b) => a.uid.localeCompare(b.uid));
+    const claims = [...claimsToSave.values()].sort((a, b) => a.uid.localeCompare(b.uid));
     writeFileDurable(this.file, encodeChecked({ version: 1, claims, ...(this.lostInfo ? { lost: this.lostInfo } : {}) }), { mode: 0o644 });
   }
 }

@@ -1,16 +1,25 @@
-// DRA front end: keeps the node's ResourceSlices of driver virtualio.dev equal to the desired pools.
-// A pool whose devices changed is rewritten at generation + 1 (every object of it), objects beyond
-// its new count are deleted, and pools that left are deleted. Runs on every change and every
-// `resyncMs` (the kubelet deletes a node's slices when it starts and when a driver deregisters).
+// DRA front end: keeps the node's ResourceSlices of driver virtualio.dev equal to the desired pools,
+// the way the Go resourceslice controller (k8s.io/dynamic-resource-allocation) does. Objects are
+// created with `generateName` `<index>-virtualio.dev-<node>-` and matched back by pool and index. A
+// pool whose devices changed is rewritten at generation + 1 (every object of it), objects of an
+// older generation, without a usable index or beyond its new count are deleted, and pools that left
+// are deleted. Runs on every change and every `resyncMs` (the kubelet deletes a node's slices when it
+// starts and when a driver deregisters).
+//
+// Fields the API server drops (device taints where the DRADeviceTaints feature is off, as in
+// 1.34–1.35) are detected in what the create or update returns: the publisher then takes what could
+// be stored as "the same" for that desired content (no rewrite every pass) and reports the drop,
+// and the driver publishes what the API server can hold instead.
 import type { Logger } from '../log.js';
-import { resourceSlicesFor, type DraDevice, type PoolContent, type ResourceSliceObject } from './devices.js';
+import { resourceSliceIndex, resourceSlicesFor, type DraDevice, type PoolContent, type ResourceSliceObject } from './devices.js';
 
 /** What the publisher needs from the API server, for this node's slices of our driver only. */
 export interface ResourceSliceStore {
   list(): Promise<ResourceSliceObject[]>;
-  create(obj: ResourceSliceObject): Promise<void>;
-  /** Replaces the object (metadata.resourceVersion set: optimistic concurrency). */
-  update(obj: ResourceSliceObject): Promise<void>;
+  /** Creates the object (`metadata.generateName` set); returns it as stored, when the store can tell. */
+  create(obj: ResourceSliceObject): Promise<ResourceSliceObject | void>;
+  /** Replaces the object (metadata.resourceVersion set: optimistic concurrency); returns it as stored. */
+  update(obj: ResourceSliceObject): Promise<ResourceSliceObject | void>;
   remove(name: string): Promise<void>;
   /**
    * Optional: calls `onChange` whenever one of these slices is deleted or changed by someone (the
@@ -28,32 +37,76 @@ export interface SyncResult {
   generations: Record<string, number>;
 }
 
+/**
+ * The API server stored an object without some of what we sent (Go: resourceslice.DroppedFieldsError).
+ * `features` names the feature gates that are probably off.
+ */
+export interface DroppedFields {
+  /** The virtualio pool. */
+  pool: string;
+  /** The resource pool (`<node>/<pool>`). */
+  poolName: string;
+  /** Which object of the pool (its index). */
+  index: number;
+  features: string[];
+}
+
 /** Only what we set: the API server adds fields of its own (e.g. taints[].timeAdded). */
 function deviceKey(d: DraDevice): string {
-  const attrs = Object.keys(d.attributes).sort().map((k) => [k, d.attributes[k]]);
+  const attrs = Object.keys(d.attributes ?? {}).sort().map((k) => [k, d.attributes[k]]);
   const taints = (d.taints ?? []).map((t) => [t.key, t.value ?? '', t.effect]);
   return JSON.stringify([d.name, attrs, taints]);
 }
 
-function sameContent(existing: readonly ResourceSliceObject[], wanted: readonly ResourceSliceObject[]): boolean {
-  if (existing.length !== wanted.length) return false;
-  const gens = new Set(existing.map((e) => e.spec.pool.generation));
-  if (gens.size !== 1) return false;
-  const byName = new Map(existing.map((e) => [e.metadata.name, e]));
-  return wanted.every((w) => {
-    const e = byName.get(w.metadata.name);
-    if (!e || e.spec.pool.resourceSliceCount !== w.spec.pool.resourceSliceCount) return false;
-    const ed = e.spec.devices ?? [];
-    return ed.length === w.spec.devices.length && ed.every((d, i) => deviceKey(d) === deviceKey(w.spec.devices[i]!));
-  });
+function devicesKey(devices: readonly DraDevice[] | undefined): string {
+  return JSON.stringify((devices ?? []).map(deviceKey));
+}
+
+/** The feature gates a stored object suggests are off, given what was sent (Go: DisabledFeatures). */
+function droppedFeatures(sent: readonly DraDevice[], stored: readonly DraDevice[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < sent.length && i < stored.length; i++) {
+    if ((sent[i]!.taints?.length ?? 0) > (stored[i]!.taints?.length ?? 0)) {
+      out.push('DRADeviceTaints');
+      break;
+    }
+  }
+  return out.length ? out : ['unknown'];
 }
 
 /**
- * One reconcile pass (exported for tests). `generations` remembers the last generation written per
- * pool across passes, so a pool whose objects someone deleted (the kubelet wipes a node's slices when
- * it starts) comes back at a higher generation, never a lower one a stale cache could prefer.
+ * What the publisher remembers across passes: the last generation written per pool (a pool whose
+ * objects someone deleted — the kubelet wipes a node's slices when it starts — comes back at a
+ * higher generation, never a lower one a stale cache could prefer), and, per object, what the API
+ * server stored for what we sent when the two differ (dropped fields).
  */
-export async function syncResourceSlices(store: ResourceSliceStore, node: string, desired: readonly PoolContent[], nodeUid?: string, generations?: Map<string, number>): Promise<SyncResult> {
+export interface PublisherMemory {
+  generations: Map<string, number>;
+  /** `<resource pool>\n<index>` → the devices sent and the devices stored (devicesKey). */
+  stored: Map<string, { sent: string; stored: string }>;
+}
+
+export function newPublisherMemory(): PublisherMemory {
+  return { generations: new Map(), stored: new Map() };
+}
+
+/** Drops what is remembered about objects `from` and beyond of a pool. */
+function forget(mem: PublisherMemory, poolName: string, from: number): void {
+  for (const k of mem.stored.keys()) {
+    const nl = k.lastIndexOf('\n');
+    if (k.slice(0, nl) === poolName && Number(k.slice(nl + 1)) >= from) mem.stored.delete(k);
+  }
+}
+
+/**
+ * One reconcile pass (exported for tests). `memory` (or a bare generations map, as before) carries
+ * what {@link PublisherMemory} says across passes; `onDropped` hears of fields the API server dropped.
+ */
+export async function syncResourceSlices(
+  store: ResourceSliceStore, node: string, desired: readonly PoolContent[], nodeUid?: string,
+  memory?: PublisherMemory | Map<string, number>, onDropped?: (d: DroppedFields) => void,
+): Promise<SyncResult> {
+  const mem: PublisherMemory = memory instanceof Map ? { generations: memory, stored: new Map() } : (memory ?? newPublisherMemory());
   const result: SyncResult = { created: [], updated: [], deleted: [], generations: {} };
   const existing = await store.list();
   const byPool = new Map<string, ResourceSliceObject[]>();
@@ -61,36 +114,67 @@ export async function syncResourceSlices(store: ResourceSliceStore, node: string
   for (const content of desired) {
     const ex = byPool.get(content.poolName) ?? [];
     byPool.delete(content.poolName);
+    const count = content.chunks.length;
     const current = ex.length ? Math.max(...ex.map((e) => e.spec.pool.generation)) : 0;
-    if (sameContent(ex, resourceSlicesFor(node, content, current, nodeUid))) {
-      generations?.set(content.poolName, Math.max(current, generations.get(content.poolName) ?? 0));
+    // Match existing objects to the desired ones by the index at the front of their names; an
+    // older generation, a name without a usable index or a second object for one index is obsolete.
+    const matched = new Map<number, ResourceSliceObject>();
+    const obsolete: ResourceSliceObject[] = [];
+    for (const e of ex) {
+      const i = e.metadata.name === undefined ? undefined : resourceSliceIndex(e.metadata.name, count);
+      if (e.spec.pool.generation < current || i === undefined || i >= count || matched.has(i)) obsolete.push(e);
+      else matched.set(i, e);
+    }
+    const key = (i: number): string => `${content.poolName}\n${i}`;
+    const same = obsolete.length === 0 && matched.size === count && content.chunks.every((devices, i) => {
+      const e = matched.get(i)!;
+      if (e.spec.pool.resourceSliceCount !== count) return false;
+      const want = devicesKey(devices);
+      const have = devicesKey(e.spec.devices);
+      if (have === want) return true;
+      const s = mem.stored.get(key(i)); // the API server cannot store what we want: what it stored is "the same"
+      return s !== undefined && s.sent === want && s.stored === have;
+    });
+    if (same) {
+      mem.generations.set(content.poolName, Math.max(current, mem.generations.get(content.poolName) ?? 0));
       continue;
     }
-    const generation = Math.max(current, generations?.get(content.poolName) ?? 0) + 1;
+    const generation = Math.max(current, mem.generations.get(content.poolName) ?? 0) + 1;
     const wanted = resourceSlicesFor(node, content, generation, nodeUid);
-    const exByName = new Map(ex.map((e) => [e.metadata.name, e]));
-    for (const w of wanted) {
-      const e = exByName.get(w.metadata.name);
-      exByName.delete(w.metadata.name);
+    for (const [i, w] of wanted.entries()) {
+      const e = matched.get(i);
+      let stored: ResourceSliceObject | void;
       if (e) {
-        await store.update({ ...w, metadata: { ...w.metadata, ...(e.metadata.resourceVersion ? { resourceVersion: e.metadata.resourceVersion } : {}) } });
-        result.updated.push(w.metadata.name);
+        const { generateName: _g, ...meta } = w.metadata;
+        stored = await store.update({ ...w, metadata: { ...meta, name: e.metadata.name!, ...(e.metadata.resourceVersion ? { resourceVersion: e.metadata.resourceVersion } : {}) } });
+        result.updated.push(e.metadata.name!);
       } else {
-        await store.create(w);
-        result.created.push(w.metadata.name);
+        stored = await store.create(w);
+        result.created.push(stored?.metadata.name ?? w.metadata.generateName!);
+      }
+      if (!stored) continue;
+      const sent = devicesKey(w.spec.devices);
+      const got = devicesKey(stored.spec.devices);
+      if (sent === got) {
+        mem.stored.delete(key(i));
+      } else {
+        mem.stored.set(key(i), { sent, stored: got });
+        onDropped?.({ pool: content.pool, poolName: content.poolName, index: i, features: droppedFeatures(w.spec.devices, stored.spec.devices ?? []) });
       }
     }
-    for (const name of exByName.keys()) {
-      await store.remove(name);
-      result.deleted.push(name);
+    for (const e of obsolete) {
+      await store.remove(e.metadata.name!);
+      result.deleted.push(e.metadata.name!);
     }
+    forget(mem, content.poolName, count);
     result.generations[content.pool] = generation;
-    generations?.set(content.poolName, generation);
+    mem.generations.set(content.poolName, generation);
   }
-  for (const gone of byPool.values()) {
+  for (const [poolName, gone] of byPool) {
+    forget(mem, poolName, 0);
     for (const e of gone) {
-      await store.remove(e.metadata.name);
-      result.deleted.push(e.metadata.name);
+      await store.remove(e.metadata.name!);
+      result.deleted.push(e.metadata.name!);
     }
   }
   return result;
@@ -101,6 +185,8 @@ export interface PublisherOptions {
   node: string;
   nodeUid?: () => Promise<string | undefined>;
   logger: Logger;
+  /** The API server stored an object without some fields we sent (reported once per object and content). */
+  onDroppedFields?: (d: DroppedFields) => void;
   /** Full re-list period (default 30 s). */
   resyncMs?: number;
 }
@@ -111,11 +197,13 @@ export class ResourceSlicePublisher {
   private dirty = false;
   private wake: (() => void) | undefined;
   private readonly log: Logger;
-  private readonly generations = new Map<string, number>();
+  private readonly memory = newPublisherMemory();
   /** Result of the last successful pass, and the last error (for status and tests). */
   lastResult: SyncResult | undefined;
   lastError: string | undefined;
   passes = 0;
+  /** The last drop reported (status and tests). */
+  lastDropped: DroppedFields | undefined;
 
   constructor(private readonly opts: PublisherOptions) {
     this.log = opts.logger.child({ component: 'dra-publisher' });
@@ -145,7 +233,11 @@ export class ResourceSlicePublisher {
         this.dirty = false;
         try {
           uid ??= await this.opts.nodeUid?.();
-          const r = await syncResourceSlices(this.opts.store, this.opts.node, this.desired, uid, this.generations);
+          const r = await syncResourceSlices(this.opts.store, this.opts.node, this.desired, uid, this.memory, (d) => {
+            this.log.error({ ...d }, `the API server dropped fields of ResourceSlice #${d.index} of pool ${d.poolName}, probably because these features are off: ${d.features.join(', ')}`);
+            this.lastDropped = d;
+            this.opts.onDroppedFields?.(d);
+          });
           this.passes++;
           this.lastResult = r;
           this.lastError = undefined;

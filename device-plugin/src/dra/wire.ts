@@ -4,7 +4,10 @@
 // safety reads. Kept out of main.ts so the agent core stays unaware of DRA.
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
+import type { ClaimListWatch } from './claims.js';
 import { DraDriver, type DraHoldState } from './driver.js';
+import type { ClaimObject } from './prepare.js';
+import type { ResourceSliceStore } from './publisher.js';
 
 /** What the driver reads from the agent: kept to the manager's public surface. */
 export interface AgentView {
@@ -14,6 +17,20 @@ export interface AgentView {
   slices(): readonly Slice[];
   /** The inventory as last scanned. */
   inventory(): Inventory;
+  /**
+   * True once the agent finished a cycle (scan, carving, slices, status). Before that `slices()` is
+   * empty because nothing was scanned yet, not because the node has no devices: handing it over
+   * would publish every DRA pool empty, at a new generation, until the first cycle ends.
+   */
+  cycleDone(): boolean;
+}
+
+/** The API server as the driver uses it (tests pass fakes; by default built from the kubeconfig). */
+export interface DraPorts {
+  store: ResourceSliceStore;
+  getClaim: (namespace: string, name: string, signal?: AbortSignal) => Promise<ClaimObject | undefined>;
+  claims?: ClaimListWatch;
+  nodeUid?: () => Promise<string | undefined>;
 }
 
 export interface DraWiring {
@@ -41,19 +58,19 @@ export async function startDra(opts: {
   /** Who holds a slice per the agent's ledger (AgentManager.holderOf): slices held outside DRA are neither published nor prepared. */
   holderOf?: (sliceId: string) => DraHoldState;
   pollMs?: number;
+  /** The API server ports (default: client-node on the kubeconfig). */
+  ports?: DraPorts;
 }): Promise<DraWiring> {
-  const { loadKubeConfig } = await import('../kube/adapter.js');
-  const { KubeClaimListWatch, KubeResourceSliceStore, claimReader, nodeUidReader } = await import('./kube.js');
-  const kc = loadKubeConfig(opts.kubeconfig);
+  const ports = opts.ports ?? (await kubePorts(opts.kubeconfig, opts.nodeName));
   const driver = new DraDriver({
     nodeName: opts.nodeName,
     kubeletDir: opts.kubeletDir,
     cdiDir: opts.cdiDir,
     sysfsRoot: opts.sysfsRoot,
-    getClaim: claimReader(kc),
-    claims: new KubeClaimListWatch(kc),
-    store: new KubeResourceSliceStore(kc, opts.nodeName),
-    nodeUid: nodeUidReader(kc, opts.nodeName),
+    getClaim: ports.getClaim,
+    ...(ports.claims ? { claims: ports.claims } : {}),
+    store: ports.store,
+    ...(ports.nodeUid ? { nodeUid: ports.nodeUid } : {}),
     logger: opts.logger,
     ...(opts.onHoldersChanged ? { onHoldersChanged: opts.onHoldersChanged } : {}),
     ...(opts.onRegistration ? { onRegistration: opts.onRegistration } : {}),
@@ -62,6 +79,7 @@ export async function startDra(opts: {
   let lastSlices: readonly Slice[] | undefined;
   let lastPools: readonly PoolPlan[] | undefined;
   const tick = (): void => {
+    if (!opts.agent.cycleDone()) return; // nothing scanned yet: the driver neither publishes nor prepares
     const pools = opts.agent.pools();
     const slices = opts.agent.slices();
     if (!pools || (slices === lastSlices && pools === lastPools)) return;
@@ -73,4 +91,11 @@ export async function startDra(opts: {
   timer.unref();
   const done = driver.run(opts.signal).finally(() => clearInterval(timer));
   return { driver, done };
+}
+
+async function kubePorts(kubeconfig: string | undefined, node: string): Promise<DraPorts> {
+  const { loadKubeConfig } = await import('../kube/adapter.js');
+  const { KubeClaimListWatch, KubeResourceSliceStore, claimReader, nodeUidReader } = await import('./kube.js');
+  const kc = loadKubeConfig(kubeconfig);
+  return { getClaim: claimReader(kc), claims: new KubeClaimListWatch(kc), store: new KubeResourceSliceStore(kc, node), nodeUid: nodeUidReader(kc, node) };
 }
