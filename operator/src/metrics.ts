@@ -1,5 +1,6 @@
 // Prometheus metrics of the operator, on a registry of its own (never prom-client's global one).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Pool } from './api/types.js';
 import type { ControllerObserver } from './runtime/controller.js';
 import type { InformerObserver } from './runtime/informer.js';
 import type { WorkQueue } from './runtime/workqueue.js';
@@ -11,6 +12,7 @@ export class OperatorMetrics implements ControllerObserver, InformerObserver {
   private readonly leader: Gauge;
   private readonly restarts: Counter<'resource' | 'reason'>;
   private readonly queues = new Map<string, WorkQueue>();
+  private readonly pools: { list?: () => readonly Pool[] } = {};
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'virtualio_operator_' });
@@ -43,6 +45,19 @@ export class OperatorMetrics implements ControllerObserver, InformerObserver {
       registers: [this.registry],
     });
     this.leader.set(0);
+    const pools = this.pools;
+    new Gauge({
+      name: 'virtualio_operator_pool_condition',
+      help: 'The conditions of each VirtualIODevice (pool): one series per condition, value 1, with its status and reason (while this replica leads).',
+      labelNames: ['pool', 'condition', 'status', 'reason'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const p of pools.list?.() ?? []) {
+          for (const c of p.status?.conditions ?? []) this.set({ pool: p.metadata.name, condition: c.type, status: c.status, reason: c.reason }, 1);
+        }
+      },
+    });
     this.restarts = new Counter({
       name: 'virtualio_operator_informer_restarts_total',
       help: 'Informer restarts after a watch error or a silent watch.',
@@ -53,6 +68,12 @@ export class OperatorMetrics implements ControllerObserver, InformerObserver {
 
   watchQueue(controller: string, q: WorkQueue): void {
     this.queues.set(controller, q);
+  }
+
+  /** Exports the conditions of the pools `list` returns (the leader's informer cache) at each scrape. */
+  watchPools(list: (() => readonly Pool[]) | undefined): void {
+    if (list) this.pools.list = list;
+    else delete this.pools.list;
   }
 
   setLeader(leading: boolean): void {
