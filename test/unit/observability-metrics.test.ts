@@ -2,12 +2,15 @@
 // from its VirtualIONode status at each scrape (built here by the agent's own buildStatus, so a change
 // of the status' wording that breaks them fails here), the counter of slices that turned unhealthy,
 // the carving results exported from 0, and the operator's pool conditions.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Registry } from 'prom-client';
 import { buildStatus, type StatusInput } from '../../device-plugin/src/agent/status.js';
 import { CARVING_RESULTS, NODE_PROBLEMS, createMetrics, ksmResource, stuckWrites } from '../../device-plugin/src/metrics.js';
 import type { PoolPlan, Slice } from '../../device-plugin/src/model.js';
 import { OperatorMetrics } from '../../operator/src/metrics.js';
 import type { Pool } from '../../operator/src/api/types.js';
+import { REPO_ROOT } from '../cluster/control-plane.js';
 
 const net: PoolPlan = { name: 'fast-net', resourceName: 'virtualio.dev/fast-net', class: 'NIC', mode: 'SRIOV', consumption: 'SRIOVNetwork', devices: [{ pciAddress: '0000:81:00.0' }] };
 const vgpu: PoolPlan = { name: 'a16-vgpu', resourceName: 'nvidia.com/NVIDIA_A16-4Q', class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', devices: [{ pciAddress: '0000:3b:00.0' }] };
@@ -81,6 +84,12 @@ describe('agent: gauges derived from the status', () => {
     // Text exposition: what Prometheus reads.
     const text = await r.metrics();
     expect(text).toContain('virtualio_agent_pool_capacity_slices{pool="fast-net",resource="virtualio_dev_fast_net"} 4');
+  });
+
+  test('the stuck-write reason parsed here is the one the carver writes', () => {
+    // The carver (device-plugin/src/agent/carver.ts) reports a stuck write as a blocked change with this reason.
+    const carver = readFileSync(join(REPO_ROOT, 'device-plugin/src/agent/carver.ts'), 'utf8');
+    expect(carver).toContain('device: st.lane, reason: `stuck: ${st.path}=${JSON.stringify(st.value)} has not returned for ${secs} s');
   });
 
   test('a stuck write is found in the Degraded message when the pool message names something else', () => {
