@@ -146,6 +146,7 @@ export class Operator {
     metrics?.watchQueue('plan', planQ);
     metrics?.watchQueue('status', statusQ);
     metrics?.watchQueue('kubevirt', kubevirtQ);
+    metrics?.watchPools(() => pools.list()); // virtualio_operator_pool_condition, read at each scrape
     const planAll = () => {
       for (const n of nodes.list()) planQ.add(n.metadata.name);
     };
@@ -277,6 +278,7 @@ export class Operator {
       recheck, resync, deviceClasses.run(signal), ...runs,
     ]);
     if (kv) await kv.run;
+    metrics?.watchPools(undefined);
     this.readyFlag = false;
   }
 }
