@@ -146,7 +146,8 @@ test('the agent, as the chart deploys it, creates its VirtualIONode, follows the
 test("an agent told another node's name cannot create or write that node's VirtualIONode", async () => {
   // The token is bound to a Pod on NODE, but the process is started with --node-name OTHER.
   const kubeconfig = tokenKubeconfig('confused', await agentPodToken(NODE, 'agent-e2e-confused'));
-  const agent = await startAgent(agentArgs(kubeconfig, OTHER));
+  // Its own state folder: on the same one it would rightly wait for the node lock the first agent holds.
+  const agent = await startAgent([...agentArgs(kubeconfig, OTHER), '--state-dir', join(dir, 'state-confused')]);
   agents.push(agent);
   const refused = await eventually('the API server to refuse the agent', async () => (
     agent.logs.find((l) => JSON.stringify(l).includes(`may only write VirtualIONode ${NODE}, not ${OTHER}`))
