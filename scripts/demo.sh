@@ -36,4 +36,5 @@ export VIO_BIN_DIR
 if [ "$(id -u)" != 0 ]; then
   echo "[demo] note: not root, so no kubelet (it needs /var/lib/kubelet): no VM can start, and the demo ends NOT OK because it cannot verify them; run 'sudo make demo'" >&2
 fi
-exec node test/demo/demo.ts "$@"
+# The hooks resolve the fake kernel's `./x.js` imports to their .ts sources (node strips types natively).
+exec node --import ./test/sysfs/ts-hooks.mjs test/demo/demo.ts "$@"

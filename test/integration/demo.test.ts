@@ -1,4 +1,4 @@
-// The main job end to end: runs the demo exactly as `make demo` does (node test/demo/demo.ts, after
+// The main job end to end: runs the demo exactly as `make demo` does (node --import test/sysfs/ts-hooks.mjs test/demo/demo.ts, after
 // the build) with --json, and checks what it reports against what the VMs really received. As root
 // (CI) the real kubelet runs and every VM must hold its slices with KubeVirt's env, and the demo must
 // say OK; without root no VM can start, so the demo must say NOT OK and exit non-zero (it cannot
@@ -58,7 +58,7 @@ let stderr = '';
 
 beforeAll(async () => {
   await ensureBuilt();
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'test/demo/demo.ts'), '--json', '--timeout', '600'], {
+  const child = spawn(process.execPath, ['--import', join(REPO_ROOT, 'test/sysfs/ts-hooks.mjs'), join(REPO_ROOT, 'test/demo/demo.ts'), '--json', '--timeout', '600'], {
     cwd: REPO_ROOT,
     env: { ...process.env, NODE_OPTIONS: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
