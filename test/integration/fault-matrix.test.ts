@@ -644,8 +644,9 @@ suite(`fault matrix: a VM never loses its device (real kubelet, operator and age
     await stopAgent('SIGTERM').catch(() => undefined);
     await stopOperator().catch(() => undefined);
     await proxy?.down().catch(() => undefined);
-    await kubelet?.stop();
-    await kernel?.stop();
+    // Each step even when one before it failed (a failed row can leave the tree odd): no orphans.
+    await kubelet?.stop().catch((err: unknown) => console.error(`kubelet stop: ${String(err)}`));
+    await kernel?.stop().catch((err: unknown) => console.error(`kernel daemon stop: ${String(err)}`));
     await cp?.stop();
     // The blocked-write row's abandoned helper exits once its write returns; the tree is going anyway.
     if (base && !process.env.VIO_KEEP_FAULT_MATRIX) rmSync(base, { recursive: true, force: true });
