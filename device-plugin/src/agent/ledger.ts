@@ -180,8 +180,10 @@ export class Ledger {
       if (d) return `${id} is held by DRA claim ${d.namespace}/${d.pod}`;
       const h = this.podResources.holders.get(id);
       if (h && h.resourceName !== resourceName) return `${id} is held by ${describe(h)} through ${h.resourceName}`;
+      // A hold known only from the kubelet's own checkpoint does not refuse: the kubelet keeps that
+      // record itself, we advertise such a slice Unhealthy, and the entry may be a gone pod's.
       const g = this.grants.get(id);
-      if (g && g.resourceName !== resourceName) return `${id} was handed out through ${g.resourceName}${g.pod ? ` to ${describe(g.pod)}` : ''}`;
+      if (g && g.resourceName !== resourceName && g.via !== 'kubelet-checkpoint') return `${id} was handed out through ${g.resourceName}${g.pod ? ` to ${describe(g.pod)}` : ''}`;
     }
     return undefined;
   }
