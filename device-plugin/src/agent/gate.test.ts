@@ -53,6 +53,20 @@ describe('gate', () => {
   });
 });
 
+describe('gate and IOMMU groups', () => {
+  test('unbinding the audio function of a held GPU is refused: the VM holds the whole group', () => {
+    const withGroup: Inventory = {
+      devices: [
+        { pciAddress: '0000:3b:00.0', driver: 'vfio-pci', iommuGroup: 60, iommuGroupMembers: ['0000:3b:00.1'] },
+        { pciAddress: '0000:3b:00.1', driver: 'vfio-pci', iommuGroup: 60, iommuGroupMembers: ['0000:3b:00.0'] },
+      ],
+    };
+    const r = gate([{ path: 'bus/pci/devices/0000:3b:00.1/driver/unbind', value: '0000:3b:00.1', why: 'return' }], withGroup, (id) => (id === '0000:3b:00.0' ? 'held by VM a' : undefined));
+    expect(r.refused.map((x) => [x.victim, x.why])).toStrictEqual([['0000:3b:00.1', 'in the IOMMU group of 0000:3b:00.0, held by VM a']]);
+    expect(r.allowed).toStrictEqual([]);
+  });
+});
+
 describe('parseKubeletCheckpoint', () => {
   test('reads 1.20+ (per NUMA node) and older (list) DeviceIDs', () => {
     const text = JSON.stringify({

@@ -93,11 +93,15 @@ export function gate(writes: readonly SysfsWrite[], inv: Inventory, protection: 
     const victims = victimsOf(w, inv, devices);
     let hit: { victim: string; why: string } | undefined;
     for (const v of victims) {
-      const why = protection(v);
-      if (why) {
-        hit = { victim: v, why };
-        break;
+      // A VM holds a whole IOMMU group: a member of a held slice's group (a GPU's audio function) is held too.
+      for (const id of [v, ...(devices.get(v)?.iommuGroupMembers ?? [])]) {
+        const why = protection(id);
+        if (why) {
+          hit = { victim: v, why: id === v ? why : `in the IOMMU group of ${id}, ${why}` };
+          break;
+        }
       }
+      if (hit) break;
     }
     if (hit) {
       closed.set(key, hit);
