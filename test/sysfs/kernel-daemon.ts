@@ -315,7 +315,10 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
       for (const [file, sock] of fifos) {
         sock?.destroy();
         await rm(file, { force: true });
-        await writeFile(file, '');
+        // Its device may be gone meanwhile (a vport deleted, a VF disabled): then there is nothing to restore.
+        await writeFile(file, '').catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
       }
       fifos.clear();
     },
