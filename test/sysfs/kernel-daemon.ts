@@ -39,7 +39,7 @@
 // CLI:         node --import ./test/sysfs/ts-hooks.mjs test/sysfs/kernel-daemon.ts --root <sysfs> --dev-root <dev>
 //              prints "ready" on stdout once watching and serving the control socket; violations go
 //              to stderr as JSON lines too; SIGTERM/SIGINT stop it (FIFOs become files again).
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { constants, openSync, watch, type FSWatcher } from 'node:fs';
 import { appendFile, lstat, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -323,6 +323,39 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
       fifos.clear();
     },
   };
+}
+
+/** A kernel daemon run as its own process (the CLI), as another process would start it. */
+export interface DaemonProcess {
+  readonly child: ChildProcess;
+  /** Everything it printed on stderr so far. */
+  stderr(): string;
+  /** SIGTERM, then waits for the exit. */
+  stop(): Promise<void>;
+}
+
+/** Starts the CLI daemon over `root`/`devRoot` and resolves once it printed "ready". */
+export async function spawnKernelDaemon(root: string, devRoot: string): Promise<DaemonProcess> {
+  const repo = path.resolve(import.meta.dirname, '../..');
+  const child = spawn(process.execPath, ['--import', './test/sysfs/ts-hooks.mjs', 'test/sysfs/kernel-daemon.ts', '--root', root, '--dev-root', devRoot], { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
+  };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout?.on('data', (c: Buffer) => c.toString().includes('ready') && resolve());
+      child.on('exit', (code) => reject(new Error(`daemon exited ${code}: ${stderr}`)));
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { child, stderr: () => stderr, stop };
 }
 
 /** One control command (see the file header) → its reply line. */

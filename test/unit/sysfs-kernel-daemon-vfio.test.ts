@@ -1,12 +1,11 @@
 // The kernel daemon (plain file writes by an unmodified agent) is the witness too: violations from
 // value attributes and trigger FIFOs, a blocked write that does not stall other devices, and the
 // control socket through which another process holds devices.
-import { spawn } from 'node:child_process';
 import { readlink, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import { FsSysfsWriter } from '../../device-plugin/src/sysfs/writer.js';
-import { kernelControl, startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
+import { kernelControl, spawnKernelDaemon, startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { connectX6, emulexFc, FakeKernel, mdevGpu, readViolations } from '../sysfs/kernel.js';
 import { tempTree, waitFor } from '../sysfs/tmp.js';
 
@@ -94,26 +93,15 @@ test('the control socket holds groups and vports for another process; vport_dele
 });
 
 test('the CLI daemon serves the control socket: a VM that lets go on request lets the write complete', async () => {
-  const child = spawn(process.execPath, ['--import', './test/sysfs/ts-hooks.mjs', 'test/sysfs/kernel-daemon.ts', '--root', root, '--dev-root', devRoot], {
-    cwd: path.resolve(import.meta.dirname, '../..'),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const daemon = await spawnKernelDaemon(root, devRoot);
   try {
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (c: Buffer) => c.toString().includes('ready') && resolve());
-      child.on('exit', (code) => reject(new Error(`daemon exited ${code}: ${stderr}`)));
-    });
     expect(await kernelControl(root, `open ${g0} vm/cli 50`)).toBe('');
     await new FsSysfsWriter(root).write(`bus/pci/devices/${PF}/sriov_numvfs`, '0');
     await waitFor('the VFs gone once the VM let go', async () => (await vfsOf()).length === 0);
     expect(await readViolations(root)).toEqual([expect.objectContaining({ device: VF0, group: g0, holder: 'vm/cli', path: await real(`bus/pci/devices/${PF}/sriov_numvfs`) })]);
     expect(JSON.parse(await kernelControl(root, 'status'))).toEqual({ groups: [], vports: [], violations: 1 });
-    expect(stderr).toContain('"violation"');
+    expect(daemon.stderr()).toContain('"violation"');
   } finally {
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await exited;
+    await daemon.stop();
   }
 }, 60000);

@@ -1,5 +1,4 @@
 // The kernel daemon gives kernel behaviour to plain file writes (what the unmodified agent does).
-import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { applyCarving } from '../../device-plugin/src/carving/apply.js';
@@ -8,7 +7,7 @@ import { scan } from '../../device-plugin/src/discovery/scan.js';
 import { buildSlices } from '../../device-plugin/src/health/slices.js';
 import type { VirtualIONodeSpec } from '../../device-plugin/src/model.js';
 import { FsSysfsWriter } from '../../device-plugin/src/sysfs/writer.js';
-import { splitTriggerMessage, startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
+import { spawnKernelDaemon, splitTriggerMessage, startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { connectX6, emulexFc, FakeKernel, mdevGpu } from '../sysfs/kernel.js';
 import { tempTree, waitFor } from '../sysfs/tmp.js';
 
@@ -94,23 +93,12 @@ test.each([
 });
 
 test('the CLI prints ready and applies writes from another process', async () => {
-  const child = spawn(process.execPath, ['--import', './test/sysfs/ts-hooks.mjs', 'test/sysfs/kernel-daemon.ts', '--root', root, '--dev-root', devRoot], {
-    cwd: path.resolve(import.meta.dirname, '../..'),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const daemon = await spawnKernelDaemon(root, devRoot);
   try {
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (c: Buffer) => c.toString().includes('ready') && resolve());
-      child.on('exit', (code) => reject(new Error(`daemon exited ${code}: ${stderr}`)));
-    });
     await new FsSysfsWriter(root).write(`bus/pci/devices/${PF}/sriov_numvfs`, '2');
     await waitFor('two VFs', async () => (await scan(root)).devices.find((d) => d.pciAddress === PF)?.sriov?.vfs?.length === 2);
   } finally {
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await exited;
+    await daemon.stop();
   }
   const { lstat } = await import('node:fs/promises');
   expect((await lstat(path.join(root, 'bus/pci/drivers_probe'))).isFile()).toBe(true);

@@ -40,6 +40,17 @@ async function after(l: Ledger, clock: { t: number }, ms: number, id: string): P
   return l.state(id).kind;
 }
 
+/** A ledger that has seen VF 0000:81:00.2 held by pod vms/virt-launcher-a (UID uid-a) in both PodResources and the kubelet's checkpoint. */
+async function heldByPodA(): Promise<{ src: Sources; clock: { t: number }; l: Ledger }> {
+  const src = new Sources();
+  const clock = { t: 1_000_000 };
+  const l = make(src, { graceMs: 1_000, clock });
+  src.pods.set('0000:81:00.2', holder('virt-launcher-a'));
+  src.kubelet = { kind: 'ok', entries: new Map([['0000:81:00.2', [{ podUID: 'uid-a', container: 'compute', resourceName: R }]]]) };
+  await l.refresh();
+  return { src, clock, l };
+}
+
 function make(src: Sources, o: { file?: string; graceMs?: number; clock?: { t: number } } = {}): Ledger {
   const clock = o.clock ?? { t: 1_000_000 };
   return new Ledger({ ...(o.file ? { file: o.file } : {}), node: 'n1', logger: silentLogger(), sources: src.get(), graceMs: o.graceMs ?? 0, now: () => clock.t });
@@ -80,12 +91,7 @@ describe('Ledger', () => {
   });
 
   test('an empty PodResources list after a kubelet restart releases nothing the kubelet checkpoint still lists', async () => {
-    const src = new Sources();
-    const clock = { t: 1_000_000 };
-    const l = make(src, { graceMs: 1_000, clock });
-    src.pods.set('0000:81:00.2', holder('virt-launcher-a'));
-    src.kubelet = { kind: 'ok', entries: new Map([['0000:81:00.2', [{ podUID: 'uid-a', container: 'compute', resourceName: R }]]]) };
-    await l.refresh();
+    const { src, clock, l } = await heldByPodA();
     // The kubelet restarts: PodResources answers empty (its pods are not back), its checkpoint is unchanged.
     src.pods.clear();
     for (let i = 0; i < 5; i++) {
@@ -98,12 +104,7 @@ describe('Ledger', () => {
   });
 
   test('a stale kubelet checkpoint entry whose pod the API server says is gone does not hold', async () => {
-    const src = new Sources();
-    const clock = { t: 1_000_000 };
-    const l = make(src, { graceMs: 1_000, clock });
-    src.pods.set('0000:81:00.2', holder('virt-launcher-a'));
-    src.kubelet = { kind: 'ok', entries: new Map([['0000:81:00.2', [{ podUID: 'uid-a', container: 'compute', resourceName: R }]]]) };
-    await l.refresh();
+    const { src, clock, l } = await heldByPodA();
     src.pods.clear();
     src.gone.set('vms/virt-launcher-a/uid-a', true);
     expect(await after(l, clock, 500, '0000:81:00.2')).toBe('held'); // grace not over

@@ -107,8 +107,6 @@ export class Ledger {
   private readonly loadedAt: number;
   private readonly goneCache = new Map<string, { gone: boolean | undefined; at: number }>();
   private lastNudge = 0;
-  /** Why the last save failed. */
-  saveError: string | undefined;
 
   constructor(private readonly opts: LedgerOptions) {
     this.log = opts.logger.child({ component: 'ledger' });
@@ -319,10 +317,8 @@ export class Ledger {
     try {
       writeFileDurable(this.opts.file, text);
       this.written = text;
-      this.saveError = undefined;
     } catch (err) {
-      this.saveError = `cannot write ${this.opts.file}: ${(err as Error).message}`;
-      this.log.error(this.saveError);
+      this.log.error({ err, file: this.opts.file }, 'cannot write the ledger; grants stay in memory and the write is tried again at the next refresh');
     }
   }
 }

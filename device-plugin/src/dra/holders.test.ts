@@ -11,11 +11,10 @@ import { DevicePluginFrontEnd, type FrontEndOptions } from '../agent/frontends.j
 import { Ledger } from '../agent/ledger.js';
 import { silentLogger } from '../log.js';
 import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
-import type { ClaimEventType, ClaimListWatch } from './claims.js';
-import { draDeviceName, type ResourceSliceObject } from './devices.js';
+import { draDeviceName } from './devices.js';
 import { DraDriver, type DraHoldState, type PreparedHolder } from './driver.js';
 import type { ClaimObject, ClaimRef } from './prepare.js';
-import type { ResourceSliceStore } from './publisher.js';
+import { FakeClaims, MemoryStore, claimObj, until } from '../../../test/fakes/dra.js';
 
 const NODE = 'worker-1';
 const pool: PoolPlan = { name: 'gpu', resourceName: 'virtualio.dev/gpu', class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', frontEnd: 'DRA', devices: [{ pciAddress: '0000:3b:00.0' }, { pciAddress: '0000:3c:00.0' }] };
@@ -26,71 +25,6 @@ const A = fn('0000:3b:00.0', 60);
 const B = fn('0000:3c:00.0', 61);
 const inventory: { devices: InventoryDevice[] } = { devices: [{ pciAddress: A.pciAddress!, vendorID: '10de', deviceID: '2231', numaNode: 0 }, { pciAddress: B.pciAddress!, vendorID: '10de', deviceID: '2231', numaNode: 0 }] };
 const POOL = `${NODE}/gpu`;
-
-function claimObj(uid: string, name: string, devices: Slice[], pods: string[] = []): ClaimObject {
-  return {
-    metadata: { name, namespace: 'vms', uid },
-    status: {
-      allocation: { devices: { results: devices.map((s) => ({ request: 'gpu', driver: 'virtualio.dev', pool: POOL, device: draDeviceName(s) })) } },
-      reservedFor: pods.map((p) => ({ resource: 'pods', name: p, uid: `uid-${p}` })),
-    },
-  };
-}
-
-class MemoryStore implements ResourceSliceStore {
-  objects = new Map<string, ResourceSliceObject>();
-  async list(): Promise<ResourceSliceObject[]> {
-    return [...this.objects.values()].map((o) => structuredClone(o));
-  }
-  private seq = 0;
-  async create(o: ResourceSliceObject): Promise<void> {
-    const name = o.metadata.name ?? `${o.metadata.generateName}${String(++this.seq).padStart(5, '0')}`;
-    this.objects.set(name, structuredClone({ ...o, metadata: { ...o.metadata, name } }));
-  }
-  async update(o: ResourceSliceObject): Promise<void> {
-    this.objects.set(o.metadata.name!, structuredClone(o));
-  }
-  async remove(name: string): Promise<void> {
-    this.objects.delete(name);
-  }
-  devices(): string[] {
-    return [...this.objects.values()].flatMap((o) => o.spec.devices.map((d) => d.name)).sort();
-  }
-}
-
-/** The API server's ResourceClaims: a list that can fail, and one watch the test feeds. */
-class FakeClaims implements ClaimListWatch {
-  items = new Map<string, ClaimObject>();
-  failLists = false;
-  listCalls = 0;
-  private emit: ((t: ClaimEventType, o: unknown) => void) | undefined;
-  async list(): Promise<{ items: ClaimObject[]; resourceVersion: string }> {
-    this.listCalls++;
-    if (this.failLists) throw new Error('connect ECONNREFUSED');
-    return { items: [...this.items.values()].map((c) => structuredClone(c)), resourceVersion: '1' };
-  }
-  watch(_rv: string, onEvent: (t: ClaimEventType, o: unknown) => void, signal: AbortSignal): Promise<unknown> {
-    this.emit = onEvent;
-    return new Promise((resolve) => signal.addEventListener('abort', () => resolve(undefined), { once: true }));
-  }
-  set(c: ClaimObject): void {
-    this.items.set(c.metadata.uid!, c);
-    this.emit?.('MODIFIED', structuredClone(c));
-  }
-  get watching(): boolean {
-    return this.emit !== undefined;
-  }
-}
-
-async function until<T>(what: string, get: () => T | undefined | false, ms = 3000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = get();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 interface Rig {
   dir: string;
@@ -164,7 +98,7 @@ describe('device plugin → DRA: a slice a pod holds through the device plugin',
   test('is refused by NodePrepareResources with a per-claim error, and nothing is written', async () => {
     const r = await rig();
     r.holds.set(A.id, podHold('virt-launcher-vm1-abcde'));
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm2-fghij']));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm2-fghij']));
     const out = await r.driver.prepare(ref('u1', 'c1'));
     expect(out.devices).toEqual([]);
     expect(out.error).toBe(`ResourceClaim vms/c1: device ${draDeviceName(A)} (${A.id}) is held by pod vms/virt-launcher-vm1-abcde; not handing it out twice`);
@@ -179,8 +113,8 @@ describe('device plugin → DRA: a slice a pod holds through the device plugin',
 describe('one slice, one claim', () => {
   test('a slice prepared for one claim is refused to another; the first claim is answered the same again', async () => {
     const r = await rig();
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
-    r.api.set('vms/c2', claimObj('u2', 'c2', [A], ['virt-launcher-vm2-fghij']));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    r.api.set('vms/c2', claimObj(POOL, 'u2', 'c2', [A], ['virt-launcher-vm2-fghij']));
     const first = await r.driver.prepare(ref('u1', 'c1'));
     expect(first.error).toBe('');
     // The ledger names our own claim as the holder: not "elsewhere", but still another claim.
@@ -195,7 +129,7 @@ describe('one slice, one claim', () => {
 
   test('after unprepare, the hold the ledger keeps for its grace period (no holder named) is ours: still published and preparable', async () => {
     const r = await rig();
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
     expect((await r.driver.prepare(ref('u1', 'c1'))).error).toBe('');
     expect(await r.driver.unprepare(ref('u1', 'c1'))).toBe('');
     const grace: DraHoldState = { kind: 'held', by: 'pod ? in the kubelet\'s checkpoint' };
@@ -203,7 +137,7 @@ describe('one slice, one claim', () => {
     r.holds.set(B.id, grace); // B was never ours: that hold is someone else's
     r.driver.update([pool], [A, B], inventory);
     await until('A published, B withheld', () => r.store.devices().join() === draDeviceName(A));
-    r.api.set('vms/c3', claimObj('u3', 'c3', [A], ['virt-launcher-vm3-klmno']));
+    r.api.set('vms/c3', claimObj(POOL, 'u3', 'c3', [A], ['virt-launcher-vm3-klmno']));
     expect((await r.driver.prepare(ref('u3', 'c3'))).error).toBe('');
     // A pool that stops being a DRA pool (and comes back) loses that benefit of the doubt.
     await r.driver.unprepare(ref('u3', 'c3'));
@@ -220,7 +154,7 @@ describe('claims the scheduler allocated here, not prepared yet', () => {
     const r = await rig({ claims });
     await until('a failed list', () => claims.listCalls > 0);
     expect(r.driver.holdersUnknown()).toMatch(/^ResourceClaims not listed yet \(listing ResourceClaims: Error: connect ECONNREFUSED\)/);
-    claims.items.set('u5', claimObj('u5', 'c5', [A], ['virt-launcher-vm5-abcde']));
+    claims.items.set('u5', claimObj(POOL, 'u5', 'c5', [A], ['virt-launcher-vm5-abcde']));
     claims.failLists = false;
     await until('the list', () => claims.watching);
     expect(r.driver.holdersUnknown()).toBeUndefined();
@@ -229,23 +163,23 @@ describe('claims the scheduler allocated here, not prepared yet', () => {
     expect(r.holdersChanged).toBeGreaterThan(0);
     // A claim allocated later (watch) holds at once.
     const before = r.holdersChanged;
-    claims.set(claimObj('u6', 'c6', [B], []));
+    claims.set(claimObj(POOL, 'u6', 'c6', [B], []));
     expect(r.driver.preparedHolders().get(B.id)?.pod).toBe('claim/c6');
     expect(r.holdersChanged).toBe(before + 1);
   });
 
   test('unprepared while still reserved for the same pod: holds nothing; reserved for a new pod: holds again', async () => {
     const claims = new FakeClaims();
-    claims.items.set('u5', claimObj('u5', 'c5', [A], ['virt-launcher-vm5-abcde']));
+    claims.items.set('u5', claimObj(POOL, 'u5', 'c5', [A], ['virt-launcher-vm5-abcde']));
     const r = await rig({ claims });
     await until('the list', () => claims.watching);
-    r.api.set('vms/c5', claimObj('u5', 'c5', [A], ['virt-launcher-vm5-abcde']));
+    r.api.set('vms/c5', claimObj(POOL, 'u5', 'c5', [A], ['virt-launcher-vm5-abcde']));
     expect((await r.driver.prepare(ref('u5', 'c5'))).error).toBe('');
     expect(r.driver.preparedHolders().has(A.id)).toBe(true);
     await r.driver.unprepare(ref('u5', 'c5'));
     // Nothing runs the ResourceClaim controller that would clear reservedFor and the allocation.
     expect(r.driver.preparedHolders().has(A.id)).toBe(false);
-    claims.set(claimObj('u5', 'c5', [A], ['virt-launcher-vm5-xyzzy']));
+    claims.set(claimObj(POOL, 'u5', 'c5', [A], ['virt-launcher-vm5-xyzzy']));
     expect(r.driver.preparedHolders().get(A.id)?.pod).toBe('virt-launcher-vm5-xyzzy');
   });
 });
@@ -254,7 +188,7 @@ describe('the ResourceClaim read', () => {
   test('has a deadline, and a hung read does not hold up another claim', async () => {
     const r = await rig({ claimTimeoutMs: 300 });
     r.api.set('vms/hung', new Promise<never>(() => undefined));
-    r.api.set('vms/c2', claimObj('u2', 'c2', [B], ['virt-launcher-vm2-fghij']));
+    r.api.set('vms/c2', claimObj(POOL, 'u2', 'c2', [B], ['virt-launcher-vm2-fghij']));
     const t0 = Date.now();
     const hung = r.driver.prepare(ref('u1', 'hung'));
     let hungDone = false;
@@ -293,7 +227,7 @@ describe('a damaged DRA checkpoint', () => {
   /** A driver that prepared c1 (A) and stopped; then the checkpoint is damaged. */
   async function damaged(): Promise<{ dir: string; expected: object }> {
     const first = await rig({ keepDir: true });
-    first.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    first.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
     expect((await first.driver.prepare(ref('u1', 'c1'))).error).toBe('');
     const file = join(first.dir, 'kubelet/plugins/virtualio.dev/checkpoint.json');
     const expected = (JSON.parse(readFileSync(file, 'utf8')) as { claims: object[] }).claims[0]!;
@@ -318,7 +252,7 @@ describe('a damaged DRA checkpoint', () => {
     await until('a failed list', () => claims.listCalls > 0);
     expect(r.driver.holdersUnknown()).toMatch(/is not valid JSON.*\(damaged file kept as .*checkpoint\.json\.corrupt-.*\); prepared claims not re-learned yet: ResourceClaims not listed yet/);
     // New claims are still prepared; the kubelet's unprepare still works.
-    r.api.set('vms/c2', claimObj('u2', 'c2', [B], ['virt-launcher-vm2-fghij']));
+    r.api.set('vms/c2', claimObj(POOL, 'u2', 'c2', [B], ['virt-launcher-vm2-fghij']));
     expect((await r.driver.prepare(ref('u2', 'c2'))).error).toBe('');
     expect(await r.driver.unprepare(ref('u1', 'c1'))).toBe('');
     expect(existsSync(join(dir, 'cdi', 'virtualio.dev-claim_u1.json'))).toBe(false);
@@ -347,9 +281,9 @@ describe('DRA → device plugin (agent side, with the real ledger)', () => {
     const claims = new FakeClaims();
     const r = await rig({ claims });
     await until('the list', () => claims.watching);
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
     expect((await r.driver.prepare(ref('u1', 'c1'))).error).toBe('');
-    claims.set(claimObj('u2', 'c2', [B], ['virt-launcher-vm2-fghij'])); // allocated, not prepared
+    claims.set(claimObj(POOL, 'u2', 'c2', [B], ['virt-launcher-vm2-fghij'])); // allocated, not prepared
     const ledger = new Ledger({
       node: NODE, logger: silentLogger(),
       sources: {

@@ -10,12 +10,11 @@ import * as grpc from '@grpc/grpc-js';
 import { loadDraHealthApi, loadPluginRegistrationApi } from '../../../proto/load.js';
 import { silentLogger } from '../log.js';
 import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
-import type { ClaimEventType, ClaimListWatch } from './claims.js';
-import { desiredPools, draDeviceName, resourceSlicesFor, type ResourceSliceObject } from './devices.js';
+import { desiredPools, draDeviceName, resourceSlicesFor } from './devices.js';
 import { DraDriver, type DraDriverOptions } from './driver.js';
 import { cdiSpecPath, Checkpoint, type ClaimObject, type ClaimRef } from './prepare.js';
-import type { ResourceSliceStore } from './publisher.js';
 import { startDra, type AgentView } from './wire.js';
+import { FakeClaims, MemoryStore, claimObj, until } from '../../../test/fakes/dra.js';
 
 const NODE = 'worker-1';
 const pool: PoolPlan = { name: 'gpu', resourceName: 'virtualio.dev/gpu', class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', frontEnd: 'DRA', devices: [{ pciAddress: '0000:3b:00.0' }, { pciAddress: '0000:3c:00.0' }] };
@@ -27,72 +26,6 @@ const B = fn('0000:3c:00.0', 61);
 const inventory: { devices: InventoryDevice[] } = { devices: [A, B].map((s) => ({ pciAddress: s.pciAddress!, vendorID: '10de', deviceID: '2231', numaNode: 0 })) };
 const POOL = `${NODE}/gpu`;
 const ref = (uid: string, name: string): ClaimRef => ({ namespace: 'vms', name, uid });
-
-function claimObj(uid: string, name: string, devices: Slice[], pods: string[] = []): ClaimObject {
-  return {
-    metadata: { name, namespace: 'vms', uid },
-    status: {
-      allocation: { devices: { results: devices.map((s) => ({ request: 'gpu', driver: 'virtualio.dev', pool: POOL, device: draDeviceName(s) })) } },
-      reservedFor: pods.map((p) => ({ resource: 'pods', name: p, uid: `uid-${p}` })),
-    },
-  };
-}
-
-class MemoryStore implements ResourceSliceStore {
-  objects = new Map<string, ResourceSliceObject>();
-  writes: string[] = [];
-  private seq = 0;
-  async list(): Promise<ResourceSliceObject[]> {
-    return [...this.objects.values()].map((o) => structuredClone(o));
-  }
-  async create(o: ResourceSliceObject): Promise<ResourceSliceObject> {
-    const name = o.metadata.name ?? `${o.metadata.generateName}${String(++this.seq).padStart(5, '0')}`;
-    this.writes.push(`create ${name} gen ${o.spec.pool.generation} devices ${o.spec.devices.length}`);
-    const stored = structuredClone({ ...o, metadata: { ...o.metadata, name, resourceVersion: String(this.seq) } });
-    this.objects.set(name, stored);
-    return structuredClone(stored);
-  }
-  async update(o: ResourceSliceObject): Promise<ResourceSliceObject> {
-    this.writes.push(`update ${o.metadata.name} gen ${o.spec.pool.generation} devices ${o.spec.devices.length}`);
-    this.objects.set(o.metadata.name!, structuredClone(o));
-    return structuredClone(o);
-  }
-  async remove(name: string): Promise<void> {
-    this.writes.push(`delete ${name}`);
-    this.objects.delete(name);
-  }
-}
-
-/** The API server's ResourceClaims: a list and one watch the test feeds. */
-class FakeClaims implements ClaimListWatch {
-  items = new Map<string, ClaimObject>();
-  private emit: ((t: ClaimEventType, o: unknown) => void) | undefined;
-  async list(): Promise<{ items: ClaimObject[]; resourceVersion: string }> {
-    return { items: [...this.items.values()].map((c) => structuredClone(c)), resourceVersion: '1' };
-  }
-  watch(_rv: string, onEvent: (t: ClaimEventType, o: unknown) => void, signal: AbortSignal): Promise<unknown> {
-    this.emit = onEvent;
-    return new Promise((resolve) => signal.addEventListener('abort', () => resolve(undefined), { once: true }));
-  }
-  remove(uid: string): void {
-    const c = this.items.get(uid);
-    this.items.delete(uid);
-    if (c) this.emit?.('DELETED', structuredClone(c));
-  }
-  get watching(): boolean {
-    return this.emit !== undefined;
-  }
-}
-
-async function until<T>(what: string, get: () => T | undefined | false, ms = 3000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = get();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -169,7 +102,7 @@ describe('before the agent\'s first cycle', () => {
     const store = new MemoryStore();
     previousRun(store);
     const claims = new FakeClaims();
-    claims.items.set('u1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    claims.items.set('u1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
     const r = await rig({ store, claims, update: false });
     await until('the claim list', () => claims.watching);
     // The kubelet registers the driver (the publisher re-lists at once).
@@ -194,13 +127,13 @@ describe('before the agent\'s first cycle', () => {
 
   test('NodePrepareResources waits for the first cycle, then prepares (even a claim prepared before the restart)', async () => {
     const first = await rig();
-    first.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    first.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
     const before = await first.driver.prepare(ref('u1', 'c1'));
     expect(before.error).toBe('');
     await first.stop();
 
     const r = await rig({ dir: first.dir, update: false });
-    r.api.set('vms/c2', claimObj('u2', 'c2', [B], ['virt-launcher-vm2-abcde']));
+    r.api.set('vms/c2', claimObj(POOL, 'u2', 'c2', [B], ['virt-launcher-vm2-abcde']));
     const again = r.driver.prepare(ref('u1', 'c1'));
     const fresh = r.driver.prepare(ref('u2', 'c2'));
     let settled = false;
@@ -216,7 +149,7 @@ describe('before the agent\'s first cycle', () => {
 
   test('without a first cycle in time, prepare answers an error the kubelet retries (nothing written)', async () => {
     const r = await rig({ update: false, driver: { readyTimeoutMs: 100 } });
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A]));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A]));
     expect(await r.driver.prepare(ref('u1', 'c1'))).toEqual({ devices: [], error: 'the agent has not finished its first scan of the node yet (waited 100 ms); try again' });
     expect(existsSync(cdiSpecPath(join(r.dir, 'cdi'), 'u1'))).toBe(false);
   });
@@ -264,7 +197,7 @@ describe('before the agent\'s first cycle', () => {
 
 test('the health stream keeps a draining device a VM still holds (the kubelet would mark it Unknown)', async () => {
   const r = await rig({ driver: { healthRefreshMs: 50 } });
-  r.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+  r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
   expect((await r.driver.prepare(ref('u1', 'c1'))).error).toBe('');
   const h = watchHealth(r.driver.draSocket);
   try {
@@ -281,7 +214,7 @@ test('the health stream keeps a draining device a VM still holds (the kubelet wo
 
 test('at start, temp files of interrupted writes and the files of a prepare that died before recording its claim are removed; recorded claims keep theirs', async () => {
   const first = await rig();
-  first.api.set('vms/c1', claimObj('u1', 'c1', [A]));
+  first.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A]));
   expect((await first.driver.prepare(ref('u1', 'c1'))).error).toBe('');
   await first.stop();
   const cdi = join(first.dir, 'cdi');
@@ -306,7 +239,7 @@ test('at start, temp files of interrupted writes and the files of a prepare that
 
 test('with a lost checkpoint the CDI specs stay (claims are re-learned from them); only temp files go', async () => {
   const first = await rig();
-  first.api.set('vms/c1', claimObj('u1', 'c1', [A]));
+  first.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A]));
   expect((await first.driver.prepare(ref('u1', 'c1'))).error).toBe('');
   await first.stop();
   writeFileSync(join(first.dir, 'kubelet/plugins/virtualio.dev/checkpoint.json'), '{"version": 1');
@@ -322,10 +255,10 @@ describe('prepared claims the kubelet will never unprepare', () => {
     const clock = { now: 1_000_000 };
     const kubeletState = join(dir, 'kubelet/dra_manager_state');
     const claims = new FakeClaims();
-    claims.items.set('u1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    claims.items.set('u1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
     const r = await rig({ dir, claims, driver: { nowMs: () => clock.now, kubeletDraStateFile: kubeletState, staleClaimGraceMs: 600_000, gcIntervalMs: 3_600_000 } });
     await until('the claim list', () => claims.watching);
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A], ['virt-launcher-vm1-abcde']));
     expect((await r.driver.prepare(ref('u1', 'c1'))).error).toBe('');
     writeFileSync(kubeletState, JSON.stringify({ Data: JSON.stringify({ kind: 'DRACheckpoint', Claims: { u1: { ClaimUID: 'u1' } } }), Checksum: 1 }));
     return { ...r, clock, kubeletState };
@@ -394,7 +327,7 @@ describe('a checkpoint save that fails', () => {
 
   test('fails the prepare and leaves no claim behind in memory: the kubelet\'s retry prepares and records it', async () => {
     const r = await rig();
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A]));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A]));
     const undo = breakSaves(file(r));
     expect((await r.driver.prepare(ref('u1', 'c1'))).error).toMatch(/^writing CDI spec or metadata for vms\/c1: /);
     expect(r.driver.preparedSliceIds().size).toBe(0);
@@ -407,7 +340,7 @@ describe('a checkpoint save that fails', () => {
 
   test('fails the unprepare and keeps the claim: the kubelet\'s retry removes it from the file too', async () => {
     const r = await rig();
-    r.api.set('vms/c1', claimObj('u1', 'c1', [A]));
+    r.api.set('vms/c1', claimObj(POOL, 'u1', 'c1', [A]));
     expect((await r.driver.prepare(ref('u1', 'c1'))).error).toBe('');
     const undo = breakSaves(file(r));
     expect(await r.driver.unprepare(ref('u1', 'c1'))).toMatch(/^unpreparing vms\/c1: /);
