@@ -5,14 +5,14 @@ import { PlanReconciler } from './controllers/plan/reconciler.js';
 import { StatusReconciler } from './controllers/status/reconciler.js';
 import { World, type KubeVirtSettings } from './controllers/world.js';
 import { KubeError } from './kube/errors.js';
-import { FakeKube } from './kube/fake.js';
+import { FakeKube } from '../../test/fakes/kube-api.js';
 import type { KubeObject } from './kube/ports.js';
 import { AGENT_FIELD_MANAGER, FIELD_MANAGER, KubeVirts, Nodes, POOL_FINALIZER, VirtualIODevices, VirtualIONodes } from './kube/resources.js';
 import { Operator } from './operator.js';
 import { systemClock } from './runtime/clock.js';
 import { EventRecorder } from './runtime/events.js';
 import { Informer } from './runtime/informer.js';
-import { gpu, nicPF, nodeObj, poolObj } from './testing/fixtures.js';
+import { gpu, nicPF, nodeObj, poolObj } from '../../test/support/operator-fixtures.js';
 
 const log = pino({ level: 'silent' });
 const noKubevirt: KubeVirtSettings = { namespace: 'kubevirt', name: 'kubevirt', manage: false, extra: { pciHostDevices: [], mediatedDevices: [] } };

@@ -20,8 +20,8 @@ import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, Nodes, VirtualIODevices, VirtualIO
 import { Operator } from '../../operator/src/operator.js';
 import { systemClock } from '../../operator/src/runtime/clock.js';
 import { EventRecorder } from '../../operator/src/runtime/events.js';
-import { gpu } from '../../operator/src/testing/fixtures.js';
-import { installCrdFiles, kubectlAt, waitUntil, writeAgentStatus } from '../../operator/src/testing/integration.js';
+import { gpu } from '../support/operator-fixtures.js';
+import { installCrdFiles, kubectlAt, waitUntil, writeAgentStatus } from '../support/operator-integration.js';
 
 jest.setTimeout(15 * 60_000); // the first run builds the harnesses from the module proxy
 

@@ -19,7 +19,7 @@ import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, Nodes, VirtualIODevices, VirtualIO
 import { Operator } from '../../operator/src/operator.js';
 import { systemClock } from '../../operator/src/runtime/clock.js';
 import { EventRecorder } from '../../operator/src/runtime/events.js';
-import { waitUntil } from '../../operator/src/testing/integration.js';
+import { waitUntil } from '../support/operator-integration.js';
 import type { ControlPlane } from '../cluster/control-plane.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';

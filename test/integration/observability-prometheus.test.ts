@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { jest } from '@jest/globals';
 import YAML from 'yaml';
-import { installCrdFiles, kubectlAt, spawnOperator, waitUntil, type OperatorProcess } from '../../operator/src/testing/integration.js';
+import { installCrdFiles, kubectlAt, spawnOperator, waitUntil, type OperatorProcess } from '../support/operator-integration.js';
 import { REPO_ROOT, freePort, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { ensureAgentBuilt, startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';

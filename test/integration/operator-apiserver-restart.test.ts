@@ -11,8 +11,8 @@ import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
 import { startOperatorCluster } from '../support/operator-cluster.js';
 import type { KubeObject } from '../../operator/src/kube/ports.js';
 import { Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
-import { nicPF } from '../../operator/src/testing/fixtures.js';
-import { spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
+import { nicPF } from '../support/operator-fixtures.js';
+import { spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../support/operator-integration.js';
 
 jest.setTimeout(300_000);
 

@@ -16,8 +16,8 @@ import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, FIELD_MANAGER, KubeVirts, Nodes, P
 import { Operator } from '../../operator/src/operator.js';
 import { systemClock } from '../../operator/src/runtime/clock.js';
 import { EventRecorder } from '../../operator/src/runtime/events.js';
-import { gpu, nicPF } from '../../operator/src/testing/fixtures.js';
-import { installCrdFiles, kubectlAt, waitUntil, writeAgentStatus } from '../../operator/src/testing/integration.js';
+import { gpu, nicPF } from '../support/operator-fixtures.js';
+import { installCrdFiles, kubectlAt, waitUntil, writeAgentStatus } from '../support/operator-integration.js';
 
 jest.setTimeout(240_000);
 

@@ -13,8 +13,8 @@ import type { Pool, VioNode } from '../../operator/src/api/types.js';
 import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
 import { startOperatorCluster } from '../support/operator-cluster.js';
 import { LEASE_NAME, Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
-import { nicPF } from '../../operator/src/testing/fixtures.js';
-import { spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../../operator/src/testing/integration.js';
+import { nicPF } from '../support/operator-fixtures.js';
+import { spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../support/operator-integration.js';
 
 jest.setTimeout(300_000);
 

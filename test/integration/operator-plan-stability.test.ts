@@ -15,8 +15,8 @@ import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, Nodes, VirtualIODevices, VirtualIO
 import { Operator } from '../../operator/src/operator.js';
 import { systemClock } from '../../operator/src/runtime/clock.js';
 import { EventRecorder } from '../../operator/src/runtime/events.js';
-import { gpu, nicPF } from '../../operator/src/testing/fixtures.js';
-import { waitUntil, writeAgentStatus } from '../../operator/src/testing/integration.js';
+import { gpu, nicPF } from '../support/operator-fixtures.js';
+import { waitUntil, writeAgentStatus } from '../support/operator-integration.js';
 import type { ControlPlane } from '../cluster/control-plane.js';
 import { startOperatorCluster } from '../support/operator-cluster.js';
 

@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
-import { installCrdFiles, kubectlAt } from '../../operator/src/testing/integration.js';
+import { installCrdFiles, kubectlAt } from './operator-integration.js';
 
 export async function startOperatorCluster(): Promise<{ cp: ControlPlane; kube: ClientNodeKube }> {
   execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(REPO_ROOT, 'tsconfig.build.json')], { cwd: REPO_ROOT, stdio: 'pipe' });

@@ -15,7 +15,7 @@ import type { Inventory } from '../../device-plugin/src/model.js';
 import { containerResponse } from '../../device-plugin/src/plugin/allocate.js';
 import type { Pool, VioNode } from '../../operator/src/api/types.js';
 import { planNode, preparePools } from '../../operator/src/controllers/plan/plan.js';
-import { nodeObj } from '../../operator/src/testing/fixtures.js';
+import { nodeObj } from '../support/operator-fixtures.js';
 import { FakeKernel, type FunctionSpec } from '../sysfs/kernel.js';
 import { tempTree } from '../sysfs/tmp.js';
 

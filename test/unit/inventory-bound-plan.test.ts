@@ -6,7 +6,7 @@ import { buildStatus, type StatusInput } from '../../device-plugin/src/agent/sta
 import type { InventoryDevice } from '../../device-plugin/src/model.js';
 import type { VioNode } from '../../operator/src/api/types.js';
 import { planNode, preparePools } from '../../operator/src/controllers/plan/plan.js';
-import { nodeObj, poolObj } from '../../operator/src/testing/fixtures.js';
+import { nodeObj, poolObj } from '../support/operator-fixtures.js';
 
 const hex = (n: number, w: number) => n.toString(16).padStart(w, '0');
 

@@ -2,12 +2,12 @@
 // status yet) is planned from what the node reported last, but only for the same Node object.
 import pino from 'pino';
 import type { Pool, VioNode } from '../api/types.js';
-import { FakeKube } from '../kube/fake.js';
+import { FakeKube } from '../../../test/fakes/kube-api.js';
 import type { KubeObject } from '../kube/ports.js';
 import { AGENT_FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodes } from '../kube/resources.js';
 import { systemClock } from '../runtime/clock.js';
 import { Informer } from '../runtime/informer.js';
-import { gpu, nodeObj, poolObj } from '../testing/fixtures.js';
+import { gpu, nodeObj, poolObj } from '../../../test/support/operator-fixtures.js';
 import { World } from './world.js';
 
 const log = pino({ level: 'silent' });

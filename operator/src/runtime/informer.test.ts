@@ -1,6 +1,6 @@
 import pino from 'pino';
 import { KubeError } from '../kube/errors.js';
-import { FakeKube } from '../kube/fake.js';
+import { FakeKube } from '../../../test/fakes/kube-api.js';
 import type { KubeObject } from '../kube/ports.js';
 import { VirtualIODevices } from '../kube/resources.js';
 import { flush, ManualClock } from './clock.js';

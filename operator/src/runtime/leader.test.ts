@@ -1,7 +1,7 @@
 import { getEventListeners } from 'node:events';
 import pino from 'pino';
 import { KubeError } from '../kube/errors.js';
-import { FakeKube } from '../kube/fake.js';
+import { FakeKube } from '../../../test/fakes/kube-api.js';
 import { flush, ManualClock, sleep } from './clock.js';
 import { runLeaderElection, type LeaderElectionResult } from './leader.js';
 

@@ -2,13 +2,13 @@
 // a pool switched back to the device plugin loses it, and classes of other owners are left alone.
 import pino from 'pino';
 import type { Pool } from '../../api/types.js';
-import { FakeKube } from '../../kube/fake.js';
+import { FakeKube } from '../../../../test/fakes/kube-api.js';
 import type { KubeObject } from '../../kube/ports.js';
 import { VirtualIODevices } from '../../kube/resources.js';
 import { Operator } from '../../operator.js';
 import { systemClock } from '../../runtime/clock.js';
 import { EventRecorder } from '../../runtime/events.js';
-import { poolObj } from '../../testing/fixtures.js';
+import { poolObj } from '../../../../test/support/operator-fixtures.js';
 import { DeviceClasses } from './deviceclass.js';
 
 const log = pino({ level: 'silent' });

@@ -1,6 +1,6 @@
 // A DRA pool needs no permittedHostDevices entry (KubeVirt does not check claims against it) and
 // says so in its KubeVirtPermitted condition; the same pool through the device plugin needs one.
-import { gpu, poolObj, vioNodeObj } from '../../testing/fixtures.js';
+import { gpu, poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { kubevirtCondition, poolEntries } from '../kubevirt/entries.js';
 import { planNode, preparePools } from '../plan/plan.js';
 

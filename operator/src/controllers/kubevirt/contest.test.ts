@@ -3,13 +3,13 @@
 // backoff, then stops, and says so in the pools' KubeVirtPermitted condition and in Warning Events.
 import pino from 'pino';
 import type { Pool, VioNode } from '../../api/types.js';
-import { FakeKube } from '../../kube/fake.js';
+import { FakeKube } from '../../../../test/fakes/kube-api.js';
 import type { KubeObject } from '../../kube/ports.js';
 import { AGENT_FIELD_MANAGER, KubeVirts, Nodes, VirtualIODevices, VirtualIONodes } from '../../kube/resources.js';
 import { Operator } from '../../operator.js';
 import { systemClock } from '../../runtime/clock.js';
 import { EventRecorder } from '../../runtime/events.js';
-import { gpu, nodeObj, poolObj } from '../../testing/fixtures.js';
+import { gpu, nodeObj, poolObj } from '../../../../test/support/operator-fixtures.js';
 
 const log = pino({ level: 'silent' });
 type KubeVirtCR = KubeObject & { spec?: { configuration?: { permittedHostDevices?: { pciHostDevices?: { resourceName: string }[] } } } };

@@ -1,4 +1,4 @@
-import { gpu, nicPF, nvme, poolObj, vioNodeObj } from '../../testing/fixtures.js';
+import { gpu, nicPF, nvme, poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { planNode, preparePools } from '../plan/plan.js';
 import { desiredLists, entryPresent, kubevirtCondition, mdevSelectorName, poolEntries, type KubeVirtView } from './entries.js';
 

@@ -1,6 +1,6 @@
 // The pool's front end travels from VirtualIODevice.spec.frontEnd into the node plan: DRA is written
 // out, DevicePlugin (explicit or defaulted) is left out so plans of existing pools do not change.
-import { gpu, nodeObj, poolObj, vioNodeObj } from '../../testing/fixtures.js';
+import { gpu, nodeObj, poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { planNode, preparePools } from './plan.js';
 
 describe('planNode frontEnd', () => {

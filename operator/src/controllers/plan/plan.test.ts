@@ -1,5 +1,5 @@
 import type { Pool } from '../../api/types.js';
-import { gpu, nicPF, nodeObj, nvme, poolObj, vioNodeObj } from '../../testing/fixtures.js';
+import { gpu, nicPF, nodeObj, nvme, poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { effectiveConsumption, planNode, preparePools } from './plan.js';
 import { claimsOverlap, labelSelectorMatches, parseInterfaceName, selectDevices, type LabelSelector } from './selectors.js';
 

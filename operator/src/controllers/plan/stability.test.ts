@@ -4,7 +4,7 @@
 // passthrough GPU takes its IOMMU-group companions (audio function) along.
 import type { InventoryDevice } from '../../../../crds/generated/types.js';
 import type { Pool, PoolPlan, VioNode } from '../../api/types.js';
-import { gpu, nicPF, nodeObj, poolObj, vioNodeObj } from '../../testing/fixtures.js';
+import { gpu, nicPF, nodeObj, poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { planNode, preparePools, type NodePlan } from './plan.js';
 import { selectDevices } from './selectors.js';
 

@@ -3,7 +3,7 @@
 // test/integration/gitops-health.test.ts.
 import { Reason, type ConditionInput } from '../../api/conditions.js';
 import type { PoolPlan } from '../../api/types.js';
-import { poolObj, vioNodeObj } from '../../testing/fixtures.js';
+import { poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { preparePools } from '../plan/plan.js';
 import { computeStatus, type StatusInput } from './status.js';
 

@@ -1,5 +1,5 @@
 import type { PoolPlan, VioNode } from '../../api/types.js';
-import { nodeObj, vioNodeObj } from '../../testing/fixtures.js';
+import { nodeObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import type { World } from '../world.js';
 import { unreportedNodes } from './reconciler.js';
 

@@ -1,6 +1,6 @@
 import { Reason, type ConditionInput } from '../../api/conditions.js';
 import type { PoolPlan, VioNode } from '../../api/types.js';
-import { nicPF, poolObj, slice, vioNodeObj } from '../../testing/fixtures.js';
+import { nicPF, poolObj, slice, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { preparePools } from '../plan/plan.js';
 import { computeStatus, MAX_NODE_STATUSES, type StatusInput } from './status.js';
 

@@ -1,7 +1,7 @@
 // Intent-named builders for tests (pools, nodes, inventories). Used by unit tests and the
 // integration suites; no I/O.
-import type { InventoryDevice, SliceStatus, VirtualIONodeStatus } from '../../../crds/generated/types.js';
-import type { NodeObject, Pool, PoolPlan, VioNode } from '../api/types.js';
+import type { InventoryDevice, SliceStatus, VirtualIONodeStatus } from '../../crds/generated/types.js';
+import type { NodeObject, Pool, PoolPlan, VioNode } from '../../operator/src/api/types.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 

@@ -8,9 +8,9 @@
 // selectors on lists and watches, no-op writes that do not bump the resourceVersion, watch history
 // with 410 Gone for too-old resourceVersions. Fault injection: `inject` fails chosen calls,
 // `failWatches` breaks watches, `silenceWatches` makes them drop events silently (half-open TCP).
-import type { Clock } from '../runtime/clock.js';
-import { systemClock } from '../runtime/clock.js';
-import { KubeError } from './errors.js';
+import type { Clock } from '../../operator/src/runtime/clock.js';
+import { systemClock } from '../../operator/src/runtime/clock.js';
+import { KubeError } from '../../operator/src/kube/errors.js';
 import type {
   ApplyOptions,
   EventRecord,
@@ -23,7 +23,7 @@ import type {
   MergePatchOptions,
   ResourceType,
   WatchVerb,
-} from './ports.js';
+} from '../../operator/src/kube/ports.js';
 
 type Obj = KubeObject & Record<string, unknown>;
 type Json = unknown;

@@ -5,9 +5,9 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { VioNode } from '../api/types.js';
-import type { KubePort } from '../kube/ports.js';
-import { AGENT_FIELD_MANAGER, VIRTUALIO_API_VERSION, VirtualIONodes } from '../kube/resources.js';
+import type { VioNode } from '../../operator/src/api/types.js';
+import type { KubePort } from '../../operator/src/kube/ports.js';
+import { AGENT_FIELD_MANAGER, VIRTUALIO_API_VERSION, VirtualIONodes } from '../../operator/src/kube/resources.js';
 
 const run = promisify(execFile);
 
