@@ -172,6 +172,7 @@ async function main(): Promise<number> {
       onRegistration: () => agent.trigger('registration'),
       // One slice, one holder: what the ledger says is held outside DRA is neither published nor prepared.
       holderOf: (id) => agent.holderOf(id),
+      observe: (operation, ok, seconds) => metrics.draOperationSeconds.observe({ operation, result: ok ? 'ok' : 'error' }, seconds),
     });
   }
   await agent.run(signal);

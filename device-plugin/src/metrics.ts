@@ -12,6 +12,12 @@ export interface AgentMetrics {
   readonly slices: Gauge<'pool' | 'health'>;
   /** Allocate handling time, seconds, by pool and result (ok, error). */
   readonly allocateSeconds: Histogram<'pool' | 'result'>;
+  /**
+   * DRA: time to answer NodePrepareResources / NodeUnprepareResources for one claim, seconds, by
+   * operation (prepare, unprepare) and result (ok, error); the kubelet's own view of the same calls is
+   * its dra_operations_duration_seconds.
+   */
+  readonly draOperationSeconds: Histogram<'operation' | 'result'>;
   /** Register calls to the kubelet by pool and result (ok, error). */
   readonly registrations: Counter<'pool' | 'result'>;
   /** Kubelet restarts noticed (our socket wiped, kubelet.sock recreated, or the stream ended). */
@@ -191,6 +197,14 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}): AgentMet
       help: 'Time to answer Allocate, by pool and result',
       labelNames: ['pool', 'result'],
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1],
+      registers: [registry],
+    }),
+    draOperationSeconds: new Histogram({
+      name: 'virtualio_agent_dra_operation_duration_seconds',
+      help: 'Time to answer NodePrepareResources or NodeUnprepareResources for one claim, by operation (prepare, unprepare) and result',
+      labelNames: ['operation', 'result'],
+      // Prepare reads the claim from the API server and writes CDI and metadata files: slower than Allocate.
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30],
       registers: [registry],
     }),
     registrations: new Counter({ name: 'virtualio_agent_registrations_total', help: 'Register calls to the kubelet, by pool and result', labelNames: ['pool', 'result'], registers: [registry] }),

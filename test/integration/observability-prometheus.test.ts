@@ -1,7 +1,9 @@
 // A real Prometheus (Debian's package, test/observability/prometheus.sh) scraping a running cluster:
 // a private control plane (etcd + kube-apiserver) with the virtualio CRDs, the built operator, and the
 // built agent in cluster mode on one node (`obs-node`) of simulated hardware (the fake kernel over a
-// temp sysfs tree: a ConnectX-6 and an NVMe with SR-IOV), served by the fake kubelet and PodResources.
+// temp sysfs tree: two ConnectX-6 and an NVMe with SR-IOV), served by the fake kubelet and PodResources;
+// one NIC's pool is a DRA pool, whose claims this test prepares and unprepares over the agent's DRA
+// socket as the kubelet does (a ResourceClaim in the API server, allocated to one of its devices).
 // Prometheus scrapes both every second and evaluates the chart's rules (as `helm template` renders the
 // PrometheusRule). Checked: every query of every dashboard panel returns data; the alerts are silent on
 // the healthy cluster; a VF unbound from vfio-pci (written to the fake kernel's unbind, as an admin or a
@@ -10,6 +12,7 @@
 // Without Debian's prometheus (no root to refresh apt's lists, no network) the suite is reported
 // skipped with the reason.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as grpc from '@grpc/grpc-js';
 import { createWriteStream, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -23,6 +26,7 @@ import { FakeKernel, connectX6, nvmeWithSriov } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { NAMESPACE, dashboard, expandQuery, prometheusTools, renderedRuleGroups, type Rule } from '../observability/tools.js';
 import { runbookCommands, runnable, substitute } from '../observability/runbooks.js';
+import { loadDraV1Api, loadPluginRegistrationApi } from '../../proto/load.js';
 
 jest.setTimeout(300_000);
 
@@ -34,6 +38,7 @@ const suite = skipReason ? describe.skip : describe;
 const NODE = 'obs-node';
 const NIC = '0000:81:00.0';
 const NVME = '0000:83:00.0';
+const DRA_NIC = '0000:82:00.0';
 const AGENT_JOB = 'virtualio-agent-metrics';
 const OPERATOR_JOB = 'virtualio-operator-metrics';
 const POOLS = `
@@ -42,9 +47,19 @@ kind: VirtualIODevice
 metadata: {name: fast-net}
 spec:
   class: NIC
-  deviceSelector: {vendorIDs: ["15b3"], deviceIDs: ["101d"]}
+  deviceSelector: {vendorIDs: ["15b3"], deviceIDs: ["101d"], pciAddresses: ["${NIC}"]}
   carving: {mode: SRIOV, count: 4}
   kubevirt: {consumption: SRIOVNetwork}
+---
+apiVersion: virtualio.dev/v1alpha1
+kind: VirtualIODevice
+metadata: {name: dra-net}
+spec:
+  class: NIC
+  frontEnd: DRA
+  deviceSelector: {pciAddresses: ["${DRA_NIC}"]}
+  carving: {mode: SRIOV, count: 2}
+  kubevirt: {consumption: HostDevice}
 ---
 apiVersion: virtualio.dev/v1alpha1
 kind: VirtualIODevice
@@ -70,6 +85,7 @@ let prometheus: ChildProcess | undefined;
 let promUrl: string;
 let rules: Rule[];
 let allocating: NodeJS.Timeout | undefined;
+let preparing: NodeJS.Timeout | undefined;
 let sys: string;
 let dev: string;
 
@@ -112,6 +128,28 @@ async function ensureBuilt(): Promise<void> {
   }
 }
 
+/** One claim's NodePrepareResources or NodeUnprepareResources over the DRA plugin socket, as the kubelet calls it (v1). */
+function draCall(socket: string, method: 'NodePrepareResources' | 'NodeUnprepareResources', claim: { namespace: string; name: string; uid: string }): Promise<{ error: string; devices?: unknown[] }> {
+  const Client = grpc.makeGenericClientConstructor(loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service, 'DRAPlugin');
+  const c = new Client(`unix://${socket}`, grpc.credentials.createInsecure()) as unknown as Record<string, (r: unknown, cb: (e: Error | null, v: { claims: Record<string, { error: string; devices?: unknown[] }> }) => void) => void>;
+  return new Promise((resolve, reject) => c[method]!({ claims: [claim] }, (e, v) => {
+    (c as unknown as grpc.Client).close();
+    if (e) reject(e);
+    else resolve(v.claims[claim.uid] ?? { error: `no answer for claim ${claim.uid}` });
+  }));
+}
+
+/** The plugin watcher's calls on a registration socket. */
+function registrationCall(socket: string, method: 'GetInfo' | 'NotifyRegistrationStatus', req: object): Promise<unknown> {
+  const Client = grpc.makeGenericClientConstructor(loadPluginRegistrationApi().pluginregistration.Registration.service, 'Registration');
+  const c = new Client(`unix://${socket}`, grpc.credentials.createInsecure()) as unknown as Record<string, (r: unknown, cb: (e: Error | null, v: unknown) => void) => void>;
+  return new Promise((resolve, reject) => c[method]!(req, (e, v) => {
+    (c as unknown as grpc.Client).close();
+    if (e) reject(e);
+    else resolve(v);
+  }));
+}
+
 suite(`a real Prometheus against the agent and the operator of a running cluster${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   beforeAll(async () => {
     const bin = (tools as { bin: string }).bin;
@@ -138,6 +176,7 @@ suite(`a real Prometheus against the agent and the operator of a running cluster
     dev = join(dir, 'dev');
     const k = await FakeKernel.create(sys, dev);
     await k.addFunction(connectX6(NIC, { netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 }));
+    await k.addFunction(connectX6(DRA_NIC, { netdev: 'ens2f0np0', totalVFs: 8, numaNode: 0 }));
     await k.addFunction(nvmeWithSriov(NVME, { name: 'nvme0', serial: 'S4YNNE0N800123', totalVFs: 4, numaNode: 0 }));
     kernel = await startKernel(sys, dev);
     kubelet = await FakeKubelet.start(join(dir, 'device-plugins'));
@@ -146,6 +185,7 @@ suite(`a real Prometheus against the agent and the operator of a running cluster
       '--node-name', NODE, '--kubeconfig', cp.kubeconfig,
       '--sysfs-root', sys, '--dev-root', dev, '--plugin-dir', kubelet.pluginDir, '--pod-resources-socket', podres.socket,
       '--devinfo-dir', join(dir, 'devinfo'), '--rescan-interval', '2s', '--metrics-address', '127.0.0.1:0',
+      '--dra', '--kubelet-dir', join(dir, 'kubelet'), '--cdi-dir', join(dir, 'cdi'),
     ]);
     await waitUntil('the agent reports its inventory', async () => (await kubectl(['get', 'vionode', NODE, '-o', 'jsonpath={.status.inventory.total}'])).trim() !== '', 60_000, 500);
     writeFileSync(join(dir, 'pools.yaml'), POOLS);
@@ -164,6 +204,31 @@ suite(`a real Prometheus against the agent and the operator of a running cluster
     await k8.allocate(NET, [held]);
     await k8.allocate(NVME_RES, [k8.lastList(NVME_RES)?.[0]?.ID ?? '']);
     podres.hold({ namespace: 'vms', name: 'virt-launcher-vm1-x2x4z' }, NET, [held]);
+
+    // A claim the scheduler would have allocated one of dra-net's devices to (the allocation written
+    // to the claim's status as the scheduler does), prepared and unprepared as the kubelet does.
+    const device = await waitUntil('a ResourceSlice of dra-net with 2 devices', async () => {
+      const list = JSON.parse(await kubectl(['get', 'resourceslices', '-o', 'json'])) as { items: { spec: { pool: { name: string }; devices?: { name: string }[] } }[] };
+      const rs = list.items.find((i) => i.spec.pool.name === `${NODE}/dra-net`);
+      return rs?.spec.devices?.length === 2 ? rs.spec.devices[0]?.name : undefined;
+    }, 90_000, 500);
+    writeFileSync(join(dir, 'claim.json'), JSON.stringify({
+      apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name: 'vm2-vf', namespace: 'vms' },
+      spec: { devices: { requests: [{ name: 'vf', exactly: { deviceClassName: 'dra-net.virtualio.dev' } }] } },
+    }));
+    await kubectl(['apply', '-f', join(dir, 'claim.json')]);
+    await kubectl(['patch', 'resourceclaim', '-n', 'vms', 'vm2-vf', '--subresource=status', '--type=merge', '-p', JSON.stringify({
+      status: { allocation: { devices: { results: [{ request: 'vf', driver: 'virtualio.dev', pool: `${NODE}/dra-net`, device }] } } },
+    })]);
+    // The kubelet's plugin watcher: it reads the registration socket's info and confirms the driver.
+    const regSocket = join(dir, 'kubelet/plugins_registry/virtualio.dev-reg.sock');
+    await registrationCall(regSocket, 'GetInfo', {});
+    await registrationCall(regSocket, 'NotifyRegistrationStatus', { pluginRegistered: true });
+    const claimRef = { namespace: 'vms', name: 'vm2-vf', uid: (await kubectl(['get', 'resourceclaim', '-n', 'vms', 'vm2-vf', '-o', 'jsonpath={.metadata.uid}'])).trim() };
+    const draSocket = join(dir, 'kubelet/plugins/virtualio.dev/dra.sock');
+    const prepared = await draCall(draSocket, 'NodePrepareResources', claimRef);
+    expect(prepared.error).toBe('');
+    expect(await draCall(draSocket, 'NodeUnprepareResources', claimRef)).toEqual({ error: '' });
 
     // Prometheus: both programs every second, the chart's rules every second.
     const port = await freePort();
@@ -188,10 +253,14 @@ suite(`a real Prometheus against the agent and the operator of a running cluster
     await waitUntil('Prometheus scrapes the agent and the operator', async () => (await query('sum(up)')).map((s) => s.value[1]).join() === '2', 60_000, 500);
     // Allocate keeps being called, as the kubelet does when pods start (the latency panels need rates).
     allocating = setInterval(() => void k8.allocate(NET, [held]).catch(() => undefined), 1000);
+    // ...and so are prepare and unprepare (the DRA latency panel).
+    preparing = setInterval(() => void draCall(draSocket, 'NodePrepareResources', claimRef)
+      .then(() => draCall(draSocket, 'NodeUnprepareResources', claimRef)).catch(() => undefined), 1000);
   });
 
   afterAll(async () => {
     if (allocating) clearInterval(allocating);
+    if (preparing) clearInterval(preparing);
     prometheus?.kill('SIGTERM');
     await agent?.stop('SIGTERM');
     await operator?.kill('SIGTERM');
@@ -214,7 +283,7 @@ suite(`a real Prometheus against the agent and the operator of a running cluster
         const got = [...new Set(res.data.map((s) => s[label]).filter(Boolean))];
         return got.length > 0 ? got.sort() : undefined;
       }, 30_000, 500);
-      expect(values).toEqual(v.name === 'node' ? [NODE] : ['fast-net', 'nvme-vf']);
+      expect(values).toEqual(v.name === 'node' ? [NODE] : ['dra-net', 'fast-net', 'nvme-vf']);
     }
     const missing: string[] = [];
     for (const p of d.panels.filter((x) => x.type !== 'row')) {

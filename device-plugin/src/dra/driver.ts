@@ -93,6 +93,8 @@ export interface DraDriverOptions {
   onHoldersChanged?: () => void;
   /** Called when the kubelet reported a registration outcome (the agent refreshes its status). */
   onRegistration?: () => void;
+  /** Called after each claim's prepare or unprepare with its duration (the agent's latency histogram). */
+  observe?: (operation: 'prepare' | 'unprepare', ok: boolean, seconds: number) => void;
   /** Health stream: a full device list is re-sent at least this often (default 10 s; the kubelet's timeout is 30 s). */
   healthRefreshMs?: number;
   /** Wall clock in Unix seconds (tests). */
@@ -773,14 +775,24 @@ export class DraDriver {
     return {
       NodePrepareResources: (call, cb) => {
         const claims = call.request.claims ?? [];
-        Promise.all(claims.map(async (c) => [c.uid, await this.prepare({ namespace: c.namespace, uid: c.uid, name: c.name })] as const)).then(
+        Promise.all(claims.map(async (c) => {
+          const t = process.hrtime.bigint();
+          const out = await this.prepare({ namespace: c.namespace, uid: c.uid, name: c.name });
+          this.opts.observe?.('prepare', out.error === '', Number(process.hrtime.bigint() - t) / 1e9);
+          return [c.uid, out] as const;
+        })).then(
           (pairs) => cb(null, { claims: Object.fromEntries(pairs) }),
           (err: unknown) => cb({ code: grpc.status.INTERNAL, details: String(err) }),
         );
       },
       NodeUnprepareResources: (call, cb) => {
         const claims = call.request.claims ?? [];
-        Promise.all(claims.map(async (c) => [c.uid, { error: await this.unprepare({ namespace: c.namespace, uid: c.uid, name: c.name }) }] as const)).then(
+        Promise.all(claims.map(async (c) => {
+          const t = process.hrtime.bigint();
+          const error = await this.unprepare({ namespace: c.namespace, uid: c.uid, name: c.name });
+          this.opts.observe?.('unprepare', error === '', Number(process.hrtime.bigint() - t) / 1e9);
+          return [c.uid, { error }] as const;
+        })).then(
           (pairs) => cb(null, { claims: Object.fromEntries(pairs) }),
           (err: unknown) => cb({ code: grpc.status.INTERNAL, details: String(err) }),
         );

@@ -55,6 +55,8 @@ export async function startDra(opts: {
   signal: AbortSignal;
   onHoldersChanged?: () => void;
   onRegistration?: () => void;
+  /** Each claim's prepare/unprepare duration (the agent's metrics). */
+  observe?: (operation: 'prepare' | 'unprepare', ok: boolean, seconds: number) => void;
   /** Who holds a slice per the agent's ledger (AgentManager.holderOf): slices held outside DRA are neither published nor prepared. */
   holderOf?: (sliceId: string) => DraHoldState;
   pollMs?: number;
@@ -75,6 +77,7 @@ export async function startDra(opts: {
     ...(opts.onHoldersChanged ? { onHoldersChanged: opts.onHoldersChanged } : {}),
     ...(opts.onRegistration ? { onRegistration: opts.onRegistration } : {}),
     ...(opts.holderOf ? { holderOf: opts.holderOf } : {}),
+    ...(opts.observe ? { observe: opts.observe } : {}),
   });
   let lastSlices: readonly Slice[] | undefined;
   let lastPools: readonly PoolPlan[] | undefined;
