@@ -10,7 +10,12 @@
 // and then a summary: the node's inventory, each pool's capacity and allocations, which VM holds
 // which slice and the env/devices each VM's container received (from the fake runtime's records).
 //
-// Flags: --keep      leave everything running and print `export KUBECONFIG=...` (Ctrl-C stops it)
+// The agent's and the operator's metrics endpoints are printed with the summary, and a Prometheus
+// scrape configuration for both (the chart's job names, the agent's target labelled with its node) is
+// written to <run>/prometheus.yml, so a --keep run can be scraped and alerted on as a cluster is.
+//
+// Flags: --keep      leave everything running and print `export KUBECONFIG=...` (Ctrl-C stops it and
+//                    exits with the demo's verdict: 0 when every check held)
 //        --json      print a machine-readable summary on stdout (the readable one goes to stderr)
 //        --timeout N seconds to wait for each stage (default 240)
 //
@@ -22,7 +27,7 @@ import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rm
 import { rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { REPO_ROOT, startControlPlane, stopProcess, type ControlPlane } from '../cluster/control-plane.ts';
+import { REPO_ROOT, freePort, startControlPlane, stopProcess, type ControlPlane } from '../cluster/control-plane.ts';
 import { canRunKubelet, DEVICE_PLUGIN_DIR, KUBELET_NODE_NAME, startKubelet, type ContainerRecord, type Kubelet } from '../cluster/kubelet.ts';
 import { buildDemoHost, type DemoHost } from './host.ts';
 import { renderSummary, verifyDemo, type DemoSummary, type InventoryRow, type VmSummary } from './summary.ts';
@@ -99,7 +104,9 @@ async function exit(code: number): Promise<never> {
   process.exit(code);
 }
 
-process.on('SIGINT', () => void exit(130));
+/** The demo's verdict once the summary is out: what Ctrl-C in --keep mode exits with. */
+let verdict: number | undefined;
+process.on('SIGINT', () => void exit(verdict ?? 130));
 process.on('SIGTERM', () => void exit(143));
 process.on('SIGHUP', () => void exit(129));
 
@@ -112,6 +119,30 @@ function launch(name: string, cmd: string, args: string[], log: string): ChildPr
   children.set(name, { proc, log });
   onCleanup(name, () => stopProcess(proc, 10_000));
   return proc;
+}
+
+/** host:port of the two programs' HTTP endpoints (/metrics, /healthz, /readyz; the agent's /status). */
+const metrics = { agent: '', operator: '' };
+
+/**
+ * A Prometheus configuration scraping both programs every 5 s, with the labels the chart's
+ * ServiceMonitors give (job = the metrics Service's name, node on the agent's target), so the
+ * chart's alerts and dashboard queries work on it unchanged. JSON is YAML.
+ */
+function prometheusConfig(m: typeof metrics): string {
+  return `${JSON.stringify({
+    global: { scrape_interval: '5s', evaluation_interval: '5s' },
+    scrape_configs: [
+      { job_name: 'virtualio-agent-metrics', static_configs: [{ targets: [m.agent], labels: { node: NODE } }] },
+      { job_name: 'virtualio-operator-metrics', static_configs: [{ targets: [m.operator] }] },
+    ],
+  }, null, 2)}\n`;
+}
+
+/** Debian's prometheus when the tests cached it (test/observability/prometheus.sh), else undefined. */
+function debianPrometheus(): string | undefined {
+  const dir = existsSync(CACHE) ? readdirSync(CACHE).find((d) => d.startsWith('prometheus-') && existsSync(join(CACHE, d, 'usr/bin/prometheus'))) : undefined;
+  return dir ? join(CACHE, dir, 'usr/bin/prometheus') : undefined;
 }
 
 /** Throws with the log tail when a demo process died. */
@@ -303,16 +334,19 @@ async function main(): Promise<void> {
     for (const f of ['operator/src/main.js', 'device-plugin/src/main.js']) {
       if (!existsSync(join(REPO_ROOT, 'dist', f))) throw new Error(`dist/${f} is missing: run \`npm run build\` (scripts/demo.sh does)`);
     }
+    metrics.operator = `127.0.0.1:${await freePort()}`;
+    metrics.agent = `127.0.0.1:${await freePort()}`;
     launch('operator', process.execPath, [
       join(REPO_ROOT, 'dist/operator/src/main.js'), '--kubeconfig', cp.kubeconfig, '--leader-elect=false',
-      '--identity', 'demo-operator', '--metrics-address', '127.0.0.1:0',
+      '--identity', 'demo-operator', '--metrics-address', metrics.operator,
     ], join(run, 'operator.log'));
     launch('agent', process.execPath, [
       join(REPO_ROOT, 'dist/device-plugin/src/main.js'), '--node-name', NODE, '--kubeconfig', cp.kubeconfig,
       '--sysfs-root', host.sys, '--dev-root', host.dev, '--plugin-dir', pluginDir, '--pod-resources-socket', podResourcesSocket,
-      '--devinfo-dir', join(run, 'devinfo'), '--state-dir', join(run, 'agent-state'), '--metrics-address', '127.0.0.1:0', '--rescan-interval', '10s',
+      '--devinfo-dir', join(run, 'devinfo'), '--state-dir', join(run, 'agent-state'), '--metrics-address', metrics.agent, '--rescan-interval', '10s',
     ], join(run, 'agent.log'));
     demoPids();
+    writeFileSync(join(run, 'prometheus.yml'), prometheusConfig(metrics));
     await until('the agent to report its inventory', async () => {
       const n = await getJson<VioNode>(['get', 'virtualionode', NODE]);
       return (n.status?.inventory?.devices?.length ?? 0) > 0;
@@ -422,6 +456,10 @@ async function main(): Promise<void> {
     kubeconfig: cp.kubeconfig,
     kubectl: join(cp.binDir, 'kubectl'),
     runDir: run,
+    metrics: {
+      agent: `http://${metrics.agent}/metrics`, operator: `http://${metrics.operator}/metrics`, agentStatus: `http://${metrics.agent}/status`,
+      prometheusConfig: join(run, 'prometheus.yml'),
+    },
     seconds: Math.round((Date.now() - t0) / 100) / 10,
     timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v / 100) / 10])),
     inventory: node.status?.inventory?.devices ?? [],
@@ -450,7 +488,9 @@ async function main(): Promise<void> {
     process.stdout.write(`${text}\n`);
   }
 
+  verdict = summary.ok ? 0 : 1;
   if (keep) {
+    const prometheus = debianPrometheus();
     process.stderr.write([
       '',
       'Everything keeps running. In another shell:',
@@ -458,7 +498,10 @@ async function main(): Promise<void> {
       `  alias kubectl=${join(cp.binDir, 'kubectl')}`,
       '  kubectl get viod,vionode; kubectl get pods -o wide; kubectl describe node 127.0.0.1',
       `Logs: ${run}/{agent,operator,kernel}.log, ${run}/kubelet/`,
-      'Press Ctrl-C to stop it all.',
+      `Metrics: agent ${summary.metrics.agent} (and /status, /healthz, /readyz), operator ${summary.metrics.operator}`,
+      `Prometheus: ${prometheus ?? 'prometheus'} --config.file=${summary.metrics.prometheusConfig} --storage.tsdb.path=${join(run, 'tsdb')}`,
+      '  (jobs virtualio-agent-metrics and virtualio-operator-metrics, as the chart\'s ServiceMonitors name them; http://localhost:9090)',
+      `Press Ctrl-C to stop it all (exits ${verdict}: the demo's verdict).`,
       '',
     ].join('\n'));
     await new Promise(() => undefined);

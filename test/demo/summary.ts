@@ -40,6 +40,8 @@ export interface DemoSummary {
   kubeconfig: string;
   kubectl: string;
   runDir: string;
+  /** Where to look: the two programs' metrics endpoints and a Prometheus configuration scraping both. */
+  metrics: { agent: string; operator: string; agentStatus: string; prometheusConfig: string };
   seconds: number;
   timings: Record<string, number>;
   inventory: InventoryRow[];
@@ -196,6 +198,11 @@ export function renderSummary(s: DemoSummary): string {
     for (const [k, val] of env) out.push(`    env ${k}=${val}`);
     if (v.devices.length > 0) out.push(`    devices ${v.devices.join(' ')}`);
   }
+  out.push('');
+  out.push('Where to look');
+  out.push(`  metrics   agent ${s.metrics.agent}, operator ${s.metrics.operator}`);
+  out.push(`  status    ${s.metrics.agentStatus} (the agent's view: slices, holders, stuck writes)`);
+  out.push(`  scrape    ${s.metrics.prometheusConfig} (a Prometheus configuration for both, as the chart's ServiceMonitors label them)`);
   out.push('');
   out.push('What the demo verified');
   for (const c of s.checks) out.push(`  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name.padEnd(9)} ${c.detail}`);

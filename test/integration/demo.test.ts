@@ -3,10 +3,16 @@
 // (CI) the real kubelet runs and every VM must hold its slices with KubeVirt's env, and the demo must
 // say OK; without root no VM can start, so the demo must say NOT OK and exit non-zero (it cannot
 // verify its main claim), the VM test is skipped with that reason, and the rest (plan, carving,
-// status) is still checked.
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+// status) is still checked. It runs in --keep mode, as a user exploring it would: while everything
+// still runs, both printed metrics endpoints answer, and a real Prometheus (Debian's, when the
+// observability suites could cache it) scrapes both with the demo's prometheus.yml; then Ctrl-C
+// (SIGINT) ends it with the demo's verdict as exit code.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../cluster/control-plane.js';
+import { prometheusTools } from '../observability/tools.js';
 import { REPO_ROOT } from '../cluster/control-plane.js';
 import { canRunKubelet, DEVICE_PLUGIN_DIR, kubeletSkipReason } from '../cluster/kubelet.js';
 import { ensureAgentBuilt } from '../fakes/agent-process.js';
@@ -55,18 +61,67 @@ function processesMentioning(needle: string): number[] {
 let summary: DemoSummary;
 let exitCode: number | null;
 let stderr = '';
+/** What was seen while the --keep demo ran. */
+const kept: { agentMetrics?: string; operatorMetrics?: string; up?: Record<string, string>; prometheus?: string } = {};
+
+/** Scrapes the kept demo: both endpoints directly, then a real Prometheus with the demo's configuration. */
+async function scrapeKeptDemo(s: DemoSummary): Promise<void> {
+  kept.agentMetrics = await (await fetch(s.metrics.agent)).text();
+  kept.operatorMetrics = await (await fetch(s.metrics.operator)).text();
+  const tools = prometheusTools();
+  if ('skip' in tools) {
+    kept.prometheus = tools.skip;
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'vio-demo-prom-'));
+  const port = await freePort();
+  let prom: ChildProcess | undefined;
+  try {
+    prom = spawn(join(tools.bin, 'prometheus'), [`--config.file=${s.metrics.prometheusConfig}`, `--storage.tsdb.path=${dir}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'], { stdio: 'ignore' });
+    for (let i = 0; i < 120; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      const body = await fetch(`http://127.0.0.1:${port}/api/v1/query?query=${encodeURIComponent('up')}`)
+        .then((r) => r.json() as Promise<{ data?: { result: { metric: Record<string, string>; value: [number, string] }[] } }>).catch(() => undefined);
+      const got = Object.fromEntries((body?.data?.result ?? []).map((r) => [`${r.metric.job}${r.metric.node ? ` node=${r.metric.node}` : ''}`, r.value[1]]));
+      if (Object.keys(got).length === 2) {
+        kept.up = got;
+        break;
+      }
+    }
+  } finally {
+    prom?.kill('SIGTERM');
+    await new Promise((r) => (prom && prom.exitCode === null ? prom.once('exit', r) : r(undefined)));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 beforeAll(async () => {
   await ensureBuilt();
-  const child = spawn(process.execPath, ['--import', join(REPO_ROOT, 'test/sysfs/ts-hooks.mjs'), join(REPO_ROOT, 'test/demo/demo.ts'), '--json', '--timeout', '600'], {
+  const child = spawn(process.execPath, ['--import', join(REPO_ROOT, 'test/sysfs/ts-hooks.mjs'), join(REPO_ROOT, 'test/demo/demo.ts'), '--keep', '--json', '--timeout', '600'], {
     cwd: REPO_ROOT,
     env: { ...process.env, NODE_OPTIONS: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+  let scraped: Promise<void> | undefined;
+  child.stdout.setEncoding('utf8').on('data', (c: string) => {
+    stdout += c;
+    // The summary is out and --keep holds everything running: look where it says, then Ctrl-C.
+    if (!scraped && stdout.endsWith('\n')) {
+      let s: DemoSummary | undefined;
+      try {
+        s = JSON.parse(stdout.trim().split('\n').pop() ?? '') as DemoSummary;
+      } catch {
+        return; // not the whole line yet
+      }
+      scraped = scrapeKeptDemo(s).finally(() => child.kill('SIGINT'));
+    }
+  });
   child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
   exitCode = await new Promise((r) => child.on('exit', (code) => r(code)));
+  await scraped?.catch((err: unknown) => {
+    kept.prometheus = `scraping failed: ${String(err)}`;
+  });
   const line = stdout.trim().split('\n').pop() ?? '';
   try {
     summary = JSON.parse(line) as DemoSummary;
@@ -91,6 +146,18 @@ test(canRunKubelet() ? 'the demo verified every check (VMs included), exits 0 an
     expect(stderr).toContain('NOT OK: kubelet, vms were not verified');
     expect(stderr).not.toContain('OK: every VM holds its slices');
   }
+});
+
+test('--keep: the printed metrics endpoints answer, and a real Prometheus scrapes both with the demo\'s prometheus.yml', () => {
+  expect(stderr).toContain(`Metrics: agent ${summary.metrics.agent}`);
+  expect(kept.agentMetrics).toMatch(/^virtualio_agent_pool_capacity_slices\{[^}]*pool="cx6-vfs"[^}]*\} 8$/m);
+  expect(kept.operatorMetrics).toMatch(/^virtualio_operator_leader 1$/m);
+  if (kept.up === undefined && kept.prometheus && !kept.prometheus.startsWith('scraping failed')) {
+    console.log(`demo: Prometheus part not run: ${kept.prometheus}`);
+    return;
+  }
+  // Both jobs up, named as the chart's ServiceMonitors name them, the agent's target labelled with its node.
+  expect(kept.up).toEqual({ [`virtualio-agent-metrics node=${summary.node}`]: '1', 'virtualio-operator-metrics': '1' });
 });
 
 test('the inventory holds the recorded A16 server and the simulated ConnectX-6 and PM1733', () => {

@@ -7,6 +7,7 @@ type Facts = Omit<DemoSummary, 'ok' | 'checks'>;
 function good(): Facts {
   return {
     kubelet: true, node: '127.0.0.1', kubeconfig: '/k', kubectl: '/kubectl', runDir: '/run', seconds: 20, timings: {},
+    metrics: { agent: 'http://127.0.0.1:9101/metrics', operator: 'http://127.0.0.1:9102/metrics', agentStatus: 'http://127.0.0.1:9101/status', prometheusConfig: '/run/prometheus.yml' },
     inventory: [{ pciAddress: '0000:86:00.0' }, { pciAddress: '0000:08:00.0' }],
     plan: [{ pool: 'cx6-vfs', devices: ['0000:86:00.0'] }, { pool: 'a16-vgpu', devices: ['0000:08:00.0'] }],
     pools: [
@@ -40,6 +41,9 @@ test('everything observed: every check holds', () => {
   expect(checks.map((c) => [c.name, c.ok])).toEqual([['inventory', true], ['plan', true], ['capacity', true], ['health', true], ['kubelet', true], ['vms', true]]);
   const text = renderSummary({ ok: true, checks, ...good() });
   expect(text).toContain('OK: every VM holds its slices');
+  // Where to look: both metrics endpoints and the scrape configuration.
+  expect(text).toContain('metrics   agent http://127.0.0.1:9101/metrics, operator http://127.0.0.1:9102/metrics');
+  expect(text).toContain('scrape    /run/prometheus.yml');
 });
 
 test('no VM holds a slice: NOT OK, naming each VM', () => {
