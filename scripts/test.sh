@@ -49,6 +49,8 @@ build_binaries() {
   if [ -x test/conformance/build.sh ] || [ -f test/conformance/build.sh ]; then
     bash test/conformance/build.sh > "$RESULTS/conformance-build.txt" || return 1
   fi
+  # kstatus, the Argo CD health Lua runner and Flux's helm-controller (gitops-*.test.ts).
+  bash test/gitops/build.sh > "$RESULTS/gitops-build.txt" || return 1
 }
 
 build_node_tools() {
@@ -63,7 +65,7 @@ build_node_tools() {
 
 # Prerequisites: without them nothing else can run, so a failure ends the run here.
 stage "install npm dependencies" install_deps || finish
-stage "build Kubernetes, etcd, helm and the conformance harnesses from the Go module proxy (cached after the first run)" build_binaries || finish
+stage "build Kubernetes, etcd, helm, the conformance and GitOps harnesses from the Go module proxy (cached after the first run)" build_binaries || finish
 stage "build containerd, BuildKit, crictl and the pause image (cached), then the container image from the Dockerfile" build_node_tools || finish
 
 stage "generated files match their sources (proto, CRD types, chart CRDs)" npm run --silent gen:check

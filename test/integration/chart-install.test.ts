@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { jest } from '@jest/globals';
-import { kubectl, kubectlOk, eventually } from '../support/cluster.js';
+import { eventually, installCrds, kubectl, kubectlOk } from '../support/cluster.js';
 import {
-  CHART_DIR, ensureHelm4, ensureNamespace, helm, helmOk, kubevirtCrdDir, only, parseObjects, renderChart, tokenFor, type KubeObject,
+  CHART_DIR, ensureHelm4, ensureNamespace, helm, helmOk, kubevirtCrdDir, only, parseObjects, renderChart, tokenFor, WITHOUT_CRDS, type KubeObject,
 } from './chart-support.js';
 
 jest.setTimeout(180_000);
@@ -77,10 +77,20 @@ describe('lint and render', () => {
     }
   });
 
-  test('the chart carries the generated copy of crds/ unchanged', () => {
-    for (const f of readdirSync(join(CHART_DIR, '..', '..', 'crds')).filter((x) => x.endsWith('.yaml'))) {
-      expect(readFileSync(join(CHART_DIR, 'crds', f), 'utf8')).toBe(readFileSync(join(CHART_DIR, '..', '..', 'crds', f), 'utf8'));
+  test('the chart renders the CRDs of crds/ unchanged but for the keep annotations, and none with crds.install=false', async () => {
+    const rendered = (await renderChart('r', NS)).filter((o) => o.kind === 'CustomResourceDefinition');
+    const files = readdirSync(join(CHART_DIR, '..', '..', 'crds')).filter((x) => x.endsWith('.yaml')).sort();
+    expect(rendered.map((o) => o.metadata.name).sort()).toEqual(files.map((f) => parseObjects(readFileSync(join(CHART_DIR, '..', '..', 'crds', f), 'utf8'))[0]!.metadata.name).sort());
+    for (const crd of rendered) {
+      const { annotations, ...metadata } = crd.metadata;
+      expect(annotations).toEqual({
+        'helm.sh/resource-policy': 'keep',
+        'argocd.argoproj.io/sync-options': 'ServerSideApply=true,Prune=false,Delete=false',
+      });
+      const source = files.map((f) => parseObjects(readFileSync(join(CHART_DIR, '..', '..', 'crds', f), 'utf8'))[0]!).find((o) => o.metadata.name === crd.metadata.name);
+      expect({ ...crd, metadata }).toEqual(source);
     }
+    expect((await renderChart('r', NS, ['crds.install=false'])).filter((o) => o.kind === 'CustomResourceDefinition')).toEqual([]);
   });
 
   test('optional objects: ServiceMonitors only on request, kubevirts patch only when the operator owns permittedHostDevices', async () => {
@@ -257,7 +267,9 @@ describe('helm install on the real API server', () => {
     await ensureNamespace(NS);
     // KubeVirt's own CRD (generated from its Go modules), so can-i resolves kubevirts.kubevirt.io.
     await kubectlOk(['apply', '--server-side', '-f', join(kubevirtCrdDir(), 'kubevirts.kubevirt.io.yaml')]);
-    await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS]);
+    // The shared API server: crds/ applied directly, the chart without them (see WITHOUT_CRDS).
+    await installCrds();
+    await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS, ...WITHOUT_CRDS]);
     manifest = parseObjects(await helmOk(['get', 'manifest', RELEASE, '--namespace', NS]));
   });
 

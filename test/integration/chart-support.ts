@@ -2,8 +2,8 @@
 // into objects, ServiceAccount tokens from the real TokenRequest API, and raw API requests made with
 // such a token (so the request is authenticated exactly as an in-cluster agent's would be).
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -22,11 +22,18 @@ export interface ExecResult {
   stderr: string;
 }
 
-/** Runs the built helm against the test cluster; never throws on a non-zero exit. */
-export async function helm(args: string[], opts: { binary?: string } = {}): Promise<ExecResult> {
-  const env = clusterEnv();
+/** Where helm runs: another binary (Helm 4) and another API server (a suite's own control plane). */
+export interface HelmOptions {
+  binary?: string;
+  kubeconfig?: string;
+}
+
+/** Runs the built helm against the test cluster (or opts.kubeconfig); never throws on a non-zero exit. */
+export async function helm(args: string[], opts: HelmOptions = {}): Promise<ExecResult> {
+  const binary = opts.binary ?? join(process.env.VIO_BIN_DIR ?? clusterEnv().binDir, 'helm');
+  const kubeconfig = opts.kubeconfig ?? clusterEnv().kubeconfig;
   try {
-    const { stdout, stderr } = await run(opts.binary ?? join(env.binDir, 'helm'), [...args, '--kubeconfig', env.kubeconfig], {
+    const { stdout, stderr } = await run(binary, [...args, '--kubeconfig', kubeconfig], {
       maxBuffer: 64 * 1024 * 1024,
       // helm keeps its caches and repository config out of the user's home.
       env: { ...process.env, HELM_CACHE_HOME: '/tmp/vio-helm/cache', HELM_CONFIG_HOME: '/tmp/vio-helm/config', HELM_DATA_HOME: '/tmp/vio-helm/data' },
@@ -39,7 +46,7 @@ export async function helm(args: string[], opts: { binary?: string } = {}): Prom
 }
 
 /** helm that must succeed. */
-export async function helmOk(args: string[], opts: { binary?: string } = {}): Promise<string> {
+export async function helmOk(args: string[], opts: HelmOptions = {}): Promise<string> {
   const r = await helm(args, opts);
   if (r.code !== 0) throw new Error(`helm ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
   return r.stdout;
@@ -128,6 +135,14 @@ export function apiRequest(token: string, method: string, path: string, payload?
   });
 }
 
+/**
+ * `--set crds.install=false`, for the suites that install the chart on the shared test API server. The
+ * CRDs are cluster-scoped, so one release owns them (as in a real cluster, where a second release of
+ * the chart sets the same value); these suites apply crds/ themselves (installCrds) and render the chart
+ * without them. chart-crds.test.ts installs and upgrades the CRDs through the chart on its own API server.
+ */
+export const WITHOUT_CRDS = ['--set', 'crds.install=false'];
+
 /** Creates a namespace if it does not exist (namespaces are never deleted: there is no namespace controller). */
 export async function ensureNamespace(name: string): Promise<void> {
   await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } }) });
@@ -165,4 +180,48 @@ export function kubevirtCrdDir(): string {
   const dir = out.trim().split('\n').pop() ?? '';
   if (!existsSync(join(dir, 'kubevirts.kubevirt.io.yaml'))) throw new Error(`test/kubevirt/crds.sh gave no KubeVirt CRDs (said: ${dir})`);
   return dir;
+}
+
+function helmBinary(): string {
+  return join(process.env.VIO_BIN_DIR ?? clusterEnv().binDir, 'helm');
+}
+
+/**
+ * The chart's CRDs as `helm template` renders them (what Argo CD and Flux apply), one file per CRD in a
+ * new folder; returns the folder.
+ */
+export function renderedChartCrds(): string {
+  const out = mkdtempSync(join(tmpdir(), 'vio-chart-crds-'));
+  for (const f of readdirSync(join(CHART_DIR, 'templates/crds'))) {
+    writeFileSync(join(out, f), execFileSync(helmBinary(), ['template', 'crds', CHART_DIR, '--show-only', `templates/crds/${f}`], { encoding: 'utf8' }));
+  }
+  return out;
+}
+
+/**
+ * A copy of the working-tree chart as chart version `version` whose VirtualIODevice CRD gained the
+ * optional string fields spec.<field> for each of `fields` (a later release that extends the API);
+ * returns the chart folder.
+ */
+export function chartWithCrdFields(version: string, fields: string[]): string {
+  const dir = join(mkdtempSync(join(tmpdir(), 'vio-next-chart-')), 'virtualio');
+  cpSync(CHART_DIR, dir, { recursive: true });
+  const chartYaml = join(dir, 'Chart.yaml');
+  writeFileSync(chartYaml, readFileSync(chartYaml, 'utf8').replace(/^version:.*$/m, `version: ${version}`));
+  const file = join(dir, 'templates/crds/virtualio.dev_virtualiodevices.yaml');
+  const lines = readFileSync(file, 'utf8').split('\n');
+  const spec = lines.indexOf('            spec:', lines.findIndex((l) => l.trim() === 'openAPIV3Schema:'));
+  const props = lines.indexOf('              properties:', spec);
+  if (spec < 0 || props < 0) throw new Error(`no openAPIV3Schema.properties.spec.properties in ${file}`);
+  lines.splice(props + 1, 0, ...fields.map((f) => `                ${f}: {type: string, description: added in chart ${version}}`));
+  writeFileSync(file, lines.join('\n'));
+  return dir;
+}
+
+/** `helm package` of a chart folder into `dest`; returns the .tgz path. */
+export function packageChart(chartDir: string, dest: string): string {
+  const out = execFileSync(helmBinary(), ['package', chartDir, '--destination', dest], { encoding: 'utf8' });
+  const tgz = out.trim().split(' ').pop() ?? '';
+  if (!tgz.endsWith('.tgz') || !existsSync(tgz)) throw new Error(`helm package ${chartDir} said: ${out}`);
+  return tgz;
 }

@@ -1,8 +1,11 @@
 // Upgrades on the real kube-apiserver: the previous chart (packaged as 0.1.0 from the first commit
 // that added the chart, or from a copy of the working tree when history is shallow) is installed, custom
 // resources are created, then the working-tree chart is upgraded over it with Helm 3, again with Helm 4,
-// rolled back, and finally uninstalled. The CRDs and every custom resource survive all of it (Helm
-// never upgrades or deletes CRDs from crds/; docs/upgrade.md says how to update them).
+// rolled back, and finally uninstalled. The previous chart shipped its CRDs in Helm's crds/ folder, which
+// left them without Helm's ownership metadata; the first upgrade takes them over with --take-ownership
+// (docs/upgrade.md). The CRDs and every custom resource survive all of it: the chart's CRD templates
+// carry helm.sh/resource-policy: keep, so neither the rollback to a chart without them nor the
+// uninstall deletes them. chart-crds.test.ts checks that an upgrade changes the CRDs themselves.
 import { jest } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -93,13 +96,18 @@ test('the previous chart (0.1.0) is installed', async () => {
   expect(await release()).toMatchObject({ chart: 'virtualio-0.1.0', revision: '1', status: 'deployed' });
 });
 
-test('helm 3 upgrades to the working-tree chart; CRDs and custom resources survive', async () => {
-  await helmOk(['upgrade', RELEASE, CHART_DIR, '--namespace', NS]);
+test('helm 3 upgrades to the working-tree chart and takes over its CRDs; CRDs and custom resources survive', async () => {
+  await helmOk(['upgrade', RELEASE, CHART_DIR, '--namespace', NS, '--take-ownership']);
   expect(await release()).toMatchObject({ chart: `virtualio-${currentVersion}`, revision: '2', status: 'deployed' });
   await expectEverythingKept();
   const ds = JSON.parse(await kubectlOk(['-n', NS, 'get', 'daemonset', `${RELEASE}-virtualio-agent`, '-o', 'json']));
   expect(ds.metadata.labels['helm.sh/chart']).toBe(`virtualio-${currentVersion}`);
   await kubectlOk(['get', 'validatingadmissionpolicy', `${RELEASE}-virtualio-virtualionode-writers`]);
+  for (const crd of ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']) {
+    const meta = JSON.parse(await kubectlOk(['get', 'crd', crd, '-o', 'json'])).metadata;
+    expect({ crd, release: meta.annotations['meta.helm.sh/release-name'], policy: meta.annotations['helm.sh/resource-policy'] })
+      .toEqual({ crd, release: RELEASE, policy: 'keep' });
+  }
 });
 
 test('helm 4 takes over the Helm 3 release, upgrades and rolls back; custom resources survive', async () => {

@@ -81,7 +81,7 @@ async function createPool(name: string, node: string, spec: Partial<Pool['spec']
 const planOf = async (node: string) => ((await kube.get<VioNode>(VirtualIONodes, node))?.spec?.pools ?? []).map((p) => p.name).sort().join(',');
 
 beforeAll(async () => {
-  const built = execFileSync('bash', [join(REPO_ROOT, 'test/gitops/build.sh')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10 * 60_000 });
+  const built = execFileSync('bash', [join(REPO_ROOT, 'test/gitops/build.sh'), 'kstatus', 'argo-health'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10 * 60_000 });
   bins = Object.fromEntries(built.trim().split('\n').map((l) => l.split('=') as [string, string]));
   cp = await startControlPlane();
   kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });

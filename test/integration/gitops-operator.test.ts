@@ -16,7 +16,7 @@ import { promisify } from 'node:util';
 import { jest } from '@jest/globals';
 import pino from 'pino';
 import YAML from 'yaml';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import type { Pool, VioNode } from '../../operator/src/api/types.js';
 import { DeviceClasses } from '../../operator/src/controllers/dra/deviceclass.js';
 import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
@@ -27,13 +27,15 @@ import { systemClock } from '../../operator/src/runtime/clock.js';
 import { EventRecorder } from '../../operator/src/runtime/events.js';
 import { gpu } from '../support/operator-fixtures.js';
 import { kubectlAt, waitUntil, writeAgentStatus } from '../support/operator-integration.js';
+import { renderedChartCrds } from './chart-support.js';
 
 jest.setTimeout(240_000);
 
 const run = promisify(execFile);
 const log = pino({ level: process.env.VIO_TEST_LOG_LEVEL ?? 'silent' });
 const ARGO = 'argocd-controller';
-const CRD_DIR = join(REPO_ROOT, 'charts/virtualio/crds');
+// The chart's CRDs as rendered by helm template, annotations and all: what Argo CD applies.
+const CRD_DIR = renderedChartCrds();
 let cp: ControlPlane;
 let kube: ClientNodeKube;
 let dir: string;

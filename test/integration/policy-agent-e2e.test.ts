@@ -16,8 +16,8 @@ import { REPO, startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';
 import { FakeKernel, connectX6 } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
-import { clusterEnv, eventually, kubectl, kubectlOk } from '../support/cluster.js';
-import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor } from './chart-support.js';
+import { clusterEnv, eventually, installCrds, kubectl, kubectlOk } from '../support/cluster.js';
+import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor, WITHOUT_CRDS } from './chart-support.js';
 
 jest.setTimeout(180_000);
 
@@ -77,7 +77,8 @@ function agentArgs(kubeconfig: string, nodeName: string): string[] {
 
 beforeAll(async () => {
   await ensureNamespace(NS);
-  await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS]);
+  await installCrds();
+  await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS, ...WITHOUT_CRDS]);
   dir = mkdtempSync(join(tmpdir(), 'vio-policy-e2e-'));
   const k = await FakeKernel.create(join(dir, 'sys'), join(dir, 'dev'));
   await k.addFunction(connectX6(NIC, { netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 }));

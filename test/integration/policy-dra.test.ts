@@ -4,8 +4,8 @@
 // write them. Tokens come from the TokenRequest API bound to Pods on real Node objects, so the API
 // server itself adds authentication.kubernetes.io/node-name, as for an agent pod the kubelet started.
 import { jest } from '@jest/globals';
-import { eventually, kubectl, kubectlOk } from '../support/cluster.js';
-import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor, type ApiResponse } from './chart-support.js';
+import { eventually, installCrds, kubectl, kubectlOk } from '../support/cluster.js';
+import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor, WITHOUT_CRDS, type ApiResponse } from './chart-support.js';
 
 jest.setTimeout(120_000);
 
@@ -32,7 +32,8 @@ function expectPolicyDenial(res: ApiResponse, text: string): void {
 
 beforeAll(async () => {
   await ensureNamespace(NS);
-  await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS]);
+  await installCrds();
+  await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS, ...WITHOUT_CRDS]);
   for (const node of [NODE_A, NODE_B]) {
     await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: node } }) });
   }

@@ -5,8 +5,8 @@
 // agent pod the kubelet started. Each "RBAC widened" case grants the verb through extra RBAC first, so
 // the denial proven there is the policy's, not RBAC's.
 import { jest } from '@jest/globals';
-import { kubectlOk, eventually } from '../support/cluster.js';
-import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor, type ApiResponse } from './chart-support.js';
+import { eventually, installCrds, kubectlOk } from '../support/cluster.js';
+import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor, WITHOUT_CRDS, type ApiResponse } from './chart-support.js';
 
 jest.setTimeout(120_000);
 
@@ -71,7 +71,8 @@ async function widenRbac(name: string, sa: string, resource: string, verbs: stri
 
 beforeAll(async () => {
   await ensureNamespace(NS);
-  await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS]);
+  await installCrds();
+  await helmOk(['upgrade', '--install', RELEASE, CHART_DIR, '--namespace', NS, ...WITHOUT_CRDS]);
   // Two Nodes and one agent Pod bound to each (no kubelet: they stay Pending, which is all we need).
   for (const [node, pod] of [[NODE_A, 'agent-a'], [NODE_B, 'agent-b']] as const) {
     await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: node } }) });
