@@ -20,6 +20,7 @@ describe('parseAgentConfig', () => {
         metricsAddress: { host: '0.0.0.0', port: 8080 },
         logLevel: 'info',
         dra: false,
+        vfNetConfig: false,
         kubeletDir: '/var/lib/kubelet',
         devicePluginRegistration: 'auto',
       },
@@ -31,6 +32,12 @@ describe('parseAgentConfig', () => {
     expect(r.kind).toBe('config');
     if (r.kind !== 'config') return;
     expect(r.config).toMatchObject({ planFile: '/etc/plan.yaml', nodeName: 'n1', sysfsRoot: '/tmp/sys', cdi: true, rescanIntervalMs: 90_000, metricsAddress: { host: '127.0.0.1', port: 0 }, kubeconfig: '/k' });
+  });
+
+  test('--vf-net-config needs --dra', () => {
+    const ok = parseAgentConfig(['--dra', '--vf-net-config'], {}, 'h');
+    expect(ok.kind === 'config' && ok.config.vfNetConfig).toBe(true);
+    expect(parseAgentConfig([], { VIO_VF_NET_CONFIG: 'true' }, 'h')).toEqual({ kind: 'error', message: '--vf-net-config applies the VF settings of DRA claims: it needs --dra' });
   });
 
   test('--device-plugin-registration: flag or VIO_DEVICE_PLUGIN_REGISTRATION', () => {

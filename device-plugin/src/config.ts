@@ -30,6 +30,8 @@ export interface AgentConfig {
   logLevel: string;
   /** Serve pools with frontEnd DRA through the kubelet's DRA plugin API (cluster mode only). */
   dra: boolean;
+  /** Apply per-claim VF network settings (MAC, VLAN, ...) on NIC PFs (needs host network and CAP_NET_ADMIN). */
+  vfNetConfig: boolean;
   /** The kubelet's root folder: plugins/ and plugins_registry/ (plugin-watcher registration) live here. */
   kubeletDir: string;
   /** How device plugins register: the kubelet's plugin watcher, kubelet.sock, or the first that works. */
@@ -64,6 +66,7 @@ const FLAGS: readonly FlagSpec[] = [
   { flag: 'metrics-address', env: 'VIO_METRICS_ADDRESS', def: '0.0.0.0:8080', meaning: '/metrics, /healthz, /readyz' },
   { flag: 'log-level', env: 'VIO_LOG_LEVEL', def: 'info', meaning: 'pino level (fatal, error, warn, info, debug, trace, silent)' },
   { flag: 'dra', env: 'VIO_DRA', def: 'false', meaning: 'serve pools with spec.frontEnd DRA as DRA driver virtualio.dev (ResourceSlices, kubelet DRA plugin); cluster mode only', bool: true },
+  { flag: 'vf-net-config', env: 'VIO_VF_NET_CONFIG', def: 'false', meaning: 'with --dra: apply the VF network settings a claim asks for (MAC, VLAN, trust, spoof check, tx rates) on the PF with iproute2 (VIO_IP_CLI, default ip); needs the host network namespace and CAP_NET_ADMIN', bool: true },
   { flag: 'kubelet-dir', env: 'VIO_KUBELET_DIR', def: '/var/lib/kubelet', meaning: 'kubelet root folder; plugins register in its plugins_registry/ and serve from plugins/virtualio.dev/' },
   { flag: 'device-plugin-registration', env: 'VIO_DEVICE_PLUGIN_REGISTRATION', def: 'auto', meaning: 'plugin-watcher (<kubelet-dir>/plugins_registry), kubelet-sock (Register on <plugin-dir>/kubelet.sock), or auto: the watcher when <kubelet-dir>/plugins_registry exists and --plugin-dir is <kubelet-dir>/device-plugins, kubelet.sock when the kubelet refuses it or leaves it unanswered for 30 s' },
 ];
@@ -185,6 +188,9 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
   if (!LOG_LEVELS.includes(logLevel)) return { kind: 'error', message: `--log-level: expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}` };
   const dra = parseBool(get('dra') ?? 'false');
   if (dra === undefined) return { kind: 'error', message: `--dra: expected true or false, got ${JSON.stringify(get('dra'))}` };
+  const vfNetConfig = parseBool(get('vf-net-config') ?? 'false');
+  if (vfNetConfig === undefined) return { kind: 'error', message: `--vf-net-config: expected true or false, got ${JSON.stringify(get('vf-net-config'))}` };
+  if (vfNetConfig && !dra) return { kind: 'error', message: '--vf-net-config applies the VF settings of DRA claims: it needs --dra' };
   const kubeletDir = get('kubelet-dir') ?? '/var/lib/kubelet';
   if (!kubeletDir.startsWith('/')) return { kind: 'error', message: `--kubelet-dir: expected an absolute path, got ${JSON.stringify(kubeletDir)}` };
   const registration = get('device-plugin-registration') ?? 'auto';
@@ -212,6 +218,7 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
     metricsAddress: metrics,
     logLevel,
     dra,
+    vfNetConfig,
     kubeletDir,
     devicePluginRegistration: registration as RegistrationMode,
   };

@@ -19,6 +19,7 @@ import { createLogger, isLogLevel } from './log.js';
 import { createMetrics, serveMetrics } from './metrics.js';
 import type { PodLookup } from './podresources/client.js';
 import type { DraWiring } from './dra/wire.js';
+import { execIpCli, execIpLink } from './carving/ip-link.js';
 import type { PoolPlan } from './model.js';
 
 function agentVersion(): string {
@@ -173,6 +174,8 @@ async function main(): Promise<number> {
       // One slice, one holder: what the ledger says is held outside DRA is neither published nor prepared.
       holderOf: (id) => agent.holderOf(id),
       observe: (operation, ok, seconds) => metrics.draOperationSeconds.observe({ operation, result: ok ? 'ok' : 'error' }, seconds),
+      // --vf-net-config: claims may set a VF's MAC, VLAN, ... on its PF (iproute2, VIO_IP_CLI).
+      ...(cfg.vfNetConfig ? { vfNetwork: execIpLink(execIpCli(process.env.VIO_IP_CLI ?? 'ip')) } : {}),
     });
   }
   await agent.run(signal);

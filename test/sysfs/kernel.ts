@@ -21,6 +21,7 @@ import { lstat, mkdir, readFile, readdir, readlink, realpath, rename, rm, stat, 
 import path from 'node:path';
 import type { SysfsWriter } from '../../device-plugin/src/sysfs/writer.js';
 import { KernelError } from './kernel-error.js';
+import { resetVfStates } from './netlink.js';
 import { normalizeWwn, ownership, WriteGate, type Destroyed, type OpenOptions, type Ownership, type Violation, type VfioRequest } from './vfio.js';
 
 export { KernelError } from './kernel-error.js';
@@ -742,6 +743,7 @@ export class FakeKernel implements SysfsWriter {
     if (n !== 0 && current !== 0) await this.disableVfs(dir);
     if (n === 0) await this.disableVfs(dir);
     else await this.enableVfs(dir, bdf, n);
+    resetVfStates(this.root, bdf); // the PF driver's VF settings (MAC, VLAN, ...) start over: netlink.ts
     if (!opts.alreadyWritten) await writeFile(path.join(dir, 'sriov_numvfs'), `${n}\n`);
   }
 

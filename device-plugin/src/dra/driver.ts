@@ -37,6 +37,8 @@ import {
 } from './prepare.js';
 import { ResourceSlicePublisher, type DroppedFields, type ResourceSliceStore } from './publisher.js';
 import { claimUidsOnDisk, relearnClaim } from './recover.js';
+import type { IpLink } from '../carving/ip-link.js';
+import { claimVfTargets, VfNetSettings } from './vf-net.js';
 
 /** A slice held through one of our claims (prepared or allocated), shaped like the agent's PodResources holders. */
 export interface PreparedHolder {
@@ -120,6 +122,11 @@ export interface DraDriverOptions {
   staleClaimGraceMs?: number;
   /** How often stale prepared claims are looked for (default 60 s). */
   gcIntervalMs?: number;
+  /**
+   * Per-claim VF network settings (MAC, VLAN, trust, spoof check, rates) on the PF, through this
+   * port (`ip`). Absent: the opt-in is off, and a claim that asks for settings fails prepare saying so.
+   */
+  vfNetwork?: IpLink;
 }
 
 /** The health the kubelet is told about one device (health stream). */
@@ -178,6 +185,9 @@ export class DraDriver {
   registration: { registered: boolean; error?: string } | undefined;
   /** Prepare/unprepare calls served (tests and logs). */
   calls = { prepare: 0, unprepare: 0 };
+  /** Per-claim VF network settings (only with the opt-in). */
+  readonly vfNet: VfNetSettings | undefined;
+  private vfNetSettling = false;
 
   constructor(private readonly opts: DraDriverOptions) {
     this.log = opts.logger.child({ component: 'dra' });
@@ -199,6 +209,7 @@ export class DraDriver {
       },
     );
     this.checkpoint = new Checkpoint(join(this.pluginDir, 'checkpoint.json'));
+    this.vfNet = opts.vfNetwork ? new VfNetSettings(join(this.pluginDir, 'vf-net.json'), opts.vfNetwork, this.log) : undefined;
     this.pcieRoot = pcieRootReader(opts.sysfsRoot);
     this.publisher = new ResourceSlicePublisher({
       store: opts.store, node: opts.nodeName, logger: opts.logger,
@@ -298,9 +309,10 @@ export class DraDriver {
     const withheld = new Map<string, string>();
     for (const s of this.slices) {
       if (!dra.has(s.pool)) continue;
-      const why = this.heldElsewhere(s.id, s.pool);
+      const why = this.heldElsewhere(s.id, s.pool) ?? this.vfNet?.pending().get(s.id);
       if (why) withheld.set(s.id, why);
     }
+    if (this.vfNet?.pending().size) this.settleVfNet();
     for (const [id, why] of withheld) if (!this.withheldNow.has(id)) this.log.warn({ slice: id, heldBy: why }, 'slice held outside DRA: not published, not prepared');
     for (const id of this.withheldNow.keys()) if (!withheld.has(id)) this.log.info({ slice: id }, 'slice no longer held outside DRA: published again');
     this.withheldNow = withheld;
@@ -512,6 +524,7 @@ export class DraDriver {
     }
     this.sweep();
     this.tryRecover();
+    this.loadVfNet();
     this.opts.onHoldersChanged?.();
     await this.startDraServer();
     await this.reg.start();
@@ -552,6 +565,25 @@ export class DraDriver {
     } catch (err) {
       this.log.warn({ err: String(err) }, 'cannot clean up after an interrupted write or prepare');
     }
+  }
+
+  /**
+   * Reads the VF settings records. Records of claims a trusted checkpoint does not know (a prepare
+   * that died before it recorded its claim, so never answered) become restores to do.
+   */
+  private loadVfNet(): void {
+    const net = this.vfNet;
+    if (!net) return;
+    net.load();
+    if (net.loadError) this.log.error({ error: net.loadError }, 'VF network settings records lost');
+    const cp = this.checkpoint;
+    if (cp.state !== 'ok' && cp.state !== 'absent') return;
+    if (cp.unknown) return;
+    const orphans = [...net.claimUids()].filter((uid) => !cp.get(uid));
+    if (orphans.length === 0) return;
+    void this.serial(async () => {
+      for (const uid of orphans) await net.release(uid);
+    }).then(() => this.refresh(), (err: unknown) => this.log.warn({ err: String(err) }, 'cannot release VF settings of unrecorded claims'));
   }
 
   /** The kubelet's DRA state file as text, or undefined when it cannot be read. */
@@ -611,6 +643,7 @@ export class DraDriver {
           try {
             removeClaimFiles(this.opts.cdiDir, this.pluginDir, c.uid);
             cp.delete(c.uid);
+            await this.vfNet?.release(c.uid, `${c.namespace}/${c.name}`);
           } catch (err) {
             this.log.warn({ claim: `${c.namespace}/${c.name}`, uid: c.uid, err: String(err) }, 'cannot forget a stale prepared claim');
             return false;
@@ -622,7 +655,10 @@ export class DraDriver {
         });
         if (done) forgotten.push(c.uid);
       }
-      if (forgotten.length) this.opts.onHoldersChanged?.();
+      if (forgotten.length) {
+        this.settleVfNet();
+        this.opts.onHoldersChanged?.();
+      }
       return forgotten;
     } finally {
       this.collecting = false;
@@ -726,17 +762,48 @@ export class DraDriver {
       return { devices: [], error };
     }
     if ('error' in plan) return { devices: [], error: plan.error }; // (narrowing only)
+    const netError = await this.applyVfNet(ref, claim, plan);
+    if (netError) {
+      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error: netError }, 'cannot prepare claim');
+      return { devices: [], error: netError };
+    }
     try {
       this.writeFiles(plan);
       this.checkpoint.put(plan);
     } catch (err) {
       removeClaimFiles(this.opts.cdiDir, this.pluginDir, ref.uid);
+      await this.vfNet?.release(ref.uid, `${ref.namespace}/${ref.name}`);
+      await this.vfNet?.settle(() => true); // prepare did not answer: no VM has these VFs
       return { devices: [], error: `writing CDI spec or metadata for ${ref.namespace}/${ref.name}: ${String(err)}` };
     }
     this.released.delete(ref.uid);
     this.log.info({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, devices: plan.devices.map((d) => `${d.request}=${d.sliceId}`) }, 'claim prepared');
     this.opts.onHoldersChanged?.();
     return this.answer(plan);
+  }
+
+  /** The claim's VF network settings applied on the PFs (or why not), before prepare records the claim. */
+  private async applyVfNet(ref: ClaimRef, claim: ClaimObject | undefined, plan: PreparedClaim): Promise<string | undefined> {
+    const what = `ResourceClaim ${ref.namespace}/${ref.name}`;
+    const t = claimVfTargets(plan.devices, this.index, claim?.status?.allocation?.devices?.config, this.vfNet !== undefined);
+    if ('error' in t) return `${what}: ${t.error}`;
+    if (!this.vfNet || t.targets.length === 0) return undefined;
+    const err = await this.vfNet.apply(ref.uid, `${ref.namespace}/${ref.name}`, t.targets);
+    return err ? `${what}: VF network settings: ${err}` : undefined;
+  }
+
+  /** Restores released VF settings whose VF is free (nobody but our claims holds it, no claim prepared on it). */
+  private settleVfNet(): void {
+    const net = this.vfNet;
+    if (!net || this.vfNetSettling) return;
+    this.vfNetSettling = true;
+    void this.serial(async () => {
+      const prepared = this.preparedSliceIds();
+      await net.settle((vf) => !prepared.has(vf) && this.heldElsewhere(vf, this.poolOfSlice(vf) ?? '') === undefined);
+    }).catch((err: unknown) => this.log.warn({ err: String(err) }, 'restoring VF network settings failed'))
+      .finally(() => {
+        this.vfNetSettling = false;
+      });
   }
 
   private writeFiles(c: PreparedClaim): void {
@@ -760,6 +827,13 @@ export class DraDriver {
         at: this.nowMs(),
       });
       this.checkpoint.delete(ref.uid);
+      if (this.vfNet) {
+        // The kubelet unprepares once the pod's containers are gone (the VM with them); the settings
+        // go back only when the ledger also shows the VF free (settleVfNet).
+        await this.vfNet.release(ref.uid, `${ref.namespace}/${ref.name}`);
+        const prepared = this.preparedSliceIds();
+        await this.vfNet.settle((vf) => !prepared.has(vf) && this.heldElsewhere(vf, this.poolOfSlice(vf) ?? '') === undefined);
+      }
       if (had || allocated) {
         this.log.info({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid }, 'claim unprepared');
         this.opts.onHoldersChanged?.();

@@ -5,13 +5,14 @@ import { readdirSync, readFileSync, rmSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 import { decodeChecked, encodeChecked, keepCorruptCopy, writeFileDurable } from '../agent/durable-file.js';
 import type { PoolPlan, Slice } from '../model.js';
+import type { AllocationConfig } from './vf-config.js';
 import { DRA_DRIVER, draDevice, draDeviceName, resourcePoolName, type DeviceFacts, type DraDevice } from './devices.js';
 
 /** The parts of a ResourceClaim (resource.k8s.io/v1) prepare reads. */
 export interface ClaimObject {
   metadata: { name?: string; namespace?: string; uid?: string; annotations?: Record<string, string> };
   status?: {
-    allocation?: { devices?: { results?: { request: string; driver: string; pool: string; device: string }[] } };
+    allocation?: { devices?: { results?: { request: string; driver: string; pool: string; device: string }[]; config?: AllocationConfig[] } };
     reservedFor?: { resource?: string; name?: string; uid?: string }[];
   };
 }

@@ -2,6 +2,7 @@
 // (ResourceSlices, ResourceClaim reads, the list and watch of allocated claims), feeds the driver the
 // agent's slices after every cycle and the ledger's holderOf, and returns the holder set allocation
 // safety reads. Kept out of main.ts so the agent core stays unaware of DRA.
+import type { IpLink } from '../carving/ip-link.js';
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
 import type { ClaimListWatch } from './claims.js';
@@ -60,6 +61,8 @@ export async function startDra(opts: {
   /** Who holds a slice per the agent's ledger (AgentManager.holderOf): slices held outside DRA are neither published nor prepared. */
   holderOf?: (sliceId: string) => DraHoldState;
   pollMs?: number;
+  /** Per-claim VF network settings through this port (the --vf-net-config opt-in); absent: off. */
+  vfNetwork?: IpLink;
   /** The API server ports (default: client-node on the kubeconfig). */
   ports?: DraPorts;
 }): Promise<DraWiring> {
@@ -78,6 +81,7 @@ export async function startDra(opts: {
     ...(opts.onRegistration ? { onRegistration: opts.onRegistration } : {}),
     ...(opts.holderOf ? { holderOf: opts.holderOf } : {}),
     ...(opts.observe ? { observe: opts.observe } : {}),
+    ...(opts.vfNetwork ? { vfNetwork: opts.vfNetwork } : {}),
   });
   let lastSlices: readonly Slice[] | undefined;
   let lastPools: readonly PoolPlan[] | undefined;
