@@ -12,8 +12,10 @@
 #                GitRepository, HelmChart, OCIRepository, ExternalArtifact... (source-controller),
 #                Kustomization (kustomize-controller). Prints helm-controller=<binary> and
 #                flux-crds=<folder>.
+#   argocd-crds  Argo CD's Application and AppProject CRDs from its module zip (manifests/crds), for
+#                checking the docs' Argo CD recipes against the real schema. v3.5: v3.6 needs Go 1.27.
 #
-# Usage: test/gitops/build.sh [kstatus] [argo-health] [flux]   (default: all)
+# Usage: test/gitops/build.sh [kstatus] [argo-health] [flux] [argocd-crds]   (default: all)
 # Prints `name=path` per target on stdout (logs go to stderr). A warm cache is only checked: a target
 # is rebuilt when its inputs or this script changed.
 #   VIO_CACHE   cache root (default $HOME/.cache/virtualio)
@@ -26,12 +28,13 @@ export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 HELM_CONTROLLER=v1.4.5
 SOURCE_CONTROLLER=v1.7.2
 KUSTOMIZE_CONTROLLER=v1.7.3
+ARGO_CD=v3.5.8
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kstatus argo-health flux)
+[ ${#targets[@]} -gt 0 ] || targets=(kstatus argo-health flux argocd-crds)
 
 moddir() { # moddir MODULE@VERSION: the extracted module folder in the Go module cache
   go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'
@@ -39,7 +42,7 @@ moddir() { # moddir MODULE@VERSION: the extracted module folder in the Go module
 
 build_flux() {
   local bin="$OUT/helm-controller" crds="$OUT/flux-crds"
-  local st; st=$(sha256sum < "$HERE/build.sh" | cut -c1-16)
+  local st="helm-controller@$HELM_CONTROLLER source-controller@$SOURCE_CONTROLLER kustomize-controller@$KUSTOMIZE_CONTROLLER"
   if [ -x "$bin" ] && [ -d "$crds" ] && [ "$(cat "$bin.stamp" 2>/dev/null)" = "$st" ]; then
     echo "helm-controller=$bin"; echo "flux-crds=$crds"; return
   fi
@@ -61,6 +64,19 @@ build_flux() {
   echo "helm-controller=$bin"; echo "flux-crds=$crds"
 }
 
+argocd_crds() {
+  local dir="$OUT/argocd-crds-$ARGO_CD"
+  if ! [ -f "$dir/application-crd.yaml" ]; then
+    local tmp src; tmp=$(mktemp -d)
+    src=$(cd "$tmp" && moddir "github.com/argoproj/argo-cd/v3@$ARGO_CD")
+    [ -n "$src" ] || { echo "[gitops] argo-cd $ARGO_CD did not download" >&2; exit 1; }
+    rm -rf "$dir.new" && mkdir -p "$dir.new"
+    cp "$src/manifests/crds/application-crd.yaml" "$src/manifests/crds/appproject-crd.yaml" "$dir.new/"
+    chmod u+w "$dir.new"/* && mv "$dir.new" "$dir" && rm -rf "$tmp"
+  fi
+  echo "argocd-crds=$dir"
+}
+
 for name in "${targets[@]}"; do
   case $name in
     kstatus|argo-health)
@@ -74,6 +90,7 @@ for name in "${targets[@]}"; do
       echo "$name=$bin"
       ;;
     flux) build_flux ;;
-    *) echo "unknown target $name (kstatus, argo-health, flux)" >&2; exit 2 ;;
+    argocd-crds) argocd_crds ;;
+    *) echo "unknown target $name (kstatus, argo-health, flux, argocd-crds)" >&2; exit 2 ;;
   esac
 done

@@ -225,3 +225,22 @@ export function packageChart(chartDir: string, dest: string): string {
   if (!tgz.endsWith('.tgz') || !existsSync(tgz)) throw new Error(`helm package ${chartDir} said: ${out}`);
   return tgz;
 }
+
+/**
+ * The ```yaml blocks under a heading of a file in docs/ (up to the next heading of the same or a
+ * higher level), each parsed into its objects. Snippets indented inside a list item parse as well.
+ */
+export function docYamlBlocks(file: string, heading: string): KubeObject[][] {
+  const lines = readFileSync(join(REPO_ROOT, 'docs', file), 'utf8').split('\n');
+  const start = lines.indexOf(heading);
+  if (start < 0) throw new Error(`docs/${file} has no heading "${heading}"`);
+  const level = heading.indexOf(' ');
+  // Headings outside code blocks only: a YAML comment line looks like one.
+  let fenced = false;
+  const endAt = lines.findIndex((l, i) => {
+    if (/^ *```/.test(l)) fenced = !fenced;
+    return i > start && !fenced && /^#+ /.test(l) && l.indexOf(' ') <= level;
+  });
+  const section = lines.slice(start, endAt < 0 ? undefined : endAt).join('\n');
+  return [...section.matchAll(/^ *```yaml\n([\s\S]*?)^ *```/gm)].map((m) => parseObjects(m[1]!));
+}

@@ -1,8 +1,9 @@
 // The Flux recipe of docs/install.md run by Flux's own helm-controller (v1.4.5, built from the Go
 // module proxy by `test/gitops/build.sh flux`) against a kube-apiserver of this suite's own, with
 // Flux's CRDs from the same module zips:
-// * every object of the recipe (GitRepository, HelmRelease, Kustomization) validates against Flux's
-//   CRDs (server-side dry run);
+// * every object of the recipe (GitRepository, HelmRelease, Kustomization), and the HelmRelease with
+//   the docs' drift-detection ignore rule for KubeVirt's lists, validate against Flux's CRDs
+//   (server-side dry run);
 // * the recipe's HelmRelease installs the chart and its CRDs and becomes Ready; a new chart whose CRD
 //   gained a field is upgraded onto the cluster with the field, and the HelmRelease is Ready again.
 //
@@ -24,7 +25,7 @@ import { basename, join } from 'node:path';
 import { jest } from '@jest/globals';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { installCrdFiles, kubectlAt, waitUntil } from '../support/operator-integration.js';
-import { CHART_DIR, chartWithCrdFields, packageChart, parseObjects, type KubeObject } from './chart-support.js';
+import { CHART_DIR, chartWithCrdFields, docYamlBlocks, packageChart, parseObjects } from './chart-support.js';
 
 jest.setTimeout(300_000);
 
@@ -39,15 +40,6 @@ let tmp: string;
 const served = new Map<string, Buffer>();
 const kubectl = (args: string[]) => kubectlAt(cp.binDir, cp.kubeconfig, args);
 
-/** The objects of the first yaml block under "### Flux" in docs/install.md. */
-function fluxRecipe(): KubeObject[] {
-  const doc = readFileSync(join(REPO_ROOT, 'docs/install.md'), 'utf8');
-  const section = doc.slice(doc.indexOf('\n### Flux\n'));
-  const block = /```yaml\n([\s\S]*?)```/.exec(section);
-  if (doc.indexOf('\n### Flux\n') < 0 || !block) throw new Error('docs/install.md has no yaml block under "### Flux"');
-  return parseObjects(block[1]!);
-}
-
 function writeJson(name: string, objects: unknown[]): string {
   const f = join(tmp, name);
   writeFileSync(f, objects.map((o) => JSON.stringify(o)).join('\n'));
@@ -58,7 +50,8 @@ async function get(kind: string, name: string, ns?: string): Promise<Any> {
   return JSON.parse(await kubectl(['get', kind, name, ...(ns ? ['-n', ns] : []), '-o', 'json']));
 }
 
-const recipe = fluxRecipe();
+// The Flux section's blocks: the recipe, then the HelmRelease snippet for KubeVirt's drift detection.
+const [recipe = [], driftSnippet = []] = docYamlBlocks('install.md', '### Flux');
 const release = recipe.find((o) => o.kind === 'HelmRelease') as Any;
 const releaseNs: string = release.metadata.namespace;
 const sourceRef = release.spec.chart.spec.sourceRef;
@@ -142,6 +135,17 @@ test('every object of the Flux recipe in docs/install.md validates against Flux\
   expect(recipe.map((o) => o.kind)).toEqual(['GitRepository', 'HelmRelease', 'Kustomization']);
   const out = await kubectl(['apply', '--server-side', '--dry-run=server', '-f', writeJson('recipe.json', recipe)]);
   expect(out).toMatch(/helmrelease.helm.toolkit.fluxcd.io\/virtualio serverside-applied \(server dry run\)/);
+});
+
+test('the docs\' drift-detection rule for KubeVirt\'s lists validates in a HelmRelease', async () => {
+  const spec = (driftSnippet[0] as Any)?.spec;
+  expect(spec?.driftDetection?.ignore?.[0]?.target).toEqual({ kind: 'KubeVirt' });
+  const hr = { ...structuredClone(release), metadata: { name: 'kubevirt', namespace: releaseNs }, spec: { ...structuredClone(release.spec), ...spec } };
+  const out = await kubectl(['apply', '--server-side', '--dry-run=server', '-f', writeJson('drift.json', [hr])]);
+  expect(out).toMatch(/helmrelease.helm.toolkit.fluxcd.io\/kubevirt serverside-applied \(server dry run\)/);
+  // The API server checks the fields: a misspelt one is refused, so the dry run above did check the rule.
+  const bad = { ...hr, spec: { ...hr.spec, driftDetection: { ...spec.driftDetection, ignore: [{ pathz: ['/spec'] }] } } };
+  await expect(kubectl(['apply', '--server-side', '--dry-run=server', '-f', writeJson('drift-bad.json', [bad])])).rejects.toThrow(/pathz/);
 });
 
 test('the recipe\'s HelmRelease installs the chart and its CRDs with helm-controller, and becomes Ready', async () => {
