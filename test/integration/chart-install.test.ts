@@ -218,6 +218,25 @@ describe('workload settings', () => {
     expect(spec.priorityClassName).toBe('system-node-critical');
   });
 
+  test('agent.dra.vfNetworkConfig (with DRA): host network and CAP_NET_ADMIN, nothing else; without DRA it changes nothing', async () => {
+    const spec = podSpec(only(await renderChart(RELEASE, NS, ['agent.dra.enabled=true', 'agent.dra.vfNetworkConfig=true']), 'DaemonSet'));
+    expect(spec.hostNetwork).toBe(true);
+    expect(spec.dnsPolicy).toBe('ClusterFirstWithHostNet');
+    expect(spec.hostPID).toBeUndefined();
+    expect(spec.containers[0].securityContext).toEqual({
+      privileged: false, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'], add: ['NET_ADMIN'] },
+      runAsUser: 0, runAsGroup: 0, runAsNonRoot: false, readOnlyRootFilesystem: true, seccompProfile: { type: 'RuntimeDefault' },
+    });
+    expect(spec.containers[0].args).toEqual(expect.arrayContaining(['--dra', '--vf-net-config']));
+    const withoutDra = podSpec(only(await renderChart(RELEASE, NS, ['agent.dra.vfNetworkConfig=true']), 'DaemonSet'));
+    expect(withoutDra.hostNetwork).toBeUndefined();
+    expect(withoutDra.containers[0].securityContext.capabilities).toEqual({ drop: ['ALL'] });
+    expect(withoutDra.containers[0].args).not.toContain('--vf-net-config');
+    const draOnly = podSpec(only(await renderChart(RELEASE, NS, ['agent.dra.enabled=true']), 'DaemonSet'));
+    expect(draOnly.hostNetwork).toBeUndefined();
+    expect(draOnly.containers[0].securityContext.capabilities).toEqual({ drop: ['ALL'] });
+  });
+
   test('agent.privileged switches to a privileged container (documented escape hatch)', async () => {
     const sc = podSpec(only(await renderChart(RELEASE, NS, ['agent.privileged=true']), 'DaemonSet')).containers[0].securityContext;
     expect(sc.privileged).toBe(true);
