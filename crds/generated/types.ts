@@ -107,6 +107,18 @@ export interface VirtualIODeviceSpec {
      */
     adoptExistingVFs?: boolean;
     /**
+     * Mediated with frontEnd DRA: carve nothing ahead. Each parent publishes, through DRA, every mdev it could still create of the listed types (partitionable devices sharing the parent's capacity as counters); the agent creates the mdev once the scheduler has allocated a claim for it, and removes it once the VM is gone. Absent: mdevType × count are carved ahead.
+     */
+    onDemand?: {
+      /**
+       * The mdev types VMs may ask for (type id, e.g. "nvidia-745", or name with spaces as "_"); a parent publishes the ones it supports.
+       *
+       * @minItems 1
+       * @maxItems 16
+       */
+      mdevTypes: string[];
+    };
+    /**
      * Leading hex digits of every NPIV port's WWPN/WWNN (6 to 12, e.g. "c05076" from an OUI); the rest is derived from node, HBA and index so a reboot recreates the same names.
      */
     wwnPrefix?: string;
@@ -258,6 +270,16 @@ export interface PoolPlan {
   policy?: 'NUMAAligned' | 'Pack' | 'Spread';
   count?: number;
   mdevType?: string;
+  /**
+   * Carve mdevs of these types when the scheduler allocates a claim (see VirtualIODevice spec.carving.onDemand).
+   */
+  onDemand?: {
+    /**
+     * @minItems 1
+     * @maxItems 16
+     */
+    mdevTypes: string[];
+  };
   vfDriver?: string;
   /**
    * SRIOV: VFs enabled by another owner may be re-carved (see VirtualIODevice spec.carving.adoptExistingVFs).
@@ -297,6 +319,10 @@ export interface VirtualIONodeStatus {
     slices?: number;
     healthy?: number;
     allocated?: number;
+    /**
+     * Slices that exist because a DRA claim asked for them (onDemand pools).
+     */
+    carvedOnDemand?: number;
   };
   /**
    * @maxItems 16
@@ -436,6 +462,19 @@ export interface SliceStatus {
   draining?: string;
   numaNode?: number;
   iommuGroup?: number;
+  /**
+   * The mdev type (onDemand pools
+   */
+  mdevType?: string;
+  /**
+   * onDemand pools: the ResourceClaim whose allocation made the agent carve this slice; it is removed once that claim no longer holds it.
+   */
+  carvedFor?: {
+    namespace: string;
+    claim: string;
+    uid?: string;
+    since?: string;
+  };
   allocation?: {
     namespace: string;
     pod: string;

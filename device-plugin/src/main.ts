@@ -149,6 +149,7 @@ async function main(): Promise<number> {
           extraHolderInfo: () => dra?.driver.preparedHolders() ?? new Map(),
           draUnknown: () => (dra ? dra.driver.holdersUnknown() : 'the DRA driver has not read its prepared claims yet'),
           draRegistration: () => dra?.driver.registrationState() ?? { registered: false, error: 'DRA driver starting' },
+          onDemandWanted: () => dra?.driver.onDemandWanted() ?? new Map(),
         }
       : {}),
   });
@@ -167,6 +168,7 @@ async function main(): Promise<number> {
         inventory: () => ({ devices: agent.status()?.inventory?.devices ?? [] }),
         // The status exists once the first cycle ended: before it, no slices means "not scanned yet".
         cycleDone: () => agent.status() !== undefined,
+        onDemand: () => agent.onDemandState(),
       },
       logger, signal,
       onHoldersChanged: () => agent.trigger('podresources'),

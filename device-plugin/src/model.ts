@@ -57,6 +57,8 @@ export interface Slice {
   pciAddress?: string;
   /** Mdev UUID (Mdev only). */
   mdevUuid?: string;
+  /** Mdev type, where a pool's slices differ in it (on-demand pools). */
+  mdevType?: string;
   /** FC vport facts (VPort only). */
   vport?: { wwpn: string; wwnn: string; parentHost: string; host?: string };
   /** Netdev of the PF (NIC pools), for the Multus device-info file. */
@@ -116,4 +118,6 @@ export interface CarvingPlan {
    * vports) and therefore leaves alone; it still occupies capacity. Informational: not a block.
    */
   foreign?: BlockedChange[];
+  /** On-demand mdevs a claim was allocated that cannot be carved now, and why (UUID → reason). */
+  failed?: { pool: string; uuid: string; reason: string }[];
 }

@@ -27,13 +27,13 @@ export class MemoryStore implements ResourceSliceStore {
   }
   async create(o: ResourceSliceObject): Promise<ResourceSliceObject> {
     const name = o.metadata.name ?? `${o.metadata.generateName}${String(++this.seq).padStart(5, '0')}`;
-    this.writes.push(`create ${name} gen ${o.spec.pool.generation} devices ${o.spec.devices.length}`);
+    this.writes.push(`create ${name} gen ${o.spec.pool.generation} devices ${(o.spec.devices ?? []).length}`);
     const stored = structuredClone({ ...o, metadata: { ...o.metadata, name, resourceVersion: String(this.seq) } });
     this.objects.set(name, stored);
     return structuredClone(stored);
   }
   async update(o: ResourceSliceObject): Promise<ResourceSliceObject> {
-    this.writes.push(`update ${o.metadata.name} gen ${o.spec.pool.generation} devices ${o.spec.devices.length}`);
+    this.writes.push(`update ${o.metadata.name} gen ${o.spec.pool.generation} devices ${(o.spec.devices ?? []).length}`);
     this.objects.set(o.metadata.name!, structuredClone(o));
     return structuredClone(o);
   }
@@ -43,7 +43,7 @@ export class MemoryStore implements ResourceSliceStore {
   }
   /** Every published device name, sorted. */
   devices(): string[] {
-    return [...this.objects.values()].flatMap((o) => o.spec.devices.map((d) => d.name)).sort();
+    return [...this.objects.values()].flatMap((o) => (o.spec.devices ?? []).map((d) => d.name)).sort();
   }
 }
 

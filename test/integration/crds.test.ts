@@ -161,6 +161,6 @@ test('printer columns show through kubectl get', async () => {
   })]);
   const nodes = await kubectlOk(['get', 'vionode', 'worker-1']);
   const [nh, nr] = nodes.trim().split('\n');
-  expect(nh!.split(/\s+/)).toEqual(['NAME', 'POOLS', 'DEVICES', 'SLICES', 'HEALTHY', 'ALLOCATED', 'READY', 'AGE']);
+  expect(nh!.split(/\s+/)).toEqual(['NAME', 'POOLS', 'DEVICES', 'SLICES', 'HEALTHY', 'ALLOCATED', 'CARVED', 'READY', 'AGE']);
   expect(nr!.split(/\s+/).slice(0, 6)).toEqual(['worker-1', '2', '40', '12', '11', '5']);
 });

@@ -73,7 +73,7 @@ async function published(): Promise<ResourceSliceObject[]> {
 }
 
 function attr(objs: ResourceSliceObject[], device: string, name: string): unknown {
-  for (const o of objs) for (const d of o.spec.devices) if (d.name === device) return d.attributes[name];
+  for (const o of objs) for (const d of o.spec.devices ?? []) if (d.name === device) return d.attributes[name];
   return undefined;
 }
 
@@ -115,13 +115,13 @@ test('the published slices pass API validation with our attributes, pool bookkee
   const passes = publisher.passes;
   await eventually('two more publisher passes', async () => (publisher.passes >= passes + 2 ? true : undefined), 20_000, 100);
   const objs = await published();
-  expect(objs.map((o) => [o.spec.pool.name, o.spec.pool.generation, o.spec.pool.resourceSliceCount, o.spec.devices.length]).sort()).toEqual([
+  expect(objs.map((o) => [o.spec.pool.name, o.spec.pool.generation, o.spec.pool.resourceSliceCount, (o.spec.devices ?? []).length]).sort()).toEqual([
     [`${NODE}/a16-vgpu`, 1, 1, 2], [`${NODE}/gpu-pt`, 1, 1, 2], [`${NODE}/nic-vf`, 1, 1, 4],
   ]);
   expect(attr(objs, 'fn-0000-98-00-0', ATTR_PCIE_ROOT)).toEqual({ string: 'pci0000:97' });
   expect(attr(objs, 'vf-0000-99-02-1', 'resource.kubernetes.io/pciBusID')).toEqual({ string: '0000:99:02.1' });
   expect(attr(objs, draDeviceName(mdev(0)), 'mdevUUID')).toEqual({ string: mdev(0).mdevUuid });
-  const tainted = objs.flatMap((o) => o.spec.devices).find((d) => d.name === 'vf-0000-99-02-0');
+  const tainted = objs.flatMap((o) => o.spec.devices ?? []).find((d) => d.name === 'vf-0000-99-02-0');
   expect(tainted?.taints?.[0]).toMatchObject({ key: 'virtualio.dev/unhealthy', effect: 'NoSchedule' });
 });
 

@@ -51,6 +51,25 @@ export function emulexFc(address: string, o: { host: number; wwpn: string; wwnn:
   };
 }
 
+/**
+ * An NVIDIA A16 GPU (10de:25b6, nvidia) as an mdev parent in mixed-size mode: 16 GB of framebuffer
+ * shared by its vGPU types (2Q: 8 fit, 4Q: 4, 8Q: 2, 16Q: 1), so `available_instances` of every
+ * type drops as any instance exists (see FunctionSpec.mdevCapacity). Type ids are illustrative.
+ * `exclusive`: one type per GPU (time-sliced vGPU without mixed-size mode).
+ */
+export function mdevGpuMixed(address: string, o: { numaNode?: number; exclusive?: boolean } = {}): FunctionSpec {
+  return {
+    address, vendor: '10de', device: '25b6', classCode: '030200', driver: 'nvidia', numaNode: o.numaNode ?? 0,
+    mdevCapacity: { units: 16, ...(o.exclusive ? { exclusive: true } : {}) },
+    mdevTypes: [
+      { id: 'nvidia-745', name: 'NVIDIA A16-2Q', availableInstances: 8, units: 2 },
+      { id: 'nvidia-746', name: 'NVIDIA A16-4Q', availableInstances: 4, units: 4 },
+      { id: 'nvidia-747', name: 'NVIDIA A16-8Q', availableInstances: 2, units: 8 },
+      { id: 'nvidia-748', name: 'NVIDIA A16-16Q', availableInstances: 1, units: 16 },
+    ],
+  };
+}
+
 /** NVIDIA T4 (10de:1eb8, nvidia) as an mdev parent with GRID types nvidia-222 (16×1B) and nvidia-230 (1×16Q). */
 export function mdevGpu(address: string, o: { numaNode?: number; instances?: number } = {}): FunctionSpec {
   return {

@@ -57,6 +57,7 @@ export const DEFAULT_CONFIG: KernelConfig = {
 };
 
 const CONFIG_REL = '.fake-kernel/config.json';
+const MDEV_CAPACITY_REL = '.fake-kernel/mdev-capacity';
 const PCI_DRIVER_FILES = ['bind', 'unbind', 'new_id', 'remove_id'];
 const BDF_RE = /^([0-9a-f]{4,5}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$/;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -146,7 +147,23 @@ export interface FunctionSpec {
   netdev?: { name: string; operstate?: string; address?: string };
   fcHost?: { host: number; wwpn: string; wwnn: string; portState?: string; maxNPIVVports: number };
   nvme?: { name: string; model: string; serial: string };
-  mdevTypes?: { id: string; name: string; availableInstances: number; deviceAPI?: string }[];
+  mdevTypes?: { id: string; name: string; availableInstances: number; deviceAPI?: string; units?: number }[];
+  /**
+   * The parent's shared mdev capacity: every type takes `units` (default 1) of `units` in total, and
+   * `available_instances` of each type is the free units divided by the type's (the sample drivers:
+   * torvalds/linux samples/vfio-mdev/mtty.c `available_ports / nr_ports`, mbochs.c
+   * `mbochs_avail_mbytes / type->mbytes`; NVIDIA vGPU framebuffer). `exclusive`: once an instance of
+   * one type exists, every other type shows 0 (NVIDIA time-sliced vGPU: one type per physical GPU).
+   * Absent: each type counts down on its own (the older model).
+   */
+  mdevCapacity?: { units: number; exclusive?: boolean };
+}
+
+/** The shared capacity model of an mdev parent, kept beside the tree (see FunctionSpec.mdevCapacity). */
+interface MdevCapacityModel {
+  units: number;
+  exclusive: boolean;
+  types: Record<string, number>;
 }
 
 /** Options of {@link FakeKernel.write}. */
@@ -334,6 +351,12 @@ export class FakeKernel implements SysfsWriter {
         await touch(path.join(td, 'create'));
       }
       await link(dir, path.join(this.root, 'class/mdev_bus', spec.address));
+      if (spec.mdevCapacity) {
+        const model: MdevCapacityModel = { units: spec.mdevCapacity.units, exclusive: spec.mdevCapacity.exclusive ?? false, types: Object.fromEntries(spec.mdevTypes.map((t) => [t.id, t.units ?? 1])) };
+        await mkdir(path.join(this.root, MDEV_CAPACITY_REL), { recursive: true });
+        await writeFile(path.join(this.root, MDEV_CAPACITY_REL, `${spec.address}.json`), JSON.stringify(model));
+        await this.recountMdevTypes(dir);
+      }
     }
     if (spec.driver) {
       await this.loadModule(spec.driver);
@@ -842,7 +865,29 @@ export class FakeKernel implements SysfsWriter {
     await link(mdrvDir, path.join(mdir, 'driver'));
     await link(mdir, path.join(mdrvDir, id));
     await touch(path.join(this.devRoot, 'vfio', String(group)));
-    await writeFile(path.join(typeDir, 'available_instances'), `${avail - 1}\n`);
+    if (!(await this.recountMdevTypes(parentDir))) await writeFile(path.join(typeDir, 'available_instances'), `${avail - 1}\n`);
+  }
+
+  /**
+   * With a shared capacity model for the parent at `parentDir`: sets every type's
+   * `available_instances` from the units its mdevs take. Returns false when the parent has no model.
+   */
+  private async recountMdevTypes(parentDir: string): Promise<boolean> {
+    let model: MdevCapacityModel;
+    try {
+      model = JSON.parse(await readFile(path.join(this.root, MDEV_CAPACITY_REL, `${path.basename(parentDir)}.json`), 'utf8')) as MdevCapacityModel;
+    } catch {
+      return false;
+    }
+    const types = path.join(parentDir, 'mdev_supported_types');
+    const used = new Map<string, number>();
+    for (const t of Object.keys(model.types)) used.set(t, (await list(path.join(types, t, 'devices'))).length);
+    const free = model.units - [...used].reduce((sum, [t, n]) => sum + n * (model.types[t] ?? 1), 0);
+    for (const [t, units] of Object.entries(model.types)) {
+      const blocked = model.exclusive && [...used].some(([o, n]) => o !== t && n > 0);
+      await writeFile(path.join(types, t, 'available_instances'), `${blocked ? 0 : Math.max(0, Math.floor(free / units))}\n`);
+    }
+    return true;
   }
 
   private async mdevRemove(mdir: string, v: string): Promise<void> {
@@ -857,6 +902,7 @@ export class FakeKernel implements SysfsWriter {
     await rm(path.join(this.root, 'bus/mdev/devices', id), { force: true });
     await rm(path.join(typeDir, 'devices', id), { force: true });
     await rm(mdir, { recursive: true, force: true });
+    if (await this.recountMdevTypes(path.dirname(path.dirname(typeDir)))) return;
     const avail = Number(await readTrim(path.join(typeDir, 'available_instances')));
     if (Number.isFinite(avail)) await writeFile(path.join(typeDir, 'available_instances'), `${avail + 1}\n`);
   }
@@ -1007,7 +1053,7 @@ async function rmRename(from: string, to: string): Promise<void> {
 
 // ---- named builders (builders.ts) ------------------------------------------------------------
 
-export { connectX6, emulexFc, gpuWithAudio, intel82599, mdevGpu, nvmeWithSriov, pciBridge } from './builders.js';
+export { connectX6, emulexFc, gpuWithAudio, intel82599, mdevGpu, mdevGpuMixed, nvmeWithSriov, pciBridge } from './builders.js';
 
 /** True when `p` is a FIFO (the daemon turns trigger attributes into FIFOs while it runs). */
 export async function isFifo(p: string): Promise<boolean> {

@@ -8,7 +8,7 @@ import type { AgentMetrics } from '../metrics.js';
 import type { BlockedChange, Inventory, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
 import type { Checkpoint } from './checkpoint.js';
 import { gate, type Protection } from './gate.js';
-import type { NodeOps } from './ports.js';
+import type { NodeOps, OnDemandInput } from './ports.js';
 import type { Retired } from './retire.js';
 
 /** Which pools a carving write serves: its own tag, else the pools listing the device its path names. */
@@ -34,6 +34,8 @@ export interface RoundInput {
   /** Marks what a write is about to destroy (Allocate refuses it), and clears it after. */
   fence: (ids: readonly string[], why: string) => void;
   unfence: (ids: readonly string[]) => void;
+  /** On-demand pools: the mdevs claims were allocated and the parents' capacity. */
+  onDemand?: OnDemandInput;
   /** Why a rescan after writes must not be believed (a broken sysfs), or undefined. */
   suspectScan: (next: Inventory, previous: Inventory) => string | undefined;
   signal: AbortSignal;
@@ -50,6 +52,8 @@ export class Carver {
   blocked: BlockedChange[] = [];
   foreign: BlockedChange[] = [];
   errors: { pool: string; message: string }[] = [];
+  /** On-demand mdevs (UUID) a claim was allocated that could not be carved, with why (last round). */
+  onDemandFailed = new Map<string, string>();
   private foreignText = '';
   private readonly backoff: WriteBackoff;
   /** Which pools the writes of each device (lane) served last: where a stuck write is shown. */
@@ -81,6 +85,7 @@ export class Carver {
     let inventory = inp.inventory;
     const errors: { pool: string; message: string }[] = [];
     const released = new Set<string>();
+    const odFailed = new Map<string, string>();
     let scanError: string | undefined;
     const allPools = (): PoolPlan[] => [...(spec.pools ?? []), ...[...inp.retired.values()].map((r) => r.plan)];
     await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal); // e.g. free an NVMe primary's flexible resources before its VFs exist
@@ -92,9 +97,10 @@ export class Carver {
       const foreign: BlockedChange[] = [];
       const releasing = new Set<SysfsWrite>();
       try {
-        const main = ops.planCarving(spec, inventory, held, owned);
+        const main = ops.planCarving(spec, inventory, held, owned, inp.onDemand);
         writes.push(...main.writes);
         blocked.push(...main.blocked);
+        for (const f of main.failed ?? []) odFailed.set(f.uuid, f.reason);
         foreign.push(...(main.foreign ?? []));
         if (!provisional) {
           const active = inp.activeIds(inventory);
@@ -160,6 +166,9 @@ export class Carver {
       for (const r of results) {
         this.metrics.carvingOperations.inc({ result: r.error ? (r.skipped ? 'skipped' : 'error') : 'ok' });
         if (!r.error) this.backoff.succeeded(r.write);
+        if (r.error && r.write.path.endsWith('/create') && inp.onDemand?.wanted.has(r.write.value)) {
+          this.onDemandFailedWrite(odFailed, r.write.value, r.write.path, r.error);
+        }
         if (r.error && !r.skipped) {
           failed = true;
           const delay = this.backoff.failed(r.write, r.error, after, r.code);
@@ -186,7 +195,14 @@ export class Carver {
     }
     errors.push(...(await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal)));
     this.errors = errors;
+    this.onDemandFailed = odFailed;
     return { inventory, released: [...released], ...(scanError ? { scanError } : {}) };
+  }
+
+  /** A claim's mdev create the kernel refused: the claim's failure condition says why. */
+  private onDemandFailedWrite(failed: Map<string, string>, uuid: string, path: string, error: string): void {
+    const type = /mdev_supported_types\/([^/]+)\/create$/.exec(path)?.[1] ?? '?';
+    failed.set(uuid, `the kernel refused to create mdev ${uuid} of type ${type}: ${error}`);
   }
 
   /** Device provisioning beyond sysfs (NVMe secondary controllers); its problems become pool errors. */

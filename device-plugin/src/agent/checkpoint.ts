@@ -49,6 +49,20 @@ export interface CheckpointData {
   devices: Record<string, OriginalFacts>;
   /** Set while an earlier record was lost (see {@link Checkpoint.unknown}). */
   lost?: CheckpointLoss;
+  /** On-demand pools: instances per type each mdev parent holds empty, learned from the kernel. */
+  mdevCapacity?: Record<string, Record<string, number>>;
+  /** On-demand mdevs by UUID: the claim whose allocation they are carved for, recorded before the create. */
+  carvings?: Record<string, CarvingRecord>;
+}
+
+/** Which claim an on-demand mdev is (being) carved for. */
+export interface CarvingRecord {
+  pool: string;
+  namespace: string;
+  claim: string;
+  uid: string;
+  /** When the create was decided (RFC 3339). */
+  since: string;
 }
 
 /**
@@ -119,6 +133,14 @@ export function parseCheckpoint(text: string, node: string): { ok: true; data: C
       if (isStringList(v.interfaceNames)) f.interfaceNames = v.interfaceNames;
       data.devices[addr] = f;
     }
+  }
+  if (doc.mdevCapacity !== undefined) {
+    if (!isRecord(doc.mdevCapacity) || !Object.values(doc.mdevCapacity).every((v) => isRecord(v) && Object.values(v).every((n) => Number.isInteger(n)))) return bad('mdevCapacity');
+    data.mdevCapacity = doc.mdevCapacity as Record<string, Record<string, number>>;
+  }
+  if (doc.carvings !== undefined) {
+    if (!isRecord(doc.carvings) || !Object.values(doc.carvings).every((v) => isRecord(v) && ['pool', 'namespace', 'claim', 'uid', 'since'].every((k) => typeof v[k] === 'string'))) return bad('carvings');
+    data.carvings = doc.carvings as Record<string, CarvingRecord>;
   }
   if (doc.lost !== undefined) {
     const l = doc.lost;
@@ -264,6 +286,34 @@ export class Checkpoint {
 
   forgetOriginal(pci: string): void {
     delete this.data.devices[pci];
+  }
+
+  /** On-demand parents' learned capacity (parent → type → instances when empty). */
+  mdevCapacity(): Record<string, Record<string, number>> {
+    return this.data.mdevCapacity ?? {};
+  }
+
+  setMdevCapacity(c: Record<string, Record<string, number>>): void {
+    if (Object.keys(c).length === 0) delete this.data.mdevCapacity;
+    else this.data.mdevCapacity = c;
+  }
+
+  /** On-demand mdevs and the claims they were carved for. */
+  carvings(): ReadonlyMap<string, CarvingRecord> {
+    return new Map(Object.entries(this.data.carvings ?? {}));
+  }
+
+  /** Records (kept if already recorded for the same claim) which claim an mdev is carved for. */
+  recordCarving(uuid: string, r: CarvingRecord): void {
+    const had = this.data.carvings?.[uuid];
+    if (had && had.uid === r.uid) return;
+    (this.data.carvings ??= {})[uuid] = r;
+  }
+
+  forgetCarving(uuid: string): void {
+    if (!this.data.carvings?.[uuid]) return;
+    delete this.data.carvings[uuid];
+    if (Object.keys(this.data.carvings).length === 0) delete this.data.carvings;
   }
 
   /**

@@ -25,7 +25,9 @@ import { existingIds } from './gate.js';
 import { acceptScan } from './inventory-guard.js';
 import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-checkpoint.js';
 import { Ledger } from './ledger.js';
-import type { NodeOps, StatusSink } from './ports.js';
+import type { NodeOps, OnDemandInput, StatusSink } from './ports.js';
+import { indexDevices } from '../carving/layout.js';
+import { isOnDemand, learnCapacity, mdevParentsOf, type MdevCapacity, type WantedMdev } from '../carving/ondemand.js';
 import { diffPlans, retire, retiredKey, type Retired } from './retire.js';
 import { buildStatus, type Condition, type PoolRegistration } from './status.js';
 import { FsTrigger } from './fs-trigger.js';
@@ -76,6 +78,8 @@ export interface ManagerOptions {
    * with frontEnd DRA. Absent: this agent does not serve DRA, and such pools report that.
    */
   draRegistration?: () => { registered: boolean; error?: string };
+  /** On-demand pools: the mdevs the scheduler allocated claims on this node (the DRA driver's view). */
+  onDemandWanted?: () => ReadonlyMap<string, WantedMdev>;
 }
 
 export class AgentManager {
@@ -106,6 +110,8 @@ export class AgentManager {
   private signal: AbortSignal = new AbortController().signal;
   private wakeTimer: NodeJS.Timeout | undefined;
   private lastSpecText = '';
+  /** On-demand parents' capacity as last learned (from the checkpoint until the first scan). */
+  private onDemandCapacity: MdevCapacity = {};
   /** Cycles completed (for tests and logs). */
   cycles = 0;
 
@@ -113,6 +119,7 @@ export class AgentManager {
     this.log = opts.logger.child({ component: 'manager' });
     this.checkpoint = opts.checkpoint ?? new Checkpoint(undefined, opts.nodeName, this.log);
     this.known = new Map(this.checkpoint.pools());
+    this.onDemandCapacity = this.checkpoint.mdevCapacity();
     for (const r of this.checkpoint.retired()) this.retired.set(retiredKey(r.plan), r);
     this.podres = new PodResourcesWatcher({
       socket: opts.podResourcesSocket,
@@ -331,6 +338,7 @@ export class AgentManager {
       this.checkpoint.save();
     }
     const { spec, provisional } = this.effectiveSpec();
+    const onDemand = spec ? this.onDemandInput(spec) : undefined;
     if (spec) {
       await this.reportBreakage(spec);
       const r = await this.carver.round({
@@ -343,6 +351,7 @@ export class AgentManager {
         activeIds: (inv) => activeIds(this.view(), spec, inv),
         fence: (ids, why) => this.ledger.fence(ids, why),
         unfence: (ids) => this.ledger.unfence(ids),
+        ...(onDemand ? { onDemand } : {}),
         suspectScan: (next, prev) => {
           const v = acceptScan(prev.devices.length > 0 ? prev : undefined, next);
           return v.ok ? undefined : v.reason;
@@ -359,6 +368,7 @@ export class AgentManager {
         this.checkpoint.setRetired([...this.retired.values()]);
         this.checkpoint.save();
       }
+      if (onDemand) this.afterOnDemand(onDemand.wanted);
       try {
         this.slices = this.buildAllSlices(spec);
       } catch (err) {
@@ -373,6 +383,41 @@ export class AgentManager {
     this.publishStatus();
     this.scheduleWake();
     this.log.debug({ cycle: this.cycles, slices: this.slices.length, unhealthy: this.slices.filter((s) => s.health !== 'Healthy').length }, 'cycle done');
+  }
+
+  /**
+   * On-demand pools before carving: learns each parent's capacity from the scan, and records which
+   * claim every mdev about to be created is for — in the checkpoint, before the write — so a restart
+   * knows whose it is (the UUID follows from the device, so it is never created twice).
+   */
+  private onDemandInput(spec: VirtualIONodeSpec): OnDemandInput | undefined {
+    const pools = (spec.pools ?? []).filter((p) => isOnDemand(p) && !p.deleting);
+    if (pools.length === 0) return undefined;
+    const devices = indexDevices(this.inventory);
+    const parents = pools.flatMap((p) => p.devices.flatMap((d) => mdevParentsOf(d, devices)));
+    const capacity = learnCapacity(this.checkpoint.mdevCapacity(), parents, devices);
+    this.checkpoint.setMdevCapacity(capacity);
+    const wanted = this.opts.onDemandWanted?.() ?? new Map<string, WantedMdev>();
+    const exists = existingIds(this.inventory);
+    const since = (this.opts.now ?? (() => new Date()))().toISOString();
+    for (const w of wanted.values()) {
+      if (!exists.has(w.uuid)) this.checkpoint.recordCarving(w.uuid, { pool: w.pool, namespace: w.namespace, claim: w.name, uid: w.uid, since });
+    }
+    this.checkpoint.save();
+    this.onDemandCapacity = capacity;
+    return { wanted, capacity };
+  }
+
+  /** After carving: records of mdevs that no longer exist and no claim wants are forgotten. */
+  private afterOnDemand(wanted: ReadonlyMap<string, WantedMdev>): void {
+    const exists = existingIds(this.inventory);
+    for (const uuid of this.checkpoint.carvings().keys()) if (!exists.has(uuid) && !wanted.has(uuid)) this.checkpoint.forgetCarving(uuid);
+    this.checkpoint.save();
+  }
+
+  /** On-demand state for the DRA front end: the parents' capacity, and why claimed mdevs could not be carved. */
+  onDemandState(): { capacity: MdevCapacity; failed: ReadonlyMap<string, string> } {
+    return { capacity: this.onDemandCapacity, failed: this.carver.onDemandFailed };
   }
 
   /**
@@ -402,7 +447,7 @@ export class AgentManager {
 
   /** The inputs of the slice views (views.ts) as of now. */
   private view(): ViewInput {
-    return { ops: this.opts.ops, inventory: this.inventory, retired: this.retired, previous: this.slices, holder: (id) => this.ledger.state(id), unknown: this.ledger.unknown() };
+    return { ops: this.opts.ops, inventory: this.inventory, retired: this.retired, previous: this.slices, holder: (id) => this.ledger.state(id), unknown: this.ledger.unknown(), capacity: this.onDemandCapacity };
   }
 
   private buildAllSlices(spec: VirtualIONodeSpec): Slice[] {
@@ -478,6 +523,7 @@ export class AgentManager {
       ...(this.scanError ? { scanError: this.scanError } : {}),
       slices: this.slices,
       holders: this.ledger.holders(),
+      carvings: this.checkpoint.carvings(),
       registration,
       blocked: this.carver.blocked,
       foreign: this.carver.foreign,

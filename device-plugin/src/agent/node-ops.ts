@@ -39,7 +39,7 @@ export function createNodeOps(opts: NodeOpsOptions): NodeOps {
       if (writer instanceof IsolatedSysfsWriter) writer.close();
     },
     scan: () => scan(opts.sysfsRoot, { devRoot: opts.devRoot }),
-    planCarving: (spec, inventory, allocated, ownedPfs) => planCarving({ spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}) }),
+    planCarving: (spec, inventory, allocated, ownedPfs, onDemand) => planCarving({ spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}), ...(onDemand ? { onDemand } : {}) }),
     planUncarve: (pool, spec, inventory, allocated, ownedPfs) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}) }),
     applyCarving: async (plan, signal) =>
       (await applyCarving(plan, writer, signal)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
@@ -49,6 +49,6 @@ export function createNodeOps(opts: NodeOpsOptions): NodeOps {
       for (const k of r.skipped ?? []) opts.logger.debug(k, 'nvme provisioning skipped');
       return r.problems;
     },
-    buildSlices: (spec, inventory, previous) => buildSlices({ spec, inventory, devRoot: opts.devRoot, nodeName: opts.nodeName, ...(previous ? { previous } : {}) }),
+    buildSlices: (spec, inventory, previous, onDemand) => buildSlices({ spec, inventory, devRoot: opts.devRoot, nodeName: opts.nodeName, ...(previous ? { previous } : {}), ...(onDemand ? { capacity: onDemand.capacity } : {}) }),
   };
 }

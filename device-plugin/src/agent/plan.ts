@@ -67,7 +67,13 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
     if (p.frontEnd !== undefined && p.frontEnd !== 'DevicePlugin' && p.frontEnd !== 'DRA') problems.push(`${at}.frontEnd: DevicePlugin or DRA, got ${JSON.stringify(p.frontEnd)}`);
     else if (p.frontEnd === 'DRA' && p.mode === 'NPIV') problems.push(`${at}.frontEnd: NPIV pools cannot use DRA (KubeVirt has no NPIV path for DRA devices)`);
     if (p.count !== undefined && (!Number.isInteger(p.count) || (p.count as number) < 0)) problems.push(`${at}.count: a non-negative integer, got ${JSON.stringify(p.count)}`);
-    if (p.mode === 'Mediated' && typeof p.mdevType !== 'string') problems.push(`${at}.mdevType: required for mode Mediated`);
+    const od = p.onDemand;
+    if (od !== undefined) {
+      if (!isObject(od) || !Array.isArray(od.mdevTypes) || od.mdevTypes.length === 0 || !od.mdevTypes.every((t) => typeof t === 'string' && t.length > 0)) {
+        problems.push(`${at}.onDemand.mdevTypes: a non-empty list of mdev type names`);
+      } else if (p.mode !== 'Mediated' || p.frontEnd !== 'DRA') problems.push(`${at}.onDemand: needs mode Mediated and frontEnd DRA`);
+    }
+    if (p.mode === 'Mediated' && typeof p.mdevType !== 'string' && od === undefined) problems.push(`${at}.mdevType: required for mode Mediated (or onDemand)`);
     if (!Array.isArray(p.devices)) problems.push(`${at}.devices: must be a list`);
     else
       p.devices.forEach((d: unknown, j) => {

@@ -1,7 +1,14 @@
 // What the agent manager needs from discovery and carving (implemented in sysfs/, discovery/,
 // carving/, health/ and wired in main.ts), and where status goes.
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import type { MdevCapacity, WantedMdev } from '../carving/ondemand.js';
 import type { CarvingPlan, Inventory, PoolPlan, Slice, SysfsWrite, VirtualIONodeSpec } from '../model.js';
+
+/** What on-demand pools carve: the mdevs claims were allocated, and the parents' learned capacity. */
+export interface OnDemandInput {
+  wanted: ReadonlyMap<string, WantedMdev>;
+  capacity: MdevCapacity;
+}
 
 /** Result of one applied carving write. */
 export interface WriteResult {
@@ -19,7 +26,7 @@ export interface NodeOps {
   /** A full inventory snapshot; must not throw on malformed sysfs (errors go into the inventory). */
   scan(): Promise<Inventory>;
   /** The sysfs writes that bring the node to the plan; never destroys `allocated` slices. */
-  planCarving(spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>, ownedPfs?: ReadonlySet<string>): CarvingPlan;
+  planCarving(spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>, ownedPfs?: ReadonlySet<string>, onDemand?: OnDemandInput): CarvingPlan;
   /**
    * The writes that release a deleting or removed pool (its last known plan), keeping what pods
    * hold (`held`) and what active pools of `spec` still use.
@@ -31,7 +38,7 @@ export interface NodeOps {
    * The slices of every pool, health included. `previous` (the last round's slices) lets a slice
    * that vanished stay listed as Unhealthy with its reason instead of dropping out.
    */
-  buildSlices(spec: VirtualIONodeSpec, inventory: Inventory, previous?: readonly Slice[]): Slice[];
+  buildSlices(spec: VirtualIONodeSpec, inventory: Inventory, previous?: readonly Slice[], onDemand?: Pick<OnDemandInput, 'capacity'>): Slice[];
   /** Writes that have not returned (their devices are stuck); empty for writers that cannot tell. */
   stuckWrites?(): { lane: string; path: string; value: string; since: number }[];
   /**

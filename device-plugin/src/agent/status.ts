@@ -34,6 +34,8 @@ export interface StatusInput {
   scanError?: string;
   slices: readonly Slice[];
   holders: ReadonlyMap<string, Holder>;
+  /** On-demand mdevs by UUID: the claim each was carved for. */
+  carvings?: ReadonlyMap<string, { namespace: string; claim: string; uid: string; since: string }>;
   /** Registration state per pool name. */
   registration: ReadonlyMap<string, PoolRegistration>;
   blocked: readonly BlockedChange[];
@@ -140,6 +142,9 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
       if (s.draining) st.draining = s.draining;
       if (s.numaNode !== undefined) st.numaNode = s.numaNode;
       if (s.iommuGroup !== undefined) st.iommuGroup = s.iommuGroup;
+      if (s.mdevType) st.mdevType = s.mdevType;
+      const c = inp.carvings?.get(s.id);
+      if (c) st.carvedFor = { namespace: c.namespace, claim: c.claim, uid: c.uid, since: c.since };
       const h = inp.holders.get(s.id);
       if (h) {
         st.allocation = { namespace: h.namespace, pod: h.pod, container: h.container };
@@ -201,7 +206,10 @@ export function buildStatus(inp: StatusInput): VirtualIONodeStatus {
 
   const status: VirtualIONodeStatus = {
     agentVersion: inp.agentVersion,
-    summary: { pools: inp.pools.length, devices: inp.inventory.devices.length, slices: inp.slices.length, healthy, allocated },
+    summary: {
+      pools: inp.pools.length, devices: inp.inventory.devices.length, slices: inp.slices.length, healthy, allocated,
+      ...(inp.carvings?.size ? { carvedOnDemand: inp.slices.filter((x) => inp.carvings?.has(x.id)).length } : {}),
+    },
     conditions,
     ...(inventoryKnown ? { inventory: { total: bound.total, ...(bound.truncated ? { truncated: true } : {}), devices: bound.devices } } : {}),
     slices,

@@ -1,6 +1,7 @@
 // What the node's slices look like to the agent's decisions, from the inventory, the plans and the
 // ledger: the slices to serve (active plan plus draining ones), the IDs the active plan serves, and
 // the IDs that must not be destroyed now. Pure over its inputs (buildSlices may throw).
+import type { MdevCapacity } from '../carving/ondemand.js';
 import type { Inventory, Slice, VirtualIONodeSpec } from '../model.js';
 import { existingIds } from './gate.js';
 import type { HoldState } from './ledger.js';
@@ -16,6 +17,12 @@ export interface ViewInput {
   holder: (id: string) => HoldState;
   /** Why nobody can tell who holds what now, or undefined. */
   unknown: string | undefined;
+  /** On-demand pools: the parents' learned capacity. */
+  capacity?: MdevCapacity;
+}
+
+function od(v: ViewInput): { capacity: MdevCapacity } | undefined {
+  return v.capacity ? { capacity: v.capacity } : undefined;
 }
 
 /**
@@ -29,7 +36,7 @@ export function servingSpec(spec: VirtualIONodeSpec): VirtualIONodeSpec {
 /** Slice IDs the active (not deleting) plan serves. */
 export function activeIds(v: ViewInput, spec: VirtualIONodeSpec, inv: Inventory = v.inventory): Set<string> {
   try {
-    return new Set(v.ops.buildSlices(servingSpec(spec), inv).map((s) => s.id));
+    return new Set(v.ops.buildSlices(servingSpec(spec), inv, undefined, od(v)).map((s) => s.id));
   } catch {
     return new Set(v.previous.filter((s) => !s.draining).map((s) => s.id));
   }
@@ -42,7 +49,7 @@ export function protectedIds(v: ViewInput, held: Set<string>, spec: VirtualIONod
   for (const s of v.previous) held.add(s.id);
   try {
     const pools = [...(spec?.pools ?? []), ...[...v.retired.values()].map((r) => r.plan)];
-    for (const s of v.ops.buildSlices({ pools }, inv)) held.add(s.id);
+    for (const s of v.ops.buildSlices({ pools }, inv, undefined, od(v))) held.add(s.id);
   } catch {
     /* the inventory and the last slices cover it */
   }
@@ -63,7 +70,7 @@ export function drainingSlices(v: ViewInput, spec: VirtualIONodeSpec, active: Re
   for (const r of leaving) {
     let built: Slice[];
     try {
-      built = v.ops.buildSlices({ pools: [r.plan] }, v.inventory);
+      built = v.ops.buildSlices({ pools: [r.plan] }, v.inventory, undefined, od(v));
     } catch {
       return undefined;
     }
@@ -81,6 +88,6 @@ export function drainingSlices(v: ViewInput, spec: VirtualIONodeSpec, active: Re
 
 /** The plan's slices (health carried over from the last round) plus the draining ones; may throw. */
 export function allSlices(v: ViewInput, spec: VirtualIONodeSpec): Slice[] {
-  const active = v.ops.buildSlices(servingSpec(spec), v.inventory, v.previous.filter((s) => !s.draining));
+  const active = v.ops.buildSlices(servingSpec(spec), v.inventory, v.previous.filter((s) => !s.draining), od(v));
   return [...active, ...(drainingSlices(v, spec, new Set(active.map((s) => s.id))) ?? v.previous.filter((s) => s.draining))];
 }

@@ -3,6 +3,7 @@
 // a write is planned only where the inventory differs from the wanted state.
 import type { BlockedChange, CarvingPlan, Inventory, InventoryDevice, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
 import { compareText, isBridgeClass, isPciAddress, VFIO_PCI } from '../sysfs/pci.js';
+import { isOnDemand, planOnDemand, planOnDemandUncarve, type MdevCapacity, type WantedMdev } from './ondemand.js';
 import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
 
 /** Input of {@link planCarving}. */
@@ -19,6 +20,8 @@ export interface PlanInput {
    * treated as ours (unit tests of the plan alone).
    */
   ownedPfs?: ReadonlySet<string>;
+  /** On-demand pools: the mdevs claims were allocated, and the parents' learned capacity. */
+  onDemand?: { wanted: ReadonlyMap<string, WantedMdev>; capacity: MdevCapacity };
 }
 
 const pciDev = (bdf: string, attr: string): string => `bus/pci/devices/${bdf}/${attr}`;
@@ -304,6 +307,7 @@ export function planCarving(input: PlanInput): CarvingPlan {
   const seen = new Set<string>();
   for (const pool of pools) {
     if (pool.mode === 'Passthrough') planPassthrough(pool, devices, out, seen);
+    else if (isOnDemand(pool)) planOnDemand(input.nodeName, pool, devices, input.onDemand?.capacity ?? {}, input.onDemand?.wanted ?? new Map(), input.allocated, out);
     else if (pool.mode === 'Mediated') planMediated(input.nodeName, pool, devices, input.allocated, out);
     else if (pool.mode === 'NPIV') planNpiv(input.nodeName, pool, devices, input.inventory, input.allocated, out);
   }
@@ -367,6 +371,7 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
   for (const pd of pool.devices) {
     const dev = devices.get(pd.pciAddress);
     if (!dev) continue; // gone: nothing left to release
+    if (isOnDemand(pool)) continue; // below, once for all its parents
     if (pool.mode === 'SRIOV') {
       const total = dev.sriov?.totalVFs ?? 0;
       const vfs = dev.sriov?.vfs ?? [];
@@ -423,6 +428,11 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
         out.writes.push({ path: `class/fc_host/${s.host}/vport_delete`, value: `${s.wwpn}:${v.wwnn ?? s.wwnn}`, why: `release vport ${s.wwpn} of pool ${pool.name}`, group: `${dev.pciAddress}/${s.host}`, pools: [pool.name] });
       }
     }
+  }
+  if (isOnDemand(pool)) {
+    const od = { ...out, held: [] as string[] };
+    planOnDemandUncarve(nodeName, pool, devices, allocated, od);
+    for (const id of od.held) held.add(id);
   }
   out.held = [...held].sort(compareText);
   sortBlocked(out.blocked);

@@ -24,6 +24,17 @@ export interface DraDevice {
   name: string;
   attributes: Record<string, Attribute>;
   taints?: { key: string; value?: string; effect: 'NoSchedule' | 'NoExecute' }[];
+  /** On-demand devices: what they take of their parent's counters (dra/counters.ts). */
+  consumesCounters?: { counterSet: string; counters: Record<string, { value: string }> }[];
+  /** On-demand devices: the scheduler binds the pod once these claim conditions are True. */
+  bindingConditions?: string[];
+  bindingFailureConditions?: string[];
+}
+
+/** A named set of counters a pool's devices draw from (ResourceSlice spec.sharedCounters). */
+export interface SharedCounterSet {
+  name: string;
+  counters: Record<string, { value: string }>;
 }
 
 export interface ResourceSliceObject {
@@ -41,7 +52,9 @@ export interface ResourceSliceObject {
     driver: string;
     nodeName: string;
     pool: { name: string; generation: number; resourceSliceCount: number };
-    devices: DraDevice[];
+    /** Absent in an object of counter sets: the API allows only one of the two per object. */
+    devices?: DraDevice[];
+    sharedCounters?: SharedCounterSet[];
   };
 }
 
@@ -126,7 +139,8 @@ export function draDevice(pool: PoolPlan, s: Slice, facts: DeviceFacts): DraDevi
   if (s.pfNetdev) a.pfNetdev = { string: s.pfNetdev };
   if (s.kind === 'Mdev') {
     if (s.mdevUuid) a.mdevUUID = { string: s.mdevUuid };
-    if (pool.mdevType) a.mdevType = { string: pool.mdevType };
+    const type = s.mdevType ?? pool.mdevType;
+    if (type) a.mdevType = { string: type };
   }
   const d: DraDevice = { name: draDeviceName(s), attributes: a };
   if (s.health !== 'Healthy') d.taints = [{ key: UNHEALTHY_TAINT, value: taintValue(s.reason), effect: 'NoSchedule' }];
@@ -144,12 +158,27 @@ export interface PoolContent {
   pool: string;
   poolName: string;
   chunks: DraDevice[][];
+  /** Objects of counter sets, published before the device objects (on-demand pools). */
+  counterChunks?: SharedCounterSet[][];
+}
+
+/** The objects of a pool in order: counter sets first, then devices. */
+export function poolObjects(c: PoolContent): ({ sharedCounters: SharedCounterSet[] } | { devices: DraDevice[] })[] {
+  return [...(c.counterChunks ?? []).map((sharedCounters) => ({ sharedCounters })), ...c.chunks.map((devices) => ({ devices }))];
 }
 
 /** The devices of every DRA pool (sorted by pool, then device name), chunked within the API limits. */
-export function desiredPools(node: string, pools: readonly PoolPlan[], slices: readonly Slice[], facts: DeviceFacts): PoolContent[] {
+export function desiredPools(
+  node: string, pools: readonly PoolPlan[], slices: readonly Slice[], facts: DeviceFacts,
+  onDemand?: (pool: PoolPlan) => Pick<PoolContent, 'chunks' | 'counterChunks'> | undefined,
+): PoolContent[] {
   const out: PoolContent[] = [];
   for (const p of [...pools].filter((x) => isDraPool(x) && !x.deleting).sort((x, y) => x.name.localeCompare(y.name))) {
+    const od = onDemand?.(p);
+    if (od) {
+      out.push({ pool: p.name, poolName: resourcePoolName(node, p.name), ...od });
+      continue;
+    }
     // VPorts have no PCI function to hand over (and the CRD refuses NPIV with DRA): never published.
     const devs = slices
       // Draining slices (left the plan, still held) stay prepared but are not offered again.
@@ -167,11 +196,12 @@ export function desiredPools(node: string, pools: readonly PoolPlan[], slices: r
 
 /** The ResourceSlice objects of one pool at a generation. */
 export function resourceSlicesFor(node: string, content: PoolContent, generation: number, nodeUid?: string): ResourceSliceObject[] {
-  return content.chunks.map((devices, i) => ({
+  const objects = poolObjects(content);
+  return objects.map((body, i) => ({
     apiVersion: 'resource.k8s.io/v1',
     kind: 'ResourceSlice',
     metadata: {
-      generateName: resourceSliceGenerateName(node, i, content.chunks.length),
+      generateName: resourceSliceGenerateName(node, i, objects.length),
       labels: { [POOL_LABEL]: content.pool, 'app.kubernetes.io/managed-by': MANAGED_BY },
       // Owned by the Node: when the Node object goes, its slices go with it.
       ...(nodeUid ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name: node, uid: nodeUid, controller: true }] } : {}),
@@ -179,8 +209,8 @@ export function resourceSlicesFor(node: string, content: PoolContent, generation
     spec: {
       driver: DRA_DRIVER,
       nodeName: node,
-      pool: { name: content.poolName, generation, resourceSliceCount: content.chunks.length },
-      devices,
+      pool: { name: content.poolName, generation, resourceSliceCount: objects.length },
+      ...body,
     },
   }));
 }

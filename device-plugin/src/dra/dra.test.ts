@@ -65,7 +65,7 @@ class MemoryStore implements ResourceSliceStore {
     delete copy.metadata.generateName;
     copy.metadata.resourceVersion = String(++MemoryStore.rv);
     // Like the API server: taints get a timeAdded the agent never sets, or are dropped with the feature off.
-    for (const d of copy.spec.devices) {
+    for (const d of copy.spec.devices ?? []) {
       if (this.opts.dropTaints) delete d.taints;
       for (const t of d.taints ?? []) (t as Record<string, unknown>).timeAdded = '2026-01-01T00:00:00Z';
     }
@@ -166,7 +166,7 @@ describe('syncResourceSlices', () => {
 
     r = await syncResourceSlices(store, NODE, desiredPools(NODE, [nicPool], many.slice(0, 10), facts));
     expect(r).toMatchObject({ updated: [first], deleted: [second], generations: { 'fast-net': 2 } });
-    expect([...store.objects.values()].map((o) => [o.spec.pool.generation, o.spec.pool.resourceSliceCount, o.spec.devices.length])).toEqual([[2, 1, 10]]);
+    expect([...store.objects.values()].map((o) => [o.spec.pool.generation, o.spec.pool.resourceSliceCount, (o.spec.devices ?? []).length])).toEqual([[2, 1, 10]]);
   });
 
   test('a taint the server stamped with timeAdded is still "the same"; a pool that left is deleted', async () => {
@@ -261,7 +261,7 @@ describe('fields the API server drops (device taints with DRADeviceTaints off)',
     driver.update([nicPool], [vf(0, 'Unhealthy'), vf(1)], { devices: inventory });
     const running = driver.run(ctl.signal);
     try {
-      const devices = (): string[] => [...store.objects.values()].flatMap((o) => o.spec.devices.map((d) => d.name));
+      const devices = (): string[] => [...store.objects.values()].flatMap((o) => (o.spec.devices ?? []).map((d) => d.name));
       for (let i = 0; i < 200 && !(driver.taintsUnsupported && devices().length === 1); i++) await new Promise((r) => setTimeout(r, 10));
       expect(devices()).toEqual([draDeviceName(vf(1))]);
       expect(driver.taintsUnsupported).toContain('DRADeviceTaints');

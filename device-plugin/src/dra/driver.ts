@@ -39,6 +39,8 @@ import { ResourceSlicePublisher, type DroppedFields, type ResourceSliceStore } f
 import { claimUidsOnDisk, relearnClaim } from './recover.js';
 import type { IpLink } from '../carving/ip-link.js';
 import { claimVfTargets, VfNetSettings } from './vf-net.js';
+import type { WantedMdev } from '../carving/ondemand.js';
+import { OnDemandDevices, type OnDemandState, type SetDeviceCondition } from './ondemand.js';
 
 /** A slice held through one of our claims (prepared or allocated), shaped like the agent's PodResources holders. */
 export interface PreparedHolder {
@@ -127,6 +129,11 @@ export interface DraDriverOptions {
    * port (`ip`). Absent: the opt-in is off, and a claim that asks for settings fails prepare saying so.
    */
   vfNetwork?: IpLink;
+  /**
+   * Sets a condition on one allocated device of a claim (status.devices[]): on-demand devices report
+   * Carved (the scheduler then binds the pod) or CarveFailed (it tries elsewhere). Absent: never set.
+   */
+  setDeviceCondition?: SetDeviceCondition;
 }
 
 /** The health the kubelet is told about one device (health stream). */
@@ -181,6 +188,7 @@ export class DraDriver {
   private collecting = false;
   private draServer: grpc.Server | undefined;
   private readonly reg: RegistrationSocket;
+  private readonly onDemand: OnDemandDevices;
   /** Last registration outcome reported by the kubelet. */
   registration: { registered: boolean; error?: string } | undefined;
   /** Prepare/unprepare calls served (tests and logs). */
@@ -210,6 +218,7 @@ export class DraDriver {
     );
     this.checkpoint = new Checkpoint(join(this.pluginDir, 'checkpoint.json'));
     this.vfNet = opts.vfNetwork ? new VfNetSettings(join(this.pluginDir, 'vf-net.json'), opts.vfNetwork, this.log) : undefined;
+    this.onDemand = new OnDemandDevices(opts.nodeName, this.log, opts.setDeviceCondition);
     this.pcieRoot = pcieRootReader(opts.sysfsRoot);
     this.publisher = new ResourceSlicePublisher({
       store: opts.store, node: opts.nodeName, logger: opts.logger,
@@ -242,10 +251,11 @@ export class DraDriver {
    * ends the start: only from then on are ResourceSlices written, claims prepared and health sent
    * (before it, an empty slice list means "not scanned yet", not "no devices").
    */
-  update(pools: readonly PoolPlan[], slices: readonly Slice[], inventory: Inventory): void {
+  update(pools: readonly PoolPlan[], slices: readonly Slice[], inventory: Inventory, onDemand?: OnDemandState): void {
     this.pools = [...pools];
     this.slices = slices;
     this.inventory = inventory;
+    if (onDemand) this.onDemand.state = onDemand;
     if (!this.ready) {
       this.ready = true;
       for (const w of [...this.readyWaiters]) w();
@@ -320,11 +330,18 @@ export class DraDriver {
     // Without device taints an unhealthy device would be allocatable: left out instead.
     const offered = this.slices.filter((s) => !withheld.has(s.id) && !(this.taintsDropped && s.health !== 'Healthy'));
     this.tryRecover();
-    const desired = desiredPools(this.opts.nodeName, this.pools, offered, this.facts);
+    const live = this.onDemand.live(this.pools, this.allocatedClaims(), this.checkpoint.all(), (c) => this.isReleased(c));
+    const desired = desiredPools(this.opts.nodeName, this.pools, offered, this.facts, (p) => this.onDemand.content(p, this.inventory, live, this.facts));
+    this.onDemand.report(this.pools, this.allocatedClaims(), (c) => this.isReleased(c), this.slices);
     const text = JSON.stringify(desired);
     if (text === this.lastDesired) return; // most cycles change nothing DRA publishes
     this.lastDesired = text;
     this.publisher.setDesired(desired);
+  }
+
+  /** On-demand pools: the mdevs the scheduler allocated claims on this node, not released (the agent carves them). */
+  onDemandWanted(): Map<string, WantedMdev> {
+    return this.onDemand.wanted(this.pools, this.allocatedClaims(), (c) => this.isReleased(c));
   }
 
   /** Slices left out of the ResourceSlices because someone other than our claims holds them, with who. */
@@ -420,7 +437,9 @@ export class DraDriver {
 
   private lookup(pool: string, device: string): { sliceId: string; resourceName?: string } | undefined {
     const e = this.index.get(`${pool}\n${device}`);
-    return e ? { sliceId: e.slice.id, resourceName: e.pool.resourceName } : this.idByDevice.get(`${pool}\n${device}`);
+    if (e) return { sliceId: e.slice.id, resourceName: e.pool.resourceName };
+    // An on-demand device not carved yet: its mdev UUID is in its name, and it is held from allocation on.
+    return this.idByDevice.get(`${pool}\n${device}`) ?? this.onDemand.lookup(this.pools, pool, device);
   }
 
   private isReleased(c: AllocatedClaim): boolean {

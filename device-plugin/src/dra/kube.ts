@@ -1,7 +1,8 @@
 // client-node implementation of what the DRA driver needs from the API server: this node's
 // ResourceSlices of driver virtualio.dev, reading ResourceClaims, and listing and watching every
 // ResourceClaim (the ones allocated here). Loaded only with --dra.
-import { CoreV1Api, ResourceV1Api, Watch, type ConfigurationOptions, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+import { CoreV1Api, PatchStrategy, ResourceV1Api, Watch, setHeaderOptions, type ConfigurationOptions, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+import type { SetDeviceCondition } from './ondemand.js';
 import type { ClaimEventType, ClaimListWatch } from './claims.js';
 import type { ClaimObject } from './prepare.js';
 import { DRA_DRIVER, type ResourceSliceObject } from './devices.js';
@@ -174,5 +175,27 @@ export function nodeUidReader(kc: KubeConfig, node: string): () => Promise<strin
     } catch {
       return undefined;
     }
+  };
+}
+
+/**
+ * Sets one condition of one allocated device in a claim's status (server-side apply on the status
+ * subresource, field manager virtualio-agent): the entry is keyed by driver, pool and device, so
+ * other drivers' entries and the scheduler's fields are untouched. The claim's UID is a
+ * precondition: a claim re-created under the same name is another claim.
+ */
+export function deviceConditionWriter(kc: KubeConfig): SetDeviceCondition {
+  const api = kc.makeApiClient(ResourceV1Api);
+  return async (claim, device, cond) => {
+    const body = {
+      apiVersion: 'resource.k8s.io/v1',
+      kind: 'ResourceClaim',
+      metadata: { name: claim.name, namespace: claim.namespace, uid: claim.uid },
+      status: { devices: [{ ...device, conditions: [{ ...cond, lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z') }] }] },
+    };
+    await api.patchNamespacedResourceClaimStatus(
+      { name: claim.name, namespace: claim.namespace, body, fieldManager: FIELD_MANAGER, force: true },
+      setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+    );
   };
 }

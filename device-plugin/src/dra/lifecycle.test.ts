@@ -122,7 +122,7 @@ describe('before the agent\'s first cycle', () => {
     r.driver.update([pool], [A, B], inventory);
     await sleep(200);
     expect(store.writes).toEqual([]);
-    expect([...store.objects.values()].map((o) => [o.spec.pool.generation, o.spec.devices.map((d) => d.name)])).toEqual([[3, [draDeviceName(A), draDeviceName(B)]]]);
+    expect([...store.objects.values()].map((o) => [o.spec.pool.generation, (o.spec.devices ?? []).map((d) => d.name)])).toEqual([[3, [draDeviceName(A), draDeviceName(B)]]]);
   });
 
   test('NodePrepareResources waits for the first cycle, then prepares (even a claim prepared before the restart)', async () => {
@@ -203,7 +203,7 @@ test('the health stream keeps a draining device a VM still holds (the kubelet wo
   try {
     // A leaves the pool's devices while its VM runs: draining, withdrawn from the ResourceSlices.
     r.driver.update([pool], [{ ...A, draining: 'left the plan' } as Slice, B], inventory);
-    await until('B alone published', () => [...r.store.objects.values()].flatMap((o) => o.spec.devices.map((d) => d.name)).join() === draDeviceName(B));
+    await until('B alone published', () => [...r.store.objects.values()].flatMap((o) => (o.spec.devices ?? []).map((d) => d.name)).join() === draDeviceName(B));
     const n = h.got.length;
     await until('a report after the change', () => h.got.length > n);
     expect(h.got.at(-1)!.devices.map((d) => [d.device.deviceName, d.health])).toEqual([[draDeviceName(A), 'HEALTHY'], [draDeviceName(B), 'HEALTHY']]);

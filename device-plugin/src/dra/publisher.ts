@@ -11,7 +11,7 @@
 // be stored as "the same" for that desired content (no rewrite every pass) and reports the drop,
 // and the driver publishes what the API server can hold instead.
 import type { Logger } from '../log.js';
-import { resourceSliceIndex, resourceSlicesFor, type DraDevice, type PoolContent, type ResourceSliceObject } from './devices.js';
+import { poolObjects, resourceSliceIndex, resourceSlicesFor, type DraDevice, type PoolContent, type ResourceSliceObject, type SharedCounterSet } from './devices.js';
 
 /** What the publisher needs from the API server, for this node's slices of our driver only. */
 export interface ResourceSliceStore {
@@ -55,11 +55,27 @@ export interface DroppedFields {
 function deviceKey(d: DraDevice): string {
   const attrs = Object.keys(d.attributes ?? {}).sort().map((k) => [k, d.attributes[k]]);
   const taints = (d.taints ?? []).map((t) => [t.key, t.value ?? '', t.effect]);
-  return JSON.stringify([d.name, attrs, taints]);
+  const key: unknown[] = [d.name, attrs, taints];
+  // On-demand devices only, so that the key of every other device stays what it was.
+  if (d.consumesCounters?.length || d.bindingConditions?.length) {
+    key.push((d.consumesCounters ?? []).map((c) => [c.counterSet, countersKey(c.counters)]), d.bindingConditions ?? [], d.bindingFailureConditions ?? []);
+  }
+  return JSON.stringify(key);
 }
 
-function devicesKey(devices: readonly DraDevice[] | undefined): string {
+function countersKey(c: Record<string, { value: string }> | undefined): [string, string][] {
+  return Object.keys(c ?? {}).sort().map((k) => [k, String(c![k]!.value)]);
+}
+
+/** What one object holds: its devices, or (an object of counter sets) its counters. */
+function devicesKey(devices: readonly DraDevice[] | undefined, counters?: readonly SharedCounterSet[]): string {
+  if (counters !== undefined) return JSON.stringify(['counters', counters.map((s) => [s.name, countersKey(s.counters)])]);
   return JSON.stringify((devices ?? []).map(deviceKey));
+}
+
+function objectKey(o: ResourceSliceObject | { devices?: DraDevice[]; sharedCounters?: SharedCounterSet[] }): string {
+  const spec = 'spec' in o ? o.spec : o;
+  return devicesKey(spec.devices, spec.sharedCounters);
 }
 
 /** The feature gates a stored object suggests are off, given what was sent (Go: DisabledFeatures). */
@@ -68,6 +84,18 @@ function droppedFeatures(sent: readonly DraDevice[], stored: readonly DraDevice[
   for (let i = 0; i < sent.length && i < stored.length; i++) {
     if ((sent[i]!.taints?.length ?? 0) > (stored[i]!.taints?.length ?? 0)) {
       out.push('DRADeviceTaints');
+      break;
+    }
+  }
+  for (let i = 0; i < sent.length && i < stored.length; i++) {
+    if ((sent[i]!.consumesCounters?.length ?? 0) > (stored[i]!.consumesCounters?.length ?? 0)) {
+      out.push('DRAPartitionableDevices');
+      break;
+    }
+  }
+  for (let i = 0; i < sent.length && i < stored.length; i++) {
+    if ((sent[i]!.bindingConditions?.length ?? 0) > (stored[i]!.bindingConditions?.length ?? 0)) {
+      out.push('DRADeviceBindingConditions');
       break;
     }
   }
@@ -114,7 +142,8 @@ export async function syncResourceSlices(
   for (const content of desired) {
     const ex = byPool.get(content.poolName) ?? [];
     byPool.delete(content.poolName);
-    const count = content.chunks.length;
+    const objects = poolObjects(content);
+    const count = objects.length;
     const current = ex.length ? Math.max(...ex.map((e) => e.spec.pool.generation)) : 0;
     // Match existing objects to the desired ones by the index at the front of their names; an
     // older generation, a name without a usable index or a second object for one index is obsolete.
@@ -126,11 +155,11 @@ export async function syncResourceSlices(
       else matched.set(i, e);
     }
     const key = (i: number): string => `${content.poolName}\n${i}`;
-    const same = obsolete.length === 0 && matched.size === count && content.chunks.every((devices, i) => {
+    const same = obsolete.length === 0 && matched.size === count && objects.every((body, i) => {
       const e = matched.get(i)!;
       if (e.spec.pool.resourceSliceCount !== count) return false;
-      const want = devicesKey(devices);
-      const have = devicesKey(e.spec.devices);
+      const want = objectKey(body);
+      const have = objectKey(e);
       if (have === want) return true;
       const s = mem.stored.get(key(i)); // the API server cannot store what we want: what it stored is "the same"
       return s !== undefined && s.sent === want && s.stored === have;
@@ -153,13 +182,13 @@ export async function syncResourceSlices(
         result.created.push(stored?.metadata.name ?? w.metadata.generateName!);
       }
       if (!stored) continue;
-      const sent = devicesKey(w.spec.devices);
-      const got = devicesKey(stored.spec.devices);
+      const sent = objectKey(w);
+      const got = objectKey(stored);
       if (sent === got) {
         mem.stored.delete(key(i));
       } else {
         mem.stored.set(key(i), { sent, stored: got });
-        onDropped?.({ pool: content.pool, poolName: content.poolName, index: i, features: droppedFeatures(w.spec.devices, stored.spec.devices ?? []) });
+        onDropped?.({ pool: content.pool, poolName: content.poolName, index: i, features: droppedFeatures(w.spec.devices ?? [], stored.spec.devices ?? []) });
       }
     }
     for (const e of obsolete) {

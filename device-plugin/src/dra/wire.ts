@@ -8,6 +8,7 @@ import type { Inventory, PoolPlan, Slice } from '../model.js';
 import type { ClaimListWatch } from './claims.js';
 import { DraDriver, type DraHoldState } from './driver.js';
 import type { ClaimObject } from './prepare.js';
+import type { OnDemandState, SetDeviceCondition } from './ondemand.js';
 import type { ResourceSliceStore } from './publisher.js';
 
 /** What the driver reads from the agent: kept to the manager's public surface. */
@@ -24,6 +25,8 @@ export interface AgentView {
    * would publish every DRA pool empty, at a new generation, until the first cycle ends.
    */
   cycleDone(): boolean;
+  /** On-demand pools: the parents' capacity and the claimed mdevs that could not be carved. */
+  onDemand?(): OnDemandState;
 }
 
 /** The API server as the driver uses it (tests pass fakes; by default built from the kubeconfig). */
@@ -32,6 +35,8 @@ export interface DraPorts {
   getClaim: (namespace: string, name: string, signal?: AbortSignal) => Promise<ClaimObject | undefined>;
   claims?: ClaimListWatch;
   nodeUid?: () => Promise<string | undefined>;
+  /** Sets a claim device's condition (on-demand pools' binding conditions). */
+  setDeviceCondition?: SetDeviceCondition;
 }
 
 export interface DraWiring {
@@ -82,6 +87,7 @@ export async function startDra(opts: {
     ...(opts.holderOf ? { holderOf: opts.holderOf } : {}),
     ...(opts.observe ? { observe: opts.observe } : {}),
     ...(opts.vfNetwork ? { vfNetwork: opts.vfNetwork } : {}),
+    ...(ports.setDeviceCondition ? { setDeviceCondition: ports.setDeviceCondition } : {}),
   });
   let lastSlices: readonly Slice[] | undefined;
   let lastPools: readonly PoolPlan[] | undefined;
@@ -92,7 +98,7 @@ export async function startDra(opts: {
     if (!pools || (slices === lastSlices && pools === lastPools)) return;
     lastSlices = slices;
     lastPools = pools;
-    driver.update(pools, slices, opts.agent.inventory());
+    driver.update(pools, slices, opts.agent.inventory(), opts.agent.onDemand?.());
   };
   const timer = setInterval(tick, opts.pollMs ?? 250);
   timer.unref();
@@ -102,7 +108,7 @@ export async function startDra(opts: {
 
 async function kubePorts(kubeconfig: string | undefined, node: string): Promise<DraPorts> {
   const { loadKubeConfig } = await import('../kube/adapter.js');
-  const { KubeClaimListWatch, KubeResourceSliceStore, claimReader, nodeUidReader } = await import('./kube.js');
+  const { KubeClaimListWatch, KubeResourceSliceStore, claimReader, deviceConditionWriter, nodeUidReader } = await import('./kube.js');
   const kc = loadKubeConfig(kubeconfig);
-  return { getClaim: claimReader(kc), claims: new KubeClaimListWatch(kc), store: new KubeResourceSliceStore(kc, node), nodeUid: nodeUidReader(kc, node) };
+  return { getClaim: claimReader(kc), claims: new KubeClaimListWatch(kc), store: new KubeResourceSliceStore(kc, node), nodeUid: nodeUidReader(kc, node), setDeviceCondition: deviceConditionWriter(kc) };
 }

@@ -2,7 +2,8 @@
 import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { devPathUnder, vfioGroupPath } from '../discovery/scan.js';
-import { indexDevices, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf } from '../carving/layout.js';
+import { isOnDemand, isOnDemandMdev, offeredParents, type MdevCapacity } from '../carving/ondemand.js';
+import { indexDevices, mdevSlots, ourMdevIndex, vfDriverOf, vfRange, vportSlots, vportsOf } from '../carving/layout.js';
 import type { Inventory, InventoryDevice, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
 
@@ -20,6 +21,8 @@ export interface SliceInput {
    * silently dropping out of the kubelet's list.
    */
   previous?: readonly Slice[];
+  /** On-demand pools: the parents' learned capacity (carving/ondemand.ts). */
+  capacity?: MdevCapacity;
   /** Also report NIC PFs whose link is not up, and FC ports not Online, as a reason (default off). */
   linkCheck?: boolean;
 }
@@ -172,44 +175,48 @@ function passthroughSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
   }
 }
 
+/** The slice of mdev `s` of `pool`, with its health. */
+function mdevSlice(ctx: Ctx, pool: PoolPlan, s: { parent: string; uuid: string; type: string; index: number }, poolDevice: string, withType: boolean): Slice {
+  const parent = ctx.devices.get(s.parent);
+  const base: Omit<Slice, 'health' | 'reason'> = {
+    id: s.uuid,
+    pool: pool.name,
+    resourceName: pool.resourceName,
+    kind: 'Mdev',
+    parent: s.parent,
+    mdevUuid: s.uuid,
+    ...(withType ? { mdevType: s.type } : {}),
+    index: s.index,
+    deviceNodes: [],
+  };
+  const numa = parent?.numaNode ?? ctx.devices.get(poolDevice)?.numaNode;
+  if (numa !== undefined) base.numaNode = numa;
+  if (!parent) return finish(base, `parent ${s.parent} gone`);
+  const m = (parent.mdevs ?? []).find((x) => x.uuid === s.uuid);
+  if (!m) return finish(base, `mdev ${s.uuid} does not exist on ${s.parent}`);
+  if (m.type !== s.type) return finish(base, `mdev ${s.uuid} has type ${m.type ?? '(unknown)'}, expected ${s.type}`);
+  if (m.iommuGroup === undefined) return finish(base, `mdev ${s.uuid} has no IOMMU group`);
+  base.iommuGroup = m.iommuGroup;
+  const g = vfioGroupPath(m.iommuGroup);
+  base.deviceNodes = [g];
+  return finish(base, nodeExists(ctx, g) ? undefined : `${g} is missing`);
+}
+
 function mediatedSlices(ctx: Ctx, node: string, pool: PoolPlan, out: Slice[]): void {
   for (const pd of pool.devices) {
     if (!ctx.devices.has(pd.pciAddress)) continue;
-    for (const s of mdevSlots(node, pool, pd, ctx.devices).slots) {
-      const parent = ctx.devices.get(s.parent);
-      const base: Omit<Slice, 'health' | 'reason'> = {
-        id: s.uuid,
-        pool: pool.name,
-        resourceName: pool.resourceName,
-        kind: 'Mdev',
-        parent: s.parent,
-        mdevUuid: s.uuid,
-        index: s.index,
-        deviceNodes: [],
-      };
-      const numa = parent?.numaNode ?? ctx.devices.get(pd.pciAddress)?.numaNode;
-      if (numa !== undefined) base.numaNode = numa;
-      if (!parent) {
-        out.push(finish(base, `parent ${s.parent} gone`));
-        continue;
-      }
-      const m = (parent.mdevs ?? []).find((x) => x.uuid === s.uuid);
-      if (!m) {
-        out.push(finish(base, `mdev ${s.uuid} does not exist on ${s.parent}`));
-        continue;
-      }
-      if (m.type !== s.type) {
-        out.push(finish(base, `mdev ${s.uuid} has type ${m.type ?? '(unknown)'}, expected ${s.type}`));
-        continue;
-      }
-      if (m.iommuGroup === undefined) {
-        out.push(finish(base, `mdev ${s.uuid} has no IOMMU group`));
-        continue;
-      }
-      base.iommuGroup = m.iommuGroup;
-      const g = vfioGroupPath(m.iommuGroup);
-      base.deviceNodes = [g];
-      out.push(finish(base, nodeExists(ctx, g) ? undefined : `${g} is missing`));
+    for (const s of mdevSlots(node, pool, pd, ctx.devices).slots) out.push(mdevSlice(ctx, pool, s, pd.pciAddress, false));
+  }
+}
+
+/** On-demand pools: a slice for each of the pool's mdevs that exists (what could be carved is not a slice). */
+function onDemandSlices(ctx: Ctx, node: string, pool: PoolPlan, capacity: MdevCapacity, out: Slice[]): void {
+  for (const p of offeredParents(pool, ctx.devices, capacity)) {
+    for (const m of ctx.devices.get(p.parent)?.mdevs ?? []) {
+      const t = p.types.find((x) => x.id === m.type);
+      if (!t || !isOnDemandMdev(node, p.parent, t, m.uuid)) continue;
+      const index = ourMdevIndex(node, p.parent, t.id, m.uuid, t.max + 64) ?? 0;
+      out.push(mdevSlice(ctx, pool, { parent: p.parent, uuid: m.uuid, type: t.id, index }, p.parent, true));
     }
   }
 }
@@ -294,6 +301,7 @@ export function buildSlices(input: SliceInput): Slice[] {
   for (const pool of pools) {
     if (pool.mode === 'SRIOV') sriovSlices(ctx, pool, out);
     else if (pool.mode === 'Passthrough') passthroughSlices(ctx, pool, out);
+    else if (isOnDemand(pool)) onDemandSlices(ctx, input.nodeName, pool, input.capacity ?? {}, out);
     else if (pool.mode === 'Mediated') mediatedSlices(ctx, input.nodeName, pool, out);
     else if (pool.mode === 'NPIV') npivSlices(ctx, input.nodeName, pool, out);
   }

@@ -97,6 +97,8 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
     policy: spec.allocation?.policy ?? 'NUMAAligned',
     ...(mode !== 'Passthrough' && spec.carving.count !== undefined ? { count: spec.carving.count } : {}),
     ...(mode === 'Mediated' && spec.carving.mdevType ? { mdevType: spec.carving.mdevType } : {}),
+    // Only when set: existing plans stay byte-identical.
+    ...(mode === 'Mediated' && spec.carving.onDemand ? { onDemand: { mdevTypes: [...spec.carving.onDemand.mdevTypes] } } : {}),
     ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? 'vfio-pci' } : {}),
     ...(mode === 'SRIOV' && spec.carving.adoptExistingVFs ? { adoptExistingVFs: true } : {}),
     ...(mode === 'NPIV' && spec.carving.wwnPrefix ? { wwnPrefix: spec.carving.wwnPrefix } : {}),

@@ -1,0 +1,128 @@
+// DRA front end of on-demand pools: which mdevs the scheduler allocated claims on this node (the
+// agent carves them), what each parent could still carve (counters and devices, dra/counters.ts),
+// and the claim conditions that tell the scheduler the device exists (it then binds the pod) or
+// cannot be made (it then tries another device or node).
+import type { Logger } from '../log.js';
+import type { Inventory, PoolPlan, Slice } from '../model.js';
+import { indexDevices } from '../carving/layout.js';
+import { isOnDemand, offeredParents, type MdevCapacity, type WantedMdev } from '../carving/ondemand.js';
+import type { AllocatedClaim } from './claims.js';
+import { CARVED_CONDITION, CARVE_FAILED_CONDITION, onDemandContent } from './counters.js';
+import { DRA_DRIVER, resourcePoolName, type DeviceFacts, type PoolContent } from './devices.js';
+import type { PreparedClaim } from './prepare.js';
+
+/** What the agent's last cycle knows about on-demand carving. */
+export interface OnDemandState {
+  /** Parent → type → instances when empty. */
+  capacity: MdevCapacity;
+  /** mdev UUID → why the claim's device cannot be carved. */
+  failed: ReadonlyMap<string, string>;
+}
+
+export interface DeviceCondition {
+  type: string;
+  status: 'True' | 'False';
+  reason: string;
+  message: string;
+}
+
+/** Sets one condition on one allocated device of a claim (ResourceClaim status.devices[]). */
+export type SetDeviceCondition = (
+  claim: { namespace: string; name: string; uid: string },
+  device: { driver: string; pool: string; device: string },
+  condition: DeviceCondition,
+) => Promise<void>;
+
+const MDEV_DEVICE = /^mdev-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
+
+export class OnDemandDevices {
+  state: OnDemandState = { capacity: {}, failed: new Map() };
+  /** `<claim uid>\n<pool>\n<device>` → the condition last set (its reason and message). */
+  private readonly sent = new Map<string, string>();
+
+  constructor(
+    private readonly node: string,
+    private readonly log: Logger,
+    private readonly setCondition: SetDeviceCondition | undefined,
+  ) {}
+
+  private onDemandPool(pools: readonly PoolPlan[], resourcePool: string): PoolPlan | undefined {
+    return pools.find((p) => isOnDemand(p) && !p.deleting && resourcePoolName(this.node, p.name) === resourcePool);
+  }
+
+  /** The mdevs of on-demand pools that claims allocated here (and not released) were given. */
+  wanted(pools: readonly PoolPlan[], claims: ReadonlyMap<string, AllocatedClaim>, released: (c: AllocatedClaim) => boolean): Map<string, WantedMdev> {
+    const out = new Map<string, WantedMdev>();
+    for (const c of claims.values()) {
+      if (released(c)) continue;
+      for (const d of c.devices) {
+        const p = this.onDemandPool(pools, d.pool);
+        const uuid = MDEV_DEVICE.exec(d.device)?.[1];
+        if (!p || !uuid) continue;
+        out.set(uuid, { pool: p.name, uuid, claim: `${c.namespace}/${c.name}`, namespace: c.namespace, name: c.name, uid: c.uid });
+      }
+    }
+    return out;
+  }
+
+  /** UUIDs of mdevs the scheduler counts against the counters: allocated here and not released, or prepared. */
+  live(pools: readonly PoolPlan[], claims: ReadonlyMap<string, AllocatedClaim>, prepared: readonly PreparedClaim[], released: (c: AllocatedClaim) => boolean): Set<string> {
+    const out = new Set(this.wanted(pools, claims, released).keys());
+    for (const c of prepared) {
+      for (const d of c.devices) if (this.onDemandPool(pools, d.pool)) out.add(d.sliceId);
+    }
+    return out;
+  }
+
+  /** The objects of an on-demand pool (undefined for any other pool). */
+  content(p: PoolPlan, inventory: Inventory, live: ReadonlySet<string>, facts: DeviceFacts): Pick<PoolContent, 'chunks' | 'counterChunks'> | undefined {
+    if (!isOnDemand(p)) return undefined;
+    const devices = indexDevices(inventory);
+    return onDemandContent(this.node, p, offeredParents(p, devices, this.state.capacity), devices, live, facts);
+  }
+
+  /** The slice an on-demand device stands for (its mdev UUID), carved or not. */
+  lookup(pools: readonly PoolPlan[], resourcePool: string, device: string): { sliceId: string; resourceName: string } | undefined {
+    const p = this.onDemandPool(pools, resourcePool);
+    const uuid = MDEV_DEVICE.exec(device)?.[1];
+    return p && uuid ? { sliceId: uuid, resourceName: p.resourceName } : undefined;
+  }
+
+  /**
+   * Tells the scheduler about each claimed on-demand device: Carved once its mdev exists and is
+   * Healthy, CarveFailed when it cannot be carved. Each condition is written once per claim and
+   * device (again after a failed write).
+   */
+  report(pools: readonly PoolPlan[], claims: ReadonlyMap<string, AllocatedClaim>, released: (c: AllocatedClaim) => boolean, slices: readonly Slice[]): void {
+    if (!this.setCondition) return;
+    const byId = new Map(slices.map((s) => [s.id, s]));
+    const current = new Set<string>();
+    for (const c of claims.values()) {
+      if (released(c)) continue;
+      for (const d of c.devices) {
+        const uuid = MDEV_DEVICE.exec(d.device)?.[1];
+        if (!uuid || !this.onDemandPool(pools, d.pool)) continue;
+        const key = `${c.uid}\n${d.pool}\n${d.device}`;
+        current.add(key);
+        const s = byId.get(uuid);
+        const failed = this.state.failed.get(uuid);
+        let cond: DeviceCondition | undefined;
+        if (s && s.health === 'Healthy') cond = { type: CARVED_CONDITION, status: 'True', reason: 'Carved', message: `mdev ${uuid} of type ${s.mdevType ?? '?'} created on ${s.parent}` };
+        else if (failed && !s) cond = { type: CARVE_FAILED_CONDITION, status: 'True', reason: 'CarveFailed', message: failed.slice(0, 1024) };
+        if (!cond) continue;
+        const text = `${cond.type}\n${cond.message}`;
+        if (this.sent.get(key) === text) continue;
+        this.sent.set(key, text);
+        const ref = { namespace: c.namespace, name: c.name, uid: c.uid };
+        this.setCondition(ref, { driver: DRA_DRIVER, pool: d.pool, device: d.device }, cond).then(
+          () => this.log.info({ claim: `${c.namespace}/${c.name}`, device: d.device, condition: cond.type, message: cond.message }, 'claim device condition set'),
+          (err: unknown) => {
+            this.sent.delete(key); // tried again at the next refresh
+            this.log.warn({ claim: `${c.namespace}/${c.name}`, device: d.device, err: String(err) }, 'cannot set the claim device condition');
+          },
+        );
+      }
+    }
+    for (const k of [...this.sent.keys()]) if (!current.has(k)) this.sent.delete(k);
+  }
+}
