@@ -205,6 +205,9 @@ export class Operator {
     // KubeVirt: watch its CR only while the CRD is served; look again periodically.
     let kv: { abort: AbortController; run: Promise<void> } | undefined;
     const settings = this.opts.kubevirt;
+    const kubevirtReconciler = new KubeVirtReconciler({
+      kube, world, clock, events, tuning: t.kubevirtContest, onContestChange: statusAll, log: log.child({ controller: 'kubevirt' }),
+    });
     const checkKubeVirt = async () => {
       let exists: boolean;
       try {
@@ -229,6 +232,8 @@ export class Operator {
         if (!(await untilSynced(inf, abort.signal))) return;
         world.kubevirt.installed = true;
         world.kubevirt.informer = inf;
+        // Before any status write of this process can replace a Contested condition it reads.
+        kubevirtReconciler.restore();
         log.info({ kubevirt: `${settings.namespace}/${settings.name}`, found: !!inf.get(settings.name, settings.namespace) }, 'Found KubeVirt API');
         kubevirtQ.add(KUBEVIRT_KEY);
         statusAll();
@@ -272,7 +277,7 @@ export class Operator {
       runController({ ...common, name: 'status', queue: statusQ, workers: t.statusWorkers ?? 2, log: log.child({ controller: 'status' }),
         reconciler: new StatusReconciler({ kube, world, clock, events, log: log.child({ controller: 'status' }) }) }, signal),
       runController({ ...common, name: 'kubevirt', queue: kubevirtQ, workers: 1, log: log.child({ controller: 'kubevirt' }),
-        reconciler: new KubeVirtReconciler({ kube, world, clock, events, tuning: t.kubevirtContest, onContestChange: statusAll, log: log.child({ controller: 'kubevirt' }) }) }, signal),
+        reconciler: kubevirtReconciler }, signal),
       runController({ ...common, name: 'deviceclass', queue: draQ, workers: 1, log: log.child({ controller: 'deviceclass' }),
         reconciler: new DeviceClassReconciler({ kube, world, log: log.child({ controller: 'deviceclass' }) }) }, signal),
       recheck, resync, deviceClasses.run(signal), ...runs,

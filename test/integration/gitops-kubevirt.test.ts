@@ -3,7 +3,8 @@
 // server-side applying a KubeVirt CR from "Git" that sets pciHostDevices (field manager
 // argocd-controller, forcing conflicts as Argo CD does): the operator re-applies with backoff,
 // gives up after the configured rounds, names argocd-controller in the pool's KubeVirtPermitted
-// condition and in a Warning Event, and no longer writes. Once the lists are taken out of the Git
+// condition and in a Warning Event, and no longer writes. A new operator process (a restart, a new
+// leader) reads the give-up back from that condition and does not start another fight. Once the lists are taken out of the Git
 // manifest (the documented fix), the operator applies its entries again and a server-side diff of the
 // Git manifest is empty: the tool sees no drift.
 import { execFile, execFileSync } from 'node:child_process';
@@ -33,8 +34,14 @@ const ARGO = 'argocd-controller';
 let cp: ControlPlane;
 let kube: ClientNodeKube;
 let dir: string;
-const ac = new AbortController();
+let ac = new AbortController();
 let operator: Promise<void> | undefined;
+const operatorOptions = () => ({
+  kube, clock: systemClock, log,
+  events: new EventRecorder({ kube, namespace: CLUSTER_EVENTS_NAMESPACE, component: COMPONENT, instance: 'it', clock: systemClock, log }),
+  kubevirt: { namespace: 'kubevirt', name: 'kubevirt', manage: true, extra: { pciHostDevices: [], mediatedDevices: [] } },
+  tuning: { kubevirtRecheckMs: 500, debounceMs: 50, kubevirtContest: { baseMs: 300, maxRounds: 4 } },
+});
 
 type KubeVirtCR = KubeObject & { spec?: { configuration?: { permittedHostDevices?: { pciHostDevices?: { pciVendorSelector: string; resourceName: string }[] } } } };
 const kubectl = (args: string[]) => kubectlAt(cp.binDir, cp.kubeconfig, args);
@@ -70,12 +77,7 @@ beforeAll(async () => {
   await kubectl(['create', 'namespace', 'kubevirt']);
   await argoSync(gitManifest(true));
   await kube.create(Nodes, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-0' } });
-  const events = new EventRecorder({ kube, namespace: CLUSTER_EVENTS_NAMESPACE, component: COMPONENT, instance: 'it', clock: systemClock, log });
-  operator = new Operator({
-    kube, clock: systemClock, log, events,
-    kubevirt: { namespace: 'kubevirt', name: 'kubevirt', manage: true, extra: { pciHostDevices: [], mediatedDevices: [] } },
-    tuning: { kubevirtRecheckMs: 500, debounceMs: 50, kubevirtContest: { baseMs: 300, maxRounds: 4 } },
-  }).run(ac.signal);
+  operator = new Operator(operatorOptions()).run(ac.signal);
   await waitUntil('VirtualIONode node-0', () => kube.get<VioNode>(VirtualIONodes, 'node-0'));
   await writeAgentStatus(kube, 'node-0', { inventory: { devices: [gpu('0000:c1:00.0', { device: '25b6' })] } });
 });
@@ -120,6 +122,41 @@ test('an Argo CD self-heal that sets the lists is fought with backoff, then left
     await new Promise((r) => setTimeout(r, 3000));
     expect(syncs).toBe(4);
     expect(ours(await cr())).toBe(false);
+  } finally {
+    heal.abort();
+    await healer;
+  }
+});
+
+test('a new operator process keeps the give-up it reads from the Contested condition: no new round', async () => {
+  const git = gitManifest(true);
+  let syncs = 0;
+  const heal = new AbortController();
+  const healer = (async () => {
+    while (!heal.signal.aborted) {
+      if (ours(await cr())) {
+        syncs++;
+        await argoSync(git);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  try {
+    ac.abort();
+    await operator;
+    // The next process, logging to a buffer (its warnings say what it decided).
+    const lines: string[] = [];
+    ac = new AbortController();
+    const next = new Operator({ ...operatorOptions(), log: pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) }) });
+    operator = next.run(ac.signal);
+    await waitUntil('the new process runs its controllers', () => next.ready, 60_000, 50);
+    // Let it run them (status and KubeVirt) for a while: it writes no list, so the self-heal has
+    // nothing to undo, and the pool stays Contested.
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(syncs).toBe(0);
+    expect(ours(await cr())).toBe(false);
+    expect(await permitted()).toMatchObject({ status: 'False', reason: 'Contested' });
+    expect(lines.find((l) => l.includes('Kept the give-up'))).toContain(ARGO);
   } finally {
     heal.abort();
     await healer;

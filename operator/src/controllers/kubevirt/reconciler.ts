@@ -10,9 +10,12 @@
 // for ever. So a change of our applied lists by anyone else counts as a round lost: the operator
 // re-applies after an exponential backoff (5 s, 10 s, 20 s...), names the other field manager in the
 // pools' KubeVirtPermitted condition and in Warning Events, and after `maxRounds` rounds stops
-// re-applying until what it wants changes (a pool, a node's inventory), the other managers no longer
-// own the lists (they were taken out of Git, say), or the operator restarts.
+// re-applying until what it wants changes (a pool, a node's inventory) or the other managers no longer
+// own the lists (they were taken out of Git, say). The give-up outlives the process: a new operator
+// process reads it back from the pools' KubeVirtPermitted=Contested condition (restore()), so a
+// restart or a leader change does not start another fight.
 import type { Logger } from 'pino';
+import { ConditionType, findCondition, Reason } from '../../api/conditions.js';
 import type { Pool } from '../../api/types.js';
 import type { KubeObject, KubePort } from '../../kube/ports.js';
 import { FIELD_MANAGER, KubeVirts, VIRTUALIO_API_VERSION } from '../../kube/resources.js';
@@ -80,6 +83,7 @@ export class KubeVirtReconciler implements Reconciler {
   private nextAttemptAt = 0;
   private lastLostAt = 0;
   private contest: KubeVirtContest | undefined;
+  private restoreChecked = false;
   private readonly tuning: Required<KubeVirtContestTuning>;
 
   constructor(private readonly deps: {
@@ -134,6 +138,43 @@ export class KubeVirtReconciler implements Reconciler {
     if (this.contest?.gaveUp) return done;
     if (now < this.nextAttemptAt) return { requeueAfterMs: this.nextAttemptAt - now };
     return this.apply(body, applied, desired, cr);
+  }
+
+  /**
+   * Takes over the give-up of an earlier operator process, which lives on in the pools' status: call
+   * once the caches and the KubeVirt CR are synced, before any pool status is written. Some pool says
+   * KubeVirtPermitted=Contested and field managers other than ours still own the lists, which lack our
+   * entries: the contest is restored as given up against those managers. When what we want is what
+   * the pools' status.kubevirtEntries recorded, nothing is applied (the last process had stopped);
+   * when it changed meanwhile, the first reconcile applies it once, as for a new wish after a give-up
+   * (one more round lost gives up again). Only the first call of a process does anything.
+   */
+  restore(): void {
+    if (this.restoreChecked) return;
+    this.restoreChecked = true;
+    const { world, log } = this.deps;
+    const cr = world.kubevirtObject();
+    if (!world.kubevirtSettings.manage || !cr || this.lastApplied !== undefined || this.contest) return;
+    const pools = world.prepared().ordered;
+    if (!pools.some((p) => findCondition(p.pool.status?.conditions, ConditionType.KubeVirtPermitted)?.reason === Reason.Contested)) return;
+    const managers = listManagers(cr);
+    if (managers.length === 0) return;
+    const index = world.poolIndex();
+    const perPool = pools.map((p) => ({ p, entries: poolEntries(p, index.get(p.name)?.nodes ?? []) }));
+    const desired = desiredLists(perPool.flatMap((x) => x.entries), world.kubevirtSettings.extra);
+    if (contains(world.kubevirtView().current, desired)) return;
+    const sameWish = perPool.every(({ p, entries }) => jsonEqual(p.pool.status?.kubevirtEntries ?? [], entries));
+    const { maxRounds } = this.tuning;
+    this.lastLostAt = (this.deps.clock ?? systemClock).now();
+    this.setContest({ rounds: maxRounds, managers, gaveUp: true, maxRounds });
+    if (sameWish) {
+      this.lastApplied = JSON.stringify(permittedHostDevicesBody(desired) ?? null);
+      this.rvBefore = this.rvAfter = cr.metadata.resourceVersion;
+      this.reverted = true;
+    }
+    log.warn({ kubevirt: `${world.kubevirtSettings.namespace}/${world.kubevirtSettings.name}`, managers, sameWish },
+      sameWish ? 'Kept the give-up on permittedHostDevices of an earlier operator process; not re-applying'
+        : 'Found the give-up on permittedHostDevices of an earlier operator process; applying the changed entries once');
   }
 
   /** Another manager changed the lists after our apply: one more round lost. */
