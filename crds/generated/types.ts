@@ -119,6 +119,19 @@ export interface VirtualIODeviceSpec {
       mdevTypes: string[];
     };
     /**
+     * NVIDIA vGPU on the VFs of the selected GPUs (vGPU 17+ "vendor-specific VFIO": the VF stays on the nvidia driver and takes a profile through nvidia/current_vgpu_type). The agent enables the VFs with NVIDIA's sriov-manage, writes the profile on spec.carving.count VFs per GPU and hands them to KubeVirt as PCI host devices (PCI_RESOURCE_*).
+     */
+    vgpu?: {
+      /**
+       * vGPU type name as the driver lists it in creatable_vgpu_types, with or without the "NVIDIA " prefix (e.g. "L40S-12Q"), or its decimal type id (e.g. "1153"). Resolved per GPU.
+       */
+      profile: string;
+      /**
+       * Let vGPUs of different framebuffer sizes share a GPU (NVIDIA's mixed-size mode, set with nvidia-smi before the first vGPU exists). Every pool on a GPU that mixes sizes must set it.
+       */
+      heterogeneous?: boolean;
+    };
+    /**
      * Leading hex digits of every NPIV port's WWPN/WWNN (6 to 12, e.g. "c05076" from an OUI); the rest is derived from node, HBA and index so a reboot recreates the same names.
      */
     wwnPrefix?: string;
@@ -285,6 +298,14 @@ export interface PoolPlan {
    * SRIOV: VFs enabled by another owner may be re-carved (see VirtualIODevice spec.carving.adoptExistingVFs).
    */
   adoptExistingVFs?: boolean;
+  /**
+   * SRIOV on NVIDIA vendor-VFIO GPUs: the vGPU type (name or decimal id) written on the pool's VFs (see VirtualIODevice spec.carving.vgpu).
+   */
+  vgpuProfile?: string;
+  /**
+   * The GPU may mix vGPU framebuffer sizes (NVIDIA mixed-size mode).
+   */
+  vgpuHeterogeneous?: boolean;
   wwnPrefix?: string;
   /**
    * The pool is being deleted; the agent stops serving it and uncarves what no pod holds.
@@ -419,6 +440,28 @@ export interface InventoryDevice {
     availableInstances?: number;
     deviceAPI?: string;
   }[];
+  /**
+   * NVIDIA vendor-specific VFIO (vGPU 17+) state of a VF, read from its nvidia/ folder.
+   */
+  nvidiaVgpu?: {
+    /**
+     * nvidia/current_vgpu_type: 0 (none) or the type id.
+     */
+    currentType?: number;
+    /**
+     * nvidia/creatable_vgpu_types now (it shrinks as the GPU fills; empty on a VF that has a type).
+     *
+     * @maxItems 128
+     */
+    creatableTypes?: {
+      id: number;
+      name?: string;
+    }[];
+  };
+  /**
+   * How slices are carved from this GPU, detected per device: NvidiaVendorVfio (vGPU profile per VF, VF stays on nvidia), Mdev (mediated devices on the function or its VFs), SriovVfio (plain VFs for vfio-pci), NvidiaSriovDisabled (an NVIDIA SR-IOV GPU whose VFs are not enabled yet: the interface shows once sriov-manage has enabled them), Passthrough (whole function only).
+   */
+  gpuInterface?: string;
   mdevs?: {
     uuid: string;
     type?: string;

@@ -11,6 +11,7 @@ import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
 import { LEDGER_FILE } from './agent/ledger.js';
 import { acquireAgentLock } from './agent/lock.js';
 import { createNodeOps } from './agent/node-ops.js';
+import { nvidiaToolRunner } from './carving/nvidia-tools.js';
 import { FilePlanSource, type PlanSource } from './agent/plan.js';
 import type { StatusSink } from './agent/ports.js';
 import { parseAgentConfig } from './config.js';
@@ -119,7 +120,7 @@ async function main(): Promise<number> {
     nodeName: cfg.nodeName,
     agentVersion: version,
     // Each sysfs write runs in a helper process with a timeout: a write the kernel blocks never freezes the agent.
-    ops: createNodeOps({ sysfsRoot: cfg.sysfsRoot, devRoot: cfg.devRoot, nodeName: cfg.nodeName, logger, nvmeCli: process.env.VIO_NVME_CLI ?? 'nvme', writer: { isolated: { timeoutMs: cfg.writeTimeoutMs, onUnstuck: () => rescan() } } }),
+    ops: createNodeOps({ sysfsRoot: cfg.sysfsRoot, devRoot: cfg.devRoot, nodeName: cfg.nodeName, logger, nvmeCli: process.env.VIO_NVME_CLI ?? 'nvme', tools: nvidiaToolRunner({ ...(process.env.VIO_NVIDIA_SRIOV_MANAGE ? { sriovManage: process.env.VIO_NVIDIA_SRIOV_MANAGE } : {}), ...(process.env.VIO_NVIDIA_SMI ? { nvidiaSmi: process.env.VIO_NVIDIA_SMI } : {}) }), writer: { isolated: { timeoutMs: cfg.writeTimeoutMs, onUnstuck: () => rescan() } } }),
     checkpoint: new Checkpoint(join(cfg.stateDir, CHECKPOINT_FILE), cfg.nodeName, logger.child({ component: 'checkpoint' })),
     plan,
     pluginDir: cfg.pluginDir,

@@ -23,6 +23,12 @@ export interface Inventory {
   devNodes?: string[];
   /** PCI drivers loaded (`bus/pci/drivers/*`), sorted; absent when that folder is missing or empty. */
   pciDrivers?: string[];
+  /**
+   * NVIDIA vendor-VFIO GPUs: every vGPU type (id and name) the agent has seen each PF's VFs list,
+   * by PF address. `creatable_vgpu_types` shrinks as the GPU fills (and is empty on a typed VF), so
+   * the agent keeps what it read before (agent-only; carving/gpu.ts).
+   */
+  vgpuCatalogues?: Record<string, { id: number; name?: string }[]>;
   /** Problems that are not tied to one device (e.g. an unreadable `bus/pci/devices`). */
   errors?: string[];
 }
@@ -99,6 +105,14 @@ export interface SysfsWrite {
   group?: string;
   /** The pools the write serves: where its failure is shown. */
   pools?: string[];
+  /**
+   * The write's effect is made by a vendor tool instead of a plain write, because the driver does
+   * not take the plain write: `sriov-manage` (NVIDIA: `sriov_numvfs` N → `-e <PF>`, 0 → `-d <PF>`;
+   * the nvidia driver has no sriov_configure) or `nvidia-smi-shm` (`nvidia-smi vgpu -i <PF> -shm 1`,
+   * the GPU's mixed-size vGPU mode; `path` names the PF folder). The gate judges it by `path` and
+   * `value` like the plain write it stands for.
+   */
+  tool?: 'sriov-manage' | 'nvidia-smi-shm';
 }
 
 /** A pool/device pair whose carving cannot proceed now (e.g. its slices are allocated). */

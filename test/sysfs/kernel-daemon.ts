@@ -31,6 +31,7 @@
 //      hold-vport <wwpn> <holder>
 //      release-vport <wwpn> <holder>
 //      status                                     (ok {"groups":[...],"vports":[...],"violations":N})
+//      nvidia-tool <sriov-manage|nvidia-smi> ...  (the fake NVIDIA host tools, nvidia.ts; ok <output>)
 //    While a connection that opened a group is up, requests to let go of it arrive on it as lines
 //    `request <group> <holder> <path>`. Holds outlive the connection (holders are names, not
 //    processes). `kernelControl(root, line)` sends one command.
@@ -47,6 +48,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { FakeKernel, KernelError } from './kernel.js';
+import { nvidiaTool } from './nvidia.js';
 import type { Destroyed, OpenOptions, Violation, VfioRequest } from './vfio.js';
 
 const run = promisify(execFile);
@@ -98,7 +100,7 @@ export interface KernelHandle {
 export const CONTROL_REL = '.fake-kernel/control';
 
 /** Default contents of value attributes the kernel creates (new VFs). */
-const VALUE_DEFAULTS: Record<string, string> = { driver_override: '(null)', sriov_numvfs: '0', sriov_drivers_autoprobe: '1' };
+const VALUE_DEFAULTS: Record<string, string> = { driver_override: '(null)', sriov_numvfs: '0', sriov_drivers_autoprobe: '1', current_vgpu_type: '0' };
 
 const BDF_G = /[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]/gi;
 const UUID_G = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
@@ -404,6 +406,8 @@ async function controlCommand(kernel: FakeKernel, line: string, opened: { group:
     case 'release-vport':
       kernel.releaseVport(a ?? '', need());
       return 'ok';
+    case 'nvidia-tool': // the fake NVIDIA host tools (nvidia-tool.ts): their sysfs writes, witnessed here
+      return `ok ${(await nvidiaTool(kernel, line.split(/\s+/).slice(1))).replace(/\n/g, ' ')}`;
     case 'status':
       return `ok ${JSON.stringify({ ...kernel.ownership.holders(), violations: kernel.violations.length })}`;
     default:

@@ -22,6 +22,7 @@ import path from 'node:path';
 import type { SysfsWriter } from '../../device-plugin/src/sysfs/writer.js';
 import { KernelError } from './kernel-error.js';
 import { resetVfStates } from './netlink.js';
+import { onBind as nvidiaOnBind, onUnbind as nvidiaOnUnbind, writeVgpuType } from './nvidia.js';
 import { normalizeWwn, ownership, WriteGate, type Destroyed, type OpenOptions, type Ownership, type Violation, type VfioRequest } from './vfio.js';
 
 export { KernelError } from './kernel-error.js';
@@ -39,6 +40,13 @@ export interface KernelConfig {
   mdevDrivers: Record<string, string>;
   /** Drivers that register a netdev for the functions they bind (NIC drivers). */
   netDrivers: string[];
+  /**
+   * PF drivers without sriov_configure: `sriov_numvfs` is refused with ENOENT while the PF is bound
+   * to one (Linux drivers/pci/iov.c; NVIDIA's `nvidia`, see nvidia.ts).
+   */
+  noSriovConfigure?: string[];
+  /** IDs added with `new_id` (`vvvv:dddd`), by driver, until `remove_id` (Linux's dynamic IDs). */
+  dynamicIds?: Record<string, string[]>;
 }
 
 /** The defaults: common NIC/GPU/NVMe/FC drivers and their VF drivers. */
@@ -64,6 +72,8 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 /** Attributes whose written value stays readable (the daemon watches them as plain files). */
 export const VALUE_ATTRS = ['sriov_numvfs', 'sriov_drivers_autoprobe', 'driver_override'];
+/** Value attributes in a function's `nvidia/` folder (NVIDIA vendor VFIO, nvidia.ts). */
+export const NVIDIA_VALUE_ATTRS = ['current_vgpu_type'];
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -546,7 +556,7 @@ export class FakeKernel implements SysfsWriter {
       if (name === 'bind') return this.sysfsBind(v.trim(), drv);
       if (name === 'unbind') return this.sysfsUnbind(v.trim(), drv);
       if (name === 'new_id') return this.newId(v.trim(), drv);
-      if (name === 'remove_id') return;
+      if (name === 'remove_id') return this.removeId(v.trim(), drv);
     }
     if (parent === 'mdev_supported_types' && name === 'create') return this.mdevCreate(dir, v.trim());
     if (name === 'remove' && UUID_RE.test(path.basename(dir)) && (await exists(path.join(dir, 'mdev_type')))) {
@@ -557,6 +567,10 @@ export class FakeKernel implements SysfsWriter {
     if (parent === 'fc_host' && name === 'vport_delete') return this.vportDelete(dir, v.trim());
     if (parent === 'fc_vports' && name === 'vport_delete') return this.vportDeleteSelf(dir);
 
+    if (path.basename(dir) === 'nvidia' && name === 'current_vgpu_type' && BDF_RE.test(path.basename(path.dirname(dir)))) {
+      return writeVgpuType(this, path.dirname(dir), relPath, v, opts.alreadyWritten === true);
+    }
+    if (path.basename(dir) === 'nvidia' && name === 'creatable_vgpu_types') throw new KernelError('EACCES', 'creatable_vgpu_types is read-only');
     const bdf = path.basename(dir);
     if (BDF_RE.test(bdf) && (await exists(path.join(dir, 'vendor')))) {
       if (name === 'sriov_numvfs') return this.setNumVfs(dir, bdf, v.trim(), opts);
@@ -603,7 +617,12 @@ export class FakeKernel implements SysfsWriter {
     const o = await this.override(dir);
     let drv: string | undefined;
     if (o !== undefined) drv = o === 'none' ? undefined : o;
-    else drv = (await this.config()).driverIds[await this.ids(bdf)];
+    else {
+      // Dynamic IDs (new_id) match before a driver's static table, as in Linux's pci_match_device.
+      const c = await this.config();
+      const id = await this.ids(bdf);
+      drv = Object.entries(c.dynamicIds ?? {}).find(([, ids]) => ids.includes(id))?.[0] ?? c.driverIds[id];
+    }
     if (drv === undefined || !(await exists(path.join(this.root, 'bus/pci/drivers', drv)))) return undefined;
     return drv;
   }
@@ -634,7 +653,9 @@ export class FakeKernel implements SysfsWriter {
     const dir = await this.functionDir(bdf);
     if (!(await this.canProbe(dir))) throw new KernelError('EIO', `${bdf}: VF of a PF with sriov_drivers_autoprobe=0 and no driver_override cannot be probed`);
     const o = await this.override(dir);
-    const idMatch = (await this.config()).driverIds[await this.ids(bdf)] === drv;
+    const c = await this.config();
+    const id = await this.ids(bdf);
+    const idMatch = c.driverIds[id] === drv || (c.dynamicIds?.[drv] ?? []).includes(id);
     if (o !== undefined ? o !== drv : !idMatch) throw new KernelError('ENODEV', `${drv} does not accept ${bdf}`);
     if (await this.refusedInHeldGroup(bdf, drv)) throw new KernelError('EBUSY', `${bdf} is in an IOMMU group a VFIO user holds; ${drv} cannot claim it`);
     await this.bind(bdf, drv);
@@ -652,11 +673,21 @@ export class FakeKernel implements SysfsWriter {
     if (!m) throw new KernelError('EINVAL', `new_id takes "vvvv dddd", got ${JSON.stringify(v)}`);
     const c = await this.config();
     const key = `${(m[1] as string).toLowerCase()}:${(m[2] as string).toLowerCase()}`;
-    c.driverIds[key] = drv;
+    c.dynamicIds = { ...(c.dynamicIds ?? {}), [drv]: [...new Set([...(c.dynamicIds?.[drv] ?? []), key])] };
     await this.saveConfig(c);
     for (const bdf of await list(path.join(this.root, 'bus/pci/devices'))) {
       if ((await this.ids(bdf)) === key && !(await this.driverOf(bdf)) && (await this.override(await this.functionDir(bdf))) === undefined && !(await this.refusedInHeldGroup(bdf, drv))) await this.bind(bdf, drv);
     }
+  }
+
+  private async removeId(v: string, drv: string): Promise<void> {
+    const m = /^([0-9a-f]{4}) ([0-9a-f]{4})/i.exec(v);
+    if (!m) throw new KernelError('EINVAL', `remove_id takes "vvvv dddd", got ${JSON.stringify(v)}`);
+    const c = await this.config();
+    const key = `${(m[1] as string).toLowerCase()}:${(m[2] as string).toLowerCase()}`;
+    if (!(c.dynamicIds?.[drv] ?? []).includes(key)) throw new KernelError('ENODEV', `${drv} has no dynamic ID ${key}`);
+    c.dynamicIds = { ...(c.dynamicIds ?? {}), [drv]: (c.dynamicIds?.[drv] ?? []).filter((x) => x !== key) };
+    await this.saveConfig(c);
   }
 
   /** Binds with every side effect: links, vfio group and cdev nodes, netdevs. */
@@ -667,18 +698,38 @@ export class FakeKernel implements SysfsWriter {
     await link(drvDir, path.join(dir, 'driver'));
     await link(dir, path.join(drvDir, bdf));
     const cfg = await this.config();
-    if (drv === 'vfio-pci') {
-      const g = await this.groupOf(dir);
-      if (g !== undefined) await touch(path.join(this.devRoot, 'vfio', g));
-      // Like Linux 6.x: every vfio device gets a `vfio-dev/vfioN` entry in sysfs, but the
-      // /dev/vfio/devices/vfioN node exists only with CONFIG_VFIO_DEVICE_CDEV (checked against
-      // Debian's 6.12 in test/kernel: entry present, node absent).
-      const n = await this.nextVfioCdev(cfg.vfioCdev);
-      await mkdir(path.join(dir, 'vfio-dev', `vfio${n}`), { recursive: true });
-      await writeFile(path.join(dir, 'vfio-dev', `vfio${n}`, 'dev'), `511:${n}\n`);
-      if (cfg.vfioCdev) await touch(path.join(this.devRoot, 'vfio/devices', `vfio${n}`));
-    }
+    if (drv === 'vfio-pci') await this.addVfioNodes(bdf, dir);
+    await nvidiaOnBind(this, bdf, drv);
     if (cfg.netDrivers.includes(drv)) await this.attachNetdev(bdf, dir);
+  }
+
+  /**
+   * The VFIO side of binding a VFIO driver (vfio-pci, or NVIDIA's vendor VFIO on a VF): the group
+   * node and, like Linux 6.x, a `vfio-dev/vfioN` entry in sysfs for every vfio device, while the
+   * /dev/vfio/devices/vfioN node exists only with CONFIG_VFIO_DEVICE_CDEV (checked against Debian's
+   * 6.12 in test/kernel: entry present, node absent).
+   */
+  async addVfioNodes(bdf: string, dir: string): Promise<void> {
+    const cfg = await this.config();
+    const g = await this.groupOf(dir);
+    if (g !== undefined) await touch(path.join(this.devRoot, 'vfio', g));
+    const n = await this.nextVfioCdev(cfg.vfioCdev);
+    await mkdir(path.join(dir, 'vfio-dev', `vfio${n}`), { recursive: true });
+    await writeFile(path.join(dir, 'vfio-dev', `vfio${n}`, 'dev'), `511:${n}\n`);
+    if (cfg.vfioCdev) await touch(path.join(this.devRoot, 'vfio/devices', `vfio${n}`));
+    void bdf;
+  }
+
+  /** Undoes {@link addVfioNodes}: the group node goes when no other member is a VFIO device. */
+  async removeVfioNodes(bdf: string, dir: string): Promise<void> {
+    for (const c of await list(path.join(dir, 'vfio-dev'))) await rm(path.join(this.devRoot, 'vfio/devices', c), { force: true });
+    await rm(path.join(dir, 'vfio-dev'), { recursive: true, force: true });
+    const g = await this.groupOf(dir);
+    if (g === undefined) return;
+    for (const m of await list(path.join(this.root, 'kernel/iommu_groups', g, 'devices'))) {
+      if (m !== bdf && BDF_RE.test(m) && (await exists(path.join(await this.functionDir(m), 'vfio-dev')))) return;
+    }
+    await rm(path.join(this.devRoot, 'vfio', g), { force: true });
   }
 
   private async nextVfioCdev(withNodes: boolean): Promise<number> {
@@ -724,18 +775,8 @@ export class FakeKernel implements SysfsWriter {
     if (!drv) return;
     await rm(path.join(dir, 'driver'), { force: true });
     await rm(path.join(this.root, 'bus/pci/drivers', drv, bdf), { force: true });
-    if (drv === 'vfio-pci') {
-      for (const c of await list(path.join(dir, 'vfio-dev'))) await rm(path.join(this.devRoot, 'vfio/devices', c), { force: true });
-      await rm(path.join(dir, 'vfio-dev'), { recursive: true, force: true });
-      const g = await this.groupOf(dir);
-      if (g !== undefined) {
-        let still = false;
-        for (const m of await list(path.join(this.root, 'kernel/iommu_groups', g, 'devices'))) {
-          if (m !== bdf && BDF_RE.test(m) && (await this.driverOf(m)) === 'vfio-pci') still = true;
-        }
-        if (!still) await rm(path.join(this.devRoot, 'vfio', g), { force: true });
-      }
-    }
+    if (drv === 'vfio-pci') await this.removeVfioNodes(bdf, dir);
+    await nvidiaOnUnbind(this, bdf, drv);
     const nets = await list(path.join(dir, 'net'));
     if (nets.length > 0) {
       await mkdir(path.join(this.stashDir(bdf), 'net'), { recursive: true });
@@ -759,7 +800,9 @@ export class FakeKernel implements SysfsWriter {
       if (!opts.alreadyWritten) await writeFile(path.join(dir, 'sriov_numvfs'), `${n}\n`);
       return;
     }
-    if (!(await this.driverOf(bdf))) throw new KernelError('ENOENT', `${bdf}: no driver bound to device; cannot configure SR-IOV`);
+    const pfDrv = await this.driverOf(bdf);
+    if (!pfDrv) throw new KernelError('ENOENT', `${bdf}: no driver bound to device; cannot configure SR-IOV`);
+    if ((await this.config()).noSriovConfigure?.includes(pfDrv)) throw new KernelError('ENOENT', `${bdf}: driver ${pfDrv} does not support SR-IOV configuration via sysfs`);
     if (n !== 0 && current !== 0 && !opts.alreadyWritten) throw new KernelError('EBUSY', `${bdf}: ${current} VFs already enabled. Disable before enabling ${n} VFs`);
     // Any change of the VF count takes every VF (and mdevs on them, and conservatively the PF's own).
     await this.witness([...(await this.vfsWithMdevs(dir)), ...(await this.mdevsOn(dir))]);
@@ -1030,6 +1073,7 @@ export class FakeKernel implements SysfsWriter {
       }
       const entries = await list(dir);
       for (const f of VALUE_ATTRS) if (entries.includes(f)) values.push(path.join(dir, f));
+      if (entries.includes('nvidia')) for (const f of NVIDIA_VALUE_ATTRS) await add(values, path.join(dir, 'nvidia', f));
       for (const t of await list(path.join(dir, 'mdev_supported_types'))) await add(triggers, path.join(dir, 'mdev_supported_types', t, 'create'));
       for (const e of entries) {
         if (UUID_RE.test(e)) await add(triggers, path.join(dir, e, 'remove'));

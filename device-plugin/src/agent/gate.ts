@@ -32,6 +32,7 @@ const DRIVER_UNBIND = /^bus\/pci\/drivers\/[^/]+\/unbind$/;
 const MDEV_REMOVE = /^bus\/mdev\/devices\/([^/]+)\/remove$/;
 const VPORT_DELETE = /^class\/fc_host\/[^/]+\/vport_delete$/;
 const VPORT_SELF_DELETE = /^class\/fc_vports\/([^/]+)\/vport_delete$/;
+const VGPU_TYPE = /^bus\/pci\/devices\/([^/]+)\/nvidia\/current_vgpu_type$/;
 
 /**
  * The existing devices a write destroys (an empty list for writes that create, bind or set a value
@@ -54,6 +55,12 @@ export function victimsOf(w: SysfsWrite, inv: Inventory, devices: ReadonlyMap<st
     }
   } else if (DRIVER_UNBIND.test(w.path)) {
     if (devices.get(value)?.driver) below(value, devices, inv, true, out);
+  } else if (VGPU_TYPE.test(w.path)) {
+    // NVIDIA vendor VFIO: clearing (0) or changing a VF's vGPU type destroys the vGPU a VM may use;
+    // typing an untyped VF destroys nothing. An unknown current type counts as typed.
+    const vf = (VGPU_TYPE.exec(w.path) as RegExpExecArray)[1] as string;
+    const cur = devices.get(vf)?.nvidiaVgpu?.currentType;
+    if (cur !== 0 && value !== String(cur)) out.add(vf);
   } else if (MDEV_REMOVE.test(w.path)) {
     const uuid = (MDEV_REMOVE.exec(w.path) as RegExpExecArray)[1] as string;
     if (value === '1') out.add(uuid);

@@ -1,6 +1,8 @@
 // Binds the node side (discovery, carving, health) to this node's roots: the NodeOps port of the
 // agent manager, implemented with discovery/scan, carving/plan+apply and health/slices.
-import { applyCarving } from '../carving/apply.js';
+import { applyCarving, type ToolRunner } from '../carving/apply.js';
+import { rememberCatalogues, type VgpuType } from '../carving/gpu.js';
+import { nvidiaToolRunner } from '../carving/nvidia-tools.js';
 import { execNvmeCli, provisionNvme } from '../carving/nvme.js';
 import { planCarving, planUncarve } from '../carving/plan.js';
 import { scan } from '../discovery/scan.js';
@@ -22,6 +24,8 @@ export interface NodeOpsOptions {
   writer?: SysfsWriter | { isolated: { timeoutMs: number; onUnstuck?: () => void } };
   /** nvme-cli for NVMe secondary controller provisioning (default `nvme` on PATH). */
   nvmeCli?: string;
+  /** Runs writes that need a vendor tool (NVIDIA sriov-manage, nvidia-smi); default: NVIDIA's tools where the driver installs them. */
+  tools?: ToolRunner;
 }
 
 /** The NodeOps of one node. */
@@ -33,16 +37,18 @@ export function createNodeOps(opts: NodeOpsOptions): NodeOps {
       : 'isolated' in w
         ? new IsolatedSysfsWriter({ root: opts.sysfsRoot, timeoutMs: w.isolated.timeoutMs, ...(w.isolated.onUnstuck ? { onUnstuck: w.isolated.onUnstuck } : {}) })
         : w;
+  const tools = opts.tools ?? nvidiaToolRunner();
+  const catalogues = new Map<string, VgpuType[]>();
   return {
     stuckWrites: () => (writer instanceof IsolatedSysfsWriter ? writer.stuck() : []),
     close: () => {
       if (writer instanceof IsolatedSysfsWriter) writer.close();
     },
-    scan: () => scan(opts.sysfsRoot, { devRoot: opts.devRoot }),
+    scan: async () => rememberCatalogues(await scan(opts.sysfsRoot, { devRoot: opts.devRoot }), catalogues),
     planCarving: (spec, inventory, allocated, ownedPfs, onDemand) => planCarving({ spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}), ...(onDemand ? { onDemand } : {}) }),
     planUncarve: (pool, spec, inventory, allocated, ownedPfs) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}) }),
     applyCarving: async (plan, signal) =>
-      (await applyCarving(plan, writer, signal)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
+      (await applyCarving(plan, writer, signal, tools)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
     provision: async (spec, inventory, held) => {
       const r = await provisionNvme({ spec, inventory, devRoot: opts.devRoot, cli: execNvmeCli(opts.nvmeCli ?? 'nvme'), writer, held });
       for (const a of r.actions) opts.logger.info(a, 'nvme provisioning');

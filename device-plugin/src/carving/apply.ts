@@ -7,13 +7,19 @@ export type WriteResult =
   | { write: SysfsWrite; ok: true }
   | { write: SysfsWrite; ok: false; error: string; code?: string; skipped?: boolean };
 
+/** Runs a write whose effect a vendor tool makes (`SysfsWrite.tool`); rejects like a refused write. */
+export type ToolRunner = (write: SysfsWrite) => Promise<void>;
+
+const noTools: ToolRunner = (w) => Promise.reject(new Error(`${w.path}=${w.value}: needs the vendor tool ${w.tool ?? '?'}, which this agent cannot run`));
+
 /**
  * Applies `plan.writes` in order and returns one result per write. Never throws because a write
  * failed: the error is reported in its result. After a failed write, the remaining writes of the
  * same `group` are skipped (reported with `skipped: true`), since they depend on it; other groups
- * proceed. An aborted `signal` skips everything not yet started.
+ * proceed. An aborted `signal` skips everything not yet started. Writes with a `tool` go to
+ * `tools` instead of the writer.
  */
-export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signal?: AbortSignal): Promise<WriteResult[]> {
+export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signal?: AbortSignal, tools: ToolRunner = noTools): Promise<WriteResult[]> {
   const results: WriteResult[] = [];
   const failedGroups = new Set<string>();
   for (const write of plan.writes) {
@@ -26,7 +32,8 @@ export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signa
       continue;
     }
     try {
-      await writer.write(write.path, write.value, { lane: write.group ?? write.path });
+      if (write.tool) await tools(write);
+      else await writer.write(write.path, write.value, { lane: write.group ?? write.path });
       results.push({ write, ok: true });
     } catch (err) {
       if (write.group !== undefined) failedGroups.add(write.group);

@@ -5,6 +5,7 @@ import type { BlockedChange, CarvingPlan, Inventory, InventoryDevice, PoolPlan, 
 import { compareText, isBridgeClass, isPciAddress, VFIO_PCI } from '../sysfs/pci.js';
 import { isOnDemand, planOnDemand, planOnDemandUncarve, type MdevCapacity, type WantedMdev } from './ondemand.js';
 import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
+import { isVgpuPool, planVgpu, planVgpuUncarve } from './vgpu.js';
 
 /** Input of {@link planCarving}. */
 export interface PlanInput {
@@ -303,7 +304,8 @@ export function planCarving(input: PlanInput): CarvingPlan {
   const out: CarvingPlan = { writes: [], blocked: [] };
   const devices = indexDevices(input.inventory);
   const pools = [...(input.spec.pools ?? [])].filter((p) => !p.deleting).sort((a, b) => compareText(a.name, b.name));
-  planSriov(pools.filter((p) => p.mode === 'SRIOV'), devices, input.allocated, out, input.ownedPfs);
+  planSriov(pools.filter((p) => p.mode === 'SRIOV' && !isVgpuPool(p)), devices, input.allocated, out, input.ownedPfs);
+  planVgpu(pools.filter(isVgpuPool), devices, input.inventory, input.allocated, out);
   const seen = new Set<string>();
   for (const pool of pools) {
     if (pool.mode === 'Passthrough') planPassthrough(pool, devices, out, seen);
@@ -372,7 +374,9 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
     const dev = devices.get(pd.pciAddress);
     if (!dev) continue; // gone: nothing left to release
     if (isOnDemand(pool)) continue; // below, once for all its parents
-    if (pool.mode === 'SRIOV') {
+    if (isVgpuPool(pool)) {
+      planVgpuUncarve({ ...pool, devices: [pd] }, others, devices, inventory, allocated, out, held, input.ownedPfs);
+    } else if (pool.mode === 'SRIOV') {
       const total = dev.sriov?.totalVFs ?? 0;
       const vfs = dev.sriov?.vfs ?? [];
       const { first, last } = vfRange(pool, pd, total);

@@ -1,6 +1,7 @@
 // Discovery: a full, sorted inventory snapshot read from a sysfs root (and optionally a dev root).
 import { realpathSync } from 'node:fs';
 import path from 'node:path';
+import { markGpuInterfaces, parseCreatableTypes } from '../carving/gpu.js';
 import type { FcVport, Inventory, InventoryDevice } from '../model.js';
 import { comparePci, compareText, isPciAddress, UUID_RE } from '../sysfs/pci.js';
 import { AttrReader, listDir } from '../sysfs/read.js';
@@ -160,6 +161,29 @@ function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevic
   if (mdevs.length > 0) device.mdevs = mdevs;
 }
 
+/**
+ * NVIDIA's vendor-specific VFIO folder of a VF (vGPU 17+): `nvidia/current_vgpu_type` (0 or the type
+ * id) and `nvidia/creatable_vgpu_types` (what fits now). A folder without `current_vgpu_type` is
+ * not that ABI (an mdev's `nvidia/` holds vgpu_params and vm_name) and is ignored.
+ */
+function readNvidiaVgpu(r: AttrReader, device: InventoryDevice): void {
+  const nr = r.sub('nvidia');
+  if (!nr.list().includes('current_vgpu_type')) return;
+  const v: NonNullable<InventoryDevice['nvidiaVgpu']> = {};
+  const cur = nr.int('current_vgpu_type');
+  if (cur !== undefined) {
+    if (cur >= 0) v.currentType = cur;
+    else nr.fail('current_vgpu_type', `out of range ${cur}`);
+  }
+  const text = nr.text('creatable_vgpu_types');
+  if (text !== undefined) {
+    const { types, bad } = parseCreatableTypes(text);
+    v.creatableTypes = types;
+    if (bad.length > 0) nr.fail('creatable_vgpu_types', `malformed line(s) ${bad.map((b) => JSON.stringify(b)).join(', ')}`);
+  }
+  device.nvidiaVgpu = v;
+}
+
 function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { device: InventoryDevice; extra: Extra } {
   const errors: string[] = [];
   const device: InventoryDevice = { pciAddress: name };
@@ -221,6 +245,7 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
   }
 
   readMdevParent(r, entries, device);
+  if (entries.includes('nvidia')) readNvidiaVgpu(r, device);
 
   if (entries.includes('net')) {
     const netdevs: NonNullable<InventoryDevice['netdevs']> = [];
@@ -378,6 +403,7 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
   for (const device of nonPciMdevParents(sysfsRoot, new Set(names), errors)) results.push({ device, extra: { vports: [] } });
   results.sort((a, b) => comparePci(a.device.pciAddress, b.device.pciAddress));
   const inventory: Inventory = { devices: results.map((r) => r.device) };
+  markGpuInterfaces(inventory.devices);
   const vports = results.flatMap((r) => r.extra.vports);
   if (vports.length > 0) inventory.vports = vports;
   const cdevs: Record<string, string> = {};

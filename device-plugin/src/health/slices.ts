@@ -4,6 +4,7 @@ import path from 'node:path';
 import { devPathUnder, vfioGroupPath } from '../discovery/scan.js';
 import { isOnDemand, isOnDemandMdev, offeredParents, type MdevCapacity } from '../carving/ondemand.js';
 import { indexDevices, mdevSlots, ourMdevIndex, vfDriverOf, vfRange, vportSlots, vportsOf } from '../carving/layout.js';
+import { isVgpuPool, layoutVgpu, NVIDIA_DRIVER } from '../carving/vgpu.js';
 import type { Inventory, InventoryDevice, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
 
@@ -150,6 +151,39 @@ function sriovSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
   }
 }
 
+/**
+ * NVIDIA vendor-VFIO vGPU slices: the VFs the layout gives each pool (carving/vgpu.ts). Healthy when
+ * the VF is on `nvidia` (never vfio-pci), has the pool's type in `nvidia/current_vgpu_type`, and its
+ * `/dev/vfio/<group>` exists; the VF's cdev (`vfio-dev/vfioN`) is handed out when its node exists.
+ */
+function vgpuSlices(ctx: Ctx, pools: PoolPlan[], out: Slice[]): void {
+  for (const g of layoutVgpu(pools, ctx.devices, ctx.inv)) {
+    const pf = ctx.devices.get(g.pf);
+    for (const l of g.pools) {
+      for (const addr of l.chosen) {
+        const vf = ctx.devices.get(addr);
+        const base: Omit<Slice, 'health' | 'reason'> = { id: addr, pool: l.pool.name, resourceName: l.pool.resourceName, kind: 'VF', parent: g.pf, pciAddress: addr, index: g.index.get(addr) ?? 0, deviceNodes: [] };
+        const numa = vf?.numaNode ?? pf?.numaNode;
+        if (numa !== undefined) base.numaNode = numa;
+        if (!vf) {
+          out.push(finish(base, `VF ${addr} gone`));
+          continue;
+        }
+        if (vf.iommuGroup !== undefined) base.iommuGroup = vf.iommuGroup;
+        const { nodes, missing } = vfioNodes(ctx, vf);
+        base.deviceNodes = nodes;
+        const cur = vf.nvidiaVgpu?.currentType;
+        let reason: string | undefined;
+        if (vf.driver !== NVIDIA_DRIVER) reason = `VF ${addr} is ${vf.driver ? `bound to ${vf.driver}` : 'not bound to a driver'}, expected nvidia (vendor-specific VFIO)`;
+        else if (cur !== l.type?.id) reason = cur ? `VF ${addr} has vGPU type ${cur}, expected ${l.type?.name ?? l.type?.id}` : `VF ${addr} has no vGPU type yet (${l.type?.name ?? l.type?.id} is being created)`;
+        else if (vf.iommuGroup === undefined) reason = `VF ${addr} has no IOMMU group (IOMMU off?)`;
+        else if (missing) reason = `${missing} is missing`;
+        out.push(finish(base, reason));
+      }
+    }
+  }
+}
+
 function passthroughSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
   for (const pd of pool.devices) {
     const dev = ctx.devices.get(pd.pciAddress);
@@ -270,6 +304,7 @@ function carryForward(ctx: Ctx, pools: PoolPlan[], previous: readonly Slice[], o
     // With its parent present, every mdev/vport the plan still expects was built above (missing
     // ones as Unhealthy); one that is not is no longer planned (count lowered, released): drop it.
     if ((s.kind === 'Mdev' || s.kind === 'VPort') && !parentGone) continue;
+    if (isVgpuPool(pool) && !parentGone) continue; // the layout lists every VF the pool still expects
     if (s.kind === 'VF' && poolDevice && s.index !== undefined) {
       const { first, last } = vfRange(pool, poolDevice, Number.MAX_SAFE_INTEGER);
       if (s.index < first || s.index > last) continue;
@@ -298,7 +333,9 @@ export function buildSlices(input: SliceInput): Slice[] {
   };
   const pools = [...(input.spec.pools ?? [])].sort((a, b) => compareText(a.name, b.name));
   const out: Slice[] = [];
+  vgpuSlices(ctx, pools.filter(isVgpuPool), out);
   for (const pool of pools) {
+    if (isVgpuPool(pool)) continue;
     if (pool.mode === 'SRIOV') sriovSlices(ctx, pool, out);
     else if (pool.mode === 'Passthrough') passthroughSlices(ctx, pool, out);
     else if (isOnDemand(pool)) onDemandSlices(ctx, input.nodeName, pool, input.capacity ?? {}, out);

@@ -99,7 +99,9 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
     ...(mode === 'Mediated' && spec.carving.mdevType ? { mdevType: spec.carving.mdevType } : {}),
     // Only when set: existing plans stay byte-identical.
     ...(mode === 'Mediated' && spec.carving.onDemand ? { onDemand: { mdevTypes: [...spec.carving.onDemand.mdevTypes] } } : {}),
-    ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? 'vfio-pci' } : {}),
+    ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? (spec.carving.vgpu ? 'nvidia' : 'vfio-pci') } : {}),
+    ...(mode === 'SRIOV' && spec.carving.vgpu ? { vgpuProfile: spec.carving.vgpu.profile } : {}),
+    ...(mode === 'SRIOV' && spec.carving.vgpu?.heterogeneous ? { vgpuHeterogeneous: true } : {}),
     ...(mode === 'SRIOV' && spec.carving.adoptExistingVFs ? { adoptExistingVFs: true } : {}),
     ...(mode === 'NPIV' && spec.carving.wwnPrefix ? { wwnPrefix: spec.carving.wwnPrefix } : {}),
     // Only DRA is carried: an absent frontEnd means DevicePlugin, so existing plans stay byte-identical.
@@ -202,7 +204,10 @@ export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, p
   const plans: PoolPlan[] = [];
   const conflicts: DeviceConflict[] = [];
   const hold = (pool: string, c: DeviceClaim) => held.set(c.pciAddress, [...(held.get(c.pciAddress) ?? []), { claim: c, pool }]);
-  const holderOf = (c: DeviceClaim) => (held.get(c.pciAddress) ?? []).find((h) => claimsOverlap(h.claim, c));
+  // vGPU pools share a GPU: each types its own VFs (the agent lays them out), so they never conflict.
+  const vgpuPools = new Set(prepared.ordered.filter((p) => p.pool.spec.carving.vgpu).map((p) => p.name));
+  const holderOf = (c: DeviceClaim, pool?: string) =>
+    (held.get(c.pciAddress) ?? []).find((h) => claimsOverlap(h.claim, c) && !(pool !== undefined && vgpuPools.has(pool) && vgpuPools.has(h.pool)));
 
   for (const p of prepared.ordered) {
     if (p.resourceNameConflicts.length > 0) continue;
@@ -232,7 +237,7 @@ export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, p
       // Another function of an IOMMU group this pool already takes: it goes with that device.
       if (passthrough && inGroups.has(c.pciAddress)) continue;
       const members = passthrough ? companionsOf(byAddr.get(c.pciAddress), byAddr) : [];
-      const holder = holderOf(c);
+      const holder = holderOf(c, p.name);
       if (holder) {
         conflicts.push({ pool: p.name, node: nodeName, device: claimLabel(c), heldBy: holder.pool });
         continue;
