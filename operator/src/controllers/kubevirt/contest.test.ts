@@ -101,3 +101,76 @@ test('a controller that keeps changing the lists back is fought with backoff for
     await Promise.all([run, contender]);
   }
 });
+
+test('a new operator process keeps the give-up of the last one, and tries a wish that changed meanwhile once', async () => {
+  const kube = new FakeKube();
+  kube.install(KubeVirts);
+  await kube.create(KubeVirts, { apiVersion: 'kubevirt.io/v1', kind: 'KubeVirt', metadata: { name: 'kubevirt', namespace: 'kubevirt' } } as KubeObject);
+  const node = await kube.create(Nodes, nodeObj('node-0'));
+  await kube.create(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: 'node-0', ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name: 'node-0', uid: node.metadata.uid ?? '' }] } });
+  const inventory = (...devices: ReturnType<typeof gpu>[]) => kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: 'node-0' }, status: { inventory: { devices } } },
+    { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
+  await inventory(gpu('0000:c1:00.0', { device: '25b6' }));
+  const { metadata, ...rest } = poolObj('gpu', { class: 'GPU', deviceSelector: { vendorIDs: ['10de'] }, carving: { mode: 'Passthrough' } });
+  await kube.create(VirtualIODevices, { ...rest, metadata: { name: metadata.name } } as Pool);
+
+  let operatorApplies = 0;
+  const contender = new AbortController();
+  const contending = (async () => {
+    while (!contender.signal.aborted) {
+      const cr = await kube.get<KubeVirtCR>(KubeVirts, 'kubevirt', 'kubevirt');
+      if ((cr?.spec?.configuration?.permittedHostDevices?.pciHostDevices ?? []).some((e) => e.resourceName === 'virtualio.dev/gpu')) {
+        operatorApplies++;
+        await kube.apply(KubeVirts, {
+          apiVersion: 'kubevirt.io/v1', kind: 'KubeVirt', metadata: { name: 'kubevirt', namespace: 'kubevirt' },
+          spec: { configuration: { permittedHostDevices: { pciHostDevices: [{ pciVendorSelector: '10de:1eb8', resourceName: 'nvidia.com/T4' }] } } },
+        }, { fieldManager: 'hyperconverged-cluster-operator', force: true });
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  })();
+  const start = () => {
+    const ac = new AbortController();
+    const op = new Operator({
+      kube, clock: systemClock, log, events: new EventRecorder({ kube, namespace: 'default', component: 'virtualio-operator', instance: 'test', clock: systemClock, log }),
+      kubevirt: { namespace: 'kubevirt', name: 'kubevirt', manage: true, extra: { pciHostDevices: [], mediatedDevices: [] } },
+      tuning: { debounceMs: 1, kubevirtRecheckMs: 20, kubevirtContest: { baseMs: 20, maxRounds: 3 } },
+    });
+    return { ac, op, run: op.run(ac.signal) };
+  };
+  const contested = () => waitFor('Contested', async () =>
+    (await kube.get<Pool>(VirtualIODevices, 'gpu'))?.status?.conditions?.find((c) => c.type === 'KubeVirtPermitted' && c.reason === 'Contested'));
+  const quietly = async (p: { ac: AbortController; op: Operator; run: Promise<void> }) => {
+    await waitFor('controllers running', async () => p.op.ready);
+    await new Promise((r) => setTimeout(r, 300));
+  };
+  let current = start();
+  try {
+    await contested();
+    // At least the 3 rounds (the plan settling as the operator starts can add a first apply or two).
+    const afterFirst = operatorApplies;
+    expect(afterFirst).toBeGreaterThanOrEqual(3);
+    current.ac.abort();
+    await current.run;
+
+    // Same wish: the next process applies nothing and the pool stays Contested.
+    current = start();
+    await quietly(current);
+    expect(operatorApplies).toBe(afterFirst);
+    await contested();
+    current.ac.abort();
+    await current.run;
+
+    // The wish changed while no operator ran: the next process applies it once, then gives up again.
+    await inventory(gpu('0000:c1:00.0', { device: '25b6' }), gpu('0000:c2:00.0', { device: '2236' }));
+    current = start();
+    await waitFor('one more apply', async () => operatorApplies === afterFirst + 1);
+    await quietly(current);
+    expect(operatorApplies).toBe(afterFirst + 1);
+    await contested();
+  } finally {
+    current.ac.abort();
+    contender.abort();
+    await Promise.all([current.run, contending]);
+  }
+});

@@ -143,8 +143,7 @@ export class KubeVirtReconciler implements Reconciler {
   /**
    * Takes over the give-up of an earlier operator process, which lives on in the pools' status: call
    * once the caches and the KubeVirt CR are synced, before any pool status is written. Some pool says
-   * KubeVirtPermitted=Contested and field managers other than ours still own the lists, which lack our
-   * entries: the contest is restored as given up against those managers. When what we want is what
+   * KubeVirtPermitted=Contested and someone else still writes the lists, which lack our entries: the contest is restored as given up against those managers. When what we want is what
    * the pools' status.kubevirtEntries recorded, nothing is applied (the last process had stopped);
    * when it changed meanwhile, the first reconcile applies it once, as for a new wish after a give-up
    * (one more round lost gives up again). Only the first call of a process does anything.
@@ -157,12 +156,15 @@ export class KubeVirtReconciler implements Reconciler {
     if (!world.kubevirtSettings.manage || !cr || this.lastApplied !== undefined || this.contest) return;
     const pools = world.prepared().ordered;
     if (!pools.some((p) => findCondition(p.pool.status?.conditions, ConditionType.KubeVirtPermitted)?.reason === Reason.Contested)) return;
+    // Someone else still writes the lists: a field manager owns them, or (no managedFields to tell)
+    // they hold entries. Lists gone with their owner mean the contender left: apply as usual.
     const managers = listManagers(cr);
-    if (managers.length === 0) return;
+    const current = world.kubevirtView().current;
+    if (managers.length === 0 && current.pciHostDevices.length === 0 && current.mediatedDevices.length === 0) return;
     const index = world.poolIndex();
     const perPool = pools.map((p) => ({ p, entries: poolEntries(p, index.get(p.name)?.nodes ?? []) }));
     const desired = desiredLists(perPool.flatMap((x) => x.entries), world.kubevirtSettings.extra);
-    if (contains(world.kubevirtView().current, desired)) return;
+    if (contains(current, desired)) return;
     const sameWish = perPool.every(({ p, entries }) => jsonEqual(p.pool.status?.kubevirtEntries ?? [], entries));
     const { maxRounds } = this.tuning;
     this.lastLostAt = (this.deps.clock ?? systemClock).now();
