@@ -133,8 +133,14 @@ describe('the agent over it: detection and planning', () => {
     await sriovManage(k, '-e', PF);
     for (const vf of [VF0, VF1, '0000:3b:00.6']) await k.write(typePath(vf), '1153');
     const inv = await scan(root);
+    // VF1 is held: the free VF0 and VF2 are cleared, whatever their order.
     const plan = planCarving({ spec: { pools: [pool('a', 'L40S-12Q', 1)] }, inventory: inv, nodeName: 'n', allocated: new Set([VF1]) });
-    expect(plan.writes.map((w) => [w.path, w.value])).toEqual([[typePath('0000:3b:00.6'), '0']]);
-    expect(plan.blocked).toEqual([expect.objectContaining({ device: VF1, reason: expect.stringContaining('a VM holds it') })]);
+    expect(plan.writes.map((w) => [w.path, w.value]).sort()).toEqual([[typePath(VF0), '0'], [typePath('0000:3b:00.6'), '0']]);
+    expect(plan.blocked).toEqual([]);
+    // Every VF held: nothing is cleared, and the pool says why.
+    const all = planCarving({ spec: { pools: [pool('a', 'L40S-12Q', 1)] }, inventory: inv, nodeName: 'n', allocated: new Set([VF0, VF1, '0000:3b:00.6']) });
+    expect(all.writes).toEqual([]);
+    expect(all.blocked.map((b) => b.device)).toEqual([VF1, '0000:3b:00.6']);
+    expect(all.blocked[0]?.reason).toContain('a VM holds it');
   });
 });

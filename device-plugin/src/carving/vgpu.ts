@@ -182,9 +182,12 @@ export function planVgpu(pools: readonly PoolPlan[], devices: ReadonlyMap<string
     const clears: SysfsWrite[] = [];
     for (const l of g.pools) {
       if (l.problem) block(l.pool.name, l.problem);
-      for (const vf of l.extras) {
-        if (allocated.has(vf)) {
-          block(l.pool.name, `VF ${vf} has ${typeName(l.type)} beyond the pool's count and a VM holds it: cleared once released`, vf);
+      // A VM keeps its VF: a held VF beyond the count changes place with a free one within it.
+      const freeWithin = l.chosen.filter((vf) => !l.toType.includes(vf) && !allocated.has(vf)).reverse();
+      for (const extra of l.extras) {
+        const vf = allocated.has(extra) ? freeWithin.shift() : extra;
+        if (vf === undefined) {
+          block(l.pool.name, `VF ${extra} has ${typeName(l.type)} beyond the pool's count and a VM holds it: cleared once released`, extra);
           continue;
         }
         clears.push({ path: vgpuTypePath(vf), value: '0', why: `clear ${typeName(l.type)} from VF ${vf}: beyond the count of pool ${l.pool.name}`, group: vf, pools: [l.pool.name] });

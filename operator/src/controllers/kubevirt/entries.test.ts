@@ -36,6 +36,22 @@ describe('poolEntries', () => {
       { list: 'mediatedDevices', resourceName: 'virtualio.dev/vgpu', mdevNameSelector: 'nvidia-754', externalResourceProvider: true },
     ]);
   });
+  test('NVIDIA vendor-VFIO vGPU pools: one pciHostDevices entry per profile pool, by the VF ID, external provider', () => {
+    const l40s = [
+      { pciAddress: '0000:3b:00.0', vendorID: '10de', deviceID: '26b9', classCode: '030200', driver: 'nvidia', sriov: { totalVFs: 32, numVFs: 2, vfs: ['0000:3b:00.4', '0000:3b:00.5'] } },
+      ...['0000:3b:00.4', '0000:3b:00.5'].map((a) => ({ pciAddress: a, vendorID: '10de', deviceID: '26b9', classCode: '030200', driver: 'nvidia', physfn: '0000:3b:00.0', nvidiaVgpu: { currentType: 0 } })),
+    ];
+    const vp = preparePools([
+      poolObj('l40s-12q', { class: 'GPU', deviceSelector: { pciAddresses: ['0000:3b:00.0'] }, carving: { mode: 'SRIOV', count: 1, vgpu: { profile: 'L40S-12Q', heterogeneous: true } } }),
+      poolObj('l40s-24q', { class: 'GPU', deviceSelector: { pciAddresses: ['0000:3b:00.0'] }, carving: { mode: 'SRIOV', count: 1, vgpu: { profile: 'L40S-24Q', heterogeneous: true } } }),
+    ]);
+    const n = vioNodeObj('n1', { devices: l40s });
+    const withPlan = vioNodeObj('n1', { devices: l40s, plan: planNode({ metadata: { name: 'n1' } }, n, vp).pools });
+    expect(['l40s-12q', 'l40s-24q'].flatMap((x) => poolEntries(vp.byName.get(x)!, [withPlan]))).toEqual([
+      { list: 'pciHostDevices', resourceName: 'virtualio.dev/l40s-12q', pciVendorSelector: '10de:26b9', externalResourceProvider: true },
+      { list: 'pciHostDevices', resourceName: 'virtualio.dev/l40s-24q', pciVendorSelector: '10de:26b9', externalResourceProvider: true },
+    ]);
+  });
   test('passthrough uses the function ID', () => {
     expect(poolEntries(p('gpu'), [planned])).toEqual([
       { list: 'pciHostDevices', resourceName: 'nvidia.com/a100', pciVendorSelector: '10de:20b5', externalResourceProvider: true },

@@ -1,3 +1,4 @@
+import type { InventoryDevice } from '../../../../crds/generated/types.js';
 import type { Pool } from '../../api/types.js';
 import { gpu, nicPF, nodeObj, nvme, poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { effectiveConsumption, planNode, preparePools } from './plan.js';
@@ -157,6 +158,23 @@ describe('planNode', () => {
     const plan = planNode(node, vio, pools);
     expect(plan.pools.map((p) => p.name)).toEqual(['a']);
     expect(plan.conflicts).toEqual([{ pool: 'b', node: 'n1', device: '0000:81:00.0', heldBy: 'a' }]);
+  });
+
+  test('NVIDIA vendor-VFIO vGPU pools share a GPU (the agent lays out their VFs) and carry profile and mode; any other pool still conflicts', () => {
+    const l40s: InventoryDevice = { pciAddress: '0000:3b:00.0', vendorID: '10de', deviceID: '26b9', classCode: '030200', driver: 'nvidia', sriov: { totalVFs: 32, numVFs: 0, vfs: [] } };
+    const v = vioNodeObj('n1', { devices: [l40s] });
+    const sel = { pciAddresses: ['0000:3b:00.0'] };
+    const pools = preparePools([
+      poolObj('l40s-12q', { class: 'GPU', deviceSelector: sel, carving: { mode: 'SRIOV', count: 2, vgpu: { profile: 'L40S-12Q', heterogeneous: true } } }, { createdSec: 1 }),
+      poolObj('l40s-24q', { class: 'GPU', deviceSelector: sel, carving: { mode: 'SRIOV', count: 1, vgpu: { profile: 'L40S-24Q' } } }, { createdSec: 2 }),
+      poolObj('pt', { class: 'GPU', deviceSelector: sel, carving: { mode: 'Passthrough' } }, { createdSec: 3 }),
+    ]);
+    const plan = planNode(node, v, pools);
+    expect(plan.pools).toEqual([
+      { name: 'l40s-12q', resourceName: 'virtualio.dev/l40s-12q', class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', policy: 'NUMAAligned', count: 2, vfDriver: 'nvidia', vgpuProfile: 'L40S-12Q', vgpuHeterogeneous: true, devices: [{ pciAddress: '0000:3b:00.0' }] },
+      { name: 'l40s-24q', resourceName: 'virtualio.dev/l40s-24q', class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', policy: 'NUMAAligned', count: 1, vfDriver: 'nvidia', vgpuProfile: 'L40S-24Q', devices: [{ pciAddress: '0000:3b:00.0' }] },
+    ]);
+    expect(plan.conflicts).toEqual([{ pool: 'pt', node: 'n1', device: '0000:3b:00.0', heldBy: 'l40s-12q' }]);
   });
 
   test('non-overlapping VF ranges of one PF are no conflict; overlapping ones are', () => {
