@@ -197,6 +197,8 @@ async function startControlPlaneOnce(opts: StartOptions): Promise<ControlPlane> 
   const dir = mkdtempSync(join(parent, 'vio-cp-'));
   makePki(dir);
   signCert(dir, 'admin', '/O=system:masters/CN=virtualio-admin');
+  // What the API server shows a kubelet (logs, exec, port-forward); kubelets trust the same CA.
+  signCert(dir, 'kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client');
 
   const [etcdPort, etcdPeer, apiPort] = [await freePort(), await freePort(), await freePort()];
   const server = `https://127.0.0.1:${apiPort}`;
@@ -225,6 +227,8 @@ async function startControlPlaneOnce(opts: StartOptions): Promise<ControlPlane> 
     '--authorization-mode=Node,RBAC', '--allow-privileged=true',
     ...(opts.controllerManager ? [] : ['--disable-admission-plugins=ServiceAccount']),
     '--endpoint-reconciler-type=none',
+    `--kubelet-client-certificate=${join(dir, 'kubelet-client.crt')}`, `--kubelet-client-key=${join(dir, 'kubelet-client.key')}`,
+    '--kubelet-preferred-address-types=InternalIP',
     ...(opts.apiserverArgs ?? []),
   ];
   let apiserver: ChildProcess | undefined;

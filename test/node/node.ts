@@ -322,6 +322,13 @@ export async function startRealNode(cp: ControlPlane, opts: RealNodeOptions = {}
       return stdout.trim() === 'True';
     }, 120_000, kubelet, logs.kubelet);
     say('node Ready');
+    // The kubelet refuses a loopback --node-ip (validateNodeIP) and so publishes no address; the API
+    // server then cannot reach it for `kubectl logs`, `exec` or `port-forward`. The address it listens
+    // on is written into the Node's status instead (its NodeAddress setter fails before it would
+    // replace the list, so the address stays); the control plane connects to it with its kubelet
+    // client certificate.
+    await run(join(cp.binDir, 'kubectl'), ['--kubeconfig', cp.kubeconfig, 'patch', 'node', NODE_NAME, '--subresource=status', '--type=merge',
+      '-p', JSON.stringify({ status: { addresses: [{ type: 'InternalIP', address: '127.0.0.1' }] } })]);
 
     return {
       name: NODE_NAME, dir, toolsDir: tools, containerdSocket: socket, logs,

@@ -16,6 +16,7 @@ import { FLAGS as OPERATOR_FLAGS } from '../../operator/src/config.js';
 import { LEASE_NAME } from '../../operator/src/kube/resources.js';
 import { REPO_ROOT } from '../cluster/control-plane.js';
 import { kubectlArgs, runbookCommands, runbookFiles, runbookText, runnable, words } from '../observability/runbooks.js';
+import { chartCommandLine, chartRunbookCommands } from '../observability/runbooks-chart.js';
 import { CHART_DIR, KSM_METRICS, NAMESPACE, exportedMetricNames, renderChart, renderedRuleGroups, type Rule } from '../observability/tools.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- CRD schemas and rendered manifests are plain JSON trees */
@@ -251,5 +252,21 @@ describe('runbooks', () => {
       }
     }
     expect(problems).toEqual([]);
+  });
+
+  test('every command runs in a suite: the Prometheus one (reads) or the real-node one (the chart\'s objects), as the reader types it', () => {
+    const chart = chartRunbookCommands();
+    const byProm = runbookCommands().filter((c) => runnable(c.command) !== undefined);
+    expect(chart.length + byProm.length).toBe(runbookCommands().length);
+    expect(chart.length).toBeGreaterThan(20);
+    // The deletion of the agent pod goes last; nothing else changes anything.
+    expect(chart.map((c) => c.command).filter((c) => / (delete|patch|edit|apply|scale|rollout|label|annotate) /.test(c))).toEqual([chart.at(-1)?.command]);
+    const ctx = { values: { 'agent-pod': 'vio-virtualio-agent-x1', node: 'n1' }, fullname: 'vio-virtualio', kubeconfig: '', binDir: '', localPort: 41234 };
+    expect(chartCommandLine('kubectl -n virtualio-system logs deploy/virtualio-operator --since=1h | grep -iE \'leader|lease\'', ctx))
+      .toBe('kubectl -n virtualio-system logs deploy/vio-virtualio-operator --since=1h | { grep -iE \'leader|lease\' || [ $? -eq 1 ]; }');
+    expect(chartCommandLine('kubectl -n virtualio-system port-forward <agent-pod> 8080:8080', ctx)).toBe('kubectl -n virtualio-system port-forward vio-virtualio-agent-x1 41234:8080');
+    expect(chartCommandLine('kubectl -n virtualio-system get ds virtualio-agent', ctx)).toBe('kubectl -n virtualio-system get ds vio-virtualio-agent');
+    // The operator's Lease keeps its name whatever the release.
+    expect(chartCommandLine('kubectl -n virtualio-system get lease virtualio-operator -o yaml', ctx)).toBe('kubectl -n virtualio-system get lease virtualio-operator -o yaml');
   });
 });
