@@ -23,6 +23,7 @@ describe('parseAgentConfig', () => {
         vfNetConfig: false,
         kubeletDir: '/var/lib/kubelet',
         devicePluginRegistration: 'auto',
+        handover: false,
       },
     });
   });

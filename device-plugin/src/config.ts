@@ -36,6 +36,8 @@ export interface AgentConfig {
   kubeletDir: string;
   /** How device plugins register: the kubelet's plugin watcher, kubelet.sock, or the first that works. */
   devicePluginRegistration: RegistrationMode;
+  /** Take the node over from a running agent (rolling update with surge) instead of waiting for it to exit. */
+  handover: boolean;
 }
 
 export type ConfigResult = { kind: 'config'; config: AgentConfig } | { kind: 'help'; text: string } | { kind: 'error'; message: string };
@@ -68,6 +70,7 @@ const FLAGS: readonly FlagSpec[] = [
   { flag: 'dra', env: 'VIO_DRA', def: 'false', meaning: 'serve pools with spec.frontEnd DRA as DRA driver virtualio.dev (ResourceSlices, kubelet DRA plugin); cluster mode only', bool: true },
   { flag: 'vf-net-config', env: 'VIO_VF_NET_CONFIG', def: 'false', meaning: 'with --dra: apply the VF network settings a claim asks for (MAC, VLAN, trust, spoof check, tx rates) on the PF with iproute2 (VIO_IP_CLI, default ip); needs the host network namespace and CAP_NET_ADMIN', bool: true },
   { flag: 'kubelet-dir', env: 'VIO_KUBELET_DIR', def: '/var/lib/kubelet', meaning: 'kubelet root folder; plugins register in its plugins_registry/ and serve from plugins/virtualio.dev/' },
+  { flag: 'handover', env: 'VIO_HANDOVER', def: 'false', meaning: 'agent hand-over for a DaemonSet rolling update with surge: a starting agent asks the running one for the node lock, and a running one asked for it detaches its pools from the kubelet without their devices going away, stops (devices, slices and VMs untouched) and waits for its pod to be deleted', bool: true },
   { flag: 'device-plugin-registration', env: 'VIO_DEVICE_PLUGIN_REGISTRATION', def: 'auto', meaning: 'plugin-watcher (<kubelet-dir>/plugins_registry), kubelet-sock (Register on <plugin-dir>/kubelet.sock), or auto: the watcher when <kubelet-dir>/plugins_registry exists and --plugin-dir is <kubelet-dir>/device-plugins, kubelet.sock when the kubelet refuses it or leaves it unanswered for 30 s' },
 ];
 
@@ -197,6 +200,8 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
   if (!(REGISTRATION_MODES as readonly string[]).includes(registration)) {
     return { kind: 'error', message: `--device-plugin-registration: expected one of ${REGISTRATION_MODES.join(', ')}, got ${JSON.stringify(registration)}` };
   }
+  const handover = parseBool(get('handover') ?? 'false');
+  if (handover === undefined) return { kind: 'error', message: `--handover: expected true or false, got ${JSON.stringify(get('handover'))}` };
   if (dra && get('plan-file') !== undefined) return { kind: 'error', message: '--dra needs cluster mode (ResourceSlices and claims live in the API server); drop --plan-file' };
   const nodeName = get('node-name') ?? hostname;
   if (!nodeName) return { kind: 'error', message: '--node-name is empty and the host name is unknown' };
@@ -221,6 +226,7 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
     vfNetConfig,
     kubeletDir,
     devicePluginRegistration: registration as RegistrationMode,
+    handover,
   };
   if (planFile !== undefined) config.planFile = planFile;
   if (kubeconfig !== undefined) config.kubeconfig = kubeconfig;

@@ -9,12 +9,13 @@ import { AgentManager } from './agent/manager.js';
 import { CHECKPOINT_FILE, Checkpoint } from './agent/checkpoint.js';
 import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
 import { LEDGER_FILE } from './agent/ledger.js';
-import { acquireAgentLock } from './agent/lock.js';
+import { acquireAgentLock, type AgentLockHolder } from './agent/lock.js';
 import { createNodeOps } from './agent/node-ops.js';
 import { nvidiaToolRunner } from './carving/nvidia-tools.js';
 import { FilePlanSource, type PlanSource } from './agent/plan.js';
 import type { StatusSink } from './agent/ports.js';
 import { parseAgentConfig } from './config.js';
+import { detachFromKubelet } from './kubelet/detach.js';
 import { PluginDirWatcher } from './kubelet/watcher.js';
 import { createLogger, isLogLevel } from './log.js';
 import { createMetrics, serveMetrics } from './metrics.js';
@@ -48,8 +49,16 @@ async function main(): Promise<number> {
   const logger = createLogger(isLogLevel(cfg.logLevel) ? cfg.logLevel : 'info');
   const controller = new AbortController();
   const { signal } = controller;
+  // The HTTP endpoint outlives a hand-over (the liveness probe must keep passing until the pod goes).
+  const served = new AbortController();
   let signals = 0;
+  /** Set once this agent handed the node over (--handover): it then waits for its pod's deletion. */
+  let handedOver: string | undefined;
   const onSignal = (name: string): void => {
+    if (handedOver !== undefined && controller.signal.aborted) {
+      logger.info({ signal: name }, 'stopped after handing the node over');
+      process.exit(0);
+    }
     signals++;
     if (signals > 1) {
       logger.warn({ signal: name }, 'second signal: exiting now');
@@ -57,6 +66,7 @@ async function main(): Promise<number> {
     }
     logger.info({ signal: name }, 'shutting down');
     controller.abort();
+    served.abort();
   };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
@@ -99,21 +109,45 @@ async function main(): Promise<number> {
     await serveMetrics({
       ...cfg.metricsAddress,
       metrics,
-      readiness: () => started.manager?.readiness() ?? { ready: false, reason: 'waiting for the node lock: another agent runs on this node' },
+      readiness: () => (handedOver !== undefined ? { ready: false, reason: handedOver } : undefined)
+        ?? started.manager?.readiness() ?? { ready: false, reason: 'waiting for the node lock: another agent runs on this node' },
       status: () => started.manager?.status(),
       logger,
-      signal,
+      signal: served.signal,
     });
   } catch (err) {
     logger.fatal({ err, address: cfg.metricsAddress }, 'cannot serve metrics');
     return 1;
   }
+  // Hand-over (docs/design-decisions.md): detach every pool from the kubelet first, so that the
+  // graceful stop that follows (devices kept) ends our streams with no client of the kubelet to
+  // disconnect: its devices stay healthy and allocatable until the new agent registers.
+  const handOver = async (to: AgentLockHolder | undefined): Promise<void> => {
+    if (signal.aborted) return;
+    const who = to ? `pid ${to.pid}${to.pod ? ` (pod ${to.pod})` : ''}` : 'a new agent';
+    const resources = started.manager?.servedResourceNames() ?? [];
+    logger.info({ to, resources }, 'handing the node over to a new agent');
+    const results = await detachFromKubelet({ kubeletSocket: join(cfg.pluginDir, 'kubelet.sock'), pluginDir: cfg.pluginDir, resourceNames: resources })
+      .catch((err: unknown) => resources.map((resourceName) => ({ resourceName, detached: false, answer: String(err) })));
+    for (const r of results) {
+      if (r.detached) logger.info(r, 'detached the pool from the kubelet; its devices stay allocatable');
+      else logger.warn(r, 'the kubelet did not detach the pool: its devices may read unhealthy until the new agent registers');
+    }
+    handedOver = `handed the node over to ${who}; waiting for this pod to be deleted`;
+    controller.abort();
+  };
   let lock;
   try {
-    lock = await acquireAgentLock(cfg.stateDir, { identity: { node: cfg.nodeName }, onWait: (m, h) => logger.warn({ holder: h }, m), onAcquired: (m) => logger.info(m), signal });
+    lock = await acquireAgentLock(cfg.stateDir, {
+      identity: { node: cfg.nodeName, ...(process.env.VIO_POD_NAME ? { pod: process.env.VIO_POD_NAME } : {}) },
+      onWait: (m, h) => logger.warn({ holder: h }, m), onAcquired: (m) => logger.info(m), signal,
+      requestHandover: cfg.handover,
+      ...(cfg.handover ? { onHandoverRequest: (to: AgentLockHolder | undefined) => void handOver(to) } : {}),
+    });
   } catch (err) {
     if (signal.aborted) return 0;
     logger.fatal({ err, dir: cfg.stateDir }, 'cannot take the node lock');
+    served.abort();
     return 1;
   }
   const agent = new AgentManager({
@@ -184,6 +218,12 @@ async function main(): Promise<number> {
   await agent.run(signal);
   await dra?.done;
   await lock.release();
+  if (handedOver !== undefined) {
+    // Exiting now would only restart this container (the pod stays until the DaemonSet deletes it,
+    // once the new agent is Ready) and make it ask for the node back.
+    logger.info(handedOver);
+    await new Promise<void>((resolve) => served.signal.addEventListener('abort', () => resolve(), { once: true }));
+  } else served.abort();
   return 0;
 }
 

@@ -183,6 +183,10 @@ describe('workload settings', () => {
     ]));
     expect(c.args).not.toContain('--dra');
     expect(c.env).toContainEqual({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } });
+    // Upgrades: the new agent starts beside the old one, which hands the node over (docs/upgrade.md).
+    expect(c.args).toContain('--handover=true');
+    expect((only(objs, 'DaemonSet') as Any).spec.updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    expect((only(objs, 'Deployment') as Any).spec.strategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } });
     expect(spec.hostNetwork).toBeUndefined();
     expect(spec.hostPID).toBeUndefined();
   });

@@ -7,9 +7,11 @@
 // security settings (checked in the API and in the running processes); one operator replica holds the
 // Lease and a deleted leader fails over; the agent in its pod carves and registers its pool with the
 // kubelet; a VM-shaped pod placed by the scheduler gets its slice; `helm test` passes; `helm upgrade`
-// to a changed image rolls the agent without touching a held slice; `helm uninstall` leaves no pod.
+// to a changed image rolls the agent without touching a held slice; every runbook command that needs
+// the chart's objects runs against it (after a real agent crash, for `logs --previous`); `helm
+// uninstall` leaves no pod.
 // Needs root; without it the suite is reported as skipped with the reason, never as passed.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -21,6 +23,8 @@ import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { eventually, kubectlOk } from '../support/cluster.js';
 import { CHART_DIR, parseObjects, type KubeObject } from './chart-support.js';
 import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
+import { chartRunbookCommands, runChartRunbookCommands } from '../observability/runbooks-chart.js';
+import { freePort } from '../cluster/control-plane.js';
 
 const run = promisify(execFile);
 
@@ -476,16 +480,54 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(out).toMatch(/Phase:\s+Succeeded/);
   });
 
-  test('helm upgrade to a changed image rolls the agent without touching the held slice', async () => {
+  test('helm upgrade to a changed image: the new agent takes over (surge + hand-over), the pool\'s allocatable never drops, the held slice is untouched', async () => {
     const vmBefore = await getJson<Pod>(['get', 'pod', '-n', 'default', VM_POD]);
     const held = (JSON.parse((await containerLog('compute', 'default')).match(/VM-ENV (.*)/)![1]!) as Record<string, string>)[ENV_NAME]!;
     const agentBefore = (await pods(AGENT))[0]!;
     const eventsBefore = kernel.events.length;
     const imageA = agentBefore.status.containerStatuses![0]!.imageID;
+    const oldAgentLog = await openLog(agentBefore.metadata.name, 'agent');
+    const kubeletLogBefore = readFileSync(node.logs.kubelet!, 'utf8').length;
 
+    // Every value of the pool's allocatable the Node object ever has during the upgrade: a watch sees
+    // each stored version (nothing between two samples is missed), plus a GET every 100 ms.
+    const seen: { ms: number; value: string; via: string }[] = [];
     const t = Date.now();
-    await helm(['upgrade', RELEASE, CHART_DIR, ...helmValues(TAG_B), '--wait', '--timeout', '5m']);
-    figures.helmUpgradeWaitMs = Date.now() - t;
+    const watch = spawn(join(cp.binDir, 'kubectl'), ['--kubeconfig', cp.kubeconfig, 'get', 'node', NODE_NAME, '--watch', '-o', `jsonpath={.status.allocatable.${NIC.replace('.', '\\.')}}{"\\n"}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    watch.stdout.setEncoding('utf8').on('data', (d: string) => { for (const v of d.split('\n').filter(Boolean)) seen.push({ ms: Date.now() - t, value: v, via: 'watch' }); });
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const n = await getJson<{ status: { allocatable: Record<string, string> } }>(['get', 'node', NODE_NAME]).catch(() => undefined);
+        if (n) seen.push({ ms: Date.now() - t, value: n.status.allocatable[NIC] ?? '(absent)', via: 'get' });
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    try {
+      await helm(['upgrade', RELEASE, CHART_DIR, ...helmValues(TAG_B), '--wait', '--timeout', '5m']);
+      figures.helmUpgradeWaitMs = Date.now() - t;
+      // Until the old agent pod is gone (the DaemonSet deletes it once the new one is Ready).
+      await eventually('the old agent pod gone', async () => ((await pods(AGENT)).some((p) => p.metadata.uid === agentBefore.metadata.uid) ? undefined : true), 120_000, 250);
+      await new Promise((r) => setTimeout(r, 3000)); // one more node status update (every 2 s here) after it
+    } finally {
+      sampling = false;
+      await sampler;
+      watch.kill('SIGTERM');
+    }
+    const values = [...new Set(seen.map((x) => x.value))];
+    figures.upgradeAllocatableSamples = seen.filter((x) => x.via === 'get').length;
+    figures.upgradeAllocatableWatchEvents = seen.filter((x) => x.via === 'watch').length;
+    figures.upgradeAllocatableValues = values.join(',');
+    expect(seen.filter((x) => x.via === 'get').length).toBeGreaterThan(10);
+    expect(seen.filter((x) => x.value !== '4')).toEqual([]);
+    // The kubelet itself never marked the pool's devices unhealthy (what it does when the plugin it
+    // uses goes away; its node status would then report allocatable 0 at its next update).
+    const kubeletLog = readFileSync(node.logs.kubelet!, 'utf8').slice(kubeletLogBefore);
+    expect(kubeletLog.split('\n').filter((l) => l.includes('Mark all resources Unhealthy') && l.includes(NIC))).toEqual([]);
+    // The old agent detached the pool before it stopped, and the new one took the lock from it.
+    const oldLines = parseLog(oldAgentLog.text()).map((l) => l.msg);
+    oldAgentLog.close();
+    expect(oldLines).toEqual(expect.arrayContaining(['handing the node over to a new agent', 'detached the pool from the kubelet; its devices stay allocatable']));
     const agentAfter = (await pods(AGENT)).filter((p) => !p.metadata.deletionTimestamp);
     expect(agentAfter).toHaveLength(1);
     expect(agentAfter[0]!.metadata.uid).not.toBe(agentBefore.metadata.uid);
@@ -516,6 +558,33 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     const vn = await getJson<{ status: { slices: { id: string; health: string }[] } }>(['get', 'virtualionode', NODE_NAME]);
     expect(vn.status.slices.find((s) => s.id === held)?.health).toBe('Healthy');
   }, 420_000);
+
+  test('every runbook command that needs the chart runs against it (after an agent crash, as VirtualIOAgentDown finds it)', async () => {
+    // A crash of the agent's process (SIGKILL on the node): the kubelet restarts the container, so
+    // `kubectl logs --previous` has a previous container to show, as after a real crash.
+    const live = async () => (await pods(AGENT)).filter((p) => !p.metadata.deletionTimestamp);
+    const agentPod = (await live())[0]!;
+    const restarts = agentPod.status.containerStatuses![0]!.restartCount;
+    process.kill((await criContainer('agent')).pid, 'SIGKILL');
+    await eventually('the agent container restarted and Ready', async () => {
+      const p = (await live()).find((x) => x.metadata.name === agentPod.metadata.name);
+      return p && p.status.containerStatuses![0]!.restartCount > restarts && ready(p) ? true : undefined;
+    }, 120_000, 250).catch(async (err: unknown) => { throw new Error(`${String(err)}\n${await diagnostics()}`, { cause: err }); });
+    const leader = (await getJson<{ spec: { holderIdentity?: string } }>(['get', 'lease', '-n', NS, 'virtualio-operator'])).spec.holderIdentity ?? '';
+    const held = (JSON.parse((await containerLog('compute', 'default')).match(/VM-ENV (.*)/)![1]!) as Record<string, string>)[ENV_NAME]!;
+    const commands = chartRunbookCommands();
+    const t = Date.now();
+    const { ran, failed } = await runChartRunbookCommands(commands, {
+      values: { node: NODE_NAME, pool: 'cx6', slice: held, device: PF, namespace: 'default', pod: VM_POD, 'agent-pod': agentPod.metadata.name, 'operator-pod': leader },
+      fullname: `${RELEASE}-virtualio`, kubeconfig: cp.kubeconfig, binDir: cp.binDir, localPort: await freePort(),
+    });
+    figures.runbookChartCommands = ran.length;
+    figures.runbookChartCommandsMs = Date.now() - t;
+    expect(failed).toEqual([]);
+    expect(ran).toHaveLength(commands.length);
+    // The last one deleted the agent pod: the DaemonSet's replacement comes back Ready.
+    await waitReady('the replaced agent Ready', AGENT, 1, Date.now());
+  }, 300_000);
 
   test('helm uninstall leaves no pod behind', async () => {
     const t = Date.now();

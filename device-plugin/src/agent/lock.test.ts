@@ -115,4 +115,41 @@ describe('agent lock', () => {
     await first.release();
     expect(readdirSync(dir)).toEqual([]);
   });
+
+  test('hand-over: a waiter that asks is named to a holder that accepts, once; the holder releases and the waiter holds it', async () => {
+    const asked: (AgentLockHolder | undefined)[] = [];
+    const held: { lock?: Awaited<ReturnType<typeof acquireAgentLock>> } = {};
+    held.lock = await acquireAgentLock(dir, {
+      identity: { pod: 'agent-old', node: 'n1' },
+      onHandoverRequest: (from) => {
+        asked.push(from);
+        void held.lock?.release();
+      },
+    });
+    const waits: string[] = [];
+    const second = await acquireAgentLock(dir, { identity: { pod: 'agent-new', node: 'n1' }, pollMs: 60_000, requestHandover: true, onWait: (m) => waits.push(m) });
+    expect(asked).toEqual([expect.objectContaining({ pod: 'agent-new', node: 'n1', pid: process.pid })]);
+    expect(waits[0]).toMatch(/pod agent-old.*asked it to hand the node over/);
+    await second.release();
+  });
+
+  test('hand-over: a holder without onHandoverRequest ignores the request (the waiter keeps waiting); a waiter without requestHandover never asks', async () => {
+    const asked: unknown[] = [];
+    const first = await acquireAgentLock(dir, { identity: { pod: 'agent-a' } });
+    const ac = new AbortController();
+    const second = acquireAgentLock(dir, { requestHandover: true, pollMs: 50, signal: ac.signal });
+    await new Promise((r) => setTimeout(r, 300));
+    ac.abort(new Error('gave up'));
+    await expect(second).rejects.toThrow('gave up');
+    await first.release();
+
+    const holder = await acquireAgentLock(dir, { onHandoverRequest: (from) => asked.push(from) });
+    const ac2 = new AbortController();
+    const plain = acquireAgentLock(dir, { pollMs: 50, signal: ac2.signal });
+    await new Promise((r) => setTimeout(r, 300));
+    ac2.abort(new Error('gave up'));
+    await expect(plain).rejects.toThrow('gave up');
+    expect(asked).toEqual([]);
+    await holder.release();
+  });
 });

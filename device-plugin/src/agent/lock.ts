@@ -15,6 +15,12 @@
 //   lock, replaced (rename over it) by the first waiter that finds it so;
 // - no heartbeat and no timeout: a holder whose event loop is busy for a minute still holds it.
 //
+// Hand-over (a DaemonSet rolling update with surge, docs/design-decisions.md): a waiter started with
+// `requestHandover` writes one line `{"handover":true,...}` on its connection; a holder started with
+// `onHandoverRequest` is told once, gets its devices off its hands (see main.ts) and releases the lock,
+// which ends the waiter's connection so it takes the lock at once. Holders without the option ignore
+// the line; waiters without it never send it (two agents of one install keep waiting for each other).
+//
 // Two waiters that both find the same stale lock could both rename over it; the last rename wins.
 // Each checks after a short settle time, and the holder keeps checking that `agent.lock` is still
 // its socket: a loser goes back to waiting, a holder that lost it is told (`onLost`).
@@ -59,6 +65,13 @@ export interface AgentLockOptions {
   signal?: AbortSignal;
   /** What the holder tells waiters besides pid, hostname and time (e.g. node and pod name). */
   identity?: { node?: string; pod?: string };
+  /** While waiting, ask the holder to hand the node over (it must have been started with `onHandoverRequest`). */
+  requestHandover?: boolean;
+  /**
+   * While holding, called (once) when a waiter asks for the node: the holder gets its devices off its
+   * hands and releases the lock. Without it, requests are ignored.
+   */
+  onHandoverRequest?: (from: AgentLockHolder | undefined) => void;
   /** Retry interval while waiting, besides the immediate retry when the holder goes (default 2 s). */
   pollMs?: number;
   /** After taking over a stale lock, wait this long and check it is still ours (default 250 ms). */
@@ -183,11 +196,30 @@ export async function acquireAgentLock(dir: string, opts: AgentLockOptions = {})
   // Our socket: answers every connection with who we are and keeps it open while we hold the lock.
   const identity: AgentLockHolder = { pid: process.pid, hostname: hostname(), ...opts.identity, since: new Date().toISOString() };
   const conns = new Set<Socket>();
+  let holding = false;
+  let handoverAsked = false;
   const server: Server = createServer((c) => {
     conns.add(c);
     c.on('close', () => conns.delete(c));
     c.on('error', () => c.destroy());
     c.write(`${JSON.stringify(identity)}\n`);
+    let buf = '';
+    c.on('data', (d: Buffer) => {
+      buf = (buf + d.toString('utf8')).slice(-4096);
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      let req: (Partial<AgentLockHolder> & { handover?: unknown }) | undefined;
+      try {
+        req = JSON.parse(line) as typeof req;
+      } catch {
+        return;
+      }
+      if (req?.handover !== true || !holding || handoverAsked || !opts.onHandoverRequest) return;
+      handoverAsked = true;
+      opts.onHandoverRequest(typeof req.pid === 'number' ? (req as AgentLockHolder) : undefined);
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -226,8 +258,10 @@ export async function acquireAgentLock(dir: string, opts: AgentLockOptions = {})
       if (p.kind === 'absent') continue; // released meanwhile
       if (p.kind === 'held') {
         const h = await readHolder(p.socket, 1000);
-        const msg = `another virtualio agent holds the node's agent lock ${lockPath}: ${describe(h)}; waiting until it stops ` +
-          '(during a DaemonSet rolling update with surge the old agent holds it until it exits)';
+        if (h && opts.requestHandover) p.socket.write(`${JSON.stringify({ handover: true, ...identity })}\n`);
+        const msg = `another virtualio agent holds the node's agent lock ${lockPath}: ${describe(h)}; ` + (opts.requestHandover
+          ? 'asked it to hand the node over; waiting until it has'
+          : 'waiting until it stops (during a DaemonSet rolling update with surge the old agent holds it until it exits)');
         // No greeting: a holder that is busy, or one that is exiting right now (a connect can still
         // land in the backlog of a dying listener and then hang): ask again soon.
         if (msg !== lastHolder && (h || !lastHolder)) {
@@ -270,6 +304,7 @@ export async function acquireAgentLock(dir: string, opts: AgentLockOptions = {})
   }
 
   identity.since = new Date().toISOString();
+  holding = true;
   sweepDeadSockets(dir, ownPath);
   opts.onAcquired?.(`holding the node's agent lock ${lockPath}${waited ? ' after waiting for another agent' : ''}`);
   let released = false;

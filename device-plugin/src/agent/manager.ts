@@ -211,6 +211,11 @@ export class AgentManager {
     return { ready: true };
   }
 
+  /** Resource names of the pools served to the kubelet now (a hand-over detaches them). */
+  servedResourceNames(): string[] {
+    return [...this.frontEnd.plugins.values()].map((p) => p.pool.resourceName);
+  }
+
   /** The last status built (also served at /status). */
   status(): VirtualIONodeStatus | undefined {
     return this.lastStatus;
