@@ -4,7 +4,8 @@
 // * every object of the recipe (GitRepository, HelmRelease, Kustomization), and the HelmRelease with
 //   the docs' drift-detection ignore rule for KubeVirt's lists, validate against Flux's CRDs
 //   (server-side dry run);
-// * the recipe's HelmRelease installs the chart and its CRDs and becomes Ready; a new chart whose CRD
+// * the recipe's HelmRelease installs the chart and becomes Ready, taking over CRDs that an earlier
+//   chart's crds/ folder left without Helm's ownership metadata; a new chart whose CRD
 //   gained a field is upgraded onto the cluster with the field, and the HelmRelease is Ready again.
 //
 // Stand-ins, because there is no source-controller and no kubelet here:
@@ -148,13 +149,19 @@ test('the docs\' drift-detection rule for KubeVirt\'s lists validates in a HelmR
   await expect(kubectl(['apply', '--server-side', '--dry-run=server', '-f', writeJson('drift-bad.json', [bad])])).rejects.toThrow(/pathz/);
 });
 
-test('the recipe\'s HelmRelease installs the chart and its CRDs with helm-controller, and becomes Ready', async () => {
+test('the recipe\'s HelmRelease installs the chart with helm-controller, taking over CRDs without Helm metadata, and becomes Ready', async () => {
   const git = recipe.find((o) => o.kind === 'GitRepository')!;
   // The recipe's HelmRelease, without waiting for pods and without the test Pod: no kubelet here.
   const hr = structuredClone(release);
   hr.spec.install = { ...hr.spec.install, disableWait: true };
   hr.spec.upgrade = { ...hr.spec.upgrade, disableWait: true };
   hr.spec.test = { ...hr.spec.test, enable: false };
+  // The CRDs exist already, without Helm's ownership metadata, as an earlier chart's crds/ folder
+  // left them (Flux's crds: CreateReplace did that): helm-controller takes them over.
+  await installCrdFiles(cp.binDir, cp.kubeconfig, ['virtualiodevices', 'virtualionodes'].map((k) => join(REPO_ROOT, `crds/virtualio.dev_${k}.yaml`)),
+    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
+  const before = (await get('crd', 'virtualiodevices.virtualio.dev')).metadata;
+  expect(before.annotations?.['meta.helm.sh/release-name']).toBeUndefined();
   await kubectl(['apply', '--server-side', '-f', writeJson('release.json', [git, hr])]);
   const hc = await waitUntil('the HelmChart helm-controller creates', async () =>
     get('helmchart.source.toolkit.fluxcd.io', chartName, sourceRef.namespace));
@@ -168,6 +175,7 @@ test('the recipe\'s HelmRelease installs the chart and its CRDs with helm-contro
     const crd = await get('crd', name);
     expect(crd.metadata.annotations).toMatchObject({ 'meta.helm.sh/release-name': release.metadata.name, 'helm.sh/resource-policy': 'keep' });
   }
+  expect((await get('crd', 'virtualiodevices.virtualio.dev')).metadata.uid).toBe(before.uid);
   // The recipe's values reached the release.
   const ds = await get('daemonset', `${release.metadata.name}-agent`, releaseNs);
   expect(ds.spec.template.spec.nodeSelector).toMatchObject(release.spec.values.agent.nodeSelector);
