@@ -109,10 +109,12 @@ export interface SysfsWrite {
    * The write's effect is made by a vendor tool instead of a plain write, because the driver does
    * not take the plain write: `sriov-manage` (NVIDIA: `sriov_numvfs` N → `-e <PF>`, 0 → `-d <PF>`;
    * the nvidia driver has no sriov_configure) or `nvidia-smi-shm` (`nvidia-smi vgpu -i <PF> -shm 1`,
-   * the GPU's mixed-size vGPU mode; `path` names the PF folder). The gate judges it by `path` and
-   * `value` like the plain write it stands for.
+   * the GPU's mixed-size vGPU mode; `path` names the PF folder) or `nvidia-smi-mig` (`path` the PF
+   * folder; value `mode=1|0` → `nvidia-smi -i <PF> -mig 1|0`, `cgi=<profile>,…` → `nvidia-smi mig -i
+   * <PF> -cgi …`, `dgi` → `nvidia-smi mig -i <PF> -dgi`). The gate judges it by `path` and `value`
+   * like the plain write it stands for.
    */
-  tool?: 'sriov-manage' | 'nvidia-smi-shm';
+  tool?: 'sriov-manage' | 'nvidia-smi-shm' | 'nvidia-smi-mig';
 }
 
 /** A pool/device pair whose carving cannot proceed now (e.g. its slices are allocated). */

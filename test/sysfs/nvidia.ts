@@ -29,7 +29,14 @@
 //     the PF resets mixed-size mode (gpu.md). Source: the script itself (a copy is public in code
 //     search: "sriov-manage <-e|-d> <ssss:bb:dd.f|ALL>").
 //  7. `nvidia-smi vgpu -i <GPU> -shm 1|0`: mixed-size mode, refused once a vGPU exists (gpu.md).
-// Not modelled: MIG (GPU instances, MIG-backed types are never creatable here), vgpu_params' EPERM
+//  8. MIG-backed vGPU: `nvidia-smi -i <GPU> -mig 1|0` (0 refused while VFs exist), `nvidia-smi mig -i
+//     <GPU> -cgi <profile,...>` / `-dgi` (a GI a vGPU sits on is not destroyed); a MIG-backed type
+//     (`H100-1-10C` ↔ `1g.10gb`) is creatable only in MIG mode with a free GI of its profile and the
+//     write picks the instance (`gpu_instance_id` tells which); time-sliced types are not creatable in
+//     MIG mode; sriov-manage (a PF rebind) destroys the GIs. Capacity: the GIs' compute slices add up
+//     to 7. Sources: gpu.md "MIG-backed vGPU" (NVIDIA/vgpu-device-manager pkg/types/vgpu_type.go for
+//     the name mapping; the order from Harvester's design and a third party's hardware logs).
+// Not modelled: vgpu_params' EPERM
 // while open, ENODEV when a VMM opens an untyped VF, the unbindLock of /proc/driver/nvidia.
 import { mkdir, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -97,6 +104,8 @@ export const GA107_RECORDED: GpuModel = {
 interface GpuState {
   model: GpuModel;
   mixedSize: boolean;
+  /** MIG (behaviour 8): the mode, the GPU instances, and which GI each MIG-backed vGPU sits on. */
+  mig?: { mode: boolean; gis: { id: number; profile: string }[]; vfGi: Record<string, number> };
   /** The vGPU type of each VF that has one (the driver's truth; the file may hold a pending write). */
   vfTypes: Record<string, number>;
 }
@@ -187,8 +196,11 @@ async function refreshCreatable(k: FakeKernel, pf: string, g: GpuState): Promise
   const sizeOf = (id: number): number => g.model.types.find((t) => t.id === id)?.gb ?? 0;
   const used = typed.reduce((n, [, t]) => n + sizeOf(t), 0);
   const sizes = new Set(typed.map(([, t]) => sizeOf(t)));
+  const usedGis = new Set(Object.values(g.mig?.vfGi ?? {}));
   const fits = (t: VgpuTypeSpec): boolean => {
-    if (t.mig || typed.length >= vfs.length) return false;
+    if (typed.length >= vfs.length) return false;
+    if (g.mig?.mode) return t.mig === true && g.mig.gis.some((gi) => gi.profile === migProfileOf(t.name) && !usedGis.has(gi.id));
+    if (t.mig) return false;
     if (g.mixedSize) return used + t.gb <= g.model.framebufferGb;
     if (sizes.size > 0 && !sizes.has(t.gb)) return false;
     return (typed.length + 1) * t.gb <= g.model.framebufferGb;
@@ -206,9 +218,12 @@ export async function onBind(k: FakeKernel, bdf: string, drv: string): Promise<v
   if (drv !== 'nvidia') return;
   const pfState = (await load(k)).gpus[bdf];
   if (pfState) {
-    // The PF (re)bound to nvidia: a fresh driver instance forgets mixed-size mode (sriov-manage does this).
+    // The PF (re)bound to nvidia: a fresh driver instance forgets mixed-size mode and the GPU
+    // instances (sriov-manage does this; MIG mode itself stays).
     const s = await load(k);
-    (s.gpus[bdf] as GpuState).mixedSize = false;
+    const g = s.gpus[bdf] as GpuState;
+    g.mixedSize = false;
+    if (g.mig) g.mig = { ...g.mig, gis: [], vfGi: {} };
     await save(k, s);
     return;
   }
@@ -260,6 +275,7 @@ export async function writeVgpuType(k: FakeKernel, vfDir: string, rel: string, v
     }
     k.ownership.recordDestroyed({ path: rel, value: v }, [vf]);
     delete found.g.vfTypes[vf];
+    if (found.g.mig) delete found.g.mig.vfGi[vf];
   } else {
     if (prev !== 0) throw new KernelError('EPERM', `${vf} already has vGPU type ${prev}; write 0 first`);
     const t = found.g.model.types.find((x) => x.id === want);
@@ -267,7 +283,15 @@ export async function writeVgpuType(k: FakeKernel, vfDir: string, rel: string, v
     const creatable = await readFile(path.join(vfDir, 'nvidia/creatable_vgpu_types'), 'utf8');
     if (!creatable.split('\n').some((l) => l.startsWith(`${want} `) || l.startsWith(`${want}\t`))) throw new KernelError('EINVAL', `${vf}: ${t.name} is not creatable now (the GPU is full, or another framebuffer size fixed it)`);
     found.g.vfTypes[vf] = want;
+    if (t.mig && found.g.mig) {
+      const used = new Set(Object.values(found.g.mig.vfGi));
+      const gi = found.g.mig.gis.find((x) => x.profile === migProfileOf(t.name) && !used.has(x.id));
+      if (gi) found.g.mig.vfGi[vf] = gi.id;
+    }
   }
+  const giId = found.g.mig?.vfGi[vf];
+  if (giId !== undefined) await writeFile(path.join(vfDir, 'nvidia/gpu_instance_id'), `${giId}\n`);
+  else await rm(path.join(vfDir, 'nvidia/gpu_instance_id'), { force: true });
   await save(k, found.s);
   await writeFile(file, `${found.g.vfTypes[vf] ?? 0}\n`);
   await refreshCreatable(k, found.pf, found.g);
@@ -320,10 +344,66 @@ export async function setMixedSize(k: FakeKernel, pf: string, on: boolean): Prom
   await refreshCreatable(k, pf, g);
 }
 
+/** `H100-1-10C` (with or without "NVIDIA ") → its MIG profile `1g.10gb`; undefined for time-sliced types. */
+export function migProfileOf(name: string): string | undefined {
+  const m = /-(\d+)-(\d+)[A-Z]+$/.exec(name.trim());
+  return m ? `${m[1]}g.${m[2]}gb` : undefined;
+}
+
+const MIG_SLICES = 7;
+const slicesOf = (profile: string): number => Number(/^(\d+)g\./.exec(profile)?.[1] ?? MIG_SLICES);
+
+/** The GPU instances of a GPU (for tests: what `nvidia-smi mig -lgi` would list). */
+export async function gpuInstances(k: FakeKernel, pf: string): Promise<{ id: number; profile: string }[]> {
+  return (await load(k)).gpus[pf]?.mig?.gis ?? [];
+}
+
+/** MIG mode and GPU instances (behaviour 8). */
+async function migCommand(k: FakeKernel, pf: string, op: 'mode' | 'cgi' | 'dgi', arg: string): Promise<string> {
+  const s = await load(k);
+  const g = s.gpus[pf];
+  if (!g) throw new KernelError('ENODEV', `${pf}: no such vGPU GPU`);
+  const mig = g.mig ?? { mode: false, gis: [], vfGi: {} };
+  if (!g.model.types.some((t) => t.mig)) throw new KernelError('EINVAL', `${g.model.name} does not support MIG`);
+  let out: string;
+  if (op === 'mode') {
+    const on = arg === '1';
+    if (!on && (await vfsOf(k, pf)).length > 0) throw new KernelError('EBUSY', `${pf}: disable the VFs (sriov-manage -d) before MIG mode`);
+    if (!on && mig.gis.length > 0) throw new KernelError('EBUSY', `${pf}: destroy the GPU instances before MIG mode`);
+    mig.mode = on;
+    if (!on) mig.gis = [];
+    out = `${on ? 'Enabled' : 'Disabled'} MIG Mode for GPU ${pf}`;
+  } else if (op === 'cgi') {
+    if (!mig.mode) throw new KernelError('EINVAL', `${pf}: MIG mode is off`);
+    const want = arg.split(',').filter(Boolean);
+    let used = mig.gis.reduce((n, gi) => n + slicesOf(gi.profile), 0);
+    for (const p of want) {
+      if (!g.model.types.some((t) => t.mig && migProfileOf(t.name) === p)) throw new KernelError('EINVAL', `${pf}: no MIG profile ${p}`);
+      if (used + slicesOf(p) > MIG_SLICES) throw new KernelError('ENOSPC', `${pf}: not enough free compute slices for ${p}`);
+      used += slicesOf(p);
+      const id = Math.max(0, ...mig.gis.map((x) => x.id + 1));
+      mig.gis.push({ id, profile: p });
+    }
+    out = `Successfully created ${want.length} GPU instance(s) on GPU ${pf}`;
+  } else {
+    const busy = new Set(Object.values(mig.vfGi));
+    const before = mig.gis.length;
+    mig.gis = mig.gis.filter((gi) => busy.has(gi.id));
+    out = `Successfully destroyed ${before - mig.gis.length} GPU instance(s) on GPU ${pf}${busy.size ? ` (${busy.size} in use)` : ''}`;
+  }
+  g.mig = mig;
+  await save(k, s);
+  if ((await vfsOf(k, pf)).length > 0) await refreshCreatable(k, pf, g);
+  return out;
+}
+
 /** The fake tools' command line (`sriov-manage -e <PF>`, `nvidia-smi vgpu -i <PF> -shm 1`) → output. */
 export async function nvidiaTool(k: FakeKernel, argv: string[]): Promise<string> {
   const [tool, ...args] = argv;
   if (tool === 'sriov-manage') return sriovManage(k, args[0] ?? '', args[1] ?? '');
+  if (tool === 'nvidia-smi' && args[0] === '-i' && args[2] === '-mig') return migCommand(k, args[1] ?? '', 'mode', args[3] ?? '');
+  if (tool === 'nvidia-smi' && args[0] === 'mig' && args[1] === '-i' && args[3] === '-cgi') return migCommand(k, args[2] ?? '', 'cgi', args[4] ?? '');
+  if (tool === 'nvidia-smi' && args[0] === 'mig' && args[1] === '-i' && args[3] === '-dgi') return migCommand(k, args[2] ?? '', 'dgi', '');
   if (tool === 'nvidia-smi' && args[0] === 'vgpu' && args[1] === '-i' && args[3] === '-shm') {
     await setMixedSize(k, args[2] ?? '', args[4] === '1');
     return `Mixed-size mode ${args[4] === '1' ? 'enabled' : 'disabled'} for GPU ${args[2] ?? ''}`;

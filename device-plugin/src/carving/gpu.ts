@@ -124,3 +124,12 @@ export function rememberCatalogues(inventory: Inventory, memory: Map<string, Vgp
   if (Object.keys(out).length > 0) inventory.vgpuCatalogues = out;
   return inventory;
 }
+
+/**
+ * The MIG profile a MIG-backed vGPU type name names (`H100-1-10C` → `1g.10gb`,
+ * NVIDIA/vgpu-device-manager's mapping); undefined for a time-sliced type (`L40S-12Q`, `H100-10C`).
+ */
+export function migProfileOf(name: string | undefined): string | undefined {
+  const m = /-(\d+)-(\d+)[A-Z]+(?:ME|NOME|MEALL|GFX)?$/i.exec((name ?? '').trim());
+  return m ? `${m[1]}g.${m[2]}gb` : undefined;
+}

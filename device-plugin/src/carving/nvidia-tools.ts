@@ -50,6 +50,13 @@ export function toolCommand(w: SysfsWrite): { tool: 'sriov-manage' | 'nvidia-smi
   const pf = pfOf(w);
   if (w.tool === 'sriov-manage') return { tool: 'sriov-manage', args: [w.value.trim() === '0' ? '-d' : '-e', pf] };
   if (w.tool === 'nvidia-smi-shm') return { tool: 'nvidia-smi', args: ['vgpu', '-i', pf, '-shm', w.value.trim() === '0' ? '0' : '1'] };
+  if (w.tool === 'nvidia-smi-mig') {
+    const v = w.value.trim();
+    if (v === 'mode=1' || v === 'mode=0') return { tool: 'nvidia-smi', args: ['-i', pf, '-mig', v.slice(5)] };
+    if (v.startsWith('cgi=')) return { tool: 'nvidia-smi', args: ['mig', '-i', pf, '-cgi', v.slice(4)] };
+    if (v === 'dgi') return { tool: 'nvidia-smi', args: ['mig', '-i', pf, '-dgi'] };
+    throw new Error(`${w.path}: bad nvidia-smi-mig value ${JSON.stringify(w.value)}`);
+  }
   throw new Error(`${w.path}: no tool`);
 }
 

@@ -4,7 +4,7 @@
 // writing 0 clears a type. Pure, like the rest of carving: the same layout feeds planning and health.
 import type { CarvingPlan, Inventory, InventoryDevice, PoolPlan, SysfsWrite } from '../model.js';
 import { compareText } from '../sysfs/pci.js';
-import { catalogueOf, framebufferGb, gpuInterfaceOf, resolveVgpuProfile, type VgpuType } from './gpu.js';
+import { catalogueOf, framebufferGb, gpuInterfaceOf, migProfileOf, resolveVgpuProfile, type VgpuType } from './gpu.js';
 
 /** The driver vendor-VFIO VFs stay on. */
 export const NVIDIA_DRIVER = 'nvidia';
@@ -32,6 +32,13 @@ export interface VgpuPoolLayout {
   extras: string[];
   /** Why the pool cannot have all it asks on this GPU (absent: it can). */
   problem?: string;
+  /** MIG-backed profile: GPU instances of this MIG profile to create before the types fit. */
+  gis?: { profile: string; count: number };
+}
+
+/** The MIG profile of a pool's vGPU profile name (`H100-1-10C` → `1g.10gb`), or undefined. */
+export function poolMigProfile(p: PoolPlan): string | undefined {
+  return migProfileOf(p.vgpuProfile);
 }
 
 /** One GPU and its vGPU pools. */
@@ -95,8 +102,13 @@ export function layoutGpu(pfAddr: string, pools: readonly PoolPlan[], devices: R
 
   for (const l of out.pools) {
     const t = resolveVgpuProfile(l.pool.vgpuProfile ?? '', catalogue);
+    const mig = poolMigProfile(l.pool);
     if (t) l.type = t;
-    else l.problem = `profile ${l.pool.vgpuProfile ?? ''} is not a vGPU type of ${pfAddr}${catalogue.length ? ` (it has ${catalogue.map((x) => x.name ?? x.id).join(', ')})` : ' (it lists no creatable types now and the agent has not seen its catalogue since it started)'}`;
+    else if (mig) {
+      // A MIG-backed type is listed only once a free GPU instance of its profile exists.
+      l.problem = `${l.pool.vgpuProfile ?? ''} needs GPU instances of MIG profile ${mig} on ${pfAddr}: creating them`;
+      l.gis = { profile: mig, count: l.pool.count ?? 1 };
+    } else l.problem = `profile ${l.pool.vgpuProfile ?? ''} is not a vGPU type of ${pfAddr}${catalogue.length ? ` (it has ${catalogue.map((x) => x.name ?? x.id).join(', ')})` : ' (it lists no creatable types now and the agent has not seen its catalogue since it started)'}`;
   }
   const present = new Set(vfs.map(cur).filter((x): x is number => x !== undefined && x > 0));
   // Pools whose type is on the GPU already keep their place; then by name.
@@ -140,7 +152,11 @@ export function layoutGpu(pfAddr: string, pools: readonly PoolPlan[], devices: R
     for (const a of l.toType) claimed.add(a);
     l.chosen = [...l.chosen, ...l.toType].sort((a, b) => (out.index.get(a) ?? 0) - (out.index.get(b) ?? 0));
     const missing = need - l.toType.length;
-    if (missing > 0) {
+    const mig = poolMigProfile(l.pool);
+    if (missing > 0 && mig && l.toType.length === 0 && free.length > 0) {
+      l.gis = { profile: mig, count: Math.min(missing, free.length) };
+      l.problem = `${missing} of ${l.pool.count ?? 1} ${typeName(t)} vGPUs need GPU instances of MIG profile ${mig} on ${pfAddr}: creating them`;
+    } else if (missing > 0) {
       l.problem = free.length === 0
         ? `${missing} of ${l.pool.count ?? 1} ${typeName(t)} vGPUs have no free VF on ${pfAddr}`
         : `${missing} of ${l.pool.count ?? 1} ${typeName(t)} vGPUs do not fit on ${pfAddr} now: its free VFs do not list the type as creatable (the GPU is full, or another framebuffer size fixed it)`;
@@ -175,6 +191,8 @@ export function planVgpu(pools: readonly PoolPlan[], devices: ReadonlyMap<string
       continue;
     }
     if (g.enable) {
+      // MIG-backed profiles: MIG mode first (sriov-manage would wipe GPU instances, not the mode).
+      if (g.pools.some((l) => poolMigProfile(l.pool))) out.writes.push({ path: `bus/pci/devices/${g.pf}`, value: 'mode=1', tool: 'nvidia-smi-mig', why: `MIG mode on ${g.pf} before its VFs (nvidia-smi -mig 1)`, group: g.pf, pools: names });
       out.writes.push({ path: `bus/pci/devices/${g.pf}/sriov_numvfs`, value: String(g.enable.totalVFs), tool: 'sriov-manage', why: `enable the VFs of ${g.pf} with NVIDIA's sriov-manage -e (pools ${names.join(',')})`, group: g.pf, pools: names });
       continue;
     }
@@ -199,6 +217,7 @@ export function planVgpu(pools: readonly PoolPlan[], devices: ReadonlyMap<string
     }
     if (g.mixedSize) out.writes.push({ path: `bus/pci/devices/${g.pf}`, value: '1', tool: 'nvidia-smi-shm', why: `mixed-size vGPU mode on ${g.pf} before its first vGPU (nvidia-smi vgpu -shm 1)`, group: g.pf, pools: names });
     for (const l of g.pools) {
+      if (l.gis) out.writes.push({ path: `bus/pci/devices/${g.pf}`, value: `cgi=${Array.from({ length: l.gis.count }, () => l.gis!.profile).join(',')}`, tool: 'nvidia-smi-mig', why: `create ${l.gis.count} GPU instance(s) of ${l.gis.profile} on ${g.pf} (pool ${l.pool.name})`, group: g.pf, pools: [l.pool.name] });
       for (const vf of l.toType) out.writes.push({ path: vgpuTypePath(vf), value: String(l.type!.id), why: `create ${typeName(l.type)} on VF ${g.index.get(vf) ?? '?'} of ${g.pf} (pool ${l.pool.name})`, group: g.pf, pools: [l.pool.name] });
     }
   }
@@ -233,6 +252,11 @@ export function planVgpuUncarve(pool: PoolPlan, active: readonly PoolPlan[], dev
     }
     if (others.length > 0 || vfs.some((a) => cur(a) !== 0) || vfs.some((a) => allocated.has(a))) continue;
     if (ownedPfs && !ownedPfs.has(pf.pciAddress)) continue;
-    out.writes.push({ path: `bus/pci/devices/${pf.pciAddress}/sriov_numvfs`, value: '0', tool: 'sriov-manage', why: `disable the VFs of ${pf.pciAddress} with sriov-manage -d (pool ${pool.name} released)`, group: pf.pciAddress, pools: [pool.name] });
+    // Reverse of the making order: types (above, a pass earlier), GPU instances, VFs, MIG mode.
+    const mig = poolMigProfile(pool) !== undefined;
+    const at = `bus/pci/devices/${pf.pciAddress}`;
+    if (mig) out.writes.push({ path: at, value: 'dgi', tool: 'nvidia-smi-mig', why: `destroy the unused GPU instances of ${pf.pciAddress} (pool ${pool.name} released)`, group: pf.pciAddress, pools: [pool.name] });
+    out.writes.push({ path: `${at}/sriov_numvfs`, value: '0', tool: 'sriov-manage', why: `disable the VFs of ${pf.pciAddress} with sriov-manage -d (pool ${pool.name} released)`, group: pf.pciAddress, pools: [pool.name] });
+    if (mig) out.writes.push({ path: at, value: 'mode=0', tool: 'nvidia-smi-mig', why: `MIG mode off on ${pf.pciAddress} (pool ${pool.name} released)`, group: pf.pciAddress, pools: [pool.name] });
   }
 }
