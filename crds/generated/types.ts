@@ -459,7 +459,7 @@ export interface InventoryDevice {
     }[];
   };
   /**
-   * How slices are carved from this GPU, detected per device: NvidiaVendorVfio (vGPU profile per VF, VF stays on nvidia), Mdev (mediated devices on the function or its VFs), SriovVfio (plain VFs for vfio-pci), NvidiaSriovDisabled (an NVIDIA SR-IOV GPU whose VFs are not enabled yet: the interface shows once sriov-manage has enabled them), Passthrough (whole function only).
+   * How slices are carved from this GPU, detected per device: NvidiaVendorVfio (vGPU profile per VF, VF stays on nvidia), Mdev (mediated devices on the function or its VFs), SriovVfio (plain VFs for vfio-pci), NvidiaSriovDisabled (an NVIDIA SR-IOV GPU whose VFs are not enabled yet: the interface shows once sriov-manage has enabled them), AmdMxgpu (AMD's gim made the VFs; their count is gim's), IntelI915Iov / IntelXeSriov (Intel PF with i915 prelim_iov / xe sriov_admin provisioning; VFs for vfio-pci), Passthrough (whole function only).
    */
   gpuInterface?: string;
   mdevs?: {

@@ -80,3 +80,21 @@ export function mdevGpu(address: string, o: { numaNode?: number; instances?: num
     ],
   };
 }
+
+/**
+ * Intel Data Center GPU Flex 170 (8086:56c0) on Intel's out-of-tree i915 with SR-IOV (31 VFs, VF ID
+ * 56c0), its per-VF provisioning folder `drm/card<N>/prelim_iov/` present (the quotas themselves are
+ * not modelled). Returns the spec and the folder to create under the PF.
+ */
+export function intelFlex170(address: string, o: { card?: number; numaNode?: number } = {}): { spec: FunctionSpec; dirs: string[] } {
+  const card = `drm/card${o.card ?? 1}`;
+  return {
+    spec: { address, vendor: '8086', device: '56c0', classCode: '038000', driver: 'i915', numaNode: o.numaNode ?? 0, sriov: { totalVFs: 31, vfDevice: '56c0', offset: 1, stride: 1 } },
+    dirs: [`${card}/prelim_iov/pf`, ...Array.from({ length: 31 }, (_, i) => `${card}/prelim_iov/vf${i + 1}/gt0`)],
+  };
+}
+
+/** AMD Instinct MI300X (1002:74a1) on AMD's gim host driver; its VFs are 1002:74b5 (gpu.md). */
+export function amdMi300x(address: string, o: { numaNode?: number } = {}): FunctionSpec {
+  return { address, vendor: '1002', device: '74a1', classCode: '120000', driver: 'gim', numaNode: o.numaNode ?? 0, sriov: { totalVFs: 8, vfDevice: '74b5', offset: 1, stride: 1 } };
+}

@@ -1097,7 +1097,7 @@ async function rmRename(from: string, to: string): Promise<void> {
 
 // ---- named builders (builders.ts) ------------------------------------------------------------
 
-export { connectX6, emulexFc, gpuWithAudio, intel82599, mdevGpu, mdevGpuMixed, nvmeWithSriov, pciBridge } from './builders.js';
+export { amdMi300x, connectX6, emulexFc, gpuWithAudio, intel82599, intelFlex170, mdevGpu, mdevGpuMixed, nvmeWithSriov, pciBridge } from './builders.js';
 
 /** True when `p` is a FIFO (the daemon turns trigger attributes into FIFOs while it runs). */
 export async function isFifo(p: string): Promise<boolean> {

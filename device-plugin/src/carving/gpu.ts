@@ -4,7 +4,13 @@
 import type { Inventory, InventoryDevice } from '../model.js';
 
 /** The carving ABI of one GPU (the CRD's `gpuInterface`). */
-export type GpuInterface = 'NvidiaVendorVfio' | 'Mdev' | 'SriovVfio' | 'NvidiaSriovDisabled' | 'Passthrough';
+export type GpuInterface = 'NvidiaVendorVfio' | 'Mdev' | 'SriovVfio' | 'NvidiaSriovDisabled' | 'AmdMxgpu' | 'IntelI915Iov' | 'IntelXeSriov' | 'Passthrough';
+
+/** What discovery saw beside the PCI attributes: Intel's SR-IOV provisioning folders. */
+export type GpuHint = 'i915-iov' | 'xe-sriov-admin';
+
+/** AMD's MxGPU host driver: it creates the VFs itself when it loads; sriov_numvfs is not its way. */
+export const AMD_GIM_DRIVER = 'gim';
 
 export type VgpuType = { id: number; name?: string };
 
@@ -26,7 +32,8 @@ export function parseCreatableTypes(text: string): { types: VgpuType[]; bad: str
   return { types, bad };
 }
 
-const isDisplayClass = (c: string | undefined): boolean => c !== undefined && c.startsWith('03');
+// Display controllers (03) and processing accelerators (12: Instinct, some data-center parts).
+const isDisplayClass = (c: string | undefined): boolean => c !== undefined && (c.startsWith('03') || c.startsWith('12'));
 
 /**
  * The interface a GPU (a PF, or a function without SR-IOV) speaks, from what its own sysfs shows:
@@ -35,16 +42,22 @@ const isDisplayClass = (c: string | undefined): boolean => c !== undefined && c.
  *   and any kernel that still has mdev_set_iommu_device);
  * - `NvidiaSriovDisabled`: an NVIDIA SR-IOV GPU with no VFs yet; which of the two above it speaks
  *   shows once sriov-manage has enabled them (the PF itself has neither folder);
- * - `SriovVfio`: another SR-IOV GPU (Intel, AMD): plain VFs for vfio-pci;
+ * - `AmdMxgpu`: a PF on AMD's `gim`, which creates the VFs when it loads (count not settable in sysfs);
+ * - `IntelI915Iov` / `IntelXeSriov`: an Intel PF whose driver shows its per-VF provisioning folder
+ *   (i915 `drm/cardN/prelim_iov` or `iov`; xe `sriov_admin`); VFs for vfio-pci;
+ * - `SriovVfio`: another SR-IOV GPU: plain VFs for vfio-pci;
  * - `Passthrough`: the whole function only.
  * Undefined for functions that are not display-class PFs (VFs, NICs...).
  */
-export function gpuInterfaceOf(dev: InventoryDevice, devices: ReadonlyMap<string, InventoryDevice>): GpuInterface | undefined {
+export function gpuInterfaceOf(dev: InventoryDevice, devices: ReadonlyMap<string, InventoryDevice>, hint?: GpuHint): GpuInterface | undefined {
   if (!isDisplayClass(dev.classCode) || dev.physfn !== undefined) return undefined;
   const vfs = (dev.sriov?.vfs ?? []).map((a) => devices.get(a)).filter((d): d is InventoryDevice => d !== undefined);
   if (vfs.some((v) => v.nvidiaVgpu !== undefined)) return 'NvidiaVendorVfio';
   const mdevish = (d: InventoryDevice): boolean => (d.mdevTypes ?? []).length > 0 || (d.mdevs ?? []).length > 0;
   if (mdevish(dev) || vfs.some(mdevish)) return 'Mdev';
+  if (dev.driver === AMD_GIM_DRIVER) return 'AmdMxgpu';
+  if (hint === 'i915-iov') return 'IntelI915Iov';
+  if (hint === 'xe-sriov-admin') return 'IntelXeSriov';
   if (dev.sriov?.totalVFs !== undefined) {
     if (dev.vendorID === '10de' && vfs.length === 0) return 'NvidiaSriovDisabled';
     return 'SriovVfio';
@@ -53,10 +66,10 @@ export function gpuInterfaceOf(dev: InventoryDevice, devices: ReadonlyMap<string
 }
 
 /** Fills `gpuInterface` on every display-class PF of a (sorted) device list, in place. */
-export function markGpuInterfaces(devices: InventoryDevice[]): void {
+export function markGpuInterfaces(devices: InventoryDevice[], hints: ReadonlyMap<string, GpuHint> = new Map()): void {
   const byAddr = new Map(devices.map((d) => [d.pciAddress, d]));
   for (const d of devices) {
-    const g = gpuInterfaceOf(d, byAddr);
+    const g = gpuInterfaceOf(d, byAddr, hints.get(d.pciAddress));
     if (g !== undefined) d.gpuInterface = g;
   }
 }

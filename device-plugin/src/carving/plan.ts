@@ -5,6 +5,7 @@ import type { BlockedChange, CarvingPlan, Inventory, InventoryDevice, PoolPlan, 
 import { compareText, isBridgeClass, isPciAddress, VFIO_PCI } from '../sysfs/pci.js';
 import { isOnDemand, planOnDemand, planOnDemandUncarve, type MdevCapacity, type WantedMdev } from './ondemand.js';
 import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
+import { AMD_GIM_DRIVER } from './gpu.js';
 import { isVgpuPool, planVgpu, planVgpuUncarve } from './vgpu.js';
 
 /** Input of {@link planCarving}. */
@@ -93,6 +94,10 @@ function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, all
         `Conflict: ${pfAddr} already has ${cur} VFs that virtualio did not create (another owner: an admin or the SR-IOV operator); left alone. ` +
           'Set spec.carving.adoptExistingVFs to take them over, or disable them (sriov_numvfs=0)',
       );
+      continue;
+    }
+    if (cur !== want && pf.driver === AMD_GIM_DRIVER) {
+      block(`${pfAddr} is on AMD's gim driver, which creates its VFs when it loads (${cur} now); their count cannot be set through sysfs: set spec.carving.count to ${cur}, or change gim's vf_num / /etc/gim_config and reload it`);
       continue;
     }
     if (cur !== want) {
@@ -385,6 +390,7 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
       const shared = others.some((p) => p.mode === 'SRIOV' && p.devices.some((d) => d.pciAddress === pd.pciAddress));
       if (shared || vfs.length === 0) continue;
       if (input.ownedPfs && !input.ownedPfs.has(pd.pciAddress)) continue; // someone else's VFs: never ours to disable
+      if (dev.driver === AMD_GIM_DRIVER) continue; // gim's VFs: their count is gim's
       const heldOnPf = vfs.filter((vf) => allocated.has(vf));
       if (heldOnPf.length > 0) {
         out.blocked.push({ pool: pool.name, device: pd.pciAddress, reason: `disabling VFs of ${pd.pciAddress} waits: allocated VFs ${list(heldOnPf)}` });

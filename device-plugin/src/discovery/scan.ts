@@ -1,7 +1,7 @@
 // Discovery: a full, sorted inventory snapshot read from a sysfs root (and optionally a dev root).
 import { realpathSync } from 'node:fs';
 import path from 'node:path';
-import { markGpuInterfaces, parseCreatableTypes } from '../carving/gpu.js';
+import { markGpuInterfaces, parseCreatableTypes, type GpuHint } from '../carving/gpu.js';
 import type { FcVport, Inventory, InventoryDevice } from '../model.js';
 import { comparePci, compareText, isPciAddress, UUID_RE } from '../sysfs/pci.js';
 import { AttrReader, listDir } from '../sysfs/read.js';
@@ -25,6 +25,8 @@ type FcHost = NonNullable<InventoryDevice['fcHosts']>[number];
 /** Facts of one function that do not go into the CRD inventory. */
 interface Extra {
   vfioCdev?: string;
+  /** Intel's SR-IOV provisioning folder (i915 `drm/cardN/prelim_iov` or `iov`, xe `sriov_admin`). */
+  gpuHint?: GpuHint;
   vports: FcVport[];
 }
 
@@ -246,6 +248,10 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
 
   readMdevParent(r, entries, device);
   if (entries.includes('nvidia')) readNvidiaVgpu(r, device);
+  if (entries.includes('sriov_admin')) extra.gpuHint = 'xe-sriov-admin';
+  else if (entries.includes('drm')) {
+    for (const card of r.list('drm')) if (/^card\d+$/.test(card) && r.list(`drm/${card}`).some((e) => e === 'prelim_iov' || e === 'iov')) extra.gpuHint = 'i915-iov';
+  }
 
   if (entries.includes('net')) {
     const netdevs: NonNullable<InventoryDevice['netdevs']> = [];
@@ -403,7 +409,7 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
   for (const device of nonPciMdevParents(sysfsRoot, new Set(names), errors)) results.push({ device, extra: { vports: [] } });
   results.sort((a, b) => comparePci(a.device.pciAddress, b.device.pciAddress));
   const inventory: Inventory = { devices: results.map((r) => r.device) };
-  markGpuInterfaces(inventory.devices);
+  markGpuInterfaces(inventory.devices, new Map(results.flatMap((r) => (r.extra.gpuHint ? [[r.device.pciAddress, r.extra.gpuHint] as const] : []))));
   const vports = results.flatMap((r) => r.extra.vports);
   if (vports.length > 0) inventory.vports = vports;
   const cdevs: Record<string, string> = {};
