@@ -301,7 +301,8 @@ describe('helm install on the real API server', () => {
       // ConfigMap: the Grafana dashboard (grafanaDashboard.enabled); no PrometheusRule without the monitoring API.
       'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Deployment', 'PodDisruptionBudget',
       'Role', 'Role', 'RoleBinding', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount', 'ValidatingAdmissionPolicy',
-      'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding', 'ValidatingAdmissionPolicyBinding',
+      'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding', 'ValidatingAdmissionPolicyBinding',
+      'ValidatingAdmissionPolicyBinding',
     ]);
     for (const o of manifest) {
       const ns = o.metadata.namespace ? ['-n', o.metadata.namespace] : [];

@@ -4,10 +4,13 @@
 // claim from the ResourceSlices the driver published; the kubelet calls our NodePrepareResources
 // before the pod's containers start and the runtime's recorded container config carries our CDI
 // device; deleting the pod makes the kubelet call NodeUnprepareResources; a kubelet restart
-// registers the driver again (and the slices it wiped come back). Needs root (the kubelet's folders
+// registers the driver again (and the slices it wiped come back). A NIC VF claim with VF network
+// settings (opaque parameters) gets them on the PF of the fake kernel (through the `ip` stand-in, run
+// as the agent runs iproute2) and they are restored after the pod; a bad setting keeps the pod from
+// starting, with the reason in its events. Needs root (the kubelet's folders
 // are fixed); without root the suite is reported as skipped, never as passed.
 import { jest } from '@jest/globals';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadKubeConfig } from '../../device-plugin/src/kube/adapter.js';
@@ -16,7 +19,10 @@ import type { PoolPlan, Slice } from '../../device-plugin/src/model.js';
 import { deviceClassFor, draDeviceName } from '../../device-plugin/src/dra/devices.js';
 import { DraDriver } from '../../device-plugin/src/dra/driver.js';
 import { claimReader, KubeResourceSliceStore, nodeUidReader } from '../../device-plugin/src/dra/kube.js';
-import { startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { execIpCli, execIpLink } from '../../device-plugin/src/carving/ip-link.js';
+import { startControlPlane, REPO_ROOT, type ControlPlane } from '../cluster/control-plane.js';
+import { FakeKernel, intel82599 } from '../sysfs/kernel.js';
+import { findPf, readNetlinkOps, vfStates } from '../sysfs/netlink.js';
 import { canRunKubelet, kubeletSkipReason, startKubelet, type Kubelet } from '../cluster/kubelet.js';
 import { eventually, kubectlOk } from '../support/cluster.js';
 
@@ -27,6 +33,10 @@ const suite = canRunKubelet() ? describe : describe.skip;
 
 const pool: PoolPlan = { name: 'gpu-pt', resourceName: 'virtualio.dev/gpu-pt', class: 'GPU', mode: 'Passthrough', consumption: 'HostDevice', frontEnd: 'DRA', devices: [{ pciAddress: '0000:3b:00.0' }] };
 const gpu: Slice = { id: '0000:3b:00.0', pool: 'gpu-pt', resourceName: pool.resourceName, kind: 'Function', parent: '0000:3b:00.0', pciAddress: '0000:3b:00.0', iommuGroup: 60, numaNode: 0, deviceNodes: ['/dev/vfio/60'], health: 'Healthy' };
+/** An 82599 PF (ixgbe, netdev eno49) with 2 VFs in the fake kernel, served as a DRA pool. */
+const PF = '0000:81:00.0';
+const nicPool: PoolPlan = { name: 'nic-vfs', resourceName: 'virtualio.dev/nic-vfs', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', frontEnd: 'DRA', devices: [{ pciAddress: PF }] };
+const nicVf = (i: number): Slice => ({ id: `0000:81:10.${2 * i}`, pool: 'nic-vfs', resourceName: nicPool.resourceName, kind: 'VF', parent: PF, pciAddress: `0000:81:10.${2 * i}`, index: i, pfNetdev: 'eno49', iommuGroup: 80 + i, numaNode: 0, deviceNodes: [`/dev/vfio/${80 + i}`], health: 'Healthy' });
 
 let cp: ControlPlane;
 let kubelet: Kubelet;
@@ -77,6 +87,12 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     // The driver's folder and checkpoint live under the machine's kubelet root: start from nothing.
     rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     base = mkdtempSync(join(tmpdir(), 'vio-dra-kubelet-'));
+    const k = await FakeKernel.create(join(base, 'sys'), join(base, 'dev'));
+    await k.addFunction(intel82599(PF, { netdev: 'eno49', totalVFs: 8 }));
+    await k.write(`bus/pci/devices/${PF}/sriov_numvfs`, '2');
+    // The driver runs the `ip` stand-in as the agent runs iproute2 (execFile), through a wrapper that
+    // tells it the tree (jest's process.env is not the one child processes inherit).
+    writeFileSync(join(base, 'ip'), `#!/bin/sh\nVIO_FAKE_SYSFS_ROOT=${join(base, 'sys')} exec ${join(REPO_ROOT, 'test/sysfs/ip')} "$@"\n`, { mode: 0o755 });
     const kc = loadKubeConfig(cp.kubeconfig);
     driver = new DraDriver({
       nodeName: NODE, kubeletDir: kubelet.rootDir, cdiDir: join(base, 'cdi'), sysfsRoot: join(base, 'sys'),
@@ -84,6 +100,7 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
       // A long re-list period: slices the kubelet wipes at its restart must come back through the
       // re-registration, not the timer.
       logger: silentLogger(), resyncMs: 600_000, socketCheckMs: 200,
+      vfNetwork: execIpLink(execIpCli(join(base, 'ip'))),
     });
     driver.update([pool], [gpu], { devices: [{ pciAddress: '0000:3b:00.0', vendorID: '10de', deviceID: '2231', numaNode: 0 }] });
     running = driver.run(ctl.signal);
@@ -244,5 +261,66 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     expect(spec.devices[0].containerEdits.mounts[0].containerPath).toBe('/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm2-gpu/gpu/virtualio.dev-metadata.json');
     await kubectl(['delete', 'pod', 'virt-launcher-vm2-dra', '--wait=false']);
     await eventually('NodeUnprepareResources', async () => (driver.preparedSliceIds().size === 0 ? true : undefined), 90_000, 250);
+  });
+  describe('NIC VFs with per-claim network settings', () => {
+    const sys = (): string => join(base, 'sys');
+    const vfOf = (i: number) => vfStates(sys(), findPf(sys(), 'eno49'))[i]!;
+    const params = (o: Record<string, unknown>) => ({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VfNetworkConfig', ...o });
+    const objects = (name: string, p: Record<string, unknown>) => [
+      {
+        apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name, namespace: 'default' },
+        spec: { devices: { requests: [{ name: 'nic', exactly: { deviceClassName: 'nic-vfs.virtualio.dev' } }], config: [{ requests: ['nic'], opaque: { driver: 'virtualio.dev', parameters: params(p) } }] } },
+      },
+      {
+        apiVersion: 'v1', kind: 'Pod', metadata: { name: `virt-launcher-${name}`, namespace: 'default' },
+        spec: { resourceClaims: [{ name: 'nic', resourceClaimName: name }], containers: [{ name: 'compute', image: 'example.invalid/virt-launcher:1', resources: { claims: [{ name: 'nic' }] } }] },
+      },
+    ];
+
+    beforeAll(async () => {
+      const gpu2: Slice = { ...gpu, id: '0000:3c:00.0', parent: '0000:3c:00.0', pciAddress: '0000:3c:00.0', iommuGroup: 61, deviceNodes: ['/dev/vfio/61'] };
+      driver.update([{ ...pool, devices: [...pool.devices, { pciAddress: gpu2.pciAddress! }] }, nicPool], [gpu, gpu2, nicVf(0), nicVf(1)], {
+        devices: [...[gpu, gpu2].map((g) => ({ pciAddress: g.pciAddress!, vendorID: '10de', deviceID: '2231', numaNode: 0 })), { pciAddress: PF, vendorID: '8086', deviceID: '10fb', numaNode: 0 }],
+      });
+      await kubectl(['apply', '--server-side', '-f', '-'], JSON.stringify(deviceClassFor('nic-vfs')));
+    });
+
+    test('the kubelet prepares a VF claim with a MAC and a VLAN: the PF\'s VF carries them while the pod runs, and loses them after', async () => {
+      await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects('vm3-nic', { mac: '02:00:5e:00:03:01', vlan: 300, qos: 2, spoofCheck: true, trust: false }) }));
+      await eventually('the pod to run', async () => {
+        const p = JSON.parse(await kubectl(['get', 'pod', 'virt-launcher-vm3-nic', '-o', 'json']));
+        return p.status?.phase === 'Running' ? true : undefined;
+      }, 120_000, 250).catch(async (err: unknown) => {
+        throw new Error(`${String(err)}\n${await podDiagnostics('virt-launcher-vm3-nic', 'vm3-nic')}`, { cause: err });
+      });
+      const c = JSON.parse(await kubectl(['get', 'resourceclaim', 'vm3-nic', '-o', 'json']));
+      const dev = c.status.allocation.devices.results[0].device as string;
+      const i = [nicVf(0), nicVf(1)].findIndex((v) => draDeviceName(v) === dev);
+      expect(i).toBeGreaterThanOrEqual(0);
+      // The scheduler copied the claim's config into the allocation, and the driver applied it on the PF.
+      expect(c.status.allocation.devices.config).toEqual([expect.objectContaining({ source: 'FromClaim', requests: ['nic'] })]);
+      expect(vfOf(i)).toMatchObject({ mac: '02:00:5e:00:03:01', vlan: 300, qos: 2 });
+      expect(vfOf(1 - i)).toMatchObject({ mac: '00:00:00:00:00:00', vlan: 0 });
+      await kubectl(['delete', 'pod', 'virt-launcher-vm3-nic', '--wait=false']);
+      // The restore reads the VF back before it drops its record: wait for both.
+      await eventually('the VF settings restored after the pod', async () => (vfOf(i).vlan === 0 && vfOf(i).mac === '00:00:00:00:00:00' && driver.vfNet?.all().length === 0 ? true : undefined), 90_000, 250);
+      expect(vfOf(i)).toMatchObject({ qos: 0, spoofchk: true, trust: false });
+    });
+
+    test('a VF setting the kernel cannot take keeps the pod from starting, and its events say why', async () => {
+      const ops = readNetlinkOps(sys()).length;
+      await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects('vm4-nic', { vlan: 4095 }) }));
+      const msg = await eventually('the prepare error in the pod\'s events', async () => {
+        const ev = JSON.parse(await kubectl(['get', 'events', '-n', 'default', '--field-selector', 'involvedObject.name=virt-launcher-vm4-nic', '-o', 'json'])) as { items: { reason: string; message: string }[] };
+        return ev.items.find((e) => /vlan 4095 must be/.test(e.message));
+      }, 120_000, 500).catch(async (err: unknown) => {
+        throw new Error(`${String(err)}\n${await podDiagnostics('virt-launcher-vm4-nic', 'vm4-nic')}`, { cause: err });
+      });
+      expect(msg.message).toMatch(/ResourceClaim default\/vm4-nic: config #0 for request nic: vlan 4095 must be a whole number from 0 \(none\) to 4094/);
+      const p = JSON.parse(await kubectl(['get', 'pod', 'virt-launcher-vm4-nic', '-o', 'json']));
+      expect(p.status.phase).toBe('Pending');
+      expect(readNetlinkOps(sys())).toHaveLength(ops); // refused before anything reached the kernel
+      await kubectl(['delete', 'pod', 'virt-launcher-vm4-nic', '--wait=false']);
+    });
   });
 });

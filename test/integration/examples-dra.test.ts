@@ -7,6 +7,7 @@ import { jest } from '@jest/globals';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import YAML from 'yaml';
+import { parseVfNetworkConfig } from '../../device-plugin/src/dra/vf-config.js';
 import { desiredDeviceClass } from '../../operator/src/controllers/dra/deviceclass.js';
 import type { Pool } from '../../operator/src/api/types.js';
 import { REPO_ROOT } from '../cluster/control-plane.js';
@@ -37,7 +38,7 @@ beforeAll(async () => {
 });
 
 test('one DRA example per device kind, and the PCIe-root alignment one', () => {
-  expect(folders).toEqual(['dra-a16-vgpu', 'dra-gpu-nic-aligned', 'dra-nvme-vfs']);
+  expect(folders).toEqual(['dra-a16-vgpu', 'dra-gpu-nic-aligned', 'dra-nic-vf-vlan', 'dra-nvme-vfs']);
 });
 
 describe.each(folders)('%s', (folder) => {
@@ -87,5 +88,13 @@ describe.each(folders)('%s', (folder) => {
     }
     // Every request of every template is consumed exactly once.
     expect(used.sort()).toEqual([...requests].flatMap(([t, rs]) => [...rs].map((r) => `${t}/${r}`)).sort());
+    // Our opaque parameters are ones the agent takes (the API server stores them unread).
+    for (const t of templates) {
+      for (const c of (t.spec.spec.devices.config ?? []) as Any[]) {
+        if (c.opaque?.driver !== 'virtualio.dev') continue;
+        expect(parseVfNetworkConfig(c.opaque.parameters)).not.toHaveProperty('error');
+        for (const r of c.requests ?? []) expect(requests.get(t.metadata.name)?.has(r)).toBe(true);
+      }
+    }
   });
 });

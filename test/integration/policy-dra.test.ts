@@ -1,8 +1,10 @@
-// The chart's ResourceSlice policy on the real kube-apiserver: an agent's pod-bound token may create,
+// The chart's DRA policies on the real kube-apiserver. ResourceSlices: an agent's pod-bound token may create,
 // update and delete ResourceSlices of driver virtualio.dev on its own node only — never another
 // node's, never another driver's, never by moving a slice — and RBAC lets it read claims but not
 // write them. Tokens come from the TokenRequest API bound to Pods on real Node objects, so the API
 // server itself adds authentication.kubernetes.io/node-name, as for an agent pod the kubelet started.
+// VF network settings: opaque parameters of driver virtualio.dev in claims, claim templates and
+// DeviceClasses are refused when malformed, with the message, for anyone; other drivers' are not read.
 import { jest } from '@jest/globals';
 import { eventually, installCrds, kubectl, kubectlOk } from '../support/cluster.js';
 import { apiRequest, CHART_DIR, ensureNamespace, helmOk, tokenFor, WITHOUT_CRDS, type ApiResponse } from './chart-support.js';
@@ -104,4 +106,56 @@ test('the agent reads claims but cannot write them (RBAC)', async () => {
 
 test('the admin is not affected by the policy', async () => {
   expect(await kubectlOk(['label', 'resourceslice', 'pdra-b', 'checked=yes'])).toContain('labeled');
+});
+
+describe('VF network settings in claims, templates and classes', () => {
+  const params = (o: Record<string, unknown>) => ({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VfNetworkConfig', ...o });
+  const claim = (parameters: unknown, driver = 'virtualio.dev') => JSON.stringify({
+    apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name: 'vfcfg', namespace: NS },
+    spec: { devices: { requests: [{ name: 'nic', exactly: { deviceClassName: 'nics.virtualio.dev' } }], config: [{ requests: ['nic'], opaque: { driver, parameters } }] } },
+  });
+  const create = (body: string) => kubectl(['create', '--dry-run=server', '-f', '-'], { input: body });
+
+  beforeAll(async () => {
+    await eventually('the VF settings policy to be in force', async () => ((await create(claim(params({ vlan: 5000 })))).code !== 0 ? true : undefined), 60_000);
+  });
+
+  test('a valid claim passes', async () => {
+    const r = await create(claim(params({ mac: '02:00:5e:10:00:01', vlan: 100, qos: 3, vlanProtocol: '802.1ad', trust: false, spoofCheck: true, minTxRateMbps: 0, maxTxRateMbps: 1000 })));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
+  test.each([
+    ['another kind', { apiVersion: 'virtualio.dev/v1alpha1', kind: 'NicConfig' }, 'must have apiVersion virtualio.dev/v1alpha1 and kind VfNetworkConfig'],
+    ['a typo', params({ vlanid: 100 }), 'knows only the fields mac, vlan'],
+    ['a multicast MAC', params({ mac: '01:00:5e:00:00:01' }), 'mac must be a unicast MAC address'],
+    ['VLAN 4095', params({ vlan: 4095 }), 'vlan must be a whole number from 0 (none) to 4094'],
+    ['a VLAN as text', params({ vlan: '100' }), 'vlan must be a whole number'],
+    ['qos 8', params({ vlan: 5, qos: 8 }), 'qos must be a whole number from 0 to 7'],
+    ['protocol QinQ', params({ vlan: 5, vlanProtocol: 'QinQ' }), 'vlanProtocol must be 802.1Q or 802.1ad'],
+    ['trust as text', params({ trust: 'yes' }), 'trust and spoofCheck must be true or false'],
+    ['a negative rate', params({ maxTxRateMbps: -1 }), 'minTxRateMbps and maxTxRateMbps must be whole numbers'],
+  ])('a claim with %s is refused with the reason', async (_n, p, text) => {
+    const r = await create(claim(p));
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`ValidatingAdmissionPolicy '${RELEASE}-virtualio-vf-network-config'`);
+    expect(r.stderr).toContain(text);
+  });
+
+  test('templates and DeviceClasses are checked too; other drivers\' parameters are not read', async () => {
+    const tpl = await create(JSON.stringify({
+      apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaimTemplate', metadata: { name: 'vfcfg', namespace: NS },
+      spec: { spec: { devices: { requests: [{ name: 'nic', exactly: { deviceClassName: 'nics.virtualio.dev' } }], config: [{ opaque: { driver: 'virtualio.dev', parameters: params({ vlan: -1 }) } }] } } },
+    }));
+    expect(tpl.stderr).toContain('vlan must be a whole number');
+    const cls = await create(JSON.stringify({
+      apiVersion: 'resource.k8s.io/v1', kind: 'DeviceClass', metadata: { name: 'tenant-a-vlan' },
+      spec: { selectors: [{ cel: { expression: 'device.driver == "virtualio.dev"' } }], config: [{ opaque: { driver: 'virtualio.dev', parameters: params({ vlan: 100, spoofcheck: true }) } }] },
+    }));
+    expect(cls.stderr).toContain('knows only the fields');
+    const other = await create(claim({ anything: 'goes' }, 'gpu.example.com'));
+    expect(other.stderr).toBe('');
+    expect(other.code).toBe(0);
+  });
 });

@@ -17,6 +17,8 @@ export const DRA_NODE = 'kernel-guest';
 export const DRA_POOL = 'nic-dra';
 export const DRA_CLAIM = 'vm-nic';
 export const DRA_POD = 'virt-launcher-vm-nic';
+/** The VF settings the claim carries (opaque parameters of driver virtualio.dev), set on the igb PF at prepare. */
+export const DRA_VF_SETTINGS = { mac: '02:00:5e:19:00:01', vlan: 100 } as const;
 /** Where the guest dials the apiserver (run.sh's guestfwd rule) and the name its certificate carries. */
 export const GUEST_APISERVER = 'https://10.0.2.100:6443';
 
@@ -64,7 +66,13 @@ export async function startDraCluster(results: string): Promise<DraCluster> {
     };
     await kubectl(['apply', '--server-side', '--field-manager=virtualio-operator', '-f', '-'], YAML.stringify(plan));
     await kubectl(['apply', '--server-side', '-f', '-'], JSON.stringify(deviceClassFor(DRA_POOL)));
-    const claim = { apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name: DRA_CLAIM, namespace: 'default' }, spec: { devices: { requests: [{ name: 'nic', exactly: { deviceClassName: deviceClassFor(DRA_POOL).metadata.name } }] } } };
+    const claim = {
+      apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name: DRA_CLAIM, namespace: 'default' },
+      spec: { devices: {
+        requests: [{ name: 'nic', exactly: { deviceClassName: deviceClassFor(DRA_POOL).metadata.name } }],
+        config: [{ requests: ['nic'], opaque: { driver: 'virtualio.dev', parameters: { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VfNetworkConfig', ...DRA_VF_SETTINGS } } }],
+      } },
+    };
     const pod = {
       apiVersion: 'v1', kind: 'Pod', metadata: { name: DRA_POD, namespace: 'default' },
       spec: { resourceClaims: [{ name: 'nic', resourceClaimName: DRA_CLAIM }], containers: [{ name: 'compute', image: 'example.invalid/virt-launcher:1', resources: { claims: [{ name: 'nic' }] } }] },

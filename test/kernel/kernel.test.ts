@@ -21,7 +21,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync } from 'n
 import { tmpdir, homedir, arch, platform } from 'node:os';
 import { join } from 'node:path';
 import { ensureAgentBuilt, REPO } from '../fakes/agent-process.js';
-import { DRA_NODE, DRA_POD, draSkipReason, portFileIn, startDraCluster, type DraCluster } from './dra-cluster.js';
+import { DRA_NODE, DRA_POD, DRA_VF_SETTINGS, draSkipReason, portFileIn, startDraCluster, type DraCluster } from './dra-cluster.js';
 import { HELD } from './guest/held-scenario.js';
 
 interface Scenario { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
@@ -272,5 +272,11 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     expect((d.infoPci as string[]).join('\n')).toMatch(/Ethernet controller: PCI device 8086:10ca/);
     expect(d.unprepareError).toBe('');
     expect(d.filesAfterUnprepare).toEqual([]);
+    // The claim's VF settings, set by the agent on the igb PF at prepare (`ip link show <pf>` in the
+    // guest, the kernel's own report), and the VF's earlier settings back after unprepare.
+    const vfIndex = d.vfIndex as number;
+    expect(d.vfInfoPrepared).toMatchObject({ vf: vfIndex, address: DRA_VF_SETTINGS.mac, vlan_list: [{ vlan: DRA_VF_SETTINGS.vlan }] });
+    expect((d.ipLinkShowPrepared as string[]).join('\n')).toMatch(new RegExp(`^vf ${vfIndex} +link/ether ${DRA_VF_SETTINGS.mac} .*, vlan ${DRA_VF_SETTINGS.vlan},`));
+    expect(d.vfInfoUnprepared).toMatchObject({ vf: vfIndex, address: '00:00:00:00:00:00', vlan_list: [{}] });
   });
 });

@@ -7,6 +7,9 @@
 // NodePrepareResources), starts a nested QEMU from what prepare produced and nothing else (the
 // CDI spec named by the answer's CDI device ID → the /dev/vfio group node; KubeVirt's metadata file
 // mounted by that spec → resource.kubernetes.io/pciBusID), checks the VF in the VM, and unprepares.
+// The claim carries VF settings (a MAC and a VLAN): the agent runs with --vf-net-config and sets them
+// on the igb PF with the host's iproute2 at prepare; `ip link show <pf>` is read after prepare and
+// again after unprepare (the settings the VF had before are back).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
@@ -31,6 +34,8 @@ const RUN = '/run/vio-dra';
 const KUBELET_DIR = join(RUN, 'kubelet');
 const CDI_DIR = join(RUN, 'cdi');
 const SYS = '/sys/bus/pci/devices';
+/** The igb PF (run.sh: alone behind root port rp1, bus 01). */
+const IGB_PF = '0000:01:00.0';
 
 /** One apiserver request with the admin client certificate; resolves with status and parsed body. */
 function api(s: DraSetup, method: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -116,7 +121,7 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
     h.agentMain, '--node-name', s.node, '--kubeconfig', kubeconfig, '--dra', '--kubelet-dir', KUBELET_DIR,
     '--plugin-dir', join(KUBELET_DIR, 'device-plugins'), '--pod-resources-socket', h.podResourcesSocket,
     '--devinfo-dir', join(RUN, 'devinfo'), '--cdi-dir', CDI_DIR, '--state-dir', join(RUN, 'state'),
-    '--metrics-address', '127.0.0.1:9102', '--rescan-interval', '10s',
+    '--metrics-address', '127.0.0.1:9102', '--rescan-interval', '10s', '--vf-net-config',
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   agent.stdout?.on('data', (c: Buffer) => chunks.push(c));
   agent.stderr?.on('data', (c: Buffer) => chunks.push(c));
@@ -159,6 +164,17 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
     });
     d.prepared = prepared.devices;
     const cdiId = prepared.devices[0]?.cdiDeviceIds[0] ?? '';
+    // The VF settings on the PF, as the kernel reports them (the igb PF's netdev; its VF by virtfn link).
+    const pfDir = join(SYS, IGB_PF);
+    const pfNetdev = readdirSync(join(pfDir, 'net'))[0] ?? '';
+    const vfDevice = String(claim.status?.allocation?.devices?.results?.[0]?.device ?? '');
+    const vfIndex = readdirSync(pfDir).filter((l) => /^virtfn\d+$/.test(l)).map((l) => ({ n: Number(l.slice(6)), addr: basename(readlinkSync(join(pfDir, l))) }))
+      .find((v) => `vf-${v.addr.replace(/[:.]/g, '-')}` === vfDevice)?.n;
+    d.pfNetdev = pfNetdev;
+    d.vfIndex = vfIndex;
+    const vfInfo = async (): Promise<unknown> => ((JSON.parse(await h.sh('ip', ['-json', 'link', 'show', 'dev', pfNetdev])) as { vfinfo_list?: { vf: number }[] }[])[0]?.vfinfo_list ?? []).find((v) => v.vf === vfIndex);
+    d.ipLinkShowPrepared = (await h.sh('ip', ['link', 'show', 'dev', pfNetdev])).split('\n').map((l) => l.trim()).filter((l) => l.startsWith(`vf ${vfIndex} `));
+    d.vfInfoPrepared = await vfInfo();
 
     // The runtime's part, from the files only: the CDI spec holding that device, its device nodes and the metadata mount.
     const [kind, devName] = cdiId.split('=');
@@ -196,6 +212,8 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
     d.unprepareError = un.claims[ref.uid]?.error;
     d.filesAfterUnprepare = [hit.file, mount.hostPath].filter((f) => existsSync(f));
     if (d.unprepareError !== '' || (d.filesAfterUnprepare as string[]).length > 0) throw new Error(`unprepare: error ${JSON.stringify(d.unprepareError)}, files left ${JSON.stringify(d.filesAfterUnprepare)}`);
+    d.vfInfoUnprepared = await vfInfo();
+    d.ipLinkShowUnprepared = (await h.sh('ip', ['link', 'show', 'dev', pfNetdev])).split('\n').map((l) => l.trim()).filter((l) => l.startsWith(`vf ${vfIndex} `));
   } finally {
     if (vm) await vm.quit();
     agent.kill('SIGTERM');
