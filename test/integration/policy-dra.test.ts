@@ -139,7 +139,8 @@ describe('VF network settings in claims, templates and classes', () => {
   ])('a claim with %s is refused with the reason', async (_n, p, text) => {
     const r = await create(claim(p));
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain(`ValidatingAdmissionPolicy '${RELEASE}-virtualio-vf-network-config'`);
+    // This release's policy or another suite's release of the same chart on the shared API server: both refuse.
+    expect(r.stderr).toMatch(/ValidatingAdmissionPolicy '[a-z0-9-]+-virtualio-vf-network-config' with binding/);
     expect(r.stderr).toContain(text);
   });
 
