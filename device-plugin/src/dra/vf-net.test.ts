@@ -3,7 +3,7 @@
 // settings recorded first, restored at unprepare once the VF is free, refused with clear errors
 // (bad parameters, a driver that says no — with what it did apply rolled back — no opt-in), and a
 // crash between the record and the claim's record is repaired at the next start.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execIpLink } from '../carving/ip-link.js';
@@ -157,4 +157,24 @@ test('a crash after the record but before the claim was recorded: the next start
   const again = await driver({ api });
   await until('the MAC restored', () => kernelVf(0).mac === '00:00:00:00:00:00');
   expect(again.d.vfNet?.all()).toEqual([]);
+});
+
+test('a restore the kernel refuses (ixgbe: no rate change while the PF has no link) keeps the VF out of the ResourceSlices, with the reason, until it succeeds', async () => {
+  setVf(root, 'eno49', 0, { minTx: 0, maxTx: 100 }); // the admin's rate limit, set while the link is up
+  const c = claim('u8', 'vm8', [VFS[0]!], [{ source: 'FromClaim', opaque: { driver: 'virtualio.dev', parameters: P({ maxTxRateMbps: 500 }) } }]);
+  const { d, store } = await driver({ api: new Map([['vms/vm8', c]]) });
+  expect((await d.prepare(ref(c))).error).toBe('');
+  expect(kernelVf(0).maxTx).toBe(500);
+  const operstate = join(root, 'class/net/eno49/operstate');
+  writeFileSync(operstate, 'down\n'); // the PF loses its link while the VM runs
+  expect(await d.unprepare(ref(c))).toBe('');
+  expect(kernelVf(0).maxTx).toBe(500);
+  expect(d.vfNet?.pending().get(VFS[0]!.id)).toMatch(/still carries the network settings of ResourceClaim vms\/vm8; restoring them failed: .*RTNETLINK answers: Invalid argument/);
+  d.update([pool], [...VFS], { devices: [] });
+  await until('the VF withheld', () => store.objects.size > 0 && !store.devices().includes(draDeviceName(VFS[0]!)) && store.devices().includes(draDeviceName(VFS[1]!)));
+  writeFileSync(operstate, 'up\n');
+  d.update([pool], [...VFS], { devices: [] });
+  await until('the rate restored', () => kernelVf(0).maxTx === 100 && d.vfNet?.all().length === 0, 10_000);
+  d.update([pool], [...VFS], { devices: [] });
+  await until('the VF offered again', () => store.devices().includes(draDeviceName(VFS[0]!)));
 });
