@@ -7,16 +7,17 @@
 // security settings (checked in the API and in the running processes); one operator replica holds the
 // Lease and a deleted leader fails over; the agent in its pod carves and registers its pool with the
 // kubelet; a VM-shaped pod placed by the scheduler gets its slice; `helm test` passes; `helm upgrade`
-// to a changed image rolls the agent without touching a held slice; every runbook command that needs
-// the chart's objects runs against it (after a real agent crash, for `logs --previous`); `helm
-// uninstall` leaves no pod.
+// to a changed image rolls the agent (surge + hand-over) without the pool's allocatable ever dropping
+// (the Node watched and read every 100 ms, the kubelet's log read) and without touching a held slice;
+// every runbook command that needs the chart's objects runs against it (after a real agent crash, for
+// `logs --previous`); `helm uninstall` leaves no pod. Helpers: real-node-support.ts.
 // Needs root; without it the suite is reported as skipped with the reason, never as passed.
 import { execFile, spawn } from 'node:child_process';
-import { closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
-import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { freePort, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { startRealNode, realNodeSkipReason, NODE_NAME, type RealNode } from '../node/node.js';
 import { FakeKernel, connectX6 } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
@@ -24,19 +25,13 @@ import { eventually, kubectlOk } from '../support/cluster.js';
 import { CHART_DIR, parseObjects, type KubeObject } from './chart-support.js';
 import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
 import { chartRunbookCommands, runChartRunbookCommands } from '../observability/runbooks-chart.js';
-import { freePort } from '../cluster/control-plane.js';
+import { ENV_NAME, NIC, REPO, TAG_A, TAG_B, VM_POD, buildImage, openLog, parseLog, pool, processFacts, ready, vmPod, type Pod } from './real-node-support.js';
 
 const run = promisify(execFile);
 
 const NS = 'virtualio-system';
 const RELEASE = 'vio';
-const REPO = 'localhost/virtualio';
-const TAG_A = 'e2e-a';
-const TAG_B = 'e2e-b';
-const NIC = 'virtualio.dev/cx6';
-const ENV_NAME = 'PCI_RESOURCE_VIRTUALIO_DEV_CX6';
 const PF = '0000:81:00.0';
-const VM_POD = 'virt-launcher-vm1-x7k2p';
 const HOST_VFIO = '/dev/vfio';
 
 const skipReason = realNodeSkipReason();
@@ -78,16 +73,6 @@ async function diagnostics(): Promise<string> {
     `--- kubelet ---\n${node?.tail(node.logs.kubelet!, 25) ?? ''}`, `--- containerd ---\n${node?.tail(node.logs.containerd!, 15) ?? ''}`].join('\n');
 }
 
-interface Pod {
-  metadata: { name: string; uid: string; creationTimestamp: string; labels?: Record<string, string>; deletionTimestamp?: string };
-  spec: { nodeName?: string; schedulerName?: string; securityContext?: unknown; containers: { name: string; image: string; securityContext?: unknown }[] };
-  status: {
-    phase?: string;
-    conditions?: { type: string; status: string }[];
-    containerStatuses?: { name: string; containerID?: string; restartCount: number; imageID?: string; image: string; state?: { running?: { startedAt: string } } }[];
-  };
-}
-const ready = (p: Pod) => p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
 
 async function pods(selector: string, namespace = NS): Promise<Pod[]> {
   return (await getJson<{ items: Pod[] }>(['get', 'pods', '-n', namespace, '-l', selector])).items;
@@ -108,53 +93,11 @@ async function containerLog(name: string, namespace = NS): Promise<string> {
   return node.crictl(['logs', id]).catch((e: unknown) => String(e));
 }
 
-/**
- * The log of a pod's running container, read from the file the kubelet writes (CRI format) through a
- * descriptor opened now, so it stays readable after the pod is deleted and the file removed.
- */
-async function openLog(pod: string, container = 'operator'): Promise<{ text(): string; close(): void }> {
-  const list = JSON.parse(await node.crictl(['ps', '--name', `^${container}$`, '--label', `io.kubernetes.pod.name=${pod}`, '-o', 'json'])) as { containers: { id: string }[] };
-  const id = list.containers[0]?.id;
-  if (!id) throw new Error(`no container ${container} of pod ${pod}`);
-  const logPath = (JSON.parse(await node.crictl(['inspect', id])) as { status: { logPath: string } }).status.logPath;
-  const fd = openSync(logPath, 'r');
-  return {
-    text() {
-      const buf = Buffer.alloc(fstatSync(fd).size);
-      readSync(fd, buf, 0, buf.length, 0);
-      // "<time> stdout|stderr F|P <line>"
-      return buf.toString('utf8').split('\n').map((l) => l.split(' ').slice(3).join(' ')).join('\n');
-    },
-    close: () => closeSync(fd),
-  };
-}
-/** The operator's JSON log lines (pino): message and epoch ms. */
-function parseLog(text: string): { msg: string; time: number }[] {
-  return text.split('\n').flatMap((l) => {
-    try {
-      const o = JSON.parse(l) as { msg?: string; time?: string | number };
-      return o.msg ? [{ msg: o.msg, time: typeof o.time === 'number' ? o.time : Date.parse(String(o.time)) }] : [];
-    } catch {
-      return [];
-    }
-  });
-}
 /** virtualio_operator_leader of an operator pod, from its /metrics. */
 async function leaderGauge(p: Pod): Promise<string | undefined> {
   const ip = (await getJson<{ status: { podIP?: string } }>(['get', 'pod', '-n', NS, p.metadata.name])).status.podIP;
   const text = await (await fetch(`http://${ip}:8080/metrics`, { signal: AbortSignal.timeout(5000) })).text();
   return /^virtualio_operator_leader (\d)/m.exec(text)?.[1];
-}
-
-/** What the kernel enforces on a running container's main process. */
-function processFacts(pid: number): { uid: string; gid: string; capEff: string; capBnd: string; noNewPrivs: string; seccomp: string; rootReadOnly: boolean } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const field = (k: string) => status.match(new RegExp(`^${k}:\\s*(.*)$`, 'm'))?.[1]?.trim() ?? '';
-  const root = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === '/') ?? '';
-  return {
-    uid: field('Uid').split(/\s+/)[0]!, gid: field('Gid').split(/\s+/)[0]!, capEff: field('CapEff'), capBnd: field('CapBnd'),
-    noNewPrivs: field('NoNewPrivs'), seccomp: field('Seccomp'), rootReadOnly: /(^|,)ro(,|$)/.test(root.split(' ')[5] ?? ''),
-  };
 }
 
 /** Polls pods matching `selector` until `count` are Ready; returns ms from `since` to each pod's Ready. */
@@ -168,15 +111,6 @@ async function waitReady(what: string, selector: string, count: number, since: n
   return [...readyAt.values()];
 }
 
-function buildImage(tag: string, revision: string): Promise<string> {
-  return run('bash', [join(REPO_ROOT, 'scripts/build-image.sh'), '--name', `${REPO}:${tag}`, '--revision', revision, '--quiet'], {
-    maxBuffer: 64 * 1024 * 1024,
-  }).then(({ stdout, stderr }) => {
-    for (const l of stderr.split('\n')) if (/^\[build-image\] (image|time)/.test(l)) console.log(l);
-    return stdout.trim().split('\n').pop() ?? '';
-  });
-}
-
 const helmValues = (tag: string) => [
   '--namespace', NS, '--create-namespace',
   '--set', `image.repository=${REPO}`, '--set', `image.tag=${tag}`, '--set', 'image.pullPolicy=Never',
@@ -188,38 +122,6 @@ const helmValues = (tag: string) => [
   '--set', 'agent.rescanInterval=5s',
   '--set', 'operator.leaderElection.leaseDuration=6s',
 ];
-
-const pool = {
-  apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice',
-  metadata: { name: 'cx6' },
-  spec: {
-    class: 'NIC', resourceName: NIC,
-    nodeSelector: { matchLabels: { 'virtualio.dev/nic': 'cx6' } },
-    deviceSelector: { vendorIDs: ['15b3'], deviceIDs: ['101d'] },
-    carving: { mode: 'SRIOV', count: 4 },
-    kubevirt: { consumption: 'HostDevice' },
-  },
-};
-
-const vmScript = [
-  "const fs = require('node:fs');",
-  "const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.includes('PCI_RESOURCE')));",
-  "console.log('VM-ENV ' + JSON.stringify(env));",
-  "console.log('VM-DEV ' + JSON.stringify(fs.readdirSync('/dev/vfio', { recursive: true }).sort()));",
-  'setInterval(() => {}, 3600000);',
-].join(' ');
-const vmPod = () => ({
-  apiVersion: 'v1', kind: 'Pod',
-  metadata: { name: VM_POD, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'vm.kubevirt.io/name': 'vm1' } },
-  spec: {
-    // No nodeName: the real scheduler places it by the extended resource.
-    terminationGracePeriodSeconds: 1,
-    containers: [{
-      name: 'compute', image: `${REPO}:${TAG_A}`, imagePullPolicy: 'Never', args: ['-e', vmScript],
-      resources: { limits: { [NIC]: '1', cpu: '50m', memory: '64Mi' } },
-    }],
-  },
-});
 
 suite(`the chart on a real node: built image, containerd + runc, real kubelet/scheduler/controller-manager${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   beforeAll(async () => {
@@ -333,7 +235,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
         return names.includes(h) ? h : undefined;
       }, 60_000);
       const transitions = (await lease()).leaseTransitions ?? 0;
-      const leaderLog = await openLog(leader);
+      const leaderLog = await openLog(node, leader);
       const t = Date.now();
       await kubectl(['delete', 'pod', '-n', NS, leader, '--wait=false']);
       // The Lease as it changes (every 50 ms): when it was released, who took it, when.
@@ -371,7 +273,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
       const replacement = (await live()).find((p) => !names.includes(p.metadata.name));
       for (const [key, pod] of [['replacement', replacement?.metadata.name], ['holder', taken.holder]] as const) {
         if (!pod) continue;
-        const plog = await openLog(pod);
+        const plog = await openLog(node, pod);
         const lines = parseLog(plog.text()).filter((l) => l.time >= t);
         plog.close();
         const x = key === 'replacement' ? lines.find((l) => l.msg === 'Started virtualio operator') : lines.find((l) => l.msg === 'Acquired leader Lease');
@@ -486,7 +388,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     const agentBefore = (await pods(AGENT))[0]!;
     const eventsBefore = kernel.events.length;
     const imageA = agentBefore.status.containerStatuses![0]!.imageID;
-    const oldAgentLog = await openLog(agentBefore.metadata.name, 'agent');
+    const oldAgentLog = await openLog(node, agentBefore.metadata.name, 'agent');
     const kubeletLogBefore = readFileSync(node.logs.kubelet!, 'utf8').length;
 
     // Every value of the pool's allocatable the Node object ever has during the upgrade: a watch sees
