@@ -166,7 +166,8 @@ export class Carver {
       for (const r of results) {
         this.metrics.carvingOperations.inc({ result: r.error ? (r.skipped ? 'skipped' : 'error') : 'ok' });
         if (!r.error) this.backoff.succeeded(r.write);
-        if (r.error && r.write.path.endsWith('/create') && inp.onDemand?.wanted.has(r.write.value)) {
+        // EEXIST: the mdev is there already (a repeated create); not a failure of the claim.
+        if (r.error && r.code !== 'EEXIST' && r.write.path.endsWith('/create') && inp.onDemand?.wanted.has(r.write.value)) {
           this.onDemandFailedWrite(odFailed, r.write.value, r.write.path, r.error);
         }
         if (r.error && !r.skipped) {

@@ -405,8 +405,9 @@ export class AgentManager {
     const wanted = this.opts.onDemandWanted?.() ?? new Map<string, WantedMdev>();
     const exists = existingIds(this.inventory);
     const since = (this.opts.now ?? (() => new Date()))().toISOString();
+    // A released mdev the scheduler gave to another claim before it was removed serves that claim now.
     for (const w of wanted.values()) {
-      if (!exists.has(w.uuid)) this.checkpoint.recordCarving(w.uuid, { pool: w.pool, namespace: w.namespace, claim: w.name, uid: w.uid, since });
+      if (!exists.has(w.uuid) || this.checkpoint.carvings().get(w.uuid)?.uid !== w.uid) this.checkpoint.recordCarving(w.uuid, { pool: w.pool, namespace: w.namespace, claim: w.name, uid: w.uid, since });
     }
     this.checkpoint.save();
     this.onDemandCapacity = capacity;

@@ -20,7 +20,9 @@ export function sameDevice(a: Device, b: Device): boolean {
 
 /** The carving parameters that decide which slices a device of the pool has. */
 function carvingKey(p: PoolPlan): string {
-  return JSON.stringify([p.mode, p.resourceName, p.mdevType ?? '', p.wwnPrefix ?? '', p.count ?? null]);
+  const key: unknown[] = [p.mode, p.resourceName, p.mdevType ?? '', p.wwnPrefix ?? '', p.count ?? null];
+  if (p.onDemand) key.push([...p.onDemand.mdevTypes].sort()); // only then: keys of other pools stay as they were
+  return JSON.stringify(key);
 }
 
 /** Key of a retired entry: pool name plus what it carved (two edits of one pool can both drain). */
@@ -33,6 +35,8 @@ export function carvingChange(old: PoolPlan, cur: PoolPlan): string | undefined 
   if (cur.mode !== old.mode || cur.resourceName !== old.resourceName) return `pool ${old.name} changed its mode or resource name`;
   if ((cur.mdevType ?? '') !== (old.mdevType ?? '')) return `pool ${old.name} changed its mdev type from ${old.mdevType ?? '(none)'} to ${cur.mdevType ?? '(none)'}`;
   if ((cur.wwnPrefix ?? '') !== (old.wwnPrefix ?? '')) return `pool ${old.name} changed its WWN prefix`;
+  const types = (p: PoolPlan): string => JSON.stringify([...(p.onDemand?.mdevTypes ?? [])].sort());
+  if (types(cur) !== types(old)) return `pool ${old.name} changed its on-demand mdev types from ${types(old)} to ${types(cur)}`;
   if ((cur.count ?? 1) < (old.count ?? 1)) return `pool ${old.name} lowered its count from ${old.count ?? 1} to ${cur.count ?? 1}`;
   return undefined;
 }

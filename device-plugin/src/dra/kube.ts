@@ -20,7 +20,9 @@ function httpCode(err: unknown): number | undefined {
  * keys it does not know, so attributes are renamed on the way out and back in.
  */
 function renameInts(obj: ResourceSliceObject, from: string, to: string): ResourceSliceObject {
-  const devices = (obj.spec.devices ?? []).map((d) => ({
+  // An object of counter sets has no devices at all (the API refuses both in one object, even `[]`).
+  if (obj.spec.devices === undefined) return obj;
+  const devices = obj.spec.devices.map((d) => ({
     ...d,
     attributes: Object.fromEntries(Object.entries(d.attributes ?? {}).map(([k, v]) => {
       const rec = v as Record<string, unknown>;

@@ -258,6 +258,7 @@ export class ResourceSlicePublisher {
     const watching = this.opts.store.watch?.(() => this.kick(), signal).catch((err: unknown) => this.log.warn({ err: String(err) }, 'ResourceSlice watch stopped; re-listing on the timer only'));
     while (!signal.aborted) {
       let wait = resync;
+      let failed = false;
       if (this.desired) {
         this.dirty = false;
         try {
@@ -275,6 +276,7 @@ export class ResourceSlicePublisher {
         } catch (err) {
           this.lastError = String(err);
           this.dirty = true;
+          failed = true;
           wait = delay;
           delay = Math.min(delay * 2, 30_000);
           this.log.warn({ err: String(err), retryInMs: wait }, 'publishing ResourceSlices failed');
@@ -282,7 +284,8 @@ export class ResourceSlicePublisher {
       }
       // Another pass at once only when there is something to write: a kick before the first desired
       // state (the kubelet may register us before the agent's first cycle) must not spin.
-      if (this.dirty && this.desired && wait === resync) continue;
+      // (A failed pass waits its backoff even once that has grown to the resync period.)
+      if (this.dirty && this.desired && !failed) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, wait);
         function done(): void {
