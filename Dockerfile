@@ -5,8 +5,12 @@
 # Build:  docker build -t ghcr.io/virtualio/virtualio:0.1.0 .
 #   Without Docker or a registry: scripts/build-image.sh (BuildKit with local stand-ins of the two base
 #   images as named contexts; it passes --opt cmdline= so the syntax line above needs no registry).
-# The runtime stage is distroless (no shell, no package manager) with production dependencies only;
-# test/integration/image-production.test.ts repeats the install steps below and starts both entrypoints.
+# The runtime stage is distroless (no shell, no package manager) with production dependencies only,
+# plus two programs from Debian 12 that the agent runs (execFile, no shell) for opt-in features:
+# iproute2's `ip` (VF network settings of DRA claims, agent.dra.vfNetworkConfig) and nvme-cli's `nvme`
+# (NVMe secondary controllers), each with the shared libraries it needs that the runtime base lacks.
+# test/integration/image-production.test.ts repeats the install steps below and starts both entrypoints;
+# test/integration/chart-real-node.test.ts runs the built image, `ip` and `nvme` included.
 
 ARG NODE_VERSION=24.21.0
 # The distroless Node 24 runtime (Debian 12); its ENTRYPOINT is /nodejs/bin/node.
@@ -30,6 +34,34 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
+# --- tools: `ip` and `nvme` from Debian 12 with the shared libraries the runtime base lacks ------
+# Debian ships neither statically linked, so this stage installs the packages and collects each
+# binary's `ldd` closure, leaving out every library the runtime base already has (glibc at least):
+# the runtime stage then only adds files, never replaces one of the base's. Cached with the base
+# images; only a change of this stage (or a base) downloads the packages again. ("runtime" is the
+# runtime base as published, mounted to see which libraries it has.)
+FROM ${RUNTIME_IMAGE} AS runtime
+FROM node:${NODE_VERSION}-bookworm-slim AS tools
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2 nvme-cli \
+ && rm -rf /var/lib/apt/lists/*
+RUN --mount=type=bind,from=runtime,target=/runtime \
+    set -eu; \
+    lib=/usr/lib/x86_64-linux-gnu; \
+    mkdir -p /out/usr/sbin "/out$lib"; \
+    cp -L /usr/sbin/ip /usr/sbin/nvme /out/usr/sbin/; \
+    ldd /out/usr/sbin/ip /out/usr/sbin/nvme | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | sort -u > /tmp/closure; \
+    while read -r so path; do \
+      have=; \
+      for d in /runtime/lib/x86_64-linux-gnu "/runtime$lib" /runtime/lib /runtime/usr/lib; do \
+        if [ -e "$d/$so" ] || [ -L "$d/$so" ]; then have=$d; fi; \
+      done; \
+      if [ -n "$have" ]; then echo "in the runtime base: $so"; continue; fi; \
+      real=$(readlink -f "$path"); cp "$real" "/out$lib/"; \
+      if [ "${real##*/}" != "$so" ]; then ln -s "${real##*/}" "/out$lib/$so"; fi; \
+      echo "added: $so (${real##*/})"; \
+    done < /tmp/closure
+
 # --- runtime ------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE}
 ARG VERSION=0.1.0
@@ -44,6 +76,9 @@ LABEL org.opencontainers.image.title="virtualio" \
       org.opencontainers.image.vendor="virtualio" \
       org.opencontainers.image.base.name="gcr.io/distroless/nodejs24-debian12:nonroot" \
       dev.virtualio.image.repository="ghcr.io/virtualio/virtualio"
+# iproute2's ip and nvme-cli's nvme on PATH (/usr/sbin), where the agent's defaults (`ip`, `nvme`;
+# VIO_IP_CLI, VIO_NVME_CLI) find them; their libraries in Debian's multiarch folder, which ld.so searches.
+COPY --from=tools /out/ /
 WORKDIR /app
 COPY --from=deps /app/package.json ./package.json
 COPY --from=deps /app/node_modules ./node_modules

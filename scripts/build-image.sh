@@ -63,7 +63,11 @@ mkdir -p "$OUT_DIR"
 OUT="$OUT_DIR/$(printf '%s' "$NAME" | tr '/:@' '___').oci.tar"
 
 # buildkitd: state in the cache (build cache survives between runs), socket in a private run folder.
+# One buildkitd at a time owns the state folder (it locks it and a second one exits): builds from
+# other worktrees on this machine wait here for the lock instead of failing.
 STATE="$VIO_CACHE/buildkit-state"
+exec 9>"$VIO_CACHE/buildkit-state.lock"
+flock 9
 RUN_DIR=$(mktemp -d /run/virtualio-buildkit-XXXXXX)
 SOCK="unix://$RUN_DIR/buildkitd.sock"
 BK_PID=""

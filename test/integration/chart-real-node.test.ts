@@ -25,7 +25,7 @@ import { eventually, kubectlOk } from '../support/cluster.js';
 import { CHART_DIR, parseObjects, type KubeObject } from './chart-support.js';
 import { ClientNodeKube } from '../../operator/src/kube/client-node.js';
 import { chartRunbookCommands, runChartRunbookCommands } from '../observability/runbooks-chart.js';
-import { ENV_NAME, NIC, REPO, TAG_A, TAG_B, VM_POD, buildImage, openLog, parseLog, pool, processFacts, ready, vmPod, type Pod } from './real-node-support.js';
+import { ENV_NAME, NIC, REPO, TAG_A, TAG_B, VM_POD, agentToolsProbe, buildImage, openLog, parseLog, pool, processFacts, ready, vmPod, type AgentTools, type Pod } from './real-node-support.js';
 
 const run = promisify(execFile);
 
@@ -204,6 +204,13 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     expect(cfg.info.imageSpec.config.User).toBe('65532:65532');
     expect(cfg.info.imageSpec.config.Entrypoint).toEqual(['/nodejs/bin/node']);
     expect((cfg.info.imageSpec.config.Env ?? []).filter((e) => e.startsWith('NODE_EXTRA_CA_CERTS'))).toEqual([]);
+    // The programs the agent runs for opt-in features, through its own code at its defaults, in its
+    // container with the chart's settings: found on the image's PATH and able to load their libraries.
+    const tools = JSON.parse(await node.crictl(['exec', (await criContainer('agent')).id, '/nodejs/bin/node', '--input-type=module', '-e', agentToolsProbe])) as AgentTools;
+    expect(tools.ip).toMatch(/^ip utility, iproute2-6\.\d+\.\d+, libbpf \d/);
+    expect(tools.ipStderr).toBe('');
+    expect(tools.loopback).toMatchObject([{ ifname: 'lo', link_type: 'loopback' }]);
+    expect(tools.nvme).toMatch(/^nvme version 2\.\d+.*\nlibnvme version 1\.\d+/);
 
     // Pod start times from the API (second resolution): created → container started, created → Ready.
     for (const p of [...live.operator, ...live.agent]) {

@@ -41,9 +41,19 @@ function label(name: string): string | undefined {
 describe('Dockerfile', () => {
   test('multi-stage: Node 24 build stages and a distroless Node 24 runtime', () => {
     const froms = [...dockerfile.matchAll(/^FROM (\S+)(?: AS (\w+))?/gm)].map((m) => [m[1], m[2]]);
-    expect(froms).toEqual([['node:${NODE_VERSION}-bookworm-slim', 'build'], ['node:${NODE_VERSION}-bookworm-slim', 'deps'], ['${RUNTIME_IMAGE}', undefined]]);
+    expect(froms).toEqual([
+      ['node:${NODE_VERSION}-bookworm-slim', 'build'], ['node:${NODE_VERSION}-bookworm-slim', 'deps'],
+      ['${RUNTIME_IMAGE}', 'runtime'], ['node:${NODE_VERSION}-bookworm-slim', 'tools'], ['${RUNTIME_IMAGE}', undefined],
+    ]);
     expect(argDefault('NODE_VERSION')).toMatch(/^24\./);
     expect(argDefault('RUNTIME_IMAGE')).toBe('gcr.io/distroless/nodejs24-debian12:nonroot');
+  });
+
+  test("the runtime stage gets iproute2's ip and nvme-cli's nvme from Debian 12 (run in the built image by chart-real-node)", () => {
+    expect(dockerfile).toMatch(/^ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2 nvme-cli /m);
+    expect(runtimeStage()).toContain('COPY --from=tools /out/ /');
+    // No VIO_IP_CLI / VIO_NVME_CLI in the image: the agent's defaults (`ip`, `nvme`) find them on PATH.
+    expect(dockerfile).not.toMatch(/^ENV .*VIO_(IP|NVME)_CLI/m);
   });
 
   test('production dependencies only, non-root user, node entrypoint, OCI labels', () => {

@@ -79,6 +79,23 @@ export function buildImage(tag: string, revision: string): Promise<string> {
   });
 }
 
+/**
+ * A script for `node` inside the agent's container: runs `ip` and `nvme` through the agent's own
+ * runners with their default paths (as main.ts does without VIO_IP_CLI / VIO_NVME_CLI) and prints
+ * what they answered, as JSON ({@link AgentTools}); `ip -V` once more directly for its stderr (a
+ * library it cannot find or read shows there).
+ */
+export const agentToolsProbe = [
+  "const { spawnSync } = await import('node:child_process');",
+  "const { execIpCli } = await import('/app/dist/device-plugin/src/carving/ip-link.js');",
+  "const { execNvmeCli } = await import('/app/dist/device-plugin/src/carving/nvme.js');",
+  "const ip = execIpCli(); const nvme = execNvmeCli();",
+  "const direct = spawnSync('ip', ['-V'], { encoding: 'utf8' });",
+  "console.log(JSON.stringify({ ip: (await ip(['-V'])).trim(), ipStderr: String(direct.stderr ?? direct.error).trim(),",
+  "loopback: JSON.parse(await ip(['-json', 'link', 'show', 'dev', 'lo'])), nvme: (await nvme(['version'])).trim() }));",
+].join(' ');
+export interface AgentTools { ip: string; ipStderr: string; loopback: { ifname: string; link_type: string }[]; nvme: string }
+
 export const pool = {
   apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice',
   metadata: { name: 'cx6' },
