@@ -184,6 +184,25 @@ export interface VirtualIODeviceStatus {
    */
   allocated?: number;
   /**
+   * onDemand pools: mdevs that exist because a claim asked for them (see carvings).
+   */
+  carvedOnDemand?: number;
+  /**
+   * onDemand pools, at most 256 entries; which ResourceClaim made the agent carve which mdev.
+   *
+   * @maxItems 256
+   */
+  carvings?: {
+    node: string;
+    /**
+     * The mdev UUID.
+     */
+    slice: string;
+    mdevType?: string;
+    namespace: string;
+    claim: string;
+  }[];
+  /**
    * @maxItems 16
    */
   conditions?: {

@@ -88,7 +88,11 @@ function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
   const inv = src ? { devices: (src.devices ?? []).map(pruneDevice), ...(src.truncated ? { truncated: true } : {}) } : undefined;
   const prevInv = prev?.status?.inventory;
   const inventory = inv && prevInv && jsonEqual(inv, prevInv) ? prevInv : inv;
-  const slices = o.status.slices?.map((s) => ({ id: s.id, pool: s.pool, kind: s.kind, health: s.health, ...(s.allocation ? { allocation: s.allocation } : {}) }));
+  const slices = o.status.slices?.map((s) => ({
+    id: s.id, pool: s.pool, kind: s.kind, health: s.health, ...(s.allocation ? { allocation: s.allocation } : {}),
+    // onDemand pools: which claim each mdev was carved for (rolled up into the pool's carvings).
+    ...(s.carvedFor ? { carvedFor: s.carvedFor, ...(s.mdevType ? { mdevType: s.mdevType } : {}) } : {}),
+  }));
   const { pools, observedGeneration } = o.status;
   // Deletion reads the agent's Degraded condition: it says when the agent cannot tell who holds what.
   const conditions = o.status.conditions?.filter((c) => c.type === 'Degraded');

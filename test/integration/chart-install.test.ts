@@ -388,6 +388,9 @@ describe('helm install on the real API server', () => {
     ['list', 'resourceclaims.resource.k8s.io', '', 'tenant-a', true],
     ['watch', 'resourceclaims.resource.k8s.io', '', '', true],
     ['update', 'resourceclaims.resource.k8s.io', 'status', 'tenant-a', false],
+    // On-demand pools set their devices' binding conditions (what they may change is narrowed per
+    // driver and node by the API server: policy-dra.test.ts).
+    ['patch', 'resourceclaims.resource.k8s.io', 'status', 'tenant-a', true],
     ['create', 'deviceclasses.resource.k8s.io', '', '', false],
   ];
 

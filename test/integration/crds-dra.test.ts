@@ -1,6 +1,7 @@
 // The front-end field against a real kube-apiserver: DevicePlugin is the default, DRA is accepted for
 // every mode KubeVirt can consume through a claim, and nonsense (NPIV through DRA, an unknown front
-// end) is rejected at admission with a message that names the field.
+// end) is rejected at admission with a message that names the field. On-demand mediated pools
+// (carving.onDemand) are accepted with DRA only, without mdevType/count, and refused otherwise.
 import YAML from 'yaml';
 import { installCrds, kubectl, kubectlOk } from '../support/cluster.js';
 
@@ -25,7 +26,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await kubectl(['delete', 'virtualiodevice', 'dra-default', 'dra-vf', 'dra-vgpu', 'dra-nvme', '--ignore-not-found']);
+  await kubectl(['delete', 'virtualiodevice', 'dra-default', 'dra-vf', 'dra-vgpu', 'dra-nvme', 'dra-ondemand', '--ignore-not-found']);
 });
 
 test('frontEnd defaults to DevicePlugin', async () => {
@@ -37,6 +38,7 @@ test('frontEnd defaults to DevicePlugin', async () => {
 test.each([
   ['dra-vf', { frontEnd: 'DRA' }],
   ['dra-vgpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 4, mdevType: 'nvidia-754' } }],
+  ['dra-ondemand', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: ['nvidia-745', 'NVIDIA_A16-4Q'] } } }],
   ['dra-nvme', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'Passthrough' } }],
 ])('DRA is accepted for %s', async (name, spec) => {
   await kubectlOk(['apply', '--server-side', '-f', '-'], { input: pool(name, spec) });
@@ -58,6 +60,12 @@ test.each([
   ['unknown front end', pool('bad-dra-fe', { frontEnd: 'CSI' }), ['spec.frontEnd', 'Unsupported value: "CSI"']],
   ['node plan: NPIV pool with DRA', nodePlan('bad-dra-plan', { class: 'Storage', mode: 'NPIV', wwnPrefix: 'c05076', frontEnd: 'DRA' }), ['spec.pools[0]', 'NPIV pools cannot use the DRA front end']],
   ['node plan: unknown front end', nodePlan('bad-dra-plan2', { frontEnd: 'Both' }), ['spec.pools[0].frontEnd', 'Unsupported value: "Both"']],
+  ['onDemand without DRA', pool('bad-od-fe', { class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand needs spec.frontEnd DRA']],
+  ['onDemand with mdevType and count', pool('bad-od-count', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 4, mdevType: 'nvidia-745', onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand replaces mdevType and count']],
+  ['onDemand for SR-IOV', pool('bad-od-sriov', { frontEnd: 'DRA', carving: { mode: 'SRIOV', count: 4, onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand is only allowed when spec.carving.mode is Mediated']],
+  ['onDemand without types', pool('bad-od-empty', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: [] } } }), ['spec.carving.onDemand.mdevTypes']],
+  ['Mediated with neither mdevType nor onDemand', pool('bad-od-none', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 1 } }), ['spec.carving.mdevType is required when spec.carving.mode is Mediated (or spec.carving.onDemand']],
+  ['node plan: onDemand without DRA', nodePlan('bad-od-plan', { class: 'GPU', mode: 'Mediated', count: undefined, onDemand: { mdevTypes: ['nvidia-745'] } }), ['onDemand needs mode Mediated and frontEnd DRA']],
 ])('rejected at admission: %s', async (_name, doc, want) => {
   const r = await kubectl(['create', '--dry-run=server', '-f', '-'], { input: doc as string });
   expect(r.code).not.toBe(0);

@@ -237,6 +237,14 @@ suite(`on-demand vGPUs: carved when the scheduler allocates a claim, removed whe
     const table = (await kubectl(['get', 'vion', NODE])).trim().split('\n');
     const row = Object.fromEntries(table[0]!.split(/\s+/).map((h, i) => [h, table[1]!.split(/\s+/)[i]]));
     expect(row).toMatchObject({ CARVED: '2' });
+    // And through the operator, in the pool's status and `kubectl get viod -o wide`.
+    const st = await eventually('carvings in the VirtualIODevice status', async () => {
+      const v = JSON.parse(await kubectl(['get', 'viod', 'a16', '-o', 'json'])) as { status?: { carvedOnDemand?: number; carvings?: { slice: string; claim: string; mdevType?: string }[] } };
+      return v.status?.carvedOnDemand === 2 ? v.status : undefined;
+    }, 60_000, 250);
+    expect(st.carvings).toEqual(expect.arrayContaining([expect.objectContaining({ node: NODE, slice: a.uuid, mdevType: TYPES['8Q'], namespace: 'default', claim: a.claim.metadata.name })]));
+    const wide = (await kubectl(['get', 'viod', 'a16', '-o', 'wide'])).trim().split('\n');
+    expect(Object.fromEntries(wide[0]!.split(/\s+/).map((h, i) => [h, wide[1]!.split(/\s+/)[i]]))).toMatchObject({ FRONTEND: 'DRA', CARVED: '2' });
   });
 
   test('a third asking for a type that no longer fits waits, with the scheduler saying why', async () => {

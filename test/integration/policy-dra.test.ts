@@ -104,6 +104,51 @@ test('the agent reads claims but cannot write them (RBAC)', async () => {
   expect(w.body.message).toContain('cannot create resource "resourceclaims"');
 });
 
+describe('claim status (on-demand pools: the Carved / CarveFailed binding conditions)', () => {
+  // Kubernetes 1.36 authorizes status.devices per driver and node (KEP-4817); the chart grants the
+  // agent only the associated-node verbs for driver virtualio.dev.
+  const CLAIMS = '/apis/resource.k8s.io/v1/namespaces/default/resourceclaims';
+  const condition = { type: 'virtualio.dev/Carved', status: 'True', reason: 'Carved', message: 'test', lastTransitionTime: '2026-01-01T00:00:00Z' };
+  const apply = (name: string, node: string) => apiRequest(tokens.agentA, 'PATCH', `${CLAIMS}/${name}/status?fieldManager=virtualio-agent&force=true`, {
+    apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name, namespace: 'default' },
+    status: { devices: [{ driver: 'virtualio.dev', pool: `${node}/a16`, device: 'mdev-1', conditions: [condition] }] },
+  }, 'application/apply-patch+yaml');
+
+  /** A claim the scheduler allocated on `node` (one device there; the allocation's node selector names it). */
+  async function allocatedOn(name: string, node: string): Promise<void> {
+    await kubectl(['delete', 'resourceclaim', name, '-n', 'default', '--ignore-not-found']);
+    await kubectlOk(['apply', '--server-side', '-f', '-'], { input: JSON.stringify({ apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name, namespace: 'default' }, spec: { devices: { requests: [{ name: 'vgpu', exactly: { deviceClassName: 'x' } }] } } }) });
+    await kubectlOk(['patch', 'resourceclaim', name, '-n', 'default', '--subresource=status', '--type=merge', '-p', JSON.stringify({
+      status: { allocation: {
+        devices: { results: [{ request: 'vgpu', driver: 'virtualio.dev', pool: `${node}/a16`, device: 'mdev-1' }] },
+        nodeSelector: { nodeSelectorTerms: [{ matchFields: [{ key: 'metadata.name', operator: 'In', values: [node] }] }] },
+      } },
+    })]);
+  }
+
+  beforeAll(async () => {
+    await allocatedOn('pdra-claim-a', NODE_A);
+    await allocatedOn('pdra-claim-b', NODE_B);
+  });
+  afterAll(async () => {
+    await kubectl(['delete', 'resourceclaim', 'pdra-claim-a', 'pdra-claim-b', '-n', 'default', '--ignore-not-found']);
+  });
+
+  test("the agent sets the condition of a device of a claim allocated on its node", async () => {
+    const r = await apply('pdra-claim-a', NODE_A);
+    expect([r.status, r.body.message]).toEqual([200, undefined]);
+  });
+
+  test("the agent may not touch a claim allocated on another node, nor the allocation of its own", async () => {
+    const other = await apply('pdra-claim-b', NODE_B);
+    expect(other.status).toBe(422);
+    expect(other.body.message).toContain('changing status.devices requires resource="resourceclaims/driver"');
+    const dealloc = await apiRequest(tokens.agentA, 'PATCH', `${CLAIMS}/pdra-claim-a/status`, { status: { allocation: null, devices: null } }, 'application/merge-patch+json');
+    expect(dealloc.status).toBe(422);
+    expect(dealloc.body.message).toContain('requires resource="resourceclaims/binding"');
+  });
+});
+
 test('the admin is not affected by the policy', async () => {
   expect(await kubectlOk(['label', 'resourceslice', 'pdra-b', 'checked=yes'])).toContain('labeled');
 });

@@ -55,6 +55,17 @@ describe('computeStatus', () => {
     expect(cond(status, 'KubeVirtPermitted')).toMatchObject({ status: 'True', reason: 'NotRequired' });
   });
 
+  test('rolls up which claim each on-demand mdev was carved for', () => {
+    const carved = { ...slice('u-1', 'vfs', { pod: 'virt-launcher-b', namespace: 'vms' }), kind: 'Mdev' as const, mdevType: 'nvidia-747', carvedFor: { namespace: 'vms', claim: 'b-gpu-x1', uid: 'c1', since: '2026-03-01T12:00:00Z' } };
+    const nodes = [vioNodeObj('n1', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: 'Ready', capacity: 1, allocatable: 1, allocated: 1 }], slices: [carved, slice('u-2', 'vfs')] } })];
+    const { status } = computeStatus(undefined, input({ nodes }));
+    expect(status).toMatchObject({ carvedOnDemand: 1, carvings: [{ node: 'n1', slice: 'u-1', mdevType: 'nvidia-747', namespace: 'vms', claim: 'b-gpu-x1' }] });
+    // Pools that carve nothing on demand show neither field.
+    const none = computeStatus(undefined, input({ nodes: [vioNodeObj('n1', { plan: [plan('vfs')], status: { pools: [{ name: 'vfs', state: 'Ready' }], slices: [slice('u-2', 'vfs')] } })] }));
+    expect(none.status.carvedOnDemand).toBeUndefined();
+    expect(none.status.carvings).toBeUndefined();
+  });
+
   test.each<[string, string, string, string]>([
     ['Error', 'Degraded', 'True', 'CarvingFailed'],
     ['Blocked', 'Degraded', 'True', 'CarvingBlocked'],

@@ -62,7 +62,11 @@ interface NodeView {
   /** Why the node does not count as released (deletion). */
   notReleased?: string;
   allocations: AllocationEntry[];
+  /** onDemand pools: the mdevs carved for claims. */
+  carvings: CarvingEntry[];
 }
+
+type CarvingEntry = NonNullable<VirtualIODeviceStatus['carvings']>[number];
 
 function listSome(items: readonly string[]): string {
   const shown = items.slice(0, MESSAGE_ITEMS).join('; ');
@@ -142,12 +146,13 @@ function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefi
     ...(notWritten ? { message: NOT_WRITTEN_MESSAGE } : stale ? { message: STALE_MESSAGE } : agent?.message ? { message: agent.message } : {}),
     ...releaseFields(vio, !!plan, agent, slices.length),
     allocations: [...byPod.values()],
+    carvings: slices.flatMap((s) => (s.carvedFor ? [{ node, slice: s.id, ...(s.mdevType ? { mdevType: s.mdevType } : {}), namespace: s.carvedFor.namespace, claim: s.carvedFor.claim }] : [])),
   };
 }
 
 /** A node the pool is about to be planned on (its VirtualIONode does not mention the pool yet). */
 function pendingView(node: string): NodeView {
-  return { node, planned: true, capacity: 0, allocatable: 0, allocated: 0, state: 'Pending', message: NOT_WRITTEN_MESSAGE, releasedHere: true, allocations: [] };
+  return { node, planned: true, capacity: 0, allocatable: 0, allocated: 0, state: 'Pending', message: NOT_WRITTEN_MESSAGE, releasedHere: true, allocations: [], carvings: [] };
 }
 
 const PROBLEM_RANK: Record<string, number> = { Error: 0, Blocked: 1, Deleting: 2, Carving: 3, Pending: 4 };
@@ -307,6 +312,8 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
     conditions: conds,
     nodeStatuses,
     allocations: allAllocations.slice(0, MAX_ALLOCATIONS),
+    ...(views.some((v) => v.carvings.length) ? { carvedOnDemand: sum((v) => v.carvings.length) } : {}),
+    carvings: views.flatMap((v) => v.carvings).sort((a, b) => a.node.localeCompare(b.node) || a.slice.localeCompare(b.slice)).slice(0, MAX_ALLOCATIONS),
     conflicts: conflicts.slice(0, MAX_CONFLICTS),
     kubevirtEntries: [...input.kubevirtEntries],
   };
