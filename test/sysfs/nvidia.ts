@@ -38,7 +38,7 @@
 //     the name mapping; the order from Harvester's design and a third party's hardware logs).
 // Not modelled: vgpu_params' EPERM
 // while open, ENODEV when a VMM opens an untyped VF, the unbindLock of /proc/driver/nvidia.
-import { mkdir, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FakeKernel, FunctionSpec } from './kernel.js';
 import { KernelError } from './kernel-error.js';
@@ -128,6 +128,13 @@ async function save(k: FakeKernel, s: DriverState): Promise<void> {
   await writeFile(path.join(k.root, STATE_REL), JSON.stringify(s, null, 2));
 }
 
+/** Replaces a file the driver rewrites in one step: a reader never sees it half-written (as sysfs). */
+async function putAttr(file: string, content: string): Promise<void> {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.new`);
+  await writeFile(tmp, content);
+  await rename(tmp, file);
+}
+
 /** The PF of a VF (its `physfn`), or undefined. */
 async function pfOf(k: FakeKernel, vf: string): Promise<string | undefined> {
   try {
@@ -209,7 +216,7 @@ async function refreshCreatable(k: FakeKernel, pf: string, g: GpuState): Promise
   for (const vf of vfs) {
     const dir = path.join(await k.functionDir(vf), 'nvidia');
     const mine = (g.vfTypes[vf] ?? 0) > 0;
-    await writeFile(path.join(dir, 'creatable_vgpu_types'), `ID    : vGPU Name\n${mine ? '' : list}`).catch(() => undefined);
+    await putAttr(path.join(dir, 'creatable_vgpu_types'), `ID    : vGPU Name\n${mine ? '' : list}`).catch(() => undefined);
   }
 }
 
@@ -290,10 +297,10 @@ export async function writeVgpuType(k: FakeKernel, vfDir: string, rel: string, v
     }
   }
   const giId = found.g.mig?.vfGi[vf];
-  if (giId !== undefined) await writeFile(path.join(vfDir, 'nvidia/gpu_instance_id'), `${giId}\n`);
+  if (giId !== undefined) await putAttr(path.join(vfDir, 'nvidia/gpu_instance_id'), `${giId}\n`);
   else await rm(path.join(vfDir, 'nvidia/gpu_instance_id'), { force: true });
   await save(k, found.s);
-  await writeFile(file, `${found.g.vfTypes[vf] ?? 0}\n`);
+  await putAttr(file, `${found.g.vfTypes[vf] ?? 0}\n`);
   await refreshCreatable(k, found.pf, found.g);
 }
 

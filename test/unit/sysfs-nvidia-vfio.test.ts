@@ -2,6 +2,7 @@
 // checked from the outside (sysfs files and errnos), then the agent's discovery and carving over it.
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
+import { rememberCatalogues, type VgpuType } from '../../device-plugin/src/carving/gpu.js';
 import { planCarving } from '../../device-plugin/src/carving/plan.js';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import type { Inventory, PoolPlan } from '../../device-plugin/src/model.js';
@@ -117,6 +118,16 @@ describe('the agent over it: detection and planning', () => {
     expect(plan.writes.map((w) => [w.path, w.value])).toEqual([[typePath(VF0), '1153'], [typePath(VF1), '1153']]);
     expect(plan.writes.some((w) => /driver|bind|probe/.test(w.path))).toBe(false);
     expect(plan.blocked).toEqual([expect.objectContaining({ pool: 'b', reason: expect.stringMatching(/mix framebuffer sizes .* set spec\.carving\.vgpu\.heterogeneous on pool\(s\) a, b/) })]);
+
+    // Once 12Q is on the GPU, the pool whose size is not there yet is the one refused, whatever the names.
+    for (const w of plan.writes) await k.write(w.path, w.value);
+    // The agent keeps the type table it read first (the driver lists only what fits now).
+    const memory = new Map<string, VgpuType[]>();
+    rememberCatalogues(inv, memory);
+    const typedInv = rememberCatalogues(await scan(root), memory);
+    const z = pool('0-24q', 'L40S-24Q', 1);
+    const later = planCarving({ spec: { pools: [a, z] }, inventory: typedInv, nodeName: 'n', allocated: new Set() });
+    expect(later.blocked).toEqual([expect.objectContaining({ pool: '0-24q', reason: expect.stringContaining("and pool a's NVIDIA L40S-12Q (12 GB) would mix framebuffer sizes") })]);
 
     const het = planCarving({ spec: { pools: [{ ...a, vgpuHeterogeneous: true }, { ...b, vgpuHeterogeneous: true }] }, inventory: inv, nodeName: 'n', allocated: new Set() });
     expect(het.blocked).toEqual([]);

@@ -59,6 +59,14 @@ describe('plan validation', () => {
     expect(r.ok).toBe(false);
     expect(!r.ok && r.message).toMatch(message);
   });
+  test('NVIDIA vGPU pools may share a GPU; a vGPU pool and any other pool may not', () => {
+    const gpu = { class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', count: 1, vfDriver: 'nvidia', devices: [{ pciAddress: '0000:3b:00.0' }] };
+    const a = { ...gpu, name: 'a', resourceName: 'virtualio.dev/a', vgpuProfile: 'L40S-12Q' };
+    const b = { ...gpu, name: 'b', resourceName: 'virtualio.dev/b', vgpuProfile: 'L40S-24Q' };
+    const plain = { ...gpu, name: 'c', resourceName: 'virtualio.dev/c', vfDriver: 'vfio-pci' };
+    expect(validatePlan({ pools: [a, b] }).ok).toBe(true);
+    expect(validatePlan({ pools: [a, plain] })).toStrictEqual({ ok: false, message: 'pool c.devices[0]: 0000:3b:00.0 is also in pool a' });
+  });
 });
 
 describe('FilePlanSource', () => {

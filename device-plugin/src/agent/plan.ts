@@ -45,7 +45,7 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
   const problems: string[] = [];
   const names = new Set<string>();
   const resources = new Set<string>();
-  const devices = new Map<string, string>();
+  const devices = new Map<string, { name: string; vgpu: boolean }>();
   pools.forEach((p: unknown, i) => {
     const where = `pools[${i}]`;
     if (!isObject(p)) {
@@ -85,10 +85,12 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
           return;
         }
         const other = devices.get(d.pciAddress);
-        // Two SR-IOV pools may split one PF by VF range; anything else must not share a device.
+        // Two SR-IOV pools may split one PF by VF range, and NVIDIA vGPU pools share a GPU (the
+        // agent lays out their VFs); anything else must not share a device.
         const ranged = d.vfFirst !== undefined || d.vfLast !== undefined;
-        if (other !== undefined && !ranged) problems.push(`${at}.devices[${j}]: ${d.pciAddress} is also in pool ${other}`);
-        devices.set(d.pciAddress, String(p.name));
+        const vgpu = p.mode === 'SRIOV' && typeof p.vgpuProfile === 'string';
+        if (other !== undefined && !ranged && !(vgpu && other.vgpu)) problems.push(`${at}.devices[${j}]: ${d.pciAddress} is also in pool ${other.name}`);
+        devices.set(d.pciAddress, { name: String(p.name), vgpu });
       });
   });
   if (problems.length) return { ok: false, message: problems.join('; ') };

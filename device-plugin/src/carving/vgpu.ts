@@ -108,11 +108,11 @@ export function layoutGpu(pfAddr: string, pools: readonly PoolPlan[], devices: R
       // A MIG-backed type is listed only once a free GPU instance of its profile exists.
       l.problem = `${l.pool.vgpuProfile ?? ''} needs GPU instances of MIG profile ${mig} on ${pfAddr}: creating them`;
       l.gis = { profile: mig, count: l.pool.count ?? 1 };
-    } else l.problem = `profile ${l.pool.vgpuProfile ?? ''} is not a vGPU type of ${pfAddr}${catalogue.length ? ` (it has ${catalogue.map((x) => x.name ?? x.id).join(', ')})` : ' (it lists no creatable types now and the agent has not seen its catalogue since it started)'}`;
+    } else l.problem = `profile ${l.pool.vgpuProfile ?? ''} is not among the vGPU types ${pfAddr} has listed${catalogue.length ? ` (${catalogue.map((x) => x.name ?? x.id).join(', ')})` : ' (it lists no creatable types now and the agent has not seen its catalogue since it started)'}`;
   }
   const present = new Set(vfs.map(cur).filter((x): x is number => x !== undefined && x > 0));
   // Pools whose type is on the GPU already keep their place; then by name.
-  const order = out.pools.filter((l) => l.type).sort((a, b) => Number(!present.has(b.type!.id)) - Number(!present.has(a.type!.id)) || compareText(a.pool.name, b.pool.name));
+  const order = out.pools.filter((l) => l.type).sort((a, b) => Number(!present.has(a.type!.id)) - Number(!present.has(b.type!.id)) || compareText(a.pool.name, b.pool.name));
   const accepted: VgpuPoolLayout[] = [];
   for (const l of order) {
     const t = l.type as VgpuType;
@@ -188,6 +188,12 @@ export function planVgpu(pools: readonly PoolPlan[], devices: ReadonlyMap<string
     const block = (pool: string, reason: string, device = g.pf): void => void out.blocked.push({ pool, device, reason });
     if (g.problem) {
       for (const n of names) block(n, g.problem);
+      continue;
+    }
+    // A VF whose type cannot be read is not known to be free: nothing is written on this GPU until it can be.
+    const unreadable = (devices.get(g.pf)?.sriov?.vfs ?? []).filter((a) => devices.get(a)?.nvidiaVgpu !== undefined && devices.get(a)?.nvidiaVgpu?.currentType === undefined);
+    if (unreadable.length > 0) {
+      for (const n of names) block(n, `current_vgpu_type of ${unreadable.join(', ')} cannot be read now; ${g.pf} waits`);
       continue;
     }
     if (g.enable) {
