@@ -54,6 +54,12 @@ async function main(): Promise<number> {
   let signals = 0;
   /** Set once this agent handed the node over (--handover): it then waits for its pod's deletion. */
   let handedOver: string | undefined;
+  /**
+   * Set while this agent (--handover) waits for a lock holder that cannot hand over (a version before
+   * hand-over): it then reads Ready as a standby, so the rolling update deletes the old pod instead of
+   * stalling; it still serves nothing until the lock is released (never two active agents).
+   */
+  let standby: string | undefined;
   const onSignal = (name: string): void => {
     if (handedOver !== undefined && controller.signal.aborted) {
       logger.info({ signal: name }, 'stopped after handing the node over');
@@ -110,7 +116,8 @@ async function main(): Promise<number> {
       ...cfg.metricsAddress,
       metrics,
       readiness: () => (handedOver !== undefined ? { ready: false, reason: handedOver } : undefined)
-        ?? started.manager?.readiness() ?? { ready: false, reason: 'waiting for the node lock: another agent runs on this node' },
+        ?? started.manager?.readiness()
+        ?? (standby !== undefined ? { ready: true, reason: standby } : { ready: false, reason: 'waiting for the node lock: another agent runs on this node' }),
       status: () => started.manager?.status(),
       logger,
       signal: served.signal,
@@ -140,8 +147,23 @@ async function main(): Promise<number> {
   try {
     lock = await acquireAgentLock(cfg.stateDir, {
       identity: { node: cfg.nodeName, ...(process.env.VIO_POD_NAME ? { pod: process.env.VIO_POD_NAME } : {}) },
-      onWait: (m, h) => logger.warn({ holder: h }, m), onAcquired: (m) => logger.info(m), signal,
+      onWait: (m, h) => {
+        if (h?.handsOver) standby = undefined; // a holder that will hand over: wait unready as usual
+        logger.warn({ holder: h }, m);
+      },
+      onAcquired: (m) => {
+        standby = undefined;
+        logger.info(m);
+      },
+      signal,
       requestHandover: cfg.handover,
+      // Upgrading from an agent before hand-over: a one-time capacity gap (the old agent stops when its
+      // pod is deleted, then this one takes the lock and starts) instead of a rollout that never ends.
+      onHolderCannotHandOver: (m, h) => {
+        standby = `standby: the agent holding this node (pid ${h.pid}${h.pod ? `, pod ${h.pod}` : ''}) cannot hand it over; this agent starts once it stops`;
+        logger.warn({ holder: h }, `${m}. Reporting Ready as a standby so the rolling update deletes the old agent's pod; `
+          + 'this agent takes the node once it has stopped: the pools read unallocatable for the seconds in between (once, for this upgrade)');
+      },
       ...(cfg.handover ? { onHandoverRequest: (to: AgentLockHolder | undefined) => void handOver(to) } : {}),
     });
   } catch (err) {

@@ -243,7 +243,7 @@ export async function serveMetrics(opts: {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (path === '/readyz') {
       const r = opts.readiness();
-      res.writeHead(r.ready ? 200 : 503, { 'content-type': 'text/plain' }).end(r.ready ? 'ok\n' : `not ready: ${r.reason ?? 'unknown'}\n`);
+      res.writeHead(r.ready ? 200 : 503, { 'content-type': 'text/plain' }).end(r.ready ? `ok${r.reason ? ` (${r.reason})` : ''}\n` : `not ready: ${r.reason ?? 'unknown'}\n`);
     } else if (path === '/status' && opts.status) {
       res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(opts.status() ?? null)}\n`);
     } else if (path === '/metrics') {

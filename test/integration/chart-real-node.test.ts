@@ -111,6 +111,14 @@ async function waitReady(what: string, selector: string, count: number, since: n
   return [...readyAt.values()];
 }
 
+/** The one live agent pod once it runs `tag` and is Ready (the old one deleted). */
+async function waitReadyPod(what: string, tag: string): Promise<Pod | undefined> {
+  return eventually(what, async () => {
+    const live = (await pods(AGENT)).filter((p) => !p.metadata.deletionTimestamp);
+    return live.length === 1 && live[0]!.spec.containers[0]!.image === `${REPO}:${tag}` && ready(live[0]!) ? live[0] : undefined;
+  }, 180_000, 250).catch(async (err: unknown) => { throw new Error(`${String(err)}\n${await diagnostics()}`, { cause: err }); });
+}
+
 const helmValues = (tag: string) => [
   '--namespace', NS, '--create-namespace',
   '--set', `image.repository=${REPO}`, '--set', `image.tag=${tag}`, '--set', 'image.pullPolicy=Never',
@@ -494,6 +502,29 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     // The last one deleted the agent pod: the DaemonSet's replacement comes back Ready.
     await waitReady('the replaced agent Ready', AGENT, 1, Date.now());
   }, 300_000);
+
+  test('upgrading from an agent that cannot hand over (no --handover, like a version before it): the new one is Ready as a standby, the rollout ends, one agent at a time', async () => {
+    // The running agent becomes one that ignores requests (restarted in place, no surge), then the
+    // chart's defaults upgrade from it: without the standby the new pod never turns Ready.
+    const noSurge = ['--set', 'agent.updateStrategy.rollingUpdate.maxSurge=0', '--set', 'agent.updateStrategy.rollingUpdate.maxUnavailable=1'];
+    await helm(['upgrade', RELEASE, CHART_DIR, ...helmValues(TAG_A), '--set', 'agent.handover=false', ...noSurge, '--wait', '--timeout', '5m']);
+    const old = (await waitReadyPod('the agent without hand-over Ready', TAG_A))!;
+    const eventsBefore = kernel.events.length;
+    const held = (JSON.parse((await containerLog('compute', 'default')).match(/VM-ENV (.*)/)![1]!) as Record<string, string>)[ENV_NAME]!;
+    const t = Date.now();
+    await helm(['upgrade', RELEASE, CHART_DIR, ...helmValues(TAG_B), '--wait', '--timeout', '5m']);
+    const fresh = (await waitReadyPod('the new agent Ready and alone', TAG_B))!;
+    figures.upgradeFromNoHandoverMs = Date.now() - t;
+    const lines = parseLog(await kubectl(['logs', '-n', NS, fresh.metadata.name])).map((l) => l.msg);
+    const standby = lines.findIndex((m) => m.includes('it does not accept hand-over requests') && m.includes('Reporting Ready as a standby'));
+    const acquired = lines.findIndex((m) => m.startsWith('holding the node\'s agent lock'));
+    expect(standby).toBeGreaterThanOrEqual(0);
+    expect(acquired).toBeGreaterThan(standby); // it took the node only after the standby, i.e. after the old one let go
+    expect(fresh.metadata.uid).not.toBe(old.metadata.uid);
+    await kernel.idle();
+    expect(kernel.events.slice(eventsBefore).filter((e) => e.path.includes(held) || e.value.includes(held) || e.path.endsWith(`${PF}/sriov_numvfs`))).toEqual([]);
+    expect((await getJson<Pod>(['get', 'pod', '-n', 'default', VM_POD])).status.containerStatuses![0]!.restartCount).toBe(0);
+  }, 420_000);
 
   test('helm uninstall leaves no pod behind', async () => {
     const t = Date.now();

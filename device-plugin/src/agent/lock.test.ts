@@ -12,11 +12,14 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A second agent: a child process that takes the lock with the real code and prints "held". */
-function childHolder(lockDir: string): { child: ChildProcess; held: Promise<void> } {
+/** The lock code of agents released before hand-over (a frozen copy of be92450's lock.ts). */
+const LOCK_BEFORE_HANDOVER = join(REPO, 'test/fixtures/agent-lock/lock-before-handover.ts');
+
+/** A second agent: a child process that takes the lock with the real code (or `lockModule`) and prints "held". */
+function childHolder(lockDir: string, lockModule = join(REPO, 'device-plugin/src/agent/lock.ts')): { child: ChildProcess; held: Promise<void> } {
   const script = join(lockDir, 'holder.mjs');
   writeFileSync(script, [
-    `import { acquireAgentLock } from ${JSON.stringify(join(REPO, 'device-plugin/src/agent/lock.ts'))};`,
+    `import { acquireAgentLock } from ${JSON.stringify(lockModule)};`,
     `await acquireAgentLock(${JSON.stringify(lockDir)}, { identity: { pod: 'agent-old', node: 'n1' } });`,
     "process.stdout.write('held\\n');",
     'setInterval(() => {}, 1000);',
@@ -151,5 +154,53 @@ describe('agent lock', () => {
     await expect(plain).rejects.toThrow('gave up');
     expect(asked).toEqual([]);
     await holder.release();
+  });
+
+  test('hand-over from an agent before hand-over: the old holder ignores the request, the waiter knows from its greeting at once, stays a standby and takes the lock once the old one stops', async () => {
+    const { child, held } = childHolder(dir, LOCK_BEFORE_HANDOVER);
+    try {
+      await held;
+      const silent: { message: string; holder: AgentLockHolder }[] = [];
+      let got = false;
+      const t0 = Date.now();
+      let toldAfterMs = -1;
+      const mine = acquireAgentLock(dir, {
+        identity: { pod: 'agent-new', node: 'n1' }, requestHandover: true, pollMs: 100,
+        onHolderCannotHandOver: (message, holder) => {
+          toldAfterMs = Date.now() - t0;
+          silent.push({ message, holder });
+        },
+      }).then((l) => {
+        got = true;
+        return l;
+      });
+      // Re-asked every 100 ms for a second: told once, about that one holder, and the lock stays theirs.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(got).toBe(false);
+      expect(silent).toHaveLength(1);
+      expect(silent[0]?.holder).toMatchObject({ pod: 'agent-old', node: 'n1', pid: child.pid });
+      expect(silent[0]?.holder.handsOver).toBeUndefined();
+      expect(silent[0]?.message).toContain('it does not accept hand-over requests (a version before hand-over, or started without --handover); waiting until it stops');
+      // The first greeting decides it (no timeout waited for): well under the 1 s greeting read limit.
+      expect(toldAfterMs).toBeGreaterThanOrEqual(0);
+      process.stdout.write(`old-protocol holder recognised after ${toldAfterMs} ms\n`);
+      // The old agent stops (the DaemonSet deletes its pod once the standby is Ready): the lock is ours.
+      child.kill('SIGTERM');
+      const lock = await mine;
+      await lock.release();
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  test('a waiter with requestHandover is not told "cannot hand over" by a holder that accepts; the greeting says so', async () => {
+    const greetings: (AgentLockHolder | undefined)[] = [];
+    const silent: unknown[] = [];
+    const held: { lock?: Awaited<ReturnType<typeof acquireAgentLock>> } = {};
+    held.lock = await acquireAgentLock(dir, { onHandoverRequest: () => void held.lock?.release() });
+    const lock = await acquireAgentLock(dir, { requestHandover: true, pollMs: 60_000, onWait: (_m, h) => greetings.push(h), onHolderCannotHandOver: (m) => silent.push(m) });
+    expect(greetings[0]?.handsOver).toBe(true);
+    expect(silent).toEqual([]);
+    await lock.release();
   });
 });

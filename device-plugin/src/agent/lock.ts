@@ -20,6 +20,10 @@
 // `onHandoverRequest` is told once, gets its devices off its hands (see main.ts) and releases the lock,
 // which ends the waiter's connection so it takes the lock at once. Holders without the option ignore
 // the line; waiters without it never send it (two agents of one install keep waiting for each other).
+// A holder that accepts requests says so in its greeting (`"handsOver":true`). The lock protocol
+// before hand-over (be92450, tested with a frozen copy) greets without it and ignores the request,
+// so a waiter knows from the first line, with no timeout, that nobody will answer: it tells its
+// caller (`onHolderCannotHandOver`) and keeps waiting for the lock to be released.
 //
 // Two waiters that both find the same stale lock could both rename over it; the last rename wins.
 // Each checks after a short settle time, and the holder keeps checking that `agent.lock` is still
@@ -45,6 +49,8 @@ export interface AgentLockHolder {
   pod?: string;
   /** When it took the lock (ISO time; before that, when it started waiting). */
   since: string;
+  /** Set by a holder that accepts hand-over requests; absent in the protocol before hand-over. */
+  handsOver?: boolean;
 }
 
 export interface AgentLockOptions {
@@ -72,6 +78,12 @@ export interface AgentLockOptions {
    * hands and releases the lock. Without it, requests are ignored.
    */
   onHandoverRequest?: (from: AgentLockHolder | undefined) => void;
+  /**
+   * While waiting with `requestHandover`, called once per holder whose greeting says it does not
+   * accept requests (an agent of a version before hand-over, or one started without it): it will
+   * keep the lock until it stops. Waiting goes on; the lock is taken once that holder releases it.
+   */
+  onHolderCannotHandOver?: (message: string, holder: AgentLockHolder) => void;
   /** Retry interval while waiting, besides the immediate retry when the holder goes (default 2 s). */
   pollMs?: number;
   /** After taking over a stale lock, wait this long and check it is still ours (default 250 ms). */
@@ -194,7 +206,9 @@ export async function acquireAgentLock(dir: string, opts: AgentLockOptions = {})
   const signal = opts.signal;
 
   // Our socket: answers every connection with who we are and keeps it open while we hold the lock.
-  const identity: AgentLockHolder = { pid: process.pid, hostname: hostname(), ...opts.identity, since: new Date().toISOString() };
+  const identity: AgentLockHolder = {
+    pid: process.pid, hostname: hostname(), ...opts.identity, since: new Date().toISOString(), ...(opts.onHandoverRequest ? { handsOver: true } : {}),
+  };
   const conns = new Set<Socket>();
   let holding = false;
   let handoverAsked = false;
@@ -244,6 +258,7 @@ export async function acquireAgentLock(dir: string, opts: AgentLockOptions = {})
 
   let lastHolder = '';
   let waited = false;
+  let silentHolder = '';
   try {
     for (;;) {
       if (signal?.aborted) throw signal.reason ?? new Error('aborted');
@@ -258,16 +273,23 @@ export async function acquireAgentLock(dir: string, opts: AgentLockOptions = {})
       if (p.kind === 'absent') continue; // released meanwhile
       if (p.kind === 'held') {
         const h = await readHolder(p.socket, 1000);
-        if (h && opts.requestHandover) p.socket.write(`${JSON.stringify({ handover: true, ...identity })}\n`);
-        const msg = `another virtualio agent holds the node's agent lock ${lockPath}: ${describe(h)}; ` + (opts.requestHandover
+        const canAsk = opts.requestHandover && h?.handsOver === true;
+        if (canAsk) p.socket.write(`${JSON.stringify({ handover: true, ...identity })}\n`);
+        const msg = `another virtualio agent holds the node's agent lock ${lockPath}: ${describe(h)}; ` + (canAsk
           ? 'asked it to hand the node over; waiting until it has'
-          : 'waiting until it stops (during a DaemonSet rolling update with surge the old agent holds it until it exits)');
+          : opts.requestHandover && h
+            ? 'it does not accept hand-over requests (a version before hand-over, or started without --handover); waiting until it stops'
+            : 'waiting until it stops (during a DaemonSet rolling update with surge the old agent holds it until it exits)');
         // No greeting: a holder that is busy, or one that is exiting right now (a connect can still
         // land in the backlog of a dying listener and then hang): ask again soon.
         if (msg !== lastHolder && (h || !lastHolder)) {
           lastHolder = msg;
           waited = true;
           opts.onWait?.(msg, h);
+        }
+        if (opts.requestHandover && h && !canAsk && silentHolder !== `${h.pid}@${h.hostname}@${h.since}`) {
+          silentHolder = `${h.pid}@${h.hostname}@${h.since}`;
+          opts.onHolderCannotHandOver?.(msg, h);
         }
         await until(p.socket, h ? pollMs : Math.min(pollMs, 1000), signal);
         p.socket.destroy();
