@@ -25,9 +25,9 @@ import { existingIds } from './gate.js';
 import { acceptScan } from './inventory-guard.js';
 import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-checkpoint.js';
 import { Ledger } from './ledger.js';
-import type { NodeOps, OnDemandInput, StatusSink } from './ports.js';
-import { indexDevices } from '../carving/layout.js';
-import { isOnDemand, learnCapacity, mdevParentsOf, type MdevCapacity, type WantedMdev } from '../carving/ondemand.js';
+import type { NodeOps, StatusSink } from './ports.js';
+import type { MdevCapacity, WantedMdev } from '../carving/ondemand.js';
+import { afterOnDemand, beforeOnDemand } from './ondemand.js';
 import { diffPlans, retire, retiredKey, type Retired } from './retire.js';
 import { buildStatus, type Condition, type PoolRegistration } from './status.js';
 import { FsTrigger } from './fs-trigger.js';
@@ -343,7 +343,8 @@ export class AgentManager {
       this.checkpoint.save();
     }
     const { spec, provisional } = this.effectiveSpec();
-    const onDemand = spec ? this.onDemandInput(spec) : undefined;
+    const onDemand = spec ? beforeOnDemand(spec, this.inventory, this.checkpoint, this.opts.onDemandWanted?.() ?? new Map(), (this.opts.now ?? (() => new Date()))()) : undefined;
+    if (onDemand) this.onDemandCapacity = onDemand.capacity;
     if (spec) {
       await this.reportBreakage(spec);
       const r = await this.carver.round({
@@ -373,7 +374,7 @@ export class AgentManager {
         this.checkpoint.setRetired([...this.retired.values()]);
         this.checkpoint.save();
       }
-      if (onDemand) this.afterOnDemand(onDemand.wanted);
+      if (onDemand) afterOnDemand(this.inventory, this.checkpoint, onDemand.wanted);
       try {
         this.slices = this.buildAllSlices(spec);
       } catch (err) {
@@ -388,37 +389,6 @@ export class AgentManager {
     this.publishStatus();
     this.scheduleWake();
     this.log.debug({ cycle: this.cycles, slices: this.slices.length, unhealthy: this.slices.filter((s) => s.health !== 'Healthy').length }, 'cycle done');
-  }
-
-  /**
-   * On-demand pools before carving: learns each parent's capacity from the scan, and records which
-   * claim every mdev about to be created is for — in the checkpoint, before the write — so a restart
-   * knows whose it is (the UUID follows from the device, so it is never created twice).
-   */
-  private onDemandInput(spec: VirtualIONodeSpec): OnDemandInput | undefined {
-    const pools = (spec.pools ?? []).filter((p) => isOnDemand(p) && !p.deleting);
-    if (pools.length === 0) return undefined;
-    const devices = indexDevices(this.inventory);
-    const parents = pools.flatMap((p) => p.devices.flatMap((d) => mdevParentsOf(d, devices)));
-    const capacity = learnCapacity(this.checkpoint.mdevCapacity(), parents, devices);
-    this.checkpoint.setMdevCapacity(capacity);
-    const wanted = this.opts.onDemandWanted?.() ?? new Map<string, WantedMdev>();
-    const exists = existingIds(this.inventory);
-    const since = (this.opts.now ?? (() => new Date()))().toISOString();
-    // A released mdev the scheduler gave to another claim before it was removed serves that claim now.
-    for (const w of wanted.values()) {
-      if (!exists.has(w.uuid) || this.checkpoint.carvings().get(w.uuid)?.uid !== w.uid) this.checkpoint.recordCarving(w.uuid, { pool: w.pool, namespace: w.namespace, claim: w.name, uid: w.uid, since });
-    }
-    this.checkpoint.save();
-    this.onDemandCapacity = capacity;
-    return { wanted, capacity };
-  }
-
-  /** After carving: records of mdevs that no longer exist and no claim wants are forgotten. */
-  private afterOnDemand(wanted: ReadonlyMap<string, WantedMdev>): void {
-    const exists = existingIds(this.inventory);
-    for (const uuid of this.checkpoint.carvings().keys()) if (!exists.has(uuid) && !wanted.has(uuid)) this.checkpoint.forgetCarving(uuid);
-    this.checkpoint.save();
   }
 
   /** On-demand state for the DRA front end: the parents' capacity, and why claimed mdevs could not be carved. */
