@@ -163,7 +163,8 @@ suite(`NVIDIA vendor-VFIO vGPU through a real kubelet (L40S, fake hardware)${kub
 
   test('with heterogeneous set, the second profile is served on the same GPU', async () => {
     await applyPlan([pool('l40s-12q', R12, 'L40S-12Q', 2, true), pool('l40s-24q', R24, 'L40S-24Q', 1, true)]);
-    await nodeShows('both profiles on the Node', { [R12]: [2, 1], [R24]: [1, 1] });
+    // allocatable counts every healthy device, held or free (the kubelet subtracts nothing for running pods)
+    await nodeShows('both profiles on the Node', { [R12]: [2, 2], [R24]: [1, 1] });
     expect(typed('1155')).toHaveLength(1);
     expect(typed('1153')).toHaveLength(2);
   });
@@ -177,6 +178,6 @@ suite(`NVIDIA vendor-VFIO vGPU through a real kubelet (L40S, fake hardware)${kub
     const cleared = kernel.destroyed.slice(from.destroyed).filter((d) => d.path.endsWith('nvidia/current_vgpu_type'));
     expect(cleared).toHaveLength(1);
     expect(cleared[0]?.devices).not.toContain(heldVf);
-    await nodeShows('12Q capacity 1, held', { [R12]: [1, 0] });
+    await nodeShows('12Q capacity 1: the held VF', { [R12]: [1, 1] });
   });
 });
