@@ -6,6 +6,7 @@
 // publishes what each GPU could carve (counters + partitionable devices with binding conditions).
 // Every assertion about carving reads the kernel's own record of writes (the witness), not the agent:
 //  * two VM pods asking for different types on one GPU are both carved there and run;
+//  * an agent restart neither removes nor re-creates them, and carving works after it;
 //  * a third asking for a type that no longer fits stays Pending with the scheduler's reason;
 //  * deleting a pod removes its mdev (after its claim is unprepared), and the third pod then runs;
 //  * 20 claims racing for 2 GPUs end with exactly the 8 that fit running, each on an mdev the kernel
@@ -47,6 +48,7 @@ let agent: AgentProcess | undefined;
 let base: string;
 let sys: string;
 let stopOperator: (() => Promise<void>) | undefined;
+let agentArgs: string[] = [];
 
 const kubectl = (args: string[], input?: string): Promise<string> => kubectlOk(args, { input, kubeconfig: cp.kubeconfig, binDir: cp.binDir });
 const log = pino({ level: process.env.VIO_TEST_LOG_LEVEL ?? 'silent' }, pino.destination({ dest: process.env.VIO_TEST_LOG_FILE ?? 1, sync: true }));
@@ -174,12 +176,13 @@ suite(`on-demand vGPUs: carved when the scheduler allocates a claim, removed whe
     await kube.create(VirtualIODevices, viod([GPU_A]));
     await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [template('2Q'), template('4Q'), template('8Q')] }));
     mkdirSync(join(base, 'devinfo'));
-    agent = await startAgent([
+    agentArgs = [
       '--node-name', NODE, '--kubeconfig', cp.kubeconfig, '--sysfs-root', sys, '--dev-root', dev,
       '--plugin-dir', DEVICE_PLUGIN_DIR, '--pod-resources-socket', kubelet.podResourcesSocket,
       '--devinfo-dir', join(base, 'devinfo'), '--cdi-dir', join(base, 'cdi'), '--metrics-address', '127.0.0.1:0',
       '--rescan-interval', '2s', '--dra', '--kubelet-dir', kubelet.rootDir, '--release-grace', '2s',
-    ]);
+    ];
+    agent = await startAgent(agentArgs);
   }, 20 * 60_000);
 
   afterAll(async () => {
@@ -247,6 +250,36 @@ suite(`on-demand vGPUs: carved when the scheduler allocates a claim, removed whe
     expect(Object.fromEntries(wide[0]!.split(/\s+/).map((h, i) => [h, wide[1]!.split(/\s+/)[i]]))).toMatchObject({ FRONTEND: 'DRA', CARVED: '2' });
   });
 
+  test('an agent restart neither loses nor doubles a carving; the first carve after it works', async () => {
+    const a = await mdevOfPod('vm-8q');
+    const b = await mdevOfPod('vm-4q');
+    const before = witness();
+    type VN = { status?: { slices?: { id: string; carvedFor?: { since: string } }[] } };
+    const since = async (): Promise<(string | undefined)[]> => {
+      const v = JSON.parse(await kubectl(['get', 'virtualionode', NODE, '-o', 'json'])) as VN;
+      return [a.uuid, b.uuid].map((u) => v.status?.slices?.find((x) => x.id === u)?.carvedFor?.since);
+    };
+    const recorded = await since();
+    expect(recorded.every(Boolean)).toBe(true);
+    await agent!.stop();
+    agent = await startAgent(agentArgs);
+    // A carve after the restart: by the time its pod runs, the restarted agent has listed the claims
+    // and carved in a full cycle, with both earlier claims known.
+    await kubectl(['apply', '-f', '-'], JSON.stringify(vmPod('vm-2q', '2Q')));
+    await waitRunning('vm-2q');
+    const c = await mdevOfPod('vm-2q');
+    const after = witness();
+    expect(after.created.slice(before.created.length)).toEqual([{ parent: GPU_A, type: TYPES['2Q'], uuid: c.uuid }]);
+    expect(after.removed).toEqual(before.removed);
+    expect((await getPod('vm-8q')).status?.phase).toBe('Running');
+    expect((await getPod('vm-4q')).status?.phase).toBe('Running');
+    expect(await since()).toEqual(recorded); // recorded before the create, kept across the restart
+    // Removed again once its VM is gone, by the restarted agent.
+    await kubectl(['delete', 'pod', 'vm-2q', '--wait=false']);
+    await eventually('the 2Q mdev removed by the kernel', async () => (witness().removed.includes(c.uuid) ? true : undefined), 120_000, 250);
+    expect(witness().refused).toEqual([]);
+  });
+
   test('a third asking for a type that no longer fits waits, with the scheduler saying why', async () => {
     await kubectl(['apply', '-f', '-'], JSON.stringify(vmPod('vm-8q-late', '8Q')));
     const cond = await eventually('vm-8q-late unschedulable', async () => {
@@ -254,7 +287,7 @@ suite(`on-demand vGPUs: carved when the scheduler allocates a claim, removed whe
       return c?.status === 'False' && c.reason === 'Unschedulable' ? c : undefined;
     }, 90_000, 250);
     expect(cond.message).toMatch(/cannot allocate all claims/);
-    expect(witness().created).toHaveLength(2); // nothing carved for it
+    expect(witness().created.filter((x) => x.type === TYPES['8Q'])).toHaveLength(1); // nothing carved for it
     expect(witness().refused).toEqual([]);
   });
 
