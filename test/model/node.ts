@@ -109,7 +109,7 @@ export class NodeUnderTest {
     }, 30_000);
   }
 
-  private spawnAgent(): Promise<AgentProcess> {
+  spawnAgent(): Promise<AgentProcess> {
     return startAgent([
       '--plan-file', this.planFile,
       '--node-name', 'seq-node',

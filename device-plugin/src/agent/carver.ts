@@ -130,7 +130,8 @@ export class Carver {
       }
       // One write per path and value a pass (a retired entry and the active plan may both plan it).
       const unique = writes.filter((w, i) => writes.findIndex((x) => x.path === w.path && x.value === w.value && (x.group ?? '') === (w.group ?? '')) === i);
-      const verdict = gate(unique, inventory, inp.protection);
+      const originals = this.checkpoint.originals();
+      const verdict = gate(unique, inventory, inp.protection, (addr, driver) => originals.get(addr)?.driver === driver);
       for (const r of verdict.refused) {
         for (const pool of poolsOfWrite(r.write, allPools())) blocked.push({ pool, device: r.victim, reason: `${r.write.path}=${JSON.stringify(r.write.value.trim())} refused: it would destroy ${r.victim}, ${r.why}` });
         this.metrics.carvingOperations.inc({ result: 'refused' });

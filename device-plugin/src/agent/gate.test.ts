@@ -32,6 +32,22 @@ describe('victimsOf: what a write destroys, from the kernel side', () => {
     expect(victimsOf({ path, value, why: '' }, inv)).toStrictEqual(victims);
   });
 
+  test('a function back on the host driver it had before virtualio moved it (after a reboot) is not itself a victim of its unbind; what hangs off it still is', () => {
+    const onOriginal = (addr: string, driver: string) => (addr === '0000:81:00.3' && driver === 'vfio-pci') || (addr === '0000:81:00.0' && driver === 'mlx5_core');
+    expect(victimsOf({ path: 'bus/pci/devices/0000:81:00.3/driver/unbind', value: '0000:81:00.3', why: '' }, inv, undefined, onOriginal)).toStrictEqual(['aaaaaaaa-0000-4000-8000-000000000001']);
+    expect(victimsOf({ path: 'bus/pci/drivers/vfio-pci/unbind', value: '0000:81:00.3', why: '' }, inv, undefined, onOriginal)).toStrictEqual(['aaaaaaaa-0000-4000-8000-000000000001']);
+    expect(victimsOf({ path: 'bus/pci/devices/0000:81:00.0/driver/unbind', value: '0000:81:00.0', why: '' }, inv, undefined, onOriginal)).toStrictEqual(['0000:81:00.2', '0000:81:00.3', 'aaaaaaaa-0000-4000-8000-000000000001']);
+    // Another driver than the recorded one: the function counts as before.
+    expect(victimsOf({ path: 'bus/pci/drivers/vfio-pci/unbind', value: '0000:81:00.2', why: '' }, inv, undefined, onOriginal)).toStrictEqual(['0000:81:00.2']);
+    const held = (id: string) => (id === '0000:81:00.2' || id === '0000:81:00.3' ? 'held by VM a' : undefined);
+    const r = gate([
+      { path: 'bus/pci/drivers/vfio-pci/unbind', value: '0000:81:00.2', why: 'x', group: 'a' },
+      { path: 'bus/pci/drivers/vfio-pci/unbind', value: '0000:81:00.3', why: 'x', group: 'b' },
+    ], { ...inv, devices: inv.devices.map((d) => (d.pciAddress === '0000:81:00.3' ? { ...d, mdevs: [] } : d)) }, held, onOriginal);
+    expect(r.refused.map((x) => x.write.value)).toStrictEqual(['0000:81:00.2']);
+    expect(r.allowed.map((x) => x.write.value)).toStrictEqual(['0000:81:00.3']);
+  });
+
   test('existingIds lists functions, mdevs and vports', () => {
     expect([...existingIds(inv)].sort()).toStrictEqual(['0000:3b:00.0', '0000:81:00.0', '0000:81:00.2', '0000:81:00.3', '0000:d8:00.0', 'aaaaaaaa-0000-4000-8000-000000000001', 'c050760000000001']);
   });

@@ -4,6 +4,12 @@
 // mdevs on them, an unbind takes the function and what hangs off it, an mdev `remove` or a
 // `vport_delete` takes that one)? If any of them is held, or nobody can say ("don't know" is held),
 // the write and the rest of its group are refused and reported; nothing is written.
+//
+// One exception, for a function that is back on the host driver it had before virtualio first moved
+// it (`onOriginalDriver`, from the checkpoint's original facts), as every function is after a reboot:
+// its holder was handed it on the pool's driver and cannot be using it through the host driver, so
+// unbinding it from there takes nothing from anyone (what hangs off it — VFs, mdevs, vports — still
+// counts). This is what lets a held passthrough function or VF be re-bound after a reboot.
 import type { Inventory, InventoryDevice, SysfsWrite } from '../model.js';
 
 /** Every slice-shaped ID that exists on the node: functions, mdevs, vports. */
@@ -38,7 +44,12 @@ const VGPU_TYPE = /^bus\/pci\/devices\/([^/]+)\/nvidia\/current_vgpu_type$/;
  * The existing devices a write destroys (an empty list for writes that create, bind or set a value
  * that destroys nothing, e.g. `sriov_numvfs` equal to the current count).
  */
-export function victimsOf(w: SysfsWrite, inv: Inventory, devices: ReadonlyMap<string, InventoryDevice> = new Map(inv.devices.map((d) => [d.pciAddress, d]))): string[] {
+export function victimsOf(
+  w: SysfsWrite,
+  inv: Inventory,
+  devices: ReadonlyMap<string, InventoryDevice> = new Map(inv.devices.map((d) => [d.pciAddress, d])),
+  onOriginalDriver: OnOriginalDriver = () => false,
+): string[] {
   const out = new Set<string>();
   const value = w.value.trim();
   const m = PCI_ATTR.exec(w.path);
@@ -51,10 +62,11 @@ export function victimsOf(w: SysfsWrite, inv: Inventory, devices: ReadonlyMap<st
     } else if (attr === 'remove') {
       if (value === '1') below(addr, devices, inv, true, out);
     } else if (d?.driver) {
-      below(addr, devices, inv, true, out); // unbind from its driver: a PF driver's remove disables SR-IOV too
+      below(addr, devices, inv, !onOriginalDriver(addr, d.driver), out); // unbind from its driver: a PF driver's remove disables SR-IOV too
     }
   } else if (DRIVER_UNBIND.test(w.path)) {
-    if (devices.get(value)?.driver) below(value, devices, inv, true, out);
+    const drv = devices.get(value)?.driver;
+    if (drv) below(value, devices, inv, !onOriginalDriver(value, drv), out);
   } else if (VGPU_TYPE.test(w.path)) {
     // NVIDIA vendor VFIO: clearing (0) or changing a VF's vGPU type destroys the vGPU a VM may use;
     // typing an untyped VF destroys nothing. An unknown current type counts as typed.
@@ -75,6 +87,9 @@ export function victimsOf(w: SysfsWrite, inv: Inventory, devices: ReadonlyMap<st
   return [...out].sort();
 }
 
+/** Is this function on the host driver it had before virtualio first moved it (see the file comment)? */
+export type OnOriginalDriver = (pciAddress: string, driver: string) => boolean;
+
 /** Why a slice must not be destroyed now (held, or nobody can tell), or undefined. */
 export type Protection = (id: string) => string | undefined;
 
@@ -86,7 +101,7 @@ export interface GateResult {
 }
 
 /** Checks writes in order; a refused write also refuses the rest of its group (they depend on it). */
-export function gate(writes: readonly SysfsWrite[], inv: Inventory, protection: Protection): GateResult {
+export function gate(writes: readonly SysfsWrite[], inv: Inventory, protection: Protection, onOriginalDriver?: OnOriginalDriver): GateResult {
   const devices = new Map(inv.devices.map((d) => [d.pciAddress, d]));
   const out: GateResult = { allowed: [], refused: [] };
   const closed = new Map<string, { victim: string; why: string }>();
@@ -97,7 +112,7 @@ export function gate(writes: readonly SysfsWrite[], inv: Inventory, protection: 
       out.refused.push({ write: w, ...earlier });
       continue;
     }
-    const victims = victimsOf(w, inv, devices);
+    const victims = victimsOf(w, inv, devices, onOriginalDriver);
     let hit: { victim: string; why: string } | undefined;
     for (const v of victims) {
       // A VM holds a whole IOMMU group: a member of a held slice's group (a GPU's audio function) is held too.

@@ -200,6 +200,11 @@ export class Ledger {
     return { kind: 'free' };
   }
 
+  /** The resource name a held ID was handed out under, as far as a source says. */
+  resourceOf(id: string): string | undefined {
+    return this.podResources.holders.get(id)?.resourceName ?? this.dra.holders.get(id)?.resourceName ?? this.grants.get(id)?.resourceName;
+  }
+
   /** Every ID held by any source. */
   heldIds(): Set<string> {
     return new Set([...this.grants.keys(), ...this.podResources.holders.keys(), ...this.dra.holders.keys()]);

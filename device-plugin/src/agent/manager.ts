@@ -19,6 +19,7 @@ import { PodResourcesWatcher, type Holder, type PodLookup } from '../podresource
 import type { PlanSource } from './plan.js';
 import { withOriginals } from '../discovery/original.js';
 import { Carver } from './carver.js';
+import { StartupRestore, unrestoredHeld } from './restore.js';
 import { Checkpoint } from './checkpoint.js';
 import { DevicePluginFrontEnd } from './frontends.js';
 import { existingIds } from './gate.js';
@@ -69,6 +70,8 @@ export interface ManagerOptions {
   kubeletCheckpoint?: string;
   /** How long no source must show a slice held before it counts as released (default 30 s). */
   releaseGraceMs?: number;
+  /** At start, how long a pool waits to register while a held slice of it is not restored (default 10 s). */
+  restoreWaitMs?: number;
   /** Slices held by prepared DRA claims, with who holds them (holders under the same safety rules). */
   extraHolderInfo?: () => ReadonlyMap<string, Holder>;
   /** Why the DRA driver cannot tell which claims it prepared (then every slice counts as held). */
@@ -109,6 +112,11 @@ export class AgentManager {
   private readonly fs: FsTrigger;
   private signal: AbortSignal = new AbortController().signal;
   private wakeTimer: NodeJS.Timeout | undefined;
+  /** Start-up: pools wait to register until their held slices are restored (restore.ts). */
+  private readonly restore: StartupRestore;
+  private restoreWake: NodeJS.Timeout | undefined;
+  /** IDs listed last round only as held slices that could not be restored (restore.ts). */
+  private unrestored = new Set<string>();
   private lastSpecText = '';
   /** On-demand parents' capacity as last learned (from the checkpoint until the first scan). */
   private onDemandCapacity: MdevCapacity = {};
@@ -161,6 +169,7 @@ export class AgentManager {
     });
     this.fs = new FsTrigger(opts.watchPaths, () => this.trigger('fs'), () => this.clock());
     this.carver = new Carver(opts.ops, this.checkpoint, opts.metrics, this.log, () => this.clock(), opts.backoff);
+    this.restore = new StartupRestore(this.clock(), opts.restoreWaitMs ?? 10_000);
     this.frontEnd = new DevicePluginFrontEnd({
       pluginDir: opts.pluginDir,
       ...(opts.registration ? { registration: opts.registration } : {}),
@@ -385,7 +394,7 @@ export class AgentManager {
       this.slices = [];
     }
     this.fs.attach();
-    await this.frontEnd.sync(spec, this.slices, this.retired, this.signal);
+    await this.frontEnd.sync(this.withoutUnrestored(spec), this.slices, this.retired, this.signal);
     this.publishStatus();
     this.scheduleWake();
     this.log.debug({ cycle: this.cycles, slices: this.slices.length, unhealthy: this.slices.filter((s) => s.health !== 'Healthy').length }, 'cycle done');
@@ -427,7 +436,17 @@ export class AgentManager {
   }
 
   private buildAllSlices(spec: VirtualIONodeSpec): Slice[] {
-    return allSlices(this.view(), spec);
+    // Held IDs listed last time only because they could not be restored are not "previous slices that
+    // vanished" (those keep their old facts): they are worked out again below.
+    const view = this.view();
+    const all = allSlices({ ...view, previous: view.previous.filter((s) => !this.unrestored.has(s.id)) }, spec);
+    const by = (id: string): string => {
+      const s = this.ledger.state(id);
+      return s.kind === 'held' ? `held by ${s.by}` : 'held';
+    };
+    const extra = unrestoredHeld(all, spec.pools ?? [], this.ledger.heldIds(), (id) => this.ledger.resourceOf(id), by);
+    this.unrestored = new Set(extra.map((s) => s.id));
+    return [...all, ...extra];
   }
 
   /**
@@ -453,6 +472,24 @@ export class AgentManager {
 
   private clock(): number {
     return (this.opts.clock ?? (() => performance.now()))();
+  }
+
+  /** The plan minus the pools held back until their held slices are restored (restore.ts). */
+  private withoutUnrestored(spec: VirtualIONodeSpec | undefined): VirtualIONodeSpec | undefined {
+    if (!spec) return spec;
+    const back = this.restore.holdBack(this.slices, this.ledger.heldIds(), (pool) => this.frontEnd.plugins.has(pool), this.clock(), (missing) => {
+      this.log.warn({ missing: Object.fromEntries(missing) }, 'registering pools whose held slices could not all be restored: those are listed Unhealthy with the reason');
+    });
+    if (back.size === 0) return spec;
+    this.log.info({ pools: Object.fromEntries(back) }, 'not registering pools until their held slices are restored');
+    if (!this.restoreWake) {
+      this.restoreWake = setTimeout(() => {
+        this.restoreWake = undefined;
+        this.trigger('timer');
+      }, this.restore.recheckMs());
+      this.restoreWake.unref();
+    }
+    return { ...spec, pools: (spec.pools ?? []).filter((p) => !back.has(p.name)) };
   }
 
   /** Wakes the loop when the earliest backed-off write is due or a held slice may be released. */
