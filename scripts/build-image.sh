@@ -3,10 +3,13 @@
 # container engine and no registry. (With Docker, `docker build -t <name> .` builds the same
 # Dockerfile against the published base images; this script is for machines without it.)
 #
-#   scripts/build-image.sh [--name REPO:TAG] [--revision REV] [--containerd SOCKET] [--quiet]
+#   scripts/build-image.sh [--name REPO:TAG] [--revision REV] [--output FILE] [--containerd SOCKET] [--quiet]
 #
 #   --name         image name (default ghcr.io/virtualio/virtualio:<chart appVersion>)
 #   --revision     org.opencontainers.image.revision label (default: git HEAD)
+#   --output       where to write the OCI archive (default $VIO_CACHE/images/<name>.oci.tar, which a
+#                  later build of the same name from any checkout on this machine replaces: a caller
+#                  that reads the archive later, e.g. a test importing it into a node, gives its own)
 #   --containerd   also import the image into the containerd at SOCKET, namespace k8s.io
 #
 # What it does:
@@ -17,7 +20,8 @@
 #      incremental), then buildctl with the Dockerfile frontend built into BuildKit (`--opt cmdline=`
 #      overrides the Dockerfile's `# syntax=` line, which would fetch a frontend image from a registry)
 #      and the stand-ins passed as named contexts under the exact names the FROM lines use.
-#   4. Writes an OCI archive to $VIO_CACHE/images/<name>.oci.tar and prints its size and the build time.
+#   4. Writes an OCI archive to --output (default $VIO_CACHE/images/<name>.oci.tar) and prints its size
+#      and the build time.
 #
 # Needs root (buildkitd with the runc worker). Last line of output: the path of the OCI archive.
 set -euo pipefail
@@ -30,14 +34,16 @@ APP_VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/ch
 NAME="ghcr.io/virtualio/virtualio:$APP_VERSION"
 REVISION=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 CONTAINERD_SOCK=""
+OUT=""
 QUIET=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) NAME=$2; shift 2 ;;
     --revision) REVISION=$2; shift 2 ;;
+    --output) OUT=$2; shift 2 ;;
     --containerd) CONTAINERD_SOCK=$2; shift 2 ;;
     --quiet) QUIET=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "build-image.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -58,9 +64,11 @@ BUILD_DIGEST=$(cat "$BASES/node-bookworm-slim.digest")
 RUNTIME_DIGEST=$(cat "$BASES/distroless-nodejs24-nonroot.digest")
 TOOLS_DONE=$(date +%s%N)
 
-OUT_DIR="$VIO_CACHE/images"
-mkdir -p "$OUT_DIR"
-OUT="$OUT_DIR/$(printf '%s' "$NAME" | tr '/:@' '___').oci.tar"
+if [ -z "$OUT" ]; then
+  OUT="$VIO_CACHE/images/$(printf '%s' "$NAME" | tr '/:@' '___').oci.tar"
+fi
+mkdir -p "$(dirname "$OUT")"
+OUT=$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")
 
 # buildkitd: state in the cache (build cache survives between runs), socket in a private run folder.
 # One buildkitd at a time owns the state folder (it locks it and a second one exits): builds from

@@ -43,6 +43,7 @@ let node: RealNode;
 let kernel: KernelHandle;
 let base: string;
 let images: { a: string; b: string };
+let imagesDir: string;
 let madeHostVfio = false;
 const figures: Record<string, number | string> = {};
 
@@ -134,10 +135,15 @@ const helmValues = (tag: string) => [
 suite(`the chart on a real node: built image, containerd + runc, real kubelet/scheduler/controller-manager${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   beforeAll(async () => {
     let t = Date.now();
-    images = { a: await buildImage(TAG_A, 'e2e-a'), b: '' };
+    // This run's own archives and revisions: another checkout's run may build the same image names
+    // meanwhile, and this one imports its images only once it holds the machine's kubelet lock.
+    imagesDir = mkdtempSync(join(tmpdir(), 'vio-images-'));
+    const runId = imagesDir.slice(-6);
+    const revisions = { [TAG_A]: `e2e-a-${runId}`, [TAG_B]: `e2e-b-changed-${runId}` };
+    images = { a: await buildImage(TAG_A, revisions[TAG_A], imagesDir), b: '' };
     figures.imageBuildMs = Date.now() - t;
     t = Date.now();
-    images.b = await buildImage(TAG_B, 'e2e-b-changed');
+    images.b = await buildImage(TAG_B, revisions[TAG_B], imagesDir);
     figures.imageRebuildMs = Date.now() - t;
 
     base = mkdtempSync(join(tmpdir(), 'vio-real-node-'));
@@ -152,6 +158,12 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     t = Date.now();
     cp = await startControlPlane({ scheduler: true, controllerManager: true });
     node = await startRealNode(cp, { images: [images.a, images.b] });
+    // The node runs the code of this checkout: the images it imported are the ones built above.
+    for (const [tag, revision] of Object.entries(revisions)) {
+      const img = JSON.parse(await node.crictl(['inspecti', `${REPO}:${tag}`])) as { info: { imageSpec: { config: { Labels?: Record<string, string> } } } };
+      const found = img.info.imageSpec.config.Labels?.['org.opencontainers.image.revision'];
+      if (found !== revision) throw new Error(`the node's image ${REPO}:${tag} has revision ${String(found)}, not this run's ${revision}: not the code under test`);
+    }
     figures.clusterAndNodeStartMs = Date.now() - t;
     await kubectl(['label', 'node', NODE_NAME, 'virtualio.dev/nic=cx6']);
 
@@ -176,6 +188,7 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
     await cp?.stop();
     if (madeHostVfio) rmSync(HOST_VFIO, { recursive: true, force: true });
     if (base) rmSync(base, { recursive: true, force: true });
+    if (imagesDir) rmSync(imagesDir, { recursive: true, force: true });
     if (Object.keys(figures).length) {
       console.log(`chart on a real node, figures: ${JSON.stringify(figures)}`);
       if (process.env.VIO_RESULTS_DIR) writeFileSync(join(process.env.VIO_RESULTS_DIR, 'chart-real-node-figures.json'), JSON.stringify(figures, null, 2));

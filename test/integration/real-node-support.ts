@@ -70,13 +70,36 @@ export function processFacts(pid: number): { uid: string; gid: string; capEff: s
   };
 }
 
-export function buildImage(tag: string, revision: string): Promise<string> {
-  return run('bash', [join(REPO_ROOT, 'scripts/build-image.sh'), '--name', `${REPO}:${tag}`, '--revision', revision, '--quiet'], {
+/**
+ * Builds the image `${REPO}:${tag}` labelled with `revision` into `${outDir}/${tag}.oci.tar` and
+ * returns that path. The archive is the caller's own: the default one in the machine's cache is keyed
+ * by image name only, so a run in another checkout building the same name replaces it, and a suite
+ * that imports it minutes later (after waiting for the machine's kubelet lock) would run that other
+ * checkout's code (how the agent upgrade test once failed: docs/design-decisions.md, "Agent upgrades without a capacity gap").
+ */
+export function buildImage(tag: string, revision: string, outDir: string): Promise<string> {
+  const out = join(outDir, `${tag}.oci.tar`);
+  return run('bash', [join(REPO_ROOT, 'scripts/build-image.sh'), '--name', `${REPO}:${tag}`, '--revision', revision, '--output', out, '--quiet'], {
     maxBuffer: 64 * 1024 * 1024,
   }).then(({ stdout, stderr }) => {
     for (const l of stderr.split('\n')) if (/^\[build-image\] (image|time)/.test(l)) console.log(l);
     return stdout.trim().split('\n').pop() ?? '';
   });
+}
+
+/** The org.opencontainers.image.revision label of the image in an OCI archive (as build-image.sh writes it). */
+export async function archiveRevision(archive: string): Promise<string | undefined> {
+  const member = async (name: string) => (await run('tar', ['-xOf', archive, name], { maxBuffer: 16 * 1024 * 1024 })).stdout;
+  const blob = async (digest: string) => JSON.parse(await member(`blobs/${digest.replace(':', '/')}`)) as Record<string, unknown>;
+  type Desc = { digest: string; platform?: { architecture?: string } };
+  let desc = (JSON.parse(await member('index.json')) as { manifests: Desc[] }).manifests[0]!;
+  let manifest = await blob(desc.digest) as { manifests?: Desc[]; config: { digest: string } };
+  if (manifest.manifests) { // an index: the amd64 (or only) manifest
+    desc = manifest.manifests.find((m) => m.platform?.architecture === 'amd64') ?? manifest.manifests[0]!;
+    manifest = await blob(desc.digest) as typeof manifest;
+  }
+  const config = await blob(manifest.config.digest) as { config?: { Labels?: Record<string, string> } };
+  return config.config?.Labels?.['org.opencontainers.image.revision'];
 }
 
 /**
