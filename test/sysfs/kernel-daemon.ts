@@ -42,12 +42,12 @@
 //              to stderr as JSON lines too; SIGTERM/SIGINT stop it (FIFOs become files again).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { constants, openSync, watch, type FSWatcher } from 'node:fs';
-import { appendFile, lstat, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { FakeKernel, KernelError } from './kernel.js';
+import { FakeKernel, KernelError, readAttr } from './kernel.js';
 import { nvidiaTool } from './nvidia.js';
 import type { Destroyed, OpenOptions, Violation, VfioRequest } from './vfio.js';
 
@@ -122,11 +122,7 @@ export function splitTriggerMessage(file: string, msg: string): string[] {
 }
 
 async function readValue(p: string): Promise<string | undefined> {
-  try {
-    return (await readFile(p, 'utf8')).trim();
-  } catch {
-    return undefined;
-  }
+  return (await readAttr(p))?.trim();
 }
 
 /**
@@ -191,8 +187,9 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
     for (const [file, st] of values) {
       // A test may put a FIFO in place of a value attribute to make writes to it block for real
       // (like a kernel write that never returns); reading it here would consume the write.
+      // readAttr does not block on one that turns into a FIFO after the lstat, and does not read it.
       if ((await lstat(file).catch(() => undefined))?.isFIFO()) continue;
-      const raw = await readFile(file, 'utf8').catch(() => undefined);
+      const raw = await readAttr(file);
       if (raw === undefined || raw === '') continue; // gone, or truncated by a write in progress
       const content = raw.trim(); // "\n" alone clears driver_override
       if (content === st.shadow) continue;

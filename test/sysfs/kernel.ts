@@ -17,7 +17,8 @@
 // Linux, where only the device's own lock is held); writes to the devices it is destroying wait for
 // it. Every destructive write applied is logged in `destroyed`. Only writes are witnessed: the
 // builder methods (`addFunction`, `bind`, `unbind`) are set-up tools and check nothing.
-import { lstat, mkdir, readFile, readdir, readlink, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, mkdir, open, readFile, readdir, readlink, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { SysfsWriter } from '../../device-plugin/src/sysfs/writer.js';
 import { KernelError } from './kernel-error.js';
@@ -84,12 +85,32 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function readTrim(p: string): Promise<string | undefined> {
+/**
+ * An attribute's text, or undefined when it is absent or a FIFO. Tests put a FIFO in place of an
+ * attribute to make the agent's write to it block for real; a plain read of it would park a libuv
+ * thread in open(2) until some writer comes, which freezes this kernel's queue (and keeps the test
+ * process from exiting). Opening with O_NONBLOCK returns at once, and a FIFO is left unread (reading
+ * would consume a write meant for the test).
+ */
+export async function readAttr(p: string): Promise<string | undefined> {
+  let fh;
   try {
-    return (await readFile(p, 'utf8')).trim();
+    fh = await open(p, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch {
     return undefined;
   }
+  try {
+    if ((await fh.stat()).isFIFO()) return undefined;
+    return await fh.readFile('utf8');
+  } catch {
+    return undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function readTrim(p: string): Promise<string | undefined> {
+  return (await readAttr(p))?.trim();
 }
 
 async function list(dir: string): Promise<string[]> {

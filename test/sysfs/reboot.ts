@@ -20,16 +20,16 @@
 // the order that never leaves a child without its parent. Not modelled: NVIDIA driver state (vGPU
 // types on vendor-VFIO VFs beyond the VFs' removal, MIG GPU instances), which this helper refuses to
 // pretend about — it throws when a function has an `nvidia/` folder.
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
-import type { FakeKernel } from './kernel.js';
+import { readAttr, type FakeKernel } from './kernel.js';
 
 async function list(dir: string): Promise<string[]> {
   return readdir(dir).catch(() => []);
 }
 
 async function readTrim(p: string): Promise<string | undefined> {
-  return (await readFile(p, 'utf8').catch(() => undefined))?.trim();
+  return (await readAttr(p))?.trim();
 }
 
 /** What the reboot took away (for the test's own record). */

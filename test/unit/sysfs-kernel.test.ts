@@ -1,5 +1,7 @@
 // The fake kernel behaves like the kernel for what virtualio writes (through the SysfsWriter port).
-import { readFile, readlink } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { constants, openSync } from 'node:fs';
+import { readFile, readlink, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import type { InventoryDevice } from '../../device-plugin/src/model.js';
@@ -118,6 +120,20 @@ describe('binding', () => {
     expect(after.devNodes).toEqual(['/dev/vfio/vfio']);
     expect(await readFile(path.join(k.root, 'bus/pci/devices', vf, 'driver_override'), 'utf8')).toBe('(null)\n');
   });
+
+  test('an attribute a test turned into a FIFO (a write that never returns) neither blocks the kernel nor is read by it', async () => {
+    // The fault matrix swaps driver_override for a FIFO nobody reads; a probe of that function reads
+    // the override. A plain read would sit in open(2) until a writer came, freezing the kernel and
+    // keeping the test process alive at exit (a CI run hung so).
+    const override = path.join(k.root, 'bus/pci/devices', GPU, 'driver_override');
+    await rm(override);
+    spawnSync('mkfifo', [override]);
+    await k.write(`bus/pci/devices/${GPU}/driver/unbind`, GPU);
+    await k.write('bus/pci/drivers_probe', GPU); // resolves; jest's timeout fails the test if it blocks
+    expect((await device(GPU))?.driver).toBe('nvidia'); // no override known: the static ID table decides
+    // The kernel left nothing open on the FIFO: a writer still finds no reader.
+    expect(() => openSync(override, constants.O_WRONLY | constants.O_NONBLOCK)).toThrow(expect.objectContaining({ code: 'ENXIO' }));
+  }, 10_000);
 
   test('drivers/<name>/bind needs a matching override or ID; unbind needs the right driver', async () => {
     await expect(k.write('bus/pci/drivers/vfio-pci/bind', GPU)).rejects.toMatchObject({ code: 'EBUSY' });
