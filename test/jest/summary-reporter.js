@@ -1,7 +1,8 @@
 // A jest reporter that (1) prints the tails of the control plane's logs when any test failed,
 // (2) lists every skipped test with its suite and title (a skipped suite names its reason in its
 // title, e.g. "(skipped: needs root)"), and (3) writes the counts to
-// $VIO_RESULTS_DIR/jest-summary.json for the closing line of scripts/test.sh.
+// $VIO_RESULTS_DIR/jest-summary.json, with the failed tests' names, for the closing lines of
+// scripts/test.sh (a CI log cut to its tail still names them).
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -28,8 +29,15 @@ export default class SummaryReporter {
       }
     }
     if (skipped.length > 0) console.log(`\nSkipped tests (${skipped.length}):\n${skipped.map((s) => `  - ${s}`).join('\n')}`);
+    const failures = [];
+    for (const file of results.testResults) {
+      const where = file.testFilePath.replace(process.cwd() + '/', '');
+      if (file.testExecError) failures.push(`${where}: ${String(file.testExecError.message).split('\n')[0]}`);
+      for (const t of file.testResults) if (t.status === 'failed') failures.push(`${where} › ${[...t.ancestorTitles, t.title].join(' › ')}`);
+    }
     if (dir) {
       writeFileSync(join(dir, 'jest-summary.json'), JSON.stringify({
+        failures,
         passed: results.numPassedTests,
         failed: results.numFailedTests + results.numRuntimeErrorTestSuites,
         skipped: results.numPendingTests + results.numTodoTests,
