@@ -130,7 +130,7 @@ function leaseToApi(namespace: string, name: string, rec: LeaseRecord): V1Lease 
  * the first dispatcher and hands it to every later request and watch. Tokens are still applied per
  * request; TLS client certificates are fixed for the process lifetime.
  */
-function sharedDispatcherAuth(kc: KubeConfig) {
+function sharedDispatcherAuth(kc: KubeConfig, requestTimeoutMs: number) {
   let shared: ReturnType<RequestContext['getDispatcher']> | undefined;
   return {
     getName: () => 'virtualio-shared-dispatcher',
@@ -139,9 +139,16 @@ function sharedDispatcherAuth(kc: KubeConfig) {
       await kc.applySecurityAuthentication(ctx);
       if (shared === undefined) shared = ctx.getDispatcher();
       else ctx.setDispatcher(shared);
+      // Every call but a watch gets a deadline: one request the API server never answers (seen on a
+      // server-side apply to a CRD created the same second, during a chart install) must fail and be
+      // retried, not hold its controller's key for ever. Watches have their own silence watchdog.
+      if (!ctx.getSignal() && !/[?&]watch=(true|1)\b/.test(ctx.getUrl())) ctx.setSignal(AbortSignal.timeout(requestTimeoutMs));
     },
   };
 }
+
+/** Deadline of one API call (not of a watch). */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
 
 /** KubePort over a real API server through @kubernetes/client-node. */
 export class ClientNodeKube implements KubePort {
@@ -150,10 +157,10 @@ export class ClientNodeKube implements KubePort {
   private readonly coordination: CoordinationV1Api;
   private readonly watch: Watch;
 
-  constructor(kc: KubeConfig) {
+  constructor(kc: KubeConfig, requestTimeoutMs = DEFAULT_REQUEST_TIMEOUT_MS) {
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error('kubeconfig has no current cluster');
-    const auth = sharedDispatcherAuth(kc);
+    const auth = sharedDispatcherAuth(kc, requestTimeoutMs);
     const config = createConfiguration({ baseServer: new ServerConfiguration(cluster.server, {}), authMethods: { default: auth } });
     this.custom = new CustomObjectsApi(config);
     this.core = new CoreV1Api(config);
