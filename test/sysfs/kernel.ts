@@ -753,12 +753,21 @@ export class FakeKernel implements SysfsWriter {
     await rm(path.join(this.devRoot, 'vfio', g), { force: true });
   }
 
+  /**
+   * The number of a new vfio device: the lowest one free, as Linux takes it from an IDA when the VFIO
+   * driver probes (drivers/vfio/vfio_main.c vfio_init_device: `ida_alloc_max(&vfio.device_ida,
+   * MINORMASK, ...)`, which is both the `vfioN` name and the cdev minor, drivers/vfio/device_cdev.c
+   * vfio_init_device_cdev) and gives back at unbind (ida_free on release). So numbers follow bind
+   * order, a freed one is reused by the next bind, and a reboot does not keep them.
+   */
   private async nextVfioCdev(withNodes: boolean): Promise<number> {
     const names: string[] = [];
     if (withNodes) names.push(...(await list(path.join(this.devRoot, 'vfio/devices'))));
     else for (const bdf of await list(path.join(this.root, 'bus/pci/devices'))) names.push(...(await list(path.join(this.root, 'bus/pci/devices', bdf, 'vfio-dev'))));
-    const used = names.map((n) => Number(n.replace(/^vfio/, ''))).filter(Number.isInteger);
-    return used.length === 0 ? 0 : Math.max(...used) + 1;
+    const used = new Set(names.map((n) => Number(n.replace(/^vfio/, ''))).filter(Number.isInteger));
+    let n = 0;
+    while (used.has(n)) n++;
+    return n;
   }
 
   private async attachNetdev(bdf: string, dir: string): Promise<void> {

@@ -52,6 +52,24 @@ test('without CONFIG_VFIO_DEVICE_CDEV: sysfs lists vfio-dev/vfioN, /dev/vfio/dev
   expect(inv.devNodes).toContain(`/dev/vfio/${g}`);
 });
 
+test('vfio device numbers come from an IDA: the lowest free one at bind, so a number freed by an unbind goes to the next bind', async () => {
+  await machine();
+  await k.write(`bus/pci/devices/${PF}/sriov_drivers_autoprobe`, '0');
+  await k.write(`bus/pci/devices/${PF}/sriov_numvfs`, '4');
+  const vfs = ['0000:01:10.0', '0000:01:10.2', '0000:01:10.4', '0000:01:10.6'];
+  const toVfio = async (vf: string): Promise<void> => {
+    await k.write(`bus/pci/devices/${vf}/driver_override`, 'vfio-pci');
+    await k.write('bus/pci/drivers_probe', vf);
+  };
+  for (const vf of vfs.slice(0, 3)) await toVfio(vf);
+  expect(vfs.slice(0, 3).map((vf) => readdirSync(path.join(vfDir(vf), 'vfio-dev')))).toEqual([['vfio0'], ['vfio1'], ['vfio2']]);
+  await k.write('bus/pci/drivers/vfio-pci/unbind', vfs[1] as string);
+  expect(readdirSync(path.join(k.devRoot, 'vfio/devices')).sort()).toEqual(['vfio0', 'vfio2']);
+  await toVfio(vfs[3] as string);
+  expect(readdirSync(path.join(vfDir(vfs[3] as string), 'vfio-dev'))).toEqual(['vfio1']);
+  expect(readdirSync(path.join(k.devRoot, 'vfio/devices')).sort()).toEqual(['vfio0', 'vfio1', 'vfio2']);
+});
+
 test('VFs behind ACS get groups of their own; without ACS they share the PF\'s group, which is not viable while the PF keeps its driver', async () => {
   await machine();
   await k.write(`bus/pci/devices/${PF}/sriov_numvfs`, '2');
