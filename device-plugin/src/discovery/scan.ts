@@ -34,6 +34,17 @@ const HEX4 = /^0x([0-9a-f]{4})$/;
 const HEX6 = /^0x([0-9a-f]{6})$/;
 const WWN = /^0x([0-9a-f]{1,16})$/;
 
+/**
+ * An IOMMU group number from the basename of an `iommu_group` link: the kernel names groups by an
+ * `int` id (printed `%d`), so anything but 1-10 digits up to 2^31-1 is not a group (a longer run of
+ * digits would become a float such as 1.2e29 and a `/dev/vfio/1.2e+29` node path).
+ */
+export function iommuGroupNumber(base: string): number | undefined {
+  if (!/^\d{1,10}$/.test(base)) return undefined;
+  const n = Number(base);
+  return n <= 0x7fffffff ? n : undefined;
+}
+
 /** FC `port_name`/`node_name` (`0x%llx`, unpadded) → 16 lower-case hex digits without `0x`. */
 export function normalizeWwn(raw: string): string | undefined {
   const m = WWN.exec(raw.trim().toLowerCase());
@@ -155,7 +166,8 @@ function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevic
     const m: (typeof mdevs)[number] = { uuid: e, type: path.basename(typeLink) };
     const g = mr.linkBase('iommu_group');
     if (g !== undefined) {
-      if (/^\d+$/.test(g)) m.iommuGroup = Number(g);
+      const n = iommuGroupNumber(g);
+      if (n !== undefined) m.iommuGroup = n;
       else mr.fail('iommu_group', `malformed link target ${JSON.stringify(g)}`);
     }
     mdevs.push(m);
@@ -206,9 +218,10 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
   else if (numa !== undefined && numa !== -1) r.fail('numa_node', `out of range ${numa}`);
 
   const group = r.linkBase('iommu_group');
+  const groupNo = group === undefined ? undefined : iommuGroupNumber(group);
   if (group !== undefined) {
-    if (/^\d+$/.test(group)) {
-      device.iommuGroup = Number(group);
+    if (groupNo !== undefined) {
+      device.iommuGroup = groupNo;
       const members = listDir(path.join(root, 'kernel/iommu_groups', group, 'devices'), (m) =>
         errors.push(`kernel/iommu_groups/${group}/devices: ${m}`),
       );

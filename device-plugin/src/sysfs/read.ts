@@ -11,7 +11,7 @@
 // takes the device lock waits for as long as a blocked write on that device holds it (a
 // `sriov_numvfs` read sat in D state for minutes under a stuck numvfs write in test/kernel), so
 // those attributes are refused here (LOCKING_ATTRS) and the scan derives the facts from links.
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 
 function errCode(err: unknown): string | undefined {
@@ -28,6 +28,31 @@ function errText(err: unknown): string {
  * would block the agent's thread with it. AttrReader records them as not read instead.
  */
 export const LOCKING_ATTRS: ReadonlySet<string> = new Set(['sriov_numvfs', 'driver_override']);
+
+/**
+ * The most an attribute may hold. A sysfs text attribute is at most one page (`show` fills a
+ * PAGE_SIZE buffer); a larger regular file is not a sysfs attribute (a bad mount, a test tree).
+ */
+export const MAX_ATTR_BYTES = 64 * 1024;
+
+/**
+ * Reads a text attribute without ever blocking in open(2) or read(2): opened O_NONBLOCK (a FIFO in
+ * place of an attribute would otherwise wait for a writer for ever, freezing the agent's thread),
+ * and only a regular file of at most {@link MAX_ATTR_BYTES} is read. Sysfs attributes are regular
+ * files and kernfs ignores O_NONBLOCK for them. Throws an Error with a `code` (ENOENT, EISDIR, ...)
+ * or, for what is not an attribute, a message saying what it is.
+ */
+export function readAttrSync(file: string): string {
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error(st.isFIFO() ? 'not read: a FIFO, not an attribute' : st.isDirectory() ? 'EISDIR' : 'not read: not a regular file');
+    if (st.size > MAX_ATTR_BYTES) throw new Error(`not read: ${st.size} bytes, more than an attribute holds (${MAX_ATTR_BYTES})`);
+    return readFileSync(fd, 'utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /** Removes exactly one trailing newline, as sysfs `show` functions print one. */
 export function chompNewline(s: string): string {
@@ -70,7 +95,7 @@ export class AttrReader {
       return undefined;
     }
     try {
-      return chompNewline(readFileSync(path.join(this.dir, attr), 'utf8'));
+      return chompNewline(readAttrSync(path.join(this.dir, attr)));
     } catch (err) {
       const code = errCode(err);
       if (code === 'ENOENT') {
