@@ -84,6 +84,12 @@ function isStringList(v: unknown): v is string[] {
   return Array.isArray(v) && v.every((x) => typeof x === 'string');
 }
 
+/**
+ * A key no record of ours holds (pool names, PCI addresses and UUIDs never are): assigning it would
+ * set the section's prototype instead of adding an entry, so the entry would vanish silently.
+ */
+const FORBIDDEN_KEY = '__proto__';
+
 function isPlan(p: unknown): p is PoolPlan {
   return isRecord(p) && typeof p.name === 'string' && typeof p.resourceName === 'string' && typeof p.mode === 'string' && Array.isArray(p.devices);
 }
@@ -104,7 +110,7 @@ export function parseCheckpoint(text: string, node: string): { ok: true; data: C
   if (doc.pools !== undefined) {
     if (!isRecord(doc.pools)) return bad('pools');
     for (const [name, p] of Object.entries(doc.pools)) {
-      if (!isPlan(p) || p.name !== name) return bad(`pool ${JSON.stringify(name)}`);
+      if (name === FORBIDDEN_KEY || !isPlan(p) || p.name !== name) return bad(`pool ${JSON.stringify(name)}`);
       data.pools[name] = p;
     }
   }
@@ -118,14 +124,14 @@ export function parseCheckpoint(text: string, node: string): { ok: true; data: C
   if (doc.pfs !== undefined) {
     if (!isRecord(doc.pfs)) return bad('pfs');
     for (const [addr, v] of Object.entries(doc.pfs)) {
-      if (!isRecord(v) || !isStringList(v.pools)) return bad(`pfs[${JSON.stringify(addr)}]`);
+      if (addr === FORBIDDEN_KEY || !isRecord(v) || !isStringList(v.pools)) return bad(`pfs[${JSON.stringify(addr)}]`);
       data.pfs[addr] = { pools: v.pools };
     }
   }
   if (doc.devices !== undefined) {
     if (!isRecord(doc.devices)) return bad('devices');
     for (const [addr, v] of Object.entries(doc.devices)) {
-      if (!isRecord(v) || (v.driver !== undefined && typeof v.driver !== 'string') || (v.interfaceNames !== undefined && !isStringList(v.interfaceNames))) {
+      if (addr === FORBIDDEN_KEY || !isRecord(v) || (v.driver !== undefined && typeof v.driver !== 'string') || (v.interfaceNames !== undefined && !isStringList(v.interfaceNames))) {
         return bad(`devices[${JSON.stringify(addr)}]`);
       }
       const f: OriginalFacts = {};

@@ -90,7 +90,7 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
         const ranged = d.vfFirst !== undefined || d.vfLast !== undefined;
         const vgpu = p.mode === 'SRIOV' && typeof p.vgpuProfile === 'string';
         if (other !== undefined && !ranged && !(vgpu && other.vgpu)) problems.push(`${at}.devices[${j}]: ${d.pciAddress} is also in pool ${other.name}`);
-        devices.set(d.pciAddress, { name: String(p.name), vgpu });
+        devices.set(d.pciAddress, { name: typeof p.name === 'string' ? p.name : JSON.stringify(p.name), vgpu }); // String() throws on {toString: 1}
       });
   });
   if (problems.length) return { ok: false, message: problems.join('; ') };
