@@ -72,6 +72,12 @@ export function sliceIndex(node: string, pools: readonly PoolPlan[], slices: rea
   return out;
 }
 
+const REQUEST_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$/;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
 function cdiName(uid: string, device: string): string {
   return `${uid}-${device}`;
 }
@@ -84,21 +90,31 @@ function cdiName(uid: string, device: string): string {
 export function planClaim(ref: ClaimRef, claim: ClaimObject | undefined, node: string, index: ReadonlyMap<string, SliceEntry>): PreparedClaim | { error: string } {
   const what = `ResourceClaim ${ref.namespace}/${ref.name}`;
   if (!claim) return { error: `${what} not found` };
-  if (claim.metadata.uid !== ref.uid) return { error: `${what} has UID ${claim.metadata.uid ?? '?'}, the kubelet asked for ${ref.uid}` };
-  const results = claim.status?.allocation?.devices?.results;
+  // The object is whatever the API server returned (another API version, a field of another type):
+  // anything not of the expected shape is refused with a message, never a TypeError.
+  if (!isObject(claim) || !isObject(claim.metadata)) return { error: `${what} is malformed: no metadata` };
+  if (claim.metadata.uid !== ref.uid) return { error: `${what} has UID ${typeof claim.metadata.uid === 'string' ? claim.metadata.uid : '?'}, the kubelet asked for ${ref.uid}` };
+  const results: unknown = claim.status?.allocation?.devices?.results;
   if (!results) return { error: `${what} is not allocated` };
+  if (!Array.isArray(results)) return { error: `${what} is malformed: status.allocation.devices.results is not a list` };
   const devices: PreparedDevice[] = [];
-  for (const r of results) {
+  for (const [i, r] of results.entries()) {
+    if (!isObject(r) || typeof r.driver !== 'string' || typeof r.pool !== 'string' || typeof r.device !== 'string' || typeof r.request !== 'string') {
+      return { error: `${what} is malformed: allocation result ${i} lacks request, driver, pool or device` };
+    }
     if (r.driver !== DRA_DRIVER) continue;
+    // The request name becomes a folder of the metadata path: DNS labels only (the API's rule), never "..".
+    if (!REQUEST_RE.test(r.request)) return { error: `${what}: request name ${JSON.stringify(r.request)} is not a DNS label (or <request>/<subrequest>)` };
     if (!r.pool.startsWith(`${node}/`)) return { error: `${what}: device ${r.pool}/${r.device} is not on node ${node}` };
     const entry = index.get(`${r.pool}\n${r.device}`);
     if (!entry) return { error: `${what}: device ${r.device} of pool ${r.pool} is not published by this agent (gone or not carved yet)` };
     if (entry.slice.health !== 'Healthy') return { error: `${what}: device ${r.device} is Unhealthy: ${entry.slice.reason ?? 'unknown reason'}` };
     devices.push({ request: r.request, pool: r.pool, device: r.device, sliceId: entry.slice.id, cdiId: `${CDI_KIND}=${cdiName(ref.uid, r.device)}`, resourceName: entry.pool.resourceName });
   }
-  const podClaimName = claim.metadata.annotations?.[POD_CLAIM_NAME_ANNOTATION];
-  const pods = (claim.status?.reservedFor ?? []).filter((r) => r.resource === 'pods' && r.name).map((r) => r.name!);
-  return { uid: ref.uid, namespace: ref.namespace, name: ref.name, ...(podClaimName ? { podClaimName } : {}), devices, ...(pods.length ? { pods } : {}) };
+  const podClaimName: unknown = isObject(claim.metadata.annotations) ? claim.metadata.annotations[POD_CLAIM_NAME_ANNOTATION] : undefined;
+  const reservedFor: unknown = claim.status?.reservedFor;
+  const pods = (Array.isArray(reservedFor) ? reservedFor : []).filter((r) => isObject(r) && r.resource === 'pods' && typeof r.name === 'string' && r.name).map((r) => (r as { name: string }).name);
+  return { uid: ref.uid, namespace: ref.namespace, name: ref.name, ...(typeof podClaimName === 'string' && podClaimName ? { podClaimName } : {}), devices, ...(pods.length ? { pods } : {}) };
 }
 
 /** In-container path of a request's metadata file (KEP-5304 layout that KubeVirt reads). */

@@ -37,6 +37,10 @@ function pick(order: readonly Unit[], need: number): string[] {
     if (u.ids.length <= need - greedy.length) greedy.push(...u.ids);
   }
   if (greedy.length === need) return greedy;
+  // No combination can reach more than every unit together; the search below costs units × need
+  // steps, so a request for more (allocationSize is whatever the caller sent: 2^31-1 kept the agent's
+  // event loop busy for minutes) gets the greedy pick at once.
+  if (need > order.reduce((n, u) => n + u.ids.length, 0)) return greedy;
   // combos[sum] = indices of the first-found units reaching `sum` (earlier units win).
   const combos: (number[] | undefined)[] = [[]];
   order.forEach((u, i) => {
