@@ -126,7 +126,7 @@ describe('DRA NodePrepareResources decision (planClaim)', () => {
       try {
         out = planClaim(ref, c as ClaimObject, node, index);
       } catch (err) {
-        throw new Error(`planClaim threw: ${String(err)}`);
+        throw new Error(`planClaim threw: ${String(err)}`, { cause: err });
       }
       if ('error' in out) {
         expect(out.error).toContain('ResourceClaim vm/claim');

@@ -173,7 +173,7 @@ describe('the standalone plan file (plan.ts)', () => {
       try {
         r = parsePlanText(text);
       } catch (err) {
-        throw new Error(`parsePlanText threw on ${JSON.stringify(text)}: ${String(err)}`);
+        throw new Error(`parsePlanText threw on ${JSON.stringify(text)}: ${String(err)}`, { cause: err });
       }
       if (!r.ok) {
         expect(r.message.length).toBeGreaterThan(0);

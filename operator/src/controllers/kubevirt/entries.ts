@@ -4,6 +4,7 @@ import type { InventoryDevice, VirtualIODeviceStatus } from '../../../../crds/ge
 import type { VioNode } from '../../api/types.js';
 import { Reason, type ConditionInput } from '../../api/conditions.js';
 import type { PreparedPool } from '../plan/plan.js';
+import { isReadableDevice, isReadablePlanEntry, listOf } from '../plan/shape.js';
 
 export type PermittedEntry = NonNullable<VirtualIODeviceStatus['kubevirtEntries']>[number];
 
@@ -72,14 +73,15 @@ const inventoryIndexes = new WeakMap<readonly InventoryDevice[], InventoryIndex>
 function indexInventory(inv: readonly InventoryDevice[]): InventoryIndex {
   let idx = inventoryIndexes.get(inv);
   if (idx) return idx;
-  const byAddr = new Map(inv.map((d) => [d.pciAddress, d]));
+  const devs = inv.filter(isReadableDevice); // an agent's report of another shape is skipped, never a throw
+  const byAddr = new Map(devs.map((d) => [d.pciAddress, d]));
   const vfsOf = new Map<string, InventoryDevice[]>();
   const add = (pf: string, vf: InventoryDevice) => {
     const xs = vfsOf.get(pf) ?? [];
     if (!xs.includes(vf)) xs.push(vf);
     vfsOf.set(pf, xs);
   };
-  for (const d of inv) {
+  for (const d of devs) {
     if (d.physfn) add(d.physfn, d);
     for (const a of d.sriov?.vfs ?? []) {
       const vf = byAddr.get(a);
@@ -114,10 +116,10 @@ export function poolEntries(p: PreparedPool, nodes: readonly VioNode[]): Permitt
   const selectors = new Set<string>();
   const mdevType = p.pool.spec.carving.mdevType ?? '';
   for (const vio of nodes) {
-    const plan = vio.spec?.pools?.find((x) => x.name === p.name);
+    const plan = listOf(vio.spec?.pools, isReadablePlanEntry).find((x) => x.name === p.name);
     if (!plan || plan.deleting) continue;
     const inv = vio.status?.inventory?.devices;
-    if (!inv) continue;
+    if (!Array.isArray(inv)) continue;
     const { byAddr, vfsOf } = indexInventory(inv);
     for (const dev of plan.devices) {
       const pf = byAddr.get(dev.pciAddress);

@@ -3,6 +3,7 @@
 import type { Pool, PoolPlan, VioNode } from '../../api/types.js';
 import type { InventoryDevice } from '../../../../crds/generated/types.js';
 import { claimLabel, claimsOverlap, isBridgeClass, labelSelectorMatches, selectDevices, type DeviceClaim } from './selectors.js';
+import { isNamedEntry, isReadablePlanEntry, isSliceEntry, listOf, poolSpecProblem, readableInventory } from './shape.js';
 
 /** The fields of a Node planning needs. */
 export interface NodeLike {
@@ -51,11 +52,22 @@ export interface PreparedPools {
   byName: Map<string, PreparedPool>;
   /** Some pool is being deleted (planning then also reads the node's current plan and report). */
   anyDeleting: boolean;
+  /**
+   * Pools whose spec planning cannot read (see shape.ts), by name, with the problem. They are not in
+   * `ordered`: they are not planned anew, and nodes keep their current plan entry.
+   */
+  malformed: Map<string, { pool: Pool; problem: string }>;
 }
 
 export function preparePools(pools: readonly Pool[]): PreparedPools {
   const byResource = new Map<string, string[]>();
-  const ordered = [...pools].sort(comparePoolAge).map((pool): PreparedPool => {
+  const malformed = new Map<string, { pool: Pool; problem: string }>();
+  const wellFormed = pools.filter((pool) => {
+    const problem = poolSpecProblem(pool);
+    if (problem !== undefined) malformed.set(pool.metadata.name, { pool, problem });
+    return problem === undefined;
+  });
+  const ordered = wellFormed.sort(comparePoolAge).map((pool): PreparedPool => {
     const name = pool.metadata.name;
     const resourceName = effectiveResourceName(pool);
     const older = byResource.get(resourceName) ?? [];
@@ -67,7 +79,7 @@ export function preparePools(pools: readonly Pool[]): PreparedPools {
       resourceNameConflicts: [...older],
     };
   });
-  return { ordered, byName: new Map(ordered.map((p) => [p.name, p])), anyDeleting: ordered.some((p) => p.deleting) };
+  return { ordered, byName: new Map(ordered.map((p) => [p.name, p])), anyDeleting: ordered.some((p) => p.deleting), malformed };
 }
 
 /** A device a pool selected on a node but an older pool holds. */
@@ -117,8 +129,8 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
 function reportedPools(...vios: (VioNode | undefined)[]): Set<string> {
   const s = new Set<string>();
   for (const vio of vios) {
-    for (const p of vio?.status?.pools ?? []) s.add(p.name);
-    for (const sl of vio?.status?.slices ?? []) s.add(sl.pool);
+    for (const p of listOf(vio?.status?.pools, isNamedEntry)) s.add(p.name);
+    for (const sl of listOf(vio?.status?.slices, isSliceEntry)) s.add(sl.pool);
   }
   return s;
 }
@@ -195,10 +207,11 @@ export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, p
   const own = vio?.status?.inventory;
   const fallback = !own && lastKnown?.status?.inventory ? lastKnown : undefined;
   const inv = own ?? fallback?.status?.inventory;
-  const inventory = inv?.devices ?? [];
-  const state: InventoryState = !inv ? 'unknown' : inv.truncated ? 'truncated' : 'known';
+  const readable = readableInventory(inv?.devices);
+  const inventory = readable.devices;
+  const state: InventoryState = !inv ? 'unknown' : inv.truncated || readable.partial ? 'truncated' : 'known';
   const byAddr = new Map(inventory.map((d) => [d.pciAddress, d]));
-  const current = new Map([...(fallback?.spec?.pools ?? []), ...(vio?.spec?.pools ?? [])].map((p) => [p.name, p]));
+  const current = new Map([...listOf(fallback?.spec?.pools, isReadablePlanEntry), ...listOf(vio?.spec?.pools, isReadablePlanEntry)].map((p) => [p.name, p]));
   const reported = reportedPools(vio, fallback);
   const held = new Map<string, { claim: DeviceClaim; pool: string }[]>();
   const plans: PoolPlan[] = [];
@@ -209,6 +222,17 @@ export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, p
   const holderOf = (c: DeviceClaim, pool?: string) =>
     (held.get(c.pciAddress) ?? []).find((h) => claimsOverlap(h.claim, c) && !(pool !== undefined && vgpuPools.has(pool) && vgpuPools.has(h.pool)));
 
+  // A pool whose spec cannot be read keeps what the node has (its slices are not taken away because
+  // of an object the API server kept from an older schema), and holds those devices.
+  for (const [name, { pool }] of prepared.malformed) {
+    const cur = current.get(name);
+    if (!cur) continue;
+    for (const d of cur.devices) {
+      hold(name, d);
+      if (cur.mode === 'Passthrough') for (const m of companionsOf(byAddr.get(d.pciAddress), byAddr)) hold(name, { pciAddress: m });
+    }
+    plans.push({ ...structuredClone(cur), ...(pool.metadata.deletionTimestamp ? { deleting: true } : {}) });
+  }
   for (const p of prepared.ordered) {
     if (p.resourceNameConflicts.length > 0) continue;
     if (p.deleting) {

@@ -30,6 +30,14 @@ export class StatusReconciler implements Reconciler {
       // The update comes back through the informer and queues this key again.
       return done;
     }
+    const bad = world.prepared().malformed.get(name);
+    if (bad) {
+      // Kept from an older schema, past today's CEL rules: not planned anew, nodes keep its entries.
+      const message = `spec cannot be read (${bad.problem}); nodes keep the pool's current plan until the spec is fixed`;
+      log.error({ pool: name, problem: bad.problem }, 'VirtualIODevice spec cannot be read');
+      await events.record({ apiVersion: VIRTUALIO_API_VERSION, kind: 'VirtualIODevice', metadata: pool.metadata }, 'Warning', 'InvalidSpec', message);
+      return done;
+    }
     const prepared = world.prepared().byName.get(name);
     if (!prepared) return done;
     const { nodes, conflicts, pending } = world.poolIndex().get(name) ?? { nodes: [], conflicts: [], pending: [] };

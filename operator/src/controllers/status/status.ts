@@ -1,9 +1,11 @@
 // Pure: a pool's status rolled up from every VioNode (plan in spec, agent report in status),
 // plus what deletion waits for and the Events an admin should see.
+import type { VirtualIONodeStatus } from '../../../../crds/generated/types.js';
 import type { VioNode, VirtualIODeviceStatus } from '../../api/types.js';
 import { ConditionType, findCondition, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
 import type { PermittedEntry } from '../kubevirt/entries.js';
 import type { DeviceConflict, PreparedPool } from '../plan/plan.js';
+import { isNamedEntry, isReadablePlanEntry, isSliceEntry, listOf } from '../plan/shape.js';
 
 export const MAX_NODE_STATUSES = 64;
 export const MAX_ALLOCATIONS = 256;
@@ -116,9 +118,10 @@ function releaseFields(vio: VioNode, planned: boolean, agent: { state: string } 
 }
 
 function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefined {
-  const plan = vio.spec?.pools?.find((p) => p.name === name);
-  const agent = vio.status?.pools?.find((p) => p.name === name);
-  const slices = (vio.status?.slices ?? []).filter((s) => s.pool === name);
+  // Entries of another shape (a VirtualIONode kept from an older schema) are skipped, never a throw.
+  const plan = listOf(vio.spec?.pools, isReadablePlanEntry).find((p) => p.name === name);
+  const agent = listOf(vio.status?.pools, isNamedEntry).find((p) => p.name === name) as NonNullable<VirtualIONodeStatus['pools']>[number] | undefined;
+  const slices = listOf(vio.status?.slices, isSliceEntry).filter((s) => s.pool === name);
   if (!plan && !agent && slices.length === 0) return pending ? pendingView(vio.metadata.name ?? '') : undefined;
   const node = vio.metadata.name ?? '';
   const byPod = new Map<string, AllocationEntry>();
