@@ -7,6 +7,9 @@
 //   node      test/bench/agent-node.ts            start → registered, carve, RSS, health propagation
 //   operator  operator/bench/convergence.mjs      1,000 nodes × 10 pools: cold, edit, RSS
 //   faults    test/bench/fault-sequences.ts       generated fault sequences, long run (issue 17)
+//   fuzz      test/unit/fuzz/*.test.ts            the hostile-input fuzzers, long run (issue 21):
+//             VIO_FUZZ_RUNS inputs per target (default 10,000; --quick 1,000), a fresh seed unless
+//             VIO_FUZZ_SEED is set (a failure prints its seed and counterexample)
 //
 // Flags: --only agent,node,operator   --quick (fewer iterations: a smoke run, not the published figures)
 //        --out <file.json>            (default: $VIO_CACHE/bench/results-<time>.json)
@@ -25,7 +28,7 @@ const flag = (name, def) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : def;
 };
-const only = new Set((flag('only', 'agent,node,operator,faults') ?? '').split(','));
+const only = new Set((flag('only', 'agent,node,operator,faults,fuzz') ?? '').split(','));
 const quick = argv.includes('--quick');
 const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
@@ -42,11 +45,11 @@ if (Number(process.versions.node.split('.')[0]) < 24) {
 }
 
 /** Runs one benchmark, streaming its output; resolves with its stdout and exit code. */
-function runBench(name, args) {
+function runBench(name, args, env = process.env) {
   return new Promise((resolve) => {
     say(`── ${name}: node ${args.map((a) => a.replace(`${ROOT}/`, '')).join(' ')}`);
     const t0 = Date.now();
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'], env });
     let stdout = '';
     child.stdout.setEncoding('utf8').on('data', (c) => {
       stdout += c;
@@ -157,6 +160,29 @@ if (only.has('faults')) {
     row('faults', 'violations (kernel-witnessed, or no convergence)', f.violations, '', 0);
     row('faults', 'slowest convergence once the faults stop', (f.slowestConvergenceMs ?? NaN) / 1000, 's');
   }
+}
+
+if (only.has('fuzz')) {
+  const runs = process.env.VIO_FUZZ_RUNS ?? (quick ? '1000' : '10000');
+  const dir = join(cache, 'bench');
+  mkdirSync(dir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const report = join(dir, `fuzz-${stamp}.jsonl`);
+  const jestJson = join(dir, `fuzz-${stamp}-jest.json`);
+  const seed = process.env.VIO_FUZZ_SEED ?? 'random';
+  // Jest's per-test limit is the CI one; the long run takes longer on purpose (about 45 ms an input
+  // for the sysfs trees), so it gets an hour.
+  const r = await runBench(`hostile-input fuzzers (${runs} inputs per target, seed ${seed})`,
+    [join(ROOT, 'node_modules/jest/bin/jest.js'), '--selectProjects', 'unit', '--testTimeout', '3600000', '--json', '--outputFile', jestJson, 'test/unit/fuzz/'],
+    { ...process.env, NODE_OPTIONS: '--experimental-vm-modules', VIO_FUZZ_RUNS: runs, VIO_FUZZ_SEED: seed, VIO_FUZZ_REPORT: report });
+  const lines = existsSync(report) ? readFileSync(report, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+  let failed = Number.NaN;
+  try {
+    failed = JSON.parse(readFileSync(jestJson, 'utf8')).numFailedTests;
+  } catch { /* jest wrote nothing */ }
+  results.fuzz = { runs: Number(runs), seed, targets: lines, failedTests: failed, exit: r.code };
+  for (const l of lines) row('fuzz', `${l.target}: inputs (${(l.ms / 1000).toFixed(0)} s)`, l.runs, '');
+  row('fuzz', 'failing fuzz tests (counterexample in the log above)', failed, '', 0);
 }
 
 const machine = {
