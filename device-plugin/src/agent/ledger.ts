@@ -75,6 +75,12 @@ function describe(h: { namespace: string; name?: string; pod?: string; vmi?: str
   return h.vmi ? `VM ${h.vmi} (pod ${pod})` : `pod ${pod}`;
 }
 
+/** ISO time of a recorded timestamp; one past Date's range (a damaged or hand-edited ledger) is shown as the number, never a RangeError. */
+function isoTime(ms: number): string {
+  const d = new Date(ms);
+  return Number.isNaN(d.getTime()) ? `${ms} ms since the epoch` : d.toISOString();
+}
+
 function parse(text: string, node: string): Map<string, Grant> | string {
   let doc: unknown;
   try {
@@ -194,7 +200,7 @@ export class Ledger {
     if (d) return { kind: 'held', by: `DRA claim ${d.namespace}/${d.pod}`, holder: d };
     const g = this.grants.get(id);
     if (g) {
-      const by = g.pod ? `${describe(g.pod)} (last seen ${Math.round((this.now() - g.lastSeenAt) / 1000)} s ago)` : g.via === 'allocate' ? `an Allocate answered at ${new Date(g.grantedAt).toISOString()}` : `pod ${g.podUID ?? '?'} in the kubelet's checkpoint`;
+      const by = g.pod ? `${describe(g.pod)} (last seen ${Math.round((this.now() - g.lastSeenAt) / 1000)} s ago)` : g.via === 'allocate' ? `an Allocate answered at ${isoTime(g.grantedAt)}` : `pod ${g.podUID ?? '?'} in the kubelet's checkpoint`;
       return { kind: 'held', by, ...(g.pod ? { holder: { resourceName: g.resourceName, namespace: g.pod.namespace, pod: g.pod.name, container: g.pod.container, ...(g.pod.vmi ? { vmi: g.pod.vmi } : {}) } } : {}) };
     }
     return { kind: 'free' };
