@@ -146,6 +146,7 @@ export interface VirtualIODeviceSpec {
    * How the kubelet learns about the pool's slices. DevicePlugin: one extended resource (spec.resourceName) served through the device plugin API. DRA: Dynamic Resource Allocation; the agent publishes every slice as a device in ResourceSlices of driver virtualio.dev, the operator creates the DeviceClass <name>.virtualio.dev, and VMs ask for slices with ResourceClaims (KubeVirt 1.9 GPUsWithDRA / HostDevicesWithDRA). NPIV pools cannot use DRA.
    */
   frontEnd?: 'DevicePlugin' | 'DRA';
+  tenancy?: Tenancy;
   kubevirt?: {
     /**
      * How a VM consumes a slice. Defaults: Mediated → MediatedDevice; NIC with SRIOV → SRIOVNetwork; everything else → HostDevice.
@@ -155,6 +156,36 @@ export interface VirtualIODeviceSpec {
      * Add the pool to KubeVirt's permittedHostDevices (as an external resource provider).
      */
     permit?: boolean;
+  };
+}
+/**
+ * Which namespaces may use the pool. Unset: every namespace, as before. Set: the operator writes a ValidatingAdmissionPolicy and binding "<name>.tenancy.virtualio.dev" (owned by the pool), and the API server itself refuses, in every namespace that namespaces and namespaceSelector both leave out, a Pod that requests spec.resourceName and a ResourceClaim or ResourceClaimTemplate that names the DeviceClass <name>.virtualio.dev. A namespace's labels are read at each admission, so relabelling takes effect at once; pods and claims admitted before stay. See docs/tenancy.md.
+ */
+export interface Tenancy {
+  /**
+   * Namespaces, by name, that may use the pool (in addition to those namespaceSelector selects).
+   *
+   * @maxItems 256
+   */
+  namespaces?: string[];
+  /**
+   * Namespaces, by label, that may use the pool: a standard label selector (matchLabels and matchExpressions are ANDed; {} selects every namespace). Every namespace carries kubernetes.io/metadata.name with its own name.
+   */
+  namespaceSelector?: {
+    matchLabels?: {
+      [k: string]: string | undefined;
+    };
+    /**
+     * @maxItems 32
+     */
+    matchExpressions?: {
+      key: string;
+      operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+      /**
+       * @maxItems 64
+       */
+      values?: string[];
+    }[];
   };
 }
 export interface VirtualIODeviceStatus {

@@ -1,7 +1,8 @@
 // The operator's composition: informers over Nodes, VirtualIONodes and VirtualIODevices (and the
-// KubeVirt CR once its CRD is served, and our DeviceClasses while resource.k8s.io/v1 is served),
-// four work queues fed by their change handlers, and four controllers: plan (per node), status
-// (per pool), kubevirt (one key) and deviceclass (per pool). Everything takes its ports, clock and
+// KubeVirt CR once its CRD is served, our DeviceClasses while resource.k8s.io/v1 is served, and our
+// tenancy ValidatingAdmissionPolicies and bindings), five work queues fed by their change handlers,
+// and five controllers: plan (per node), status (per pool), kubevirt (one key), deviceclass (per
+// pool) and tenancy (per pool). Everything takes its ports, clock and
 // logger as arguments, so unit tests run it against the in-memory fake.
 import type { Logger } from 'pino';
 import type { NodeObject, Pool, VioNode } from './api/types.js';
@@ -9,6 +10,8 @@ import { DEVICE_CLASS_SELECTOR, DeviceClasses, DeviceClassReconciler, poolOfDevi
 import { KUBEVIRT_KEY, KubeVirtReconciler, type KubeVirtContestTuning } from './controllers/kubevirt/reconciler.js';
 import { PlanReconciler } from './controllers/plan/reconciler.js';
 import { StatusReconciler } from './controllers/status/reconciler.js';
+import { AdmissionPolicies, AdmissionPolicyBindings, poolOfTenancyObject, TENANCY_SELECTOR } from './controllers/tenancy/policy.js';
+import { TenancyReconciler } from './controllers/tenancy/reconciler.js';
 import { World, type KubeVirtObject, type KubeVirtSettings } from './controllers/world.js';
 import type { KubeObject, KubePort } from './kube/ports.js';
 import { KubeVirts, Nodes, VirtualIODevices, VirtualIONodes } from './kube/resources.js';
@@ -147,9 +150,11 @@ export class Operator {
     const statusQ = new WorkQueue({ clock });
     const kubevirtQ = new WorkQueue({ clock });
     const draQ = new WorkQueue({ clock }); // DeviceClasses of DRA pools, one key per pool
+    const tenancyQ = new WorkQueue({ clock }); // admission policies of pools with spec.tenancy, one key per pool
     metrics?.watchQueue('plan', planQ);
     metrics?.watchQueue('status', statusQ);
     metrics?.watchQueue('kubevirt', kubevirtQ);
+    metrics?.watchQueue('tenancy', tenancyQ);
     metrics?.watchPools(() => pools.list()); // virtualio_operator_pool_condition, read at each scrape
     const planAll = () => {
       for (const n of nodes.list()) planQ.add(n.metadata.name);
@@ -172,6 +177,24 @@ export class Operator {
       if (pool && pools.get(pool)) draQ.add(pool);
     });
 
+    const tenancyAll = () => {
+      for (const p of pools.list()) tenancyQ.add(p.metadata.name);
+    };
+    // Our tenancy policies and bindings (by label): one deleted or changed by anyone is ensured
+    // again, and one left by a pool that is gone (or lost spec.tenancy) is deleted.
+    const tenancyInformers = [AdmissionPolicies, AdmissionPolicyBindings].map((resource) => {
+      const inf = new ServedInformer<KubeObject>({
+        ...informerOpts, resource, log: log.child({ informer: resource.plural }), transform: withoutManagedFields,
+        list: { labelSelector: TENANCY_SELECTOR }, recheckMs: t.kubevirtRecheckMs, onServedChange: tenancyAll,
+      });
+      inf.onChange((obj, old) => {
+        const pool = poolOfTenancyObject((obj ?? old) as KubeObject);
+        if (pool) tenancyQ.add(pool);
+      });
+      return inf;
+    });
+    const [tenancyPolicies, tenancyBindings] = tenancyInformers as [ServedInformer<KubeObject>, ServedInformer<KubeObject>];
+
     nodes.onChange((obj, old) => {
       planQ.add((obj ?? old)?.metadata.name ?? '');
       if (!obj || !old || !jsonEqual(obj.metadata.labels, old.metadata.labels)) statusAll();
@@ -189,6 +212,7 @@ export class Operator {
         !!obj.metadata.deletionTimestamp !== !!old.metadata.deletionTimestamp;
       if (specChanged) {
         draQ.add((obj ?? old)?.metadata.name ?? ''); // DeviceClass: only spec (frontEnd) and deletion matter
+        tenancyQ.add((obj ?? old)?.metadata.name ?? '');
         world.poolsChanged();
         planAll();
         statusAll();
@@ -266,6 +290,7 @@ export class Operator {
         statusAll();
         kubevirtSoon();
         draAll();
+        tenancyAll();
       }
     })();
 
@@ -273,6 +298,7 @@ export class Operator {
     statusAll();
     kubevirtQ.add(KUBEVIRT_KEY);
     draAll();
+    tenancyAll();
     this.readyFlag = true;
     const common = { clock, observer: metrics };
     await Promise.all([
@@ -284,7 +310,13 @@ export class Operator {
         reconciler: kubevirtReconciler }, signal),
       runController({ ...common, name: 'deviceclass', queue: draQ, workers: 1, log: log.child({ controller: 'deviceclass' }),
         reconciler: new DeviceClassReconciler({ kube, world, log: log.child({ controller: 'deviceclass' }) }) }, signal),
-      recheck, resync, deviceClasses.run(signal), ...runs,
+      runController({ ...common, name: 'tenancy', queue: tenancyQ, workers: 1, log: log.child({ controller: 'tenancy' }),
+        reconciler: new TenancyReconciler({
+          kube, world, events, log: log.child({ controller: 'tenancy' }),
+          cached: (res, name) => (res === AdmissionPolicies ? tenancyPolicies : tenancyBindings).get(name),
+          onOutcomeChange: (pool) => statusQ.add(pool),
+        }) }, signal),
+      recheck, resync, deviceClasses.run(signal), tenancyPolicies.run(signal), tenancyBindings.run(signal), ...runs,
     ]);
     if (kv) await kv.run;
     metrics?.watchPools(undefined);

@@ -361,6 +361,11 @@ describe('helm install on the real API server', () => {
     ['watch', 'deviceclasses.resource.k8s.io', '', '', true],
     ['update', 'deviceclasses.resource.k8s.io', '', '', false],
     ['create', 'resourceslices.resource.k8s.io', '', '', false],
+    ['create', 'validatingadmissionpolicies.admissionregistration.k8s.io', '', '', true],
+    ['patch', 'validatingadmissionpolicybindings.admissionregistration.k8s.io', '', '', true],
+    ['watch', 'validatingadmissionpolicybindings.admissionregistration.k8s.io', '', '', true],
+    ['update', 'validatingadmissionpolicies.admissionregistration.k8s.io', '', '', false],
+    ['create', 'validatingwebhookconfigurations.admissionregistration.k8s.io', '', '', false],
   ];
   const agentMatrix: Row[] = [
     ['get', 'virtualionodes.virtualio.dev', '', '', true],
@@ -392,6 +397,7 @@ describe('helm install on the real API server', () => {
     // driver and node by the API server: policy-dra.test.ts).
     ['patch', 'resourceclaims.resource.k8s.io', 'status', 'tenant-a', true],
     ['create', 'deviceclasses.resource.k8s.io', '', '', false],
+    ['create', 'validatingadmissionpolicies.admissionregistration.k8s.io', '', '', false],
   ];
 
   async function canI(sa: string, [verb, resource, sub, ns]: Row): Promise<boolean> {

@@ -14,6 +14,8 @@ export const ConditionType = {
   Reconciling: 'Reconciling',
   /** kstatus: True when waiting will not help: a conflict or a failed carving (Failed). */
   Stalled: 'Stalled',
+  /** Pools with spec.tenancy: True while the API server enforces it (the admission policy is written). */
+  TenancyEnforced: 'TenancyEnforced',
 } as const;
 export type ConditionType = (typeof ConditionType)[keyof typeof ConditionType];
 
@@ -43,6 +45,9 @@ export const Reason = {
   ApplyPending: 'ApplyPending',
   Contested: 'Contested',
   WaitingForInventory: 'WaitingForInventory',
+  PolicyInForce: 'PolicyInForce',
+  PolicyWriteFailed: 'PolicyWriteFailed',
+  TenancyPending: 'TenancyPending',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 

@@ -4,6 +4,7 @@ import type { NodeObject, Pool, PoolPlan, VioNode } from '../api/types.js';
 import type { Informer } from '../runtime/informer.js';
 import { jsonEqual } from '../util/json.js';
 import type { KubeVirtContest, KubeVirtView, PermittedLists } from './kubevirt/entries.js';
+import type { TenancyOutcome } from './tenancy/reconciler.js';
 import { planNode, preparePools, type DeviceConflict, type NodePlan, type PreparedPools } from './plan/plan.js';
 
 /** Per pool: the VirtualIONodes that mention it (plan, agent pool status or slices) and its conflicts. */
@@ -58,6 +59,8 @@ export class World {
   /** Per node and pool: the VirtualIONode generation at which this process last changed the pool's plan entry. */
   private readonly planWrites = new Map<string, Map<string, number>>();
   readonly kubevirt: KubeVirtState = { installed: false, informer: undefined };
+  /** Per pool with spec.tenancy: whether its admission policy is written (tenancy controller). */
+  readonly tenancy = new Map<string, TenancyOutcome>();
 
   constructor(
     readonly nodes: Informer<NodeObject>,

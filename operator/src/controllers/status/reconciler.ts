@@ -45,6 +45,7 @@ export class StatusReconciler implements Reconciler {
     const result = computeStatus(pool.status, {
       prepared, nodes, conflicts, pendingNodes: pending, kubevirtEntries: entries,
       kubevirtCondition: kubevirtCondition(prepared, entries, world.kubevirtView()), now: clock.now(),
+      tenancy: world.tenancy.get(name),
       ...(deleting ? { unreported: unreportedNodes(world, name, nodes) } : {}),
     });
     if (!jsonEqual(normalizeStatus(pool.status), result.status)) {

@@ -37,6 +37,11 @@ export interface StatusInput {
    * agent): they count as Pending whatever their agent reported for the previous plan.
    */
   pendingNodes?: readonly string[];
+  /**
+   * Pools with spec.tenancy: whether the admission policy is written (undefined: not tried yet).
+   * Pools without it get no TenancyEnforced condition (one left from earlier is removed).
+   */
+  tenancy?: { enforced: boolean; reason: string; message: string } | undefined;
 }
 
 export interface HumanEvent {
@@ -274,6 +279,15 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
   }
 
   set({ type: ConditionType.KubeVirtPermitted, status: input.kubevirtCondition.status, reason: input.kubevirtCondition.reason, message: input.kubevirtCondition.message });
+
+  if (p.pool.spec.tenancy) {
+    const t = input.tenancy;
+    set(t
+      ? { type: ConditionType.TenancyEnforced, status: t.enforced ? 'True' : 'False', reason: t.reason as Reason, message: t.message }
+      : { type: ConditionType.TenancyEnforced, status: 'Unknown', reason: Reason.TenancyPending, message: 'The admission policy for spec.tenancy is not written yet' });
+  } else {
+    conds = conds.filter((c) => c.type !== ConditionType.TenancyEnforced);
+  }
 
   // kstatus (Flux, kubectl-style waits): Stalled=True reads as Failed, Reconciling=True as
   // InProgress, neither with Ready=True as Current, with Ready=False as InProgress. Stalled first: a
