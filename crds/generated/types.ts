@@ -159,7 +159,7 @@ export interface VirtualIODeviceSpec {
   };
 }
 /**
- * Which namespaces may use the pool. Unset: every namespace, as before. Set: the operator writes a ValidatingAdmissionPolicy and binding "<name>.tenancy.virtualio.dev" (owned by the pool), and the API server itself refuses, in every namespace that namespaces and namespaceSelector both leave out, a Pod that requests spec.resourceName and a ResourceClaim or ResourceClaimTemplate that names the DeviceClass <name>.virtualio.dev. A namespace's labels are read at each admission, so relabelling takes effect at once; pods and claims admitted before stay. See docs/tenancy.md.
+ * Which namespaces may use the pool. Unset: every namespace, as before. Set: the operator writes a ValidatingAdmissionPolicy and binding "<name>.tenancy.virtualio.dev" (owned by the pool), and the API server itself refuses, in every namespace that namespaces and namespaceSelector both leave out, a Pod that requests spec.resourceName (and a KubeVirt VM or VMI that names it as a host device or GPU) and a ResourceClaim or ResourceClaimTemplate that names the DeviceClass <name>.virtualio.dev. A namespace's labels are read at each admission, so relabelling takes effect at once; pods and claims admitted before stay. See docs/tenancy.md.
  */
 export interface Tenancy {
   /**

@@ -1,7 +1,8 @@
 // Tenancy, the objects: a pool with spec.tenancy gets one ValidatingAdmissionPolicy and one binding,
 // both "<pool>.tenancy.virtualio.dev", so that the API server itself (no webhook of ours to keep
 // alive) refuses, in a namespace the pool does not grant, a Pod that requests the pool's extended
-// resource and a ResourceClaim or ResourceClaimTemplate that names the pool's DeviceClass. The pool's
+// resource (and a KubeVirt VM or VMI that names it as a host device or GPU) and a ResourceClaim or
+// ResourceClaimTemplate that names the pool's DeviceClass. The pool's
 // grant is compiled into the policy's CEL as constants; the namespace's labels are read from
 // `namespaceObject` at each admission, so relabelling a namespace takes effect at once.
 import type { Pool } from '../../api/types.js';
@@ -99,11 +100,25 @@ function claimSpecUses(spec: string, className: string): string {
     `(has(r.exactly) && r.exactly.deviceClassName == ${dc}) || (has(r.firstAvailable) && r.firstAvailable.exists(s, s.deviceClassName == ${dc})))`;
 }
 
+/**
+ * Whether a KubeVirt VMI spec (a CEL path) names the resource as a host device or GPU
+ * (spec.domain.devices.{hostDevices,gpus}[].deviceName is the extended resource name).
+ */
+function vmiSpecUses(spec: string, resource: string): string {
+  const r = celString(resource);
+  const devices = `${spec}.domain.devices`;
+  const list = (field: string) => `(has(${devices}.${field}) && ${devices}.${field}.exists(d, has(d.deviceName) && d.deviceName == ${r}))`;
+  return `has(${spec}.domain) && has(${devices}) && (${list('hostDevices')} || ${list('gpus')})`;
+}
+
 /** What the request asks of the pool, by kind of object (evaluated only for the kind at hand). */
 export function usesCel(resource: string, className: string): string {
   const c = containerUses(resource);
   return `request.resource.resource == 'pods' ? ` +
     `(object.spec.containers.exists(c, ${c}) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, ${c}))) : ` +
+    `request.resource.resource == 'virtualmachineinstances' ? (has(object.spec) && ${vmiSpecUses('object.spec', resource)}) : ` +
+    `request.resource.resource == 'virtualmachines' ? ` +
+    `(has(object.spec) && has(object.spec.template) && has(object.spec.template.spec) && ${vmiSpecUses('object.spec.template.spec', resource)}) : ` +
     `request.resource.resource == 'resourceclaims' ? (${claimSpecUses('object.spec', className)}) : ` +
     `(has(object.spec.spec) && ${claimSpecUses('object.spec.spec', className)})`;
 }
@@ -136,6 +151,10 @@ export function desiredPolicy(pool: Pool, tenancy: Tenancy): KubeObject & Record
           // Claim specs are immutable: CREATE is where a claim names its class. Requests in older
           // versions are converted to v1 before evaluation (matchPolicy Equivalent).
           { apiGroups: ['resource.k8s.io'], apiVersions: ['v1'], operations: ['CREATE'], resources: ['resourceclaims', 'resourceclaimtemplates'] },
+          // KubeVirt (when installed): refused at creation of the VM or VMI, not only of its
+          // virt-launcher pod, so the user sees why on the object they wrote. CREATE only: a VM
+          // admitted before a grant narrowed can still be started, stopped and edited.
+          { apiGroups: ['kubevirt.io'], apiVersions: ['v1'], operations: ['CREATE'], resources: ['virtualmachines', 'virtualmachineinstances'] },
         ],
       },
       variables: [
@@ -147,7 +166,7 @@ export function desiredPolicy(pool: Pool, tenancy: Tenancy): KubeObject & Record
         expression: '!variables.uses || variables.granted',
         messageExpression: `'pool ${name} (VirtualIODevice) is not granted to namespace ' + request.namespace + ` +
           `': its spec.tenancy neither lists the namespace nor selects its labels (asked for ' + ` +
-          `(request.resource.resource == 'pods' ? 'extended resource ${resource}' : 'DeviceClass ${className}') + ')'`,
+          `(request.resource.resource.startsWith('resourceclaim') ? 'DeviceClass ${className}' : 'extended resource ${resource}') + ')'`,
         reason: 'Forbidden',
       }],
     },

@@ -51,13 +51,15 @@ describe('CEL', () => {
     expect(grantCel({ namespaces: [] })).toBe('false');
   });
 
-  test('uses: pod containers and init containers by resource name, claims and templates by class, exactly or firstAvailable', () => {
+  test('uses: pod containers and init containers, VM and VMI host devices and GPUs by resource name, claims and templates by class, exactly or firstAvailable', () => {
     const cel = usesCel('virtualio.dev/nics', 'nics.virtualio.dev');
     expect(cel).toContain('object.spec.initContainers.exists(c, ');
     expect(cel).toContain('"virtualio.dev/nics" in c.resources.limits');
     expect(cel).toContain('r.exactly.deviceClassName == "nics.virtualio.dev"');
     expect(cel).toContain('r.firstAvailable.exists(s, s.deviceClassName == "nics.virtualio.dev")');
     expect(cel).toContain('object.spec.spec.devices.requests');
+    expect(cel).toContain('object.spec.domain.devices.hostDevices.exists(d, has(d.deviceName) && d.deviceName == "virtualio.dev/nics")');
+    expect(cel).toContain('object.spec.template.spec.domain.devices.gpus.exists(d, ');
   });
 
   test('the policy checks a pool with spec.resourceName under that name', () => {
