@@ -18,6 +18,9 @@ function poolsOfWrite(w: { path: string; pools?: string[] }, pools: readonly Poo
   return out.length ? out : [''];
 }
 
+/** An mdev create (`.../mdev_supported_types/<type>/create`). */
+const isMdevCreate = (w: SysfsWrite): boolean => /\/mdev_supported_types\/[^/]+\/create$/.test(w.path);
+
 /** What one round needs from the agent. */
 export interface RoundInput {
   spec: VirtualIONodeSpec;
@@ -87,6 +90,8 @@ export class Carver {
     const released = new Set<string>();
     const odFailed = new Map<string, string>();
     let scanError: string | undefined;
+    // mdev creates the kernel answered EEXIST this round: the mdev is there, our inventory is behind.
+    const exists = new Set<string>();
     const allPools = (): PoolPlan[] => [...(spec.pools ?? []), ...[...inp.retired.values()].map((r) => r.plan)];
     await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal); // e.g. free an NVMe primary's flexible resources before its VFs exist
     for (let pass = 0; pass < 4 && !inp.signal.aborted; pass++) {
@@ -163,8 +168,24 @@ export class Carver {
       }
       this.recordDone(results, releasing);
       let failed = false;
+      let rescan = false;
       const after = this.clock();
-      for (const r of results) {
+      for (const res of results) {
+        // EEXIST on an mdev create: the kernel has that mdev and our inventory does not show it yet
+        // (it was created by an earlier write whose effect the last scan missed). Not a failure to
+        // retry: scan again and plan from what is there. Refused again after that rescan, the scan
+        // does not see what the kernel has, and it is a failure (backed off, reported) like any.
+        const eexist = res.error !== undefined && res.code === 'EEXIST' && isMdevCreate(res.write);
+        const key = `${res.write.path}\n${res.write.value}`;
+        if (eexist && !exists.has(key)) {
+          exists.add(key);
+          this.backoff.succeeded(res.write);
+          this.metrics.carvingOperations.inc({ result: 'ok' });
+          this.log.info({ path: res.write.path, value: res.write.value }, 'the mdev exists already; rescanning');
+          rescan = true;
+          continue;
+        }
+        const r = eexist ? { ...res, error: `${res.error} (the kernel has mdev ${res.write.value.trim()}, but a rescan does not show it under its parent)` } : res;
         this.metrics.carvingOperations.inc({ result: r.error ? (r.skipped ? 'skipped' : 'error') : 'ok' });
         if (!r.error) this.backoff.succeeded(r.write);
         // EEXIST: the mdev is there already (a repeated create); not a failure of the claim.
@@ -178,7 +199,7 @@ export class Carver {
           this.log.error({ path: r.write.path, value: r.write.value, error: r.error, code: r.code, retryInMs: delay }, 'carving write failed');
         }
       }
-      if (!results.some((r) => !r.error)) break; // nothing was written: the inventory is unchanged, no rescan
+      if (!rescan && !results.some((r) => !r.error)) break; // nothing was written: the inventory is unchanged, no rescan
       try {
         const next = await ops.scan();
         const suspect = inp.suspectScan(next, inventory);
