@@ -8,7 +8,9 @@
 //    checked first, so "driver_override then drivers_probe" is applied in that order.
 // A refused write (e.g. sriov_numvfs above sriov_totalvfs) cannot fail the writer's write(2) here:
 // the daemon restores the attribute's previous value and reports the error (onError, stderr,
-// `<root>/.fake-kernel/errors.log`). Known difference from a real kernel, documented for callers:
+// `<root>/.fake-kernel/errors.log`). A write takes effect when the daemon's queue reaches it, not
+// before the writer's write(2) returns as on Linux, so the queue is kept from falling behind (see
+// enqueue). Known difference from a real kernel, documented for callers:
 // a non-zero → different non-zero sriov_numvfs change is applied as "0 then N" (the write of 0 in
 // between may have been coalesced by the watcher). Use FakeKernel.write directly to test refusals.
 //
@@ -82,6 +84,8 @@ export interface KernelHandle {
   readonly events: KernelEvent[];
   /** Resolves once everything queued so far has been applied. */
   idle(): Promise<void>;
+  /** Work items queued and not finished yet (trigger messages, value checks, polls). */
+  pending(): number;
   /** Stops watching and turns the FIFOs back into plain files. Idempotent. */
   stop(): Promise<void>;
   /** See FakeKernel.openVfio / closeVfio / holdVport / releaseVport. */
@@ -136,13 +140,27 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
   const fifos = new Map<string, net.Socket | undefined>();
   const values = new Map<string, { shadow: string; watcher: FSWatcher | undefined }>();
   let chain: Promise<void> = Promise.resolve();
+  let queued = 0;
+  /** Trigger messages read and not applied yet: while any waits, the tree sync runs after the last. */
+  let messages = 0;
+  let pollQueued = false;
+  let valueCheckQueued = false;
   let stopped = false;
   let firstSync = true;
   const errorLog = path.join(root, '.fake-kernel/errors.log');
 
+  // One queue, in arrival order. A Linux sysfs write takes effect before write(2) returns; here it
+  // takes effect when the queue reaches it, so the queue must never fall behind: the safety poll is
+  // queued only when none is waiting (a poll slower than its interval once piled up polls without
+  // end, and every write waited behind them: on the demo's 230-function tree under load, a vGPU
+  // create the agent wrote took effect after 110 s, its rescans never saw it and it wrote the
+  // create again and again), and the tree sync after a trigger message runs once a burst is done.
   const enqueue = (fn: () => Promise<void>): Promise<void> => {
+    queued++;
     chain = chain.then(fn).catch((err: unknown) => {
       console.error(`[fake-kernel] internal error: ${err instanceof Error ? err.stack : String(err)}`);
+    }).finally(() => {
+      queued--;
     });
     return chain;
   };
@@ -221,10 +239,12 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
       sock.destroy();
       const msg = Buffer.concat(chunks).toString('utf8');
       if (!stopped) listen(file);
+      messages++;
       void enqueue(async () => {
+        messages--;
         await checkValues();
         for (const token of splitTriggerMessage(file, msg)) await apply(file, token, false);
-        await sync();
+        if (messages === 0) await sync();
       });
     });
   };
@@ -269,7 +289,14 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
       const shadow = firstSync ? ((await readValue(file)) ?? '') : (VALUE_DEFAULTS[path.basename(file)] ?? '');
       let watcher: FSWatcher | undefined;
       try {
-        watcher = watch(file, { persistent: false }, () => void enqueue(async () => void ((await checkValues()) && (await sync()))));
+        watcher = watch(file, { persistent: false }, () => {
+          if (valueCheckQueued) return; // the queued check reads every value file when it runs
+          valueCheckQueued = true;
+          void enqueue(async () => {
+            valueCheckQueued = false;
+            if (await checkValues()) await sync();
+          });
+        });
         watcher.on('error', () => undefined);
       } catch {
         watcher = undefined;
@@ -282,7 +309,10 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
   await enqueue(sync);
   await enqueue(async () => void ((await checkValues()) && (await sync())));
   const timer = setInterval(() => {
+    if (pollQueued) return;
+    pollQueued = true;
     void enqueue(async () => {
+      pollQueued = false;
       await checkValues();
       await sync();
     });
@@ -295,6 +325,7 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
     kernel,
     events,
     idle: () => chain,
+    pending: () => queued,
     openVfio: (group, holder, o) => kernel.openVfio(group, holder, o),
     closeVfio: (group, holder) => kernel.closeVfio(group, holder),
     holdVport: (wwpn, holder) => kernel.holdVport(wwpn, holder),

@@ -1,5 +1,5 @@
 // The kernel daemon gives kernel behaviour to plain file writes (what the unmodified agent does).
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { applyCarving } from '../../device-plugin/src/carving/apply.js';
 import { planCarving } from '../../device-plugin/src/carving/plan.js';
@@ -61,6 +61,24 @@ test('plain file writes carve SR-IOV, mdevs and vports until the plan is empty',
   const slices = buildSlices({ spec, inventory: empty, devRoot, nodeName: NODE });
   expect(slices.map((s) => s.health)).toEqual(Array(8).fill('Healthy'));
   expect(handle.events.filter((e) => !e.ok)).toEqual([]);
+});
+
+test('the queue never falls behind: a safety poll slower than its interval is not piled up, and a write does not wait behind polls', async () => {
+  // Polls every millisecond: each takes longer than that (it reads every watched file), which once
+  // queued polls without end, so a write waited behind all of them (seconds, growing with time).
+  const h = (handle = await startKernel(root, devRoot, { pollMs: 1 }));
+  const most = { pending: 0 };
+  const sampler = setInterval(() => (most.pending = Math.max(most.pending, h.pending())), 5);
+  try {
+    await new Promise((r) => setTimeout(r, 400));
+    const uuid = '0c2d5b6e-8f0a-4b1c-9d2e-3f4a5b6c7d8e';
+    await writeFile(path.join(root, 'bus/pci/devices', GPU, 'mdev_supported_types/nvidia-222/create'), uuid);
+    await waitFor('the mdev created', async () => ((await scan(root, { devRoot })).devices.find((d) => d.pciAddress === GPU)?.mdevs?.some((m) => m.uuid === uuid) ? true : undefined));
+  } finally {
+    clearInterval(sampler);
+  }
+  // At most the poll running, one queued behind it and the write (and a value check).
+  expect(most.pending).toBeLessThanOrEqual(4);
 });
 
 test('a refused write is undone in the file and reported', async () => {
