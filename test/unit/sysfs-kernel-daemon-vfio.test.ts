@@ -83,7 +83,9 @@ test('the control socket holds groups and vports for another process; vport_dele
   await new FsSysfsWriter(root).write(`${FC}/vport_delete`, `${WWPN}:c050760000000002`);
   await waitFor('the violation', async () => (await readViolations(root)).length > 0);
   expect(await readViolations(root)).toEqual([{ at: expect.any(Number), path: vportDelete, value: `${WWPN}:c050760000000002`, device: WWPN, holder: 'vm/x' }]);
-  expect((await scan(root)).vports).toBeUndefined(); // torn down at once
+  // The violation is recorded when the write reaches the held vport, before the write completes.
+  await waitFor('the vport_delete applied', async () => h.events.some((e) => e.path.endsWith('vport_delete') && e.ok && e.blocked === undefined));
+  expect((await scan(root)).vports).toBeUndefined(); // torn down at once, not waiting for the holder
   expect(await kernelControl(root, `release-vport ${WWPN} vm/x`)).toBe('');
   await expect(kernelControl(root, `close ${g0} vm/y`)).rejects.toMatchObject({ code: 'EBADF' });
   expect(await kernelControl(root, `close ${g0} vm/x`)).toBe('');
