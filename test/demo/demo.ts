@@ -6,6 +6,8 @@
 //   the fake kernel daemon over a sysfs tree built from a recorded A16 server + simulated devices
 //   the virtualio operator (dist/operator/src/main.js) and agent in cluster mode (dist/device-plugin)
 //   pools (test/demo/pools.yaml) and one virt-launcher-shaped pod per pool
+//   as root, an on-demand DRA pool: a VM's claim makes the agent create the vGPU it asked for, and
+//   deleting the VM removes it, both checked in the simulated kernel's tree (test/demo/ondemand.ts)
 //
 // and then a summary: the node's inventory, each pool's capacity and allocations, which VM holds
 // which slice and the env/devices each VM's container received (from the fake runtime's records).
@@ -23,13 +25,15 @@
 // that import only built-ins or `.ts` files; the fake kernel daemon runs as its own process.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { REPO_ROOT, freePort, startControlPlane, stopProcess, type ControlPlane } from '../cluster/control-plane.ts';
 import { canRunKubelet, DEVICE_PLUGIN_DIR, KUBELET_NODE_NAME, startKubelet, type ContainerRecord, type Kubelet } from '../cluster/kubelet.ts';
 import { buildDemoHost, type DemoHost } from './host.ts';
+import { ONDEMAND, onDemandPool, runOnDemand, type OnDemandSummary } from './ondemand.ts';
+import { debianPrometheus, prometheusConfig, removeStaleRuns, tail } from './run-files.ts';
 import { renderSummary, verifyDemo, type DemoSummary, type InventoryRow, type VmSummary } from './summary.ts';
 
 const argv = process.argv.slice(2);
@@ -124,27 +128,6 @@ function launch(name: string, cmd: string, args: string[], log: string): ChildPr
 /** host:port of the two programs' HTTP endpoints (/metrics, /healthz, /readyz; the agent's /status). */
 const metrics = { agent: '', operator: '' };
 
-/**
- * A Prometheus configuration scraping both programs every 5 s, with the labels the chart's
- * ServiceMonitors give (job = the metrics Service's name, node on the agent's target), so the
- * chart's alerts and dashboard queries work on it unchanged. JSON is YAML.
- */
-function prometheusConfig(m: typeof metrics): string {
-  return `${JSON.stringify({
-    global: { scrape_interval: '5s', evaluation_interval: '5s' },
-    scrape_configs: [
-      { job_name: 'virtualio-agent-metrics', static_configs: [{ targets: [m.agent], labels: { node: NODE } }] },
-      { job_name: 'virtualio-operator-metrics', static_configs: [{ targets: [m.operator] }] },
-    ],
-  }, null, 2)}\n`;
-}
-
-/** Debian's prometheus when the tests cached it (test/observability/prometheus.sh), else undefined. */
-function debianPrometheus(): string | undefined {
-  const dir = existsSync(CACHE) ? readdirSync(CACHE).find((d) => d.startsWith('prometheus-') && existsSync(join(CACHE, d, 'usr/bin/prometheus'))) : undefined;
-  return dir ? join(CACHE, dir, 'usr/bin/prometheus') : undefined;
-}
-
 /** Throws with the log tail when a demo process died. */
 function checkChildren(): void {
   if (stopping) throw new Error('stopping');
@@ -152,41 +135,6 @@ function checkChildren(): void {
     if (proc.exitCode !== null || proc.signalCode !== null) {
       throw new Error(`${name} exited (${proc.exitCode ?? proc.signalCode}); last lines of ${log}:\n${tail(log, 20)}`);
     }
-  }
-}
-
-function tail(file: string, n: number): string {
-  try {
-    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).join('\n');
-  } catch {
-    return '(no log)';
-  }
-}
-
-/** Removes earlier demo run folders whose processes are all gone (in the background). */
-async function removeStaleRuns(): Promise<void> {
-  const dirs = [
-    ...(existsSync(DEMO_DIR) ? readdirSync(DEMO_DIR).filter((d) => d.startsWith('vio-cp-') || /^host-.*\.tmp-\d+$/.test(d)).map((d) => join(DEMO_DIR, d)) : []),
-    ...(existsSync(SHM) ? readdirSync(SHM).filter((d) => /^virtualio-demo-\d+$/.test(d)).map((d) => join(SHM, d)) : []),
-  ];
-  for (const dir of dirs) {
-    const tmpOwner = /(?:\.tmp-|^virtualio-demo-)(\d+)$/.exec(basename(dir))?.[1];
-    const pids = tmpOwner ? [Number(tmpOwner)] : ['pids', 'demo-pids'].flatMap((f) => {
-      try {
-        return readFileSync(join(dir, f), 'utf8').split('\n').map(Number).filter((p) => p > 0);
-      } catch {
-        return [];
-      }
-    });
-    const alive = pids.some((p) => {
-      try {
-        process.kill(p, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    if (!alive) await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -262,7 +210,7 @@ const resourceOf = (pools: Viod[], pool: string): string => pools.find((p) => p.
 
 async function main(): Promise<void> {
   mkdirSync(DEMO_DIR, { recursive: true });
-  const staleRemoved = removeStaleRuns().catch((err: unknown) => say(`could not remove an old run folder: ${String(err)}`));
+  const staleRemoved = removeStaleRuns(DEMO_DIR, SHM).catch((err: unknown) => say(`could not remove an old run folder: ${String(err)}`));
   onCleanup('old run folders', () => staleRemoved);
   const root = canRunKubelet();
   if (!root) {
@@ -288,7 +236,7 @@ async function main(): Promise<void> {
   // The tree lives in memory when it can (like the real sysfs): 32,000 small files copy in a second.
   const hostBase = existsSync(SHM) ? join(SHM, `virtualio-demo-${process.pid}`) : join(run, 'host');
   onCleanup('simulated host', () => rm(hostBase, { recursive: true, force: true }));
-  const host: DemoHost = await stage('simulated host (recorded A16 server + ConnectX-6 + PM1733 NVMe)', () => buildDemoHost(hostBase, RECORDING, { cacheDir: DEMO_DIR }));
+  const host: DemoHost = await stage('simulated host (recorded A16 server + ConnectX-6 + PM1733 NVMe + a second GPU)', () => buildDemoHost(hostBase, RECORDING, { cacheDir: DEMO_DIR }));
   say(`  ${host.pciFunctions} PCI functions; the recording's ${host.removedMdevs.length} vGPUs removed so the A16 starts free; sysfs at ${host.sys}`);
 
   await stage('fake kernel daemon', async () => {
@@ -314,6 +262,8 @@ async function main(): Promise<void> {
       for (const f of readdirSync(DEVICE_PLUGIN_DIR)) if (/^virtualio-.*\.sock$/.test(f)) rmSync(join(DEVICE_PLUGIN_DIR, f), { force: true });
     });
     podResourcesSocket = kubelet.podResourcesSocket;
+    // A DRA plugin folder an earlier run left behind would stand for a plugin that is gone.
+    rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
   } else {
     await stage(`Node object ${NODE} (no kubelet)`, async () => {
       await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: NODE, labels: { 'kubernetes.io/hostname': NODE } } }));
@@ -344,16 +294,21 @@ async function main(): Promise<void> {
       join(REPO_ROOT, 'dist/device-plugin/src/main.js'), '--node-name', NODE, '--kubeconfig', cp.kubeconfig,
       '--sysfs-root', host.sys, '--dev-root', host.dev, '--plugin-dir', pluginDir, '--pod-resources-socket', podResourcesSocket,
       '--devinfo-dir', join(run, 'devinfo'), '--state-dir', join(run, 'agent-state'), '--metrics-address', metrics.agent, '--rescan-interval', '10s',
+      // The DRA front end (the on-demand step) needs the kubelet; a released slice is removed 3 s after the kubelet let go.
+      ...(kubelet ? ['--dra', '--kubelet-dir', kubelet.rootDir, '--cdi-dir', join(run, 'cdi'), '--release-grace', '3s'] : []),
     ], join(run, 'agent.log'));
     demoPids();
-    writeFileSync(join(run, 'prometheus.yml'), prometheusConfig(metrics));
+    writeFileSync(join(run, 'prometheus.yml'), prometheusConfig(metrics, NODE));
     await until('the agent to report its inventory', async () => {
       const n = await getJson<VioNode>(['get', 'virtualionode', NODE]);
       return (n.status?.inventory?.devices?.length ?? 0) > 0;
     });
   });
 
-  await stage('pools (test/demo/pools.yaml)', () => kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'test/demo/pools.yaml')]));
+  await stage(`pools (test/demo/pools.yaml${root ? `, and ${ONDEMAND.pool} on demand` : ''})`, async () => {
+    await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'test/demo/pools.yaml')]);
+    if (root) await kubectl(['apply', '--server-side', '-f', '-'], JSON.stringify(onDemandPool()));
+  });
 
   await stage('carving and registration with the kubelet', async () => {
     const poolNames = [...new Set(VMS.map((v) => v.pool))];
@@ -432,6 +387,13 @@ async function main(): Promise<void> {
     }, () => note);
   });
 
+  let ondemand: OnDemandSummary | undefined;
+  if (root) {
+    ondemand = await stage(`on demand: ${ONDEMAND.vm}'s claim for a ${ONDEMAND.type} makes the agent create it; deleting the VM removes it`, () =>
+      runOnDemand({ sys: host.sys, kubectl, until, say }, randomUUID()));
+    if (ondemand.error) say(`  on-demand step failed: ${ondemand.error}`);
+  }
+
   // ---- the summary ---------------------------------------------------------------------------
   const pools = (await getJson<{ items: Viod[] }>(['get', 'virtualiodevices'])).items;
   const node = await getJson<VioNode>(['get', 'virtualionode', NODE]);
@@ -476,6 +438,7 @@ async function main(): Promise<void> {
     }),
     slices: (node.status?.slices ?? []).map((s) => ({ id: s.id, pool: s.pool, kind: s.kind, parent: s.parent ?? '', health: s.health, reason: s.reason ?? '', vmi: s.allocation?.vmi ?? '', pod: s.allocation?.pod ?? '' })),
     vms,
+    ...(ondemand ? { ondemand } : {}),
   };
   // The result is what was checked, never assumed: without a kubelet the VM checks fail as "not verified".
   const checks = verifyDemo(facts, new Set(pools.filter((p) => p.spec.carving?.mode === 'Mediated').map((p) => p.metadata.name)));
@@ -490,7 +453,7 @@ async function main(): Promise<void> {
 
   verdict = summary.ok ? 0 : 1;
   if (keep) {
-    const prometheus = debianPrometheus();
+    const prometheus = debianPrometheus(CACHE);
     process.stderr.write([
       '',
       'Everything keeps running. In another shell:',

@@ -1,7 +1,10 @@
 // The demo's simulated host: the sysfs of a real HP server with an NVIDIA A16 (the umockdev
 // recording test/fixtures/real-sysfs/vgpu-node.umockdev, which also holds two Intel 82599
 // ports and a Samsung 970 EVO Plus NVMe), plus a simulated Mellanox ConnectX-6 (two ports) and a
-// Samsung PM1733 NVMe with SR-IOV added by the fake kernel's builders into the same tree.
+// Samsung PM1733 NVMe with SR-IOV added by the fake kernel's builders into the same tree, and a
+// second, simulated GPU for the on-demand step (test/demo/ondemand.ts): A16 vGPU types on the
+// function itself sharing 16 GB of framebuffer (2Q/4Q/8Q/16Q), so a claim's type decides how much of
+// it a VM takes (the fake kernel's mdevGpuMixed).
 //
 // The recording lacks one thing the A16's vGPU host driver shows on a live system: the
 // `mdev_supported_types` folder of each virtual function (the three mdevs it does record point at
@@ -11,12 +14,14 @@
 //
 // Node runs this file directly (type stripping): it imports only Node built-ins and `.ts` files
 // whose own imports are built-ins or types.
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { mkdir, readdir, readFile, readlink, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { FakeKernel, connectX6, nvmeWithSriov } from '../sysfs/kernel.ts';
+import { FakeKernel, connectX6, mdevGpuMixed, nvmeWithSriov } from '../sysfs/kernel.ts';
 import { loadUmockdev } from '../sysfs/umockdev.ts';
 
 const run = promisify(execFile);
@@ -31,6 +36,8 @@ export const HOST = {
   evo: '0000:05:00.0',
   cx6: ['0000:86:00.0', '0000:86:00.1'],
   pm1733: '0000:87:00.0',
+  /** The simulated GPU the on-demand pool carves on. */
+  ondemandGpu: '0000:0a:00.0',
 } as const;
 
 /** What {@link buildDemoHost} made. */
@@ -122,6 +129,7 @@ async function buildFresh(base: string, recording: string): Promise<DemoHost> {
     // Port 2's VFs follow port 1's (VF offset 9 from 0000:86:00.1), as on a dual-port ConnectX.
     { ...cx6, netdev: { name: 'ens2f1np1', operstate: 'up', address: '0c:42:a1:00:00:02' }, sriov: { totalVFs: 8, vfDevice: '101e', offset: 9, stride: 1 } },
     nvmeWithSriov(HOST.pm1733, { name: 'nvme1', serial: 'S4YNNE0R300917', totalVFs: 8, numaNode: 1 }),
+    mdevGpuMixed(HOST.ondemandGpu, { numaNode: 0 }),
   ];
   for (const f of added) {
     if (existsSync(path.join(sys, 'bus/pci/devices', f.address))) throw new Error(`simulated device ${f.address} collides with a recorded one`);
@@ -134,9 +142,20 @@ async function buildFresh(base: string, recording: string): Promise<DemoHost> {
 }
 
 /**
+ * A digest of the code that builds the tree (this file and the fake kernel's), so a cached tree is
+ * rebuilt when that code changes rather than served stale.
+ */
+async function builderHash(): Promise<string> {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const h = createHash('sha256');
+  for (const f of ['host.ts', '../sysfs/kernel.ts', '../sysfs/builders.ts', '../sysfs/umockdev.ts']) h.update(await readFile(path.join(here, f)));
+  return h.digest('hex').slice(0, 12);
+}
+
+/**
  * Builds the host under `base` (`<base>/sys`, `<base>/dev`; both replaced when present) from the
  * recording at `recording`. With `cacheDir`, a pristine tree is built once per recording (size and
- * mtime) and copied (`cp -a`; every link in the tree is relative) on later runs. Throws when a
+ * mtime) and version of the code that builds it, and copied (`cp -a`; every link in the tree is relative) on later runs. Throws when a
  * simulated device would collide with a recorded one.
  */
 export async function buildDemoHost(base: string, recording: string, opts: { cacheDir?: string } = {}): Promise<DemoHost> {
@@ -144,7 +163,7 @@ export async function buildDemoHost(base: string, recording: string, opts: { cac
   await rm(path.join(base, 'dev'), { recursive: true, force: true });
   if (!opts.cacheDir) return buildFresh(base, recording);
   const st = await stat(recording);
-  const key = `host-v1-${st.size}-${Math.round(st.mtimeMs)}`;
+  const key = `host-v2-${st.size}-${Math.round(st.mtimeMs)}-${await builderHash()}`;
   const cached = path.join(opts.cacheDir, key);
   if (!existsSync(path.join(cached, 'host.json'))) {
     await rm(cached, { recursive: true, force: true });

@@ -1,6 +1,7 @@
 // The demo's summary: the machine-readable shape (`--json`) and its readable rendering. Pure.
 
 import type { InventoryDevice } from '../../crds/generated/types.ts';
+import type { OnDemandSummary } from './ondemand.ts';
 
 /** One device of `VirtualIONode.status.inventory`: the generated API type, the single source. */
 export type InventoryRow = InventoryDevice;
@@ -61,6 +62,8 @@ export interface DemoSummary {
   }[];
   slices: { id: string; pool: string; kind: string; parent: string; health: string; reason: string; vmi: string; pod: string }[];
   vms: VmSummary[];
+  /** The on-demand step (root only): a VM's claim carved its vGPU, deleting the VM removed it. */
+  ondemand?: OnDemandSummary;
 }
 
 const CLASS_NAMES: [RegExp, string][] = [
@@ -131,6 +134,7 @@ export function verifyDemo(s: Omit<DemoSummary, 'ok' | 'checks'>, mdevPools: Rea
     const why = 'not verified: no kubelet ran (it needs root), so no VM pod could start; run as root (sudo make demo)';
     checks.push({ name: 'kubelet', ok: false, detail: why });
     checks.push({ name: 'vms', ok: false, detail: why });
+    checks.push({ name: 'ondemand', ok: false, detail: why });
     return checks;
   }
   checks.push({ name: 'kubelet', ok: true, detail: 'a real kubelet ran the VM pods' });
@@ -156,7 +160,32 @@ export function verifyDemo(s: Omit<DemoSummary, 'ok' | 'checks'>, mdevPools: Rea
   const held = s.vms.flatMap((v) => v.slices);
   if (new Set(held).size !== held.length) vmProblems.push('a slice is held by two VMs');
   add('vms', vmProblems, `${s.vms.length} VMs hold ${held.length} slices, each with KubeVirt's env and VFIO nodes; the node status names each VM`);
+  const od = s.ondemand;
+  add('ondemand', onDemandProblems(od), od ? `${od.vm}'s claim got a ${od.mdevType} the kernel created on ${od.whileRunning?.parent ?? '?'} (${od.uuid}, Running after ${od.secondsToRunning} s); deleting the VM removed it (${od.secondsToRemoval} s)` : '');
   return checks;
+}
+
+/**
+ * The on-demand step's problems, from the kernel's tree as the step read it: while the VM ran, the
+ * mdev of its claim existed, laid out as Linux lays it out, of the type asked for; after the VM was
+ * deleted it was gone.
+ */
+export function onDemandProblems(s: OnDemandSummary | undefined): string[] {
+  if (!s) return ['the on-demand step did not run'];
+  const p: string[] = [];
+  if (s.error) p.push(s.error);
+  if (!s.uuid) return p.length ? p : ['no device was allocated to the claim'];
+  const w = s.whileRunning;
+  if (s.phase !== 'Running') p.push(`pod ${s.pod} was ${s.phase || 'not seen'}`);
+  if (s.carved !== 'True') p.push(`claim ${s.claim} had no Carved=True condition`);
+  if (!w?.onBus) p.push(`while ${s.vm} ran, the kernel had no mdev ${s.uuid}`);
+  else {
+    p.push(...w.problems);
+    if (w.parent !== s.gpu) p.push(`mdev ${s.uuid} sat on ${w.parent ?? '?'}, not on ${s.gpu}`);
+    if (w.type !== s.mdevType) p.push(`mdev ${s.uuid} was of type ${w.type ?? '?'}, the claim asked for ${s.mdevType}`);
+  }
+  if (!s.afterDelete || s.afterDelete.onBus || s.afterDelete.listed) p.push(`after ${s.vm} was deleted the kernel still had mdev ${s.uuid}`);
+  return p;
 }
 
 /** The readable summary. */
@@ -197,6 +226,15 @@ export function renderSummary(s: DemoSummary): string {
     if (env.length === 0) out.push('    env: (none)');
     for (const [k, val] of env) out.push(`    env ${k}=${val}`);
     if (v.devices.length > 0) out.push(`    devices ${v.devices.join(' ')}`);
+  }
+  const od = s.ondemand;
+  if (od) {
+    out.push('');
+    out.push(`On demand (pool ${od.pool}, DRA): ${od.vm}'s claim ${od.claim} asked for a ${od.mdevType}`);
+    out.push(`  allocated ${od.device || '-'}, Carved=${od.carved || '-'}, pod ${od.pod} ${od.phase || '-'}${od.secondsToRunning !== undefined ? ` after ${od.secondsToRunning} s` : ''}`);
+    const w = od.whileRunning;
+    out.push(`  kernel while it ran: ${w?.onBus ? `mdev ${od.uuid} of type ${w.type ?? '?'} on ${w.parent ?? '?'}${w.listed ? ', listed by the type' : ''}` : 'no such mdev'}`);
+    out.push(`  kernel after the VM was deleted: ${od.afterDelete ? (od.afterDelete.onBus ? 'still there' : `gone${od.secondsToRemoval !== undefined ? ` (${od.secondsToRemoval} s)` : ''}`) : '-'}`);
   }
   out.push('');
   out.push('Where to look');

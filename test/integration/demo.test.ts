@@ -133,7 +133,7 @@ beforeAll(async () => {
 test(canRunKubelet() ? 'the demo verified every check (VMs included), exits 0 and says OK' : 'without a kubelet the demo says NOT OK and exits 1: it could not verify the VMs', () => {
   expect(summary.kubelet).toBe(canRunKubelet());
   const failed = summary.checks.filter((c) => !c.ok).map((c) => `${c.name}: ${c.detail}`);
-  expect(summary.checks.map((c) => c.name)).toEqual(['inventory', 'plan', 'capacity', 'health', 'kubelet', 'vms']);
+  expect(summary.checks.map((c) => c.name)).toEqual(['inventory', 'plan', 'capacity', 'health', 'kubelet', 'vms', 'ondemand']);
   if (canRunKubelet()) {
     if (exitCode !== 0) throw new Error(`demo exit code ${exitCode}; failed checks: ${failed.join(' | ')}; stderr:\n${stderr.slice(-6000)}`);
     expect(failed).toEqual([]);
@@ -142,8 +142,8 @@ test(canRunKubelet() ? 'the demo verified every check (VMs included), exits 0 an
   } else {
     expect(exitCode).toBe(1);
     expect(summary.ok).toBe(false);
-    expect(failed).toEqual([expect.stringMatching(/^kubelet: not verified: no kubelet ran/), expect.stringMatching(/^vms: not verified/)]);
-    expect(stderr).toContain('NOT OK: kubelet, vms were not verified');
+    expect(failed).toEqual([expect.stringMatching(/^kubelet: not verified: no kubelet ran/), expect.stringMatching(/^vms: not verified/), expect.stringMatching(/^ondemand: not verified/)]);
+    expect(stderr).toContain('NOT OK: kubelet, vms, ondemand were not verified');
     expect(stderr).not.toContain('OK: every VM holds its slices');
   }
 });
@@ -175,7 +175,8 @@ test('the inventory holds the recorded A16 server and the simulated ConnectX-6 a
 
 test('every pool has the capacity its hardware gives, and is Ready once the kubelet took it', () => {
   const pools = Object.fromEntries(summary.pools.map((p) => [p.name, p]));
-  expect(Object.keys(pools).sort()).toEqual(['a16-vgpu', 'cx6-vfs', 'evo-nvme', 'pm1733-vfs', 'x520-vfs']);
+  // The on-demand pool (DRA) needs the kubelet: the demo applies it only when one runs.
+  expect(Object.keys(pools).sort()).toEqual(['a16-vgpu', 'cx6-vfs', 'evo-nvme', ...(summary.kubelet ? ['gpu-ondemand'] : []), 'pm1733-vfs', 'x520-vfs']);
   expect(pools['a16-vgpu']).toMatchObject({ capacity: 4, resource: 'virtualio.dev/a16-vgpu' });
   expect(pools['cx6-vfs']).toMatchObject({ capacity: 8 });
   expect(pools['x520-vfs']).toMatchObject({ capacity: 4 });
@@ -204,6 +205,15 @@ test('every pool has the capacity its hardware gives, and is Ready once the kube
   // No slice is held twice.
   const held = summary.vms.flatMap((v) => v.slices);
   expect(new Set(held).size).toBe(held.length);
+});
+
+(canRunKubelet() ? test : test.skip)(`on demand: the VM's claim made the agent create the vGPU type it asked for on the simulated GPU, and deleting the VM removed it, both seen in the kernel's tree${kubeletSkipReason()}`, () => {
+  const od = summary.ondemand;
+  expect(od).toMatchObject({ pool: 'gpu-ondemand', gpu: '0000:0a:00.0', mdevType: 'nvidia-747', carved: 'True', phase: 'Running' });
+  expect(od?.error).toBeUndefined();
+  expect(od?.device).toBe(`mdev-${od?.uuid}`);
+  expect(od?.whileRunning).toEqual({ onBus: true, parent: '0000:0a:00.0', type: 'nvidia-747', listed: true, problems: [] });
+  expect(od?.afterDelete).toEqual({ onBus: false, listed: false, problems: [] });
 });
 
 test('the demo stopped every process it started and removed its plugin sockets', () => {

@@ -31,6 +31,13 @@ function good(): Facts {
         devices: ['/dev/vfio/vfio', '/dev/vfio/109'],
       },
     ],
+    ondemand: {
+      pool: 'gpu-ondemand', gpu: '0000:0a:00.0', vm: 'vm-ondemand', pod: 'virt-launcher-vm-ondemand-1', claim: 'vm-ondemand-vgpu', mdevType: 'nvidia-747',
+      device: 'mdev-3740c550-3290-5374-9338-60acd8d33d7c', uuid: '3740c550-3290-5374-9338-60acd8d33d7c', carved: 'True', phase: 'Running',
+      whileRunning: { onBus: true, parent: '0000:0a:00.0', type: 'nvidia-747', listed: true, problems: [] },
+      afterDelete: { onBus: false, listed: false, problems: [] },
+      secondsToRunning: 12, secondsToRemoval: 5,
+    },
   };
 }
 const MDEV = new Set(['a16-vgpu']);
@@ -38,7 +45,7 @@ const failed = (f: Facts) => verifyDemo(f, MDEV).filter((c) => !c.ok).map((c) =>
 
 test('everything observed: every check holds', () => {
   const checks = verifyDemo(good(), MDEV);
-  expect(checks.map((c) => [c.name, c.ok])).toEqual([['inventory', true], ['plan', true], ['capacity', true], ['health', true], ['kubelet', true], ['vms', true]]);
+  expect(checks.map((c) => [c.name, c.ok])).toEqual([['inventory', true], ['plan', true], ['capacity', true], ['health', true], ['kubelet', true], ['vms', true], ['ondemand', true]]);
   const text = renderSummary({ ok: true, checks, ...good() });
   expect(text).toContain('OK: every VM holds its slices');
   // Where to look: both metrics endpoints and the scrape configuration.
@@ -57,11 +64,24 @@ test('no kubelet: the VM checks fail as not verified, whatever else held', () =>
   expect(failed(f)).toEqual([
     'kubelet: not verified: no kubelet ran (it needs root), so no VM pod could start; run as root (sudo make demo)',
     'vms: not verified: no kubelet ran (it needs root), so no VM pod could start; run as root (sudo make demo)',
+    'ondemand: not verified: no kubelet ran (it needs root), so no VM pod could start; run as root (sudo make demo)',
   ]);
   const checks = verifyDemo(f, MDEV);
   const text = renderSummary({ ok: checks.every((c) => c.ok), checks, ...f });
-  expect(text).toContain('NOT OK: kubelet, vms were not verified');
+  expect(text).toContain('NOT OK: kubelet, vms, ondemand were not verified');
   expect(text).not.toContain('OK: every VM');
+});
+
+test.each<[string, (f: Facts) => void, string[]]>([
+  ['the step did not run', (f) => { delete f.ondemand; }, ['ondemand: the on-demand step did not run']],
+  ['the kernel still had the mdev after the VM was deleted', (f) => { f.ondemand!.afterDelete = { onBus: true, parent: '0000:0a:00.0', type: 'nvidia-747', listed: true, problems: [] }; }, ['ondemand: after vm-ondemand was deleted the kernel still had mdev 3740c550-3290-5374-9338-60acd8d33d7c']],
+  ['a type other than the one asked for', (f) => { f.ondemand!.whileRunning!.type = 'nvidia-745'; }, ['ondemand: mdev 3740c550-3290-5374-9338-60acd8d33d7c was of type nvidia-745, the claim asked for nvidia-747']],
+  ['an mdev the type does not list', (f) => { f.ondemand!.whileRunning = { onBus: true, parent: '0000:0a:00.0', type: 'nvidia-747', listed: false, problems: ["0000:0a:00.0's mdev_supported_types/nvidia-747/devices/ does not list it"] }; }, ["ondemand: 0000:0a:00.0's mdev_supported_types/nvidia-747/devices/ does not list it"]],
+  ['the pod never ran', (f) => { Object.assign(f.ondemand!, { phase: 'Pending', carved: '', whileRunning: undefined, afterDelete: undefined, error: 'timed out' }); }, ['ondemand: timed out; pod virt-launcher-vm-ondemand-1 was Pending; claim vm-ondemand-vgpu had no Carved=True condition; while vm-ondemand ran, the kernel had no mdev 3740c550-3290-5374-9338-60acd8d33d7c; after vm-ondemand was deleted the kernel still had mdev 3740c550-3290-5374-9338-60acd8d33d7c']],
+])('on demand, %s: NOT OK, saying what the kernel showed', (_, spoil, want) => {
+  const f = good();
+  spoil(f);
+  expect(failed(f)).toEqual(want);
 });
 
 test.each<[string, (f: Facts) => void, RegExp]>([
