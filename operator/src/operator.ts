@@ -10,6 +10,7 @@ import { DEVICE_CLASS_SELECTOR, DeviceClasses, DeviceClassReconciler, poolOfDevi
 import { KUBEVIRT_KEY, KubeVirtReconciler, type KubeVirtContestTuning } from './controllers/kubevirt/reconciler.js';
 import { PlanReconciler } from './controllers/plan/reconciler.js';
 import { StatusReconciler } from './controllers/status/reconciler.js';
+import { isAgentPoolEntry, isConditionEntry, isReadablePlanEntry, isSliceEntry, listOf, readableInventory } from './controllers/plan/shape.js';
 import { AdmissionPolicies, AdmissionPolicyBindings, poolOfTenancyObject, TENANCY_SELECTOR } from './controllers/tenancy/policy.js';
 import { TenancyReconciler } from './controllers/tenancy/reconciler.js';
 import { World, type KubeVirtObject, type KubeVirtSettings } from './controllers/world.js';
@@ -55,6 +56,10 @@ function nodeMetadataOnly(n: NodeObject): NodeObject {
   return { apiVersion: 'v1', kind: 'Node', metadata: { name, uid, resourceVersion, labels, creationTimestamp } };
 }
 
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
 /** Drops managedFields and annotations (often as large as the object itself) from cached objects. */
 function withoutManagedFields<T extends { metadata: object }>(o: T): T {
   const { managedFields: _m, annotations: _a, ...metadata } = o.metadata as Record<string, unknown>;
@@ -82,25 +87,34 @@ function pruneDevice(d: InventoryDevice): InventoryDevice {
  * status reads, and only the Degraded condition. An inventory equal to the cached one keeps the
  * cached object's identity, so memoized plans stay valid across status-only updates.
  */
-function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
+export function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
   const o = withoutManagedFields(v);
+  // Entries of another shape (an object kept from an older schema, a foreign writer) are dropped
+  // here, once, so that nothing downstream throws on them (controllers/plan/shape.ts); an inventory
+  // that lost devices this way counts as truncated, so their absence unplans nothing.
+  const rawSpec: unknown = o.spec;
+  const specIn = isObject(rawSpec) ? { ...rawSpec, ...(rawSpec.pools !== undefined ? { pools: listOf(rawSpec.pools, isReadablePlanEntry) } : {}) } as VioNode['spec'] : undefined;
   // Planning reads the plan and memoizes on its identity: an unchanged spec keeps the cached one.
-  const spec = o.spec && prev?.spec && jsonEqual(o.spec, prev.spec) ? prev.spec : o.spec;
-  if (!o.status) return { ...o, ...(spec ? { spec } : {}) };
-  const src = o.status.inventory;
-  const inv = src ? { devices: (src.devices ?? []).map(pruneDevice), ...(src.truncated ? { truncated: true } : {}) } : undefined;
+  const spec = specIn && prev?.spec && jsonEqual(specIn, prev.spec) ? prev.spec : specIn;
+  const { spec: _spec, status: rawStatus, ...rest } = o;
+  if (!isObject(rawStatus)) return { ...rest, ...(spec ? { spec } : {}) } as VioNode;
+  const st = rawStatus as NonNullable<VioNode['status']>;
+  const src: unknown = st.inventory;
+  const readable = isObject(src) ? readableInventory(src.devices ?? []) : undefined;
+  const inv = isObject(src) && readable ? { devices: readable.devices.map(pruneDevice), ...(src.truncated === true || readable.partial ? { truncated: true } : {}) } : undefined;
   const prevInv = prev?.status?.inventory;
   const inventory = inv && prevInv && jsonEqual(inv, prevInv) ? prevInv : inv;
-  const slices = o.status.slices?.map((s) => ({
+  const slices = st.slices === undefined ? undefined : listOf(st.slices, isSliceEntry).map((s) => ({
     id: s.id, pool: s.pool, kind: s.kind, health: s.health, ...(s.allocation ? { allocation: s.allocation } : {}),
     // onDemand pools: which claim each mdev was carved for (rolled up into the pool's carvings).
     ...(s.carvedFor ? { carvedFor: s.carvedFor, ...(s.mdevType ? { mdevType: s.mdevType } : {}) } : {}),
   }));
-  const { pools, observedGeneration } = o.status;
+  const pools = st.pools === undefined ? undefined : listOf(st.pools, isAgentPoolEntry);
+  const observedGeneration = typeof st.observedGeneration === 'number' ? st.observedGeneration : undefined;
   // Deletion reads the agent's Degraded condition: it says when the agent cannot tell who holds what.
-  const conditions = o.status.conditions?.filter((c) => c.type === 'Degraded');
+  const conditions = listOf(st.conditions, isConditionEntry).filter((c) => c.type === 'Degraded');
   return {
-    ...o, ...(spec ? { spec } : {}),
+    ...rest, ...(spec ? { spec } : {}),
     status: { observedGeneration, pools, ...(conditions?.length ? { conditions } : {}), ...(inventory ? { inventory } : {}), ...(slices ? { slices } : {}) },
   };
 }

@@ -10,6 +10,7 @@ import { Reason } from '../../../operator/src/api/conditions.js';
 import { kubevirtCondition, poolEntries } from '../../../operator/src/controllers/kubevirt/entries.js';
 import { planNode, poolPlanFor, preparePools } from '../../../operator/src/controllers/plan/plan.js';
 import { poolSpecProblem } from '../../../operator/src/controllers/plan/shape.js';
+import { vioNodeCacheForm } from '../../../operator/src/operator.js';
 import { computeStatus } from '../../../operator/src/controllers/status/status.js';
 import { gpu, nicPF, nodeObj, nvme, poolObj, slice, vioNodeObj } from '../../support/operator-fixtures.js';
 import { mutated } from '../../fuzz/arbitraries.js';
@@ -38,10 +39,11 @@ const badPool = withMutated(validPool, 'spec');
 const pools = fc.array(fc.oneof({ weight: 2, arbitrary: validPool }, { weight: 1, arbitrary: badPool }), { minLength: 1, maxLength: 4 });
 const currentPlan = (p: Pool): PoolPlan => poolPlanFor({ pool: p, name: p.metadata.name, resourceName: `virtualio.dev/${p.metadata.name}`, consumption: 'HostDevice', deleting: false, resourceNameConflicts: [] }, [{ pciAddress: '0000:3b:00.0' }]);
 const vgpuPlan: PoolPlan = { name: 'vgpu', resourceName: 'virtualio.dev/vgpu', class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', mdevType: 'nvidia-222', devices: [{ pciAddress: '0000:3b:00.0' }] };
-const goodVio = fc.constant(vioNodeObj('node-a', {
+const goodVioValue = vioNodeObj('node-a', {
   devices: inventory, plan: [vgpuPlan],
   status: { observedGeneration: 2, pools: [{ name: 'vgpu', state: 'Ready', capacity: 2, allocatable: 1, allocated: 1 }], slices: [slice('mdev-1', 'vgpu', { parent: '0000:3b:00.0', pod: 'virt-launcher-a' }), slice('mdev-2', 'vgpu', { parent: '0000:3b:00.0' })] },
-}));
+});
+const goodVio = fc.constant(goodVioValue);
 const vioNode = fc.oneof({ weight: 2, arbitrary: goodVio }, { weight: 1, arbitrary: withMutated(goodVio, 'status') }, { weight: 1, arbitrary: withMutated(goodVio, 'spec') });
 
 function planAll(ps: readonly Pool[], vio: VioNode) {
@@ -61,6 +63,24 @@ test('planning, KubeVirt entries and status never throw on pools and nodes of an
     } catch (err) {
       throw new Error(`threw ${String(err)}`, { cause: err });
     }
+  });
+});
+
+test("the informer's cached form of a VirtualIONode of any shape never throws, and planning on it never throws", () => {
+  fuzz('operator VirtualIONode cache form', 400, [pools, vioNode], (ps, vio) => {
+    let cached: VioNode;
+    try {
+      cached = vioNodeCacheForm(undefined, vio);
+    } catch (err) {
+      throw new Error(`vioNodeCacheForm threw ${String(err)}`, { cause: err });
+    }
+    try {
+      planAll(ps, cached);
+    } catch (err) {
+      throw new Error(`planning on the cached form threw ${String(err)}`, { cause: err });
+    }
+    // A well-formed VirtualIONode plans the same, cached or not.
+    if (vio === goodVioValue) expect(planAll(ps, cached).plan).toEqual(planAll(ps, vio).plan);
   });
 });
 
@@ -94,6 +114,12 @@ describe('counterexamples the fuzzer found, kept as examples', () => {
   test('an inventory device of another shape (null) is skipped, and the inventory counts as partial', () => {
     const vio = vioNodeObj('node-a', { devices: [null as unknown as (typeof inventory)[number], ...inventory] });
     expect(planAll([disk], vio).plan.pools.map((p) => p.name)).toEqual(['disk']);
+  });
+
+  test('an agent pool status whose state is not a string ({toString: null}) is skipped, not a TypeError (seed 630992014)', () => {
+    const vio = { ...vioNodeObj('node-a', { devices: inventory, plan: [vgpuPlan] }), status: { ...goodVioValue.status, pools: [{ name: 'vgpu', state: JSON.parse('{"toString":null}') as string }] } } as VioNode;
+    expect(() => planAll([vgpu], vio)).not.toThrow();
+    expect(vioNodeCacheForm(undefined, vio).status?.pools).toEqual([]);
   });
 
   test('VirtualIONode spec.pools of another type (an object) reads as no current plan', () => {

@@ -5,7 +5,9 @@
 // fails here is not planned anew; nodes keep its current plan entry (planNode), so its slices stay
 // where they are until the spec is fixed, and its status says why.
 import type { InventoryDevice, SliceStatus } from '../../../../crds/generated/types.js';
-import type { Pool, PoolPlan } from '../../api/types.js';
+import type { Pool, PoolPlan, VioNode } from '../../api/types.js';
+
+type VioNodeStatus = VioNode['status'];
 
 const CLASSES = ['NIC', 'Storage', 'GPU'];
 const MODES = ['SRIOV', 'Mediated', 'Passthrough', 'NPIV'];
@@ -95,4 +97,15 @@ export function isNamedEntry(p: unknown): p is { name: string } {
 }
 export function isSliceEntry(s: unknown): s is SliceStatus {
   return isObject(s) && typeof s.pool === 'string' && typeof s.id === 'string' && optional(s.allocation, (a) => isObject(a) && typeof a.namespace === 'string' && typeof a.pod === 'string' && optString(a.vmi));
+}
+
+/** An agent's per-pool status entry as status reads it (strings where it prints them). */
+export function isAgentPoolEntry(p: unknown): p is NonNullable<NonNullable<VioNodeStatus>['pools']>[number] {
+  return isObject(p) && typeof p.name === 'string' && typeof p.state === 'string' && optString(p.message) &&
+    ['capacity', 'allocatable', 'allocated'].every((k) => optional(p[k], (v) => typeof v === 'number'));
+}
+
+/** A status condition with the fields deletion reads. */
+export function isConditionEntry(c: unknown): c is NonNullable<NonNullable<VioNodeStatus>['conditions']>[number] {
+  return isObject(c) && typeof c.type === 'string' && typeof c.status === 'string' && typeof c.reason === 'string' && typeof c.message === 'string';
 }

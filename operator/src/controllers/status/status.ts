@@ -1,11 +1,10 @@
 // Pure: a pool's status rolled up from every VioNode (plan in spec, agent report in status),
 // plus what deletion waits for and the Events an admin should see.
-import type { VirtualIONodeStatus } from '../../../../crds/generated/types.js';
 import type { VioNode, VirtualIODeviceStatus } from '../../api/types.js';
 import { ConditionType, findCondition, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
 import type { PermittedEntry } from '../kubevirt/entries.js';
 import type { DeviceConflict, PreparedPool } from '../plan/plan.js';
-import { isNamedEntry, isReadablePlanEntry, isSliceEntry, listOf } from '../plan/shape.js';
+import { isAgentPoolEntry, isConditionEntry, isReadablePlanEntry, isSliceEntry, listOf } from '../plan/shape.js';
 
 export const MAX_NODE_STATUSES = 64;
 export const MAX_ALLOCATIONS = 256;
@@ -88,7 +87,7 @@ const HOLDERS_UNKNOWN_REASONS = ['PodResourcesUnavailable', 'HoldersUnknown'];
 
 /** Why the node's agent cannot tell who holds what, from its Degraded condition (undefined: it can). */
 function holdersUnknown(vio: VioNode): string | undefined {
-  const d = vio.status?.conditions?.find((c) => c.type === 'Degraded' && c.status === 'True');
+  const d = listOf(vio.status?.conditions, isConditionEntry).find((c) => c.type === 'Degraded' && c.status === 'True');
   if (!d) return undefined;
   const r = HOLDERS_UNKNOWN_REASONS.find((x) => d.reason === x || d.message.includes(`${x}:`));
   return r ? `${r}: ${d.message.length > 200 ? `${d.message.slice(0, 197)}...` : d.message}` : undefined;
@@ -106,8 +105,9 @@ function notReleasedWhy(vio: VioNode, planned: boolean, agent: { state: string }
   const st = vio.status;
   if (!st) return 'its agent has not reported';
   const gen = vio.metadata.generation;
-  if (gen !== undefined && (st.observedGeneration === undefined || st.observedGeneration < gen)) {
-    return `its agent has not reported on the current plan (generation ${gen}; last report: ${st.observedGeneration ?? 'none'})`;
+  const observed = typeof st.observedGeneration === 'number' ? st.observedGeneration : undefined;
+  if (gen !== undefined && (observed === undefined || observed < gen)) {
+    return `its agent has not reported on the current plan (generation ${gen}; last report: ${observed ?? 'none'})`;
   }
   const unknown = holdersUnknown(vio);
   if (unknown) return `its agent cannot tell who holds the slices: ${unknown}`;
@@ -125,7 +125,7 @@ function releaseFields(vio: VioNode, planned: boolean, agent: { state: string } 
 function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefined {
   // Entries of another shape (a VirtualIONode kept from an older schema) are skipped, never a throw.
   const plan = listOf(vio.spec?.pools, isReadablePlanEntry).find((p) => p.name === name);
-  const agent = listOf(vio.status?.pools, isNamedEntry).find((p) => p.name === name) as NonNullable<VirtualIONodeStatus['pools']>[number] | undefined;
+  const agent = listOf(vio.status?.pools, isAgentPoolEntry).find((p) => p.name === name);
   const slices = listOf(vio.status?.slices, isSliceEntry).filter((s) => s.pool === name);
   if (!plan && !agent && slices.length === 0) return pending ? pendingView(vio.metadata.name ?? '') : undefined;
   const node = vio.metadata.name ?? '';
