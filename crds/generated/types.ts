@@ -116,7 +116,18 @@ export interface VirtualIODeviceSpec {
        * @minItems 1
        * @maxItems 16
        */
-      mdevTypes: string[];
+      mdevTypes?: string[];
+      /**
+       * Mode SRIOV on NVIDIA vendor-VFIO GPUs (vGPU 17+): the vGPU profiles VMs may ask for (name as the driver lists it, with or without "NVIDIA ", e.g. "L40S-12Q", or a decimal type id). Each free VF publishes one device per profile; the GPU's framebuffer is a shared counter, so the scheduler picks VF and profile per claim, and the agent writes the type on the VF once the claim is allocated (never rebinding it) and clears it once the VM is gone. MIG-backed profiles are not offered on demand.
+       *
+       * @minItems 1
+       * @maxItems 16
+       */
+      vgpuProfiles?: string[];
+      /**
+       * vgpuProfiles: let profiles of different framebuffer sizes share a GPU (NVIDIA's mixed-size mode, set before the first vGPU). Off, the first vGPU on a GPU fixes its size and only profiles of that size are published there until the GPU is empty again.
+       */
+      heterogeneous?: boolean;
     };
     /**
      * NVIDIA vGPU on the VFs of the selected GPUs (vGPU 17+ "vendor-specific VFIO": the VF stays on the nvidia driver and takes a profile through nvidia/current_vgpu_type). The agent enables the VFs with NVIDIA's sriov-manage, writes the profile on spec.carving.count VFs per GPU and hands them to KubeVirt as PCI host devices (PCI_RESOURCE_*).
@@ -334,14 +345,21 @@ export interface PoolPlan {
   count?: number;
   mdevType?: string;
   /**
-   * Carve mdevs of these types when the scheduler allocates a claim (see VirtualIODevice spec.carving.onDemand).
+   * Carve mdevs of these types (mdevTypes) or write these vGPU profiles on VFs (vgpuProfiles) when the scheduler allocates a claim (see VirtualIODevice spec.carving.onDemand).
    */
   onDemand?: {
     /**
      * @minItems 1
      * @maxItems 16
      */
-    mdevTypes: string[];
+    mdevTypes?: string[];
+    /**
+     * SRIOV on NVIDIA vendor-VFIO GPUs: the vGPU profiles a claim may pick, written on a VF once allocated (see VirtualIODevice spec.carving.onDemand.vgpuProfiles).
+     *
+     * @minItems 1
+     * @maxItems 16
+     */
+    vgpuProfiles?: string[];
   };
   vfDriver?: string;
   /**
@@ -559,6 +577,10 @@ export interface SliceStatus {
    * The mdev type (onDemand pools
    */
   mdevType?: string;
+  /**
+   * onDemand vgpuProfiles pools: the vGPU type id on the VF (its DRA device is vgpu-<VF>-<type>).
+   */
+  vgpuType?: number;
   /**
    * onDemand pools: the ResourceClaim whose allocation made the agent carve this slice; it is removed once that claim no longer holds it.
    */

@@ -65,6 +65,8 @@ export interface Slice {
   mdevUuid?: string;
   /** Mdev type, where a pool's slices differ in it (on-demand pools). */
   mdevType?: string;
+  /** On-demand vGPU pools: the vGPU type id on the VF (one DRA device per VF and type). */
+  vgpuType?: number;
   /** FC vport facts (VPort only). */
   vport?: { wwpn: string; wwnn: string; parentHost: string; host?: string };
   /** Netdev of the PF (NIC pools), for the Multus device-info file. */

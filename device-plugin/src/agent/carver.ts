@@ -192,6 +192,11 @@ export class Carver {
         if (r.error && r.code !== 'EEXIST' && r.write.path.endsWith('/create') && inp.onDemand?.wanted.has(r.write.value)) {
           this.onDemandFailedWrite(odFailed, r.write.value, r.write.path, r.error);
         }
+        // On-demand vGPU profile: the driver refused the type a claim's VF was to get.
+        const typed = /^bus\/pci\/devices\/([^/]+)\/nvidia\/current_vgpu_type$/.exec(r.write.path)?.[1];
+        if (r.error && typed && r.write.value !== '0' && inp.onDemand?.wanted.get(typed)?.vgpuType !== undefined) {
+          odFailed.set(typed, `the driver refused vGPU type ${r.write.value} on VF ${typed}: ${r.error}`);
+        }
         if (r.error && !r.skipped) {
           failed = true;
           const delay = this.backoff.failed(r.write, r.error, after, r.code);

@@ -3,8 +3,11 @@
 // checkpoint and before any write, which claim every mdev about to be created is for; after the
 // round it forgets the records of mdevs that are gone and no claim wants. The UUID follows from the
 // device, so a restart neither loses a carve (the claim is still allocated) nor doubles it.
+// vGPU profile pools (carving/ondemand-vgpu.ts) key their records by the VF's address: a record
+// is what makes a typed VF ours (to be cleared once no claim wants it and nobody holds it).
 import { indexDevices } from '../carving/layout.js';
 import { isOnDemand, learnCapacity, mdevParentsOf, type WantedMdev } from '../carving/ondemand.js';
+import { isOnDemandVgpu, learnFramebuffer } from '../carving/ondemand-vgpu.js';
 import type { Inventory, VirtualIONodeSpec } from '../model.js';
 import type { Checkpoint } from './checkpoint.js';
 import { existingIds } from './gate.js';
@@ -13,24 +16,41 @@ import type { OnDemandInput } from './ports.js';
 /** What on-demand pools carve this round, or undefined when the plan has none. Saves the checkpoint. */
 export function beforeOnDemand(spec: VirtualIONodeSpec, inventory: Inventory, checkpoint: Checkpoint, wanted: ReadonlyMap<string, WantedMdev>, now: Date): OnDemandInput | undefined {
   const pools = (spec.pools ?? []).filter((p) => isOnDemand(p) && !p.deleting);
-  if (pools.length === 0) return undefined;
+  const vgpu = (spec.pools ?? []).filter((p) => isOnDemandVgpu(p) && !p.deleting);
+  if (pools.length === 0 && vgpu.length === 0) return undefined;
   const devices = indexDevices(inventory);
-  const capacity = learnCapacity(checkpoint.mdevCapacity(), pools.flatMap((p) => p.devices.flatMap((d) => mdevParentsOf(d, devices))), devices);
+  let capacity = learnCapacity(checkpoint.mdevCapacity(), pools.flatMap((p) => p.devices.flatMap((d) => mdevParentsOf(d, devices))), devices);
+  // vGPU profile pools: each GPU's framebuffer, kept across restarts (a busy GPU lists less).
+  if (vgpu.length > 0) capacity = learnFramebuffer(capacity, vgpu, devices, inventory);
   checkpoint.setMdevCapacity(capacity);
   const exists = existingIds(inventory);
   // A released mdev the scheduler gave to another claim before it was removed serves that claim now.
   for (const w of wanted.values()) {
+    if (w.vgpuType !== undefined) {
+      // A VF with a type we did not write (an admin's) is never recorded: recorded VFs get cleared.
+      const cur = devices.get(w.uuid)?.nvidiaVgpu?.currentType;
+      const prev = checkpoint.carvings().get(w.uuid);
+      if (cur === undefined || (cur !== 0 && cur !== w.vgpuType && prev === undefined)) continue;
+      if (prev?.uid !== w.uid) checkpoint.recordCarving(w.uuid, { pool: w.pool, namespace: w.namespace, claim: w.name, uid: w.uid, since: now.toISOString() });
+      continue;
+    }
     if (!exists.has(w.uuid) || checkpoint.carvings().get(w.uuid)?.uid !== w.uid) {
       checkpoint.recordCarving(w.uuid, { pool: w.pool, namespace: w.namespace, claim: w.name, uid: w.uid, since: now.toISOString() });
     }
   }
   checkpoint.save();
-  return { wanted, capacity };
+  // The VFs whose type we wrote (recorded before the write): only those are ever cleared.
+  const names = new Set(vgpu.map((p) => p.name));
+  const ours = new Set([...checkpoint.carvings()].filter(([, r]) => names.has(r.pool)).map(([id]) => id));
+  return { wanted, capacity, ...(vgpu.length > 0 ? { ours } : {}) };
 }
 
 /** After a round: records of mdevs that no longer exist and no claim wants are forgotten. */
 export function afterOnDemand(inventory: Inventory, checkpoint: Checkpoint, wanted: ReadonlyMap<string, WantedMdev>): void {
   const exists = existingIds(inventory);
-  for (const uuid of checkpoint.carvings().keys()) if (!exists.has(uuid) && !wanted.has(uuid)) checkpoint.forgetCarving(uuid);
+  const devices = indexDevices(inventory);
+  // A vGPU record (a VF's address) goes once the VF has no type any more and no claim wants it.
+  const untyped = (id: string): boolean => devices.get(id)?.nvidiaVgpu?.currentType === 0;
+  for (const uuid of checkpoint.carvings().keys()) if ((!exists.has(uuid) || untyped(uuid)) && !wanted.has(uuid)) checkpoint.forgetCarving(uuid);
   checkpoint.save();
 }

@@ -69,8 +69,13 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
     if (p.count !== undefined && (!Number.isInteger(p.count) || (p.count as number) < 0)) problems.push(`${at}.count: a non-negative integer, got ${JSON.stringify(p.count)}`);
     const od = p.onDemand;
     if (od !== undefined) {
-      if (!isObject(od) || !Array.isArray(od.mdevTypes) || od.mdevTypes.length === 0 || !od.mdevTypes.every((t) => typeof t === 'string' && t.length > 0)) {
-        problems.push(`${at}.onDemand.mdevTypes: a non-empty list of mdev type names`);
+      const names = (x: unknown): boolean => Array.isArray(x) && x.length > 0 && x.every((t) => typeof t === 'string' && t.length > 0);
+      if (isObject(od) && od.vgpuProfiles !== undefined && od.mdevTypes === undefined) {
+        if (!names(od.vgpuProfiles)) problems.push(`${at}.onDemand.vgpuProfiles: a non-empty list of vGPU profile names or type ids`);
+        else if (p.mode !== 'SRIOV' || p.frontEnd !== 'DRA') problems.push(`${at}.onDemand.vgpuProfiles: needs mode SRIOV and frontEnd DRA`);
+        else if (p.vgpuProfile !== undefined) problems.push(`${at}.onDemand.vgpuProfiles: not with vgpuProfile (the claim picks the profile)`);
+      } else if (!isObject(od) || !names(od.mdevTypes) || od.vgpuProfiles !== undefined) {
+        problems.push(`${at}.onDemand.mdevTypes: a non-empty list of mdev type names (or vgpuProfiles instead, not both)`);
       } else if (p.mode !== 'Mediated' || p.frontEnd !== 'DRA') problems.push(`${at}.onDemand: needs mode Mediated and frontEnd DRA`);
     }
     if (p.mode === 'Mediated' && typeof p.mdevType !== 'string' && od === undefined) problems.push(`${at}.mdevType: required for mode Mediated (or onDemand)`);

@@ -8,6 +8,8 @@ import type { CarvingPlan, Inventory, PoolPlan, Slice, SysfsWrite, VirtualIONode
 export interface OnDemandInput {
   wanted: ReadonlyMap<string, WantedMdev>;
   capacity: MdevCapacity;
+  /** vGPU profile pools: the VFs whose type the checkpoint says we wrote for a claim. */
+  ours?: ReadonlySet<string>;
 }
 
 /** Result of one applied carving write. */

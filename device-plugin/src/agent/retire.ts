@@ -21,7 +21,7 @@ export function sameDevice(a: Device, b: Device): boolean {
 /** The carving parameters that decide which slices a device of the pool has. */
 function carvingKey(p: PoolPlan): string {
   const key: unknown[] = [p.mode, p.resourceName, p.mdevType ?? '', p.wwnPrefix ?? '', p.count ?? null];
-  if (p.onDemand) key.push([...p.onDemand.mdevTypes].sort()); // only then: keys of other pools stay as they were
+  if (p.onDemand?.mdevTypes) key.push([...p.onDemand.mdevTypes].sort()); // only then: keys of other pools stay as they were
   return JSON.stringify(key);
 }
 

@@ -12,7 +12,7 @@ export type MdevCapacity = Record<string, Record<string, number>>;
 
 /** True for pools that carve when a claim asks (never ahead). */
 export function isOnDemand(p: Pick<PoolPlan, 'onDemand' | 'mode'>): boolean {
-  return p.mode === 'Mediated' && (p.onDemand?.mdevTypes.length ?? 0) > 0;
+  return p.mode === 'Mediated' && (p.onDemand?.mdevTypes?.length ?? 0) > 0;
 }
 
 /** One type a parent offers on demand. */
@@ -113,7 +113,10 @@ export function onDemandSlots(node: string, offered: readonly OfferedParent[]): 
 /** A device a claim was allocated, as the carver needs it. */
 export interface WantedMdev {
   pool: string;
+  /** The slice ID: the mdev UUID, or for vGPU profile pools (ondemand-vgpu.ts) the VF's address. */
   uuid: string;
+  /** vGPU profile pools: the type id the claim's device asks to be written on the VF. */
+  vgpuType?: number;
   /** `<namespace>/<name>` of the claim (for logs and the write's purpose). */
   claim: string;
   namespace: string;

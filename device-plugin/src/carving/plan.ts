@@ -7,6 +7,7 @@ import { isOnDemand, planOnDemand, planOnDemandUncarve, type MdevCapacity, type 
 import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
 import { AMD_GIM_DRIVER } from './gpu.js';
 import { isVgpuPool, planVgpu, planVgpuUncarve } from './vgpu.js';
+import { isOnDemandVgpu, planOnDemandVgpu, planOnDemandVgpuUncarve } from './ondemand-vgpu.js';
 
 /** Input of {@link planCarving}. */
 export interface PlanInput {
@@ -23,7 +24,7 @@ export interface PlanInput {
    */
   ownedPfs?: ReadonlySet<string>;
   /** On-demand pools: the mdevs claims were allocated, and the parents' learned capacity. */
-  onDemand?: { wanted: ReadonlyMap<string, WantedMdev>; capacity: MdevCapacity };
+  onDemand?: { wanted: ReadonlyMap<string, WantedMdev>; capacity: MdevCapacity; ours?: ReadonlySet<string> };
 }
 
 const pciDev = (bdf: string, attr: string): string => `bus/pci/devices/${bdf}/${attr}`;
@@ -309,11 +310,12 @@ export function planCarving(input: PlanInput): CarvingPlan {
   const out: CarvingPlan = { writes: [], blocked: [] };
   const devices = indexDevices(input.inventory);
   const pools = [...(input.spec.pools ?? [])].filter((p) => !p.deleting).sort((a, b) => compareText(a.name, b.name));
-  planSriov(pools.filter((p) => p.mode === 'SRIOV' && !isVgpuPool(p)), devices, input.allocated, out, input.ownedPfs);
+  planSriov(pools.filter((p) => p.mode === 'SRIOV' && !isVgpuPool(p) && !isOnDemandVgpu(p)), devices, input.allocated, out, input.ownedPfs);
   planVgpu(pools.filter(isVgpuPool), devices, input.inventory, input.allocated, out);
   const seen = new Set<string>();
   for (const pool of pools) {
     if (pool.mode === 'Passthrough') planPassthrough(pool, devices, out, seen);
+    else if (isOnDemandVgpu(pool)) planOnDemandVgpu(pool, devices, input.inventory, input.onDemand?.wanted ?? new Map(), input.onDemand?.ours ?? new Set(), input.allocated, out);
     else if (isOnDemand(pool)) planOnDemand(input.nodeName, pool, devices, input.onDemand?.capacity ?? {}, input.onDemand?.wanted ?? new Map(), input.allocated, out);
     else if (pool.mode === 'Mediated') planMediated(input.nodeName, pool, devices, input.allocated, out);
     else if (pool.mode === 'NPIV') planNpiv(input.nodeName, pool, devices, input.inventory, input.allocated, out);
@@ -378,7 +380,7 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
   for (const pd of pool.devices) {
     const dev = devices.get(pd.pciAddress);
     if (!dev) continue; // gone: nothing left to release
-    if (isOnDemand(pool)) continue; // below, once for all its parents
+    if (isOnDemand(pool) || isOnDemandVgpu(pool)) continue; // below, once for all its parents
     if (isVgpuPool(pool)) {
       planVgpuUncarve({ ...pool, devices: [pd] }, others, devices, inventory, allocated, out, held, input.ownedPfs);
     } else if (pool.mode === 'SRIOV') {
@@ -439,9 +441,10 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
       }
     }
   }
-  if (isOnDemand(pool)) {
+  if (isOnDemand(pool) || isOnDemandVgpu(pool)) {
     const od = { ...out, held: [] as string[] };
-    planOnDemandUncarve(nodeName, pool, devices, allocated, od);
+    if (isOnDemandVgpu(pool)) planOnDemandVgpuUncarve(pool, devices, inventory, allocated, od);
+    else planOnDemandUncarve(nodeName, pool, devices, allocated, od);
     for (const id of od.held) held.add(id);
   }
   out.held = [...held].sort(compareText);

@@ -77,9 +77,11 @@ export function resourcePoolName(node: string, pool: string): string {
  * The DRA device name of a slice: a DNS label (≤ 63 lower-case letters, digits and "-"). PCI
  * functions become `<kind>-dddd-bb-dd-f`, mdevs `mdev-<uuid>`.
  */
-export function draDeviceName(s: Pick<Slice, 'kind' | 'id' | 'pciAddress' | 'mdevUuid'>): string {
+export function draDeviceName(s: Pick<Slice, 'kind' | 'id' | 'pciAddress' | 'mdevUuid' | 'vgpuType'>): string {
   if (s.kind === 'Mdev') return `mdev-${(s.mdevUuid ?? s.id).toLowerCase()}`;
   const addr = (s.pciAddress ?? s.id).toLowerCase().replace(/[:.]/g, '-');
+  // On-demand vGPU profiles: one device per VF and type (carving/ondemand-vgpu.ts vgpuDeviceName).
+  if (s.kind === 'VF' && s.vgpuType !== undefined) return `vgpu-${addr}-${s.vgpuType}`;
   return `${s.kind === 'VF' ? 'vf' : s.kind === 'Function' ? 'fn' : 'dev'}-${addr}`;
 }
 

@@ -330,7 +330,7 @@ export class DraDriver {
     // Without device taints an unhealthy device would be allocatable: left out instead.
     const offered = this.slices.filter((s) => !withheld.has(s.id) && !(this.taintsDropped && s.health !== 'Healthy'));
     this.tryRecover();
-    const live = this.onDemand.live(this.pools, this.allocatedClaims(), this.checkpoint.all(), (c) => this.isReleased(c));
+    const live = this.onDemand.liveVgpus(this.pools, this.allocatedClaims(), this.checkpoint.all(), (c) => this.isReleased(c));
     const desired = desiredPools(this.opts.nodeName, this.pools, offered, this.facts, (p) => this.onDemand.content(p, this.inventory, live, this.facts));
     this.onDemand.report(this.pools, this.allocatedClaims(), (c) => this.isReleased(c), this.slices);
     const text = JSON.stringify(desired);

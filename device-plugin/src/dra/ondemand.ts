@@ -6,6 +6,8 @@ import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
 import { indexDevices } from '../carving/layout.js';
 import { isOnDemand, offeredParents, type MdevCapacity, type WantedMdev } from '../carving/ondemand.js';
+import { isOnDemandVgpu, offeredGpus, parseVgpuDevice } from '../carving/ondemand-vgpu.js';
+import { vgpuContent } from './vgpu-counters.js';
 import type { AllocatedClaim } from './claims.js';
 import { CARVED_CONDITION, CARVE_FAILED_CONDITION, onDemandContent } from './counters.js';
 import { DRA_DRIVER, resourcePoolName, type DeviceFacts, type PoolContent } from './devices.js';
@@ -50,16 +52,29 @@ export class OnDemandDevices {
     return pools.find((p) => isOnDemand(p) && !p.deleting && resourcePoolName(this.node, p.name) === resourcePool);
   }
 
+  private vgpuPool(pools: readonly PoolPlan[], resourcePool: string): PoolPlan | undefined {
+    return pools.find((p) => isOnDemandVgpu(p) && !p.deleting && resourcePoolName(this.node, p.name) === resourcePool);
+  }
+
+  /** The slice ID (mdev UUID or VF address) and vGPU type an allocated on-demand device stands for. */
+  private target(pools: readonly PoolPlan[], d: { pool: string; device: string }): { pool: PoolPlan; id: string; vgpuType?: number } | undefined {
+    const uuid = MDEV_DEVICE.exec(d.device)?.[1];
+    const mp = this.onDemandPool(pools, d.pool);
+    if (mp && uuid) return { pool: mp, id: uuid };
+    const v = parseVgpuDevice(d.device);
+    const vp = this.vgpuPool(pools, d.pool);
+    return vp && v ? { pool: vp, id: v.vf, vgpuType: v.type } : undefined;
+  }
+
   /** The mdevs of on-demand pools that claims allocated here (and not released) were given. */
   wanted(pools: readonly PoolPlan[], claims: ReadonlyMap<string, AllocatedClaim>, released: (c: AllocatedClaim) => boolean): Map<string, WantedMdev> {
     const out = new Map<string, WantedMdev>();
     for (const c of claims.values()) {
       if (released(c)) continue;
       for (const d of c.devices) {
-        const p = this.onDemandPool(pools, d.pool);
-        const uuid = MDEV_DEVICE.exec(d.device)?.[1];
-        if (!p || !uuid) continue;
-        out.set(uuid, { pool: p.name, uuid, claim: `${c.namespace}/${c.name}`, namespace: c.namespace, name: c.name, uid: c.uid });
+        const t = this.target(pools, d);
+        if (!t) continue;
+        out.set(t.id, { pool: t.pool.name, uuid: t.id, ...(t.vgpuType !== undefined ? { vgpuType: t.vgpuType } : {}), claim: `${c.namespace}/${c.name}`, namespace: c.namespace, name: c.name, uid: c.uid });
       }
     }
     return out;
@@ -67,25 +82,37 @@ export class OnDemandDevices {
 
   /** UUIDs of mdevs the scheduler counts against the counters: allocated here and not released, or prepared. */
   live(pools: readonly PoolPlan[], claims: ReadonlyMap<string, AllocatedClaim>, prepared: readonly PreparedClaim[], released: (c: AllocatedClaim) => boolean): Set<string> {
-    const out = new Set(this.wanted(pools, claims, released).keys());
+    return new Set(this.liveVgpus(pools, claims, prepared, released).keys());
+  }
+
+  /**
+   * The same as {@link live}, with the vGPU type id of each VF the scheduler counts (mdev UUIDs map
+   * to 0): what the counters of vGPU profile pools are computed from.
+   */
+  liveVgpus(pools: readonly PoolPlan[], claims: ReadonlyMap<string, AllocatedClaim>, prepared: readonly PreparedClaim[], released: (c: AllocatedClaim) => boolean): Map<string, number> {
+    const out = new Map([...this.wanted(pools, claims, released).values()].map((w) => [w.uuid, w.vgpuType ?? 0]));
     for (const c of prepared) {
-      for (const d of c.devices) if (this.onDemandPool(pools, d.pool)) out.add(d.sliceId);
+      for (const d of c.devices) {
+        if (this.onDemandPool(pools, d.pool)) out.set(d.sliceId, 0);
+        const v = this.vgpuPool(pools, d.pool) ? parseVgpuDevice(d.device) : undefined;
+        if (v && !out.has(v.vf)) out.set(v.vf, v.type);
+      }
     }
     return out;
   }
 
   /** The objects of an on-demand pool (undefined for any other pool). */
-  content(p: PoolPlan, inventory: Inventory, live: ReadonlySet<string>, facts: DeviceFacts): Pick<PoolContent, 'chunks' | 'counterChunks'> | undefined {
-    if (!isOnDemand(p)) return undefined;
+  content(p: PoolPlan, inventory: Inventory, live: ReadonlyMap<string, number>, facts: DeviceFacts): Pick<PoolContent, 'chunks' | 'counterChunks'> | undefined {
     const devices = indexDevices(inventory);
-    return onDemandContent(this.node, p, offeredParents(p, devices, this.state.capacity), devices, live, facts);
+    if (isOnDemandVgpu(p)) return vgpuContent(p, offeredGpus(p, devices, inventory, this.state.capacity), devices, live, facts);
+    if (!isOnDemand(p)) return undefined;
+    return onDemandContent(this.node, p, offeredParents(p, devices, this.state.capacity), devices, new Set(live.keys()), facts);
   }
 
   /** The slice an on-demand device stands for (its mdev UUID), carved or not. */
   lookup(pools: readonly PoolPlan[], resourcePool: string, device: string): { sliceId: string; resourceName: string } | undefined {
-    const p = this.onDemandPool(pools, resourcePool);
-    const uuid = MDEV_DEVICE.exec(device)?.[1];
-    return p && uuid ? { sliceId: uuid, resourceName: p.resourceName } : undefined;
+    const t = this.target(pools, { pool: resourcePool, device });
+    return t ? { sliceId: t.id, resourceName: t.pool.resourceName } : undefined;
   }
 
   /**
@@ -100,15 +127,20 @@ export class OnDemandDevices {
     for (const c of claims.values()) {
       if (released(c)) continue;
       for (const d of c.devices) {
-        const uuid = MDEV_DEVICE.exec(d.device)?.[1];
-        if (!uuid || !this.onDemandPool(pools, d.pool)) continue;
+        const t = this.target(pools, d);
+        if (!t) continue;
+        const uuid = t.id;
         const key = `${c.uid}\n${d.pool}\n${d.device}`;
         current.add(key);
-        const s = byId.get(uuid);
+        const found = byId.get(uuid);
+        // A VF counts as carved only with the claim's own type on it.
+        const s = t.vgpuType === undefined || found?.vgpuType === t.vgpuType ? found : undefined;
         const failed = this.state.failed.get(uuid);
         let cond: DeviceCondition | undefined;
-        if (s && s.health === 'Healthy') cond = { type: CARVED_CONDITION, status: 'True', reason: 'Carved', message: `mdev ${uuid} of type ${s.mdevType ?? '?'} created on ${s.parent}` };
-        else if (failed && !s) cond = { type: CARVE_FAILED_CONDITION, status: 'True', reason: 'CarveFailed', message: failed.slice(0, 1024) };
+        if (s && s.health === 'Healthy') {
+          const message = t.vgpuType === undefined ? `mdev ${uuid} of type ${s.mdevType ?? '?'} created on ${s.parent}` : `vGPU ${s.mdevType ?? `type ${t.vgpuType}`} written on VF ${uuid} of ${s.parent}`;
+          cond = { type: CARVED_CONDITION, status: 'True', reason: 'Carved', message };
+        } else if (failed && !s) cond = { type: CARVE_FAILED_CONDITION, status: 'True', reason: 'CarveFailed', message: failed.slice(0, 1024) };
         if (!cond) continue;
         const text = `${cond.type}\n${cond.message}`;
         if (this.sent.get(key) === text) continue;

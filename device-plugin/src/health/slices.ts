@@ -5,6 +5,8 @@ import { devPathUnder, vfioGroupPath } from '../discovery/scan.js';
 import { isOnDemand, isOnDemandMdev, offeredParents, type MdevCapacity } from '../carving/ondemand.js';
 import { indexDevices, mdevSlots, ourMdevIndex, vfDriverOf, vfRange, vportSlots, vportsOf } from '../carving/layout.js';
 import { isVgpuPool, layoutVgpu, NVIDIA_DRIVER } from '../carving/vgpu.js';
+import { isOnDemandVgpu } from '../carving/ondemand-vgpu.js';
+import { catalogueOf, resolveVgpuProfile } from '../carving/gpu.js';
 import type { Inventory, InventoryDevice, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
 
@@ -184,6 +186,37 @@ function vgpuSlices(ctx: Ctx, pools: PoolPlan[], out: Slice[]): void {
   }
 }
 
+/**
+ * On-demand vGPU profile pools: a slice for each VF of the pool's GPUs that has one of the pool's
+ * types (what could be typed is not a slice). Its DRA device is `vgpu-<VF>-<type>`, so a claim
+ * given another type on that VF does not find it until its own type is written.
+ */
+function onDemandVgpuSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
+  for (const pd of pool.devices) {
+    const pf = ctx.devices.get(pd.pciAddress);
+    if (!pf) continue;
+    const cat = ctx.inv.vgpuCatalogues?.[pf.pciAddress] ?? catalogueOf(pf, ctx.devices);
+    const ids = new Set((pool.onDemand?.vgpuProfiles ?? []).map((p) => resolveVgpuProfile(p, cat)?.id).filter((x): x is number => x !== undefined));
+    (pf.sriov?.vfs ?? []).forEach((addr, index) => {
+      const vf = ctx.devices.get(addr);
+      const cur = vf?.nvidiaVgpu?.currentType ?? 0;
+      if (!vf || !ids.has(cur)) return;
+      const name = cat.find((t) => t.id === cur)?.name;
+      const base: Omit<Slice, 'health' | 'reason'> = { id: addr, pool: pool.name, resourceName: pool.resourceName, kind: 'VF', parent: pf.pciAddress, pciAddress: addr, index, vgpuType: cur, ...(name ? { mdevType: name } : {}), deviceNodes: [] };
+      const numa = vf.numaNode ?? pf.numaNode;
+      if (numa !== undefined) base.numaNode = numa;
+      if (vf.iommuGroup !== undefined) base.iommuGroup = vf.iommuGroup;
+      const { nodes, missing } = vfioNodes(ctx, vf);
+      base.deviceNodes = nodes;
+      let reason: string | undefined;
+      if (vf.driver !== NVIDIA_DRIVER) reason = `VF ${addr} is ${vf.driver ? `bound to ${vf.driver}` : 'not bound to a driver'}, expected nvidia (vendor-specific VFIO)`;
+      else if (vf.iommuGroup === undefined) reason = `VF ${addr} has no IOMMU group (IOMMU off?)`;
+      else if (missing) reason = `${missing} is missing`;
+      out.push(finish(base, reason));
+    });
+  }
+}
+
 function passthroughSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
   for (const pd of pool.devices) {
     const dev = ctx.devices.get(pd.pciAddress);
@@ -305,6 +338,7 @@ function carryForward(ctx: Ctx, pools: PoolPlan[], previous: readonly Slice[], o
     // ones as Unhealthy); one that is not is no longer planned (count lowered, released): drop it.
     if ((s.kind === 'Mdev' || s.kind === 'VPort') && !parentGone) continue;
     if (isVgpuPool(pool) && !parentGone) continue; // the layout lists every VF the pool still expects
+    if (isOnDemandVgpu(pool) && !parentGone) continue; // a VF without its type is not a slice any more
     if (s.kind === 'VF' && poolDevice && s.index !== undefined) {
       const { first, last } = vfRange(pool, poolDevice, Number.MAX_SAFE_INTEGER);
       if (s.index < first || s.index > last) continue;
@@ -336,7 +370,8 @@ export function buildSlices(input: SliceInput): Slice[] {
   vgpuSlices(ctx, pools.filter(isVgpuPool), out);
   for (const pool of pools) {
     if (isVgpuPool(pool)) continue;
-    if (pool.mode === 'SRIOV') sriovSlices(ctx, pool, out);
+    if (isOnDemandVgpu(pool)) onDemandVgpuSlices(ctx, pool, out);
+    else if (pool.mode === 'SRIOV') sriovSlices(ctx, pool, out);
     else if (pool.mode === 'Passthrough') passthroughSlices(ctx, pool, out);
     else if (isOnDemand(pool)) onDemandSlices(ctx, input.nodeName, pool, input.capacity ?? {}, out);
     else if (pool.mode === 'Mediated') mediatedSlices(ctx, input.nodeName, pool, out);

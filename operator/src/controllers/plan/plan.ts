@@ -110,10 +110,11 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
     ...(mode !== 'Passthrough' && spec.carving.count !== undefined ? { count: spec.carving.count } : {}),
     ...(mode === 'Mediated' && spec.carving.mdevType ? { mdevType: spec.carving.mdevType } : {}),
     // Only when set: existing plans stay byte-identical.
-    ...(mode === 'Mediated' && spec.carving.onDemand ? { onDemand: { mdevTypes: [...spec.carving.onDemand.mdevTypes] } } : {}),
-    ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? (spec.carving.vgpu ? 'nvidia' : 'vfio-pci') } : {}),
+    ...(mode === 'Mediated' && spec.carving.onDemand?.mdevTypes ? { onDemand: { mdevTypes: [...spec.carving.onDemand.mdevTypes] } } : {}),
+    ...(mode === 'SRIOV' && spec.carving.onDemand?.vgpuProfiles ? { onDemand: { vgpuProfiles: [...spec.carving.onDemand.vgpuProfiles] } } : {}),
+    ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? (spec.carving.vgpu || spec.carving.onDemand?.vgpuProfiles ? 'nvidia' : 'vfio-pci') } : {}),
     ...(mode === 'SRIOV' && spec.carving.vgpu ? { vgpuProfile: spec.carving.vgpu.profile } : {}),
-    ...(mode === 'SRIOV' && spec.carving.vgpu?.heterogeneous ? { vgpuHeterogeneous: true } : {}),
+    ...(mode === 'SRIOV' && (spec.carving.vgpu?.heterogeneous || (spec.carving.onDemand?.vgpuProfiles && spec.carving.onDemand.heterogeneous)) ? { vgpuHeterogeneous: true } : {}),
     ...(mode === 'SRIOV' && spec.carving.adoptExistingVFs ? { adoptExistingVFs: true } : {}),
     ...(mode === 'NPIV' && spec.carving.wwnPrefix ? { wwnPrefix: spec.carving.wwnPrefix } : {}),
     // Only DRA is carried: an absent frontEnd means DevicePlugin, so existing plans stay byte-identical.
