@@ -1,7 +1,8 @@
 // The front-end field against a real kube-apiserver: DevicePlugin is the default, DRA is accepted for
 // every mode KubeVirt can consume through a claim, and nonsense (NPIV through DRA, an unknown front
 // end) is rejected at admission with a message that names the field. On-demand mediated pools
-// (carving.onDemand) are accepted with DRA only, without mdevType/count, and refused otherwise.
+// (carving.onDemand) are accepted with DRA only, without mdevType/count, and refused otherwise; so
+// are on-demand vGPU profile pools (carving.onDemand.vgpuProfiles: mode SRIOV, class GPU, nvidia).
 import YAML from 'yaml';
 import { installCrds, kubectl, kubectlOk } from '../support/cluster.js';
 
@@ -26,7 +27,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await kubectl(['delete', 'virtualiodevice', 'dra-default', 'dra-vf', 'dra-vgpu', 'dra-nvme', 'dra-ondemand', '--ignore-not-found']);
+  await kubectl(['delete', 'virtualiodevice', 'dra-default', 'dra-vf', 'dra-vgpu', 'dra-nvme', 'dra-ondemand', 'dra-ondemand-vgpu', '--ignore-not-found']);
 });
 
 test('frontEnd defaults to DevicePlugin', async () => {
@@ -39,6 +40,7 @@ test.each([
   ['dra-vf', { frontEnd: 'DRA' }],
   ['dra-vgpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 4, mdevType: 'nvidia-754' } }],
   ['dra-ondemand', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: ['nvidia-745', 'NVIDIA_A16-4Q'] } } }],
+  ['dra-ondemand-vgpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q', 'NVIDIA L40S-24Q', '1156'], heterogeneous: true } } }],
   ['dra-nvme', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'Passthrough' } }],
 ])('DRA is accepted for %s', async (name, spec) => {
   await kubectlOk(['apply', '--server-side', '-f', '-'], { input: pool(name, spec) });
@@ -62,10 +64,20 @@ test.each([
   ['node plan: unknown front end', nodePlan('bad-dra-plan2', { frontEnd: 'Both' }), ['spec.pools[0].frontEnd', 'Unsupported value: "Both"']],
   ['onDemand without DRA', pool('bad-od-fe', { class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand needs spec.frontEnd DRA']],
   ['onDemand with mdevType and count', pool('bad-od-count', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 4, mdevType: 'nvidia-745', onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand replaces mdevType and count']],
-  ['onDemand for SR-IOV', pool('bad-od-sriov', { frontEnd: 'DRA', carving: { mode: 'SRIOV', count: 4, onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand is only allowed when spec.carving.mode is Mediated']],
+  ['onDemand for SR-IOV', pool('bad-od-sriov', { frontEnd: 'DRA', carving: { mode: 'SRIOV', count: 4, onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand.mdevTypes is only allowed when spec.carving.mode is Mediated']],
+  ['vgpuProfiles on a Mediated pool', pool('bad-odv-mode', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['spec.carving.onDemand.vgpuProfiles is only allowed when spec.carving.mode is SRIOV']],
+  ['vgpuProfiles and mdevTypes', pool('bad-odv-both', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'], mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand needs exactly one of mdevTypes (mode Mediated) and vgpuProfiles (mode SRIOV)']],
+  ['vgpuProfiles on a NIC pool', pool('bad-odv-nic', { frontEnd: 'DRA', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['spec.carving.onDemand.vgpuProfiles is only for spec.class GPU']],
+  ['vgpuProfiles with vgpu and count', pool('bad-odv-vgpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', count: 2, vgpu: { profile: 'L40S-12Q' }, onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['spec.carving.onDemand.vgpuProfiles replaces spec.carving.vgpu', 'spec.carving.onDemand replaces mdevType and count']],
+  ['vgpuProfiles on vfio-pci', pool('bad-odv-drv', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', vfDriver: 'vfio-pci', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['the VFs stay on the nvidia driver']],
+  ['vgpuProfiles without DRA', pool('bad-odv-fe', { class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['spec.carving.onDemand needs spec.frontEnd DRA']],
+  ['vgpuProfiles as a mediated device', pool('bad-odv-cons', { frontEnd: 'DRA', class: 'GPU', kubevirt: { consumption: 'MediatedDevice' }, carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['consumed as spec.kubevirt.consumption HostDevice']],
+  ['heterogeneous with mdevTypes', pool('bad-odv-het', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: ['nvidia-745'], heterogeneous: true } } }), ['spec.carving.onDemand.heterogeneous applies only to vgpuProfiles']],
+  ['vgpuProfiles without profiles', pool('bad-odv-empty', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: [] } } }), ['spec.carving.onDemand.vgpuProfiles']],
+  ['node plan: vgpuProfiles on a Mediated pool', nodePlan('bad-odv-plan', { class: 'GPU', mode: 'Mediated', count: undefined, frontEnd: 'DRA', onDemand: { vgpuProfiles: ['L40S-12Q'] } }), ['onDemand needs frontEnd DRA and exactly one of mdevTypes (mode Mediated) and vgpuProfiles (mode SRIOV)']],
   ['onDemand without types', pool('bad-od-empty', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: [] } } }), ['spec.carving.onDemand.mdevTypes']],
   ['Mediated with neither mdevType nor onDemand', pool('bad-od-none', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 1 } }), ['spec.carving.mdevType is required when spec.carving.mode is Mediated (or spec.carving.onDemand']],
-  ['node plan: onDemand without DRA', nodePlan('bad-od-plan', { class: 'GPU', mode: 'Mediated', count: undefined, onDemand: { mdevTypes: ['nvidia-745'] } }), ['onDemand needs mode Mediated and frontEnd DRA']],
+  ['node plan: onDemand without DRA', nodePlan('bad-od-plan', { class: 'GPU', mode: 'Mediated', count: undefined, onDemand: { mdevTypes: ['nvidia-745'] } }), ['onDemand needs frontEnd DRA']],
 ])('rejected at admission: %s', async (_name, doc, want) => {
   const r = await kubectl(['create', '--dry-run=server', '-f', '-'], { input: doc as string });
   expect(r.code).not.toBe(0);

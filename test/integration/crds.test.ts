@@ -99,7 +99,7 @@ const invalid: InvalidCase[] = [
   { name: 'vgpu on a Mediated pool', doc: pool('bad-vgpu-1', { class: 'GPU', carving: { mode: 'Mediated', count: 1, mdevType: 'nvidia-746', vgpu: { profile: 'L40S-12Q' } } }), expect: ['spec.carving', 'vgpu is only allowed when spec.carving.mode is SRIOV'] },
   { name: 'vgpu on a NIC pool', doc: pool('bad-vgpu-2', { carving: { mode: 'SRIOV', count: 1, vgpu: { profile: 'L40S-12Q' } } }), expect: ['spec', 'vgpu is only for spec.class GPU'] },
   { name: 'vgpu with vfDriver vfio-pci', doc: pool('bad-vgpu-3', { class: 'GPU', carving: { mode: 'SRIOV', count: 1, vfDriver: 'vfio-pci', vgpu: { profile: 'L40S-12Q' } } }), expect: ['spec.carving', 'VFs stay on the nvidia driver'] },
-  { name: 'vgpu through DRA', doc: pool('bad-vgpu-4', { class: 'GPU', frontEnd: 'DRA', carving: { mode: 'SRIOV', count: 1, vgpu: { profile: 'L40S-12Q' } } }), expect: ['spec', 'frontEnd DevicePlugin only'] },
+  { name: 'vgpu through DRA', doc: pool('bad-vgpu-4', { class: 'GPU', frontEnd: 'DRA', carving: { mode: 'SRIOV', count: 1, vgpu: { profile: 'L40S-12Q' } } }), expect: ['spec', 'spec.carving.vgpu is served through frontEnd DevicePlugin; with frontEnd DRA use spec.carving.onDemand.vgpuProfiles'] },
   { name: 'vgpu without a profile', doc: pool('bad-vgpu-5', { class: 'GPU', carving: { mode: 'SRIOV', count: 1, vgpu: { heterogeneous: true } } }), expect: ['spec.carving.vgpu.profile', 'Required value'] },
   { name: 'pool name too long for a socket name', doc: pool(`a${'b'.repeat(45)}`, {}), expect: ['metadata.name', 'may not be more than 40'] },
   {
