@@ -7,7 +7,7 @@
 // every clear.
 import type { CarvingPlan, Inventory, InventoryDevice, PoolPlan, SysfsWrite } from '../model.js';
 import { compareText } from '../sysfs/pci.js';
-import { catalogueOf, framebufferGb, gpuInterfaceOf, migProfileOf, resolveVgpuProfile, type VgpuType } from './gpu.js';
+import { catalogueOf, framebufferGb, gpuInterfaceOf, mergeCatalogue, migProfileOf, resolveVgpuProfile, type VgpuType } from './gpu.js';
 import type { MdevCapacity, OnDemandFailure, WantedMdev } from './ondemand.js';
 import { NVIDIA_DRIVER, vgpuTypePath } from './vgpu.js';
 
@@ -38,10 +38,20 @@ export interface OfferedGpu {
   sizes: Map<number, number>;
 }
 
-/** A GPU's catalogue: what the agent remembered, else what its VFs list now. */
-function catalogue(pf: InventoryDevice, devices: ReadonlyMap<string, InventoryDevice>, inventory: Pick<Inventory, 'vgpuCatalogues'>): VgpuType[] {
-  return inventory.vgpuCatalogues?.[pf.pciAddress] ?? catalogueOf(pf, devices);
+/** Prefix of the catalogue entries (type name → id) kept with the framebuffer in the capacity record. */
+const TYPE_KEY = 'type:';
+
+/**
+ * A GPU's catalogue: what this process remembered (else what its VFs list now), merged with what
+ * the checkpoint kept. After a restart on a busy GPU the VFs list only what still fits, and a typed
+ * VF lists nothing: without the kept table the types on the VFs would have no name, and their
+ * slices no profile.
+ */
+export function vgpuCatalogue(pf: InventoryDevice, devices: ReadonlyMap<string, InventoryDevice>, inventory: Pick<Inventory, 'vgpuCatalogues'>, capacity: MdevCapacity = {}): VgpuType[] {
+  const kept = Object.entries(capacity[pf.pciAddress] ?? {}).filter(([k]) => k.startsWith(TYPE_KEY)).map(([k, id]) => ({ id, name: k.slice(TYPE_KEY.length) }));
+  return mergeCatalogue(inventory.vgpuCatalogues?.[pf.pciAddress] ?? catalogueOf(pf, devices), kept);
 }
+const catalogue = vgpuCatalogue;
 
 /**
  * Learns each GPU's framebuffer: the largest size its catalogue names (the full-GPU profile,
@@ -54,9 +64,11 @@ export function learnFramebuffer(prev: MdevCapacity, pools: readonly PoolPlan[],
     for (const d of p.devices) {
       const pf = devices.get(d.pciAddress);
       if (!pf) continue;
-      const sizes = catalogue(pf, devices, inventory).map((t) => framebufferGb(t.name) ?? 0);
-      const gb = Math.max(prev[pf.pciAddress]?.[FRAMEBUFFER_KEY] ?? 0, ...sizes);
-      if (gb > 0) out[pf.pciAddress] = { [FRAMEBUFFER_KEY]: gb };
+      const cat = catalogue(pf, devices, inventory, prev);
+      const gb = Math.max(prev[pf.pciAddress]?.[FRAMEBUFFER_KEY] ?? 0, ...cat.map((t) => framebufferGb(t.name) ?? 0));
+      if (gb <= 0) continue;
+      const types = Object.fromEntries(cat.filter((t) => t.name).map((t) => [`${TYPE_KEY}${t.name as string}`, t.id]));
+      out[pf.pciAddress] = { [FRAMEBUFFER_KEY]: gb, ...types };
     }
   }
   return out;
@@ -80,7 +92,7 @@ export function offeredGpus(pool: PoolPlan, devices: ReadonlyMap<string, Invento
     const vfs = pf.sriov?.vfs ?? [];
     const fb = capacity[pf.pciAddress]?.[FRAMEBUFFER_KEY];
     if (vfs.length === 0 || !fb) continue;
-    const cat = catalogue(pf, devices, inventory);
+    const cat = catalogue(pf, devices, inventory, capacity);
     const profiles: OfferedProfile[] = [];
     for (const want of pool.onDemand?.vgpuProfiles ?? []) {
       const t = resolveVgpuProfile(want, cat);

@@ -2,7 +2,7 @@
 // (test/sysfs/nvidia.ts), and the planning of type writes and clears. What the counters let the
 // scheduler allocate must be what the driver then accepts.
 import { rememberCatalogues, type VgpuType } from '../carving/gpu.js';
-import { FRAMEBUFFER_KEY, learnFramebuffer, offeredGpus, parseVgpuDevice, planOnDemandVgpu, planOnDemandVgpuUncarve, vgpuDeviceName } from '../carving/ondemand-vgpu.js';
+import { FRAMEBUFFER_KEY, learnFramebuffer, offeredGpus, vgpuCatalogue, parseVgpuDevice, planOnDemandVgpu, planOnDemandVgpuUncarve, vgpuDeviceName } from '../carving/ondemand-vgpu.js';
 import type { WantedMdev } from '../carving/ondemand.js';
 import { scan } from '../discovery/scan.js';
 import type { CarvingPlan, Inventory, InventoryDevice, PoolPlan } from '../model.js';
@@ -62,7 +62,7 @@ test('an empty L40S: 48 GB of framebuffer, as many VFs as the smallest profile c
   await sriovManage(k, '-e', PF);
   const { inv, devices } = await look();
   const cap = learnFramebuffer({}, [pool()], devices, inv);
-  expect(cap[PF]).toEqual({ [FRAMEBUFFER_KEY]: 48 });
+  expect(cap[PF]).toMatchObject({ [FRAMEBUFFER_KEY]: 48, 'type:NVIDIA L40S-24Q': ID['24Q'] });
   const [g] = offeredGpus(pool(), devices, inv, cap);
   expect(g!.profiles.map((p) => [p.name, p.gb])).toEqual([['NVIDIA L40S-6Q', 6], ['NVIDIA L40S-12Q', 12], ['NVIDIA L40S-24Q', 24], ['NVIDIA L40S-48Q', 48]]);
   const o = gpuOffer(pool(), g!, devices, new Map(), { devices });
@@ -167,4 +167,26 @@ test('clearing: our typed VF no claim wants is cleared unless held; a type we di
   planOnDemandVgpuUncarve(pool(), devices, inv, new Set([VF(1)]), u);
   expect(u.writes.map((w: { path: string; value: string }) => [w.path, w.value])).toEqual([[typePath(VF(0)), '0']]);
   expect(u.held).toEqual([VF(1)]);
+});
+
+test('after an agent restart on a busy GPU (type table forgotten, VFs list only what fits): typed VFs keep their slices, a new claim is typed', async () => {
+  await sriovManage(k, '-e', PF);
+  await setMixedSize(k, PF, true);
+  const het = pool({ vgpuHeterogeneous: true });
+  const first = await look();
+  const cap = learnFramebuffer({}, [het], first.devices, first.inv);
+  await k.write(typePath(VF(0)), String(ID['12Q']));
+  await k.write(typePath(VF(1)), String(ID['24Q']));
+  memory = new Map(); // a new process
+  const { inv, devices } = await look();
+  const out: CarvingPlan = { writes: [], blocked: [] };
+  const wanted = new Map([[VF(0), want(VF(0), ID['12Q'])], [VF(1), want(VF(1), ID['24Q'])], [VF(2), want(VF(2), ID['12Q'])]]);
+  planOnDemandVgpu(het, devices, inv, wanted, new Set([VF(0), VF(1), VF(2)]), new Set(), out);
+  expect(out.writes.map((w) => [w.path, w.value])).toEqual([[typePath(VF(2)), String(ID['12Q'])]]);
+  const kept = learnFramebuffer(cap, [het], devices, inv);
+  expect(kept[PF]?.[FRAMEBUFFER_KEY]).toBe(48);
+  // The VFs list only what fits now (no 24Q); the table kept in the checkpoint still names it.
+  expect(vgpuCatalogue(devices.get(PF)!, devices, inv).some((t) => t.id === ID['24Q'])).toBe(false);
+  expect(vgpuCatalogue(devices.get(PF)!, devices, inv, kept).find((t) => t.id === ID['24Q'])?.name).toBe('NVIDIA L40S-24Q');
+  expect(offeredGpus(het, devices, inv, kept)[0]!.profiles.map((p) => p.id)).toContain(ID['24Q']);
 });

@@ -5,8 +5,8 @@ import { devPathUnder, vfioGroupPath } from '../discovery/scan.js';
 import { isOnDemand, isOnDemandMdev, offeredParents, type MdevCapacity } from '../carving/ondemand.js';
 import { indexDevices, mdevSlots, ourMdevIndex, vfDriverOf, vfRange, vportSlots, vportsOf } from '../carving/layout.js';
 import { isVgpuPool, layoutVgpu, NVIDIA_DRIVER } from '../carving/vgpu.js';
-import { isOnDemandVgpu } from '../carving/ondemand-vgpu.js';
-import { catalogueOf, resolveVgpuProfile } from '../carving/gpu.js';
+import { isOnDemandVgpu, vgpuCatalogue } from '../carving/ondemand-vgpu.js';
+import { resolveVgpuProfile } from '../carving/gpu.js';
 import type { Inventory, InventoryDevice, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import { compareText, isBridgeClass, VFIO_PCI } from '../sysfs/pci.js';
 
@@ -191,11 +191,11 @@ function vgpuSlices(ctx: Ctx, pools: PoolPlan[], out: Slice[]): void {
  * types (what could be typed is not a slice). Its DRA device is `vgpu-<VF>-<type>`, so a claim
  * given another type on that VF does not find it until its own type is written.
  */
-function onDemandVgpuSlices(ctx: Ctx, pool: PoolPlan, out: Slice[]): void {
+function onDemandVgpuSlices(ctx: Ctx, pool: PoolPlan, capacity: MdevCapacity, out: Slice[]): void {
   for (const pd of pool.devices) {
     const pf = ctx.devices.get(pd.pciAddress);
     if (!pf) continue;
-    const cat = ctx.inv.vgpuCatalogues?.[pf.pciAddress] ?? catalogueOf(pf, ctx.devices);
+    const cat = vgpuCatalogue(pf, ctx.devices, ctx.inv, capacity);
     const ids = new Set((pool.onDemand?.vgpuProfiles ?? []).map((p) => resolveVgpuProfile(p, cat)?.id).filter((x): x is number => x !== undefined));
     (pf.sriov?.vfs ?? []).forEach((addr, index) => {
       const vf = ctx.devices.get(addr);
@@ -370,7 +370,7 @@ export function buildSlices(input: SliceInput): Slice[] {
   vgpuSlices(ctx, pools.filter(isVgpuPool), out);
   for (const pool of pools) {
     if (isVgpuPool(pool)) continue;
-    if (isOnDemandVgpu(pool)) onDemandVgpuSlices(ctx, pool, out);
+    if (isOnDemandVgpu(pool)) onDemandVgpuSlices(ctx, pool, input.capacity ?? {}, out);
     else if (pool.mode === 'SRIOV') sriovSlices(ctx, pool, out);
     else if (pool.mode === 'Passthrough') passthroughSlices(ctx, pool, out);
     else if (isOnDemand(pool)) onDemandSlices(ctx, input.nodeName, pool, input.capacity ?? {}, out);
