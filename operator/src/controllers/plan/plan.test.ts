@@ -2,6 +2,7 @@ import type { InventoryDevice } from '../../../../crds/generated/types.js';
 import type { Pool } from '../../api/types.js';
 import { gpu, nicPF, nodeObj, nvme, poolObj, vioNodeObj } from '../../../../test/support/operator-fixtures.js';
 import { effectiveConsumption, planNode, preparePools } from './plan.js';
+import { poolSpecProblem } from './shape.js';
 import { claimsOverlap, labelSelectorMatches, parseInterfaceName, selectDevices, type LabelSelector } from './selectors.js';
 
 describe('labelSelectorMatches', () => {
@@ -175,6 +176,24 @@ describe('planNode', () => {
       { name: 'l40s-24q', resourceName: 'virtualio.dev/l40s-24q', class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', policy: 'NUMAAligned', count: 1, vfDriver: 'nvidia', vgpuProfile: 'L40S-24Q', devices: [{ pciAddress: '0000:3b:00.0' }] },
     ]);
     expect(plan.conflicts).toEqual([{ pool: 'pt', node: 'n1', device: '0000:3b:00.0', heldBy: 'l40s-12q' }]);
+  });
+
+  test('an on-demand vGPU profile pool (DRA) carries its profiles and mode, no count; its GPU is its own; a malformed onDemand is not planned', () => {
+    const l40s: InventoryDevice = { pciAddress: '0000:3b:00.0', vendorID: '10de', deviceID: '26b9', classCode: '030200', driver: 'nvidia', sriov: { totalVFs: 32, numVFs: 0, vfs: [] } };
+    const v = vioNodeObj('n1', { devices: [l40s] });
+    const sel = { pciAddresses: ['0000:3b:00.0'] };
+    const od = { class: 'GPU' as const, frontEnd: 'DRA' as const, deviceSelector: sel, carving: { mode: 'SRIOV' as const, onDemand: { vgpuProfiles: ['L40S-12Q', 'L40S-24Q'], heterogeneous: true } } };
+    expect(poolSpecProblem({ spec: od } as unknown as Pool)).toBeUndefined();
+    expect(poolSpecProblem({ spec: { ...od, carving: { mode: 'SRIOV', onDemand: {} } } } as unknown as Pool)).toMatch(/^spec\.carving\.onDemand: not/);
+    const pools = preparePools([
+      poolObj('l40s', od, { createdSec: 1 }),
+      poolObj('l40s-12q', { class: 'GPU', deviceSelector: sel, carving: { mode: 'SRIOV', count: 2, vgpu: { profile: 'L40S-12Q' } } }, { createdSec: 2 }),
+    ]);
+    const plan = planNode(node, v, pools);
+    expect(plan.pools).toEqual([
+      { name: 'l40s', resourceName: 'virtualio.dev/l40s', class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', policy: 'NUMAAligned', onDemand: { vgpuProfiles: ['L40S-12Q', 'L40S-24Q'] }, vfDriver: 'nvidia', vgpuHeterogeneous: true, frontEnd: 'DRA', devices: [{ pciAddress: '0000:3b:00.0' }] },
+    ]);
+    expect(plan.conflicts).toEqual([{ pool: 'l40s-12q', node: 'n1', device: '0000:3b:00.0', heldBy: 'l40s' }]);
   });
 
   test('non-overlapping VF ranges of one PF are no conflict; overlapping ones are', () => {
