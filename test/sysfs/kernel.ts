@@ -946,13 +946,16 @@ export class FakeKernel implements SysfsWriter {
    * `available_instances` from the units its mdevs take. Returns false when the parent has no model.
    */
   private async recountMdevTypes(parentDir: string): Promise<boolean> {
+    const types = path.join(parentDir, 'mdev_supported_types');
     let model: MdevCapacityModel;
     try {
       model = JSON.parse(await readFile(path.join(this.root, MDEV_CAPACITY_REL, `${path.basename(parentDir)}.json`), 'utf8')) as MdevCapacityModel;
     } catch {
-      return false;
+      // No model given (a recorded tree): an NVIDIA VF hosts one vGPU of any type (vGPU <= 16 on an
+      // SR-IOV card such as the A16: every type of a VF shows 0 once it holds one, 1 again once it is gone).
+      if (!(await this.isNvidiaVf(parentDir))) return false;
+      model = { units: 1, exclusive: true, types: Object.fromEntries((await list(types)).map((t) => [t, 1])) };
     }
-    const types = path.join(parentDir, 'mdev_supported_types');
     const used = new Map<string, number>();
     for (const t of Object.keys(model.types)) used.set(t, (await list(path.join(types, t, 'devices'))).length);
     const free = model.units - [...used].reduce((sum, [t, n]) => sum + n * (model.types[t] ?? 1), 0);
@@ -961,6 +964,10 @@ export class FakeKernel implements SysfsWriter {
       await writeFile(path.join(types, t, 'available_instances'), `${blocked ? 0 : Math.max(0, Math.floor(free / units))}\n`);
     }
     return true;
+  }
+
+  private async isNvidiaVf(dir: string): Promise<boolean> {
+    return (await exists(path.join(dir, 'physfn'))) && (await readTrim(path.join(dir, 'vendor')))?.replace(/^0x/, '') === '10de';
   }
 
   private async mdevRemove(mdir: string, v: string): Promise<void> {

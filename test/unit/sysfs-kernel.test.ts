@@ -1,7 +1,7 @@
 // The fake kernel behaves like the kernel for what virtualio writes (through the SysfsWriter port).
 import { spawnSync } from 'node:child_process';
 import { constants, openSync } from 'node:fs';
-import { readFile, readlink, rm } from 'node:fs/promises';
+import { readFile, readlink, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import type { InventoryDevice } from '../../device-plugin/src/model.js';
@@ -196,6 +196,21 @@ describe('mediated devices', () => {
     for (const u of before) await k.write(create, u);
     await expect(k.write(create, uuid)).rejects.toMatchObject({ code });
     expect((await device(GPU))?.mdevs?.length ?? 0).toBe(before.length);
+  });
+});
+
+describe('vGPU on an NVIDIA VF (vGPU <= 16, SR-IOV card such as the A16)', () => {
+  test('a VF hosts one vGPU: once it holds one, every type shows 0; once it is gone, 1 again', async () => {
+    const vf = '0000:b1:00.4';
+    await k.addFunction(mdevGpu(PF.replace('3b', 'b1'), { instances: 1 }));
+    await k.addFunction({ ...mdevGpu(vf, { instances: 1 }) });
+    await symlink(`../${PF.replace('3b', 'b1')}`, path.join(k.root, 'bus/pci/devices', vf, 'physfn')); // a VF of the first
+    const avail = async (t: string): Promise<string> => (await readFile(path.join(k.root, 'bus/pci/devices', vf, 'mdev_supported_types', t, 'available_instances'), 'utf8')).trim();
+    const uuid = '4b20d080-1b54-4048-85b3-a6a62d165c01';
+    await k.write(`bus/pci/devices/${vf}/mdev_supported_types/nvidia-230/create`, uuid);
+    expect([await avail('nvidia-222'), await avail('nvidia-230')]).toEqual(['0', '0']);
+    await k.write(`bus/mdev/devices/${uuid}/remove`, '1');
+    expect([await avail('nvidia-222'), await avail('nvidia-230')]).toEqual(['1', '1']);
   });
 });
 
