@@ -54,7 +54,7 @@ beforeAll(async () => {
 });
 
 test('there is one example per real use', () => {
-  expect(folders).toEqual(['emulex-fc-npiv', 'intel-82599-hostdev', 'mellanox-connectx6-vfs', 'nvidia-a16-vgpu', 'nvidia-gpu-passthrough', 'nvme-sriov-vfs']);
+  expect(folders).toEqual(['emulex-fc-npiv', 'intel-82599-hostdev', 'mellanox-connectx6-vfs', 'nvidia-a16-vgpu', 'nvidia-gpu-passthrough', 'nvidia-l40s-vgpu', 'nvme-sriov-vfs']);
 });
 
 describe.each(folders)('%s', (folder) => {

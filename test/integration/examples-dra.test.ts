@@ -37,8 +37,8 @@ beforeAll(async () => {
   await ensureNamespace(NS);
 });
 
-test('one DRA example per device kind, the PCIe-root alignment one and the on-demand vGPU', () => {
-  expect(folders).toEqual(['dra-a16-ondemand', 'dra-a16-vgpu', 'dra-gpu-nic-aligned', 'dra-nic-vf-vlan', 'dra-nvme-vfs']);
+test('one DRA example per device kind, the PCIe-root alignment one and the on-demand vGPUs (mdev and vGPU profiles)', () => {
+  expect(folders).toEqual(['dra-a16-ondemand', 'dra-a16-vgpu', 'dra-gpu-nic-aligned', 'dra-l40s-vgpu-profiles', 'dra-nic-vf-vlan', 'dra-nvme-vfs']);
 });
 
 describe.each(folders)('%s', (folder) => {
