@@ -5,7 +5,7 @@
 // entrypoints start from a production install with no dev dependencies.
 import { jest } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -84,7 +84,8 @@ describe('Dockerfile', () => {
     expect(agent.image).toBe(op.image);
     expect(op.args[0]).toBe('/app/dist/operator/src/main.js');
     expect(agent.args[0]).toBe('/app/dist/device-plugin/src/main.js');
-    expect(`USER ${op.securityContext.runAsUser}:${op.securityContext.runAsUser}`).toBe(runtimeStage().find((l) => l.startsWith('USER ')));
+    // The image's user is the last USER of the runtime stage (an earlier one only runs a build step).
+    expect(`USER ${op.securityContext.runAsUser}:${op.securityContext.runAsUser}`).toBe(runtimeStage().filter((l) => l.startsWith('USER ')).pop());
   });
 
   test('.dockerignore lets in every path the Dockerfile copies from the context, and keeps node_modules and dist out', () => {
@@ -137,6 +138,27 @@ describe('production install (the Dockerfile steps, without a container engine)'
       cwd: app, env: { PATH: process.env.PATH ?? '', NODE_ENV: 'production' },
     });
     expect(`${stdout}${stderr}`).toContain(flag);
+  });
+
+  test('the compile cache the image makes at build time is what each start reads (nothing left to compile)', async () => {
+    // The runtime stage's RUN lines (scripts/warm-compile-cache.mjs), then a start with Node's
+    // compile-cache log: every module read from the cache, none compiled afresh.
+    const warm = runtimeStage().filter((l) => l.startsWith('RUN ') && l.includes('warm-compile-cache.mjs'));
+    expect(warm).toHaveLength(2);
+    expect(runtimeStage()).toContain('ENV NODE_ENV=production NODE_COMPILE_CACHE=/app/.node-compile-cache');
+    const cache = mkdtempSync(join(tmpdir(), 'vio-compile-cache-'));
+    const env = { PATH: process.env.PATH ?? '', NODE_ENV: 'production', NODE_COMPILE_CACHE: cache };
+    await run(process.execPath, [join(REPO_ROOT, 'scripts/warm-compile-cache.mjs'), join(app, 'dist/device-plugin/src'), join(app, 'dist/proto')], { cwd: app, env });
+    const { stderr } = await run(process.execPath, [join(app, 'dist/device-plugin/src/main.js'), '--help'], {
+      cwd: app, env: { ...env, NODE_DEBUG_NATIVE: 'COMPILE_CACHE' }, maxBuffer: 16 * 1024 * 1024,
+    });
+    const lines = stderr.split('\n');
+    const accepted = lines.filter((l) => l.includes('was accepted')).length;
+    const compiled = lines.filter((l) => /was not initialized|was rejected|mismatch/.test(l));
+    process.stderr.write(`[image] agent start from the warmed compile cache: ${accepted} modules read from it, ${compiled.length} compiled\n`);
+    expect(accepted).toBeGreaterThan(100);
+    expect(compiled).toEqual([]);
+    rmSync(cache, { recursive: true, force: true });
   });
 });
 
