@@ -1,8 +1,9 @@
 // The plan (VirtualIONode.spec): validation shared by both modes, and the standalone source that
 // reads it from a file (YAML or JSON) and re-reads it when it changes.
 import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { createRequire } from 'node:module';
 import { basename, dirname } from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import type * as Yaml from 'yaml';
 import type { Logger } from '../log.js';
 import type { PoolPlan, VirtualIONodeSpec } from '../model.js';
 
@@ -102,6 +103,17 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
   return { ok: true, spec: { pools: pools as PoolPlan[] } };
 }
 
+let yamlParse: typeof Yaml.parse | undefined;
+/**
+ * The YAML parser, loaded on the first plan file read: only standalone mode reads one, and loading
+ * `yaml` costs about 20 ms and 2 MiB of every cluster-mode start (docs/design-decisions.md,
+ * "Agent start-up"). Synchronous (`require`, the package ships CommonJS for Node) so parsing stays so.
+ */
+function parseYaml(): typeof Yaml.parse {
+  yamlParse ??= (createRequire(import.meta.url)('yaml') as typeof Yaml).parse;
+  return yamlParse;
+}
+
 const EMPTY_PLAN_HINT = 'an empty plan must say so explicitly: "pools: []"';
 
 /**
@@ -116,7 +128,7 @@ export function parsePlanText(text: string): { ok: true; spec: VirtualIONodeSpec
   if (text.trim() === '') return { ok: false, message: `the file is empty; ${EMPTY_PLAN_HINT}` };
   let doc: unknown;
   try {
-    doc = parseYaml(text);
+    doc = parseYaml()(text);
   } catch (err) {
     return { ok: false, message: `cannot parse plan (incomplete or not YAML/JSON): ${(err as Error).message}` };
   }
