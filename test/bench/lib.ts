@@ -111,14 +111,15 @@ export async function vfAddress(sys: string, pf: string, n: number): Promise<str
 /**
  * Starts the REAL agent (dist/, built when stale). With `cpuProfileDir`, Node writes a .cpuprofile
  * there when the agent exits (open it in Chrome DevTools or summarize it with {@link topFunctions});
- * `nodeArgs` go to Node before the script (e.g. heap limits).
+ * `nodeArgs` go to Node before the script (e.g. heap limits); `env` is added to the agent's environment,
+ * `main` replaces the built entrypoint.
  */
-export async function spawnAgent(args: string[], opts: { cpuProfileDir?: string; nodeArgs?: string[] } = {}): Promise<AgentProcess> {
-  const main = await ensureAgentBuilt();
+export async function spawnAgent(args: string[], opts: { cpuProfileDir?: string; nodeArgs?: string[]; env?: Record<string, string>; main?: string } = {}): Promise<AgentProcess> {
+  const main = opts.main ?? (await ensureAgentBuilt());
   const nodeArgs = [...(opts.nodeArgs ?? []), ...(opts.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfileDir}`] : [])];
   const proc = spawn(process.execPath, [...nodeArgs, main, ...args], {
     cwd: REPO,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   return new AgentProcess(proc);
