@@ -4,6 +4,8 @@
 // never pass/fail: the exit code is 0 whenever the benchmarks ran, whatever the figures.
 //
 //   agent     device-plugin/bench/bench-agent.ts  Allocate vs the empty gRPC call, re-registration
+//   start     test/bench/agent-start.ts           agent spawn → first line, registered, ready; idle RSS;
+//             without a compile cache and with the image's warm one (issue 22)
 //   node      test/bench/agent-node.ts            start → registered, carve, RSS, health propagation
 //   operator  operator/bench/convergence.mjs      1,000 nodes × 10 pools: cold, edit, RSS
 //   faults    test/bench/fault-sequences.ts       generated fault sequences, long run (issue 17)
@@ -28,7 +30,7 @@ const flag = (name, def) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : def;
 };
-const only = new Set((flag('only', 'agent,node,operator,faults,fuzz') ?? '').split(','));
+const only = new Set((flag('only', 'agent,start,node,operator,faults,fuzz') ?? '').split(','));
 const quick = argv.includes('--quick');
 const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
@@ -122,6 +124,13 @@ if (only.has('agent')) {
       row('agent', 'kubelet restart → first ListAndWatch list p99', f.reRegistrationToFirstListMs?.p99, 'ms');
     }
   }
+}
+
+if (only.has('start')) {
+  const r = await runBench('agent start-up and idle memory', [...hooks, join(ROOT, 'test/bench/agent-start.ts'), '--json', ...(agentNodeOptions ? ['--agent-node-options', agentNodeOptions] : []), ...(quick ? ['--starts', '3'] : [])]);
+  const f = lastJson(r.stdout);
+  results.start = f ?? { error: `no figures (exit ${r.code})` };
+  for (const x of f?.figures ?? []) row('start', x.label, x.value, x.unit, x.max);
 }
 
 if (only.has('node')) {

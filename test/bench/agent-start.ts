@@ -9,15 +9,20 @@
 // Times are taken in this process (performance.now() when the line or the kubelet's message arrives).
 // The first start of a run is reported apart (cold page cache, an empty compile cache); medians are of
 // the others. Variants (repeat the flags to compare within one run):
-//   --variant name=<label>[;node=<node flags>][;env=K=V,K=V][;main=<entry .js>]
-//   a `{tmp}` in env is replaced with a fresh folder for the variant (e.g. NODE_COMPILE_CACHE={tmp}).
+//   --variant name=<label>[;node=<node flags>][;env=K=V,K=V][;main=<entry .js>][;cache=warm]
+//   a `{tmp}` in env is replaced with a fresh folder for the variant (e.g. NODE_COMPILE_CACHE={tmp});
+//   `cache=warm` fills a fresh compile cache before the first start the way the image's build does
+//   (scripts/warm-compile-cache.mjs) and points NODE_COMPILE_CACHE at it. Default variants: the agent
+//   without a compile cache and as the image runs it (warm cache), both with --agent-node-options.
 // Run:  node --import ./test/sysfs/ts-hooks.mjs test/bench/agent-start.ts [--starts 7] [--idle-seconds 2]
-//       [--variant ...]... [--json]
+//       [--agent-node-options "<flags>"] [--variant ...]... [--json]
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { ensureAgentBuilt, REPO } from '../fakes/agent-process.js';
 import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';
 import { cpuSecondsOf, machine, memoryOf, nicTree, out, printResult, scratchDir, spawnAgent, summarize, type BenchFigure } from './lib.js';
 
@@ -29,6 +34,7 @@ const flag = (name: string, def: string): string => {
 const flags = (name: string): string[] => argv.flatMap((a, i) => (a === `--${name}` && argv[i + 1] !== undefined ? [argv[i + 1] as string] : []));
 const STARTS = Number(flag('starts', '7'));
 const IDLE_S = Number(flag('idle-seconds', '2'));
+const AGENT_NODE_OPTIONS = flag('agent-node-options', '');
 const POOLS = 2;
 const VFS = 8;
 const say = (m: string): void => void process.stderr.write(`[bench agent-start] ${m}\n`);
@@ -41,7 +47,14 @@ interface Variant {
   main?: string;
 }
 
-function parseVariant(spec: string): Variant {
+const tmpDirs: string[] = [];
+const tmp = (): string => {
+  const d = mkdtempSync(join(tmpdir(), 'vio-bench-cache-'));
+  tmpDirs.push(d);
+  return d;
+};
+
+async function parseVariant(spec: string): Promise<Variant> {
   const v: Variant = { name: spec, nodeArgs: [], env: {} };
   for (const part of spec.split(';')) {
     const eq = part.indexOf('=');
@@ -53,8 +66,13 @@ function parseVariant(spec: string): Variant {
     else if (k === 'env') {
       for (const kv of val.split(',').filter(Boolean)) {
         const i = kv.indexOf('=');
-        v.env[kv.slice(0, i)] = kv.slice(i + 1).replaceAll('{tmp}', () => mkdtempSync(join(tmpdir(), 'vio-bench-cache-')));
+        v.env[kv.slice(0, i)] = kv.slice(i + 1).replaceAll('{tmp}', tmp);
       }
+    } else if (k === 'cache' && val === 'warm') {
+      const main = v.main ?? (await ensureAgentBuilt());
+      const src = join(main, '..');
+      v.env.NODE_COMPILE_CACHE = tmp();
+      execFileSync(process.execPath, [join(REPO, 'scripts/warm-compile-cache.mjs'), src, join(src, '../../proto')], { env: { ...process.env, ...v.env }, stdio: 'ignore' });
     }
   }
   return v;
@@ -105,7 +123,9 @@ async function oneStart(v: Variant, dir: string, sys: string, dev: string, planF
   }
 }
 
-const variants = (flags('variant').length > 0 ? flags('variant') : ['name=default']).map(parseVariant);
+const defaults = [`name=no compile cache;node=${AGENT_NODE_OPTIONS}`, `name=as in the image (warm compile cache);cache=warm;node=${AGENT_NODE_OPTIONS}`];
+const variants: Variant[] = [];
+for (const spec of flags('variant').length > 0 ? flags('variant') : defaults) variants.push(await parseVariant(spec));
 const figures: BenchFigure[] = [];
 const details: Record<string, unknown> = { machine: machine(), starts: STARTS, idleSeconds: IDLE_S };
 const dir = await scratchDir('vio-bench-start-');
@@ -143,6 +163,7 @@ try {
   }
 } finally {
   await rm(dir, { recursive: true, force: true });
+  for (const d of tmpDirs) await rm(d, { recursive: true, force: true });
 }
 for (const f of figures) out(`${f.label}: ${f.value} ${f.unit}`);
 if (argv.includes('--json')) printResult('agent-start', figures, details);
