@@ -100,15 +100,18 @@ async function oneStart(v: Variant, dir: string, sys: string, dev: string, planF
   const agent = await spawnAgent(args, { nodeArgs: v.nodeArgs, env: v.env, ...(v.main ? { main: v.main } : {}) });
   let firstLineMs = Number.NaN;
   agent.proc.stdout?.once('data', () => (firstLineMs = performance.now() - s));
+  // An agent that exits (a bad Node flag, a crash) fails the run at once instead of at the timeout.
+  const died = new Promise<never>((_, reject) => agent.proc.once('exit', (code) => reject(new Error(`the agent exited (${code}) before it was ready`))));
+  died.catch(() => undefined);
   try {
     let registeredMs = Number.NaN;
-    await kubelet.waitFor('every pool registered', () => {
+    await Promise.race([died, kubelet.waitFor('every pool registered', () => {
       const ok = Array.from({ length: POOLS }, (_, p) => kubelet.endpoints.has(resource(p))).every(Boolean);
       if (ok && Number.isNaN(registeredMs)) registeredMs = performance.now() - s;
       return ok;
-    }, 120_000);
-    await kubelet.waitFor('every slice Healthy', () =>
-      Array.from({ length: POOLS }, (_, p) => kubelet.lastList(resource(p))?.filter((d) => d.health === 'Healthy').length ?? 0).reduce((a, b) => a + b, 0) === POOLS * VFS, 120_000);
+    }, 120_000)]);
+    await Promise.race([died, kubelet.waitFor('every slice Healthy', () =>
+      Array.from({ length: POOLS }, (_, p) => kubelet.lastList(resource(p))?.filter((d) => d.health === 'Healthy').length ?? 0).reduce((a, b) => a + b, 0) === POOLS * VFS, 120_000)]);
     const readyMs = performance.now() - s;
     const cpuToReadyMs = cpuSecondsOf(agent.proc.pid as number) * 1000;
     await new Promise((r) => setTimeout(r, IDLE_S * 1000));
