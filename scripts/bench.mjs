@@ -9,6 +9,8 @@
 //   node      test/bench/agent-node.ts            start → registered, carve, RSS, health propagation
 //   operator  operator/bench/convergence.mjs      1,000 nodes × 10 pools: cold, edit, RSS
 //   faults    test/bench/fault-sequences.ts       generated fault sequences, long run (issue 17)
+//   soak      test/bench/churn-soak.ts            churn soak: VM start/stop cycles on every pool mode,
+//             sampled from outside the agent (issue 21): VIO_SOAK_CYCLES (default 10,000; --quick 500)
 //   fuzz      test/unit/fuzz/*.test.ts            the hostile-input fuzzers, long run (issue 21):
 //             VIO_FUZZ_RUNS inputs per target (default 10,000; --quick 1,000), a fresh seed unless
 //             VIO_FUZZ_SEED is set (a failure prints its seed and counterexample)
@@ -30,7 +32,7 @@ const flag = (name, def) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : def;
 };
-const only = new Set((flag('only', 'agent,start,node,operator,faults,fuzz') ?? '').split(','));
+const only = new Set((flag('only', 'agent,start,node,operator,faults,soak,fuzz') ?? '').split(','));
 const quick = argv.includes('--quick');
 const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
@@ -168,6 +170,32 @@ if (only.has('faults')) {
     row('faults', 'faults injected', f.faults, '');
     row('faults', 'violations (kernel-witnessed, or no convergence)', f.violations, '', 0);
     row('faults', 'slowest convergence once the faults stop', (f.slowestConvergenceMs ?? NaN) / 1000, 's');
+  }
+}
+
+if (only.has('soak')) {
+  const cycles = process.env.VIO_SOAK_CYCLES ?? (quick ? '500' : '10000');
+  const r = await runBench(`churn soak (${cycles} VM start/stop cycles)`, [...hooks, join(ROOT, 'test/bench/churn-soak.ts'), '--cycles', cycles]);
+  const f = lastJson(r.stdout);
+  if (f) delete f.samples;
+  results.soak = f ?? { error: `no figures (exit ${r.code})` };
+  if (f) {
+    row('soak', 'VM start/stop cycles', f.cycles, '');
+    row('soak', 'cycles per second', f.cyclesPerSecond, '/s');
+    row('soak', 'Allocate p50', f.allocateP50Ms, 'ms');
+    row('soak', 'Allocate p99', f.allocateP99Ms, 'ms');
+    row('soak', 'Allocate p99, first tenth of the cycles', f.allocateP99FirstTenthMs, 'ms');
+    row('soak', 'Allocate p99, last tenth of the cycles', f.allocateP99LastTenthMs, 'ms');
+    row('soak', 'agent RSS after warm-up', f.rssStartMiB, 'MiB');
+    row('soak', 'agent RSS at the end', f.rssEndMiB, 'MiB');
+    row('soak', 'agent RSS slope after warm-up', f.rssSlopeKiBPer1000Cycles, 'KiB/1000 cycles');
+    row('soak', 'agent RSS slope, second half', f.rssSlopeLastHalfKiBPer1000Cycles, 'KiB/1000 cycles');
+    row('soak', 'open fds growth after warm-up', f.fdsMaxAfterWarmup - f.fdsAfterWarmup, 'fds', 4);
+    row('soak', 'sockets growth after warm-up', f.socketsMaxAfterWarmup - f.socketsAfterWarmup, 'sockets', 3);
+    row('soak', 'state files growth after warm-up', f.stateFilesMax - f.stateFilesAfterWarmup, 'files', 0);
+    row('soak', 'kernel violations (held slice written to)', f.violations, '', 0);
+    row('soak', 'slices still allocated at the end', f.slicesAllocatedAtEnd, '', 0);
+    row('soak', 'ledger grants left at the end', f.ledgerEntriesAtEnd, '', 0);
   }
 }
 

@@ -1,0 +1,25 @@
+// `make bench` (--only soak): the long churn soak (issue 21). The REAL agent process through
+// VIO_SOAK_CYCLES (default 10,000) VM start/stop cycles on every pool mode, sampled from outside
+// (test/soak/churn.ts); prints progress on stderr and one BENCH_RESULT line with the figures.
+// Figures, not pass/fail (the bounded CI run with assertions is device-plugin/test/churn-soak.test.ts).
+//   node --import ./test/sysfs/ts-hooks.mjs test/bench/churn-soak.ts [--cycles 10000] [--samples 50]
+import { ensureAgentBuilt } from '../fakes/agent-process.js';
+import { figuresOf, runChurn } from '../soak/churn.js';
+import { machine } from './lib.js';
+
+const arg = (name: string, def: number): number => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : def;
+};
+const cycles = arg('cycles', Number(process.env.VIO_SOAK_CYCLES ?? 10_000));
+const samples = arg('samples', 50);
+
+await ensureAgentBuilt();
+const m = machine();
+process.stderr.write(`[bench soak] ${cycles} cycles; machine ${m.nproc} CPUs, load ${m.load1}\n`);
+const r = await runChurn({ cycles, sampleEvery: Math.max(1, Math.floor(cycles / samples)), log: (l) => process.stderr.write(`[bench soak] ${l}\n`) });
+const f = figuresOf(r);
+for (const [k, v] of Object.entries(f)) process.stderr.write(`[bench soak]   ${k}: ${v}\n`);
+if (r.problems.length) process.stderr.write(`[bench soak] problems:\n  ${r.problems.slice(0, 10).join('\n  ')}\n`);
+if (r.violations.length) process.stderr.write(`[bench soak] violations:\n  ${r.violations.slice(0, 10).join('\n  ')}\n`);
+console.log(`BENCH_RESULT ${JSON.stringify({ ...f, loadAverageAtEnd: machine().load1, samples: r.samples })}`);
