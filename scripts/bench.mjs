@@ -177,7 +177,6 @@ if (only.has('soak')) {
   const cycles = process.env.VIO_SOAK_CYCLES ?? (quick ? '500' : '10000');
   const r = await runBench(`churn soak (${cycles} VM start/stop cycles)`, [...hooks, join(ROOT, 'test/bench/churn-soak.ts'), '--cycles', cycles]);
   const f = lastJson(r.stdout);
-  if (f) delete f.samples;
   results.soak = f ?? { error: `no figures (exit ${r.code})` };
   if (f) {
     row('soak', 'VM start/stop cycles', f.cycles, '');
@@ -190,8 +189,10 @@ if (only.has('soak')) {
     row('soak', 'agent RSS at the end', f.rssEndMiB, 'MiB');
     row('soak', 'agent RSS slope after warm-up', f.rssSlopeKiBPer1000Cycles, 'KiB/1000 cycles');
     row('soak', 'agent RSS slope, second half', f.rssSlopeLastHalfKiBPer1000Cycles, 'KiB/1000 cycles');
-    row('soak', 'open fds growth after warm-up', f.fdsMaxAfterWarmup - f.fdsAfterWarmup, 'fds', 4);
-    row('soak', 'sockets growth after warm-up', f.socketsMaxAfterWarmup - f.socketsAfterWarmup, 'sockets', 3);
+    row('soak', 'agent RssAnon slope, second half', f.rssAnonSlopeLastHalfKiBPer1000Cycles, 'KiB/1000 cycles');
+    row('soak', 'open fds: floor growth, last third vs first third', f.fdsFloorGrowth, 'fds', 1);
+    row('soak', 'sockets: floor growth, last third vs first third', f.socketsFloorGrowth, 'sockets', 1);
+    row('soak', 'open fds: peak above the first sample after warm-up', f.fdsMaxAfterWarmup - f.fdsAfterWarmup, 'fds', 6);
     row('soak', 'state files growth after warm-up', f.stateFilesMax - f.stateFilesAfterWarmup, 'files', 0);
     row('soak', 'kernel violations (held slice written to)', f.violations, '', 0);
     row('soak', 'slices still allocated at the end', f.slicesAllocatedAtEnd, '', 0);

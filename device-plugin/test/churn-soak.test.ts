@@ -7,10 +7,12 @@
 //    harness saw no double hand-out and no refused Allocate;
 //  * at the end, with every VM stopped: no slice allocated in the agent's /status, no grant in its
 //    ledger, every planned slice listed Healthy to the kubelet, the kernel holding exactly the plan;
-//  * after warm-up (the first 10 % of cycles), no growth of open fds beyond FD_SLACK and of sockets
-//    beyond SOCKET_SLACK (an HTTP keep-alive of the sampler's own requests, a PodResources call in
-//    flight: the agent's fixed set is ~35 fds), no new file in its state folder, devinfo files at most
-//    one per VF and CDI specs at most one per pool;
+//  * after warm-up (the first 10 % of cycles): the floor of open fds and of sockets (their lowest over
+//    the last third of the cycles against the first third) grows by at most FLOOR_SLACK, and their
+//    peak stays within TRANSIENT_SLACK of the first sample (the agent's fixed set is ~35 fds; what
+//    comes and goes is an HTTP keep-alive of the sampler's own requests, a PodResources call in
+//    flight: 3 seen over 10,000 cycles); no new file in its state folder, devinfo files at most
+//    one per VF, CDI specs at most one per pool, ledger grants at most one per slice;
 //  * memory: the RSS slope is printed; the only bound is RSS_GROWTH_MIB over the run, because V8 grows
 //    its heap lazily up to its limits before collecting, so a short run cannot tell a small leak from
 //    a heap still growing; the bound catches a gross one (≥ 300 KiB a cycle over 200 cycles). The
@@ -22,8 +24,8 @@ import { ensureAgentBuilt } from '../../test/fakes/agent-process.js';
 import { figuresOf, runChurn } from '../../test/soak/churn.js';
 
 const cycles = Number(process.env.VIO_SOAK_CYCLES ?? 200);
-const FD_SLACK = 4;
-const SOCKET_SLACK = 3;
+const FLOOR_SLACK = 1;
+const TRANSIENT_SLACK = 6;
 const RSS_GROWTH_MIB = 64;
 jest.setTimeout(180_000 + cycles * 200);
 
@@ -47,10 +49,14 @@ test(`churn soak: ${cycles} VM start/stop cycles on every pool mode leak no slic
   expect(r.end.healthy).toEqual(r.end.planned);
   expect(r.end.facts).toEqual({ vfs: r.end.planned.net, mdevs: r.end.planned.vgpu, vports: r.end.planned.fc });
   // No growth after warm-up.
-  expect(f.fdsMaxAfterWarmup - f.fdsAfterWarmup).toBeLessThanOrEqual(FD_SLACK);
-  expect(f.fdsEnd - f.fdsAfterWarmup).toBeLessThanOrEqual(FD_SLACK);
-  expect(f.socketsMaxAfterWarmup - f.socketsAfterWarmup).toBeLessThanOrEqual(SOCKET_SLACK);
+  expect(f.fdsFloorGrowth).toBeLessThanOrEqual(FLOOR_SLACK);
+  expect(f.socketsFloorGrowth).toBeLessThanOrEqual(FLOOR_SLACK);
+  expect(f.fdsMaxAfterWarmup - f.fdsAfterWarmup).toBeLessThanOrEqual(TRANSIENT_SLACK);
+  expect(f.fdsEnd - f.fdsAfterWarmup).toBeLessThanOrEqual(TRANSIENT_SLACK);
+  expect(f.socketsMaxAfterWarmup - f.socketsAfterWarmup).toBeLessThanOrEqual(TRANSIENT_SLACK);
   expect(f.stateFilesMax).toBe(f.stateFilesAfterWarmup);
+  // The ledger keys its grants by slice: a released pod's grant lasts its grace, never longer.
+  expect(f.ledgerEntriesMax).toBeLessThanOrEqual(Object.values(r.end.planned).reduce((a, b) => a + b, 0));
   expect(f.devinfoFilesMax).toBeLessThanOrEqual(r.end.planned.net ?? 0);
   expect(f.cdiFilesMax).toBeLessThanOrEqual(Object.keys(r.end.planned).length);
   expect(f.rssMaxMiB - f.rssStartMiB).toBeLessThanOrEqual(RSS_GROWTH_MIB);

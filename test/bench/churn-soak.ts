@@ -3,6 +3,8 @@
 // (test/soak/churn.ts); prints progress on stderr and one BENCH_RESULT line with the figures.
 // Figures, not pass/fail (the bounded CI run with assertions is device-plugin/test/churn-soak.test.ts).
 //   node --import ./test/sysfs/ts-hooks.mjs test/bench/churn-soak.ts [--cycles 10000] [--samples 50]
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ensureAgentBuilt } from '../fakes/agent-process.js';
 import { figuresOf, runChurn } from '../soak/churn.js';
 import { machine } from './lib.js';
@@ -22,4 +24,10 @@ const f = figuresOf(r);
 for (const [k, v] of Object.entries(f)) process.stderr.write(`[bench soak]   ${k}: ${v}\n`);
 if (r.problems.length) process.stderr.write(`[bench soak] problems:\n  ${r.problems.slice(0, 10).join('\n  ')}\n`);
 if (r.violations.length) process.stderr.write(`[bench soak] violations:\n  ${r.violations.slice(0, 10).join('\n  ')}\n`);
-console.log(`BENCH_RESULT ${JSON.stringify({ ...f, loadAverageAtEnd: machine().load1, samples: r.samples })}`);
+// Every sample goes to a file (the BENCH_RESULT line stays short).
+const dir = join(process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio'), 'bench');
+mkdirSync(dir, { recursive: true });
+const samplesFile = join(dir, `soak-samples-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+writeFileSync(samplesFile, JSON.stringify(r.samples, null, 1));
+process.stderr.write(`[bench soak] samples: ${samplesFile}\n`);
+console.log(`BENCH_RESULT ${JSON.stringify({ ...f, loadAverageAtEnd: machine().load1, samplesFile })}`);

@@ -25,6 +25,8 @@ export interface SoakSample {
   cycle: number;
   ms: number;
   rssKiB: number;
+  /** Anonymous part of the RSS (heaps, malloc arenas; the rest is mapped files and shared memory). */
+  rssAnonKiB: number;
   fds: number;
   sockets: number;
   /** The agent's own metrics (NaN when it did not answer). */
@@ -145,8 +147,10 @@ export function fdsOf(pid: number): { fds: number; sockets: number } {
   return { fds, sockets };
 }
 
-function rssKiBOf(pid: number): number {
-  return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN);
+function rssOf(pid: number): { rssKiB: number; rssAnonKiB: number } {
+  const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(st)?.[1] ?? Number.NaN);
+  return { rssKiB: kib('VmRSS'), rssAnonKiB: kib('RssAnon') };
 }
 
 function metric(text: string, name: string): number {
@@ -226,7 +230,7 @@ export async function runChurn(o: SoakOptions): Promise<SoakResult> {
       const s: SoakSample = {
         cycle,
         ms: Math.round(performance.now() - t0),
-        rssKiB: rssKiBOf(pid),
+        ...rssOf(pid),
         fds,
         sockets,
         heapUsedKiB: Math.round(metric(text, 'virtualio_agent_nodejs_heap_size_used_bytes') / 1024),
@@ -246,7 +250,7 @@ export async function runChurn(o: SoakOptions): Promise<SoakResult> {
         violations: node.kernel.violations.length,
       };
       samples.push(s);
-      log(`cycle ${cycle}: RSS ${(s.rssKiB / 1024).toFixed(1)} MiB, fds ${s.fds} (sockets ${s.sockets}), heap ${(s.heapUsedKiB / 1024).toFixed(1)}/${(s.heapTotalKiB / 1024).toFixed(1)} MiB, external ${(s.externalKiB / 1024).toFixed(1)} MiB, allocated ${s.allocatedSlices}/${s.runningVms} VMs, ledger ${s.ledgerEntries}, state files ${s.stateFiles}, devinfo ${s.devinfoFiles}, cdi ${s.cdiFiles}, violations ${s.violations}`);
+      log(`cycle ${cycle}: RSS ${(s.rssKiB / 1024).toFixed(1)} MiB (anon ${(s.rssAnonKiB / 1024).toFixed(1)}), fds ${s.fds} (sockets ${s.sockets}), heap ${(s.heapUsedKiB / 1024).toFixed(1)}/${(s.heapTotalKiB / 1024).toFixed(1)} MiB, external ${(s.externalKiB / 1024).toFixed(1)} MiB, allocated ${s.allocatedSlices}/${s.runningVms} VMs, ledger ${s.ledgerEntries}, state files ${s.stateFiles}, devinfo ${s.devinfoFiles}, cdi ${s.cdiFiles}, violations ${s.violations}`);
     };
 
     const stopOldest = async (): Promise<void> => {
@@ -383,10 +387,18 @@ export interface SoakFigures {
   rssSlopeKiBPer1000Cycles: number;
   /** The same over the second half of the run only (past the heap's growth to its limits). */
   rssSlopeLastHalfKiBPer1000Cycles: number;
+  rssAnonSlopeLastHalfKiBPer1000Cycles: number;
   heapSlopeKiBPer1000Cycles: number;
   fdsAfterWarmup: number;
   fdsMaxAfterWarmup: number;
   fdsEnd: number;
+  /**
+   * Lowest open fds (and sockets) over the last third of the cycles minus the lowest over the first
+   * third after warm-up: transient ones (an HTTP keep-alive of the sampler, a PodResources call in
+   * flight) come and go, a leak raises the floor.
+   */
+  fdsFloorGrowth: number;
+  socketsFloorGrowth: number;
   socketsAfterWarmup: number;
   socketsMaxAfterWarmup: number;
   stateFilesAfterWarmup: number;
@@ -411,6 +423,10 @@ export function figuresOf(r: SoakResult, warmupFraction = 0.1): SoakFigures {
   const endSample = r.samples[r.samples.length - 1];
   const tenth = Math.max(1, Math.floor(r.allocateMs.length / 10));
   const max = (f: (s: SoakSample) => number): number => Math.max(...warm.map(f));
+  const floor = (xs: SoakSample[], f: (s: SoakSample) => number): number => Math.min(...xs.map(f));
+  const span = r.cycles - r.cycles * warmupFraction;
+  const firstThird = warm.filter((s) => s.cycle <= r.cycles * warmupFraction + span / 3);
+  const lastThird = warm.filter((s) => s.cycle >= r.cycles - span / 3);
   const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
   return {
     cycles: r.cycles,
@@ -425,10 +441,13 @@ export function figuresOf(r: SoakResult, warmupFraction = 0.1): SoakFigures {
     rssMaxMiB: round(max((s) => s.rssKiB) / 1024),
     rssSlopeKiBPer1000Cycles: round(slope(warm.map((s) => s.cycle), warm.map((s) => s.rssKiB)) * 1000),
     rssSlopeLastHalfKiBPer1000Cycles: round(slope(half.map((s) => s.cycle), half.map((s) => s.rssKiB)) * 1000),
+    rssAnonSlopeLastHalfKiBPer1000Cycles: round(slope(half.map((s) => s.cycle), half.map((s) => s.rssAnonKiB)) * 1000),
     heapSlopeKiBPer1000Cycles: round(slope(warm.map((s) => s.cycle), warm.map((s) => s.heapUsedKiB)) * 1000),
     fdsAfterWarmup: first?.fds ?? Number.NaN,
     fdsMaxAfterWarmup: max((s) => s.fds),
     fdsEnd: endSample?.fds ?? Number.NaN,
+    fdsFloorGrowth: floor(lastThird, (s) => s.fds) - floor(firstThird, (s) => s.fds),
+    socketsFloorGrowth: floor(lastThird, (s) => s.sockets) - floor(firstThird, (s) => s.sockets),
     socketsAfterWarmup: first?.sockets ?? Number.NaN,
     socketsMaxAfterWarmup: max((s) => s.sockets),
     stateFilesAfterWarmup: first?.stateFiles ?? Number.NaN,
