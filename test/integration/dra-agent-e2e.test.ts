@@ -51,14 +51,16 @@ const viod: Pool = {
   spec: { class: 'GPU', frontEnd: 'DRA', nodeSelector: { matchLabels: { [NODE_LABEL]: 'yes' } }, deviceSelector: { pciAddresses: [GPU_FN] }, carving: { mode: 'Passthrough' } },
 } as Pool;
 
-/** One `kubectl get viod gpu-dra` row as column → cell (every cell is one word; kubectl prints <none> for an empty one). */
+/**
+ * One `kubectl get viod gpu-dra` row as column → cell, cut at the header's column starts (kubectl
+ * aligns cells under their headers and prints an empty cell for a printer column whose field is
+ * absent, e.g. CARVED on a pool that carves nothing on demand; such a cell reads '').
+ */
 async function viodRow(wide: boolean): Promise<Record<string, string>> {
-  const out = (await kubectl(['get', 'viod', 'gpu-dra', ...(wide ? ['-o', 'wide'] : [])])).trim().split('\n');
+  const out = (await kubectl(['get', 'viod', 'gpu-dra', ...(wide ? ['-o', 'wide'] : [])])).trimEnd().split('\n');
   expect(out).toHaveLength(2);
-  const head = out[0]!.split(/\s+/);
-  const row = out[1]!.split(/\s+/);
-  expect(row).toHaveLength(head.length);
-  return Object.fromEntries(head.map((h, i) => [h, row[i]!]));
+  const starts = [...out[0]!.matchAll(/\S+/g)].map((m) => ({ name: m[0], at: m.index }));
+  return Object.fromEntries(starts.map((h, i) => [h.name, out[1]!.slice(h.at, starts[i + 1]?.at).trim()]));
 }
 
 type ViodStatus = {
@@ -163,7 +165,7 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
       return r.READY === 'True' && r.CAPACITY === '1' ? r : undefined;
     }, 60_000, 250);
     expect(row).toMatchObject({ NAME: 'gpu-dra', CLASS: 'GPU', RESOURCE: 'virtualio.dev/gpu-dra', MODE: 'Passthrough', NODES: '1', CAPACITY: '1', ALLOCATED: '0' });
-    expect(await viodRow(true)).toMatchObject({ FRONTEND: 'DRA', CAPACITY: '1', ALLOCATED: '0' });
+    expect(await viodRow(true)).toMatchObject({ FRONTEND: 'DRA', CAPACITY: '1', ALLOCATED: '0', CARVED: '' });
     const st = await viodStatus();
     expect(st).toMatchObject({ nodes: 1, capacity: 1, allocatable: 1, allocated: 0, nodeStatuses: [{ node: NODE, allocated: 0, state: 'Ready' }] });
     expect(st.allocations).toBeUndefined();
