@@ -14,137 +14,36 @@
 // until then "no slices" means "not scanned yet". Unhealthy devices are left out instead of tainted
 // where the API server drops device taints. Prepared claims the kubelet will never unprepare are
 // forgotten (`collectStale`), and what a crash leaves on disk is removed at start.
-import { mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+//
+// This class ties the parts together; the parts live beside it: driver-options.ts (options and shared
+// types), claim-prepare.ts (the prepare/unprepare queue), claim-holders.ts (who holds which slice),
+// health-stream.ts, plugin-server.ts (the gRPC services), stale-claims.ts (claim GET and stale-claim
+// collection) and checkpoint-recovery.ts (start-up sweep and re-learning a lost checkpoint).
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import { loadDraHealthApi, loadDraV1Api, loadDraV1beta1Api } from '../../../proto/load.js';
-import type { DeviceHealth__Input } from '../../../proto/generated/dra-health/v1alpha1/DeviceHealth.js';
-import type { NodeWatchResourcesResponse__Input } from '../../../proto/generated/dra-health/v1alpha1/NodeWatchResourcesResponse.js';
-import type { DRAPluginHandlers } from '../../../proto/generated/dra-v1/k8s/io/kubelet/pkg/apis/dra/v1/DRAPlugin.js';
-import type { DRAPluginHandlers as DRAPluginV1beta1Handlers } from '../../../proto/generated/dra-v1beta1/k8s/io/kubelet/pkg/apis/dra/v1beta1/DRAPlugin.js';
-import type { NodePrepareResourceResponse__Input } from '../../../proto/generated/dra-v1/k8s/io/kubelet/pkg/apis/dra/v1/NodePrepareResourceResponse.js';
+import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
 import { PLUGINS_REGISTRY, RegistrationSocket } from '../kubelet/registration-socket.js';
-import { bindUnix, shutdownWithin } from '../kubelet/unix-grpc.js';
+import { bindUnix } from '../kubelet/unix-grpc.js';
 import { kubeletPluginFolder } from '../plugin/names.js';
-import { AllocatedClaims, allocatedHere, type AllocatedClaim, type ClaimListWatch } from './claims.js';
-import { DRA_DRIVER, desiredPools, draDeviceName, isDraPool, resourcePoolName, type DeviceFacts } from './devices.js';
-import { pcieRootReader } from './pcie.js';
-import {
-  Checkpoint, cdiSpecForClaim, cdiSpecPath, metadataDocuments, metadataHostPath, planClaim, removeClaimFiles, sliceIndex, sweepLeftovers, topRequest, writeAtomic,
-  type ClaimObject, type ClaimRef, type PreparedClaim, type SliceEntry,
-} from './prepare.js';
-import { ResourceSlicePublisher, type DroppedFields, type ResourceSliceStore } from './publisher.js';
-import { claimUidsOnDisk, relearnClaim } from './recover.js';
-import type { IpLink } from '../carving/ip-link.js';
-import { claimVfTargets, VfNetSettings } from './vf-net.js';
 import type { WantedMdev } from '../carving/ondemand.js';
-import { OnDemandDevices, type OnDemandState, type SetDeviceCondition } from './ondemand.js';
+import { CheckpointRecovery } from './checkpoint-recovery.js';
+import { ClaimPreparer } from './claim-prepare.js';
+import { ClaimHolders } from './claim-holders.js';
+import { AllocatedClaims, type AllocatedClaim } from './claims.js';
+import { DRA_DRIVER, desiredPools, isDraPool, type DeviceFacts } from './devices.js';
+import { DRA_SERVICES, type DraDriverOptions, type PreparedHolder, type PrepareOutcome } from './driver-options.js';
+import { DeviceHealthStreams } from './health-stream.js';
+import { OnDemandDevices, type OnDemandState } from './ondemand.js';
+import { pcieRootReader } from './pcie.js';
+import { draPluginServer, stopServer } from './plugin-server.js';
+import { Checkpoint, sliceIndex, type ClaimRef, type SliceEntry } from './prepare.js';
+import { ResourceSlicePublisher, type DroppedFields } from './publisher.js';
+import { StaleClaims } from './stale-claims.js';
+import { VfNetSettings } from './vf-net.js';
 
-/** A slice held through one of our claims (prepared or allocated), shaped like the agent's PodResources holders. */
-export interface PreparedHolder {
-  resourceName: string;
-  namespace: string;
-  pod: string;
-  container: string;
-  /** The ResourceClaim that holds it. */
-  claim: string;
-}
-
-/**
- * Who holds a slice according to the agent's ledger (AgentManager.holderOf). A holder with `claim`
- * is one of our DRA claims (the agent got it from `preparedHolders()`).
- */
-export type DraHoldState = { kind: 'held'; by: string; holder?: { resourceName: string; claim?: string } | undefined } | { kind: 'free' };
-
-/** The gRPC services we offer, preferred first (PluginInfo.supported_versions). */
-export const DRA_SERVICES = ['v1.DRAPlugin', 'v1beta1.DRAPlugin'];
-
-export interface DraDriverOptions {
-  nodeName: string;
-  /** The kubelet's root folder (default /var/lib/kubelet): plugins/ and plugins_registry/ live there. */
-  kubeletDir: string;
-  cdiDir: string;
-  sysfsRoot: string;
-  /** Reads a ResourceClaim; undefined when it does not exist. `signal` aborts it at the deadline. */
-  getClaim: (namespace: string, name: string, signal?: AbortSignal) => Promise<ClaimObject | undefined>;
-  /** How long prepare waits for that read (default 10 s); the claim then gets an error and the kubelet retries. */
-  claimTimeoutMs?: number;
-  /**
-   * Lists and watches ResourceClaims: a claim the scheduler allocated on this node counts as a
-   * holder before the kubelet prepares it. Absent: only prepared claims hold slices.
-   */
-  claims?: ClaimListWatch;
-  /** Who holds a slice per the agent's ledger; slices held by anyone but our claims are neither published nor prepared. */
-  holderOf?: (sliceId: string) => DraHoldState;
-  /**
-   * A hold the ledger keeps without naming its holder (a released claim's grace period) counts as our
-   * claim's while one of our claims held the slice less than this long ago, in a pool that has been a
-   * DRA pool since (default 10 min). Otherwise the slice would be withdrawn after every unprepare.
-   */
-  recentHoldMs?: number;
-  /** Wall clock in ms (tests). */
-  nowMs?: () => number;
-  store: ResourceSliceStore;
-  nodeUid?: () => Promise<string | undefined>;
-  logger: Logger;
-  /** ResourceSlice re-list period (default 30 s). */
-  resyncMs?: number;
-  /** How often the registration socket is checked for removal (default 1 s). */
-  socketCheckMs?: number;
-  /** Called when the set of prepared slices changed (the agent re-plans carving). */
-  onHoldersChanged?: () => void;
-  /** Called when the kubelet reported a registration outcome (the agent refreshes its status). */
-  onRegistration?: () => void;
-  /** Called after each claim's prepare or unprepare with its duration (the agent's latency histogram). */
-  observe?: (operation: 'prepare' | 'unprepare', ok: boolean, seconds: number) => void;
-  /** Health stream: a full device list is re-sent at least this often (default 10 s; the kubelet's timeout is 30 s). */
-  healthRefreshMs?: number;
-  /** Wall clock in Unix seconds (tests). */
-  nowSeconds?: () => number;
-  /**
-   * How long NodePrepareResources waits for the agent's first cycle (the first `update`) before it
-   * answers with an error the kubelet retries (default 30 s, within the kubelet's 45 s call timeout).
-   * Until then nothing is published and the health stream stays silent: the driver does not know the
-   * node's slices yet.
-   */
-  readyTimeoutMs?: number;
-  /**
-   * The kubelet's DRA state file (default `<kubeletDir>/dra_manager_state`): a prepared claim whose
-   * UID it does not name is one the kubelet will never unprepare. Missing or unreadable: no claim is
-   * ever taken for stale.
-   */
-  kubeletDraStateFile?: string;
-  /**
-   * A prepared claim is forgotten once, for this long (default 10 min), the kubelet's state file has
-   * not named it, ResourceClaims were listed without it allocated here, and a GET confirms the claim
-   * is gone or no longer allocated here.
-   */
-  staleClaimGraceMs?: number;
-  /** How often stale prepared claims are looked for (default 60 s). */
-  gcIntervalMs?: number;
-  /**
-   * Per-claim VF network settings (MAC, VLAN, trust, spoof check, rates) on the PF, through this
-   * port (`ip`). Absent: the opt-in is off, and a claim that asks for settings fails prepare saying so.
-   */
-  vfNetwork?: IpLink;
-  /**
-   * Sets a condition on one allocated device of a claim (status.devices[]): on-demand devices report
-   * Carved (the scheduler then binds the pod) or CarveFailed (it tries elsewhere). Absent: never set.
-   */
-  setDeviceCondition?: SetDeviceCondition;
-}
-
-/** The health the kubelet is told about one device (health stream). */
-interface DeviceHealthEntry {
-  pool: string;
-  device: string;
-  healthy: boolean;
-  message: string;
-}
-
-type PrepareOutcome = { devices: NodePrepareResourceResponse__Input['devices']; error: string };
+export { DRA_SERVICES, type DraDriverOptions, type DraHoldState, type PreparedHolder } from './driver-options.js';
 
 export class DraDriver {
   readonly pluginDir: string;
@@ -157,35 +56,25 @@ export class DraDriver {
   private pools: PoolPlan[] = [];
   private index = new Map<string, SliceEntry>();
   private facts: DeviceFacts = { devices: new Map() };
-  private queue: Promise<unknown> = Promise.resolve();
   private lastDesired = '';
   private slices: readonly Slice[] = [];
   private inventory: Inventory = { devices: [] };
   private readonly allocated: AllocatedClaims | undefined;
-  /** (resource pool, device) → slice, from every index seen: allocated claims name devices, the ledger protects IDs. */
-  private readonly idByDevice = new Map<string, { sliceId: string; resourceName?: string }>();
-  /** Slice ID → when one of our claims last held it, and in which pool. */
-  private readonly lastOurs = new Map<string, { at: number; pool: string }>();
-  /** DRA pool → since when it has been one (without a break). */
-  private readonly draSince = new Map<string, number>();
-  /** Claim UID → the pods it was reserved for when the kubelet unprepared it (no longer a holder while that is all). */
-  private readonly released = new Map<string, { uids: Set<string>; names: Set<string>; at: number }>();
+  /** Which slices our claims hold, and who else holds one. */
+  private readonly holders: ClaimHolders;
   /** Slice ID → why it is left out of the ResourceSlices (held elsewhere). */
   private withheldNow = new Map<string, string>();
-  /** Why a lost checkpoint is not recovered yet. */
-  private recoveryBlocker: string | undefined;
-  private health: DeviceHealthEntry[] = [];
-  private healthText = '';
-  private readonly healthStreams = new Set<grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>>();
-  private healthTimer: NodeJS.Timeout | undefined;
+  /** Re-learns prepared claims after a lost checkpoint. */
+  private readonly recovery: CheckpointRecovery;
+  private readonly health: DeviceHealthStreams;
   /** True once the agent's first cycle was handed over (`update`): before it the node's slices are unknown. */
   private ready = false;
   private readonly readyWaiters = new Set<() => void>();
   /** Why unhealthy devices are left out instead of tainted (the API server drops device taints). */
   private taintsDropped: string | undefined;
-  /** Prepared claim UID → since when it looks stale (see `collectStale`). */
-  private readonly staleSince = new Map<string, number>();
-  private collecting = false;
+  private readonly stale: StaleClaims;
+  /** Prepare and unprepare, serialized. */
+  private readonly preparer: ClaimPreparer;
   private draServer: grpc.Server | undefined;
   private readonly reg: RegistrationSocket;
   private readonly onDemand: OnDemandDevices;
@@ -195,7 +84,6 @@ export class DraDriver {
   calls = { prepare: 0, unprepare: 0 };
   /** Per-claim VF network settings (only with the opt-in). */
   readonly vfNet: VfNetSettings | undefined;
-  private vfNetSettling = false;
 
   constructor(private readonly opts: DraDriverOptions) {
     this.log = opts.logger.child({ component: 'dra' });
@@ -235,7 +123,50 @@ export class DraDriver {
         },
       });
     }
+    this.holders = new ClaimHolders({
+      nowMs: () => this.nowMs(),
+      holderOf: opts.holderOf,
+      recentHoldMs: opts.recentHoldMs ?? 600_000,
+      index: () => this.index,
+      slices: () => this.slices,
+      pools: () => this.pools,
+      allocated: () => this.allocated?.all(),
+      prepared: () => this.checkpoint.all(),
+      isPrepared: (uid) => this.checkpoint.get(uid) !== undefined,
+      onDemandLookup: (pools, pool, device) => this.onDemand.lookup(pools, pool, device),
+    });
+    this.recovery = new CheckpointRecovery({
+      checkpoint: this.checkpoint, allocated: this.allocated, cdiDir: opts.cdiDir, pluginDir: this.pluginDir, log: this.log,
+      lookup: (pool, device) => this.holders.lookup(pool, device),
+      onRecovered: () => this.opts.onHoldersChanged?.(),
+    });
+    this.preparer = new ClaimPreparer({
+      opts, pluginDir: this.pluginDir, log: this.log, checkpoint: this.checkpoint, holders: this.holders, allocated: this.allocated, vfNet: this.vfNet,
+      calls: () => this.calls,
+      index: () => this.index,
+      facts: () => this.facts,
+      whenReady: () => this.whenReady(),
+      nowMs: () => this.nowMs(),
+      preparedSliceIds: () => this.preparedSliceIds(),
+      attemptRecovery: () => this.recovery.attempt(),
+    });
+    this.health = new DeviceHealthStreams(opts.nodeName, () => this.ready, opts.nowSeconds, opts.healthRefreshMs);
+    this.stale = new StaleClaims({
+      checkpoint: this.checkpoint, allocated: this.allocated, nodeName: opts.nodeName, cdiDir: opts.cdiDir, pluginDir: this.pluginDir,
+      kubeletStateFile: opts.kubeletDraStateFile ?? join(opts.kubeletDir, 'dra_manager_state'),
+      graceMs: opts.staleClaimGraceMs ?? 600_000,
+      nowMs: () => this.nowMs(),
+      log: this.log,
+      vfNet: this.vfNet,
+      fetchClaim: (ref) => this.preparer.fetchClaim(ref),
+      serial: (fn) => this.preparer.serial(fn),
+      onForgotten: () => {
+        this.preparer.settleVfNet();
+        this.opts.onHoldersChanged?.();
+      },
+    });
   }
+
 
   private nowMs(): number {
     return (this.opts.nowMs ?? Date.now)();
@@ -306,33 +237,27 @@ export class DraDriver {
     if (!this.ready) return; // the node's slices are not known yet: publishing now would withdraw them all
     const now = this.nowMs();
     const dra = new Set(this.pools.filter((p) => isDraPool(p) && !p.deleting).map((p) => p.name));
-    for (const p of dra) if (!this.draSince.has(p)) this.draSince.set(p, now);
-    for (const p of [...this.draSince.keys()]) if (!dra.has(p)) this.draSince.delete(p);
     this.facts = { devices: new Map(this.inventory.devices.map((d) => [d.pciAddress, d])), pcieRoot: this.pcieRoot };
     this.index = sliceIndex(this.opts.nodeName, this.pools, this.slices);
-    if (this.idByDevice.size > 8192) this.idByDevice.clear();
-    for (const [k, e] of this.index) this.idByDevice.set(k, { sliceId: e.slice.id, resourceName: e.pool.resourceName });
-    const recent = this.opts.recentHoldMs ?? 600_000;
-    for (const [id, o] of this.lastOurs) if (now - o.at >= recent) this.lastOurs.delete(id);
-    for (const [uid, r] of this.released) if (now - r.at >= recent && !this.allocated?.all().has(uid)) this.released.delete(uid);
-    const ours = this.draHolders(); // stamps lastOurs
+    this.holders.noteCycle(dra, now);
+    const ours = this.holders.holders(); // stamps when our claims last held their slices
     const withheld = new Map<string, string>();
     for (const s of this.slices) {
       if (!dra.has(s.pool)) continue;
-      const why = this.heldElsewhere(s.id, s.pool) ?? this.vfNet?.pending().get(s.id);
+      const why = this.holders.heldElsewhere(s.id, s.pool) ?? this.vfNet?.pending().get(s.id);
       if (why) withheld.set(s.id, why);
     }
-    if (this.vfNet?.pending().size) this.settleVfNet();
+    if (this.vfNet?.pending().size) this.preparer.settleVfNet();
     for (const [id, why] of withheld) if (!this.withheldNow.has(id)) this.log.warn({ slice: id, heldBy: why }, 'slice held outside DRA: not published, not prepared');
     for (const id of this.withheldNow.keys()) if (!withheld.has(id)) this.log.info({ slice: id }, 'slice no longer held outside DRA: published again');
     this.withheldNow = withheld;
-    this.setHealth(dra, this.slices.filter((s) => !withheld.has(s.id)), ours);
+    this.health.set(dra, this.slices.filter((s) => !withheld.has(s.id)), ours);
     // Without device taints an unhealthy device would be allocatable: left out instead.
     const offered = this.slices.filter((s) => !withheld.has(s.id) && !(this.taintsDropped && s.health !== 'Healthy'));
-    this.tryRecover();
-    const live = this.onDemand.liveVgpus(this.pools, this.allocatedClaims(), this.checkpoint.all(), (c) => this.isReleased(c));
+    this.recovery.attempt();
+    const live = this.onDemand.liveVgpus(this.pools, this.allocatedClaims(), this.checkpoint.all(), (c) => this.holders.isReleased(c));
     const desired = desiredPools(this.opts.nodeName, this.pools, offered, this.facts, (p) => this.onDemand.content(p, this.inventory, live, this.facts));
-    this.onDemand.report(this.pools, this.allocatedClaims(), (c) => this.isReleased(c), this.slices);
+    this.onDemand.report(this.pools, this.allocatedClaims(), (c) => this.holders.isReleased(c), this.slices);
     const text = JSON.stringify(desired);
     if (text === this.lastDesired) return; // most cycles change nothing DRA publishes
     this.lastDesired = text;
@@ -341,7 +266,7 @@ export class DraDriver {
 
   /** On-demand pools: the mdevs the scheduler allocated claims on this node, not released (the agent carves them). */
   onDemandWanted(): Map<string, WantedMdev> {
-    return this.onDemand.wanted(this.pools, this.allocatedClaims(), (c) => this.isReleased(c));
+    return this.onDemand.wanted(this.pools, this.allocatedClaims(), (c) => this.holders.isReleased(c));
   }
 
   /** Slices left out of the ResourceSlices because someone other than our claims holds them, with who. */
@@ -349,52 +274,6 @@ export class DraDriver {
     return this.withheldNow;
   }
 
-  /**
-   * Who holds `sliceId` if not one of our claims, per the agent's ledger, or undefined. A hold
-   * that names no holder is our claim's grace period when one of our claims held the slice
-   * recently in a pool that has stayed a DRA pool since (no device plugin could have handed it out).
-   */
-  private heldElsewhere(sliceId: string, pool: string): string | undefined {
-    const h = this.opts.holderOf?.(sliceId);
-    if (!h || h.kind === 'free') return undefined;
-    if (h.holder?.claim) return undefined; // one of our claims: prepare checks which one
-    if (!h.holder) {
-      const o = this.lastOurs.get(sliceId);
-      const since = this.draSince.get(pool);
-      if (o && o.pool === pool && since !== undefined && since <= o.at && this.nowMs() - o.at < (this.opts.recentHoldMs ?? 600_000)) return undefined;
-    }
-    return h.by;
-  }
-
-  /**
-   * The health of every device of a DRA pool — draining ones included: they are still prepared for a
-   * VM, and the kubelet marks every device a report leaves out Unknown — and of every other slice one
-   * of our claims holds; streams get it at once when it changed.
-   */
-  private setHealth(dra: ReadonlySet<string>, slices: readonly Slice[], ours: ReadonlyMap<string, PreparedHolder>): void {
-    const health = slices
-      .filter((s) => s.kind !== 'VPort' && (dra.has(s.pool) || ours.has(s.id)))
-      .map((s) => ({ pool: resourcePoolName(this.opts.nodeName, s.pool), device: draDeviceName(s), healthy: s.health === 'Healthy', message: s.health === 'Healthy' ? '' : (s.reason ?? 'unhealthy').slice(0, 1024) }))
-      .sort((a, b) => (a.pool + a.device < b.pool + b.device ? -1 : 1));
-    const text = JSON.stringify(health);
-    if (text === this.healthText) return;
-    this.healthText = text;
-    this.health = health;
-    for (const st of this.healthStreams) this.sendHealth(st);
-  }
-
-  private sendHealth(st: grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>): void {
-    if (!this.ready) return; // an empty report before the first cycle would mark every device Unknown
-    const now = Math.floor((this.opts.nowSeconds ?? (() => Date.now() / 1000))());
-    const devices: DeviceHealth__Input[] = this.health.map((h) => ({
-      device: { poolName: h.pool, deviceName: h.device },
-      health: h.healthy ? 'HEALTHY' : 'UNHEALTHY',
-      lastUpdatedTime: now,
-      healthCheckTimeoutSeconds: 0,
-      message: h.message,
-    }));
-    st.write({ devices });
-  }
 
   /**
    * Who holds each slice through one of our claims, in the agent's holder form (status allocations):
@@ -405,48 +284,9 @@ export class DraDriver {
    * for the pods it was reserved for then (without the ResourceClaim controller nobody clears that).
    */
   preparedHolders(): Map<string, PreparedHolder> {
-    return this.draHolders();
+    return this.holders.holders();
   }
 
-  private draHolders(): Map<string, PreparedHolder> {
-    const out = new Map<string, PreparedHolder>();
-    for (const c of this.allocated?.all().values() ?? []) {
-      if (this.checkpoint.get(c.uid) || this.isReleased(c)) continue;
-      for (const d of c.devices) {
-        const m = this.lookup(d.pool, d.device);
-        if (m) out.set(m.sliceId, { resourceName: m.resourceName ?? '', namespace: c.namespace, pod: c.pods[0]?.name ?? `claim/${c.name}`, container: '', claim: c.name });
-      }
-    }
-    for (const c of this.checkpoint.all()) {
-      for (const d of c.devices) {
-        out.set(d.sliceId, { resourceName: d.resourceName ?? '', namespace: c.namespace, pod: c.pods?.[0] ?? `claim/${c.name}`, container: '', claim: c.name });
-      }
-    }
-    const now = this.nowMs();
-    for (const id of out.keys()) {
-      const pool = this.poolOfSlice(id);
-      if (pool) this.lastOurs.set(id, { at: now, pool });
-    }
-    return out;
-  }
-
-  private poolOfSlice(id: string): string | undefined {
-    for (const e of this.index.values()) if (e.slice.id === id) return e.pool.name;
-    return this.slices.find((s) => s.id === id)?.pool;
-  }
-
-  private lookup(pool: string, device: string): { sliceId: string; resourceName?: string } | undefined {
-    const e = this.index.get(`${pool}\n${device}`);
-    if (e) return { sliceId: e.slice.id, resourceName: e.pool.resourceName };
-    // An on-demand device not carved yet: its mdev UUID is in its name, and it is held from allocation on.
-    return this.idByDevice.get(`${pool}\n${device}`) ?? this.onDemand.lookup(this.pools, pool, device);
-  }
-
-  private isReleased(c: AllocatedClaim): boolean {
-    const r = this.released.get(c.uid);
-    if (!r) return false;
-    return c.pods.every((p) => (p.uid !== undefined && r.uids.has(p.uid)) || ((p.uid === undefined || r.uids.size === 0) && r.names.has(p.name)));
-  }
 
   /** Claims allocated on this node as last listed/watched (tests and status). */
   allocatedClaims(): ReadonlyMap<string, AllocatedClaim> {
@@ -470,54 +310,11 @@ export class DraDriver {
     if (cp.unknown) {
       const l = cp.lost;
       const why = l?.why ?? cp.loadError ?? `DRA checkpoint ${cp.state}`;
-      return `${why}${l?.copy ? ` (damaged file kept as ${l.copy})` : ''}; prepared claims not re-learned yet: ${this.recoveryBlocker ?? 'starting'}`;
+      return `${why}${l?.copy ? ` (damaged file kept as ${l.copy})` : ''}; prepared claims not re-learned yet: ${this.recovery.blocker ?? 'starting'}`;
     }
     return this.allocated?.unknown();
   }
 
-  /**
-   * After a lost checkpoint: re-learns the claims whose CDI specs are still on disk (prepare writes
-   * them, unprepare removes them) and ends the loss once every such claim is recorded again and
-   * ResourceClaims were listed since the start (claims allocated here count as held from then on,
-   * prepared or not). What blocks it is in `holdersUnknown()`; docs/dra.md has the way out by hand.
-   */
-  private tryRecover(): void {
-    const cp = this.checkpoint;
-    if (cp.state === 'unloaded' || !cp.unknown) return;
-    let uids: string[];
-    try {
-      uids = claimUidsOnDisk(this.opts.cdiDir);
-    } catch (err) {
-      this.recoveryBlocker = `cannot list the CDI folder ${this.opts.cdiDir}: ${String(err)}`;
-      return;
-    }
-    const stuck: string[] = [];
-    for (const uid of uids) {
-      if (cp.get(uid)) continue;
-      const c = relearnClaim(uid, this.opts.cdiDir, this.pluginDir, (pool, device) => this.lookup(pool, device), this.allocated?.all().get(uid));
-      if (typeof c === 'string') {
-        stuck.push(`claim ${uid} (${cdiSpecPath(this.opts.cdiDir, uid)}): ${c}`);
-        continue;
-      }
-      try {
-        cp.put(c);
-        this.log.warn({ claim: `${c.namespace}/${c.name}`, uid, devices: c.devices.map((d) => `${d.request}=${d.sliceId}`) }, 'prepared claim re-learned from its CDI spec and metadata');
-      } catch (err) {
-        stuck.push(`claim ${uid}: cannot record it: ${String(err)}`);
-      }
-    }
-    const blocker = stuck.length ? stuck.join('; ') : this.allocated?.unknown();
-    if (blocker) {
-      if (blocker !== this.recoveryBlocker) this.log.warn({ blocker }, 'DRA checkpoint not recovered yet: every slice still counts as held');
-      this.recoveryBlocker = blocker;
-      return;
-    }
-    const lost = cp.lost;
-    cp.markRecovered();
-    this.recoveryBlocker = undefined;
-    this.log.warn({ lost, claims: cp.all().length }, 'DRA checkpoint recovered: prepared claims re-learned from the CDI specs on disk; claims allocated here are known from the API server');
-    this.opts.onHoldersChanged?.();
-  }
 
   /** Slice IDs held by prepared claims: carving must not destroy them. */
   preparedSliceIds(): Set<string> {
@@ -541,8 +338,8 @@ export class DraDriver {
     } else if (this.checkpoint.unknown) {
       this.log.warn({ lost: this.checkpoint.lost }, 'DRA checkpoint records an earlier loss not recovered yet: every slice counts as held until the prepared claims are re-learned');
     }
-    this.sweep();
-    this.tryRecover();
+    this.recovery.sweep();
+    this.recovery.attempt();
     this.loadVfNet();
     this.opts.onHoldersChanged?.();
     await this.startDraServer();
@@ -561,30 +358,13 @@ export class DraDriver {
     await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
     clearInterval(timer);
     clearInterval(gc);
-    if (this.healthTimer) clearInterval(this.healthTimer);
-    for (const st of this.healthStreams) st.end();
-    this.healthStreams.clear();
+    this.health.stop();
     await publishing;
     await listing;
     await Promise.all([this.reg.stop(), stopServer(this.draServer, this.draSocket)]);
     this.log.info('DRA driver stopped');
   }
 
-  /**
-   * Before serving: removes temp files a crash left, and — with a checkpoint that was read and is
-   * trusted — the CDI specs and metadata of claims it does not record (a prepare that died before
-   * recording, so never answered). A lost checkpoint keeps them: claims are re-learned from them.
-   */
-  private sweep(): void {
-    const cp = this.checkpoint;
-    const trusted = cp.state === 'ok' && !cp.unknown;
-    try {
-      const r = sweepLeftovers(this.opts.cdiDir, this.pluginDir, trusted ? new Set(cp.all().map((c) => c.uid)) : undefined);
-      if (r.tempFiles.length || r.orphanClaims.length) this.log.warn({ tempFiles: r.tempFiles, orphanClaims: r.orphanClaims }, 'removed what an interrupted write or prepare left behind');
-    } catch (err) {
-      this.log.warn({ err: String(err) }, 'cannot clean up after an interrupted write or prepare');
-    }
-  }
 
   /**
    * Reads the VF settings records. Records of claims a trusted checkpoint does not know (a prepare
@@ -600,19 +380,11 @@ export class DraDriver {
     if (cp.unknown) return;
     const orphans = [...net.claimUids()].filter((uid) => !cp.get(uid));
     if (orphans.length === 0) return;
-    void this.serial(async () => {
+    void this.preparer.serial(async () => {
       for (const uid of orphans) await net.release(uid);
     }).then(() => this.refresh(), (err: unknown) => this.log.warn({ err: String(err) }, 'cannot release VF settings of unrecorded claims'));
   }
 
-  /** The kubelet's DRA state file as text, or undefined when it cannot be read. */
-  private kubeletState(): string | undefined {
-    try {
-      return readFileSync(this.opts.kubeletDraStateFile ?? join(this.opts.kubeletDir, 'dra_manager_state'), 'utf8');
-    } catch {
-      return undefined;
-    }
-  }
 
   /**
    * Forgets prepared claims the kubelet will never unprepare (its state was wiped, the node was
@@ -623,65 +395,7 @@ export class DraDriver {
    * forgotten. Runs every `gcIntervalMs`; returns the UIDs forgotten.
    */
   async collectStale(): Promise<string[]> {
-    const cp = this.checkpoint;
-    const allocated = this.allocated;
-    if (this.collecting || cp.state === 'unloaded' || cp.unknown || !allocated || allocated.unknown() !== undefined) return [];
-    this.collecting = true;
-    try {
-      const now = this.nowMs();
-      const grace = this.opts.staleClaimGraceMs ?? 600_000;
-      const kubelet = this.kubeletState();
-      const present = new Set(cp.all().map((c) => c.uid));
-      for (const uid of [...this.staleSince.keys()]) if (!present.has(uid)) this.staleSince.delete(uid);
-      const due: PreparedClaim[] = [];
-      for (const c of cp.all()) {
-        if (kubelet === undefined || kubelet.includes(c.uid) || allocated.all().has(c.uid)) {
-          this.staleSince.delete(c.uid);
-          continue;
-        }
-        const since = this.staleSince.get(c.uid) ?? now;
-        this.staleSince.set(c.uid, since);
-        if (now - since >= grace) due.push(c);
-      }
-      const forgotten: string[] = [];
-      for (const c of due) {
-        let obj: ClaimObject | undefined;
-        try {
-          obj = await this.fetchClaim(c);
-        } catch {
-          continue; // not confirmed: next time
-        }
-        if (obj && obj.metadata.uid === c.uid && allocatedHere(obj, this.opts.nodeName)) {
-          this.staleSince.delete(c.uid);
-          continue;
-        }
-        const done = await this.serial(async () => {
-          // Again under the queue: the kubelet may have prepared or unprepared it meanwhile.
-          const text = this.kubeletState();
-          if (!cp.get(c.uid) || allocated.all().has(c.uid) || text === undefined || text.includes(c.uid)) return false;
-          try {
-            removeClaimFiles(this.opts.cdiDir, this.pluginDir, c.uid);
-            cp.delete(c.uid);
-            await this.vfNet?.release(c.uid, `${c.namespace}/${c.name}`);
-          } catch (err) {
-            this.log.warn({ claim: `${c.namespace}/${c.name}`, uid: c.uid, err: String(err) }, 'cannot forget a stale prepared claim');
-            return false;
-          }
-          this.staleSince.delete(c.uid);
-          this.log.warn({ claim: `${c.namespace}/${c.name}`, uid: c.uid, devices: c.devices.map((d) => `${d.request}=${d.sliceId}`), claimNow: obj ? 'no longer allocated here' : 'gone' },
-            'prepared claim forgotten: the kubelet no longer knows it and the API server no longer allocates it here');
-          return true;
-        });
-        if (done) forgotten.push(c.uid);
-      }
-      if (forgotten.length) {
-        this.settleVfNet();
-        this.opts.onHoldersChanged?.();
-      }
-      return forgotten;
-    } finally {
-      this.collecting = false;
-    }
+    return this.stale.collect();
   }
 
   /**
@@ -689,243 +403,26 @@ export class DraDriver {
    * the serialized part; only the check against what is prepared and the state change are serialized
    * with every other call. Before the agent's first cycle the driver waits for it (`readyTimeoutMs`).
    */
-  async prepare(ref: ClaimRef): Promise<PrepareOutcome> {
-    this.calls.prepare++;
-    const ready = this.whenReady();
-    if (this.checkpoint.get(ref.uid) && (await ready)) {
-      const again = await this.serial(async () => this.answerPrepared(ref));
-      if (again) return again;
-    }
-    let claim: ClaimObject | undefined;
-    try {
-      claim = await this.fetchClaim(ref);
-    } catch (err) {
-      const error = `reading ResourceClaim ${ref.namespace}/${ref.name}: ${err instanceof Error ? err.message : String(err)}`;
-      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error }, 'cannot prepare claim');
-      return { devices: [], error };
-    }
-    if (!(await ready)) {
-      const error = `the agent has not finished its first scan of the node yet (waited ${this.opts.readyTimeoutMs ?? 30_000} ms); try again`;
-      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error }, 'cannot prepare claim');
-      return { devices: [], error };
-    }
-    return this.serial(() => this.prepareNow(ref, claim));
+  prepare(ref: ClaimRef): Promise<PrepareOutcome> {
+    return this.preparer.prepare(ref);
   }
 
   /** NodeUnprepareResources for one claim (serialized with every other call). */
   unprepare(ref: ClaimRef): Promise<string> {
-    return this.serial(() => this.unprepareNow(ref));
-  }
-
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.queue.then(fn, fn);
-    this.queue = next.catch(() => undefined);
-    return next;
-  }
-
-  /** The GET of the claim, abandoned (and aborted) after `claimTimeoutMs`. */
-  private async fetchClaim(ref: ClaimRef): Promise<ClaimObject | undefined> {
-    const ms = this.opts.claimTimeoutMs ?? 10_000;
-    const ctl = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => {
-        ctl.abort();
-        reject(new Error(`no answer from the API server within ${ms} ms`));
-      }, ms);
-    });
-    try {
-      return await Promise.race([this.opts.getClaim(ref.namespace, ref.name, ctl.signal), deadline]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  private answer(c: PreparedClaim): PrepareOutcome {
-    // The top-level request name: the kubelet and KubeVirt match a container's claim by it.
-    return { devices: c.devices.map((d) => ({ requestNames: [topRequest(d.request)], poolName: d.pool, deviceName: d.device, cdiDeviceIds: [d.cdiId] })), error: '' };
-  }
-
-  /** Idempotent prepare: the recorded answer, files re-written if someone removed them; undefined when not (fully) prepared now. */
-  private async answerPrepared(ref: ClaimRef): Promise<PrepareOutcome | undefined> {
-    const done = this.checkpoint.get(ref.uid);
-    if (!done || !done.devices.every((d) => this.index.has(`${d.pool}\n${d.device}`))) return undefined;
-    try {
-      this.writeFiles(done);
-    } catch (err) {
-      return { devices: [], error: `re-writing CDI spec or metadata for ${ref.namespace}/${ref.name}: ${String(err)}` };
-    }
-    return this.answer(done);
-  }
-
-  /** Why a planned claim must not get its devices: one is prepared for another claim, or held outside DRA. */
-  private conflict(plan: PreparedClaim): string | undefined {
-    const what = `ResourceClaim ${plan.namespace}/${plan.name}`;
-    for (const d of plan.devices) {
-      const other = this.checkpoint.all().find((c) => c.uid !== plan.uid && c.devices.some((x) => x.sliceId === d.sliceId));
-      if (other) return `${what}: device ${d.device} (${d.sliceId}) is already prepared for ResourceClaim ${other.namespace}/${other.name} (UID ${other.uid}); not handing it out twice`;
-      const pool = this.index.get(`${d.pool}\n${d.device}`)?.pool.name ?? '';
-      const by = this.heldElsewhere(d.sliceId, pool);
-      if (by) return `${what}: device ${d.device} (${d.sliceId}) is held by ${by}; not handing it out twice`;
-    }
-    return undefined;
-  }
-
-  private async prepareNow(ref: ClaimRef, claim: ClaimObject | undefined): Promise<PrepareOutcome> {
-    const again = await this.answerPrepared(ref); // a concurrent call for the same claim got here first
-    if (again) return again;
-    const plan = planClaim(ref, claim, this.opts.nodeName, this.index);
-    const error = 'error' in plan ? plan.error : this.conflict(plan);
-    if (error !== undefined) {
-      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error }, 'cannot prepare claim');
-      return { devices: [], error };
-    }
-    if ('error' in plan) return { devices: [], error: plan.error }; // (narrowing only)
-    const netError = await this.applyVfNet(ref, claim, plan);
-    if (netError) {
-      this.log.warn({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, error: netError }, 'cannot prepare claim');
-      return { devices: [], error: netError };
-    }
-    try {
-      this.writeFiles(plan);
-      this.checkpoint.put(plan);
-    } catch (err) {
-      removeClaimFiles(this.opts.cdiDir, this.pluginDir, ref.uid);
-      await this.vfNet?.release(ref.uid, `${ref.namespace}/${ref.name}`);
-      await this.vfNet?.settle(() => true); // prepare did not answer: no VM has these VFs
-      return { devices: [], error: `writing CDI spec or metadata for ${ref.namespace}/${ref.name}: ${String(err)}` };
-    }
-    this.released.delete(ref.uid);
-    this.log.info({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid, devices: plan.devices.map((d) => `${d.request}=${d.sliceId}`) }, 'claim prepared');
-    this.opts.onHoldersChanged?.();
-    return this.answer(plan);
-  }
-
-  /** The claim's VF network settings applied on the PFs (or why not), before prepare records the claim. */
-  private async applyVfNet(ref: ClaimRef, claim: ClaimObject | undefined, plan: PreparedClaim): Promise<string | undefined> {
-    const what = `ResourceClaim ${ref.namespace}/${ref.name}`;
-    const t = claimVfTargets(plan.devices, this.index, claim?.status?.allocation?.devices?.config, this.vfNet !== undefined);
-    if ('error' in t) return `${what}: ${t.error}`;
-    if (!this.vfNet || t.targets.length === 0) return undefined;
-    const err = await this.vfNet.apply(ref.uid, `${ref.namespace}/${ref.name}`, t.targets);
-    return err ? `${what}: VF network settings: ${err}` : undefined;
-  }
-
-  /** Restores released VF settings whose VF is free (nobody but our claims holds it, no claim prepared on it). */
-  private settleVfNet(): void {
-    const net = this.vfNet;
-    if (!net || this.vfNetSettling) return;
-    this.vfNetSettling = true;
-    void this.serial(async () => {
-      const prepared = this.preparedSliceIds();
-      await net.settle((vf) => !prepared.has(vf) && this.heldElsewhere(vf, this.poolOfSlice(vf) ?? '') === undefined);
-    }).catch((err: unknown) => this.log.warn({ err: String(err) }, 'restoring VF network settings failed'))
-      .finally(() => {
-        this.vfNetSettling = false;
-      });
-  }
-
-  private writeFiles(c: PreparedClaim): void {
-    for (const [req, doc] of metadataDocuments(c, this.index, this.facts)) {
-      writeAtomic(metadataHostPath(this.pluginDir, c.uid, req), `${JSON.stringify(doc)}\n`);
-    }
-    writeAtomic(cdiSpecPath(this.opts.cdiDir, c.uid), `${JSON.stringify(cdiSpecForClaim(c, this.index, this.pluginDir), null, 2)}\n`);
-  }
-
-  private async unprepareNow(ref: ClaimRef): Promise<string> {
-    this.calls.unprepare++;
-    try {
-      this.draHolders(); // when our claims last held their slices: the ledger's grace period that follows is ours
-      removeClaimFiles(this.opts.cdiDir, this.pluginDir, ref.uid);
-      const had = this.checkpoint.get(ref.uid);
-      const allocated = this.allocated?.all().get(ref.uid);
-      // Still allocated and reserved for the same pods, it holds nothing any more (see preparedHolders).
-      this.released.set(ref.uid, {
-        uids: new Set((allocated?.pods ?? []).flatMap((p) => (p.uid ? [p.uid] : []))),
-        names: new Set([...(allocated?.pods ?? []).map((p) => p.name), ...(had?.pods ?? [])]),
-        at: this.nowMs(),
-      });
-      this.checkpoint.delete(ref.uid);
-      if (this.vfNet) {
-        // The kubelet unprepares once the pod's containers are gone (the VM with them); the settings
-        // go back only when the ledger also shows the VF free (settleVfNet).
-        await this.vfNet.release(ref.uid, `${ref.namespace}/${ref.name}`);
-        const prepared = this.preparedSliceIds();
-        await this.vfNet.settle((vf) => !prepared.has(vf) && this.heldElsewhere(vf, this.poolOfSlice(vf) ?? '') === undefined);
-      }
-      if (had || allocated) {
-        this.log.info({ claim: `${ref.namespace}/${ref.name}`, uid: ref.uid }, 'claim unprepared');
-        this.opts.onHoldersChanged?.();
-      }
-      if (this.checkpoint.unknown) this.tryRecover(); // one claim fewer to re-learn
-      return '';
-    } catch (err) {
-      return `unpreparing ${ref.namespace}/${ref.name}: ${String(err)}`;
-    }
-  }
-
-  private handlers(): DRAPluginHandlers & DRAPluginV1beta1Handlers {
-    return {
-      NodePrepareResources: (call, cb) => {
-        const claims = call.request.claims ?? [];
-        Promise.all(claims.map(async (c) => {
-          const t = process.hrtime.bigint();
-          const out = await this.prepare({ namespace: c.namespace, uid: c.uid, name: c.name });
-          this.opts.observe?.('prepare', out.error === '', Number(process.hrtime.bigint() - t) / 1e9);
-          return [c.uid, out] as const;
-        })).then(
-          (pairs) => cb(null, { claims: Object.fromEntries(pairs) }),
-          (err: unknown) => cb({ code: grpc.status.INTERNAL, details: String(err) }),
-        );
-      },
-      NodeUnprepareResources: (call, cb) => {
-        const claims = call.request.claims ?? [];
-        Promise.all(claims.map(async (c) => {
-          const t = process.hrtime.bigint();
-          const error = await this.unprepare({ namespace: c.namespace, uid: c.uid, name: c.name });
-          this.opts.observe?.('unprepare', error === '', Number(process.hrtime.bigint() - t) / 1e9);
-          return [c.uid, { error }] as const;
-        })).then(
-          (pairs) => cb(null, { claims: Object.fromEntries(pairs) }),
-          (err: unknown) => cb({ code: grpc.status.INTERNAL, details: String(err) }),
-        );
-      },
-    };
+    return this.preparer.unprepare(ref);
   }
 
   private async startDraServer(): Promise<void> {
     await stopServer(this.draServer, this.draSocket);
-    const server = new grpc.Server();
-    const h = this.handlers();
-    server.addService(loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service, h);
-    server.addService(loadDraV1beta1Api().k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin.service, h);
-    server.addService(loadDraHealthApi().v1alpha1.DRAResourceHealth.service, {
-      NodeWatchResources: (call: grpc.ServerWritableStream<unknown, NodeWatchResourcesResponse__Input>) => {
-        this.healthStreams.add(call);
-        const drop = (): void => {
-          this.healthStreams.delete(call);
-        };
-        call.on('cancelled', drop);
-        call.on('close', drop);
-        call.on('error', drop);
-        this.sendHealth(call); // nothing before the first cycle: the first report follows it
-      },
+    const server = draPluginServer({
+      prepare: (ref) => this.prepare(ref),
+      unprepare: (ref) => this.unprepare(ref),
+      observe: this.opts.observe,
+      watchHealth: (call) => this.health.watch(call),
     });
-    this.healthTimer ??= setInterval(() => {
-      for (const st of this.healthStreams) this.sendHealth(st);
-    }, this.opts.healthRefreshMs ?? 10_000);
-    this.healthTimer.unref();
+    this.health.startRefresh();
     await bindUnix(server, this.draSocket);
     this.draServer = server;
     this.log.info({ socket: this.draSocket, services: DRA_SERVICES }, 'DRA plugin serving');
-  }
-}
-
-async function stopServer(server: grpc.Server | undefined, socket: string): Promise<void> {
-  if (server) await shutdownWithin(server, 2000);
-  try {
-    unlinkSync(socket);
-  } catch {
-    /* absent */
   }
 }
