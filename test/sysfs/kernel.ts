@@ -271,12 +271,7 @@ export class FakeKernel implements SysfsWriter {
     return unbind(this, bdf);
   }
 
-  /**
-   * The VFIO side of binding a VFIO driver (vfio-pci, or NVIDIA's vendor VFIO on a VF): the group
-   * node and, like Linux 6.x, a `vfio-dev/vfioN` entry in sysfs for every vfio device, while the
-   * /dev/vfio/devices/vfioN node exists only with CONFIG_VFIO_DEVICE_CDEV (checked against Debian's
-   * 6.12 in test/kernel: entry present, node absent).
-   */
+  /** The VFIO side of binding a VFIO driver: the group node and the vfio cdev entry (kernel-iommu.ts). */
   addVfioNodes(bdf: string, dir: string): Promise<void> {
     return addVfioNodes(this, bdf, dir);
   }
