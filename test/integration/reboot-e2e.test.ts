@@ -113,9 +113,12 @@ test('after a reboot the agent re-creates every held slice with the identity it 
   const generation = node.kubelet.generation;
   const t0 = Date.now();
   node.agent = await node.spawnAgent();
+  // What the rebooted kubelet was last told for a resource: lists of this generation only (lastList
+  // would still answer the pre-reboot endpoint's list until the pool registers again).
+  const listedNow = (r: string) => node.kubelet.history.filter((e) => e.resourceName === r && e.generation === generation).at(-1)?.lists.at(-1) ?? [];
   const restoredMs = await (async () => {
     for (;;) {
-      const ok = held.every((h) => (node.kubelet.lastList(h.resourceName) ?? []).some((d) => d.ID === h.id && d.health === 'Healthy'));
+      const ok = held.every((h) => listedNow(h.resourceName).some((d) => d.ID === h.id && d.health === 'Healthy'));
       if (ok) {
         await node.kernel.idle();
         if (held.every((h) => identity(node.sys, h.id) === before.get(h.id))) return Date.now() - t0;
