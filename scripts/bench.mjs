@@ -11,6 +11,8 @@
 //   faults    test/bench/fault-sequences.ts       generated fault sequences, long run (issue 17)
 //   soak      test/bench/churn-soak.ts            churn soak: VM start/stop cycles on every pool mode,
 //             sampled from outside the agent (issue 21): VIO_SOAK_CYCLES (default 10,000; --quick 500)
+//   dra       test/bench/dra-scheduler.ts         real kube-scheduler throughput at 100 and 500 nodes:
+//             device plugin vs pre-carved vs on-demand (partitionable) DRA slices (issue 19)
 //   fuzz      test/unit/fuzz/*.test.ts            the hostile-input fuzzers, long run (issue 21):
 //             VIO_FUZZ_RUNS inputs per target (default 10,000; --quick 1,000), a fresh seed unless
 //             VIO_FUZZ_SEED is set (a failure prints its seed and counterexample)
@@ -32,7 +34,7 @@ const flag = (name, def) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : def;
 };
-const only = new Set((flag('only', 'agent,start,node,operator,faults,soak,fuzz') ?? '').split(','));
+const only = new Set((flag('only', 'agent,start,node,operator,dra,faults,soak,fuzz') ?? '').split(','));
 const quick = argv.includes('--quick');
 const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
@@ -157,6 +159,17 @@ if (only.has('operator')) {
       row('operator', 'one pool edited → its status rolled up', (f.editStatusMs ?? NaN) / 1000, 's');
       row('operator', 'operator peak RSS (VmHWM)', f.peakRssMiB, 'MiB', 300);
     }
+  }
+}
+
+if (only.has('dra')) {
+  const r = await runBench('DRA: scheduler throughput', [...hooks, join(ROOT, 'test/bench/dra-scheduler.ts'), '--json', ...(quick ? ['--nodes', '100', '--pods', '30', '--dp-pods', '200'] : [])]);
+  const f = lastJson(r.stdout);
+  results.dra = f ?? { error: `no figures (exit ${r.code})` };
+  const what = { dp: 'device plugin', precarved: 'DRA pre-carved', dra: 'DRA on demand (counters)', match: 'DRA on demand, 2 × 2Q matchAttribute' };
+  for (const x of f?.figures ?? []) {
+    row('dra', `${x.nodes} nodes, ${what[x.mode] ?? x.mode}: ${x.bound}/${x.pods} pods bound`, x.podsPerSecond, 'pods/s');
+    row('dra', `${x.nodes} nodes, ${what[x.mode] ?? x.mode}: create → bound p90`, x.createToBindMs?.p90, 'ms');
   }
 }
 

@@ -39,6 +39,8 @@ export interface StartOptions {
   controllerManager?: boolean;
   /** Extra kube-apiserver flags. */
   apiserverArgs?: string[];
+  /** Extra kube-scheduler flags (benchmarks raise its client rate limit). */
+  schedulerArgs?: string[];
   /** Parent folder for the run directory (default: the OS temp dir). */
   parentDir?: string;
   /** Print progress lines to stderr. */
@@ -250,6 +252,7 @@ async function startControlPlaneOnce(opts: StartOptions): Promise<ControlPlane> 
       logs['kube-scheduler'] = join(dir, 'kube-scheduler.log');
       scheduler = launch(join(binDir, 'kube-scheduler'), [
         `--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--bind-address=127.0.0.1', `--secure-port=${await freePort()}`,
+        ...(opts.schedulerArgs ?? []),
       ], logs['kube-scheduler']);
     }
     if (opts.controllerManager) {
