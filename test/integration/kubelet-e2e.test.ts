@@ -156,7 +156,11 @@ suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSki
       'virtualio.dev-dp-cx6.sock', 'virtualio.dev-dp-gpu-pt.sock', 'virtualio.dev-dp-vgpu.sock',
     ]);
     expect(readdirSync(DEVICE_PLUGIN_DIR).filter((f) => f.startsWith('virtualio-'))).toEqual([]);
-    expect(agent?.logs.filter((l) => l.msg === 'registered with the kubelet through its plugin watcher')).toHaveLength(3);
+    // One registration per pool. On a failure, the agent's lines about registration and restarts
+    // say why a pool registered again (seen once in CI under load: cx6 twice, 1.3 s apart).
+    const regs = agent?.logs.filter((l) => l.msg === 'registered with the kubelet through its plugin watcher') ?? [];
+    const told = (agent?.logs ?? []).filter((l) => /regist|restart|socket|ListAndWatch|kubelet/i.test(String(l.msg))).map((l) => `${String(l.time)} ${String(l.pool ?? '')} ${String(l.msg)}`).join('\n');
+    expect({ registrations: regs.map((l) => l.pool).sort(), told }).toEqual({ registrations: ['cx6', 'gpu-pt', 'vgpu'], told });
   });
 
   test('a VF turning Unhealthy drops allocatable but not capacity, and recovery restores it', async () => {
