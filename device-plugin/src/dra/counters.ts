@@ -113,7 +113,16 @@ export function onDemandContent(node: string, pool: PoolPlan, offered: readonly 
     sets.push(o.counters);
     all.push(...o.devices);
   }
-  all.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+  return chunkOffers(sets, all);
+}
+
+/**
+ * Counter sets and devices cut into ResourceSlice-sized chunks (≤ 8 counter sets, ≤ 64 devices that
+ * consume counters per object; devices sorted by name so the chunks are stable). One empty device
+ * chunk when there is nothing, so the pool is still published (empty).
+ */
+export function chunkOffers(sets: readonly CounterSet[], devices: readonly DraDevice[]): { counterChunks: CounterSet[][]; chunks: DraDevice[][] } {
+  const all = [...devices].sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
   const counterChunks: CounterSet[][] = [];
   for (let i = 0; i < sets.length; i += MAX_COUNTER_SETS) counterChunks.push(sets.slice(i, i + MAX_COUNTER_SETS));
   const chunks: DraDevice[][] = [];

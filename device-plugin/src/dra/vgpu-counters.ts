@@ -25,7 +25,7 @@
 // never more than the smallest profile can fill.
 import type { InventoryDevice, PoolPlan, Slice } from '../model.js';
 import type { OfferedGpu, OfferedProfile } from '../carving/ondemand-vgpu.js';
-import { CARVED_CONDITION, CARVE_FAILED_CONDITION, counterSetName, MAX_COUNTER_SETS, MAX_DEVICES_WITH_COUNTERS, type CounterSet } from './counters.js';
+import { CARVED_CONDITION, CARVE_FAILED_CONDITION, chunkOffers, counterSetName, type CounterSet } from './counters.js';
 import { draDevice, type DeviceFacts, type DraDevice } from './devices.js';
 
 /** Counters per counter set allowed by the API, so VFs published per GPU (one counter is the framebuffer). */
@@ -95,11 +95,5 @@ export function vgpuContent(pool: PoolPlan, gpus: readonly OfferedGpu[], devices
     sets.push(o.counters);
     all.push(...o.devices);
   }
-  all.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
-  const counterChunks: CounterSet[][] = [];
-  for (let i = 0; i < sets.length; i += MAX_COUNTER_SETS) counterChunks.push(sets.slice(i, i + MAX_COUNTER_SETS));
-  const chunks: DraDevice[][] = [];
-  for (let i = 0; i < all.length; i += MAX_DEVICES_WITH_COUNTERS) chunks.push(all.slice(i, i + MAX_DEVICES_WITH_COUNTERS));
-  if (chunks.length === 0 && counterChunks.length === 0) chunks.push([]);
-  return { counterChunks, chunks };
+  return chunkOffers(sets, all);
 }
