@@ -89,6 +89,21 @@ export async function acquireMachineLock(timeoutMs: number): Promise<void> {
   }
 }
 
+/**
+ * What a new node's kubelet finds in its root: no pod, device or claim state of the node before it.
+ * Every test file runs its own API server and Node, but /var/lib/kubelet is the machine's: a kubelet
+ * that inherited the previous file's pods (allocated_pods_state, the device manager's checkpoint)
+ * reported them as holding devices, and the next agent rightly kept those slices out of DRA (seen in
+ * a CI-like run: dra-agent-e2e after kubelet-e2e). Pod folders are left alone (the real-node harness
+ * unmounts and removes them itself; a recursive delete must never cross a mount).
+ */
+export function freshKubeletState(root = '/var/lib/kubelet'): void {
+  for (const f of ['allocated_pods_state', 'actuated_pods_state', 'dra_manager_state', 'dra_health_state', 'cpu_manager_state', 'memory_manager_state', 'device-plugins/kubelet_internal_checkpoint']) {
+    rmSync(join(root, f), { force: true });
+  }
+  for (const d of ['plugins', 'plugins_registry', 'checkpoints']) rmSync(join(root, d), { recursive: true, force: true });
+}
+
 export function releaseMachineLock(): void {
   rmSync(join(LOCK, 'pid'), { force: true });
   try { rmdirSync(LOCK); } catch { /* not ours or gone */ }
@@ -98,6 +113,7 @@ export function releaseMachineLock(): void {
 export async function startKubelet(cp: ControlPlane, opts: KubeletOptions = {}): Promise<Kubelet> {
   if (!canRunKubelet()) throw new Error('a real kubelet needs root on Linux');
   await acquireMachineLock(15 * 60_000);
+  freshKubeletState();
   const say = (m: string) => { if (opts.verbose) process.stderr.write(`[kubelet] ${m}\n`); };
   const dir = join(cp.dir, 'kubelet');
   const rootDir = '/var/lib/kubelet';

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { REPO_ROOT, freePort, stopProcess, type ControlPlane } from '../cluster/control-plane.js';
-import { acquireMachineLock, canRunKubelet, releaseMachineLock } from '../cluster/kubelet.js';
+import { acquireMachineLock, canRunKubelet, freshKubeletState, releaseMachineLock } from '../cluster/kubelet.js';
 
 const run = promisify(execFile);
 
@@ -151,6 +151,7 @@ export async function startRealNode(cp: ControlPlane, opts: RealNodeOptions = {}
   const tools = ensureNodeTools(opts.verbose);
   const pause = ensurePauseImage(opts.verbose);
   await acquireMachineLock(15 * 60_000);
+  freshKubeletState();
 
   const dir = join(cp.dir, 'node');
   const root = join(dir, 'containerd-root');
