@@ -102,6 +102,18 @@ describe('Operator on the fake API', () => {
     }
   });
 
+  test('a node no pool selects gets an empty plan written, also when its agent created the VirtualIONode first (the agent reads a missing spec.pools as "no plan yet" and stays unready)', async () => {
+    const kube = new FakeKube();
+    await seed(kube, 2); // VirtualIONodes as agents create them: owned by the Node, no spec.pools
+    const op = start(kube);
+    try {
+      for (const n of ['node-0', 'node-1']) await waitFor(`${n} planned empty`, async () => Array.isArray((await vio(kube, n))?.spec?.pools));
+      expect((await vio(kube, 'node-0'))?.spec?.pools).toEqual([]);
+    } finally {
+      await op.stop();
+    }
+  });
+
   test('a second reconcile of every key changes nothing (idempotence)', async () => {
     const kube = new FakeKube();
     kube.install(KubeVirts);

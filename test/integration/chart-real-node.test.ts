@@ -69,8 +69,13 @@ async function diagnostics(): Promise<string> {
   const pods = await kubectl(['get', 'pods', '-A', '-o', 'wide']).catch((e: unknown) => String(e));
   const events = await kubectl(['get', 'events', '-A', '--sort-by=.lastTimestamp']).catch(() => '');
   const agentLogs = await containerLog('agent').catch((e: unknown) => String(e));
+  // Both operator replicas: which one leads, and whether it planned the node (an install once
+  // waited for a plan that never came; the agent stays unready without one).
+  const operatorLogs = await node.crictl(['ps', '-a', '--name', 'operator', '-q'])
+    .then(async (out) => (await Promise.all(out.split('\n').filter(Boolean).map(async (id) => `[${id.slice(0, 12)}]\n${(await node.crictl(['logs', id]).catch((e: unknown) => String(e))).split('\n').slice(-25).join('\n')}`))).join('\n'))
+    .catch((e: unknown) => String(e));
   return [`--- pods ---\n${pods}`, `--- events ---\n${events.split('\n').slice(-30).join('\n')}`,
-    `--- agent ---\n${agentLogs.split('\n').slice(-30).join('\n')}`,
+    `--- agent ---\n${agentLogs.split('\n').slice(-30).join('\n')}`, `--- operators ---\n${operatorLogs}`,
     `--- kubelet ---\n${node?.tail(node.logs.kubelet!, 25) ?? ''}`, `--- containerd ---\n${node?.tail(node.logs.containerd!, 15) ?? ''}`].join('\n');
 }
 

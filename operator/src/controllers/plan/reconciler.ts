@@ -20,7 +20,11 @@ export class PlanReconciler implements Reconciler {
     const vio = world.vioNodes.get(name);
     const plan = world.planFor(name);
     const owned = (vio?.metadata.ownerReferences ?? []).some((o) => o.kind === 'Node' && o.uid === node.metadata.uid);
-    if (vio && owned && jsonEqual(vio.spec?.pools ?? [], plan.pools)) return done;
+    // A missing spec.pools is not an empty plan: an agent creates its VirtualIONode without one and
+    // reads that as "no plan yet" (it keeps everything and stays unready), so an empty plan is
+    // written too, once.
+    const planned = Array.isArray(vio?.spec?.pools);
+    if (vio && owned && planned && jsonEqual(vio.spec?.pools, plan.pools)) return done;
     const body = {
       apiVersion: VIRTUALIO_API_VERSION,
       kind: 'VirtualIONode',
@@ -35,7 +39,7 @@ export class PlanReconciler implements Reconciler {
     // with `spec.pools: null` when an Update manager also owns the list (kube-apiserver 1.36). A
     // merge patch writes exactly `spec.pools: []` (and the owner when it is missing) and nothing
     // else: never a full update of the cached copy, which lacks annotations.
-    const written = vio && plan.pools.length === 0 && (vio.spec?.pools ?? []).length > 0
+    const written = vio && plan.pools.length === 0 && (!planned || (vio.spec?.pools ?? []).length > 0)
       ? await kube.mergePatch<VioNode>(VirtualIONodes, name, {
         ...(owned ? {} : { metadata: { ownerReferences: body.metadata.ownerReferences } }),
         spec: { pools: [] },
