@@ -72,3 +72,14 @@ export function slice(id: string, pool: string, o: { parent?: string; healthy?: 
     ...(o.pod ? { allocation: { namespace: o.namespace ?? 'default', pod: o.pod, ...(o.vmi ? { vmi: o.vmi } : {}) } } : {}),
   };
 }
+
+/** Polls `fn` every 5 ms until it returns something truthy (returned), or throws after `ms`. */
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

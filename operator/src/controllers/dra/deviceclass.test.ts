@@ -8,20 +8,10 @@ import { VirtualIODevices } from '../../kube/resources.js';
 import { Operator } from '../../operator.js';
 import { systemClock } from '../../runtime/clock.js';
 import { EventRecorder } from '../../runtime/events.js';
-import { poolObj } from '../../../../test/support/operator-fixtures.js';
+import { poolObj, waitFor } from '../../../../test/support/operator-fixtures.js';
 import { DeviceClasses } from './deviceclass.js';
 
 const log = pino({ level: 'silent' });
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 test('a DRA pool gets <pool>.virtualio.dev selecting its devices, owned by the pool; switching back deletes it', async () => {
   const kube = new FakeKube();

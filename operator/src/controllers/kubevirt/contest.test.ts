@@ -9,20 +9,10 @@ import { AGENT_FIELD_MANAGER, KubeVirts, Nodes, VirtualIODevices, VirtualIONodes
 import { Operator } from '../../operator.js';
 import { systemClock } from '../../runtime/clock.js';
 import { EventRecorder } from '../../runtime/events.js';
-import { gpu, nodeObj, poolObj } from '../../../../test/support/operator-fixtures.js';
+import { gpu, nodeObj, poolObj, waitFor } from '../../../../test/support/operator-fixtures.js';
 
 const log = pino({ level: 'silent' });
 type KubeVirtCR = KubeObject & { spec?: { configuration?: { permittedHostDevices?: { pciHostDevices?: { resourceName: string }[] } } } };
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 test('a controller that keeps changing the lists back is fought with backoff for maxRounds rounds, then left alone', async () => {
   const kube = new FakeKube();

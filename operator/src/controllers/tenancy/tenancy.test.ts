@@ -5,7 +5,7 @@
 import pino from 'pino';
 import type { Pool } from '../../api/types.js';
 import { FakeKube } from '../../../../test/fakes/kube-api.js';
-import { poolObj } from '../../../../test/support/operator-fixtures.js';
+import { poolObj, waitFor } from '../../../../test/support/operator-fixtures.js';
 import { KubeError } from '../../kube/errors.js';
 import type { KubeObject } from '../../kube/ports.js';
 import { VirtualIODevices } from '../../kube/resources.js';
@@ -16,16 +16,6 @@ import { AdmissionPolicies, AdmissionPolicyBindings, desiredPolicy, grantCel, se
 import { contains } from './reconciler.js';
 
 const log = pino({ level: 'silent' });
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 describe('CEL', () => {
   test('a label selector: matchLabels by key order, then each expression; no term grants everything', () => {
