@@ -113,7 +113,8 @@ export class Carver {
           const leaving: [string | undefined, PoolPlan][] = [...(spec.pools ?? []).filter((p) => p.deleting).map((p): [undefined, PoolPlan] => [undefined, p]), ...[...inp.retired].map(([k, r]): [string, PoolPlan] => [k, r.plan])];
           for (const [key, p] of leaving) {
             // What the active plan still serves is never released by a retired entry of the same pool.
-            const u = ops.planUncarve(p, spec, inventory, keep, owned);
+            // The checkpoint's vGPU type tables: after a restart a busy GPU no longer lists a held type's name.
+            const u = ops.planUncarve(p, spec, inventory, keep, owned, this.checkpoint.mdevCapacity());
             const stillHeld = (u.held ?? []).filter((id) => !active.has(id));
             for (const w of u.writes) releasing.add(w);
             writes.push(...u.writes);

@@ -46,7 +46,7 @@ export function createNodeOps(opts: NodeOpsOptions): NodeOps {
     },
     scan: async () => rememberCatalogues(await scan(opts.sysfsRoot, { devRoot: opts.devRoot }), catalogues),
     planCarving: (spec, inventory, allocated, ownedPfs, onDemand) => planCarving({ spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}), ...(onDemand ? { onDemand } : {}) }),
-    planUncarve: (pool, spec, inventory, allocated, ownedPfs) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}) }),
+    planUncarve: (pool, spec, inventory, allocated, ownedPfs, kept) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}), ...(kept ? { kept } : {}) }),
     applyCarving: async (plan, signal) =>
       (await applyCarving(plan, writer, signal, tools)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
     provision: async (spec, inventory, held) => {

@@ -8,6 +8,7 @@
 import { indexDevices } from '../carving/layout.js';
 import { isOnDemand, learnCapacity, mdevParentsOf, type WantedMdev } from '../carving/ondemand.js';
 import { isOnDemandVgpu, learnFramebuffer } from '../carving/ondemand-vgpu.js';
+import { isVgpuPool } from '../carving/vgpu.js';
 import type { Inventory, VirtualIONodeSpec } from '../model.js';
 import type { Checkpoint } from './checkpoint.js';
 import { existingIds } from './gate.js';
@@ -17,12 +18,16 @@ import type { OnDemandInput } from './ports.js';
 export function beforeOnDemand(spec: VirtualIONodeSpec, inventory: Inventory, checkpoint: Checkpoint, wanted: ReadonlyMap<string, WantedMdev>, now: Date): OnDemandInput | undefined {
   const pools = (spec.pools ?? []).filter((p) => isOnDemand(p) && !p.deleting);
   const vgpu = (spec.pools ?? []).filter((p) => isOnDemandVgpu(p) && !p.deleting);
-  if (pools.length === 0 && vgpu.length === 0) return undefined;
   const devices = indexDevices(inventory);
+  if (pools.length === 0 && vgpu.length === 0) {
+    keepVgpuTables(spec, inventory, checkpoint, devices);
+    return undefined;
+  }
   let capacity = learnCapacity(checkpoint.mdevCapacity(), pools.flatMap((p) => p.devices.flatMap((d) => mdevParentsOf(d, devices))), devices);
   // vGPU profile pools: each GPU's framebuffer, kept across restarts (a busy GPU lists less).
   if (vgpu.length > 0) capacity = learnFramebuffer(capacity, vgpu, devices, inventory);
   checkpoint.setMdevCapacity(capacity);
+  keepVgpuTables(spec, inventory, checkpoint, devices);
   const exists = existingIds(inventory);
   // A released mdev the scheduler gave to another claim before it was removed serves that claim now.
   for (const w of wanted.values()) {
@@ -43,6 +48,21 @@ export function beforeOnDemand(spec: VirtualIONodeSpec, inventory: Inventory, ch
   const names = new Set(vgpu.map((p) => p.name));
   const ours = new Set([...checkpoint.carvings()].filter(([, r]) => names.has(r.pool)).map(([id]) => id));
   return { wanted, capacity, ...(vgpu.length > 0 ? { ours } : {}) };
+}
+
+/**
+ * Profile pools (`carving.vgpu`) keep their GPUs' type tables in the checkpoint too: deleting such a
+ * pool after a restart on a busy GPU resolves its profile from the kept table (carving/plan.ts
+ * planUncarve). Saves only when the record changed.
+ */
+function keepVgpuTables(spec: VirtualIONodeSpec, inventory: Inventory, checkpoint: Checkpoint, devices: ReturnType<typeof indexDevices>): void {
+  const pools = (spec.pools ?? []).filter((p) => isVgpuPool(p) && !p.deleting);
+  if (pools.length === 0) return;
+  const prev = checkpoint.mdevCapacity();
+  const next = learnFramebuffer(prev, pools, devices, inventory);
+  if (JSON.stringify(next) === JSON.stringify(prev)) return;
+  checkpoint.setMdevCapacity(next);
+  checkpoint.save();
 }
 
 /** After a round: records of mdevs that no longer exist and no claim wants are forgotten. */

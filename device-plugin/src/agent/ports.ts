@@ -31,9 +31,10 @@ export interface NodeOps {
   planCarving(spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>, ownedPfs?: ReadonlySet<string>, onDemand?: OnDemandInput): CarvingPlan;
   /**
    * The writes that release a deleting or removed pool (its last known plan), keeping what pods
-   * hold (`held`) and what active pools of `spec` still use.
+   * hold (`held`) and what active pools of `spec` still use. `kept`: the checkpoint's capacity
+   * record, whose vGPU type tables name types a busy GPU no longer lists.
    */
-  planUncarve(pool: PoolPlan, spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>, ownedPfs?: ReadonlySet<string>): CarvingPlan;
+  planUncarve(pool: PoolPlan, spec: VirtualIONodeSpec, inventory: Inventory, allocated: ReadonlySet<string>, ownedPfs?: ReadonlySet<string>, kept?: MdevCapacity): CarvingPlan;
   /** Applies writes in order; never throws for a failed write (it is in its result). */
   applyCarving(plan: CarvingPlan, signal?: AbortSignal): Promise<WriteResult[]>;
   /**

@@ -54,6 +54,25 @@ export function vgpuCatalogue(pf: InventoryDevice, devices: ReadonlyMap<string, 
 const catalogue = vgpuCatalogue;
 
 /**
+ * `inventory` with each GPU's catalogue merged with the table the checkpoint kept (`kept`: the
+ * capacity record, `type:<name>` → id). Deleting or retiring a vGPU pool after a restart on a busy
+ * GPU resolves its profile from this: the VFs list only what still fits, a typed VF lists nothing,
+ * so without the kept table the held type has no name and its VFs would never be cleared.
+ */
+export function withKeptCatalogues(inventory: Inventory, kept: MdevCapacity): Inventory {
+  const byAddr = new Map(inventory.devices.map((d) => [d.pciAddress, d]));
+  const merged: Record<string, VgpuType[]> = { ...inventory.vgpuCatalogues };
+  let changed = false;
+  for (const addr of Object.keys(kept)) {
+    const pf = byAddr.get(addr);
+    if (!pf || !Object.keys(kept[addr] ?? {}).some((k) => k.startsWith(TYPE_KEY))) continue;
+    merged[addr] = vgpuCatalogue(pf, byAddr, inventory, kept);
+    changed = true;
+  }
+  return changed ? { ...inventory, vgpuCatalogues: merged } : inventory;
+}
+
+/**
  * Learns each GPU's framebuffer: the largest size its catalogue names (the full-GPU profile,
  * `L40S-48Q`), never lower than what was recorded before (after a restart on a busy GPU the VFs
  * list only what still fits).

@@ -7,7 +7,7 @@ import { isOnDemand, planOnDemand, planOnDemandUncarve, type MdevCapacity, type 
 import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
 import { AMD_GIM_DRIVER } from './gpu.js';
 import { isVgpuPool, planVgpu, planVgpuUncarve } from './vgpu.js';
-import { isOnDemandVgpu, planOnDemandVgpu, planOnDemandVgpuUncarve } from './ondemand-vgpu.js';
+import { isOnDemandVgpu, planOnDemandVgpu, planOnDemandVgpuUncarve, withKeptCatalogues } from './ondemand-vgpu.js';
 
 /** Input of {@link planCarving}. */
 export interface PlanInput {
@@ -363,6 +363,8 @@ export interface UncarveInput {
   allocated: ReadonlySet<string>;
   /** PFs whose VF count this agent set; VFs of any other PF are never disabled. Absent: all ours. */
   ownedPfs?: ReadonlySet<string>;
+  /** The checkpoint's capacity record: each vGPU GPU's type table (name → id), which a busy GPU no longer lists. */
+  kept?: MdevCapacity;
 }
 
 /**
@@ -372,7 +374,9 @@ export interface UncarveInput {
  * reason). Pure; planning again after applying yields no writes.
  */
 export function planUncarve(input: UncarveInput): CarvingPlan {
-  const { pool, inventory, nodeName, allocated } = input;
+  const { pool, nodeName, allocated } = input;
+  // vGPU profiles resolve against the kept type table too: after a restart a held type's name may be listed nowhere.
+  const inventory = withKeptCatalogues(input.inventory, input.kept ?? {});
   const out: CarvingPlan = { writes: [], blocked: [], held: [] };
   const held = new Set<string>();
   const devices = indexDevices(inventory);
