@@ -1,9 +1,10 @@
 // client-node implementation of what the DRA driver needs from the API server: this node's
 // ResourceSlices of driver virtualio.dev, reading ResourceClaims, and listing and watching every
 // ResourceClaim (the ones allocated here). Loaded only with --dra.
-import { CoreV1Api, PatchStrategy, ResourceV1Api, Watch, setHeaderOptions, type ConfigurationOptions, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+import { CoreV1Api, PatchStrategy, ResourceV1Api, setHeaderOptions, type ConfigurationOptions, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
 import type { SetDeviceCondition } from './ondemand.js';
 import type { ClaimEventType, ClaimListWatch } from './claims.js';
+import { watchOnce } from '../kube/watch.js';
 import type { ClaimObject } from './prepare.js';
 import { DRA_DRIVER, type ResourceSliceObject } from './devices.js';
 import type { ResourceSliceStore } from './publisher.js';
@@ -45,26 +46,30 @@ export class KubeResourceSliceStore implements ResourceSliceStore {
     this.api = kc.makeApiClient(ResourceV1Api);
   }
 
-  /** Watches this node's slices of our driver; any event but our own echo makes the publisher re-list. */
+  /**
+   * Watches this node's slices of our driver; any deletion makes the publisher re-list. Each watch
+   * resumes from the last version seen, so a deletion between two watch requests is not missed; a
+   * failed watch starts again from the current state after a second.
+   */
   async watch(onChange: () => void, signal: AbortSignal): Promise<void> {
-    const w = new Watch(this.kc);
+    let rv: string | undefined;
     while (!signal.aborted) {
-      await new Promise<void>((resolve) => {
-        let ctl: AbortController | undefined;
-        const stop = (): void => ctl?.abort();
-        signal.addEventListener('abort', stop, { once: true });
-        const done = (): void => {
-          signal.removeEventListener('abort', stop);
-          resolve();
-        };
-        w.watch('/apis/resource.k8s.io/v1/resourceslices', { fieldSelector: this.selector() }, (phase) => {
-          if (phase === 'DELETED') onChange();
-        }, done).then((c) => {
-          ctl = c;
-          if (signal.aborted) c.abort();
-        }, done);
-      });
-      if (!signal.aborted) await new Promise((r) => setTimeout(r, 1000));
+      let expired = false;
+      const failed = await watchOnce(this.kc, '/apis/resource.k8s.io/v1/resourceslices', { fieldSelector: this.selector(), resourceVersion: rv, allowWatchBookmarks: true }, (type, obj) => {
+        const v = (obj as { metadata?: { resourceVersion?: string } } | undefined)?.metadata?.resourceVersion;
+        if (type === 'ERROR') {
+          expired = true; // 410 Gone and the like: the request ends, and the next starts afresh
+          return;
+        }
+        if (v) rv = v;
+        if (type === 'DELETED') onChange();
+      }, signal);
+      if (signal.aborted) break;
+      if (failed || expired) {
+        rv = undefined; // a fresh watch: the server sends the current slices as ADDED, which is harmless
+        onChange(); // whatever was missed meanwhile, the publisher's re-list sees it
+        await new Promise((r) => setTimeout(r, 1000));
+      }
     }
   }
 
@@ -151,20 +156,7 @@ export class KubeClaimListWatch implements ClaimListWatch {
   }
 
   watch(resourceVersion: string, onEvent: (type: ClaimEventType, obj: unknown) => void, signal: AbortSignal): Promise<unknown> {
-    const w = new Watch(this.kc);
-    return new Promise<unknown>((resolve) => {
-      let ctl: AbortController | undefined;
-      const stop = (): void => ctl?.abort();
-      signal.addEventListener('abort', stop, { once: true });
-      const done = (err: unknown): void => {
-        signal.removeEventListener('abort', stop);
-        resolve(err ?? undefined);
-      };
-      w.watch('/apis/resource.k8s.io/v1/resourceclaims', { resourceVersion, allowWatchBookmarks: true }, (phase, obj) => onEvent(phase as ClaimEventType, obj), done).then((c) => {
-        ctl = c;
-        if (signal.aborted) c.abort();
-      }, done);
-    });
+    return watchOnce(this.kc, '/apis/resource.k8s.io/v1/resourceclaims', { resourceVersion, allowWatchBookmarks: true }, (type, obj) => onEvent(type as ClaimEventType, obj), signal);
   }
 }
 

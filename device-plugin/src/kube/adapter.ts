@@ -1,9 +1,10 @@
 // The agent's only runtime importer of @kubernetes/client-node: implements KubeAgentPort.
-import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, Watch, setHeaderOptions } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import type { VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { KubeAgentPort } from '../agent/cluster.js';
 import type { Logger } from '../log.js';
 import type { PodInfo } from '../podresources/client.js';
+import { watchOnce } from './watch.js';
 
 const GROUP = 'virtualio.dev';
 const VERSION = 'v1alpha1';
@@ -86,58 +87,52 @@ export class KubeAdapter implements KubeAgentPort {
   }
 
   async watchVirtualIONode(name: string, onObject: (obj: VirtualIONode | undefined) => void, signal: AbortSignal): Promise<void> {
-    const watch = new Watch(this.kc);
     let delay = 500;
+    let rv: string | undefined; // undefined: read the object and list for a version to watch from
     while (!signal.aborted) {
-      let rv: string | undefined;
-      try {
-        const obj = await this.get(name);
-        onObject(obj);
-        rv = obj?.metadata.resourceVersion;
-        const list = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, fieldSelector: `metadata.name=${name}` })) as { metadata?: { resourceVersion?: string } };
-        rv = list.metadata?.resourceVersion ?? rv;
-      } catch (err) {
-        this.log.warn({ err: String(err), retryInMs: delay }, 'cannot read VirtualIONode; retrying');
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 30_000);
-        continue;
+      if (rv === undefined) {
+        try {
+          const obj = await this.get(name);
+          onObject(obj);
+          rv = obj?.metadata.resourceVersion;
+          const list = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, fieldSelector: `metadata.name=${name}` })) as { metadata?: { resourceVersion?: string } };
+          rv = list.metadata?.resourceVersion ?? rv;
+        } catch (err) {
+          this.log.warn({ err: String(err), retryInMs: delay }, 'cannot read VirtualIONode; retrying');
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, 30_000);
+          continue;
+        }
       }
-      const ended = await new Promise<unknown>((resolve) => {
-        let controller: AbortController | undefined;
-        const onAbort = (): void => controller?.abort();
-        signal.addEventListener('abort', onAbort, { once: true });
-        watch
-          .watch(
-            `/apis/${GROUP}/${VERSION}/${PLURAL}`,
-            { fieldSelector: `metadata.name=${name}`, resourceVersion: rv, allowWatchBookmarks: true },
-            (phase, obj: VirtualIONode) => {
-              if (phase === 'ADDED' || phase === 'MODIFIED') onObject(obj);
-              else if (phase === 'DELETED') onObject(undefined);
-            },
-            (err) => {
-              signal.removeEventListener('abort', onAbort);
-              resolve(err);
-            },
-          )
-          .then(
-            (c) => {
-              controller = c;
-              if (signal.aborted) c.abort();
-            },
-            (err: unknown) => {
-              signal.removeEventListener('abort', onAbort);
-              resolve(err);
-            },
-          );
-      });
+      // A watch the server ends on schedule resumes from the last version seen (bookmarks
+      // included); a failed or expired one (ERROR event, 410) reads the object again.
+      let expired = false;
+      const ended = await watchOnce(
+        this.kc,
+        `/apis/${GROUP}/${VERSION}/${PLURAL}`,
+        { fieldSelector: `metadata.name=${name}`, resourceVersion: rv, allowWatchBookmarks: true },
+        (phase, o) => {
+          if (phase === 'ERROR') {
+            expired = true;
+            return;
+          }
+          const obj = o as VirtualIONode;
+          if (obj?.metadata?.resourceVersion) rv = obj.metadata.resourceVersion;
+          if (phase === 'ADDED' || phase === 'MODIFIED') onObject(obj);
+          else if (phase === 'DELETED') onObject(undefined);
+        },
+        signal,
+      );
       if (signal.aborted) break;
-      if (ended) {
-        this.log.debug({ err: String(ended) }, 'VirtualIONode watch ended; re-listing');
+      if (ended || expired) {
+        this.log.debug({ err: String(ended ?? 'expired') }, 'VirtualIONode watch ended; re-listing');
+        rv = undefined;
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 30_000);
       } else delay = 500;
     }
   }
+
 
   async applyStatus(name: string, status: VirtualIONodeStatus): Promise<void> {
     await this.custom.patchClusterCustomObjectStatus(
