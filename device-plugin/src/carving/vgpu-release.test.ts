@@ -19,9 +19,9 @@ const PF = '0000:3b:00.0';
 const VF = (i: number): string => `0000:3b:${(Math.floor((i + 4) / 8)).toString(16).padStart(2, '0')}.${(i + 4) % 8}`;
 const ID = { '12Q': 1153, '24Q': 1155 } as const;
 const typePath = (vf: string): string => `bus/pci/devices/${vf}/nvidia/current_vgpu_type`;
-const base = { resourceName: 'virtualio.dev/l40s', class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', vfDriver: 'nvidia', devices: [{ pciAddress: PF }] } as const;
-const onDemand = (): PoolPlan => ({ ...base, name: 'od', frontEnd: 'DRA', vgpuHeterogeneous: true, onDemand: { vgpuProfiles: ['L40S-12Q', 'L40S-24Q'] }, deleting: true });
-const profile = (): PoolPlan => ({ ...base, name: 'q12', vgpuProfile: 'L40S-12Q', count: 4, deleting: true });
+const base = (): Omit<PoolPlan, 'name'> => ({ resourceName: 'virtualio.dev/l40s', class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', vfDriver: 'nvidia', devices: [{ pciAddress: PF }] });
+const onDemand = (): PoolPlan => ({ ...base(), name: 'od', frontEnd: 'DRA', vgpuHeterogeneous: true, onDemand: { vgpuProfiles: ['L40S-12Q', 'L40S-24Q'] }, deleting: true });
+const profile = (): PoolPlan => ({ ...base(), name: 'q12', vgpuProfile: 'L40S-12Q', count: 4, deleting: true });
 
 let k: FakeKernel;
 let dir: string;
