@@ -5,6 +5,7 @@
 // file from a valid one, and a copy of a damaged file kept before it is replaced.
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, copyFileSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /** fsyncs a folder so that a rename (or a new entry) in it survives a power loss. */
@@ -25,9 +26,12 @@ export function fsyncDir(dir: string): void {
 /**
  * Replaces `file` with `data` durably: temp file in the same folder (unique name, so two writers
  * never share one), fsync, rename, fsync of the folder. Creates the folder. Throws on any failure,
- * leaving the old file in place and no temp file behind.
+ * leaving the old file in place and no temp file behind. With `sync: false` the two fsyncs are
+ * left out: the replacement is still atomic and survives the writer's crash (it is in the page
+ * cache), but not a power loss until `syncFile` has run.
  */
-export function writeFileDurable(file: string, data: string | Uint8Array, opts: { mode?: number } = {}): void {
+export function writeFileDurable(file: string, data: string | Uint8Array, opts: { mode?: number; sync?: boolean } = {}): void {
+  const sync = opts.sync ?? true;
   const dir = dirname(file);
   mkdirSync(dir, { recursive: true });
   const tmp = join(dir, `.${basename(file)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
@@ -37,7 +41,7 @@ export function writeFileDurable(file: string, data: string | Uint8Array, opts: 
     fd = openSync(tmp, 'wx', opts.mode ?? 0o600);
     let off = 0;
     while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    fsyncSync(fd);
+    if (sync) fsyncSync(fd);
     closeSync(fd);
     fd = undefined;
     renameSync(tmp, file);
@@ -46,7 +50,29 @@ export function writeFileDurable(file: string, data: string | Uint8Array, opts: 
     rmSync(tmp, { force: true });
     throw err;
   }
-  fsyncDir(dir);
+  if (sync) fsyncDir(dir);
+}
+
+/**
+ * What `writeFileDurable(..., { sync: false })` left out, off the caller's thread: fsync of the
+ * file, then of its folder. Rejects on failure (a folder that cannot be fsynced is no failure).
+ */
+export async function syncFile(file: string): Promise<void> {
+  const f = await open(file, 'r');
+  try {
+    await f.sync();
+  } finally {
+    await f.close();
+  }
+  const d = await open(dirname(file), 'r');
+  try {
+    await d.sync();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw err;
+  } finally {
+    await d.close();
+  }
 }
 
 /**

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../log.js';
@@ -163,8 +163,12 @@ describe('Ledger', () => {
     const file = join(dir, 'agent-ledger.json');
     const src = new Sources();
     const clock = { t: 1_000_000 };
-    make(src, { file, clock }).granted(R, ['0000:81:00.2']);
+    const first = make(src, { file, clock });
+    first.granted(R, ['0000:81:00.2']);
+    // In the file when granted() returns (before the Allocate answer leaves); fsynced just after.
     expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ version: 1, node: 'n1', grants: { '0000:81:00.2': { resourceName: R, via: 'allocate' } } });
+    await first.flushed();
+    expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     const again = make(src, { file, clock, graceMs: 1_000 });
     expect(again.state('0000:81:00.2').kind).toBe('held');
     writeFileSync(file, '{"version":1,"node":"n1","gra');

@@ -17,7 +17,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { Holder } from '../podresources/client.js';
-import { writeFileDurable } from './durable-file.js';
+import { syncFile, writeFileDurable } from './durable-file.js';
 import type { KubeletCheckpointState } from './kubelet-checkpoint.js';
 
 export const LEDGER_FILE = 'agent-ledger.json';
@@ -113,6 +113,8 @@ export class Ledger {
   private readonly loadedAt: number;
   private readonly goneCache = new Map<string, { gone: boolean | undefined; at: number }>();
   private lastNudge = 0;
+  private unsynced = false;
+  private syncing: Promise<void> | undefined;
 
   constructor(private readonly opts: LedgerOptions) {
     this.log = opts.logger.child({ component: 'ledger' });
@@ -163,7 +165,13 @@ export class Ledger {
       if (g && g.resourceName === resourceName) g.lastSeenAt = at;
       else this.grants.set(id, { resourceName, via: 'allocate', grantedAt: at, lastSeenAt: at });
     }
-    this.save();
+    // On the Allocate path: the record is replaced atomically before the answer leaves, which is
+    // what a crash of this process needs (the next agent reads it from the page cache), and made
+    // durable just after, off the answer's path. A power loss in between loses the grant from this
+    // file, but then every VM dies with the node, and the kubelet's own checkpoint (which the
+    // kubelet fsyncs) still lists what it restarts them with: the ledger reads it as a second source.
+    // Measured: 5–8 ms p50 (58–136 ms p99 on a loaded disk) with both fsyncs, 0.06 ms without.
+    this.save(false);
   }
 
   /** Marks IDs a destructive write is about to hit: Allocate refuses them until unfenced. */
@@ -321,15 +329,41 @@ export class Ledger {
     return JSON.stringify({ version: 1, node: this.opts.node, grants });
   }
 
-  private save(): void {
+  private save(sync = true): void {
     if (!this.opts.file) return;
     const text = this.serialize(); // lastSeenAt is not persisted: it restarts at load
     if (text === this.written) return;
     try {
-      writeFileDurable(this.opts.file, text);
+      writeFileDurable(this.opts.file, text, { sync });
       this.written = text;
+      if (sync) this.unsynced = false;
+      else this.syncSoon();
     } catch (err) {
       this.log.error({ err, file: this.opts.file }, 'cannot write the ledger; grants stay in memory and the write is tried again at the next refresh');
     }
+  }
+
+  /** fsyncs what save(false) wrote, one sync at a time, again while writes came in meanwhile. */
+  private syncSoon(): void {
+    this.unsynced = true;
+    if (this.syncing || !this.opts.file) return;
+    const file = this.opts.file;
+    this.syncing = (async () => {
+      while (this.unsynced) {
+        this.unsynced = false;
+        try {
+          await syncFile(file);
+        } catch (err) {
+          this.log.warn({ err: String(err), file }, 'cannot fsync the ledger; the next write tries again');
+          break;
+        }
+      }
+      this.syncing = undefined;
+    })();
+  }
+
+  /** Resolves once every ledger write so far is on disk (tests, shutdown). */
+  async flushed(): Promise<void> {
+    while (this.syncing) await this.syncing;
   }
 }
