@@ -188,6 +188,7 @@ async function main(): Promise<number> {
     logger,
     metrics,
     rescanIntervalMs: cfg.rescanIntervalMs,
+    devRoot: cfg.devRoot,
     watchPaths: [
       join(cfg.devRoot, 'vfio'),
       join(cfg.sysfsRoot, 'bus/pci/devices'),

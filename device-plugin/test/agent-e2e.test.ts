@@ -229,6 +229,8 @@ describe('agent process, standalone mode', () => {
     const node = join(dev, 'vfio', String(group));
     rmSync(node);
     await kubelet.waitFor('VF unhealthy', () => kubelet.lastList(R.net)?.find((d) => d.ID === vf)?.health === 'Unhealthy');
+    // The event itself flipped it (the health fast path), not a later rescan.
+    expect(agent.logs.some((l) => (l as { node?: string }).node === `/dev/vfio/${group}` && /device node gone/.test(String(l.msg)))).toBe(true);
     await expect(kubelet.allocate(R.net, [vf])).rejects.toMatchObject({ code: 9, details: expect.stringContaining(vf) });
     await until('status names the reason', async () => /vfio/.test((await status()).slices?.find((s) => s.id === vf)?.reason ?? '') || undefined);
     writeFileSync(node, '');

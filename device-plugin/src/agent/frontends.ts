@@ -103,6 +103,16 @@ export class DevicePluginFrontEnd {
     }
   }
 
+  /** Pushes new health of slices already served; starts and stops nothing (the health fast path). */
+  updateHealth(slices: readonly Slice[]): void {
+    const byPool = new Map<string, Slice[]>();
+    for (const s of slices) byPool.set(s.pool, [...(byPool.get(s.pool) ?? []), this.advertised(s)]);
+    for (const [name, plugin] of this.plugins) {
+      const l = byPool.get(name);
+      if (l) plugin.update(l);
+    }
+  }
+
   /** Has the kubelet rewrite its checkpoint (see PoolPlugin.resend). */
   nudgeKubelet(): void {
     for (const p of this.plugins.values()) p.resend();

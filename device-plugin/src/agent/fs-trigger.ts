@@ -17,6 +17,8 @@ export class FsTrigger {
     private readonly paths: readonly string[],
     private readonly fire: () => void,
     private readonly clock: () => number,
+    /** Every raw event, before coalescing: the folder and the entry it names (the health fast path). */
+    private readonly onEvent?: (dir: string, name: string | null) => void,
   ) {}
 
   /** fs.watch on each folder that exists; call again to pick up folders that appeared later. */
@@ -24,7 +26,10 @@ export class FsTrigger {
     for (const path of this.paths) {
       if (this.watchers.has(path)) continue;
       try {
-        const w = watch(path, { persistent: false }, () => this.event());
+        const w = watch(path, { persistent: false }, (_type, name) => {
+          this.onEvent?.(path, name);
+          this.event();
+        });
         w.on('error', () => {
           w.close();
           this.watchers.delete(path);

@@ -32,6 +32,7 @@ import { afterOnDemand, beforeOnDemand } from './ondemand.js';
 import { diffPlans, retire, retiredKey, type Retired } from './retire.js';
 import { buildStatus, type Condition, type PoolRegistration } from './status.js';
 import { FsTrigger } from './fs-trigger.js';
+import { GoneNodes } from './gone-nodes.js';
 import { activeIds, allSlices, protectedIds, type ViewInput } from './views.js';
 
 
@@ -52,6 +53,8 @@ export interface ManagerOptions {
   rescanIntervalMs: number;
   /** Folders whose changes trigger a rescan (e.g. <dev-root>/vfio, <sysfs>/bus/pci/devices). */
   watchPaths: string[];
+  /** Where the node's /dev is seen (default /dev): the health fast path maps events to slices' nodes. */
+  devRoot?: string;
   statusSink?: StatusSink;
   lookupPod?: PodLookup;
   /** Wall clock for condition timestamps. */
@@ -105,6 +108,7 @@ export class AgentManager {
   private idsOf: Inventory | undefined;
   private ids = new Set<string>();
   private slices: Slice[] = [];
+  private readonly gone: GoneNodes;
   private scanError: string | undefined;
   private lastStatus: VirtualIONodeStatus | undefined;
   private lastStatusText = '';
@@ -167,7 +171,14 @@ export class AgentManager {
           : {}),
       },
     });
-    this.fs = new FsTrigger(opts.watchPaths, () => this.trigger('fs'), () => this.clock());
+    this.gone = new GoneNodes(opts.devRoot);
+    this.fs = new FsTrigger(opts.watchPaths, () => this.trigger('fs'), () => this.clock(), (dir, name) => {
+      const node = this.gone.note(dir, name, this.slices);
+      if (!node) return;
+      this.slices = this.gone.apply(this.slices);
+      this.log.warn({ node }, 'device node gone: its slices are Unhealthy until the next cycle says more');
+      this.frontEnd.updateHealth(this.slices);
+    });
     this.carver = new Carver(opts.ops, this.checkpoint, opts.metrics, this.log, () => this.clock(), opts.backoff);
     this.restore = new StartupRestore(this.clock(), opts.restoreWaitMs ?? 10_000);
     this.frontEnd = new DevicePluginFrontEnd({
@@ -385,7 +396,7 @@ export class AgentManager {
       }
       if (onDemand) afterOnDemand(this.inventory, this.checkpoint, onDemand.wanted);
       try {
-        this.slices = this.buildAllSlices(spec);
+        this.slices = this.gone.apply(this.buildAllSlices(spec));
       } catch (err) {
         this.log.error({ err }, 'building slices failed; keeping the last slices');
         this.scanError = `building slices failed: ${String(err)}`;
@@ -458,7 +469,7 @@ export class AgentManager {
     if (this.slices.length === 0) return;
     let now: Slice[];
     try {
-      now = this.buildAllSlices(spec);
+      now = this.gone.apply(this.buildAllSlices(spec));
     } catch {
       return;
     }
