@@ -103,6 +103,39 @@ export interface VirtualIODeviceSpec {
      */
     vfDriver?: string;
     /**
+     * Intel SR-IOV GPUs: what each VF of the pool gets, written before the VFs are enabled (i915 drm/cardN/prelim_iov/vfN/gt* / quotas; xe sriov_admin/vfN/profile/). Unset fields are left to the driver. A field the GPU's driver has no attribute for is refused with the reason in the pool's status; nothing is written on a VF a VM holds. See docs/gpu/intel.md.
+     */
+    gpuVf?: {
+      /**
+       * Device memory per VF in bytes (i915 lmem_quota, per tile; xe vram_quota, Linux 7.0+).
+       */
+      lmemBytes?: number;
+      /**
+       * Global GTT per VF in bytes (i915 ggtt_quota). i915 needs it with contexts when quotas are set.
+       */
+      ggttBytes?: number;
+      /**
+       * GuC contexts per VF (i915 contexts_quota).
+       */
+      contexts?: number;
+      /**
+       * GuC doorbells per VF (i915 doorbells_quota).
+       */
+      doorbells?: number;
+      /**
+       * Execution quantum per VF in ms (i915 and xe exec_quantum_ms; 0 is the driver's unlimited).
+       */
+      execQuantumMs?: number;
+      /**
+       * Preemption timeout per VF in µs (i915 and xe preempt_timeout_us; 0 is the driver's unlimited).
+       */
+      preemptTimeoutUs?: number;
+      /**
+       * Scheduling priority per VF (xe sched_priority; i915 shows no such attribute on VFs).
+       */
+      schedPriority?: 'low' | 'normal' | 'high';
+    };
+    /**
      * SRIOV: take over VFs that another owner (an admin, the SR-IOV network operator) already enabled on a selected PF, re-carving them when the count differs. Off (the default), such a PF is left alone and the pool reports a Conflict naming it.
      */
     adoptExistingVFs?: boolean;
@@ -374,6 +407,18 @@ export interface PoolPlan {
    * The GPU may mix vGPU framebuffer sizes (NVIDIA mixed-size mode).
    */
   vgpuHeterogeneous?: boolean;
+  /**
+   * SRIOV on Intel GPUs: what each VF gets, written before the VFs are enabled (see VirtualIODevice spec.carving.gpuVf).
+   */
+  gpuVf?: {
+    lmemBytes?: number;
+    ggttBytes?: number;
+    contexts?: number;
+    doorbells?: number;
+    execQuantumMs?: number;
+    preemptTimeoutUs?: number;
+    schedPriority?: 'low' | 'normal' | 'high';
+  };
   wwnPrefix?: string;
   /**
    * The pool is being deleted; the agent stops serving it and uncarves what no pod holds.

@@ -29,8 +29,19 @@ export interface Inventory {
    * the agent keeps what it read before (agent-only; carving/gpu.ts).
    */
   vgpuCatalogues?: Record<string, { id: number; name?: string }[]>;
+  /** Intel SR-IOV GPUs: each PF's per-VF provisioning attributes and their values (agent-only; discovery/gpu-vf-iov.ts). */
+  gpuVfProvisioning?: Record<string, GpuVfProvisioning>;
   /** Problems that are not tied to one device (e.g. an unreadable `bus/pci/devices`). */
   errors?: string[];
+}
+
+/** The per-VF provisioning folder of an Intel SR-IOV GPU's PF. */
+export interface GpuVfProvisioning {
+  driver: 'i915' | 'xe';
+  /** Sysfs path (from the root) of the folder holding `vf1/`, `vf2/`, ... */
+  base: string;
+  /** By VF number (1-based, as the folder names it): attribute path below `vfN/` (`gt0/lmem_quota`, `profile/vram_quota`) → its value. */
+  vfs: Record<string, Record<string, string>>;
 }
 
 /** One NPIV virtual port (agent-only fact; the CRD inventory carries only the physical ports). */

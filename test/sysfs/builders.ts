@@ -83,8 +83,8 @@ export function mdevGpu(address: string, o: { numaNode?: number; instances?: num
 
 /**
  * Intel Data Center GPU Flex 170 (8086:56c0) on Intel's out-of-tree i915 with SR-IOV (31 VFs, VF ID
- * 56c0), its per-VF provisioning folder `drm/card<N>/prelim_iov/` present (the quotas themselves are
- * not modelled). Returns the spec and the folder to create under the PF.
+ * 56c0), its per-VF provisioning folder `drm/card<N>/prelim_iov/` present. Returns the spec and the
+ * folders to create under the PF; intel-iov.ts addIntelFlex170 adds the quota files and the driver's rules.
  */
 export function intelFlex170(address: string, o: { card?: number; numaNode?: number } = {}): { spec: FunctionSpec; dirs: string[] } {
   const card = `drm/card${o.card ?? 1}`;

@@ -9,6 +9,7 @@ import { groupOf, leaveGroup } from './kernel-iommu.js';
 import { mdevRemove, mdevsOn } from './kernel-mdev.js';
 import { vportsOn } from './kernel-npiv.js';
 import { exists, formatBdf, link, list, parseBdf, readTrim, UUID_RE } from './kernel-tree.js';
+import { i915AfterDisable, i915BeforeEnable } from './intel-iov.js';
 import type { FakeKernel, WriteOptions } from './kernel.js';
 import { resetVfStates } from './netlink.js';
 import type { WriteGate } from './vfio.js';
@@ -47,10 +48,12 @@ export async function setNumVfs(k: FakeKernel, gate: WriteGate, dir: string, bdf
   if (!pfDrv) throw new KernelError('ENOENT', `${bdf}: no driver bound to device; cannot configure SR-IOV`);
   if ((await k.config()).noSriovConfigure?.includes(pfDrv)) throw new KernelError('ENOENT', `${bdf}: driver ${pfDrv} does not support SR-IOV configuration via sysfs`);
   if (n !== 0 && current !== 0 && !opts.alreadyWritten) throw new KernelError('EBUSY', `${bdf}: ${current} VFs already enabled. Disable before enabling ${n} VFs`);
+  if (n !== 0) await i915BeforeEnable(k, dir, n); // i915 prelim_iov: verifies (or auto-provisions) the VF quotas
   // Any change of the VF count takes every VF (and mdevs on them, and conservatively the PF's own).
   await gate.witness([...(await vfsWithMdevs(k, dir)), ...(await mdevsOn(k, dir))]);
   if (n !== 0 && current !== 0) await disableVfs(k, dir);
   if (n === 0) await disableVfs(k, dir);
+  if (n === 0) await i915AfterDisable(k, dir);
   else await enableVfs(k, gate, dir, bdf, n);
   resetVfStates(k.root, bdf); // the PF driver's VF settings (MAC, VLAN, ...) start over: netlink.ts
   if (!opts.alreadyWritten) await writeFile(path.join(dir, 'sriov_numvfs'), `${n}\n`);

@@ -33,6 +33,7 @@ import { vportCreate, vportDelete, vportDeleteSelf } from './kernel-npiv.js';
 import { removeFunction, setNumVfs, takesWith } from './kernel-sriov.js';
 import { BDF_RE, exists, list, touch, UUID_RE } from './kernel-tree.js';
 import { writeVgpuType } from './nvidia.js';
+import { isI915Quota, writeI915Quota } from './intel-iov.js';
 import { ownership, WriteGate, type Destroyed, type OpenOptions, type Ownership, type Violation, type VfioRequest } from './vfio.js';
 
 export { KernelError } from './kernel-error.js';
@@ -233,6 +234,7 @@ export class FakeKernel implements SysfsWriter {
       return writeVgpuType(this, path.dirname(dir), relPath, v, opts.alreadyWritten === true);
     }
     if (path.basename(dir) === 'nvidia' && name === 'creatable_vgpu_types') throw new KernelError('EACCES', 'creatable_vgpu_types is read-only');
+    if (isI915Quota(file)) return writeI915Quota(this, file, relPath, v);
     const bdf = path.basename(dir);
     if (BDF_RE.test(bdf) && (await exists(path.join(dir, 'vendor')))) {
       if (name === 'sriov_numvfs') return setNumVfs(this, this.gate, dir, bdf, v.trim(), opts);

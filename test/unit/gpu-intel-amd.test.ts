@@ -1,12 +1,11 @@
 // Intel and AMD SR-IOV GPUs on the fake kernel: detected per device (gpuInterface), carved as far as
 // sysfs allows (Intel: sriov_numvfs, VFs on vfio-pci; AMD MxGPU: VFs made by gim, bound to vfio-pci),
 // and a count sysfs cannot set (gim) refused with the reason instead of a write the driver refuses.
-import { mkdirSync } from 'node:fs';
-import path from 'node:path';
 import { planCarving } from '../../device-plugin/src/carving/plan.js';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import type { PoolPlan } from '../../device-plugin/src/model.js';
-import { amdMi300x, FakeKernel, intelFlex170 } from '../sysfs/kernel.js';
+import { addIntelFlex170, FLEX170_FREE } from '../sysfs/intel-iov.js';
+import { amdMi300x, FakeKernel } from '../sysfs/kernel.js';
 import { tempTree } from '../sysfs/tmp.js';
 
 const FLEX = '0000:4d:00.0';
@@ -17,9 +16,7 @@ const sriovPool = (name: string, pf: string, count: number, o: Partial<PoolPlan>
 test('Intel Flex 170 on i915 with prelim_iov: IntelI915Iov; a plain SR-IOV pool enables VFs and binds them to vfio-pci', async () => {
   const { root, devRoot } = await tempTree();
   const k = await FakeKernel.create(root, devRoot);
-  const flex = intelFlex170(FLEX);
-  const dir = await k.addFunction(flex.spec);
-  for (const d of flex.dirs) mkdirSync(path.join(dir, d), { recursive: true });
+  await addIntelFlex170(k, FLEX); // with the i915 quota rules (test/sysfs/intel-iov.ts)
   let inv = await scan(root, { devRoot });
   expect(inv.devices.find((d) => d.pciAddress === FLEX)?.gpuInterface).toBe('IntelI915Iov');
   const spec = { pools: [sriovPool('flex', FLEX, 4)] };
@@ -31,6 +28,9 @@ test('Intel Flex 170 on i915 with prelim_iov: IntelI915Iov; a plain SR-IOV pool 
   const vfs = inv.devices.find((d) => d.pciAddress === FLEX)?.sriov?.vfs ?? [];
   expect(vfs).toHaveLength(4);
   for (const vf of vfs) expect(await k.driverOf(vf)).toBe('vfio-pci');
+  // No quotas asked: the driver's automatic provisioning split the GPU evenly over the 4 VFs.
+  expect(inv.gpuVfProvisioning?.[FLEX]?.vfs['4']?.['gt0/contexts_quota']).toBe(String(Math.floor(FLEX170_FREE.contexts_quota / 4)));
+  expect(inv.gpuVfProvisioning?.[FLEX]?.vfs['5']?.['gt0/contexts_quota']).toBe('0');
 });
 
 test('AMD MI300X on gim: AmdMxgpu; its VFs are adopted and passed through, another count is refused with the reason', async () => {

@@ -11,6 +11,7 @@
 // unbinding it from there takes nothing from anyone (what hangs off it — VFs, mdevs, vports — still
 // counts). This is what lets a held passthrough function or VF be re-bound after a reboot.
 import type { Inventory, InventoryDevice, SysfsWrite } from '../model.js';
+import { gpuVfPathTarget } from '../carving/gpu-vf.js';
 
 /** Every slice-shaped ID that exists on the node: functions, mdevs, vports. */
 export function existingIds(inv: Inventory): Set<string> {
@@ -73,6 +74,12 @@ export function victimsOf(
     const vf = (VGPU_TYPE.exec(w.path) as RegExpExecArray)[1] as string;
     const cur = devices.get(vf)?.nvidiaVgpu?.currentType;
     if (cur !== 0 && value !== String(cur)) out.add(vf);
+  } else if (gpuVfPathTarget(w.path)) {
+    // Intel SR-IOV GPU provisioning (i915 quotas, xe sriov_admin profile): the driver applies a new
+    // value to an enabled VF at once (i915 reallocates its LMEM), under whatever VM has it.
+    const t = gpuVfPathTarget(w.path) as { pf: string; vf: number };
+    const vf = devices.get(t.pf)?.sriov?.vfs?.[t.vf - 1];
+    if (vf !== undefined) out.add(vf);
   } else if (MDEV_REMOVE.test(w.path)) {
     const uuid = (MDEV_REMOVE.exec(w.path) as RegExpExecArray)[1] as string;
     if (value === '1') out.add(uuid);

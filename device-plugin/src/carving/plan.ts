@@ -6,6 +6,7 @@ import { compareText, isBridgeClass, isPciAddress, VFIO_PCI } from '../sysfs/pci
 import { isOnDemand, planOnDemand, planOnDemandUncarve, type MdevCapacity, type WantedMdev } from './ondemand.js';
 import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
 import { AMD_GIM_DRIVER } from './gpu.js';
+import { gpuVfPathTarget, gpuVfResetWrites, gpuVfWrites, mixedQuotaProblem } from './gpu-vf.js';
 import { isVgpuPool, planVgpu, planVgpuUncarve } from './vgpu.js';
 import { isOnDemandVgpu, planOnDemandVgpu, planOnDemandVgpuUncarve, withKeptCatalogues } from './ondemand-vgpu.js';
 
@@ -57,7 +58,7 @@ function list(ids: string[], max = 8): string {
 }
 
 /** SR-IOV: numvfs per PF over every pool on it, then VF driver binding. */
-function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, allocated: ReadonlySet<string>, out: CarvingPlan, ownedPfs?: ReadonlySet<string>): void {
+function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, allocated: ReadonlySet<string>, out: CarvingPlan, ownedPfs?: ReadonlySet<string>, provisioning: Inventory['gpuVfProvisioning'] = {}): void {
   const byPf = new Map<string, { pool: PoolPlan; dev: PoolDevice }[]>();
   for (const pool of pools) {
     for (const dev of pool.devices) {
@@ -101,7 +102,28 @@ function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, all
       block(`${pfAddr} is on AMD's gim driver, which creates its VFs when it loads (${cur} now); their count cannot be set through sysfs: set spec.carving.count to ${cur}, or change gim's vf_num / /etc/gim_config and reload it`);
       continue;
     }
+    // Intel SR-IOV GPUs: each pool's per-VF provisioning (spec.carving.gpuVf), for VF numbers 1-based.
+    const prov = provisioning[pfAddr];
+    const numbersOf = (u: { pool: PoolPlan; dev: PoolDevice }): number[] => {
+      const { first, last } = vfRange(u.pool, u.dev, total);
+      return Array.from({ length: Math.max(0, Math.min(last, want - 1) - first + 1) }, (_, i) => first + i + 1);
+    };
+    const quotaProblem = (): string | undefined => mixedQuotaProblem(pfAddr, prov, users.map((u) => u.pool));
     if (cur !== want) {
+      // Quotas go on before the VFs exist: i915 checks them when sriov_numvfs is written.
+      const quotas: SysfsWrite[] = [];
+      const problems: { pool: string; reason: string }[] = [];
+      const mixed = want > 0 ? quotaProblem() : undefined;
+      if (mixed) for (const u of users) problems.push({ pool: u.pool.name, reason: mixed });
+      for (const u of want > 0 && !mixed ? users : []) {
+        const q = gpuVfWrites(u.pool, pf, prov, numbersOf(u), `before its VFs are enabled, pool ${u.pool.name}`);
+        if (q.problem) problems.push({ pool: u.pool.name, reason: q.problem });
+        quotas.push(...q.writes);
+      }
+      if (problems.length > 0) {
+        for (const p of problems) out.blocked.push({ pool: p.pool, device: pfAddr, reason: p.reason });
+        continue; // VFs are not enabled without what their pool asks for
+      }
       if (cur !== 0) {
         const held = vfs.filter((vf) => allocated.has(vf));
         if (held.length > 0) {
@@ -111,14 +133,29 @@ function planSriov(pools: PoolPlan[], devices: Map<string, InventoryDevice>, all
         out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: '0', why: `disable ${cur} VFs before enabling ${want} (pools ${poolNames})`, group: pfAddr, pools });
       }
       if (want > 0) {
+        out.writes.push(...quotas);
         out.writes.push({ path: pciDev(pfAddr, 'sriov_drivers_autoprobe'), value: '0', why: `keep new VFs of ${pfAddr} unbound`, group: pfAddr, pools });
         out.writes.push({ path: pciDev(pfAddr, 'sriov_numvfs'), value: String(want), why: `enable ${want} VFs (pools ${poolNames})`, group: pfAddr, pools });
       }
       continue; // the VFs are bound on the next pass, once discovery has seen them
     }
+    const mixed = quotaProblem();
     for (const { pool, dev } of users) {
       const { first, last } = vfRange(pool, dev, total);
       const driver = vfDriverOf(pool);
+      if (pool.gpuVf) {
+        // VFs already enabled (a changed spec, or enabled before): values go on each VF no VM holds.
+        const q = mixed ? { writes: [], problem: mixed } : gpuVfWrites(pool, pf, prov, numbersOf({ pool, dev }), `pool ${pool.name}`);
+        if (q.problem) {
+          out.blocked.push({ pool: pool.name, device: pfAddr, reason: q.problem });
+          continue; // its VFs are not handed out without what the pool asks for
+        }
+        for (const w of q.writes) {
+          const vf = vfs[(gpuVfPathTarget(w.path)?.vf ?? 0) - 1];
+          if (vf !== undefined && allocated.has(vf)) out.blocked.push({ pool: pool.name, device: vf, reason: `VF ${vf} is allocated: ${w.path.split('/').pop() ?? ''} changes to ${w.value} once it is released (never under a running VM)` });
+          else out.writes.push({ ...w, group: vf ?? pfAddr });
+        }
+      }
       for (let i = first; i <= last && i < vfs.length; i++) {
         const vfAddr = vfs[i] as string;
         const vf = devices.get(vfAddr);
@@ -310,7 +347,7 @@ export function planCarving(input: PlanInput): CarvingPlan {
   const out: CarvingPlan = { writes: [], blocked: [] };
   const devices = indexDevices(input.inventory);
   const pools = [...(input.spec.pools ?? [])].filter((p) => !p.deleting).sort((a, b) => compareText(a.name, b.name));
-  planSriov(pools.filter((p) => p.mode === 'SRIOV' && !isVgpuPool(p) && !isOnDemandVgpu(p)), devices, input.allocated, out, input.ownedPfs);
+  planSriov(pools.filter((p) => p.mode === 'SRIOV' && !isVgpuPool(p) && !isOnDemandVgpu(p)), devices, input.allocated, out, input.ownedPfs, input.inventory.gpuVfProvisioning);
   planVgpu(pools.filter(isVgpuPool), devices, input.inventory, input.allocated, out);
   const seen = new Set<string>();
   for (const pool of pools) {
@@ -404,6 +441,8 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
       }
       out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_numvfs'), value: '0', why: `release ${vfs.length} VFs of pool ${pool.name}`, group: pd.pciAddress, pools: [pool.name] });
       out.writes.push({ path: pciDev(pd.pciAddress, 'sriov_drivers_autoprobe'), value: '1', why: `restore VF autoprobe on ${pd.pciAddress}`, group: pd.pciAddress, pools: [pool.name] });
+      // i915 quotas go back to unset once the VFs are gone: the next owner gets the driver's even split.
+      out.writes.push(...gpuVfResetWrites(pool, inventory.gpuVfProvisioning?.[pd.pciAddress], Array.from({ length: last - first + 1 }, (_, i) => first + i + 1)));
     } else if (pool.mode === 'Mediated') {
       // Every mdev of ours on the pool's parents goes (also ours beyond the current slots); foreign ones stay.
       const { candidates, type } = mdevSlots(nodeName, pool, pd, devices);

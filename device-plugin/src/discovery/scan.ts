@@ -2,9 +2,10 @@
 import { realpathSync } from 'node:fs';
 import path from 'node:path';
 import { markGpuInterfaces, parseCreatableTypes, type GpuHint } from '../carving/gpu.js';
-import type { FcVport, Inventory, InventoryDevice } from '../model.js';
+import type { FcVport, GpuVfProvisioning, Inventory, InventoryDevice } from '../model.js';
 import { comparePci, compareText, isPciAddress, UUID_RE } from '../sysfs/pci.js';
 import { AttrReader, listDir } from '../sysfs/read.js';
+import { readGpuVfProvisioning } from './gpu-vf-iov.js';
 
 /** Options of {@link scan}. */
 export interface ScanOptions {
@@ -27,6 +28,8 @@ interface Extra {
   vfioCdev?: string;
   /** Intel's SR-IOV provisioning folder (i915 `drm/cardN/prelim_iov` or `iov`, xe `sriov_admin`). */
   gpuHint?: GpuHint;
+  /** Its per-VF provisioning attributes (Intel SR-IOV GPUs). */
+  gpuVf?: GpuVfProvisioning;
   vports: FcVport[];
 }
 
@@ -265,6 +268,10 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
   else if (entries.includes('drm')) {
     for (const card of r.list('drm')) if (/^card\d+$/.test(card) && r.list(`drm/${card}`).some((e) => e === 'prelim_iov' || e === 'iov')) extra.gpuHint = 'i915-iov';
   }
+  if (extra.gpuHint) {
+    const p = readGpuVfProvisioning(r, name, entries);
+    if (p) extra.gpuVf = p;
+  }
 
   if (entries.includes('net')) {
     const netdevs: NonNullable<InventoryDevice['netdevs']> = [];
@@ -423,6 +430,8 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
   results.sort((a, b) => comparePci(a.device.pciAddress, b.device.pciAddress));
   const inventory: Inventory = { devices: results.map((r) => r.device) };
   markGpuInterfaces(inventory.devices, new Map(results.flatMap((r) => (r.extra.gpuHint ? [[r.device.pciAddress, r.extra.gpuHint] as const] : []))));
+  const provisioning = Object.fromEntries(results.flatMap((r) => (r.extra.gpuVf ? [[r.device.pciAddress, r.extra.gpuVf] as const] : [])));
+  if (Object.keys(provisioning).length > 0) inventory.gpuVfProvisioning = provisioning;
   const vports = results.flatMap((r) => r.extra.vports);
   if (vports.length > 0) inventory.vports = vports;
   const cdevs: Record<string, string> = {};

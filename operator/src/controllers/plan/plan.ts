@@ -116,6 +116,7 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
     ...(mode === 'SRIOV' && spec.carving.vgpu ? { vgpuProfile: spec.carving.vgpu.profile } : {}),
     ...(mode === 'SRIOV' && (spec.carving.vgpu?.heterogeneous || (spec.carving.onDemand?.vgpuProfiles && spec.carving.onDemand.heterogeneous)) ? { vgpuHeterogeneous: true } : {}),
     ...(mode === 'SRIOV' && spec.carving.adoptExistingVFs ? { adoptExistingVFs: true } : {}),
+    ...(mode === 'SRIOV' && spec.carving.gpuVf ? { gpuVf: { ...spec.carving.gpuVf } } : {}),
     ...(mode === 'NPIV' && spec.carving.wwnPrefix ? { wwnPrefix: spec.carving.wwnPrefix } : {}),
     // Only DRA is carried: an absent frontEnd means DevicePlugin, so existing plans stay byte-identical.
     ...(spec.frontEnd === 'DRA' ? { frontEnd: 'DRA' as const } : {}),
