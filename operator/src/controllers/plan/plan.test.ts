@@ -196,6 +196,17 @@ describe('planNode', () => {
     expect(plan.conflicts).toEqual([{ pool: 'l40s-12q', node: 'n1', device: '0000:3b:00.0', heldBy: 'l40s' }]);
   });
 
+  test('an Intel SR-IOV GPU pool carries its gpuVf provisioning; one without it plans as before', () => {
+    const flex: InventoryDevice = { pciAddress: '0000:4d:00.0', vendorID: '8086', deviceID: '56c0', classCode: '038000', driver: 'i915', sriov: { totalVFs: 31, numVFs: 0, vfs: [] } };
+    const v = vioNodeObj('n1', { devices: [flex] });
+    const gpuVf = { lmemBytes: 3221225472, ggttBytes: 536870912, contexts: 1024, execQuantumMs: 20 };
+    const carving = (o: object = {}): { mode: 'SRIOV'; count: number } => ({ mode: 'SRIOV', count: 4, ...o });
+    const withQuotas = planNode(node, v, preparePools([poolObj('flex', { class: 'GPU', deviceSelector: { pciAddresses: ['0000:4d:00.0'] }, carving: carving({ gpuVf }) }, { createdSec: 1 })]));
+    expect(withQuotas.pools).toEqual([{ name: 'flex', resourceName: 'virtualio.dev/flex', class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', policy: 'NUMAAligned', count: 4, vfDriver: 'vfio-pci', gpuVf, devices: [{ pciAddress: '0000:4d:00.0' }] }]);
+    const plain = planNode(node, v, preparePools([poolObj('flex', { class: 'GPU', deviceSelector: { pciAddresses: ['0000:4d:00.0'] }, carving: carving() }, { createdSec: 1 })]));
+    expect(Object.keys(plain.pools[0] ?? {})).not.toContain('gpuVf');
+  });
+
   test('non-overlapping VF ranges of one PF are no conflict; overlapping ones are', () => {
     const pools = preparePools([
       poolObj('low', { class: 'NIC', deviceSelector: { interfaceNames: ['ens1f0#0-3'] } }, { createdSec: 1 }),
