@@ -27,16 +27,25 @@
 //
 //   node --import ./test/sysfs/ts-hooks.mjs test/bench/dra-scheduler.ts [--nodes 100,500] [--pods 100,20]
 //        [--dp-pods 500,1000] [--modes dp,precarved,dra,match] [--give-up-seconds 300] [--keep-logs] [--json]
-import { request, Agent } from 'node:https';
-import { readFileSync, rmSync } from 'node:fs';
+//        [--scheduler-v 0] [--profile <dir>] [--pools ondemand,precarved]
+// --pools: which DRA pools every node publishes (default both; modes whose pool is left out are skipped).
+// It matters on 1.36: the scheduler's allocator examines every node's counter-set slice while filtering
+// each node, so the on-demand pool's presence slows every DRA mode, pre-carved too (BENCHMARKS.md).
+// VIO_BIN_DIR=<folder> runs another kube-scheduler build (the other binaries must be there too).
+// --profile writes a CPU profile of kube-scheduler for each mode (`<dir>/<nodes>-<mode>.pprof`, the
+// scheduler's /debug/pprof on its secure port, opened to anonymous reads of that path only); read it
+// with `go tool pprof -top <file>`.
+import { get } from 'node:https';
+import { createWriteStream, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { learnCapacity, offeredParents } from '../../device-plugin/src/carving/ondemand.js';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import { onDemandContent } from '../../device-plugin/src/dra/counters.js';
 import { deviceClassFor, resourcePoolName, resourceSlicesFor, type DraDevice } from '../../device-plugin/src/dra/devices.js';
 import type { InventoryDevice, PoolPlan } from '../../device-plugin/src/model.js';
-import { startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
+import { freePort, startControlPlane } from '../cluster/control-plane.js';
 import { FakeKernel, mdevGpuMixed } from '../sysfs/kernel.js';
+import { client, type Api } from './api.js';
 import { machine, scratchDir, summarize } from './lib.js';
 
 const argv = process.argv.slice(2);
@@ -48,6 +57,8 @@ const sizes = flag('nodes', '100,500').split(',').map(Number);
 const podCounts = flag('pods', '100,20').split(',').map(Number);
 const dpPodCounts = flag('dp-pods', '500,1000').split(',').map(Number);
 const modes = flag('modes', 'dp,precarved,dra,match').split(',') as Mode[];
+// Which DRA pools every node publishes (the device-plugin allocatable is always there).
+const published = new Set(flag('pools', 'ondemand,precarved').split(','));
 const say = (m: string): void => void process.stderr.write(`[dra-scheduler] ${m}\n`);
 type Mode = 'dp' | 'precarved' | 'dra' | 'match';
 
@@ -56,23 +67,6 @@ const TYPE_2Q = 'nvidia-745';
 const DP_RESOURCE = 'virtualio.dev/a16-2q';
 const PRECARVED = 'a16pc';
 const pool: PoolPlan = { name: 'a16', resourceName: 'virtualio.dev/a16', class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', frontEnd: 'DRA', onDemand: { mdevTypes: ['nvidia-745', 'nvidia-746', 'nvidia-747'] }, devices: GPUS.map((pciAddress) => ({ pciAddress })) };
-
-/** A minimal JSON client for the admin certificate (many requests in flight, keep-alive). */
-type Api = (method: string, path: string, body?: unknown) => Promise<unknown>;
-function client(cp: ControlPlane): Api {
-  const agent = new Agent({ keepAlive: true, maxSockets: 16, ca: readFileSync(cp.caFile), cert: readFileSync(join(cp.dir, 'admin.crt')), key: readFileSync(join(cp.dir, 'admin.key')) });
-  return (method, path, body) => new Promise((res, rej) => {
-    const req = request(`${cp.server}${path}`, { method, agent, headers: { 'content-type': method === 'PATCH' ? 'application/merge-patch+json' : 'application/json' } }, (r) => {
-      let text = '';
-      r.setEncoding('utf8').on('data', (c: string) => (text += c)).on('end', () => {
-        if ((r.statusCode ?? 500) >= 300) rej(new Error(`${method} ${path}: ${r.statusCode} ${text.slice(0, 300)}`));
-        else res(text ? JSON.parse(text) : undefined);
-      });
-    });
-    req.on('error', rej);
-    req.end(body === undefined ? undefined : JSON.stringify(body));
-  });
-}
 
 /** Runs `fn` over `items` with at most `width` in flight. */
 async function parallel<T>(items: readonly T[], width: number, fn: (x: T, i: number) => Promise<unknown>): Promise<void> {
@@ -126,8 +120,8 @@ async function sliceTemplate(): Promise<{ devices: Map<string, InventoryDevice>;
         return { ...rest, attributes: { ...rest.attributes, pool: { string: PRECARVED } } };
       }));
       return [
-        ...resourceSlicesFor(node, { pool: pool.name, poolName: resourcePoolName(node, pool.name), chunks, counterChunks: c.counterChunks }, 1),
-        ...resourceSlicesFor(node, { pool: PRECARVED, poolName: resourcePoolName(node, PRECARVED), chunks: plain }, 1),
+        ...(published.has('ondemand') ? resourceSlicesFor(node, { pool: pool.name, poolName: resourcePoolName(node, pool.name), chunks, counterChunks: c.counterChunks }, 1) : []),
+        ...(published.has('precarved') ? resourceSlicesFor(node, { pool: PRECARVED, poolName: resourcePoolName(node, PRECARVED), chunks: plain }, 1) : []),
       ];
     },
   };
@@ -162,6 +156,24 @@ function podObject(ns: string, name: string, mode: Mode): unknown {
 
 interface RunFigure { nodes: number; pods: number; mode: Mode; bound: number; createSeconds: number; bindSeconds: number; podsPerSecond: number; createToBindMs: ReturnType<typeof summarize> }
 
+/** Fetches a CPU profile of `seconds` from the scheduler's /debug/pprof into `file` (resolves when written). */
+function captureProfile(port: number, seconds: number, file: string): Promise<void> {
+  return new Promise((res) => {
+    const req = get(`https://127.0.0.1:${port}/debug/pprof/profile?seconds=${seconds}`, { rejectUnauthorized: false, timeout: (seconds + 30) * 1000 }, (r) => {
+      if (r.statusCode !== 200) {
+        say(`profile: HTTP ${r.statusCode} from the scheduler`);
+        r.resume();
+        res();
+        return;
+      }
+      r.pipe(createWriteStream(file)).on('finish', () => { say(`profile written: ${file}`); res(); });
+    });
+    req.on('error', (e) => { say(`profile: ${e.message}`); res(); });
+  });
+}
+
+let profilePort: number | undefined;
+
 async function runMode(api: Api, nodes: number, pods: number, mode: Mode): Promise<RunFigure> {
   const ns = `bench-${mode}`;
   await api('POST', '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
@@ -170,6 +182,8 @@ async function runMode(api: Api, nodes: number, pods: number, mode: Mode): Promi
   const w = pollBinds(api, ns);
   const created = new Map<string, number>();
   const t0 = performance.now();
+  const profileDir = flag('profile', '');
+  const profiled = profilePort === undefined || !profileDir ? Promise.resolve() : captureProfile(profilePort, Number(flag('profile-seconds', '20')), join(profileDir, `${nodes}-${mode}.pprof`));
   await parallel(names, 16, async (n) => {
     created.set(n, performance.now());
     await api('POST', `/api/v1/namespaces/${ns}/pods`, podObject(ns, n, mode));
@@ -189,6 +203,7 @@ async function runMode(api: Api, nodes: number, pods: number, mode: Mode): Promi
   const last = Math.max(...w.binds.values());
   const bindSeconds = (last - t0) / 1000;
   const lat = names.filter((n) => w.binds.has(n)).map((n) => w.binds.get(n)! - created.get(n)!);
+  await profiled;
   const f: RunFigure = { nodes, pods, mode, bound: w.binds.size, createSeconds: r2(createSeconds), bindSeconds: r2(bindSeconds), podsPerSecond: r2(w.binds.size / bindSeconds), createToBindMs: summarize(lat) };
   say(`${nodes} nodes, ${mode}: ${f.bound}/${pods} bound in ${f.bindSeconds} s (${f.podsPerSecond} pods/s; creates took ${f.createSeconds} s), create → bound p50 ${f.createToBindMs.p50} ms, p90 ${f.createToBindMs.p90} ms`);
   return f;
@@ -204,7 +219,14 @@ async function main(): Promise<void> {
     const pods = podCounts[i] ?? podCounts[podCounts.length - 1]!;
     const dpPods = dpPodCounts[i] ?? dpPodCounts[dpPodCounts.length - 1]!;
     say(`starting a control plane for ${nodes} nodes`);
-    const cp = await startControlPlane({ scheduler: true, schedulerArgs: ['--kube-api-qps=5000', '--kube-api-burst=5000', `--v=${flag('scheduler-v', '0')}`] });
+    const profiling: string[] = [];
+    if (flag('profile', '')) {
+      mkdirSync(flag('profile', ''), { recursive: true });
+      profilePort = await freePort();
+      // The scheduler has no delegated authentication/authorization here: open only these paths.
+      profiling.push(`--secure-port=${profilePort}`, '--profiling=true', '--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics,/debug/pprof,/debug/pprof/*');
+    }
+    const cp = await startControlPlane({ scheduler: true, schedulerArgs: ['--kube-api-qps=5000', '--kube-api-burst=5000', `--v=${flag('scheduler-v', '0')}`, ...profiling] });
     try {
       const api = client(cp);
       for (const p of [pool.name, PRECARVED]) await api('POST', '/apis/resource.k8s.io/v1/deviceclasses', deviceClassFor(p));
@@ -217,9 +239,11 @@ async function main(): Promise<void> {
         await api('PATCH', `/api/v1/nodes/${n}`, { spec: { taints: null } });
         for (const s of tpl.build(n)) await api('POST', '/apis/resource.k8s.io/v1/resourceslices', s);
       });
-      say(`${nodes} nodes and ${nodes * 3} ResourceSlices written in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+      say(`${nodes} nodes and their ResourceSlices (${[...published].join(', ')}) written in ${((performance.now() - t) / 1000).toFixed(1)} s`);
       await new Promise((r) => setTimeout(r, 3000)); // the scheduler's informers catch up
       for (const m of modes) {
+        if ((m === 'dra' || m === 'match') && !published.has('ondemand')) continue;
+        if (m === 'precarved' && !published.has('precarved')) continue;
         load.push(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]!);
         figures.push(await runMode(api, nodes, m === 'dp' ? dpPods : pods, m));
       }
@@ -229,7 +253,7 @@ async function main(): Promise<void> {
       else rmSync(cp.dir, { recursive: true, force: true });
     }
   }
-  const out = { machine: machine(), loadAverageAtEachRun: load, schedulerArgs: ['--kube-api-qps=5000', '--kube-api-burst=5000'], bindingConditions: 'stripped (no agent)', figures };
+  const out = { machine: machine(), loadAverageAtEachRun: load, pools: [...published], schedulerBinary: process.env.VIO_BIN_DIR ?? 'build-bins.sh', schedulerArgs: ['--kube-api-qps=5000', '--kube-api-burst=5000'], bindingConditions: 'stripped (no agent)', figures };
   if (argv.includes('--json')) process.stdout.write(`BENCH_RESULT ${JSON.stringify(out)}\n`);
   else process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
 }

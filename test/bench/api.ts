@@ -1,0 +1,61 @@
+// A minimal JSON client for the benchmarks' private control planes (test/cluster/control-plane.ts),
+// authenticated with the admin client certificate: many requests in flight over keep-alive sockets,
+// no process per call (kubectl's ~100 ms start would blur the figures), and a watch stream.
+import { Agent, request } from 'node:https';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ControlPlane } from '../cluster/control-plane.js';
+
+export type Api = (method: string, path: string, body?: unknown) => Promise<unknown>;
+
+function agentFor(cp: ControlPlane, maxSockets: number): Agent {
+  return new Agent({ keepAlive: true, maxSockets, ca: readFileSync(cp.caFile), cert: readFileSync(join(cp.dir, 'admin.crt')), key: readFileSync(join(cp.dir, 'admin.key')) });
+}
+
+export function client(cp: ControlPlane): Api {
+  const agent = agentFor(cp, 16);
+  return (method, path, body) => new Promise((res, rej) => {
+    const req = request(`${cp.server}${path}`, { method, agent, headers: { 'content-type': method === 'PATCH' ? 'application/merge-patch+json' : 'application/json' } }, (r) => {
+      let text = '';
+      r.setEncoding('utf8').on('data', (c: string) => (text += c)).on('end', () => {
+        if ((r.statusCode ?? 500) >= 300) rej(new Error(`${method} ${path}: ${r.statusCode} ${text.slice(0, 300)}`));
+        else res(text ? JSON.parse(text) : undefined);
+      });
+    });
+    req.on('error', rej);
+    req.end(body === undefined ? undefined : JSON.stringify(body));
+  });
+}
+
+/**
+ * Watches a collection (`path` without `?watch`), calling `onEvent` with each event's type and object
+ * as it arrives, stamped with performance.now(). Starts with an ADDED event per existing object; a
+ * stream the server ends is reopened. `stop()` closes it.
+ */
+export function watch<T>(cp: ControlPlane, path: string, onEvent: (type: string, obj: T, at: number) => void): { stop: () => void } {
+  const agent = agentFor(cp, 1);
+  let stopped = false;
+  let current: ReturnType<typeof request> | undefined;
+  const open = (): void => {
+    if (stopped) return;
+    current = request(`${cp.server}${path}${path.includes('?') ? '&' : '?'}watch=1`, { agent }, (r) => {
+      let buf = '';
+      r.setEncoding('utf8').on('data', (c: string) => {
+        const at = performance.now();
+        buf += c;
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+          const line = buf.slice(0, i).trim();
+          buf = buf.slice(i + 1);
+          if (line) {
+            const e = JSON.parse(line) as { type: string; object: T };
+            onEvent(e.type, e.object, at);
+          }
+        }
+      }).on('end', () => setTimeout(open, 100)).on('error', () => undefined);
+    });
+    current.on('error', () => { if (!stopped) setTimeout(open, 200); });
+    current.end();
+  };
+  open();
+  return { stop: () => { stopped = true; current?.destroy(); agent.destroy(); } };
+}
