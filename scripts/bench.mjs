@@ -13,6 +13,9 @@
 //             sampled from outside the agent (issue 21): VIO_SOAK_CYCLES (default 10,000; --quick 500)
 //   dra       test/bench/dra-scheduler.ts         real kube-scheduler throughput at 100 and 500 nodes:
 //             device plugin vs pre-carved vs on-demand (partitionable) DRA slices (issue 19)
+//   claim     test/bench/dra-claim-running.ts     pod (and its claim) created → Running on the real
+//             scheduler, controller manager and kubelet: on-demand vs pre-carved DRA vs device plugin
+//             (issue 19); VIO_CLAIM_PODS pods per mode (default 5, at most 8; --quick 2); needs root
 //   fuzz      test/unit/fuzz/*.test.ts            the hostile-input fuzzers, long run (issue 21):
 //             VIO_FUZZ_RUNS inputs per target (default 10,000; --quick 1,000), a fresh seed unless
 //             VIO_FUZZ_SEED is set (a failure prints its seed and counterexample)
@@ -34,7 +37,7 @@ const flag = (name, def) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : def;
 };
-const only = new Set((flag('only', 'agent,start,node,operator,dra,faults,soak,fuzz') ?? '').split(','));
+const only = new Set((flag('only', 'agent,start,node,operator,dra,claim,faults,soak,fuzz') ?? '').split(','));
 const quick = argv.includes('--quick');
 const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
@@ -170,6 +173,18 @@ if (only.has('dra')) {
   for (const x of f?.figures ?? []) {
     row('dra', `${x.nodes} nodes, ${what[x.mode] ?? x.mode}: ${x.bound}/${x.pods} pods bound`, x.podsPerSecond, 'pods/s');
     row('dra', `${x.nodes} nodes, ${what[x.mode] ?? x.mode}: create → bound p90`, x.createToBindMs?.p90, 'ms');
+  }
+}
+
+if (only.has('claim')) {
+  const n = process.env.VIO_CLAIM_PODS ?? (quick ? '2' : '5');
+  const r = await runBench(`DRA: claim → pod Running (${n} pods per mode)`, [...hooks, join(ROOT, 'test/bench/dra-claim-running.ts'), '--json', '--pods', n]);
+  const f = lastJson(r.stdout);
+  results.claim = f ?? { error: `no figures (exit ${r.code})` };
+  const what = { ondemand: 'DRA on demand (carved after allocation)', precarved: 'DRA pre-carved', dp: 'device plugin' };
+  for (const x of f?.figures ?? []) {
+    row('claim', `${what[x.mode] ?? x.mode}: create → Running p50 (${x.pods} pods)`, x.ms?.createToRunning?.p50, 'ms');
+    row('claim', `${what[x.mode] ?? x.mode}: create → Running max`, x.ms?.createToRunning?.max, 'ms');
   }
 }
 
