@@ -42,6 +42,8 @@ export interface GpuVfProvisioning {
   base: string;
   /** By VF number (1-based, as the folder names it): attribute path below `vfN/` (`gt0/lmem_quota`, `profile/vram_quota`) → its value. */
   vfs: Record<string, Record<string, string>>;
+  /** Attributes the driver shows read-only on a VF (xe's sched_priority where the GuC cannot change it). */
+  readOnly?: string[];
 }
 
 /** One NPIV virtual port (agent-only fact; the CRD inventory carries only the physical ports). */

@@ -2,7 +2,7 @@
 // (test/sysfs/intel-iov.ts: the driver's rules for prelim_iov quotas), and the xe sriov_admin
 // mapping: quotas go on before the VFs are enabled, a value the driver cannot take is refused with
 // the reason, nothing is written on a VF a VM holds, and a released pool returns the quotas.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { gate, victimsOf } from '../../device-plugin/src/agent/gate.js';
 import { applyCarving } from '../../device-plugin/src/carving/apply.js';
@@ -144,6 +144,17 @@ test('xe sriov_admin: scheduling values and sched_priority are written; what xe 
   expect(vram.blocked[0]?.reason).toContain('its driver shows no sriov_admin/vf1/profile/vram_quota (xe has it from Linux 7.0)');
   const ggtt = planCarving({ spec: { pools: [xePool({ ggttBytes: 64 * MiB, contexts: 64 })] }, inventory: inv, nodeName: 'n', allocated: new Set() });
   expect(ggtt.blocked[0]?.reason).toContain('xe provisions the GGTT itself');
+  const high = planCarving({ spec: { pools: [xePool({ schedPriority: 'high' })] }, inventory: inv, nodeName: 'n', allocated: new Set() });
+  expect(high.writes.filter((w) => w.path.includes('sriov_admin')).map((w) => [w.path.split(`${XE}/`)[1], w.value])).toEqual([['sriov_admin/vf1/profile/sched_priority', 'high'], ['sriov_admin/vf2/profile/sched_priority', 'high']]);
+  // Where "high" is not allowed for VFs, xe leaves it out of the choices.
+  for (const n of [1, 2]) writeFileSync(path.join(dir, `sriov_admin/vf${n}/profile/sched_priority`), '[low] normal\n');
+  const notOffered = planCarving({ spec: { pools: [xePool({ schedPriority: 'high' })] }, inventory: await look(), nodeName: 'n', allocated: new Set() });
+  expect(notOffered.blocked[0]?.reason).toContain("spec.carving.gpuVf.schedPriority high is not offered on 0000:03:00.0: VF 1's sched_priority lists low, normal");
+  // Where the GuC cannot change a VF's priority at all, xe shows sched_priority read-only (0444).
+  for (const n of [1, 2]) chmodSync(path.join(dir, `sriov_admin/vf${n}/profile/sched_priority`), 0o444);
+  const ro = planCarving({ spec: { pools: [xePool({ schedPriority: 'normal' })] }, inventory: await look(), nodeName: 'n', allocated: new Set() });
+  expect(ro.writes.filter((w) => w.path.includes('sriov_admin'))).toEqual([]);
+  expect(ro.blocked[0]?.reason).toContain('its driver shows sched_priority read-only on the VFs');
 });
 
 test('a pool without gpuVf plans exactly as before (no provisioning writes)', async () => {

@@ -71,6 +71,7 @@ export function gpuVfWrites(pool: PoolPlan, pf: InventoryDevice, prov: GpuVfProv
     if (want === undefined) continue;
     const attr = f[prov.driver];
     if (!attr) return { writes: [], problem: `spec.carving.gpuVf.${f.key} cannot be set on ${at}: ${f.why?.[prov.driver] ?? `${prov.driver} has no attribute for it`}; nothing written` };
+    if (prov.readOnly?.includes(attr)) return { writes: [], problem: `spec.carving.gpuVf.${f.key} cannot be set on ${at}: its driver shows ${attr} read-only on the VFs (xe lets the GuC's VF priorities change only where it supports that); nothing written` };
     for (const n of numbers) {
       const values = prov.vfs[String(n)] ?? {};
       const leaves = Object.keys(values).filter((k) => k.endsWith(`/${attr}`)).sort();
@@ -81,6 +82,9 @@ export function gpuVfWrites(pool: PoolPlan, pf: InventoryDevice, prov: GpuVfProv
       }
       for (const leaf of leaves) {
         if (held(values[leaf]) === String(want)) continue;
+        // xe lists the priorities a VF may take (without "high" where it is not allowed).
+        const choices = /\[/.test(values[leaf] ?? '') ? (values[leaf] ?? '').replace(/[[\]]/g, '').split(/\s+/) : undefined;
+        if (choices && !choices.includes(String(want))) return { writes: [], problem: `spec.carving.gpuVf.${f.key} ${String(want)} is not offered on ${at}: VF ${n}'s ${attr} lists ${choices.join(', ')}; nothing written` };
         writes.push({ path: `${prov.base}/vf${n}/${leaf}`, value: String(want), why: `${f.key} of VF ${n} of ${at}: ${String(want)} (${why})`, group: at, pools: [pool.name] });
       }
     }

@@ -5,12 +5,23 @@
 //  - upstream xe: `sriov_admin/vfN/profile/{exec_quantum_ms,preempt_timeout_us,sched_priority}` (6.19+),
 //    `vram_quota` (7.0+).
 // Only attributes that exist are listed: the planner refuses a pool field the driver has no file for.
+import { statSync } from 'node:fs';
+import path from 'node:path';
 import type { GpuVfProvisioning } from '../model.js';
 import type { AttrReader } from '../sysfs/read.js';
 
 /** The attributes read under each VF's leaf folders. */
 const I915_ATTRS = ['lmem_quota', 'ggtt_quota', 'contexts_quota', 'doorbells_quota', 'exec_quantum_ms', 'preempt_timeout_us', 'sched_priority'];
 const XE_ATTRS = ['exec_quantum_ms', 'preempt_timeout_us', 'sched_priority', 'vram_quota'];
+
+/** By the mode bits, not access(2): kernfs refuses a write to a file without w bits even to root. */
+function writable(file: string): boolean {
+  try {
+    return (statSync(file).mode & 0o222) !== 0;
+  } catch {
+    return true; // unreadable: let the write say why
+  }
+}
 
 function vfNumbers(names: readonly string[]): number[] {
   return names.flatMap((n) => (/^vf([1-9]\d*)$/.exec(n) ? [Number(n.slice(2))] : [])).sort((a, b) => a - b);
@@ -20,16 +31,22 @@ function vfNumbers(names: readonly string[]): number[] {
  * Reads the provisioning folder of one PF (`r` reads the PF's folder, `pf` is its address), or
  * undefined when its driver shows none. Values are the attribute texts, trimmed.
  */
-export function readGpuVfProvisioning(r: AttrReader, pf: string, entries: readonly string[]): GpuVfProvisioning | undefined {
+export function readGpuVfProvisioning(r: AttrReader, pf: string, entries: readonly string[], dir?: string): GpuVfProvisioning | undefined {
   if (entries.includes('sriov_admin')) {
     const vfs: GpuVfProvisioning['vfs'] = {};
+    const readOnly = new Set<string>();
     for (const n of vfNumbers(r.list('sriov_admin'))) {
       const values: Record<string, string> = {};
       const names = r.list(`sriov_admin/vf${n}/profile`);
-      for (const a of XE_ATTRS) if (names.includes(a)) values[`profile/${a}`] = r.text(`sriov_admin/vf${n}/profile/${a}`)?.trim() ?? '';
+      for (const a of XE_ATTRS) {
+        if (!names.includes(a)) continue;
+        values[`profile/${a}`] = r.text(`sriov_admin/vf${n}/profile/${a}`)?.trim() ?? '';
+        // xe makes a VF's sched_priority read-only (0444) where the GuC does not let it change.
+        if (dir && !writable(path.join(dir, `sriov_admin/vf${n}/profile/${a}`))) readOnly.add(a);
+      }
       vfs[String(n)] = values;
     }
-    return { driver: 'xe', base: `bus/pci/devices/${pf}/sriov_admin`, vfs };
+    return { driver: 'xe', base: `bus/pci/devices/${pf}/sriov_admin`, vfs, ...(readOnly.size ? { readOnly: [...readOnly].sort() } : {}) };
   }
   if (!entries.includes('drm')) return undefined;
   for (const card of r.list('drm').filter((c) => /^card\d+$/.test(c)).sort()) {

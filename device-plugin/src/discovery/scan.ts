@@ -269,7 +269,7 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
     for (const card of r.list('drm')) if (/^card\d+$/.test(card) && r.list(`drm/${card}`).some((e) => e === 'prelim_iov' || e === 'iov')) extra.gpuHint = 'i915-iov';
   }
   if (extra.gpuHint) {
-    const p = readGpuVfProvisioning(r, name, entries);
+    const p = readGpuVfProvisioning(r, name, entries, path.join(root, 'bus/pci/devices', name));
     if (p) extra.gpuVf = p;
   }
 
