@@ -158,6 +158,13 @@ export interface VirtualIODeviceSpec {
        */
       vgpuProfiles?: string[];
       /**
+       * Mode SRIOV on NVMe drives with flexible resources (NVMe Virtualization Management): the queue counts a claim may ask for. The VFs are enabled ahead (count) with their secondary controllers Offline; the primary's flexible queue (VQ) and interrupt (VI) budget is published as shared counters and each free VF as one device per queue count, so the scheduler picks VF and size per claim. Once allocated, the agent assigns the VF's secondary controller that many queues (and as many interrupts, up to the drive's per-controller maximum) and sets it Online; once the VM is gone it sets it Offline, which returns the resources to the primary. A count the drive cannot give one controller (above its maximum, not a multiple of its granularity) is not published.
+       *
+       * @minItems 1
+       * @maxItems 8
+       */
+      nvmeQueues?: number[];
+      /**
        * vgpuProfiles: let profiles of different framebuffer sizes share a GPU (NVIDIA's mixed-size mode, set before the first vGPU). Off, the first vGPU on a GPU fixes its size and only profiles of that size are published there until the GPU is empty again.
        */
       heterogeneous?: boolean;
@@ -378,7 +385,7 @@ export interface PoolPlan {
   count?: number;
   mdevType?: string;
   /**
-   * Carve mdevs of these types (mdevTypes) or write these vGPU profiles on VFs (vgpuProfiles) when the scheduler allocates a claim (see VirtualIODevice spec.carving.onDemand).
+   * Carve mdevs of these types (mdevTypes), write these vGPU profiles on VFs (vgpuProfiles) or size NVMe secondary controllers (nvmeQueues) when the scheduler allocates a claim (see VirtualIODevice spec.carving.onDemand).
    */
   onDemand?: {
     /**
@@ -393,6 +400,13 @@ export interface PoolPlan {
      * @maxItems 16
      */
     vgpuProfiles?: string[];
+    /**
+     * SRIOV on NVMe drives with flexible resources: the queue counts a claim may ask for (see VirtualIODevice spec.carving.onDemand.nvmeQueues).
+     *
+     * @minItems 1
+     * @maxItems 8
+     */
+    nvmeQueues?: number[];
   };
   vfDriver?: string;
   /**

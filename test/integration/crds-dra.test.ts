@@ -2,7 +2,8 @@
 // every mode KubeVirt can consume through a claim, and nonsense (NPIV through DRA, an unknown front
 // end) is rejected at admission with a message that names the field. On-demand mediated pools
 // (carving.onDemand) are accepted with DRA only, without mdevType/count, and refused otherwise; so
-// are on-demand vGPU profile pools (carving.onDemand.vgpuProfiles: mode SRIOV, class GPU, nvidia).
+// are on-demand vGPU profile pools (carving.onDemand.vgpuProfiles: mode SRIOV, class GPU, nvidia)
+// and on-demand NVMe queue pools (carving.onDemand.nvmeQueues: mode SRIOV with count, class Storage).
 import YAML from 'yaml';
 import { installCrds, kubectl, kubectlOk } from '../support/cluster.js';
 
@@ -27,7 +28,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await kubectl(['delete', 'virtualiodevice', 'dra-default', 'dra-vf', 'dra-vgpu', 'dra-nvme', 'dra-ondemand', 'dra-ondemand-vgpu', '--ignore-not-found']);
+  await kubectl(['delete', 'virtualiodevice', 'dra-default', 'dra-vf', 'dra-vgpu', 'dra-nvme', 'dra-ondemand', 'dra-ondemand-vgpu', 'dra-ondemand-nvme', '--ignore-not-found']);
 });
 
 test('frontEnd defaults to DevicePlugin', async () => {
@@ -42,6 +43,7 @@ test.each([
   ['dra-ondemand', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: ['nvidia-745', 'NVIDIA_A16-4Q'] } } }],
   ['dra-ondemand-vgpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q', 'NVIDIA L40S-24Q', '1156'], heterogeneous: true } } }],
   ['dra-nvme', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'Passthrough' } }],
+  ['dra-ondemand-nvme', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'SRIOV', count: 4, onDemand: { nvmeQueues: [2, 4, 8] } } }],
 ])('DRA is accepted for %s', async (name, spec) => {
   await kubectlOk(['apply', '--server-side', '-f', '-'], { input: pool(name, spec) });
   const obj = JSON.parse(await kubectlOk(['get', 'virtualiodevice', name, '-o', 'json']));
@@ -66,7 +68,7 @@ test.each([
   ['onDemand with mdevType and count', pool('bad-od-count', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 4, mdevType: 'nvidia-745', onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand replaces mdevType and count']],
   ['onDemand for SR-IOV', pool('bad-od-sriov', { frontEnd: 'DRA', carving: { mode: 'SRIOV', count: 4, onDemand: { mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand.mdevTypes is only allowed when spec.carving.mode is Mediated']],
   ['vgpuProfiles on a Mediated pool', pool('bad-odv-mode', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['spec.carving.onDemand.vgpuProfiles is only allowed when spec.carving.mode is SRIOV']],
-  ['vgpuProfiles and mdevTypes', pool('bad-odv-both', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'], mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand needs exactly one of mdevTypes (mode Mediated) and vgpuProfiles (mode SRIOV)']],
+  ['vgpuProfiles and mdevTypes', pool('bad-odv-both', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'], mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand needs exactly one of mdevTypes (mode Mediated), vgpuProfiles (mode SRIOV, GPU) and nvmeQueues (mode SRIOV, Storage)']],
   ['vgpuProfiles on a NIC pool', pool('bad-odv-nic', { frontEnd: 'DRA', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['spec.carving.onDemand.vgpuProfiles is only for spec.class GPU']],
   ['vgpuProfiles with vgpu and count', pool('bad-odv-vgpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', count: 2, vgpu: { profile: 'L40S-12Q' }, onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['spec.carving.onDemand.vgpuProfiles replaces spec.carving.vgpu', 'spec.carving.onDemand replaces mdevType and count']],
   ['vgpuProfiles on vfio-pci', pool('bad-odv-drv', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', vfDriver: 'vfio-pci', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['the VFs stay on the nvidia driver']],
@@ -74,7 +76,13 @@ test.each([
   ['vgpuProfiles as a mediated device', pool('bad-odv-cons', { frontEnd: 'DRA', class: 'GPU', kubevirt: { consumption: 'MediatedDevice' }, carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: ['L40S-12Q'] } } }), ['consumed as spec.kubevirt.consumption HostDevice']],
   ['heterogeneous with mdevTypes', pool('bad-odv-het', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: ['nvidia-745'], heterogeneous: true } } }), ['spec.carving.onDemand.heterogeneous applies only to vgpuProfiles']],
   ['vgpuProfiles without profiles', pool('bad-odv-empty', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', onDemand: { vgpuProfiles: [] } } }), ['spec.carving.onDemand.vgpuProfiles']],
-  ['node plan: vgpuProfiles on a Mediated pool', nodePlan('bad-odv-plan', { class: 'GPU', mode: 'Mediated', count: undefined, frontEnd: 'DRA', onDemand: { vgpuProfiles: ['L40S-12Q'] } }), ['onDemand needs frontEnd DRA and exactly one of mdevTypes (mode Mediated) and vgpuProfiles (mode SRIOV)']],
+  ['node plan: vgpuProfiles on a Mediated pool', nodePlan('bad-odv-plan', { class: 'GPU', mode: 'Mediated', count: undefined, frontEnd: 'DRA', onDemand: { vgpuProfiles: ['L40S-12Q'] } }), ['onDemand needs frontEnd DRA and exactly one of mdevTypes (mode Mediated), vgpuProfiles and nvmeQueues (mode SRIOV)']],
+  ['nvmeQueues without count', pool('bad-odn-count', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'SRIOV', onDemand: { nvmeQueues: [4] } } }), ['spec.carving.onDemand.nvmeQueues needs spec.carving.mode SRIOV and spec.carving.count']],
+  ['nvmeQueues on a GPU pool', pool('bad-odn-gpu', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'SRIOV', count: 2, onDemand: { nvmeQueues: [4] } } }), ['spec.carving.onDemand.nvmeQueues is only for spec.class Storage']],
+  ['nvmeQueues on a Mediated pool', pool('bad-odn-mode', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'Mediated', onDemand: { nvmeQueues: [4] } } }), ['spec.carving.onDemand.nvmeQueues needs spec.carving.mode SRIOV']],
+  ['nvmeQueues of 1', pool('bad-odn-one', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'SRIOV', count: 2, onDemand: { nvmeQueues: [1, 4] } } }), ['spec.carving.onDemand.nvmeQueues[0]', 'greater than or equal to 2']],
+  ['nvmeQueues and mdevTypes', pool('bad-odn-both', { frontEnd: 'DRA', class: 'Storage', carving: { mode: 'SRIOV', count: 2, onDemand: { nvmeQueues: [4], mdevTypes: ['nvidia-745'] } } }), ['spec.carving.onDemand needs exactly one of']],
+  ['nvmeQueues without DRA', pool('bad-odn-fe', { class: 'Storage', carving: { mode: 'SRIOV', count: 2, onDemand: { nvmeQueues: [4] } } }), ['spec.carving.onDemand needs spec.frontEnd DRA']],
   ['onDemand without types', pool('bad-od-empty', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', onDemand: { mdevTypes: [] } } }), ['spec.carving.onDemand.mdevTypes']],
   ['Mediated with neither mdevType nor onDemand', pool('bad-od-none', { frontEnd: 'DRA', class: 'GPU', carving: { mode: 'Mediated', count: 1 } }), ['spec.carving.mdevType is required when spec.carving.mode is Mediated (or spec.carving.onDemand']],
   ['node plan: onDemand without DRA', nodePlan('bad-od-plan', { class: 'GPU', mode: 'Mediated', count: undefined, onDemand: { mdevTypes: ['nvidia-745'] } }), ['onDemand needs frontEnd DRA']],

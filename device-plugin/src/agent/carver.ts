@@ -8,6 +8,8 @@ import type { AgentMetrics } from '../metrics.js';
 import type { BlockedChange, Inventory, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
 import type { Checkpoint } from './checkpoint.js';
 import { gate, type Protection } from './gate.js';
+import { isOnDemandNvme, type NvmeState } from '../carving/ondemand-nvme.js';
+import type { WantedMdev } from '../carving/ondemand.js';
 import type { NodeOps, OnDemandInput } from './ports.js';
 import type { Retired } from './retire.js';
 
@@ -17,6 +19,8 @@ function poolsOfWrite(w: { path: string; pools?: string[] }, pools: readonly Poo
   const out = pools.filter((p) => (p.devices ?? []).some((d) => w.path.includes(d.pciAddress))).map((p) => p.name);
   return out.length ? out : [''];
 }
+
+const hasOnDemandNvme = (spec: VirtualIONodeSpec): boolean => (spec.pools ?? []).some((p) => isOnDemandNvme(p) && !p.deleting);
 
 /** An mdev create (`.../mdev_supported_types/<type>/create`). */
 const isMdevCreate = (w: SysfsWrite): boolean => /\/mdev_supported_types\/[^/]+\/create$/.test(w.path);
@@ -57,6 +61,8 @@ export class Carver {
   errors: { pool: string; message: string }[] = [];
   /** On-demand mdevs (UUID) a claim was allocated that could not be carved, with why (last round). */
   onDemandFailed = new Map<string, string>();
+  /** On-demand NVMe pools: the controllers as provisioning last read them (DRA publishes from it). */
+  nvmeState: NvmeState = {};
   private foreignText = '';
   private readonly backoff: WriteBackoff;
   /** Which pools the writes of each device (lane) served last: where a stuck write is shown. */
@@ -93,7 +99,7 @@ export class Carver {
     // mdev creates the kernel answered EEXIST this round: the mdev is there, our inventory is behind.
     const exists = new Set<string>();
     const allPools = (): PoolPlan[] => [...(spec.pools ?? []), ...[...inp.retired.values()].map((r) => r.plan)];
-    await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal); // e.g. free an NVMe primary's flexible resources before its VFs exist
+    await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal, inp.onDemand); // e.g. free an NVMe primary's flexible resources before its VFs exist
     for (let pass = 0; pass < 4 && !inp.signal.aborted; pass++) {
       const held = inp.protectedIds(inventory);
       const owned = this.checkpoint.ownedPfs();
@@ -222,7 +228,7 @@ export class Carver {
       // other devices' follow-up passes (e.g. binding the VFs just enabled) still run.
       if (failed && results.every((r) => r.error)) break;
     }
-    errors.push(...(await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal)));
+    errors.push(...(await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal, inp.onDemand, odFailed)));
     this.errors = errors;
     this.onDemandFailed = odFailed;
     return { inventory, released: [...released], ...(scanError ? { scanError } : {}) };
@@ -235,14 +241,25 @@ export class Carver {
   }
 
   /** Device provisioning beyond sysfs (NVMe secondary controllers); its problems become pool errors. */
-  private async provision(spec: VirtualIONodeSpec, inventory: Inventory, held: ReadonlySet<string>, signal: AbortSignal): Promise<{ pool: string; message: string }[]> {
+  private async provision(spec: VirtualIONodeSpec, inventory: Inventory, held: ReadonlySet<string>, signal: AbortSignal, onDemand?: OnDemandInput, failed?: Map<string, string>): Promise<{ pool: string; message: string }[]> {
     if (!this.ops.provision || signal.aborted) return [];
     try {
-      return (await this.ops.provision(spec, inventory, held)).map((p) => ({ pool: p.pool, message: p.reason }));
+      // On-demand NVMe pools: a controller is sized only after its claim is recorded (durably).
+      const nvme = onDemand && hasOnDemandNvme(spec) ? { wanted: new Map([...onDemand.wanted].filter(([, w]) => w.queues !== undefined)), ours: onDemand.ours ?? new Set<string>(), record: (vf: string, w: WantedMdev) => this.recordNvme(vf, w) } : undefined;
+      const r = await this.ops.provision(spec, inventory, held, nvme);
+      if (r.nvme || nvme) this.nvmeState = r.nvme ?? {};
+      for (const f of r.failed ?? []) failed?.set(f.uuid, f.reason);
+      return r.problems.map((p) => ({ pool: p.pool, message: p.reason }));
     } catch (err) {
       this.log.error({ err }, 'provisioning failed');
       return [{ pool: '', message: `provisioning failed: ${String(err)}` }];
     }
+  }
+
+  /** The claim an NVMe VF's controller is about to be sized for, saved before the first command. */
+  private recordNvme(vf: string, w: WantedMdev): void {
+    this.checkpoint.recordCarving(vf, { pool: w.pool, namespace: w.namespace, claim: w.name, uid: w.uid, since: new Date(this.clock()).toISOString() });
+    this.checkpoint.save();
   }
 
   /**

@@ -28,6 +28,7 @@ import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-chec
 import { Ledger } from './ledger.js';
 import type { NodeOps, StatusSink } from './ports.js';
 import type { MdevCapacity, WantedMdev } from '../carving/ondemand.js';
+import type { NvmeState } from '../carving/ondemand-nvme.js';
 import { afterOnDemand, beforeOnDemand } from './ondemand.js';
 import { diffPlans, retire, retiredKey, type Retired } from './retire.js';
 import { buildStatus, type Condition, type PoolRegistration } from './status.js';
@@ -394,7 +395,7 @@ export class AgentManager {
         this.checkpoint.setRetired([...this.retired.values()]);
         this.checkpoint.save();
       }
-      if (onDemand) afterOnDemand(this.inventory, this.checkpoint, onDemand.wanted);
+      if (onDemand) afterOnDemand(this.inventory, this.checkpoint, onDemand.wanted, this.carver.nvmeState);
       try {
         this.slices = this.gone.apply(this.buildAllSlices(spec));
       } catch (err) {
@@ -412,8 +413,8 @@ export class AgentManager {
   }
 
   /** On-demand state for the DRA front end: the parents' capacity, and why claimed mdevs could not be carved. */
-  onDemandState(): { capacity: MdevCapacity; failed: ReadonlyMap<string, string> } {
-    return { capacity: this.onDemandCapacity, failed: this.carver.onDemandFailed };
+  onDemandState(): { capacity: MdevCapacity; failed: ReadonlyMap<string, string>; nvme: NvmeState } {
+    return { capacity: this.onDemandCapacity, failed: this.carver.onDemandFailed, nvme: this.carver.nvmeState };
   }
 
   /**

@@ -49,11 +49,11 @@ export function createNodeOps(opts: NodeOpsOptions): NodeOps {
     planUncarve: (pool, spec, inventory, allocated, ownedPfs, kept) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}), ...(kept ? { kept } : {}) }),
     applyCarving: async (plan, signal) =>
       (await applyCarving(plan, writer, signal, tools)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
-    provision: async (spec, inventory, held) => {
-      const r = await provisionNvme({ spec, inventory, devRoot: opts.devRoot, cli: execNvmeCli(opts.nvmeCli ?? 'nvme'), writer, held });
+    provision: async (spec, inventory, held, onDemand) => {
+      const r = await provisionNvme({ spec, inventory, devRoot: opts.devRoot, cli: execNvmeCli(opts.nvmeCli ?? 'nvme'), writer, held, ...(onDemand ? { onDemand } : {}) });
       for (const a of r.actions) opts.logger.info(a, 'nvme provisioning');
       for (const k of r.skipped ?? []) opts.logger.debug(k, 'nvme provisioning skipped');
-      return r.problems;
+      return { problems: r.problems, ...(r.nvme ? { nvme: r.nvme } : {}), ...(r.failed ? { failed: r.failed } : {}) };
     },
     buildSlices: (spec, inventory, previous, onDemand) => buildSlices({ spec, inventory, devRoot: opts.devRoot, nodeName: opts.nodeName, ...(previous ? { previous } : {}), ...(onDemand ? { capacity: onDemand.capacity } : {}) }),
   };

@@ -4,9 +4,12 @@
 // round it forgets the records of mdevs that are gone and no claim wants. The UUID follows from the
 // device, so a restart neither loses a carve (the claim is still allocated) nor doubles it.
 // vGPU profile pools (carving/ondemand-vgpu.ts) key their records by the VF's address: a record
-// is what makes a typed VF ours (to be cleared once no claim wants it and nobody holds it).
+// is what makes a typed VF ours (to be cleared once no claim wants it and nobody holds it). NVMe
+// queue pools (carving/ondemand-nvme.ts) record a VF right before its controller is sized, and
+// forget it once the drive shows that controller Offline with nothing assigned.
 import { indexDevices } from '../carving/layout.js';
 import { isOnDemand, learnCapacity, mdevParentsOf, type WantedMdev } from '../carving/ondemand.js';
+import { isOnDemandNvme, nvmeVf, type NvmeState } from '../carving/ondemand-nvme.js';
 import { isOnDemandVgpu, learnFramebuffer } from '../carving/ondemand-vgpu.js';
 import { isVgpuPool } from '../carving/vgpu.js';
 import type { Inventory, VirtualIONodeSpec } from '../model.js';
@@ -18,10 +21,11 @@ import type { OnDemandInput } from './ports.js';
 export function beforeOnDemand(spec: VirtualIONodeSpec, inventory: Inventory, checkpoint: Checkpoint, wanted: ReadonlyMap<string, WantedMdev>, now: Date): OnDemandInput | undefined {
   const pools = (spec.pools ?? []).filter((p) => isOnDemand(p) && !p.deleting);
   const vgpu = (spec.pools ?? []).filter((p) => isOnDemandVgpu(p) && !p.deleting);
+  const nvme = (spec.pools ?? []).filter((p) => isOnDemandNvme(p) && !p.deleting);
   const devices = indexDevices(inventory);
   if (pools.length === 0 && vgpu.length === 0) {
     keepVgpuTables(spec, inventory, checkpoint, devices);
-    return undefined;
+    if (nvme.length === 0) return undefined;
   }
   let capacity = learnCapacity(checkpoint.mdevCapacity(), pools.flatMap((p) => p.devices.flatMap((d) => mdevParentsOf(d, devices))), devices);
   // vGPU profile pools: each GPU's framebuffer, kept across restarts (a busy GPU lists less).
@@ -31,6 +35,7 @@ export function beforeOnDemand(spec: VirtualIONodeSpec, inventory: Inventory, ch
   const exists = existingIds(inventory);
   // A released mdev the scheduler gave to another claim before it was removed serves that claim now.
   for (const w of wanted.values()) {
+    if (w.queues !== undefined) continue; // NVMe: recorded right before the controller is sized (carving/nvme.ts)
     if (w.vgpuType !== undefined) {
       // A VF with a type we did not write (an admin's) is never recorded: recorded VFs get cleared.
       const cur = devices.get(w.uuid)?.nvidiaVgpu?.currentType;
@@ -45,9 +50,10 @@ export function beforeOnDemand(spec: VirtualIONodeSpec, inventory: Inventory, ch
   }
   checkpoint.save();
   // The VFs whose type we wrote (recorded before the write): only those are ever cleared.
-  const names = new Set(vgpu.map((p) => p.name));
+  // NVMe queue pools: the VFs whose controller we sized (recorded before): only those are set Offline.
+  const names = new Set([...vgpu, ...nvme].map((p) => p.name));
   const ours = new Set([...checkpoint.carvings()].filter(([, r]) => names.has(r.pool)).map(([id]) => id));
-  return { wanted, capacity, ...(vgpu.length > 0 ? { ours } : {}) };
+  return { wanted, capacity, ...(vgpu.length > 0 || nvme.length > 0 ? { ours } : {}) };
 }
 
 /**
@@ -66,11 +72,16 @@ function keepVgpuTables(spec: VirtualIONodeSpec, inventory: Inventory, checkpoin
 }
 
 /** After a round: records of mdevs that no longer exist and no claim wants are forgotten. */
-export function afterOnDemand(inventory: Inventory, checkpoint: Checkpoint, wanted: ReadonlyMap<string, WantedMdev>): void {
+export function afterOnDemand(inventory: Inventory, checkpoint: Checkpoint, wanted: ReadonlyMap<string, WantedMdev>, nvme: NvmeState = {}): void {
   const exists = existingIds(inventory);
   const devices = indexDevices(inventory);
   // A vGPU record (a VF's address) goes once the VF has no type any more and no claim wants it.
   const untyped = (id: string): boolean => devices.get(id)?.nvidiaVgpu?.currentType === 0;
-  for (const uuid of checkpoint.carvings().keys()) if ((!exists.has(uuid) || untyped(uuid)) && !wanted.has(uuid)) checkpoint.forgetCarving(uuid);
+  // An NVMe record goes once the drive shows the VF's controller Offline with nothing assigned.
+  const idle = (id: string): boolean => {
+    const sc = nvmeVf(nvme, id)?.sc;
+    return sc !== undefined && !sc.online && sc.nvq === 0 && sc.nvi === 0;
+  };
+  for (const uuid of checkpoint.carvings().keys()) if ((!exists.has(uuid) || untyped(uuid) || idle(uuid)) && !wanted.has(uuid)) checkpoint.forgetCarving(uuid);
   checkpoint.save();
 }

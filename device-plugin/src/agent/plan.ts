@@ -71,7 +71,11 @@ export function validatePlan(doc: unknown): { ok: true; spec: VirtualIONodeSpec 
     const od = p.onDemand;
     if (od !== undefined) {
       const names = (x: unknown): boolean => Array.isArray(x) && x.length > 0 && x.every((t) => typeof t === 'string' && t.length > 0);
-      if (isObject(od) && od.vgpuProfiles !== undefined && od.mdevTypes === undefined) {
+      if (isObject(od) && od.nvmeQueues !== undefined && od.mdevTypes === undefined && od.vgpuProfiles === undefined) {
+        const qs = od.nvmeQueues;
+        if (!Array.isArray(qs) || qs.length === 0 || !qs.every((q) => Number.isInteger(q) && (q as number) >= 2)) problems.push(`${at}.onDemand.nvmeQueues: a non-empty list of queue counts (integers, at least 2)`);
+        else if (p.mode !== 'SRIOV' || p.frontEnd !== 'DRA') problems.push(`${at}.onDemand.nvmeQueues: needs mode SRIOV and frontEnd DRA`);
+      } else if (isObject(od) && od.vgpuProfiles !== undefined && od.mdevTypes === undefined) {
         if (!names(od.vgpuProfiles)) problems.push(`${at}.onDemand.vgpuProfiles: a non-empty list of vGPU profile names or type ids`);
         else if (p.mode !== 'SRIOV' || p.frontEnd !== 'DRA') problems.push(`${at}.onDemand.vgpuProfiles: needs mode SRIOV and frontEnd DRA`);
         else if (p.vgpuProfile !== undefined) problems.push(`${at}.onDemand.vgpuProfiles: not with vgpuProfile (the claim picks the profile)`);

@@ -1,7 +1,9 @@
 // What the agent manager needs from discovery and carving (implemented in sysfs/, discovery/,
 // carving/, health/ and wired in main.ts), and where status goes.
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
-import type { MdevCapacity, WantedMdev } from '../carving/ondemand.js';
+import type { NvmeOnDemandInput } from '../carving/nvme.js';
+import type { NvmeState } from '../carving/ondemand-nvme.js';
+import type { MdevCapacity, OnDemandFailure, WantedMdev } from '../carving/ondemand.js';
 import type { CarvingPlan, Inventory, PoolPlan, Slice, SysfsWrite, VirtualIONodeSpec } from '../model.js';
 
 /** What on-demand pools carve: the mdevs claims were allocated, and the parents' learned capacity. */
@@ -10,6 +12,16 @@ export interface OnDemandInput {
   capacity: MdevCapacity;
   /** vGPU profile pools: the VFs whose type the checkpoint says we wrote for a claim. */
   ours?: ReadonlySet<string>;
+}
+
+/**
+ * What provisioning reports: what stands in the way (pool status), and for on-demand NVMe pools the
+ * controllers as read after the steps and the claims that cannot be served.
+ */
+export interface ProvisionResult {
+  problems: { pool: string; device: string; reason: string }[];
+  nvme?: NvmeState;
+  failed?: OnDemandFailure[];
 }
 
 /** Result of one applied carving write. */
@@ -49,7 +61,7 @@ export interface NodeOps {
    * carving/nvme.ts), run before and after each round of carving writes; never touches `held`
    * slices. Returns what stands in the way, for the pools' status.
    */
-  provision?(spec: VirtualIONodeSpec, inventory: Inventory, held: ReadonlySet<string>): Promise<{ pool: string; device: string; reason: string }[]>;
+  provision?(spec: VirtualIONodeSpec, inventory: Inventory, held: ReadonlySet<string>, onDemand?: NvmeOnDemandInput): Promise<ProvisionResult>;
   /** Stops the writer's helper processes (shutdown). */
   close?(): void;
 }

@@ -11,6 +11,8 @@ import { devPathUnder } from '../discovery/scan.js';
 import type { Inventory, InventoryDevice, PoolPlan, VirtualIONodeSpec } from '../model.js';
 import type { SysfsWriter } from '../sysfs/writer.js';
 import { indexDevices, vfRange } from './layout.js';
+import { isOnDemandNvme, planNvmeOnDemand, stepArgs, type NvmePfState, type NvmeState } from './ondemand-nvme.js';
+import type { OnDemandFailure, WantedMdev } from './ondemand.js';
 
 /** Runs nvme-cli with `args` and resolves with its stdout; rejects with its stderr on failure. */
 export type NvmeCli = (args: string[]) => Promise<string>;
@@ -116,6 +118,18 @@ export interface NvmeProvisionInput {
   writer: SysfsWriter;
   /** Slice IDs (VF addresses) held by pods: their controllers are never touched. */
   held?: ReadonlySet<string>;
+  /** On-demand NVMe pools (carving/ondemand-nvme.ts): the claims, and the record kept before a controller is sized. */
+  onDemand?: NvmeOnDemandInput;
+}
+
+/** What on-demand NVMe provisioning needs from the agent. */
+export interface NvmeOnDemandInput {
+  /** VF address → the claim allocated it (with its queue count). */
+  wanted: ReadonlyMap<string, WantedMdev>;
+  /** VFs the checkpoint says we sized for a claim: only those are ever set Offline. */
+  ours: ReadonlySet<string>;
+  /** Records (durably) that `vf` is sized for `w`; called before its first nvme-cli command. */
+  record: (vf: string, w: WantedMdev) => void;
 }
 
 /** What provisioning did, and what stands in the way (per pool and PF). */
@@ -124,6 +138,9 @@ export interface NvmeProvisionResult {
   problems: { pool: string; device: string; reason: string }[];
   /** PFs whose controller could not be reached (no device node): nothing was tried. */
   skipped?: { pool: string; device: string; reason: string }[];
+  /** On-demand pools: the controllers as read after the steps (for DRA), and the claims not served. */
+  nvme?: NvmeState;
+  failed?: OnDemandFailure[];
 }
 
 /** Storage SR-IOV pools' PFs that are NVMe controllers, with the VF index ranges they take. */
@@ -168,7 +185,11 @@ export async function provisionNvme(input: NvmeProvisionInput): Promise<NvmeProv
     }
     try {
       const caps = parsePrimaryCaps(await input.cli(['primary-ctrl-caps', dev, '-o', 'json']));
-      if (caps.vqfrt === 0 && caps.vifrt === 0) continue; // no flexible resources: VFs work as they are
+      if (caps.vqfrt === 0 && caps.vifrt === 0) {
+        // No flexible resources: VFs work as they are, and there is no budget to hand out on demand.
+        if (isOnDemandNvme(pool)) res.problems.push({ pool: pool.name, device: pf.pciAddress, reason: `NVMe controller ${ctrl} of ${pf.pciAddress} reports no flexible resources: onDemand.nvmeQueues has no queues to give` });
+        continue;
+      }
       const vfs = pf.sriov?.vfs ?? [];
       if ((pf.sriov?.numVFs ?? vfs.length) === 0) {
         if (caps.vqrfap > 0 || caps.virfap > 0) {
@@ -180,6 +201,10 @@ export async function provisionNvme(input: NvmeProvisionInput): Promise<NvmeProv
           await input.writer.write(`bus/pci/devices/${pf.pciAddress}/reset`, '1');
           act('reset the PF so the release takes effect');
         }
+        continue;
+      }
+      if (isOnDemandNvme(pool)) {
+        await onDemandPf(input, res, pool.name, pf, dev, first, last);
         continue;
       }
       if (caps.vqrfap > 0 || caps.virfap > 0) {
@@ -215,4 +240,45 @@ export async function provisionNvme(input: NvmeProvisionInput): Promise<NvmeProv
     }
   }
   return res;
+}
+
+/** The pool's VFs of one PF with their secondary controllers, as the drive reports them now. */
+async function readPf(cli: NvmeCli, dev: string, pool: string, vfs: readonly string[], first: number, last: number): Promise<NvmePfState> {
+  const caps = parsePrimaryCaps(await cli(['primary-ctrl-caps', dev, '-o', 'json']));
+  const secs = parseSecondaries(await cli(['list-secondary', dev, '-o', 'json']));
+  const out: NvmePfState = { pool, caps, vfs: {} };
+  for (let i = first; i <= last && i < vfs.length; i++) {
+    const sc = secs.find((s) => s.vfn === i + 1);
+    if (sc) out.vfs[vfs[i] as string] = { ...sc, index: i };
+  }
+  return out;
+}
+
+/**
+ * An on-demand PF: controllers stay Offline until a claim wants one; sized and set Online for the
+ * claim (recorded first), set Offline once no claim wants it and nobody holds it. The state read
+ * after the steps is what DRA publishes.
+ */
+async function onDemandPf(input: NvmeProvisionInput, res: NvmeProvisionResult, pool: string, pf: InventoryDevice, dev: string, first: number, last: number): Promise<void> {
+  const vfs = pf.sriov?.vfs ?? [];
+  if (vfs.length === 0) return;
+  const od = input.onDemand;
+  const st = await readPf(input.cli, dev, pool, vfs, first, last);
+  const plan = planNvmeOnDemand(pool, st, od?.wanted ?? new Map(), od?.ours ?? new Set(), input.held ?? new Set());
+  (res.failed ??= []).push(...plan.failed);
+  for (const step of plan.steps) {
+    if (step.kind === 'size' && step.wanted) {
+      if (!od) continue;
+      od.record(step.vf, step.wanted);
+    }
+    try {
+      for (const args of stepArgs(dev, step)) await input.cli(args);
+      res.actions.push({ pool, device: pf.pciAddress, what: step.why });
+    } catch (err) {
+      const why = `VF ${step.vf}: ${step.kind === 'size' ? `secondary controller ${step.scid} not brought Online with ${step.queues} queues` : `secondary controller ${step.scid} not set Offline`}: ${err instanceof Error ? err.message : String(err)}`;
+      if (step.kind === 'size') res.failed.push({ pool, uuid: step.vf, reason: why });
+      else res.problems.push({ pool, device: pf.pciAddress, reason: why });
+    }
+  }
+  (res.nvme ??= {})[pf.pciAddress] = plan.steps.length > 0 ? await readPf(input.cli, dev, pool, vfs, first, last) : st;
 }

@@ -117,6 +117,8 @@ export interface WantedMdev {
   uuid: string;
   /** vGPU profile pools: the type id the claim's device asks to be written on the VF. */
   vgpuType?: number;
+  /** NVMe queue pools (ondemand-nvme.ts): the queue count the claim's device asks for. */
+  queues?: number;
   /** `<namespace>/<name>` of the claim (for logs and the write's purpose). */
   claim: string;
   namespace: string;

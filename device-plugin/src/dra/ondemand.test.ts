@@ -76,3 +76,32 @@ test('a condition the API server refused is written again at the next report', a
   await flush();
   expect(calls).toEqual(['c-c1', 'c-c1']);
 });
+
+test('NVMe queue pools: the claim\'s VF is wanted with its queue count, and Carved only once its controller is Online at that size', async () => {
+  const nvme: PoolPlan = { name: 'nvmeq', resourceName: 'virtualio.dev/nvmeq', class: 'Storage', mode: 'SRIOV', consumption: 'HostDevice', frontEnd: 'DRA', count: 2, onDemand: { nvmeQueues: [2, 4] }, devices: [{ pciAddress: '0000:02:00.0' }] };
+  const VF = '0000:02:00.1';
+  const calls: [string, DeviceCondition][] = [];
+  const d = new OnDemandDevices(NODE, silentLogger(), async (c, _dev, cond) => {
+    calls.push([c.name, cond]);
+  });
+  const claims = new Map([['c1', claim('c1', 'nvmeq', 'nvme-0000-02-00-1-q4')], ['c2', claim('c2', 'a16', 'nvme-0000-02-00-2-q4')]]);
+  const wanted = d.wanted([nvme, od], claims, () => false);
+  expect([...wanted.values()]).toEqual([expect.objectContaining({ pool: 'nvmeq', uuid: VF, queues: 4, uid: 'c1' })]);
+  expect(d.lookup([nvme], `${NODE}/nvmeq`, 'nvme-0000-02-00-1-q4')).toEqual({ sliceId: VF, resourceName: nvme.resourceName });
+  expect([...d.liveVgpus([nvme], claims, [], () => false)]).toEqual([[VF, 4]]);
+  const vfSlice: Slice = { id: VF, pool: 'nvmeq', resourceName: nvme.resourceName, kind: 'VF', parent: '0000:02:00.0', pciAddress: VF, deviceNodes: [], health: 'Healthy' };
+  const caps = { cntlid: 0, vqfrt: 16, vqrfa: 2, vqrfap: 0, vqfrsm: 8, vqgran: 1, vifrt: 8, virfa: 2, virfap: 0, vifrsm: 4, vigran: 1 };
+  const at = (online: boolean, nvq: number, nvi: number): void => {
+    d.state = { capacity: {}, failed: new Map(), nvme: { '0000:02:00.0': { pool: 'nvmeq', caps, vfs: { [VF]: { scid: 1, vfn: 1, online, nvq, nvi, index: 0 } } } } };
+  };
+  at(false, 0, 0); // the VF exists (its slice is healthy) but its controller is Offline: not carved
+  d.report([nvme], claims, () => false, [vfSlice]);
+  at(true, 2, 2); // Online at another size: not carved either
+  d.report([nvme], claims, () => false, [vfSlice]);
+  await flush();
+  expect(calls).toEqual([]);
+  at(true, 4, 4);
+  d.report([nvme], claims, () => false, [vfSlice]);
+  await flush();
+  expect(calls).toEqual([['c-c1', expect.objectContaining({ type: CARVED_CONDITION, message: 'NVMe secondary controller 1 of VF 0000:02:00.1 Online with 4 queues and 4 interrupts on 0000:02:00.0' })]]);
+});

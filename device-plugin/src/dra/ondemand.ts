@@ -6,7 +6,9 @@ import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice } from '../model.js';
 import { indexDevices } from '../carving/layout.js';
 import { isOnDemand, offeredParents, type MdevCapacity, type WantedMdev } from '../carving/ondemand.js';
+import { isOnDemandNvme, nvmeVf, parseNvmeDevice, type NvmeState } from '../carving/ondemand-nvme.js';
 import { isOnDemandVgpu, offeredGpus, parseVgpuDevice } from '../carving/ondemand-vgpu.js';
+import { nvmeContent } from './nvme-counters.js';
 import { vgpuContent } from './vgpu-counters.js';
 import type { AllocatedClaim } from './claims.js';
 import { CARVED_CONDITION, CARVE_FAILED_CONDITION, onDemandContent } from './counters.js';
@@ -19,6 +21,8 @@ export interface OnDemandState {
   capacity: MdevCapacity;
   /** mdev UUID → why the claim's device cannot be carved. */
   failed: ReadonlyMap<string, string>;
+  /** On-demand NVMe pools: the controllers as provisioning last read them. */
+  nvme?: NvmeState;
 }
 
 export interface DeviceCondition {
@@ -56,11 +60,18 @@ export class OnDemandDevices {
     return pools.find((p) => isOnDemandVgpu(p) && !p.deleting && resourcePoolName(this.node, p.name) === resourcePool);
   }
 
-  /** The slice ID (mdev UUID or VF address) and vGPU type an allocated on-demand device stands for. */
-  private target(pools: readonly PoolPlan[], d: { pool: string; device: string }): { pool: PoolPlan; id: string; vgpuType?: number } | undefined {
+  private nvmePool(pools: readonly PoolPlan[], resourcePool: string): PoolPlan | undefined {
+    return pools.find((p) => isOnDemandNvme(p) && !p.deleting && resourcePoolName(this.node, p.name) === resourcePool);
+  }
+
+  /** The slice ID (mdev UUID or VF address) and vGPU type or queue count an allocated on-demand device stands for. */
+  private target(pools: readonly PoolPlan[], d: { pool: string; device: string }): { pool: PoolPlan; id: string; vgpuType?: number; queues?: number } | undefined {
     const uuid = MDEV_DEVICE.exec(d.device)?.[1];
     const mp = this.onDemandPool(pools, d.pool);
     if (mp && uuid) return { pool: mp, id: uuid };
+    const n = parseNvmeDevice(d.device);
+    const np = n ? this.nvmePool(pools, d.pool) : undefined;
+    if (n && np) return { pool: np, id: n.vf, queues: n.queues };
     const v = parseVgpuDevice(d.device);
     const vp = this.vgpuPool(pools, d.pool);
     return vp && v ? { pool: vp, id: v.vf, vgpuType: v.type } : undefined;
@@ -74,7 +85,7 @@ export class OnDemandDevices {
       for (const d of c.devices) {
         const t = this.target(pools, d);
         if (!t) continue;
-        out.set(t.id, { pool: t.pool.name, uuid: t.id, ...(t.vgpuType !== undefined ? { vgpuType: t.vgpuType } : {}), claim: `${c.namespace}/${c.name}`, namespace: c.namespace, name: c.name, uid: c.uid });
+        out.set(t.id, { pool: t.pool.name, uuid: t.id, ...(t.vgpuType !== undefined ? { vgpuType: t.vgpuType } : {}), ...(t.queues !== undefined ? { queues: t.queues } : {}), claim: `${c.namespace}/${c.name}`, namespace: c.namespace, name: c.name, uid: c.uid });
       }
     }
     return out;
@@ -90,10 +101,12 @@ export class OnDemandDevices {
    * to 0): what the counters of vGPU profile pools are computed from.
    */
   liveVgpus(pools: readonly PoolPlan[], claims: ReadonlyMap<string, AllocatedClaim>, prepared: readonly PreparedClaim[], released: (c: AllocatedClaim) => boolean): Map<string, number> {
-    const out = new Map([...this.wanted(pools, claims, released).values()].map((w) => [w.uuid, w.vgpuType ?? 0]));
+    const out = new Map([...this.wanted(pools, claims, released).values()].map((w) => [w.uuid, w.vgpuType ?? w.queues ?? 0]));
     for (const c of prepared) {
       for (const d of c.devices) {
         if (this.onDemandPool(pools, d.pool)) out.set(d.sliceId, 0);
+        const n = this.nvmePool(pools, d.pool) ? parseNvmeDevice(d.device) : undefined;
+        if (n && !out.has(n.vf)) out.set(n.vf, n.queues);
         const v = this.vgpuPool(pools, d.pool) ? parseVgpuDevice(d.device) : undefined;
         if (v && !out.has(v.vf)) out.set(v.vf, v.type);
       }
@@ -104,6 +117,7 @@ export class OnDemandDevices {
   /** The objects of an on-demand pool (undefined for any other pool). */
   content(p: PoolPlan, inventory: Inventory, live: ReadonlyMap<string, number>, facts: DeviceFacts): Pick<PoolContent, 'chunks' | 'counterChunks'> | undefined {
     const devices = indexDevices(inventory);
+    if (isOnDemandNvme(p)) return nvmeContent(p, this.state.nvme ?? {}, devices, live, facts);
     if (isOnDemandVgpu(p)) return vgpuContent(p, offeredGpus(p, devices, inventory, this.state.capacity), devices, live, facts);
     if (!isOnDemand(p)) return undefined;
     return onDemandContent(this.node, p, offeredParents(p, devices, this.state.capacity), devices, new Set(live.keys()), facts);
@@ -133,12 +147,20 @@ export class OnDemandDevices {
         const key = `${c.uid}\n${d.pool}\n${d.device}`;
         current.add(key);
         const found = byId.get(uuid);
-        // A VF counts as carved only with the claim's own type on it.
-        const s = t.vgpuType === undefined || found?.vgpuType === t.vgpuType ? found : undefined;
+        // A VF counts as carved only with the claim's own type on it; an NVMe VF only once its
+        // secondary controller is Online with the claim's queue count.
+        const sc = t.queues !== undefined ? nvmeVf(this.state.nvme, uuid)?.sc : undefined;
+        const nvmeReady = t.queues === undefined || (sc?.online === true && sc.nvq === t.queues);
+        const s = (t.vgpuType === undefined || found?.vgpuType === t.vgpuType) && nvmeReady ? found : undefined;
         const failed = this.state.failed.get(uuid);
         let cond: DeviceCondition | undefined;
         if (s && s.health === 'Healthy') {
-          const message = t.vgpuType === undefined ? `mdev ${uuid} of type ${s.mdevType ?? '?'} created on ${s.parent}` : `vGPU ${s.mdevType ?? `type ${t.vgpuType}`} written on VF ${uuid} of ${s.parent}`;
+          const message =
+            t.queues !== undefined && sc
+              ? `NVMe secondary controller ${sc.scid} of VF ${uuid} Online with ${sc.nvq} queues and ${sc.nvi} interrupts on ${s.parent}`
+              : t.vgpuType === undefined
+                ? `mdev ${uuid} of type ${s.mdevType ?? '?'} created on ${s.parent}`
+                : `vGPU ${s.mdevType ?? `type ${t.vgpuType}`} written on VF ${uuid} of ${s.parent}`;
           cond = { type: CARVED_CONDITION, status: 'True', reason: 'Carved', message };
         } else if (failed && !s) cond = { type: CARVE_FAILED_CONDITION, status: 'True', reason: 'CarveFailed', message: failed.slice(0, 1024) };
         if (!cond) continue;

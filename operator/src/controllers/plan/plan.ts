@@ -112,6 +112,7 @@ export function poolPlanFor(p: PreparedPool, devices: readonly DeviceClaim[]): P
     // Only when set: existing plans stay byte-identical.
     ...(mode === 'Mediated' && spec.carving.onDemand?.mdevTypes ? { onDemand: { mdevTypes: [...spec.carving.onDemand.mdevTypes] } } : {}),
     ...(mode === 'SRIOV' && spec.carving.onDemand?.vgpuProfiles ? { onDemand: { vgpuProfiles: [...spec.carving.onDemand.vgpuProfiles] } } : {}),
+    ...(mode === 'SRIOV' && spec.carving.onDemand?.nvmeQueues ? { onDemand: { nvmeQueues: [...spec.carving.onDemand.nvmeQueues] } } : {}),
     ...(mode === 'SRIOV' ? { vfDriver: spec.carving.vfDriver ?? (spec.carving.vgpu || spec.carving.onDemand?.vgpuProfiles ? 'nvidia' : 'vfio-pci') } : {}),
     ...(mode === 'SRIOV' && spec.carving.vgpu ? { vgpuProfile: spec.carving.vgpu.profile } : {}),
     ...(mode === 'SRIOV' && (spec.carving.vgpu?.heterogeneous || (spec.carving.onDemand?.vgpuProfiles && spec.carving.onDemand.heterogeneous)) ? { vgpuHeterogeneous: true } : {}),

@@ -49,8 +49,10 @@ export function poolSpecProblem(pool: Pick<Pool, 'spec'>): string | undefined {
   if (!optional(c.count, (v) => Number.isSafeInteger(v) && (v as number) >= 0)) return `spec.carving.count: a non-negative integer, got ${JSON.stringify(c.count)}`;
   for (const f of ['mdevType', 'vfDriver', 'wwnPrefix']) if (!optional(c[f], (v) => typeof v === 'string')) return `spec.carving.${f}: not a string`;
   if (!optional(c.adoptExistingVFs, (v) => typeof v === 'boolean')) return 'spec.carving.adoptExistingVFs: not a boolean';
-  const od = (v: unknown): boolean => isObject(v) && (v.mdevTypes !== undefined || v.vgpuProfiles !== undefined) && optional(v.mdevTypes, strings) && optional(v.vgpuProfiles, strings) && optional(v.heterogeneous, (h) => typeof h === 'boolean');
-  if (!optional(c.onDemand, od)) return 'spec.carving.onDemand: not {mdevTypes: [...]} or {vgpuProfiles: [...], heterogeneous}';
+  const ints = (v: unknown): boolean => Array.isArray(v) && v.every((x) => Number.isSafeInteger(x));
+  const od = (v: unknown): boolean =>
+    isObject(v) && (v.mdevTypes !== undefined || v.vgpuProfiles !== undefined || v.nvmeQueues !== undefined) && optional(v.mdevTypes, strings) && optional(v.vgpuProfiles, strings) && optional(v.nvmeQueues, ints) && optional(v.heterogeneous, (h) => typeof h === 'boolean');
+  if (!optional(c.onDemand, od)) return 'spec.carving.onDemand: not {mdevTypes: [...]}, {vgpuProfiles: [...], heterogeneous} or {nvmeQueues: [...]}';
   if (!optional(c.vgpu, (v) => isObject(v) && typeof v.profile === 'string' && optional(v.heterogeneous, (h) => typeof h === 'boolean'))) return 'spec.carving.vgpu: not {profile, heterogeneous}';
   if (!optional(spec.allocation, (v) => isObject(v) && optional(v.policy, oneOf(POLICIES)))) return `spec.allocation.policy: one of ${POLICIES.join(', ')}`;
   if (!optional(spec.frontEnd, oneOf(['DevicePlugin', 'DRA']))) return `spec.frontEnd: DevicePlugin or DRA, got ${JSON.stringify(spec.frontEnd)}`;
