@@ -47,8 +47,24 @@ export class FakeNvmeCtrl {
   virfap = 0;
   readonly calls: string[] = [];
 
-  constructor(readonly o: FakeNvmeOptions) {
+  readonly o: FakeNvmeOptions;
+
+  constructor(o: FakeNvmeOptions) {
+    this.o = o;
     this.secs = Array.from({ length: o.maxVfs }, (_, i) => ({ scid: i + 1, vfn: i + 1, online: false, nvq: 0, nvi: 0 }));
+  }
+
+  /** The controller's state as JSON (the fake CLI keeps it in a file between commands). */
+  toJSON(): { o: FakeNvmeOptions; secs: Sec[]; vqrfap: number; virfap: number } {
+    return { o: this.o, secs: this.secs, vqrfap: this.vqrfap, virfap: this.virfap };
+  }
+
+  static fromJSON(j: ReturnType<FakeNvmeCtrl['toJSON']>): FakeNvmeCtrl {
+    const f = new FakeNvmeCtrl(j.o);
+    f.secs.splice(0, f.secs.length, ...j.secs);
+    f.vqrfap = j.vqrfap;
+    f.virfap = j.virfap;
+    return f;
   }
 
   private get maxVq(): number {
