@@ -12,7 +12,7 @@
 # cannot run here; 3: it died), 2 also when the peer cannot be built (the reason on stderr).
 #   VIO_BENCH_VFS        igb VFs to carve and serve (default 7, the 82576's maximum)
 #   VIO_BENCH_ALLOCATES  measured Allocate calls per resource (default 200, after 20 unmeasured)
-#   VIO_VIRT_TEMPLATE_GIT  see test/kernel/peer/build.sh
+#   VIO_VIRT_TEMPLATE_GIT  optional, see test/kernel/peer/build.sh
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PROJECT=$(cd "$HERE/../.." && pwd)

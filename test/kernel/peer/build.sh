@@ -6,8 +6,9 @@
 #
 #   VIO_CACHE          cache root (default $HOME/.cache/virtualio)
 #   KUBEVIRT_VERSION   KubeVirt release (default 1.9.0)
-#   VIO_VIRT_TEMPLATE_GIT  a git clone of github.com/kubevirt/virt-template (the monorepo), used only
-#                      when the module proxy refuses kubevirt.io/virt-template-{api,client-go} (below)
+#   VIO_VIRT_TEMPLATE_GIT  optional: a git clone of github.com/kubevirt/virt-template (the monorepo),
+#                      used instead of the stand-ins when the module proxy refuses
+#                      kubevirt.io/virt-template-{api,client-go} (below)
 #
 # The wrapper module requires kubevirt.io/kubevirt and repeats KubeVirt's own replace directives
 # (Go ignores a dependency's replaces), with its staging modules kubevirt.io/{api,client-go} pointed
@@ -39,7 +40,7 @@ command -v go >/dev/null || { echo "[peer] go is not installed (needed to build 
 mkdir -p "$MOD" "$(dirname "$BIN")"
 exec 9>"$(dirname "$BIN")/.lock"
 flock 9
-stamp=$(cat "$HERE/main.go" "$HERE/build.sh" <(echo "kubevirt=$KUBEVIRT_VERSION $(go env GOVERSION)") | sha256sum | cut -c1-16)
+stamp=$(cat "$HERE/main.go" "$HERE/build.sh" "$HERE/virt-template-standin.sh" <(echo "kubevirt=$KUBEVIRT_VERSION $(go env GOVERSION)") | sha256sum | cut -c1-16)
 if [ -x "$BIN" ] && [ "$(cat "$BIN.stamp" 2>/dev/null)" = "$stamp" ]; then echo "$BIN"; exit 0; fi
 
 if [ ! -f "$MOD/go.mod" ]; then
@@ -76,25 +77,32 @@ VT_VERSION=$(awk '$1 == "kubevirt.io/virt-template-api" {print substr($2, 2); ex
 if [ -n "$VT_VERSION" ] && ! grep -q 'kubevirt.io/virt-template-api =>' "$MOD/go.mod" &&
    ! (cd "$MOD" && go mod download "kubevirt.io/virt-template-api@v$VT_VERSION" "kubevirt.io/virt-template-client-go@v$VT_VERSION" >/dev/null 2>&1); then
   git_dir=${VIO_VIRT_TEMPLATE_GIT:-}
-  if [ -z "$git_dir" ] || ! git -C "$git_dir" rev-parse -q --verify "v$VT_VERSION^{commit}" >/dev/null; then
-    echo "[peer] the module proxy refuses kubevirt.io/virt-template-api and -client-go v$VT_VERSION, which KubeVirt v$KUBEVIRT_VERSION's device-manager imports (via pkg/controller)." >&2
-    echo "[peer] Set VIO_VIRT_TEMPLATE_GIT to a clone of https://github.com/kubevirt/virt-template with tag v$VT_VERSION, or use a proxy that serves them." >&2
+  if [ -z "$git_dir" ]; then
+    # No clone given: stand-ins for the two modules (virt-template-standin.sh says why that is
+    # honest for the device plugins), so the build needs nothing but the module proxy.
+    vt="$CACHE/src/virt-template-standin-v$VT_VERSION"
+    log "the module proxy refuses kubevirt.io/virt-template-{api,client-go} v$VT_VERSION: building with stand-ins ($vt)"
+    bash "$HERE/virt-template-standin.sh" "$vt"
+    (cd "$MOD" && go mod edit -replace="kubevirt.io/virt-template-api=$vt/api" -replace="kubevirt.io/virt-template-client-go=$vt/client-go")
+  elif ! git -C "$git_dir" rev-parse -q --verify "v$VT_VERSION^{commit}" >/dev/null; then
+    echo "[peer] VIO_VIRT_TEMPLATE_GIT=$git_dir has no tag v$VT_VERSION of github.com/kubevirt/virt-template." >&2
     exit 2
+  else
+    vt="$CACHE/src/virt-template-v$VT_VERSION"
+    rm -rf "$vt" && mkdir -p "$vt/api" "$vt/client-go"
+    git -C "$git_dir" archive "v$VT_VERSION" api | tar -x -C "$vt/api" --strip-components=1
+    git -C "$git_dir" archive "v$VT_VERSION" staging/src/kubevirt.io/virt-template-client-go | tar -x -C "$vt/client-go" --strip-components=4
+    for d in api client-go; do
+      git -C "$git_dir" show "v$VT_VERSION:LICENSE" > "$vt/$d/LICENSE"
+      git -C "$git_dir" show "v$VT_VERSION:.gitignore" > "$vt/$d/.gitignore"
+    done
+    want=$(awk -v v="v$VT_VERSION" '$1 == "kubevirt.io/virt-template-api" && $2 == v {print $3}' "$MOD/go.sum")
+    got="h1:$(h1 "$vt/api" "kubevirt.io/virt-template-api@v$VT_VERSION")"
+    [ "$got" = "$want" ] || { echo "[peer] virt-template api/ at v$VT_VERSION hashes to $got, KubeVirt's go.sum says $want: refused" >&2; exit 1; }
+    log "kubevirt.io/virt-template-api v$VT_VERSION from $git_dir matches KubeVirt's go.sum ($want)"
+    (cd "$vt/client-go" && go mod edit -dropreplace=kubevirt.io/virt-template-api)
+    (cd "$MOD" && go mod edit -replace="kubevirt.io/virt-template-api=$vt/api" -replace="kubevirt.io/virt-template-client-go=$vt/client-go")
   fi
-  vt="$CACHE/src/virt-template-v$VT_VERSION"
-  rm -rf "$vt" && mkdir -p "$vt/api" "$vt/client-go"
-  git -C "$git_dir" archive "v$VT_VERSION" api | tar -x -C "$vt/api" --strip-components=1
-  git -C "$git_dir" archive "v$VT_VERSION" staging/src/kubevirt.io/virt-template-client-go | tar -x -C "$vt/client-go" --strip-components=4
-  for d in api client-go; do
-    git -C "$git_dir" show "v$VT_VERSION:LICENSE" > "$vt/$d/LICENSE"
-    git -C "$git_dir" show "v$VT_VERSION:.gitignore" > "$vt/$d/.gitignore"
-  done
-  want=$(awk -v v="v$VT_VERSION" '$1 == "kubevirt.io/virt-template-api" && $2 == v {print $3}' "$MOD/go.sum")
-  got="h1:$(h1 "$vt/api" "kubevirt.io/virt-template-api@v$VT_VERSION")"
-  [ "$got" = "$want" ] || { echo "[peer] virt-template api/ at v$VT_VERSION hashes to $got, KubeVirt's go.sum says $want: refused" >&2; exit 1; }
-  log "kubevirt.io/virt-template-api v$VT_VERSION from $git_dir matches KubeVirt's go.sum ($want)"
-  (cd "$vt/client-go" && go mod edit -dropreplace=kubevirt.io/virt-template-api)
-  (cd "$MOD" && go mod edit -replace="kubevirt.io/virt-template-api=$vt/api" -replace="kubevirt.io/virt-template-client-go=$vt/client-go")
 fi
 
 log "building kubevirt-dp against kubevirt.io/kubevirt v$KUBEVIRT_VERSION (first time only)"
