@@ -55,8 +55,10 @@ test('parsers read nvme-cli JSON; shares are equal, at least the minimum, in gra
   expect(() => parseSecondaries('not json')).toThrow(/not a JSON object/);
   expect(shareOf(8, 4, 2, 1)).toBe(2);
   expect(shareOf(4, 4, 1, 1)).toBe(1);
-  expect(shareOf(10, 4, 1, 4)).toBe(1); // floor(10/4)=2 → 0 granules of 4 → the minimum
-  expect(shareOf(64, 4, 2, 4)).toBe(16);
+  expect(shareOf(10, 4, 1, 4)).toBe(0); // floor(10/4)=2 → not one granule of 4
+  expect(shareOf(64, 4, 2, 4)).toBe(2); // VQFRSM is the most a secondary may get, not the least
+  expect(shareOf(64, 4, 8, 4)).toBe(8);
+  expect(shareOf(64, 4, 0, 4)).toBe(16); // no maximum reported
 });
 
 test('Offline secondaries of the pool\'s VFs get resources and go Online; Online ones and held VFs are left alone', async () => {

@@ -101,11 +101,15 @@ export function parseSecondaries(text: string): SecondaryCtrl[] {
   });
 }
 
-/** Resources one secondary controller gets: an equal share of the flexible pool, at least the minimum, in granules. */
-export function shareOf(total: number, vfs: number, min: number, gran: number): number {
+/**
+ * Resources one secondary controller gets: an equal share of the flexible pool in granules, at most
+ * `max` (VQFRSM / VIFRSM: the most a secondary may be given; QEMU's hw/nvme/ctrl.c refuses an
+ * assignment above it; 0: not reported). 0 when not even a granule fits.
+ */
+export function shareOf(total: number, vfs: number, max: number, gran: number): number {
   const g = Math.max(1, gran);
   const share = Math.floor(Math.floor(total / Math.max(1, vfs)) / g) * g;
-  return Math.max(min, share);
+  return max > 0 ? Math.min(max, share) : share;
 }
 
 /** Input of {@link provisionNvme}. */
