@@ -61,3 +61,24 @@ test(`churn soak: ${cycles} VM start/stop cycles on every pool mode leak no slic
   expect(f.cdiFilesMax).toBeLessThanOrEqual(Object.keys(r.end.planned).length);
   expect(f.rssMaxMiB - f.rssStartMiB).toBeLessThanOrEqual(RSS_GROWTH_MIB);
 });
+
+// Agent restarts mixed into the churn (issue 21): SIGTERM and SIGKILL in turn while VMs hold slices
+// of every mode. Each restarted agent must serve every pool again (its /readyz), hand out nothing a
+// running VM holds, write nothing to a held slice, and release everything once the VMs are gone.
+const restartCycles = Number(process.env.VIO_SOAK_RESTART_CYCLES ?? 60);
+const restartEvery = 15;
+
+test(`churn with agent restarts: ${Math.floor((restartCycles - 1) / restartEvery)} restarts (SIGTERM, SIGKILL) in ${restartCycles} cycles lose no slice and hand none out twice`, async () => {
+  const lines: string[] = [];
+  const r = await runChurn({ cycles: restartCycles, restartEvery, sampleEvery: restartEvery, log: (l) => lines.push(l) });
+  const f = figuresOf(r);
+  console.log(`${lines.join('\n')}\n${JSON.stringify({ cycles: f.cycles, restarts: f.restarts, restartReadyMaxMs: f.restartReadyMaxMs, allocateP50Ms: f.allocateP50Ms, allocateP99Ms: f.allocateP99Ms, violations: f.violations, problems: f.problems })}`);
+  expect(r.violations).toEqual([]);
+  expect(r.problems).toEqual([]);
+  expect(r.restarts).toBe(Math.floor((restartCycles - 1) / restartEvery));
+  expect(r.cycles).toBe(restartCycles);
+  expect(r.end.allocatedSlices).toBe(0);
+  expect(r.end.ledgerEntries).toBe(0);
+  expect(r.end.healthy).toEqual(r.end.planned);
+  expect(r.end.facts).toEqual({ vfs: r.end.planned.net, mdevs: r.end.planned.vgpu, vports: r.end.planned.fc });
+}, 180_000 + restartCycles * 1_000);

@@ -56,6 +56,12 @@ export interface SoakOptions {
   concurrent?: number;
   /** The agent's --release-grace (default 1s: a freed slice is handed out again soon). */
   releaseGrace?: string;
+  /**
+   * Restart the agent every this many cycles while its VMs run, SIGTERM and SIGKILL in turn (an
+   * upgrade's stop, a crash); the next cycle waits for the new agent's /readyz. Samples follow the
+   * new process, so the leak figures of such a run are per process, not over the run.
+   */
+  restartEvery?: number;
   log?: (line: string) => void;
 }
 
@@ -70,6 +76,9 @@ export interface SoakResult {
   skipped: number;
   /** Harness-seen problems: double hand-outs, Allocate refused, the agent gone. */
   problems: string[];
+  /** Agent restarts made (restartEvery), and the longest wait for a restarted agent's /readyz, ms. */
+  restarts: number;
+  restartReadyMaxMs: number;
   /** Kernel violations as text (each a destructive write on a held device). */
   violations: string[];
   /** After every VM stopped: slices still allocated in /status, ledger entries, per pool Healthy vs planned. */
@@ -211,8 +220,29 @@ export async function runChurn(o: SoakOptions): Promise<SoakResult> {
   const running: { uid: string; name: string; ids: string[]; stop: () => Promise<void> }[] = [];
   try {
     await node.start();
-    const agent = node.agent as AgentProcess;
-    const pid = agent.proc.pid as number;
+    let agent = node.agent as AgentProcess;
+    let pid = agent.proc.pid as number;
+    let restarts = 0;
+    let restartReadyMaxMs = 0;
+    /** The agent goes while VMs hold slices, a new one starts and must serve them all again. */
+    const restart = async (): Promise<void> => {
+      const how: NodeJS.Signals = restarts % 2 === 0 ? 'SIGTERM' : 'SIGKILL';
+      await agent.stop(how);
+      node.agent = await node.spawnAgent();
+      agent = node.agent;
+      pid = agent.proc.pid as number;
+      restarts++;
+      const r0 = performance.now();
+      for (;;) {
+        if (!agent.alive) throw new Error(`the agent restarted after ${how} exited (${agent.exitCode})\n${agent.tail()}`);
+        const ready = await agent.get('/readyz').then((x) => x.status === 200, () => false);
+        if (ready) break;
+        if (performance.now() - r0 > 30_000) throw new Error(`the agent restarted after ${how} was not ready within 30 s\n${agent.tail()}`);
+        await sleep(50);
+      }
+      restartReadyMaxMs = Math.max(restartReadyMaxMs, performance.now() - r0);
+      log(`restart ${restarts} (${how}): ready in ${Math.round(performance.now() - r0)} ms, pid ${pid}, ${running.length} VMs running`);
+    };
     log(`agent pid ${pid}, NODE_OPTIONS "${node.nodeOptions}"`);
     const t0 = performance.now();
 
@@ -315,6 +345,7 @@ export async function runChurn(o: SoakOptions): Promise<SoakResult> {
       }
       if (c % sampleEvery === 0 || c === o.cycles) await sample(c);
       if (problems.length > 20) break;
+      if (o.restartEvery && c % o.restartEvery === 0 && c < o.cycles) await restart();
     }
     const seconds = (performance.now() - t0) / 1000;
 
@@ -343,7 +374,7 @@ export async function runChurn(o: SoakOptions): Promise<SoakResult> {
     }
     await sample(o.cycles + 1);
     const violations = node.kernel.violations.map((v) => `${v.path}=${JSON.stringify(v.value)} reached ${v.device} held by ${v.holder}`);
-    return { cycles: allocateMs.length, seconds, cyclesPerSecond: allocateMs.length / seconds, allocateMs, samples, skipped, problems, violations, end: end as SoakResult['end'], pid };
+    return { cycles: allocateMs.length, seconds, cyclesPerSecond: allocateMs.length / seconds, allocateMs, samples, skipped, problems, restarts, restartReadyMaxMs, violations, end: end as SoakResult['end'], pid };
   } finally {
     for (const v of running) await v.stop().catch(() => undefined);
     await node.close();
@@ -409,6 +440,8 @@ export interface SoakFigures {
   cdiFilesMax: number;
   violations: number;
   problems: number;
+  restarts: number;
+  restartReadyMaxMs: number;
   slicesAllocatedAtEnd: number;
   ledgerEntriesAtEnd: number;
   slicesNotHealthyAtEnd: number;
@@ -458,6 +491,8 @@ export function figuresOf(r: SoakResult, warmupFraction = 0.1): SoakFigures {
     cdiFilesMax: max((s) => s.cdiFiles),
     violations: r.violations.length,
     problems: r.problems.length,
+    restarts: r.restarts,
+    restartReadyMaxMs: Math.round(r.restartReadyMaxMs),
     slicesAllocatedAtEnd: r.end.allocatedSlices,
     ledgerEntriesAtEnd: r.end.ledgerEntries,
     slicesNotHealthyAtEnd: Object.keys(r.end.planned).reduce((a, k) => a + Math.abs((r.end.planned[k] ?? 0) - (r.end.healthy[k] ?? 0)), 0),
