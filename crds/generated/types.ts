@@ -444,6 +444,9 @@ export interface PoolPlan {
    * @maxItems 256
    */
   devices: {
+    /**
+     * The PCI function; for Mediated pools also an mdev parent that is not a PCI function, by its /sys/class/mdev_bus name (the kernel's mtty sample, s390's vfio_ap "matrix").
+     */
     pciAddress: string;
     /**
      * First VF index the pool takes (SRIOV with an interfaceNames range).

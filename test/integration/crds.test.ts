@@ -113,6 +113,15 @@ const invalid: InvalidCase[] = [
     }),
     expect: ['spec.pools[0]', 'mdevType is required'],
   },
+  {
+    // Non-PCI mdev parents (/sys/class/mdev_bus names such as the mtty sample's) are for Mediated pools only.
+    name: 'node plan: an SRIOV pool naming a device that is not a PCI function',
+    doc: YAML.stringify({
+      apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: 'bad-parent' },
+      spec: { pools: [{ name: 'p', resourceName: 'virtualio.dev/p', class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', count: 1, devices: [{ pciAddress: 'mtty' }] }] },
+    }),
+    expect: ['spec.pools[0]', 'only Mediated pools may name an mdev parent that is not a PCI function'],
+  },
 ];
 
 describe('invalid objects are rejected at admission', () => {
