@@ -5,7 +5,7 @@ import { readFile, readlink, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import type { InventoryDevice } from '../../device-plugin/src/model.js';
-import { connectX6, emulexFc, FakeKernel, gpuWithAudio, intel82599, mdevGpu, nvmeWithSriov } from '../sysfs/kernel.js';
+import { connectX6, emulexFc, FakeKernel, gpuWithAudio, intel82599, mdevGpu, mdevGpuMixed, nvmeWithSriov } from '../sysfs/kernel.js';
 import { tempTree } from '../sysfs/tmp.js';
 
 let k: FakeKernel;
@@ -196,6 +196,19 @@ describe('mediated devices', () => {
     for (const u of before) await k.write(create, u);
     await expect(k.write(create, uuid)).rejects.toMatchObject({ code });
     expect((await device(GPU))?.mdevs?.length ?? 0).toBe(before.length);
+  });
+});
+
+describe('a parent whose types share one budget (mtty ports, mbochs memory, vGPU framebuffer)', () => {
+  test('available_instances of every type drop together; a create that no longer fits is refused with ENOSPC, as mtty does', async () => {
+    const mixed = '0000:b2:00.0';
+    await k.addFunction(mdevGpuMixed(mixed));
+    const types = `bus/pci/devices/${mixed}/mdev_supported_types`;
+    const avail = async (): Promise<string[]> => Promise.all(['nvidia-745', 'nvidia-747'].map(async (t) => (await readFile(path.join(k.root, types, t, 'available_instances'), 'utf8')).trim()));
+    await k.write(`${types}/nvidia-747/create`, '2f0a4b7e-0000-4000-8000-00000000000a'); // 8 of 16 units
+    await k.write(`${types}/nvidia-745/create`, '2f0a4b7e-0000-4000-8000-00000000000b'); // 2 more
+    expect(await avail()).toEqual(['3', '0']);
+    await expect(k.write(`${types}/nvidia-747/create`, '2f0a4b7e-0000-4000-8000-00000000000c')).rejects.toMatchObject({ code: 'ENOSPC' });
   });
 });
 
