@@ -2,8 +2,9 @@
 // machine's loopback, reachable from the guest only through run.sh's restricted user network
 // (10.0.2.100:6443 in the guest → tcp-relay.mjs → 127.0.0.1:<port> here). It holds what a cluster
 // holds before a VM's pod starts on the guest: the CRDs, the Node the guest's agent runs as, that
-// node's VirtualIONode with an igb pool served through DRA, the pool's DeviceClass, a ResourceClaim
-// and a pod using it (the scheduler allocates the claim once the guest's agent publishes its slices,
+// node's VirtualIONode with an igb pool served through DRA and an on-demand mdev pool on the mtty
+// sample (guest/dra-ondemand.ts makes its claims), the pools' DeviceClasses, a ResourceClaim
+// and a pod using a VF (the scheduler allocates the claim once the guest's agent publishes its slices,
 // and binds the pod to the node). The guest finds its credentials in <results>/dra/.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,6 +12,7 @@ import YAML from 'yaml';
 import { deviceClassFor } from '../../device-plugin/src/dra/devices.js';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { kubectlOk } from '../support/cluster.js';
+import { OD } from './guest/dra-ondemand.js';
 
 /** The guest agent's node name, the pool, the claim and the pod: shared with guest/dra-scenario.ts through setup.json. */
 export const DRA_NODE = 'kernel-guest';
@@ -62,10 +64,14 @@ export async function startDraCluster(results: string): Promise<DraCluster> {
     })]);
     const plan = {
       apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: DRA_NODE },
-      spec: { pools: [{ name: DRA_POOL, resourceName: `virtualio.dev/${DRA_POOL}`, class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', frontEnd: 'DRA', count: 2, devices: [{ pciAddress: IGB_PF }] }] },
+      spec: { pools: [
+        { name: DRA_POOL, resourceName: `virtualio.dev/${DRA_POOL}`, class: 'NIC', mode: 'SRIOV', consumption: 'HostDevice', frontEnd: 'DRA', count: 2, devices: [{ pciAddress: IGB_PF }] },
+        // The on-demand mdev pool of guest/dra-ondemand.ts (its claims are made by the guest, in order).
+        { name: OD.pool, resourceName: `virtualio.dev/${OD.pool}`, class: 'GPU', mode: 'Mediated', consumption: 'MediatedDevice', frontEnd: 'DRA', onDemand: { mdevTypes: [...OD.types] }, devices: [{ pciAddress: OD.parent }] },
+      ] },
     };
     await kubectl(['apply', '--server-side', '--field-manager=virtualio-operator', '-f', '-'], YAML.stringify(plan));
-    await kubectl(['apply', '--server-side', '-f', '-'], JSON.stringify(deviceClassFor(DRA_POOL)));
+    for (const pool of [DRA_POOL, OD.pool]) await kubectl(['apply', '--server-side', '-f', '-'], JSON.stringify(deviceClassFor(pool)));
     const claim = {
       apiVersion: 'resource.k8s.io/v1', kind: 'ResourceClaim', metadata: { name: DRA_CLAIM, namespace: 'default' },
       spec: { devices: {

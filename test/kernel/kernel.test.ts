@@ -22,6 +22,7 @@ import { tmpdir, homedir, arch, platform } from 'node:os';
 import { join } from 'node:path';
 import { ensureAgentBuilt, REPO } from '../fakes/agent-process.js';
 import { DRA_NODE, DRA_POD, DRA_VF_SETTINGS, draSkipReason, portFileIn, startDraCluster, type DraCluster } from './dra-cluster.js';
+import { OD } from './guest/dra-ondemand.js';
 import { HELD } from './guest/held-scenario.js';
 
 interface Scenario { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
@@ -278,5 +279,42 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     expect(d.vfInfoPrepared).toMatchObject({ vf: vfIndex, address: DRA_VF_SETTINGS.mac, vlan_list: [{ vlan: DRA_VF_SETTINGS.vlan }] });
     expect((d.ipLinkShowPrepared as string[]).join('\n')).toMatch(new RegExp(`^vf ${vfIndex} +link/ether ${DRA_VF_SETTINGS.mac} .*, vlan ${DRA_VF_SETTINGS.vlan},`));
     expect(d.vfInfoUnprepared).toMatchObject({ vf: vfIndex, address: '00:00:00:00:00:00', vlan_list: [{}] });
+  });
+
+  (draReason ? test.skip : test)(`DRA on demand: the real scheduler allocates an mtty-1 claim, the agent creates that mdev (the kernel shows it) and the nested VM gets it from prepare's files; an mtty-2 that no longer fits stays unallocated with the scheduler's reason; unprepare + claim deletion removes the mdev${draReason ? ` (skipped: ${draReason})` : ''}`, () => {
+    if (clusterError) throw new Error(`the host's control plane for the DRA scenario did not start: ${String(clusterError)}`);
+    const all = out.results['DRA: a VF claim the real scheduler allocated, prepared through the DRA gRPC API, reaches a nested VM'];
+    if (!all) throw new Error(`the guest did not run the DRA scenario (see ${dir}/scenario.log)`);
+    const d = (all.details.onDemand ?? {}) as Record<string, unknown>;
+    if (d.error !== undefined || !('removedAfterMs' in d)) throw new Error(`on-demand part: ${String(d.error ?? all.error ?? 'not reached')}\ndetails: ${JSON.stringify(d, null, 2)}`);
+    // mtty's 24 ports as the kernel shares them: an mtty-1 takes 1, an mtty-2 takes 2.
+    expect(d.availableEmpty).toEqual({ 'mtty-1': OD.ports, 'mtty-2': OD.ports / 2 });
+    expect(d.countersEmpty).toEqual({ units: '24', 'type-0': '24', 'type-1': '12' });
+    expect(d.availableWithForeign).toEqual({ 'mtty-1': 2, 'mtty-2': 1 });
+    expect(d.countersWithForeign).toEqual({ units: '2', 'type-0': '2', 'type-1': '1' });
+    // The scheduler chose an mtty-1 device of the pool; the kernel has that mdev, of that type, on mtty.
+    const results = d.allocation as { request: string; pool: string; device: string }[];
+    expect(results).toEqual([expect.objectContaining({ request: 'serial', pool: `${DRA_NODE}/${OD.pool}`, device: expect.stringMatching(/^mdev-[0-9a-f-]{36}$/) })]);
+    expect(d.mdev).toMatchObject({ type: 'mtty-1', parent: 'mtty', driver: 'mtty' });
+    // Both types' room dropped with one mtty-1 (shared ports), and the kernel refuses an mtty-2 itself.
+    expect(d.availableAfterCarve).toEqual({ 'mtty-1': 1, 'mtty-2': 0 });
+    expect(d.kernelCreateMtty2).toBe('ENOSPC');
+    expect(d.deviceConditions).toEqual([expect.objectContaining({ type: 'virtualio.dev/Carved', status: 'True' })]);
+    expect(d.podNodeName).toBe(DRA_NODE);
+    expect(d.carvedFor).toMatchObject({ namespace: 'default', claim: OD.fits.claim });
+    // The claim that no longer fits: not allocated, the pod unschedulable with the scheduler's reason.
+    expect(d.tooBigAllocation).toBeNull();
+    expect(d.tooBigReason).toMatch(/cannot allocate all claims/);
+    expect(d.tooBigMdevs).toBe(OD.foreignMtty2);
+    // Prepare's files alone led the nested VM to the mdev.
+    expect(d.metadataMdevUUID).toBe(d.uuid);
+    expect(d.deviceNodes).toEqual(['/dev/vfio/vfio', `/dev/vfio/${(d.mdev as { group: string }).group}`]);
+    expect((d.infoPci as string[]).join('\n')).toMatch(/PCI device 4348:3253/);
+    expect(d.unprepareError).toBe('');
+    expect(d.filesAfterUnprepare).toEqual([]);
+    // Gone with its claim; the room back; nothing left on the parent.
+    expect(d.claimGone).toBe(true);
+    expect(d.availableAfterRemove).toEqual({ 'mtty-1': 2, 'mtty-2': 1 });
+    expect(d.mdevsLeft).toEqual({});
   });
 });

@@ -17,6 +17,7 @@ import { connect } from 'node:net';
 import { basename, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadDraV1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
+import { clearMtty, onDemandScenario } from './dra-ondemand.js';
 
 export interface DraSetup { node: string; pool: string; namespace: string; claim: string; pod: string; server: string; servername: string; hostPort: number; ca: string; cert: string; key: string }
 
@@ -32,16 +33,17 @@ export interface DraHelpers {
 
 const RUN = '/run/vio-dra';
 const KUBELET_DIR = join(RUN, 'kubelet');
-const CDI_DIR = join(RUN, 'cdi');
+export const CDI_DIR = join(RUN, 'cdi');
 const SYS = '/sys/bus/pci/devices';
 /** The igb PF (run.sh: alone behind root port rp1, bus 01). */
 const IGB_PF = '0000:01:00.0';
 
-/** One apiserver request with the admin client certificate; resolves with status and parsed body. */
-function api(s: DraSetup, method: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
+/** One apiserver request with the admin client certificate (a JSON body, or a merge patch for PATCH); resolves with status and parsed body. */
+export function api(s: DraSetup, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
     const url = new URL(path, s.server);
-    const req = request({ method, host: url.hostname, port: url.port, path: url.pathname + url.search, ca: s.ca, cert: s.cert, key: s.key, servername: s.servername, timeout: 15_000 }, (res) => {
+    const headers = body === undefined ? {} : { 'content-type': method === 'PATCH' ? 'application/merge-patch+json' : 'application/json' };
+    const req = request({ method, host: url.hostname, port: url.port, path: url.pathname + url.search, headers, ca: s.ca, cert: s.cert, key: s.key, servername: s.servername, timeout: 15_000 }, (res) => {
       let text = '';
       res.on('data', (c: Buffer) => (text += c.toString()));
       res.on('end', () => {
@@ -54,11 +56,11 @@ function api(s: DraSetup, method: string, path: string): Promise<{ status: numbe
     });
     req.on('timeout', () => req.destroy(new Error(`${method} ${path}: timed out`)));
     req.on('error', reject);
-    req.end();
+    req.end(body === undefined ? undefined : JSON.stringify(body));
   });
 }
 
-function grpcCall<Req, Res>(service: grpc.ServiceDefinition, socket: string, method: string, req: Req): Promise<Res> {
+export function grpcCall<Req, Res>(service: grpc.ServiceDefinition, socket: string, method: string, req: Req): Promise<Res> {
   const Client = grpc.makeGenericClientConstructor(service, 'x');
   const c = new Client(`unix://${socket}`, grpc.credentials.createInsecure()) as unknown as Record<string, (r: Req, o: grpc.CallOptions, cb: (e: Error | null, v: Res) => void) => void>;
   const call = c[method];
@@ -86,8 +88,8 @@ function tryConnect(host: string, port: number): Promise<string> {
   });
 }
 
-type PrepareResponse = { claims: Record<string, { devices: { requestNames: string[]; poolName: string; deviceName: string; cdiDeviceIds: string[] }[]; error: string }> };
-type CdiSpec = { kind: string; devices: { name: string; containerEdits: { deviceNodes: { path: string }[]; mounts?: { hostPath: string; containerPath: string }[] } }[] };
+export type PrepareResponse = { claims: Record<string, { devices: { requestNames: string[]; poolName: string; deviceName: string; cdiDeviceIds: string[] }[]; error: string }> };
+export type CdiSpec = { kind: string; devices: { name: string; containerEdits: { deviceNodes: { path: string }[]; mounts?: { hostPath: string; containerPath: string }[] } }[] };
 
 /** Brings up the guest's NIC to the host's apiserver (virtio-net on run.sh's restricted user network). */
 async function netUp(h: DraHelpers): Promise<string> {
@@ -114,6 +116,8 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
   if (d.hostPortDirect === 'connected') throw new Error(`the guest reached the host's port ${s.hostPort} directly at 10.0.2.2: the user network is not restricted`);
 
   mkdirSync(RUN, { recursive: true });
+  // The on-demand pool's parent empty before the agent first sees it (it learns each type's capacity then).
+  d.mttyLeftoversRemoved = clearMtty();
   const kubeconfig = join(h.out, 'dra', 'kubeconfig');
   const chunks: Buffer[] = [];
   const t0 = performance.now();
@@ -121,7 +125,7 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
     h.agentMain, '--node-name', s.node, '--kubeconfig', kubeconfig, '--dra', '--kubelet-dir', KUBELET_DIR,
     '--plugin-dir', join(KUBELET_DIR, 'device-plugins'), '--pod-resources-socket', h.podResourcesSocket,
     '--devinfo-dir', join(RUN, 'devinfo'), '--cdi-dir', CDI_DIR, '--state-dir', join(RUN, 'state'),
-    '--metrics-address', '127.0.0.1:9102', '--rescan-interval', '10s', '--vf-net-config',
+    '--metrics-address', '127.0.0.1:9102', '--rescan-interval', '10s', '--vf-net-config', '--release-grace', '5s',
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   agent.stdout?.on('data', (c: Buffer) => chunks.push(c));
   agent.stderr?.on('data', (c: Buffer) => chunks.push(c));
@@ -214,6 +218,14 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
     if (d.unprepareError !== '' || (d.filesAfterUnprepare as string[]).length > 0) throw new Error(`unprepare: error ${JSON.stringify(d.unprepareError)}, files left ${JSON.stringify(d.filesAfterUnprepare)}`);
     d.vfInfoUnprepared = await vfInfo();
     d.ipLinkShowUnprepared = (await h.sh('ip', ['link', 'show', 'dev', pfNetdev])).split('\n').map((l) => l.trim()).filter((l) => l.startsWith(`vf ${vfIndex} `));
+
+    // The same agent, its on-demand mdev pool on the mtty sample (dra-ondemand.ts); its outcome is
+    // recorded in d.onDemand (with its error), so the VF part above stands on its own.
+    const od: Record<string, unknown> = {};
+    d.onDemand = od;
+    await onDemandScenario(od, h, { s, endpoint: info.endpoint, agentAlive: () => agent.exitCode === null && agent.signalCode === null }).catch((err: unknown) => {
+      od.error = err instanceof Error ? err.message : String(err);
+    });
   } finally {
     if (vm) await vm.quit();
     agent.kill('SIGTERM');
