@@ -243,15 +243,21 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
       const msg = Buffer.concat(chunks).toString('utf8');
       if (!stopped) listen(file);
       messages++;
-      void enqueue(async () => {
-        messages--;
-        const tokens = splitTriggerMessage(file, msg);
-        // "driver_override then drivers_probe": the named devices' values first, as written.
-        const named = tokens.filter((t) => BDF_ONE.test(t)).map((t) => `/${t.toLowerCase()}/`);
-        await checkValues((f) => dirty.has(f) || named.some((n) => f.includes(n)));
-        for (const token of tokens) await apply(file, token, false);
-        if (messages === 0) await sync();
-      });
+      const queue = (): void =>
+        void enqueue(async () => {
+          messages--;
+          const tokens = splitTriggerMessage(file, msg);
+          // "driver_override then drivers_probe": the named devices' values first, as written.
+          const named = tokens.filter((t) => BDF_ONE.test(t)).map((t) => `/${t.toLowerCase()}/`);
+          await checkValues((f) => dirty.has(f) || named.some((n) => f.includes(n)));
+          for (const token of tokens) await apply(file, token, false);
+          if (messages === 0) await sync();
+        });
+      // "unbind then drivers_probe" come through two FIFOs, and when both are readable in the same
+      // poll the event loop may end the probe's message first: a probe (or bind) is queued one turn
+      // later, after any message that ended with it, so it applies after the unbind written before it.
+      if (/\/(drivers_probe|bind)$/.test(file)) setImmediate(queue);
+      else queue();
     });
   };
 

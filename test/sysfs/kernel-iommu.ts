@@ -5,10 +5,18 @@ import path from 'node:path';
 import { BDF_RE, exists, link, list, touch } from './kernel-tree.js';
 import type { FakeKernel } from './kernel.js';
 
-/** The next unused IOMMU group number. */
+/**
+ * The number of a new IOMMU group: the lowest one free, as Linux takes it from an IDA
+ * (drivers/iommu/iommu.c iommu_group_alloc: `ida_alloc(&iommu_group_ida, ...)`) and gives back when
+ * the group's last device leaves (iommu_group_release: ida_free). A VF gets its group when it is
+ * created (`sriov_numvfs`), an mdev when it is created, so after a reboot their numbers follow the
+ * order of creation, not the numbers they had.
+ */
 export async function newIommuGroup(k: FakeKernel): Promise<number> {
-  const used = (await list(path.join(k.root, 'kernel/iommu_groups'))).map(Number).filter((n) => Number.isInteger(n));
-  return used.length === 0 ? 0 : Math.max(...used) + 1;
+  const used = new Set((await list(path.join(k.root, 'kernel/iommu_groups'))).map(Number).filter((n) => Number.isInteger(n)));
+  let n = 0;
+  while (used.has(n)) n++;
+  return n;
 }
 
 export async function joinGroup(k: FakeKernel, dir: string, name: string, group: number): Promise<void> {
