@@ -45,6 +45,8 @@ export interface RoundInput {
   onDemand?: OnDemandInput;
   /** Why a rescan after writes must not be believed (a broken sysfs), or undefined. */
   suspectScan: (next: Inventory, previous: Inventory) => string | undefined;
+  /** Orders (and may hold back for a later pass) a pass's writes: binds in recorded VFIO number order (vfio-numbers.ts). */
+  orderBinds?: (writes: SysfsWrite[], inv: Inventory) => SysfsWrite[];
   signal: AbortSignal;
 }
 
@@ -141,7 +143,8 @@ export class Carver {
         }
       }
       // One write per path and value a pass (a retired entry and the active plan may both plan it).
-      const unique = writes.filter((w, i) => writes.findIndex((x) => x.path === w.path && x.value === w.value && (x.group ?? '') === (w.group ?? '')) === i);
+      const deduped = writes.filter((w, i) => writes.findIndex((x) => x.path === w.path && x.value === w.value && (x.group ?? '') === (w.group ?? '')) === i);
+      const unique = inp.orderBinds ? inp.orderBinds(deduped, inventory) : deduped;
       const originals = this.checkpoint.originals();
       const verdict = gate(unique, inventory, inp.protection, (addr, driver) => originals.get(addr)?.driver === driver);
       for (const r of verdict.refused) {

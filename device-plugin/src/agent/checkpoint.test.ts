@@ -133,6 +133,18 @@ describe('agent checkpoint', () => {
     expect(r).toEqual({ ok: false, message: 'malformed retired[0]' });
   });
 
+  test('VFIO numbers: kept across a restart, an empty record is not written, a damaged one refuses the file', () => {
+    const cp = new Checkpoint(file, 'n1', log, () => T);
+    cp.save();
+    expect(JSON.parse(readFileSync(file, 'utf8')).vfio).toBeUndefined();
+    cp.vfio().cdevs['0000:81:00.2'] = 3;
+    cp.vfio().nodes['0000:81:00.2'] = ['/dev/vfio/12', '/dev/vfio/devices/vfio3'];
+    cp.save();
+    expect(new Checkpoint(file, 'n1', log).vfio()).toEqual({ cdevs: { '0000:81:00.2': 3 }, nodes: { '0000:81:00.2': ['/dev/vfio/12', '/dev/vfio/devices/vfio3'] } });
+    expect(parseCheckpoint(JSON.stringify({ version: 1, node: 'n1', vfio: { cdevs: { a: -1 }, nodes: {} } }), 'n1')).toEqual({ ok: false, message: 'malformed vfio' });
+    expect(parseCheckpoint(JSON.stringify({ version: 1, node: 'n1', vfio: { cdevs: {}, nodes: { a: [3] } } }), 'n1')).toEqual({ ok: false, message: 'malformed vfio' });
+  });
+
   test('no file configured: nothing is read or written', () => {
     const cp = new Checkpoint(undefined, 'n1', log);
     expect(cp.state).toBe('absent');

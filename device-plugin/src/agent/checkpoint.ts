@@ -21,6 +21,7 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { PoolPlan } from '../model.js';
 import { decodeChecked, encodeChecked, keepCorruptCopy, writeFileDurable } from './durable-file.js';
+import type { VfioRecord } from './vfio-numbers.js';
 
 export const CHECKPOINT_FILE = 'agent-checkpoint.json';
 
@@ -53,6 +54,8 @@ export interface CheckpointData {
   mdevCapacity?: Record<string, Record<string, number>>;
   /** On-demand mdevs by UUID: the claim whose allocation they are carved for, recorded before the create. */
   carvings?: Record<string, CarvingRecord>;
+  /** VFIO cdev numbers of functions and device nodes of slices, kept across reboots (vfio-numbers.ts). */
+  vfio?: VfioRecord;
 }
 
 /** Which claim an on-demand mdev is (being) carved for. */
@@ -147,6 +150,13 @@ export function parseCheckpoint(text: string, node: string): { ok: true; data: C
   if (doc.carvings !== undefined) {
     if (!isRecord(doc.carvings) || !Object.values(doc.carvings).every((v) => isRecord(v) && ['pool', 'namespace', 'claim', 'uid', 'since'].every((k) => typeof v[k] === 'string'))) return bad('carvings');
     data.carvings = doc.carvings as Record<string, CarvingRecord>;
+  }
+  if (doc.vfio !== undefined) {
+    const v = doc.vfio;
+    const okCdevs = isRecord(v) && isRecord(v.cdevs) && !Object.hasOwn(v.cdevs, FORBIDDEN_KEY) && Object.values(v.cdevs).every((n) => Number.isInteger(n) && (n as number) >= 0);
+    const okNodes = isRecord(v) && isRecord(v.nodes) && !Object.hasOwn(v.nodes, FORBIDDEN_KEY) && Object.values(v.nodes).every(isStringList);
+    if (!okCdevs || !okNodes) return bad('vfio');
+    data.vfio = { cdevs: { ...(v.cdevs as Record<string, number>) }, nodes: { ...(v.nodes as Record<string, string[]>) } };
   }
   if (doc.lost !== undefined) {
     const l = doc.lost;
@@ -322,6 +332,11 @@ export class Checkpoint {
     if (Object.keys(this.data.carvings).length === 0) delete this.data.carvings;
   }
 
+  /** The VFIO numbers record (vfio-numbers.ts): the caller updates it in place; written with the next {@link save}. */
+  vfio(): VfioRecord {
+    return (this.data.vfio ??= { cdevs: {}, nodes: {} });
+  }
+
   /**
    * Writes the record when it changed, durably (see durable-file.ts). A damaged file is first kept
    * as `<file>.corrupt-<time>`; when that fails nothing is written (the error says why).
@@ -341,6 +356,7 @@ export class Checkpoint {
         return;
       }
     }
+    if (this.data.vfio && Object.keys(this.data.vfio.cdevs).length === 0 && Object.keys(this.data.vfio.nodes).length === 0) delete this.data.vfio;
     const text = JSON.stringify(this.data);
     if (text === this.written) return;
     try {

@@ -20,6 +20,7 @@ import type { PlanSource } from './plan.js';
 import { withOriginals } from '../discovery/original.js';
 import { Carver } from './carver.js';
 import { StartupRestore, unrestoredHeld } from './restore.js';
+import { VfioNumbers } from './vfio-numbers.js';
 import { Checkpoint } from './checkpoint.js';
 import { DevicePluginFrontEnd } from './frontends.js';
 import { existingIds } from './gate.js';
@@ -119,6 +120,8 @@ export class AgentManager {
   private wakeTimer: NodeJS.Timeout | undefined;
   /** Start-up: pools wait to register until their held slices are restored (restore.ts). */
   private readonly restore: StartupRestore;
+  /** VFIO cdev and group numbers kept across reboots (vfio-numbers.ts). */
+  private readonly vfio: VfioNumbers;
   private restoreWake: NodeJS.Timeout | undefined;
   /** IDs listed last round only as held slices that could not be restored (restore.ts). */
   private unrestored = new Set<string>();
@@ -182,6 +185,7 @@ export class AgentManager {
     });
     this.carver = new Carver(opts.ops, this.checkpoint, opts.metrics, this.log, () => this.clock(), opts.backoff);
     this.restore = new StartupRestore(this.clock(), opts.restoreWaitMs ?? 10_000);
+    this.vfio = new VfioNumbers(this.checkpoint, this.log, () => this.restore.within(this.clock(), 0.5), () => this.restore.within(this.clock()), () => this.clock());
     this.frontEnd = new DevicePluginFrontEnd({
       pluginDir: opts.pluginDir,
       ...(opts.registration ? { registration: opts.registration } : {}),
@@ -383,6 +387,7 @@ export class AgentManager {
           const v = acceptScan(prev.devices.length > 0 ? prev : undefined, next);
           return v.ok ? undefined : v.reason;
         },
+        orderBinds: (writes, inv) => this.vfio.order(writes, inv),
         signal: this.signal,
       });
       this.inventory = r.inventory; // accepted pass by pass (suspectScan)
@@ -458,7 +463,7 @@ export class AgentManager {
     };
     const extra = unrestoredHeld(all, spec.pools ?? [], this.ledger.heldIds(), (id) => this.ledger.resourceOf(id), by);
     this.unrestored = new Set(extra.map((s) => s.id));
-    return [...all, ...extra];
+    return this.vfio.check([...all, ...extra], this.inventory, (id) => this.ledger.state(id).kind === 'held');
   }
 
   /**

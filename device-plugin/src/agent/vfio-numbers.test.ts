@@ -1,0 +1,94 @@
+import type { Inventory, InventoryDevice, Slice, SysfsWrite } from '../model.js';
+import { checkVfioNumbers, orderVfioBinds, type VfioRecord } from './vfio-numbers.js';
+
+const dev = (pciAddress: string, driver?: string): InventoryDevice => ({ pciAddress, vendor: '15b3', device: '101e', classCode: '020000', ...(driver ? { driver } : {}) }) as InventoryDevice;
+const inv = (devices: InventoryDevice[], cdevs: Record<string, number> = {}): Inventory => ({ devices, vfioCdevs: Object.fromEntries(Object.entries(cdevs).map(([b, n]) => [b, `/dev/vfio/devices/vfio${n}`])) });
+const bind = (bdf: string): SysfsWrite[] => [
+  { path: `bus/pci/devices/${bdf}/driver_override`, value: 'vfio-pci', why: 'bind', group: bdf },
+  { path: 'bus/pci/drivers_probe', value: bdf, why: 'bind', group: bdf },
+];
+const probes = (ws: SysfsWrite[]): string[] => ws.filter((w) => w.path === 'bus/pci/drivers_probe').map((w) => w.value);
+const numvfs: SysfsWrite = { path: 'bus/pci/devices/0000:81:00.0/sriov_numvfs', value: '4', why: 'vfs', group: '0000:81:00.0' };
+
+describe('orderVfioBinds: binds to vfio-pci in the order of their recorded cdev numbers', () => {
+  const rec: VfioRecord = { cdevs: { '0000:81:00.2': 3, '0000:81:00.3': 2, '0000:81:00.4': 1, '0000:81:00.5': 0, '0000:5e:00.0': 5, '0000:5e:00.1': 4 }, nodes: {} };
+
+  test('while the VFs are not re-created yet, the GPU and its audio function wait for them (their numbers are lower)', () => {
+    const r = orderVfioBinds([numvfs, ...bind('0000:5e:00.0'), ...bind('0000:5e:00.1')], rec, inv([dev('0000:81:00.0'), dev('0000:5e:00.0', 'nvidia'), dev('0000:5e:00.1')]), true);
+    expect(r.writes).toEqual([numvfs]);
+    expect(r.waitingFor).toEqual(['0000:81:00.2 (vfio3)', '0000:81:00.3 (vfio2)', '0000:81:00.4 (vfio1)', '0000:81:00.5 (vfio0)']);
+  });
+
+  test('once they exist every bind goes, after the other writes, lowest recorded number first; a function with no record last', () => {
+    const all = ['0000:81:00.2', '0000:81:00.3', '0000:81:00.4', '0000:81:00.5', '0000:5e:00.0', '0000:5e:00.1', '0000:5e:00.2'];
+    const writes = [...bind('0000:5e:00.2'), ...all.slice(0, 6).flatMap(bind), numvfs];
+    const r = orderVfioBinds(writes, rec, inv([dev('0000:81:00.0'), ...all.map((a) => dev(a))]), true);
+    expect(r.writes[0]).toEqual(numvfs);
+    expect(probes(r.writes)).toEqual(['0000:81:00.5', '0000:81:00.4', '0000:81:00.3', '0000:81:00.2', '0000:5e:00.1', '0000:5e:00.0', '0000:5e:00.2']);
+    // Each bind keeps its own writes together and in order.
+    expect(r.writes.slice(1, 3)).toEqual(bind('0000:81:00.5'));
+    expect(r.waitingFor).toEqual([]);
+  });
+
+  test('past the wait nothing waits (a recorded VF that never comes back holds no one)', () => {
+    const r = orderVfioBinds([...bind('0000:5e:00.0')], rec, inv([dev('0000:5e:00.0')]), false);
+    expect(probes(r.writes)).toEqual(['0000:5e:00.0']);
+  });
+
+  test('a bind written moments ago is not written again while restoring (a stale rescan would unbind it from vfio-pci)', () => {
+    const r = orderVfioBinds([...bind('0000:81:00.5'), ...bind('0000:81:00.4')], rec, inv(['0000:81:00.2', '0000:81:00.3', '0000:81:00.4', '0000:81:00.5'].map((a) => dev(a))), true, (b) => b === '0000:81:00.5');
+    expect(probes(r.writes)).toEqual(['0000:81:00.4']);
+    expect(r.binds).toEqual(['0000:81:00.4']);
+  });
+
+  test('no record: the writes are left as planned', () => {
+    const writes = [...bind('0000:81:00.3'), numvfs, ...bind('0000:81:00.2')];
+    expect(orderVfioBinds(writes, { cdevs: {}, nodes: {} }, inv([]), true).writes).toEqual(writes);
+  });
+});
+
+describe('checkVfioNumbers: a held slice is never served with device nodes other than those it was handed out with', () => {
+  const vf = (id: string, nodes: string[], health: Slice['health'] = 'Healthy'): Slice => ({ id, pool: 'net', resourceName: 'virtualio.dev/net', kind: 'VF', parent: '0000:81:00.0', pciAddress: id, deviceNodes: nodes, health });
+  const g = (n: number) => `/dev/vfio/${n}`;
+  const c = (n: number) => `/dev/vfio/devices/vfio${n}`;
+
+  test('free slices are recorded as they are; a held one whose cdev moved is Unhealthy naming the old and new path, and keeps its record', () => {
+    const rec: VfioRecord = { cdevs: {}, nodes: {} };
+    const first = checkVfioNumbers(rec, [vf('0000:81:00.2', [g(10), c(0)]), vf('0000:81:00.3', [g(11), c(1)])], inv([], { '0000:81:00.2': 0, '0000:81:00.3': 1 }), () => false, false);
+    expect(first.changed).toBe(true);
+    expect(rec).toEqual({ cdevs: { '0000:81:00.2': 0, '0000:81:00.3': 1 }, nodes: { '0000:81:00.2': [g(10), c(0)], '0000:81:00.3': [g(11), c(1)] } });
+    // After a reboot the two came back the other way round; only .2 is held.
+    const held = (id: string) => id === '0000:81:00.2';
+    const r = checkVfioNumbers(rec, [vf('0000:81:00.2', [g(10), c(1)]), vf('0000:81:00.3', [g(11), c(0)])], inv([], { '0000:81:00.2': 1, '0000:81:00.3': 0 }), held, true);
+    expect(r.slices[0]?.health).toBe('Unhealthy');
+    expect(r.slices[0]?.reason).toMatch(/^handed out with \/dev\/vfio\/devices\/vfio0, .* now \/dev\/vfio\/devices\/vfio1 \(the kernel numbered it anew/);
+    expect(r.slices[1]?.health).toBe('Healthy');
+    expect(r.moved).toEqual([{ id: '0000:81:00.2', was: [c(0)], now: [c(1)] }]);
+    expect(rec.cdevs).toEqual({ '0000:81:00.2': 0, '0000:81:00.3': 0 });
+    expect(rec.nodes['0000:81:00.2']).toEqual([g(10), c(0)]);
+    expect(rec.nodes['0000:81:00.3']).toEqual([g(11), c(0)]);
+    // Its holder lets go: served again with its new nodes.
+    const later = checkVfioNumbers(rec, [vf('0000:81:00.2', [g(10), c(1)])], inv([], { '0000:81:00.2': 1 }), () => false, false);
+    expect(later.slices[0]?.health).toBe('Healthy');
+    expect(rec.nodes['0000:81:00.2']).toEqual([g(10), c(1)]);
+  });
+
+  test('a moved IOMMU group counts the same as a moved cdev', () => {
+    const rec: VfioRecord = { cdevs: {}, nodes: { u: [g(12)] } };
+    const mdev: Slice = { id: 'u', pool: 'vgpu', resourceName: 'virtualio.dev/vgpu', kind: 'Mdev', parent: '0000:3b:00.0', mdevUuid: 'u', deviceNodes: [g(13)], health: 'Healthy' };
+    expect(checkVfioNumbers(rec, [mdev], inv([]), () => true, true).slices[0]?.reason).toMatch(/handed out with \/dev\/vfio\/12, .* now \/dev\/vfio\/13/);
+  });
+
+  test('records of what is not there are kept while restoring or held, and forgotten after', () => {
+    const rec: VfioRecord = { cdevs: { '0000:81:00.2': 0, '0000:81:00.3': 1 }, nodes: { '0000:81:00.2': [c(0)], '0000:81:00.3': [c(1)] } };
+    expect(checkVfioNumbers(rec, [], inv([]), () => false, true).changed).toBe(false);
+    checkVfioNumbers(rec, [], inv([]), (id) => id === '0000:81:00.3', false);
+    expect(rec).toEqual({ cdevs: { '0000:81:00.3': 1 }, nodes: { '0000:81:00.3': [c(1)] } });
+  });
+
+  test('a slice not restored yet (unhealthy, no nodes) is left as it is', () => {
+    const rec: VfioRecord = { cdevs: {}, nodes: { '0000:81:00.2': [c(0)] } };
+    const s = vf('0000:81:00.2', [], 'Unhealthy');
+    expect(checkVfioNumbers(rec, [s], inv([]), () => true, true).slices).toEqual([s]);
+  });
+});

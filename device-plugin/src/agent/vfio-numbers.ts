@@ -1,0 +1,200 @@
+// VFIO numbers across a reboot (issue 21: never hand a VM another device under the same ID).
+//
+// The kubelet keeps each container's Allocate answer in its checkpoint and, after a reboot, starts
+// the container from it without asking again. That answer names device nodes by number: the VFIO
+// cdev `/dev/vfio/devices/vfioN` and the group node `/dev/vfio/<group>`. The kernel hands both out
+// from an IDA, lowest number free: cdevs when a VFIO driver binds a function (drivers/vfio/vfio_main.c
+// vfio_init_device), groups when a VF or an mdev is created (drivers/iommu/iommu.c iommu_group_alloc).
+// A reboot keeps neither, so a saved path can name ANOTHER function afterwards.
+//
+// What the agent does about it, with a record in its checkpoint:
+// - `cdevs`: the cdev number of every function on a VFIO driver (held or not: a GPU's audio function
+//   and spare VFs take numbers between held ones). While the agent starts, binds to vfio-pci are
+//   made in ascending recorded number, and a bind waits (a bounded time) for a recorded function
+//   with a lower number that does not exist yet (a VF not re-created yet): the IDA then hands the
+//   same numbers back, as long as nothing else took one.
+// - `nodes`: the device nodes each slice had when it was last free. A held slice whose nodes differ
+//   now (a cdev or group number that could not be had back) is listed Unhealthy with the old and
+//   new paths, so the kubelet does not start the VM on what the saved answer would open.
+// The IOMMU group numbers of VFs and mdevs are not re-ordered: they follow the order in which the
+// agent re-creates VFs and mdevs, which is its plan's order, as at its first carving; a held slice
+// whose group still moved is caught by `nodes`.
+import type { Logger } from '../log.js';
+import type { Inventory, Slice, SysfsWrite } from '../model.js';
+import { VFIO_PCI } from '../sysfs/pci.js';
+
+/** The checkpoint's record (see the file comment). */
+export interface VfioRecord {
+  cdevs: Record<string, number>;
+  nodes: Record<string, string[]>;
+}
+
+const CDEV = /^\/dev\/vfio\/devices\/vfio(\d+)$/;
+
+/** Functions on a VFIO driver now, with their cdev numbers. */
+export function cdevNumbers(inv: Inventory): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [bdf, p] of Object.entries(inv.vfioCdevs ?? {})) {
+    const m = CDEV.exec(p);
+    if (m) out.set(bdf, Number(m[1]));
+  }
+  return out;
+}
+
+const OVERRIDE = /^bus\/pci\/devices\/([^/]+)\/driver_override$/;
+
+/**
+ * Orders one pass's binds to vfio-pci by recorded cdev number (functions with none after, in plan
+ * order), after every other write of the pass; each bind keeps its own writes (its group) in order.
+ * While `waiting`, a bind is left for a later pass when a recorded function with a lower number does
+ * not exist yet (it will be created, e.g. a VF whose PF is being re-enabled), and a function with no
+ * record waits for every such one. `waitingFor` names what held binds back. Also while `waiting`, a
+ * function whose bind is `inFlight` (written moments ago; a rescan may not show it yet) is not bound
+ * again: a repeated "unbind, probe" that reaches it once it is on vfio-pci would give its number up
+ * and take the lowest free one. `binds` lists the functions bound by the writes returned.
+ */
+export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, inv: Inventory, waiting: boolean, inFlight: (bdf: string) => boolean = () => false): { writes: SysfsWrite[]; waitingFor: string[]; binds: string[] } {
+  const unitOf = new Map<string, string[]>(); // group key → functions bound to vfio-pci by it
+  for (const w of writes) {
+    const m = OVERRIDE.exec(w.path);
+    if (m && w.value.trim() === VFIO_PCI) {
+      const key = w.group ?? w.path;
+      unitOf.set(key, [...(unitOf.get(key) ?? []), m[1] as string]);
+    }
+  }
+  if (unitOf.size === 0 || Object.keys(rec.cdevs).length === 0) return { writes: [...writes], waitingFor: [], binds: [...unitOf.values()].flat() };
+  const present = new Set(inv.devices.map((d) => d.pciAddress));
+  const absent = Object.entries(rec.cdevs).filter(([bdf]) => !present.has(bdf));
+  const rank = (key: string): number => Math.min(...(unitOf.get(key) ?? []).map((b) => rec.cdevs[b] ?? Infinity));
+  const keyOf = (w: SysfsWrite): string | undefined => {
+    const k = w.group ?? w.path;
+    return unitOf.has(k) ? k : undefined;
+  };
+  const rest = writes.filter((w) => keyOf(w) === undefined);
+  const keys = [...unitOf.keys()].map((k, i) => ({ k, i, n: rank(k) })).sort((a, b) => a.n - b.n || a.i - b.i);
+  const out = [...rest];
+  const waitingFor = new Set<string>();
+  const binds: string[] = [];
+  for (const { k, n } of keys) {
+    const fns = unitOf.get(k) ?? [];
+    if (waiting && fns.every(inFlight)) continue;
+    const lower = waiting ? absent.filter(([, m]) => m < n) : [];
+    if (lower.length > 0) {
+      for (const [b, m] of lower) waitingFor.add(`${b} (vfio${m})`);
+      continue;
+    }
+    out.push(...writes.filter((w) => keyOf(w) === k));
+    binds.push(...fns);
+  }
+  return { writes: out, waitingFor: [...waitingFor].sort(), binds };
+}
+
+const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/**
+ * Brings the record up to date with this round and marks held slices whose device nodes are not the
+ * ones they were handed out with. Updates `rec` in place; returns the slices (moved ones Unhealthy
+ * with the reason), whether the record changed, and the moves found.
+ * - cdevs: every function on a VFIO driver now is recorded; a recorded one that is not is kept while
+ *   `keepMissing` (the agent is still restoring) or a holder has it, else forgotten.
+ * - nodes: a slice's nodes are recorded while nobody holds it (a held slice keeps the nodes it was
+ *   handed out with); a slice gone is forgotten unless held or `keepMissing`.
+ */
+export function checkVfioNumbers(rec: VfioRecord, slices: readonly Slice[], inv: Inventory, held: (id: string) => boolean, keepMissing: boolean): { slices: Slice[]; changed: boolean; moved: { id: string; was: string[]; now: string[] }[] } {
+  let changed = false;
+  const now = cdevNumbers(inv);
+  const byCdev = new Map([...now].map(([bdf, n]) => [`/dev/vfio/devices/vfio${n}`, bdf]));
+  // Functions a holder has: a held slice's own function and every function whose cdev it hands out.
+  const heldFns = new Set<string>();
+  for (const s of slices) {
+    if (!held(s.id)) continue;
+    if (s.pciAddress) heldFns.add(s.pciAddress);
+    for (const d of s.deviceNodes) {
+      const f = byCdev.get(d);
+      if (f) heldFns.add(f);
+    }
+  }
+  for (const [bdf, n] of now) {
+    const was = rec.cdevs[bdf];
+    if (was === n || (was !== undefined && heldFns.has(bdf))) continue;
+    rec.cdevs[bdf] = n;
+    changed = true;
+  }
+  for (const bdf of Object.keys(rec.cdevs)) {
+    if (now.has(bdf) || keepMissing || heldFns.has(bdf) || held(bdf)) continue;
+    delete rec.cdevs[bdf];
+    changed = true;
+  }
+  const out: Slice[] = [];
+  const moved: { id: string; was: string[]; now: string[] }[] = [];
+  const ids = new Set<string>();
+  for (const s of slices) {
+    ids.add(s.id);
+    const nodes = [...s.deviceNodes].sort();
+    const was = rec.nodes[s.id];
+    if (nodes.length === 0 || s.health !== 'Healthy') {
+      out.push(s);
+      continue;
+    }
+    if (was !== undefined && !same(was, nodes) && held(s.id)) {
+      const gone = was.filter((p) => !nodes.includes(p));
+      const came = nodes.filter((p) => !was.includes(p));
+      moved.push({ id: s.id, was: gone, now: came });
+      out.push({ ...s, health: 'Unhealthy', reason: `handed out with ${gone.join(', ')}, which the kubelet's saved answer still names, and now ${came.length ? came.join(', ') : 'without it'} (the kernel numbered it anew, e.g. after a reboot); not served until its holder lets go` });
+      continue;
+    }
+    if (was === undefined || !same(was, nodes)) {
+      rec.nodes[s.id] = nodes;
+      changed = true;
+    }
+    out.push(s);
+  }
+  for (const id of Object.keys(rec.nodes)) {
+    if (ids.has(id) || keepMissing || held(id)) continue;
+    delete rec.nodes[id];
+    changed = true;
+  }
+  return { slices: out, changed, moved };
+}
+
+/** The agent's use of the record: its checkpoint, what it logs, and when it is still restoring. */
+export class VfioNumbers {
+  private lastWaiting = '';
+  private lastMoved = '';
+  /** Functions a bind to vfio-pci was written for while restoring, and when. */
+  private readonly sent = new Map<string, number>();
+
+  constructor(
+    private readonly checkpoint: { vfio(): VfioRecord; save(): void },
+    private readonly log: Logger,
+    /** Binds still wait for lower-numbered functions not created yet. */
+    private readonly bindsWait: () => boolean,
+    /** Records of functions and slices not there now are kept (the agent is still restoring). */
+    private readonly restoring: () => boolean,
+    private readonly now: () => number,
+    /** How long a bind written while restoring counts as in flight (ms). */
+    private readonly inFlightMs = 2000,
+  ) {}
+
+  /** A carving pass's writes, binds ordered (see {@link orderVfioBinds}). */
+  order(writes: SysfsWrite[], inv: Inventory): SysfsWrite[] {
+    const waiting = this.bindsWait();
+    const t = this.now();
+    const r = orderVfioBinds(writes, this.checkpoint.vfio(), inv, waiting, (bdf) => t - (this.sent.get(bdf) ?? -Infinity) < this.inFlightMs);
+    if (waiting) for (const b of r.binds) this.sent.set(b, t);
+    const text = r.waitingFor.join(', ');
+    if (text && text !== this.lastWaiting) this.log.info({ waitingFor: r.waitingFor }, 'binds to vfio-pci wait for functions with lower recorded VFIO numbers to be re-created, so that the kernel hands the same numbers back');
+    this.lastWaiting = text;
+    return r.writes;
+  }
+
+  /** This round's slices, held ones whose device nodes moved marked Unhealthy; the record is kept up to date. */
+  check(slices: Slice[], inv: Inventory, held: (id: string) => boolean): Slice[] {
+    const r = checkVfioNumbers(this.checkpoint.vfio(), slices, inv, held, this.restoring());
+    if (r.changed) this.checkpoint.save();
+    const text = r.moved.map((m) => `${m.id}: ${m.was.join(',')} -> ${m.now.join(',')}`).join('; ');
+    if (text && text !== this.lastMoved) this.log.warn({ moved: r.moved }, "held slices whose device nodes the kernel numbered anew (after a reboot?): listed Unhealthy, since the kubelet's saved answer would open another device");
+    this.lastMoved = text;
+    return r.slices;
+  }
+}
