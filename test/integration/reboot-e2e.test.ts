@@ -11,13 +11,14 @@
 // kubelet's checkpointed Allocate answer (its old env and device nodes) opens its devices. The time
 // from the agent's start to all restored is printed (a figure, not an assertion).
 import { jest } from '@jest/globals';
-import { existsSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { decodeContainerResponse, KUBELET_CHECKPOINT, type FakeKubelet } from '../fakes/kubelet.js';
+import { decodeContainerResponse } from '../fakes/kubelet.js';
 import { NodeUnderTest } from '../model/node.js';
 import { startKernel } from '../sysfs/kernel-daemon.js';
 import { rebootKernel } from '../sysfs/reboot.js';
 import { startVmFromAllocation, type Vm } from '../sysfs/vmm.js';
+import { cdevOwner, checkpointEntries } from '../support/reboot.js';
 
 jest.setTimeout(180_000);
 
@@ -70,17 +71,6 @@ function identity(sys: string, id: string): string {
     return `vport ${id}: wwnn ${tryRead(join(a, 'node_name'))}, port ${port}, state ${tryRead(join(a, 'vport_state'))}`;
   }
   return `${id}: absent`;
-}
-
-/** The PCI function whose vfio-dev folder is the cdev `name` (vfioN), if any. */
-function cdevOwner(sys: string, name: string): string | undefined {
-  return readdirSync(join(sys, 'bus/pci/devices')).find((f) => existsSync(join(sys, 'bus/pci/devices', f, 'vfio-dev', name)));
-}
-
-/** The kubelet's checkpoint as on disk: pod → resource → device IDs. */
-function checkpointEntries(kubelet: FakeKubelet): { podUID: string; resourceName: string; ids: string[]; allocResp: string }[] {
-  const doc = JSON.parse(readFileSync(join(kubelet.pluginDir, KUBELET_CHECKPOINT), 'utf8')) as { Data: { PodDeviceEntries: { PodUID: string; ResourceName: string; DeviceIDs: Record<string, string[]>; AllocResp: string }[] } };
-  return doc.Data.PodDeviceEntries.map((e) => ({ podUID: e.PodUID, resourceName: e.ResourceName, ids: Object.values(e.DeviceIDs).flat().sort(), allocResp: e.AllocResp }));
 }
 
 test('after a reboot the agent re-creates every held slice with the identity it had, before it lists it, and each VM restarts with its old allocation', async () => {
@@ -143,7 +133,7 @@ test('after a reboot the agent re-creates every held slice with the identity it 
   // Each VM restarts as the kubelet restarts it after a reboot: from its checkpointed Allocate answer
   // (no new Allocate), opening the IOMMU group nodes and devices its old env names. The VFIO cdev nodes
   // (/dev/vfio/devices/vfioN) of the answer are left out and counted: the kernel numbers them in bind
-  // order, which a reboot does not keep (not restored; docs/troubleshooting.md).
+  // order, which the agent repeats from its record (test/integration/reboot-cdev.test.ts asserts that).
   let cdevs = 0;
   let cdevsMoved = 0;
   for (const e of checkpointBefore) {
