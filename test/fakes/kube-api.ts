@@ -290,15 +290,22 @@ export class FakeKube implements KubePort {
     return !name || obj.metadata.name === name;
   }
 
+  /** Pages (limit/continue) are slices of the name-sorted list; `continue` is the next offset. */
   async list<T extends KubeObject>(res: ResourceType, opts?: ListOptions): Promise<ListResult<T>> {
     this.check('list', res);
-    const items = [...this.store(res).values()].map((s) => s.obj).filter((o) => this.matches(o, opts))
-      .sort((a, b) => objKey(a.metadata.name, a.metadata.namespace).localeCompare(objKey(b.metadata.name, b.metadata.namespace)))
-      .map((o) => clone(o) as unknown as T);
-    return { items, resourceVersion: String(this.rv) };
+    this.listCalls++;
+    const all = [...this.store(res).values()].map((s) => s.obj).filter((o) => this.matches(o, opts))
+      .sort((a, b) => objKey(a.metadata.name, a.metadata.namespace).localeCompare(objKey(b.metadata.name, b.metadata.namespace)));
+    const from = Number(opts?.continue ?? 0);
+    const to = opts?.limit ? from + opts.limit : all.length;
+    const items = all.slice(from, to).map((o) => clone(o) as unknown as T);
+    return { items, resourceVersion: String(this.rv), ...(to < all.length ? { continue: String(to) } : {}) };
   }
 
-  listWatch<T extends KubeObject>(res: ResourceType, opts: ListOptions, list: () => Promise<ListResult<T>>): ListWatchSource<T> {
+  /** How many list calls (pages) were served. */
+  listCalls = 0;
+
+  listWatch<T extends KubeObject>(res: ResourceType, opts: ListOptions, list: () => Promise<string>): ListWatchSource<T> {
     return new FakeListWatch<T>(this, res, opts, list);
   }
 
@@ -583,10 +590,9 @@ export class FakeKube implements KubePort {
   }
 }
 
-/** ListWatch semantics over the fake: list (via the supplied function) unless resuming, then watch. */
+/** The port's list-then-watch semantics over the fake: list (via the supplied function) unless resuming, then watch. Keeps no objects. */
 class FakeListWatch<T extends KubeObject> implements ListWatchSource<T> {
   private readonly cbs: Record<string, ((x: never) => void)[]> = { add: [], update: [], delete: [], error: [], connect: [] };
-  private readonly cache = new Map<string, T>();
   private rv = '';
   private watcher: Watcher | undefined;
   private stopped = false;
@@ -595,7 +601,7 @@ class FakeListWatch<T extends KubeObject> implements ListWatchSource<T> {
     private readonly kube: FakeKube,
     private readonly res: ResourceType,
     private readonly opts: ListOptions,
-    private readonly listFn: () => Promise<ListResult<T>>,
+    private readonly listFn: () => Promise<string>,
   ) {}
 
   on(verb: WatchVerb | 'error' | 'connect', cb: (x: never) => void): void {
@@ -610,23 +616,15 @@ class FakeListWatch<T extends KubeObject> implements ListWatchSource<T> {
     this.stopped = false;
     this.fire('connect', undefined);
     if (!this.rv) {
-      let list: ListResult<T>;
+      let rv: string;
       try {
-        list = await this.listFn();
+        rv = await this.listFn();
       } catch (err) {
         this.fire('error', err);
         return;
       }
       if (this.stopped) return;
-      const present = new Set(list.items.map((o) => objKey(o.metadata.name, o.metadata.namespace)));
-      for (const [k, o] of [...this.cache]) {
-        if (!present.has(k)) {
-          this.cache.delete(k);
-          this.fire('delete', o);
-        }
-      }
-      for (const o of list.items) this.upsert(o);
-      this.rv = list.resourceVersion;
+      this.rv = rv;
     }
     if (this.stopped) return;
     const w = this.kube.subscribe(this.res, this.opts, Number(this.rv), {
@@ -637,12 +635,7 @@ class FakeListWatch<T extends KubeObject> implements ListWatchSource<T> {
         queueMicrotask(() => {
           if (this.stopped) return;
           this.rv = o.metadata.resourceVersion ?? this.rv;
-          if (type === 'DELETED') {
-            this.cache.delete(objKey(o.metadata.name, o.metadata.namespace));
-            this.fire('delete', o);
-          } else {
-            this.upsert(o);
-          }
+          this.fire(type === 'DELETED' ? 'delete' : type === 'ADDED' ? 'add' : 'update', o);
         });
       },
       fail: (err) => {
@@ -651,20 +644,12 @@ class FakeListWatch<T extends KubeObject> implements ListWatchSource<T> {
       },
     });
     if (w instanceof KubeError) {
-      // 410: re-list, like ListWatch.
+      // 410: re-list.
       this.rv = '';
       await this.start();
       return;
     }
     this.watcher = w;
-  }
-
-  private upsert(o: T): void {
-    const k = objKey(o.metadata.name, o.metadata.namespace);
-    const had = this.cache.get(k);
-    this.cache.set(k, o);
-    if (!had) this.fire('add', o);
-    else if (had.metadata.resourceVersion !== o.metadata.resourceVersion) this.fire('update', o);
   }
 
   async stop(): Promise<void> {

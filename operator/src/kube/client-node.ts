@@ -7,7 +7,6 @@ import {
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
-  ListWatch,
   PatchStrategy,
   ServerConfiguration,
   V1MicroTime,
@@ -21,6 +20,7 @@ import {
   type V1Lease,
 } from '@kubernetes/client-node';
 import { KubeError, classifyStatus } from './errors.js';
+import { WatchSource } from './watch-source.js';
 import type {
   ApplyOptions,
   EventRecord,
@@ -176,37 +176,40 @@ export class ClientNodeKube implements KubePort {
   async list<T extends KubeObject>(res: ResourceType, opts: ListOptions = {}): Promise<ListResult<T>> {
     try {
       let list: KubernetesListObject<KubernetesObject>;
+      const page = { limit: opts.limit, _continue: opts.continue };
       if (isNodes(res)) {
-        list = plain(await this.core.listNode({ fieldSelector: opts.fieldSelector, labelSelector: opts.labelSelector }));
+        list = plain(await this.core.listNode({ fieldSelector: opts.fieldSelector, labelSelector: opts.labelSelector, ...page }));
       } else if (res.group === '') {
         throw new KubeError('Invalid', 0, `list ${res.plural}: core resource not supported by the adapter`);
       } else if (res.namespaced && opts.namespace) {
         list = (await this.custom.listNamespacedCustomObject({
           group: res.group, version: res.version, namespace: opts.namespace, plural: res.plural, fieldSelector: opts.fieldSelector,
-          labelSelector: opts.labelSelector,
+          labelSelector: opts.labelSelector, ...page,
         })) as KubernetesListObject<KubernetesObject>;
       } else {
         list = (await this.custom.listClusterCustomObject({
           group: res.group, version: res.version, plural: res.plural, fieldSelector: opts.fieldSelector,
-          labelSelector: opts.labelSelector,
+          labelSelector: opts.labelSelector, ...page,
         })) as KubernetesListObject<KubernetesObject>;
       }
       const apiVersion = res.group === '' ? res.version : `${res.group}/${res.version}`;
       // Typed lists drop apiVersion/kind on items; put them back so every object looks the same.
-      const items = (list.items ?? []).map((it) => ({ apiVersion, kind: res.kind, ...it })) as unknown as T[];
-      return { items, resourceVersion: list.metadata?.resourceVersion ?? '' };
+      const items = list.items ?? [];
+      for (const it of items) {
+        it.apiVersion ??= apiVersion;
+        it.kind ??= res.kind;
+      }
+      const cont = list.metadata?._continue ?? (list.metadata as { continue?: string } | undefined)?.continue;
+      return { items: items as unknown as T[], resourceVersion: list.metadata?.resourceVersion ?? '', ...(cont ? { continue: cont } : {}) };
     } catch (err) {
       throw toKubeError(err, `list ${res.plural}`);
     }
   }
 
-  listWatch<T extends KubeObject>(res: ResourceType, opts: ListOptions, list: () => Promise<ListResult<T>>): ListWatchSource<T> {
-    const listFn = async (): Promise<KubernetesListObject<KubernetesObject>> => {
-      const r = await list();
-      return { metadata: { resourceVersion: r.resourceVersion }, items: r.items as unknown as KubernetesObject[] };
-    };
-    const lw = new ListWatch<KubernetesObject>(collectionPath(res, opts.namespace), this.watch, listFn, false, opts.labelSelector, opts.fieldSelector);
-    return lw as unknown as ListWatchSource<T>;
+  listWatch<T extends KubeObject>(res: ResourceType, opts: ListOptions, list: () => Promise<string>): ListWatchSource<T> {
+    return new WatchSource<T>(this.watch, {
+      path: collectionPath(res, opts.namespace), labelSelector: opts.labelSelector, fieldSelector: opts.fieldSelector, list,
+    });
   }
 
   async get<T extends KubeObject>(res: ResourceType, name: string, namespace?: string): Promise<T | undefined> {

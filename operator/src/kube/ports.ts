@@ -46,6 +46,8 @@ export interface ResourceType {
 export interface ListResult<T extends KubeObject> {
   items: T[];
   resourceVersion: string;
+  /** Set when more items follow: pass it back as `ListOptions.continue` for the next page. */
+  continue?: string;
 }
 
 export interface ListOptions {
@@ -53,15 +55,22 @@ export interface ListOptions {
   fieldSelector?: string;
   /** Equality-based label selector: `key=value` and bare `key` (exists) terms, comma-separated. */
   labelSelector?: string;
+  /** At most this many items per call (a page); `continue` of the result asks for the next one. */
+  limit?: number;
+  /** The `continue` token of the previous page. */
+  continue?: string;
 }
 
 /** Verbs a list-then-watch source emits; the same contract as client-node's `ListWatch`. */
 export type WatchVerb = 'add' | 'update' | 'delete';
 
 /**
- * A list-then-watch stream of one resource, shaped like client-node's `ListWatch`: `start()` lists
- * (through the supplied list function) unless it already has a resourceVersion, then watches from it.
- * On a non-410 error it emits `error` and stops; the caller decides when to `start()` again.
+ * A list-then-watch stream of one resource that keeps no objects: `start()` calls the supplied list
+ * function unless it already has a resourceVersion (the caller takes in the listed items itself; the
+ * function returns the list's resourceVersion), then watches from it with bookmarks, following
+ * each bookmark's resourceVersion. A watch the server ends is resumed; 410 Gone lists again. On any
+ * other error it emits `error` and stops; the caller decides when to `start()` again. `connect` is
+ * emitted on every (re)connection and bookmark: the stream is alive even when nothing changes.
  */
 export interface ListWatchSource<T extends KubeObject> {
   on(verb: WatchVerb, cb: (obj: T) => void): void;
@@ -119,8 +128,11 @@ export interface EventRecord {
  */
 export interface KubePort {
   list<T extends KubeObject>(res: ResourceType, opts?: ListOptions): Promise<ListResult<T>>;
-  /** A new list-then-watch source; `list` is called whenever the source needs a fresh list. */
-  listWatch<T extends KubeObject>(res: ResourceType, opts: ListOptions, list: () => Promise<ListResult<T>>): ListWatchSource<T>;
+  /**
+   * A new list-then-watch source; `list` is called whenever the source needs a fresh list and
+   * returns the resourceVersion to watch from (the listed items are the caller's business).
+   */
+  listWatch<T extends KubeObject>(res: ResourceType, opts: ListOptions, list: () => Promise<string>): ListWatchSource<T>;
   /** The object, or undefined when it does not exist. */
   get<T extends KubeObject>(res: ResourceType, name: string, namespace?: string): Promise<T | undefined>;
   /** Server-side apply of `obj` (which must carry apiVersion, kind and metadata.name). */

@@ -9,12 +9,20 @@ import { Informer } from './informer.js';
 const log = pino({ level: 'silent' });
 const obj = (name: string): KubeObject & Record<string, unknown> => ({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name }, spec: { class: 'NIC' } });
 
-function setup(opts: { silenceMs?: number } = {}) {
+async function seeded(names: string[], opts: Parameters<typeof setup>[0] = {}) {
   const clock = new ManualClock();
   const kube = new FakeKube({ clock });
+  for (const n of names) await kube.create(VirtualIODevices, obj(n));
+  return setup({ ...opts, clock, kube });
+}
+
+function setup(opts: { silenceMs?: number; pageSize?: number; transform?: (o: KubeObject) => KubeObject; clock?: ManualClock; kube?: FakeKube } = {}) {
+  const clock = opts.clock ?? new ManualClock();
+  const kube = opts.kube ?? new FakeKube({ clock });
   const restarts: string[] = [];
   const inf = new Informer<KubeObject>({
     kube, resource: VirtualIODevices, clock, log, silenceMs: opts.silenceMs ?? 60_000, baseBackoffMs: 100, maxBackoffMs: 400,
+    pageSize: opts.pageSize, transform: opts.transform,
     observer: { restarted: (_r, reason) => restarts.push(reason) },
   });
   const seen: string[] = [];
@@ -73,6 +81,48 @@ describe('Informer', () => {
     expect(t.inf.list().map((o) => o.metadata.name).sort()).toEqual(['b', 'c']);
     expect(t.seen).toEqual(['add:a', 'add:b', 'delete:a', 'add:c']);
     expect(t.kube.watchCount()).toBe(1);
+    await t.stop();
+  });
+
+  test('lists in pages, reducing each item as it arrives, and re-lists the same way', async () => {
+    const names = ['a', 'b', 'c', 'd', 'e'];
+    const reduced: string[] = [];
+    const t = await seeded(names, {
+      silenceMs: 1000, pageSize: 2,
+      transform: (o) => {
+        reduced.push(o.metadata.name);
+        return { metadata: { name: o.metadata.name, resourceVersion: o.metadata.resourceVersion } };
+      },
+    });
+    await t.inf.synced();
+    expect(t.kube.listCalls).toBe(3); // 2 + 2 + 1
+    expect(reduced).toEqual(names);
+    expect(t.inf.list().map((o) => o.metadata.name)).toEqual(names);
+    expect(t.inf.get('a')).toEqual({ metadata: { name: 'a', resourceVersion: expect.any(String) } });
+    expect(t.seen).toEqual(names.map((n) => `add:${n}`));
+    // A re-list after silence pages again; an unchanged object is neither reduced twice into a change nor re-delivered.
+    t.kube.silenceWatches();
+    await t.kube.delete(VirtualIODevices, 'c');
+    await flush();
+    await t.clock.advance(1000);
+    expect(t.kube.listCalls).toBe(5); // 2 + 2
+    expect(t.inf.list().map((o) => o.metadata.name)).toEqual(['a', 'b', 'd', 'e']);
+    expect(t.seen.slice(names.length)).toEqual(['delete:c']);
+    await t.stop();
+  });
+
+  test('a reconnection keeps a quiet watch from being taken for a dead one', async () => {
+    const t = setup({ silenceMs: 1000 });
+    await t.inf.synced();
+    const lists = t.kube.listCalls;
+    // Nothing changes for 5 silence periods, but the source reconnects (a server-side watch timeout,
+    // a bookmark) every 500 ms: no re-list.
+    for (let i = 0; i < 10; i++) {
+      t.kube.failWatches(undefined, new KubeError('Transient', 0, 'watch ended'));
+      await t.clock.advance(500);
+    }
+    expect(t.restarts.filter((r) => r === 'silence')).toEqual([]);
+    expect(t.kube.listCalls).toBe(lists);
     await t.stop();
   });
 

@@ -1,8 +1,10 @@
-// An informer: a local cache of one resource kept current by a list-then-watch source (client-node's
-// ListWatch behind the port), plus what ListWatch lacks:
-// * restart with exponential backoff after an error (ListWatch stops on any non-410 error);
-// * a watchdog: when nothing has arrived for `silenceMs`, the watch may be silently dead (half-open
-//   TCP), so the informer throws the source away and re-lists from scratch;
+// An informer: a local cache of one resource kept current by a list-then-watch source (the port's
+// listWatch, which keeps no objects of its own), plus:
+// * the list in pages (`pageSize` items a call), each item reduced by `transform` as its page
+//   arrives, so neither a whole raw list nor a second raw copy of the cache is ever held;
+// * restart with exponential backoff after an error (the source stops on any non-410 error);
+// * a watchdog: when nothing has arrived for `silenceMs` (no event, bookmark or reconnection), the
+//   watch may be silently dead (half-open TCP), so the informer throws the source away and re-lists;
 // * deletions noticed on a re-list are delivered like watch deletions;
 // * handlers get the previous object too, so they can map both old and new owners to keys.
 import type { Logger } from 'pino';
@@ -22,8 +24,10 @@ export interface InformerOptions<T extends KubeObject = KubeObject> {
   list?: ListOptions;
   clock: Clock;
   log: Logger;
-  /** Re-list when no event or list has arrived for this long. Default 5 minutes. */
+  /** Re-list when no event, bookmark, reconnection or list has arrived for this long. Default 5 minutes. */
   silenceMs?: number;
+  /** Items per list call (limit/continue). Default 500, as client-go's reflector. */
+  pageSize?: number;
   /** First restart delay after an error (doubles up to maxBackoffMs). Default 500 ms. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;
@@ -138,22 +142,41 @@ export class Informer<T extends KubeObject> {
     src.on('update', (o) => gen === this.generation && this.upsert(o));
     src.on('delete', (o) => gen === this.generation && this.remove(o));
     src.on('error', (err) => gen === this.generation && this.onError(err, src, gen));
+    src.on('connect', () => {
+      if (gen === this.generation) this.lastActivity = this.opts.clock.now();
+    });
     void src.start().catch((err: unknown) => gen === this.generation && this.onError(err, src, gen));
   }
 
-  private async relist(gen: number): Promise<ListResult<T>> {
-    const res = await this.opts.kube.list<T>(this.opts.resource, this.opts.list);
-    if (gen !== this.generation) return { items: [], resourceVersion: res.resourceVersion };
-    this.touch();
-    const present = new Set(res.items.map(objectKey));
+  /**
+   * Lists page by page, reducing each item as its page arrives; then delivers the deletions the list
+   * shows and the listed objects (an unchanged resourceVersion delivers nothing). Returns the list's
+   * resourceVersion for the source to watch from.
+   */
+  private async relist(gen: number): Promise<string> {
+    const { kube, resource, transform } = this.opts;
+    const items: T[] = [];
+    let resourceVersion: string | undefined;
+    let cont: string | undefined;
+    do {
+      const page: ListResult<T> = await kube.list<T>(resource, { ...this.opts.list, limit: this.opts.pageSize ?? 500, continue: cont });
+      if (gen !== this.generation) return page.resourceVersion;
+      this.touch();
+      // Every page is read at the first page's resourceVersion; the watch resumes from it.
+      resourceVersion ??= page.resourceVersion;
+      for (const raw of page.items) items.push(transform ? transform(raw) : raw);
+      cont = page.continue || undefined;
+    } while (cont);
+    const present = new Set(items.map(objectKey));
     for (const [key, old] of [...this.store]) {
       if (!present.has(key)) {
         this.store.delete(key);
         this.emit(undefined, old);
       }
     }
-    // The source delivers the listed items as adds right after this promise settles; the cache
-    // is complete once that has happened.
+    for (const obj of items) this.put(obj);
+    // Resolved once the source has gone on to open its watch, as a caller that waits for the sync
+    // (tests, the bench) expects the watch to be open by then.
     if (!this.syncedFlag) {
       setImmediate(() => {
         if (this.syncedFlag) return;
@@ -161,7 +184,7 @@ export class Informer<T extends KubeObject> {
         this.syncedResolve();
       });
     }
-    return res;
+    return resourceVersion ?? '';
   }
 
   private touch(): void {
@@ -171,7 +194,10 @@ export class Informer<T extends KubeObject> {
 
   private upsert(raw: T): void {
     this.touch();
-    const obj = this.opts.transform ? this.opts.transform(raw) : raw;
+    this.put(this.opts.transform ? this.opts.transform(raw) : raw);
+  }
+
+  private put(obj: T): void {
     const key = objectKey(obj);
     const old = this.store.get(key);
     if (old && old.metadata.resourceVersion === obj.metadata.resourceVersion) return;
