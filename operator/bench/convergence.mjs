@@ -4,9 +4,10 @@
 //   cold:  operator start → every node's VirtualIONode carries all P plans
 //   edit:  one pool spec edit → every node's plan of that pool updated
 //   rss:   the operator process's peak RSS (VmHWM from /proc/<pid>/status)
-// Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build]
+// Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build] [--max-wait <s>]
 //          [--operator-node-options "--max-old-space-size=192"]   (V8 flags for the operator process only)
-// Needs Node 24 (type stripping: it imports test/cluster/control-plane.ts) and the built binaries.
+// Needs Node 24 (type stripping: it imports test/cluster/control-plane.ts and test/support/), the
+// resolve hooks (node --import ./test/sysfs/ts-hooks.mjs operator/bench/convergence.mjs) and the built binaries.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,7 +22,11 @@ const { values: opt } = parseArgs({ options: {
   nodes: { type: 'string', default: '1000' }, pools: { type: 'string', default: '10' },
   'no-build': { type: 'boolean', default: false }, concurrency: { type: 'string', default: '32' },
   'operator-node-options': { type: 'string', default: '' },
+  // Give up on a phase after this many seconds (0: never) and report how far it got: at 10,000 nodes
+  // on a shared 2-core machine a phase can take longer than anyone waits, or the operator can die.
+  'max-wait': { type: 'string', default: '0' },
 } });
+const maxWaitMs = Number(opt['max-wait']) * 1000;
 const N = Number(opt.nodes);
 const P = Number(opt.pools);
 const C = Number(opt.concurrency);
@@ -35,7 +40,8 @@ const { ClientNodeKube } = await import(join(ROOT, 'dist/operator/src/kube/clien
 const { Nodes, VirtualIODevices, VirtualIONodes, AGENT_FIELD_MANAGER } = await import(join(ROOT, 'dist/operator/src/kube/resources.js'));
 const { Informer } = await import(join(ROOT, 'dist/operator/src/runtime/informer.js'));
 const { systemClock } = await import(join(ROOT, 'dist/operator/src/runtime/clock.js'));
-const { spawnOperator, kubectlAt, installCrdFiles } = await import(join(ROOT, 'dist/operator/src/testing/integration.js'));
+// The test helpers are TypeScript importing './x.js': run with --import test/sysfs/ts-hooks.mjs (bench.mjs does).
+const { spawnOperator, kubectlAt, installCrdFiles } = await import('../../test/support/operator-integration.ts');
 
 async function pool(items, fn) {
   let i = 0;
@@ -108,8 +114,14 @@ try {
   const watching = watcher.run(ac.signal);
   await watcher.synced();
   // Poll the local cache (cheap) rather than re-checking on every event.
+  let opExit;
   const until = (pred) => new Promise((resolve) => {
-    const tick = () => (pred() ? resolve(Date.now()) : setTimeout(tick, 50));
+    const end = maxWaitMs ? Date.now() + maxWaitMs : Infinity;
+    const tick = () => {
+      if (pred()) resolve(Date.now());
+      else if (opExit !== undefined || Date.now() > end) resolve(undefined);
+      else setTimeout(tick, 50);
+    };
     tick();
   });
   const allPlanned = (fn) => () => watcher.size >= N && watcher.list().every((v) => fn(v.spec?.pools ?? []));
@@ -120,23 +132,62 @@ try {
   op = spawnOperator({ repoRoot: ROOT, nodeBin: process.execPath, nodeArgs: opt['operator-node-options'].split(/\s+/).filter(Boolean), logFile: join(logDir, 'operator.log'),
     args: ['--kubeconfig', kc, '--identity', 'bench', '--namespace', 'virtualio-system', '--metrics-address', `127.0.0.1:${port}`, '--log-level', 'warn'] });
   const pid = op.child.pid;
+  void op.exited.then((c) => (opExit = c));
   const rssSamples = [];
+  let hwmSeenKiB = 0;
   const sampler = setInterval(() => {
     try {
       const s = readFileSync(`/proc/${pid}/status`, 'utf8');
       rssSamples.push(Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0));
+      hwmSeenKiB = Math.max(hwmSeenKiB, Number(/VmHWM:\s+(\d+)/.exec(s)?.[1] ?? 0));
     } catch { /* exited */ }
   }, 250);
+  const countPlanned = (fn) => watcher.list().filter((v) => fn(v.spec?.pools ?? [])).length;
+  /** A phase that did not finish: what it reached, then stop. */
+  const gaveUp = (phase, fn, since) => {
+    clearInterval(sampler);
+    const result = { nodes: N, pools: P, phase, notFinishedAfterMs: Date.now() - since, plannedNodes: countPlanned(fn),
+      operatorExit: opExit ?? null, peakRssMiB: Math.round(hwmSeenKiB / 1024), pass: false };
+    say(`${phase}: gave up after ${result.notFinishedAfterMs} ms with ${result.plannedNodes} of ${N} nodes planned (operator ${opExit === undefined ? 'running' : `exited ${opExit}`})`);
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  };
+  // CPU seconds (user + system) of the operator, kube-apiserver and etcd: where each phase's time goes
+  // on a shared machine.
+  const [etcdPid, apiPid] = readFileSync(join(cp.dir, 'pids'), 'utf8').split('\n').map(Number);
+  const cpuOf = (p) => {
+    try {
+      const f = readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ');
+      return (Number(f[11]) + Number(f[12])) / 100;
+    } catch {
+      return NaN;
+    }
+  };
+  const cpuNow = () => ({ operator: cpuOf(pid), apiserver: cpuOf(apiPid), etcd: cpuOf(etcdPid) });
+  const cpuSince = (a) => Object.fromEntries(Object.entries(cpuNow()).map(([k, v]) => [k, Number((v - a[k]).toFixed(1))]));
+  const cpu0 = cpuNow();
   const tCold = await until(allPlanned((pools) => pools.length === P));
+  if (tCold === undefined) {
+    gaveUp('cold start', (pools) => pools.length === P, t0);
+    process.exitCode = 1;
+    throw new Error('cold start did not finish');
+  }
+  const cpuCold = cpuSince(cpu0);
+  const hwmColdKiB = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
   const cold = tCold - t0;
   say(`cold start: all ${N} plans written after ${cold} ms`);
 
   // Let status settle, then edit one pool.
   await new Promise((r) => setTimeout(r, 3000));
   const target = await kube.get(VirtualIODevices, 'pool-3');
+  const cpu1 = cpuNow();
   const t1 = Date.now();
   await kube.replace(VirtualIODevices, { ...target, spec: { ...target.spec, carving: { ...target.spec.carving, count: 8 } } });
   const tEdit = await until(allPlanned((pools) => pools.find((p) => p.name === 'pool-3')?.count === 8));
+  if (tEdit === undefined) {
+    gaveUp('edit', (pools) => pools.find((p) => p.name === 'pool-3')?.count === 8, t1);
+    process.exitCode = 1;
+    throw new Error('edit did not finish');
+  }
   const edit = tEdit - t1;
   say(`edit: all ${N} plans of pool-3 updated after ${edit} ms`);
   const tStatus = await new Promise((resolve) => {
@@ -147,6 +198,7 @@ try {
     };
     void poll();
   });
+  const cpuEdit = cpuSince(cpu1);
   clearInterval(sampler);
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const hwmKiB = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
@@ -154,13 +206,15 @@ try {
   const sums = Object.fromEntries([...metrics.matchAll(/^virtualio_operator_reconcile_duration_seconds_(sum|count)\{controller="(\w+)",outcome="success"\} ([\d.e+-]+)/gm)]
     .map((m) => [`${m[2]}_${m[1]}`, Number(Number(m[3]).toFixed(3))]));
   const heapMiB = Math.round(Number(/^virtualio_operator_nodejs_heap_size_used_bytes (\d+)/m.exec(metrics)?.[1] ?? 0) / 1048576);
+  const gauge = (name) => Math.round(Number(new RegExp(`^virtualio_operator_${name} (\\d+)`, 'm').exec(metrics)?.[1] ?? NaN) / 1048576);
   const errors = [...metrics.matchAll(/^virtualio_operator_reconcile_errors_total\{([^}]*)\} (\d+)/gm)].map((m) => `${m[1]}=${m[2]}`);
   const result = {
     nodes: N, pools: P, coldStartMs: cold, editMs: edit, editStatusMs: tStatus - t1,
-    peakRssMiB: Math.round(hwmKiB / 1024), lastRssMiB: Math.round((rssSamples.at(-1) ?? 0) / 1024),
-    heapUsedMiB: heapMiB, reconcile: sums, reconcileErrors: errors, targets: { coldStartMs: 60_000, editMs: 10_000, peakRssMiB: 300 },
+    peakRssMiB: Math.round(hwmKiB / 1024), peakRssAtColdMiB: Math.round(hwmColdKiB / 1024), lastRssMiB: Math.round((rssSamples.at(-1) ?? 0) / 1024),
+    heapUsedMiB: heapMiB, heapTotalMiB: gauge('nodejs_heap_size_total_bytes'), externalMiB: gauge('nodejs_external_memory_bytes'), cpuSeconds: { cold: cpuCold, edit: cpuEdit }, reconcile: sums, reconcileErrors: errors, targets: { coldStartMs: 10_000, editMs: 5_000, editStatusMs: 5_000, peakRssMiB: 150 },
   };
-  result.pass = cold <= 60_000 && edit <= 10_000 && result.peakRssMiB <= 300;
+  // Issue 22's targets (they apply at 1,000 nodes; larger runs are reported against the same figures).
+  result.pass = cold <= 10_000 && edit <= 5_000 && result.editStatusMs <= 5_000 && result.peakRssMiB <= 150;
   process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   say(`operator log: ${join(logDir, 'operator.log')}`);
   ac.abort();
