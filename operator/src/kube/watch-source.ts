@@ -33,6 +33,8 @@ export class WatchSource<T extends KubeObject> implements ListWatchSource<T> {
 
   constructor(private readonly watch: Watch, private readonly opts: WatchSourceOptions) {}
 
+  on(verb: WatchVerb, cb: (obj: T) => void): void;
+  on(verb: 'error' | 'connect', cb: (err?: unknown) => void): void;
   on(verb: WatchVerb | 'error' | 'connect', cb: (x: never) => void): void {
     this.cbs[verb]?.push(cb);
   }
