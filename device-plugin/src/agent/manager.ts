@@ -4,19 +4,15 @@
 //   ledger.ts (who holds what, durable; "don't know" is held), gate.ts (the one check before a
 //   destructive write), carver.ts (plans and applies writes through the gate), retire.ts (what a plan
 //   change leaves behind), views.ts (slices served, draining, protected), frontends.ts (device
-//   plugin servers), fs-trigger.ts, status.ts.
+//   plugin servers), fs-trigger.ts and gone-nodes.ts (events; the health fast path), vfio-numbers.ts
+//   (VFIO numbers kept across reboots), status.ts; its options are in manager-options.ts.
 // Nothing here throws out of the loop: errors are logged, reported in status and retried.
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
-import type { BackoffOptions } from '../carving/backoff.js';
 import type { Logger } from '../log.js';
-import type { AgentMetrics } from '../metrics.js';
 import type { Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
-import type { PluginDirWatcher } from '../kubelet/watcher.js';
-import type { RegistrationOptions } from '../plugin/pool.js';
-import { PodResourcesWatcher, type Holder, type PodLookup } from '../podresources/client.js';
-import type { PlanSource } from './plan.js';
+import { PodResourcesWatcher, podGoneVia } from '../podresources/client.js';
 import { withOriginals } from '../discovery/original.js';
 import { Carver } from './carver.js';
 import { StartupRestore, unrestoredHeld } from './restore.js';
@@ -27,8 +23,7 @@ import { existingIds } from './gate.js';
 import { acceptScan } from './inventory-guard.js';
 import { KUBELET_CHECKPOINT_FILE, KubeletCheckpointReader } from './kubelet-checkpoint.js';
 import { Ledger } from './ledger.js';
-import type { NodeOps, StatusSink } from './ports.js';
-import type { MdevCapacity, WantedMdev } from '../carving/ondemand.js';
+import type { MdevCapacity } from '../carving/ondemand.js';
 import type { NvmeState } from '../carving/ondemand-nvme.js';
 import { afterOnDemand, beforeOnDemand } from './ondemand.js';
 import { diffPlans, retire, retiredKey, type Retired } from './retire.js';
@@ -36,59 +31,9 @@ import { buildStatus, type Condition, type PoolRegistration } from './status.js'
 import { FsTrigger } from './fs-trigger.js';
 import { GoneNodes } from './gone-nodes.js';
 import { activeIds, allSlices, protectedIds, type ViewInput } from './views.js';
+import type { ManagerOptions } from './manager-options.js';
 
-
-export interface ManagerOptions {
-  nodeName: string;
-  agentVersion: string;
-  ops: NodeOps;
-  plan: PlanSource;
-  pluginDir: string;
-  /** How pool device plugins register with the kubelet (default: kubelet.sock). */
-  registration?: RegistrationOptions;
-  podResourcesSocket: string;
-  devinfoDir: string;
-  cdi: { enabled: boolean; dir: string };
-  watcher: PluginDirWatcher;
-  logger: Logger;
-  metrics: AgentMetrics;
-  rescanIntervalMs: number;
-  /** Folders whose changes trigger a rescan (e.g. <dev-root>/vfio, <sysfs>/bus/pci/devices). */
-  watchPaths: string[];
-  /** Where the node's /dev is seen (default /dev): the health fast path maps events to slices' nodes. */
-  devRoot?: string;
-  statusSink?: StatusSink;
-  lookupPod?: PodLookup;
-  /** Wall clock for condition timestamps. */
-  now?: () => Date;
-  /** Monotonic clock in ms for carving retry backoff (default performance.now). */
-  clock?: () => number;
-  /** Backoff of refused carving writes (default 1 s doubling to 5 min). */
-  backoff?: BackoffOptions;
-  /** PodResources timings (tests and benchmarks shorten them). */
-  podResources?: { intervalMs?: number; minGapMs?: number; afterAllocateMs?: number };
-  /** The node-local record of served pools, owned PFs and original driver facts (default: in memory only). */
-  checkpoint?: Checkpoint;
-  /** Where the ledger of who holds what is kept (default: memory only). */
-  ledgerFile?: string;
-  /** The kubelet's device manager checkpoint (default `<pluginDir>/kubelet_internal_checkpoint`). */
-  kubeletCheckpoint?: string;
-  /** How long no source must show a slice held before it counts as released (default 30 s). */
-  releaseGraceMs?: number;
-  /** At start, how long a pool waits to register while a held slice of it is not restored (default 10 s). */
-  restoreWaitMs?: number;
-  /** Slices held by prepared DRA claims, with who holds them (holders under the same safety rules). */
-  extraHolderInfo?: () => ReadonlyMap<string, Holder>;
-  /** Why the DRA driver cannot tell which claims it prepared (then every slice counts as held). */
-  draUnknown?: () => string | undefined;
-  /**
-   * Registration of the DRA driver, which stands for the device plugin registration of every pool
-   * with frontEnd DRA. Absent: this agent does not serve DRA, and such pools report that.
-   */
-  draRegistration?: () => { registered: boolean; error?: string };
-  /** On-demand pools: the mdevs the scheduler allocated claims on this node (the DRA driver's view). */
-  onDemandWanted?: () => ReadonlyMap<string, WantedMdev>;
-}
+export type { ManagerOptions } from './manager-options.js';
 
 export class AgentManager {
   private readonly log: Logger;
@@ -163,16 +108,7 @@ export class AgentManager {
         deviceHere: (id) => this.deviceHere(id),
         ownRecord: () => (this.checkpoint.unknown ? (this.checkpoint.error ?? 'the agent checkpoint is damaged') : undefined),
         nudgeKubelet: () => this.frontEnd.nudgeKubelet(),
-        ...(lookup
-          ? {
-              podGone: async (ns: string, name: string, uid: string) => {
-                const p = await lookup(ns, name);
-                if (!p) return true;
-                if (p.uid && p.uid !== uid) return true;
-                return p.phase === 'Succeeded' || p.phase === 'Failed';
-              },
-            }
-          : {}),
+        ...(lookup ? { podGone: podGoneVia(lookup) } : {}),
       },
     });
     this.gone = new GoneNodes(opts.devRoot);

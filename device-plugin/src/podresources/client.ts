@@ -34,6 +34,16 @@ export interface PodInfo {
 /** Port to read a pod (cluster mode); standalone mode has none. */
 export type PodLookup = (namespace: string, name: string) => Promise<PodInfo | undefined>;
 
+/** Is the pod with this name and UID gone (absent, re-created under another UID, or finished)? */
+export function podGoneVia(lookup: PodLookup): (namespace: string, name: string, uid: string) => Promise<boolean> {
+  return async (namespace, name, uid) => {
+    const p = await lookup(namespace, name);
+    if (!p) return true;
+    if (p.uid && p.uid !== uid) return true;
+    return p.phase === 'Succeeded' || p.phase === 'Failed';
+  };
+}
+
 /**
  * Maps a List response to slice ID → holder, keeping only our resource names. A device listed twice
  * (init container reused by an app container) keeps its first holder.
