@@ -19,6 +19,8 @@ export interface NvidiaToolOptions {
   sriovManage?: string;
   /** nvidia-smi to run (`VIO_NVIDIA_SMI`); default: the first executable of {@link NVIDIA_SMI_PATHS}. */
   nvidiaSmi?: string;
+  /** Where to look for the tools when no path is given (default {@link SRIOV_MANAGE_PATHS}, {@link NVIDIA_SMI_PATHS}). */
+  searchPaths?: { sriovManage?: readonly string[]; nvidiaSmi?: readonly string[] };
   /** Per run (default 120 s: sriov-manage rebinds the GPU's driver). */
   timeoutMs?: number;
 }
@@ -64,9 +66,18 @@ export function toolCommand(w: SysfsWrite): { tool: 'sriov-manage' | 'nvidia-smi
 export function nvidiaToolRunner(o: NvidiaToolOptions = {}): ToolRunner {
   return async (w) => {
     const { tool, args } = toolCommand(w);
-    const path = tool === 'sriov-manage' ? findTool(o.sriovManage, SRIOV_MANAGE_PATHS) : findTool(o.nvidiaSmi, NVIDIA_SMI_PATHS);
+    const smPaths = o.searchPaths?.sriovManage ?? SRIOV_MANAGE_PATHS;
+    const smiPaths = o.searchPaths?.nvidiaSmi ?? NVIDIA_SMI_PATHS;
+    const path = tool === 'sriov-manage' ? findTool(o.sriovManage, smPaths) : findTool(o.nvidiaSmi, smiPaths);
+    if (!path && w.tool === 'nvidia-smi-shm' && w.value.trim() !== '0') {
+      // Mixed-size mode is left to the host: the chart gives the agent no nvidia-smi, and an admin
+      // sets the mode once per boot (nvidia-smi vgpu -i <GPU> -shm 1, after sriov-manage -e). No
+      // sysfs file shows the mode, but the driver does: with it off, once one vGPU exists the VFs list
+      // only types of that framebuffer size, and the planner says so (carving/vgpu.ts).
+      return;
+    }
     if (!path) {
-      const where = (tool === 'sriov-manage' ? SRIOV_MANAGE_PATHS : NVIDIA_SMI_PATHS).join(', ');
+      const where = (tool === 'sriov-manage' ? smPaths : smiPaths).join(', ');
       const env = tool === 'sriov-manage' ? 'VIO_NVIDIA_SRIOV_MANAGE' : 'VIO_NVIDIA_SMI';
       throw Object.assign(new Error(`NVIDIA's ${tool} not found (looked at ${where}): install the NVIDIA vGPU host driver on the node, or set ${env}`), { code: 'ENOENT' });
     }

@@ -111,6 +111,15 @@ export function layoutGpu(pfAddr: string, pools: readonly PoolPlan[], devices: R
     } else l.problem = `profile ${l.pool.vgpuProfile ?? ''} is not among the vGPU types ${pfAddr} has listed${catalogue.length ? ` (${catalogue.map((x) => x.name ?? x.id).join(', ')})` : ' (it lists no creatable types now and the agent has not seen its catalogue since it started)'}`;
   }
   const present = new Set(vfs.map(cur).filter((x): x is number => x !== undefined && x > 0));
+  // Mixed-size mode asked for but off: a vGPU exists and the free VFs list types of its size only
+  // (some, so the GPU is not simply full). No sysfs file shows the mode; this is how the driver shows it.
+  const sizeFixed = (heterogeneous: boolean, wantedSize: number | undefined, free: readonly string[]): boolean => {
+    if (!heterogeneous || present.size === 0) return false;
+    const sizes = new Set([...present].map(sizeOf));
+    if (sizes.has(wantedSize)) return false;
+    const listed = free.flatMap((a) => devices.get(a)?.nvidiaVgpu?.creatableTypes ?? []);
+    return listed.length > 0 && listed.every((x) => sizes.has(sizeOf(x.id)));
+  };
   // Pools whose type is on the GPU already keep their place; then by name.
   const order = out.pools.filter((l) => l.type).sort((a, b) => Number(!present.has(a.type!.id)) - Number(!present.has(b.type!.id)) || compareText(a.pool.name, b.pool.name));
   const accepted: VgpuPoolLayout[] = [];
@@ -159,7 +168,9 @@ export function layoutGpu(pfAddr: string, pools: readonly PoolPlan[], devices: R
     } else if (missing > 0) {
       l.problem = free.length === 0
         ? `${missing} of ${l.pool.count ?? 1} ${typeName(t)} vGPUs have no free VF on ${pfAddr}`
-        : `${missing} of ${l.pool.count ?? 1} ${typeName(t)} vGPUs do not fit on ${pfAddr} now: its free VFs do not list the type as creatable (the GPU is full, or another framebuffer size fixed it)`;
+        : sizeFixed(l.pool.vgpuHeterogeneous === true, sizeOf(t.id), free)
+          ? `${missing} of ${l.pool.count ?? 1} ${typeName(t)} vGPUs do not fit on ${pfAddr} now: its free VFs list no type of this framebuffer size, so mixed-size mode is off there. Without nvidia-smi in the agent (the chart as shipped) the host sets it, before the GPU's first vGPU: nvidia-smi vgpu -i ${pfAddr} -shm 1 (after sriov-manage -e; clear the GPU's vGPUs first if it has some)`
+          : `${missing} of ${l.pool.count ?? 1} ${typeName(t)} vGPUs do not fit on ${pfAddr} now: its free VFs do not list the type as creatable (the GPU is full, or another framebuffer size fixed it)`;
     }
   }
   const wanted = new Set(accepted.map((l) => l.type!.id));
