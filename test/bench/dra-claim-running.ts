@@ -29,7 +29,7 @@ import { DEVICE_PLUGIN_DIR, canRunKubelet, startKubelet } from '../cluster/kubel
 import { ensureAgentBuilt, startAgent } from '../fakes/agent-process.js';
 import { FakeKernel, mdevGpuMixed } from '../sysfs/kernel.js';
 import { startKernel } from '../sysfs/kernel-daemon.js';
-import { eventually, kubectlOk } from '../support/cluster.js';
+import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
 import { client, watch } from './api.js';
 import { machine, summarize } from './lib.js';
 
@@ -97,12 +97,7 @@ async function main(): Promise<void> {
       await kubelet.stop();
       rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     });
-    await eventually('node without the not-ready taint', async () => {
-      const n = JSON.parse(await kubectl(['get', 'node', NODE, '-o', 'json'])) as { spec: { taints?: { key: string }[] } };
-      if (!(n.spec.taints ?? []).some((t) => t.key.startsWith('node.kubernetes.io/'))) return true;
-      await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
-      return undefined;
-    }, 60_000, 250);
+    await untaintedNode(kubectl, NODE, (k) => k.startsWith('node.kubernetes.io/'));
     rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     const sys = join(base, 'sys');
     const dev = join(base, 'dev');

@@ -25,7 +25,7 @@ import { DEVICE_PLUGIN_DIR, canRunKubelet, kubeletSkipReason, startKubelet, type
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKernel, gpuWithAudio } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
-import { eventually, kubectlOk } from '../support/cluster.js';
+import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
 
 jest.setTimeout(240_000);
 
@@ -79,12 +79,7 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
     kubelet = await startKubelet(cp);
     // TaintNodesByCondition taints the new Node not-ready and no node lifecycle controller runs here.
     // Verified, not fire-and-forget: a pod left Pending on this taint never reaches the kubelet.
-    await eventually('node without the not-ready taint', async () => {
-      const n = JSON.parse(await kubectl(['get', 'node', NODE, '-o', 'json'])) as { spec: { taints?: { key: string }[] } };
-      if (!(n.spec.taints ?? []).some((t) => t.key === 'node.kubernetes.io/not-ready')) return true;
-      await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
-      return undefined;
-    }, 60_000, 250);
+    await untaintedNode(kubectl, NODE);
     // The driver's folder and checkpoint live under the machine's kubelet root: start from nothing.
     rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     base = mkdtempSync(join(tmpdir(), 'vio-dra-agent-'));

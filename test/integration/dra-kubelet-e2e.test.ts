@@ -24,7 +24,7 @@ import { startControlPlane, REPO_ROOT, type ControlPlane } from '../cluster/cont
 import { FakeKernel, intel82599 } from '../sysfs/kernel.js';
 import { findPf, readNetlinkOps, vfStates } from '../sysfs/netlink.js';
 import { canRunKubelet, kubeletSkipReason, startKubelet, type Kubelet } from '../cluster/kubelet.js';
-import { eventually, kubectlOk } from '../support/cluster.js';
+import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
 
 jest.setTimeout(240_000);
 
@@ -78,12 +78,7 @@ suite(`a real kubelet prepares claims through the DRA driver${kubeletSkipReason(
     // lifecycle controller runs here to lift it; the scheduler (which must allocate the claim) would
     // otherwise place nothing. The kubelet reports Ready, so lift it as that controller would.
     // Verified, not fire-and-forget: a pod left Pending on this taint never reaches the kubelet.
-    await eventually('node without the not-ready taint', async () => {
-      const n = JSON.parse(await kubectl(['get', 'node', NODE, '-o', 'json'])) as { spec: { taints?: { key: string }[] } };
-      if (!(n.spec.taints ?? []).some((t) => t.key === 'node.kubernetes.io/not-ready')) return true;
-      await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
-      return undefined;
-    }, 60_000, 250);
+    await untaintedNode(kubectl, NODE);
     // The driver's folder and checkpoint live under the machine's kubelet root: start from nothing.
     rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     base = mkdtempSync(join(tmpdir(), 'vio-dra-kubelet-'));

@@ -30,7 +30,7 @@ import { DEVICE_PLUGIN_DIR, canRunKubelet, kubeletSkipReason, startKubelet, type
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKernel, mdevGpuMixed } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
-import { eventually, kubectlOk } from '../support/cluster.js';
+import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
 
 jest.setTimeout(300_000);
 
@@ -144,12 +144,7 @@ suite(`on-demand vGPUs: carved when the scheduler allocates a claim, removed whe
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
     await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev', 'crd/virtualiodevices.virtualio.dev']);
     kubelet = await startKubelet(cp);
-    await eventually('node without the not-ready taint', async () => {
-      const n = JSON.parse(await kubectl(['get', 'node', NODE, '-o', 'json'])) as { spec: { taints?: { key: string }[] } };
-      if (!(n.spec.taints ?? []).some((t) => t.key.startsWith('node.kubernetes.io/'))) return true;
-      await kubectl(['taint', 'node', NODE, 'node.kubernetes.io/not-ready-']).catch(() => '');
-      return undefined;
-    }, 60_000, 250);
+    await untaintedNode(kubectl, NODE, (k) => k.startsWith('node.kubernetes.io/'));
     await eventually('the default service account', async () => ((await kubectl(['get', 'serviceaccount', 'default', '-o', 'name']).catch(() => '')) ? true : undefined), 60_000, 250);
     rmSync(join(kubelet.rootDir, 'plugins/virtualio.dev'), { recursive: true, force: true });
     base = mkdtempSync(join(tmpdir(), 'vio-ondemand-'));

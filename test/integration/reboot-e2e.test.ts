@@ -16,9 +16,8 @@ import { basename, dirname, join } from 'node:path';
 import { decodeContainerResponse } from '../fakes/kubelet.js';
 import { NodeUnderTest } from '../model/node.js';
 import { startKernel } from '../sysfs/kernel-daemon.js';
-import { rebootKernel } from '../sysfs/reboot.js';
 import { startVmFromAllocation, type Vm } from '../sysfs/vmm.js';
-import { cdevOwner, checkpointEntries } from '../support/reboot.js';
+import { cdevOwner, checkpointEntries, shutDown } from '../support/reboot.js';
 
 jest.setTimeout(180_000);
 
@@ -84,13 +83,7 @@ test('after a reboot the agent re-creates every held slice with the identity it 
   const checkpointBefore = checkpointEntries(node.kubelet);
 
   // The reboot.
-  await node.agent?.stop('SIGTERM');
-  node.agent = undefined;
-  await node.kubelet.stop();
-  const k = node.kernel.kernel;
-  await node.kernel.stop();
-  const lost = await rebootKernel(k);
-  node.vms.clear(); // the VMs died with the node
+  const lost = await shutDown(node);
   expect(lost.vfsDisabledOn).toEqual(['0000:81:00.0']);
   expect(lost.mdevs).toHaveLength(2);
   expect(lost.vports).toHaveLength(2);
@@ -158,13 +151,7 @@ test('a held slice that cannot be re-created after a reboot (its mdev type is go
   const heldMdevs = checkpointEntries(node.kubelet).filter((e) => e.resourceName === vgpu).flatMap((e) => e.ids);
   expect(heldMdevs).toHaveLength(2);
   for (const v of restarted.splice(0)) await v.stop();
-  await node.agent?.stop('SIGTERM');
-  node.agent = undefined;
-  await node.kubelet.stop();
-  const k = node.kernel.kernel;
-  await node.kernel.stop();
-  await rebootKernel(k);
-  rmSync(join(node.sys, 'bus/pci/devices/0000:3b:00.0/mdev_supported_types/nvidia-222'), { recursive: true });
+  await shutDown(node, async () => rmSync(join(node.sys, 'bus/pci/devices/0000:3b:00.0/mdev_supported_types/nvidia-222'), { recursive: true }));
   node.kernel = await startKernel(node.sys, node.dev);
   await node.kubelet.restart();
   await node.podres.restart({ emptyForMs: 1000 });

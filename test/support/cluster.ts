@@ -85,3 +85,16 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/**
+ * Waits until the Node has no taint `match` accepts (default: node.kubernetes.io/not-ready), taking
+ * off the not-ready taint its first status may leave: no node lifecycle controller runs here.
+ */
+export async function untaintedNode(kubectl: (args: string[]) => Promise<string>, node: string, match: (key: string) => boolean = (k) => k === 'node.kubernetes.io/not-ready'): Promise<void> {
+  await eventually('node without the not-ready taint', async () => {
+    const n = JSON.parse(await kubectl(['get', 'node', node, '-o', 'json'])) as { spec: { taints?: { key: string }[] } };
+    if (!(n.spec.taints ?? []).some((t) => match(t.key))) return true;
+    await kubectl(['taint', 'node', node, 'node.kubernetes.io/not-ready-']).catch(() => '');
+    return undefined;
+  }, 60_000, 250);
+}
