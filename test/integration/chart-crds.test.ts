@@ -4,7 +4,7 @@
 // the release; `helm upgrade` to a chart whose CRD gained a field puts the field on the server (Helm 3,
 // then Helm 4), so a pool may use it; `helm uninstall` keeps both CRDs and every pool
 // (helm.sh/resource-policy: keep). Helm's crds/ folder, which the chart used before, is installed once
-// and never upgraded, which is why the chart no longer uses it (docs/design-decisions.md).
+// and never upgraded, which is why the chart no longer uses it (docs/design-decisions-operator.md, GitOps).
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
