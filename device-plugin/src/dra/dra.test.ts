@@ -309,6 +309,16 @@ describe('planClaim', () => {
     expect(p).toHaveProperty('error');
     expect((p as { error: string }).error).toContain(msg);
   });
+
+  test('an on-demand NVMe VF is found under the queue-count names it is published as, not its plain VF name', () => {
+    const nvmePool: PoolPlan = { ...nicPool, name: 'nvmeq', resourceName: 'virtualio.dev/nvmeq', class: 'Storage', onDemand: { nvmeQueues: [2, 4] } };
+    const idx = sliceIndex(NODE, [nvmePool], [vf(1, 'Healthy', 'nvmeq')]);
+    const p = planClaim(ref, claim('u1', [{ request: 'disk', driver: 'virtualio.dev', pool: 'worker-1/nvmeq', device: 'nvme-0000-81-02-1-q4' }]), NODE, idx);
+    expect(p).toMatchObject({ devices: [{ device: 'nvme-0000-81-02-1-q4', sliceId: '0000:81:02.1', cdiId: 'virtualio.dev/claim=u1-nvme-0000-81-02-1-q4' }] });
+    for (const device of ['vf-0000-81-02-1', 'nvme-0000-81-02-1-q8']) {
+      expect(planClaim(ref, claim('u1', [{ request: 'disk', driver: 'virtualio.dev', pool: 'worker-1/nvmeq', device }]), NODE, idx)).toHaveProperty('error');
+    }
+  });
 });
 
 test('checkpoint: survives a reload; a corrupt file is an error that names it', () => {

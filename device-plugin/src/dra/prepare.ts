@@ -4,6 +4,7 @@
 import { readdirSync, readFileSync, rmSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 import { decodeChecked, encodeChecked, keepCorruptCopy, writeFileDurable } from '../agent/durable-file.js';
+import { isOnDemandNvme, nvmeDeviceName } from '../carving/ondemand-nvme.js';
 import type { PoolPlan, Slice } from '../model.js';
 import type { AllocationConfig } from './vf-config.js';
 import { DRA_DRIVER, draDevice, draDeviceName, resourcePoolName, type DeviceFacts, type DraDevice } from './devices.js';
@@ -67,7 +68,11 @@ export function sliceIndex(node: string, pools: readonly PoolPlan[], slices: rea
   for (const s of slices) {
     const pool = byName.get(s.pool);
     if (!pool || pool.frontEnd !== 'DRA' || s.kind === 'VPort') continue;
-    out.set(`${resourcePoolName(node, pool.name)}\n${draDeviceName(s)}`, { pool, slice: s });
+    // An on-demand NVMe VF is published once per queue count (nvme-<VF>-q<n>, dra/nvme-counters.ts),
+    // never under its plain VF name: a claim names one of those. Whether its controller has that
+    // size is the Carved condition's business (the pod is bound only after it).
+    const names = isOnDemandNvme(pool) && s.kind === 'VF' ? (pool.onDemand?.nvmeQueues ?? []).map((q) => nvmeDeviceName(s.pciAddress ?? s.id, q)) : [draDeviceName(s)];
+    for (const n of names) out.set(`${resourcePoolName(node, pool.name)}\n${n}`, { pool, slice: s });
   }
   return out;
 }
