@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import { ensureAgentBuilt, REPO } from '../fakes/agent-process.js';
 import { DRA_NODE, DRA_POD, DRA_VF_SETTINGS, draSkipReason, portFileIn, startDraCluster, type DraCluster } from './dra-cluster.js';
 import { OD } from './guest/dra-ondemand.js';
+import { NVMEQ } from './guest/dra-nvme-scenario.js';
 import { HELD } from './guest/held-scenario.js';
 
 interface Scenario { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
@@ -316,5 +317,27 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     expect(d.claimGone).toBe(true);
     expect(d.availableAfterRemove).toEqual({ 'mtty-1': 2, 'mtty-2': 1 });
     expect(d.mdevsLeft).toEqual({});
+  });
+
+  (draReason ? test.skip : test)(`DRA, NVMe queue pool (issue 19): a claim for ${NVMEQ.queues} queues allocated by the real scheduler brings its VF's secondary controller Online at that size (nvme list-secondary); unprepare and deletion set it Offline and return its resources${draReason ? ` (skipped: ${draReason})` : ''}`, () => {
+    const d = r('DRA: an NVMe VF claim for 4 queues brings its secondary controller Online at that size; Offline once released').details;
+    const off = { 'secondary-controller-state': 0, 'num-virtual-queues': 0, 'num-virtual-interrupts': 0 };
+    // Before: every controller Offline with nothing assigned; QEMU's per-controller maximum (run.sh) admits 4.
+    expect(d.secondariesBefore).toEqual(Array.from({ length: 4 }, () => expect.objectContaining(off)));
+    expect(d.capsBefore).toMatchObject({ vqrfa: 0, virfa: 0, vqfrsm: 4 });
+    expect(d.publishedDevices).toEqual(expect.arrayContaining(['nvme-0000-02-00-1-q2', 'nvme-0000-02-00-1-q4', 'nvme-0000-02-00-2-q4']));
+    const a = d.allocation as { driver: string; pool: string; device: string };
+    expect(a).toMatchObject({ request: 'disk', driver: 'virtualio.dev', pool: `${DRA_NODE}/${NVMEQ.pool}`, device: expect.stringMatching(/^nvme-0000-02-00-[12]-q4$/) });
+    expect(d.deviceConditions).toEqual(expect.arrayContaining([expect.objectContaining({ device: a.device, type: 'virtualio.dev/Carved', status: 'True' })]));
+    expect(d.podNodeName).toBe(DRA_NODE);
+    // The drive itself: the claim's VF Online with 4 VQ and 1 VI (VIFRSM), the primary's assigned counts up by as much.
+    expect(d.secondaryAllocated).toMatchObject({ 'virtual-function-number': (d.vfIndex as number) + 1, 'secondary-controller-state': 1, 'num-virtual-queues': 4, 'num-virtual-interrupts': 1 });
+    expect(d.capsAllocated).toMatchObject({ vqrfa: 4, virfa: 1 });
+    expect(d.prepared).toEqual([expect.objectContaining({ deviceName: a.device })]);
+    expect(d.pciBusID).toBe(d.vf);
+    expect(d.vfDriver).toBe('vfio-pci');
+    expect(d.unprepareError).toBe('');
+    expect(d.secondaryReleased).toMatchObject(off);
+    expect(d.capsReleased).toMatchObject({ vqrfa: 0, virfa: 0 });
   });
 });

@@ -104,7 +104,7 @@ DEVICES=(
   # NVMe with SR-IOV and flexible resources (needs a subsystem); one namespace with a marker.
   -device pcie-root-port,id=rp2,chassis=2,addr=0x4
   -device nvme-subsys,id=nvmesubsys0,nqn=virtualio-test
-  -device "nvme,id=nvme0,bus=rp2,serial=vio-nvme0,subsys=nvmesubsys0,sriov_max_vfs=4,sriov_vq_flexible=8,sriov_vi_flexible=4,max_ioqpairs=12,msix_qsize=10"
+  -device "nvme,id=nvme0,bus=rp2,serial=vio-nvme0,subsys=nvmesubsys0,sriov_max_vfs=4,sriov_vq_flexible=8,sriov_vi_flexible=4,sriov_max_vq_per_vf=4,max_ioqpairs=12,msix_qsize=10"
   -drive "file=$NVME_IMG,if=none,id=nvmens1,format=raw"
   -device nvme-ns,drive=nvmens1,nsid=1,shared=on
   # A GPU-class function with its companion: VGA at .0 and an HD-audio function at .1 of one slot

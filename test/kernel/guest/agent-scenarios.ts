@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
+import { draNvmeScenario } from './dra-nvme-scenario.js';
 import { draScenario } from './dra-scenario.js';
 import { heldThroughScenario } from './held-scenario.js';
 
@@ -443,6 +444,9 @@ async function main(): Promise<void> {
     // apiserver and scheduler on the host, the kubelet's DRA calls, a nested VM from prepare's files.
     if (process.env.VIO_KERNEL_DRA === '1') {
       await scenario('DRA: a VF claim the real scheduler allocated, prepared through the DRA gRPC API, reaches a nested VM', (d) => draScenario(d, {
+        out: OUT, agentMain: AGENT, podResourcesSocket: podres.socket, sh, until, log, startVm: (devices) => NestedVm.start(devices),
+      }));
+      await scenario('DRA: an NVMe VF claim for 4 queues brings its secondary controller Online at that size; Offline once released', (d) => draNvmeScenario(d, {
         out: OUT, agentMain: AGENT, podResourcesSocket: podres.socket, sh, until, log, startVm: (devices) => NestedVm.start(devices),
       }));
     } else log('DRA scenario not run: the host started no kube-apiserver for this boot (VIO_KERNEL_APISERVER_PORT_FILE unset)');
