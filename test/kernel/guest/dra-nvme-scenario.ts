@@ -9,13 +9,11 @@
 // the controller must be Offline with 0 VQ / 0 VI and the primary's assigned count back.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { parseNvmeDevice } from '../../../device-plugin/src/carving/ondemand-nvme.js';
 import { deviceClassFor } from '../../../device-plugin/src/dra/devices.js';
 import { loadDraV1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
-import type { DraHelpers, DraSetup } from './dra-scenario.js';
+import { api, grpcCall, type DraHelpers, type DraSetup } from './dra-scenario.js';
 
 /** The pool, its claim and pod; kernel.test.ts asserts on these names. */
 export const NVMEQ = { pool: 'nvme-queues', claim: 'vm-nvme-q4', pod: 'virt-launcher-vm-nvme-q4', queues: 4 } as const;
@@ -29,45 +27,13 @@ const KUBELET_DIR = join(RUN, 'kubelet');
 type Api = (method: string, path: string, body?: unknown, contentType?: string) => Promise<{ status: number; body: Record<string, unknown> }>;
 
 function apiFor(s: DraSetup): Api {
-  return (method, path, body, contentType = 'application/json') => new Promise((resolve, reject) => {
-    const url = new URL(path, s.server);
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const req = request({
-      method, host: url.hostname, port: url.port, path: url.pathname + url.search, ca: s.ca, cert: s.cert, key: s.key, servername: s.servername, timeout: 15_000,
-      headers: data === undefined ? {} : { 'content-type': contentType, 'content-length': Buffer.byteLength(data) },
-    }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => {
-        try {
-          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> });
-        } catch {
-          resolve({ status: res.statusCode ?? 0, body: { raw: text } });
-        }
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: timed out`)));
-    req.on('error', reject);
-    req.end(data);
-  });
+  return (method, path, body, contentType) => api(s, method, path, body, contentType);
 }
 
 async function ok(api: Api, method: string, path: string, body?: unknown, contentType?: string): Promise<Record<string, unknown>> {
   const r = await api(method, path, body, contentType);
   if (r.status < 200 || r.status >= 300) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(r.body).slice(0, 500)}`);
   return r.body;
-}
-
-function grpcCall<Req, Res>(service: grpc.ServiceDefinition, socket: string, method: string, req: Req): Promise<Res> {
-  const Client = grpc.makeGenericClientConstructor(service, 'x');
-  const c = new Client(`unix://${socket}`, grpc.credentials.createInsecure()) as unknown as Record<string, (r: Req, o: grpc.CallOptions, cb: (e: Error | null, v: Res) => void) => void>;
-  const call = c[method];
-  if (!call) throw new Error(`no method ${method}`);
-  return new Promise((resolve, reject) => call.call(c, req, { deadline: Date.now() + 30_000 }, (e, v) => {
-    (c as unknown as grpc.Client).close();
-    if (e) reject(e);
-    else resolve(v);
-  }));
 }
 
 type Secondary = Record<string, number>;

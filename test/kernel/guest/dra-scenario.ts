@@ -38,11 +38,11 @@ const SYS = '/sys/bus/pci/devices';
 /** The igb PF (run.sh: alone behind root port rp1, bus 01). */
 const IGB_PF = '0000:01:00.0';
 
-/** One apiserver request with the admin client certificate (a JSON body, or a merge patch for PATCH); resolves with status and parsed body. */
-export function api(s: DraSetup, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+/** One apiserver request with the admin client certificate (a JSON body, or by default a merge patch for PATCH); resolves with status and parsed body. */
+export function api(s: DraSetup, method: string, path: string, body?: unknown, contentType?: string): Promise<{ status: number; body: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
     const url = new URL(path, s.server);
-    const headers = body === undefined ? {} : { 'content-type': method === 'PATCH' ? 'application/merge-patch+json' : 'application/json' };
+    const headers = body === undefined ? {} : { 'content-type': contentType ?? (method === 'PATCH' ? 'application/merge-patch+json' : 'application/json') };
     const req = request({ method, host: url.hostname, port: url.port, path: url.pathname + url.search, headers, ca: s.ca, cert: s.cert, key: s.key, servername: s.servername, timeout: 15_000 }, (res) => {
       let text = '';
       res.on('data', (c: Buffer) => (text += c.toString()));
