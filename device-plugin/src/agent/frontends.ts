@@ -98,8 +98,7 @@ export class DevicePluginFrontEnd {
       const sl = byPool.get(name) ?? [];
       plugin.update(sl);
       plugin.start();
-      this.opts.metrics.slices.set({ pool: name, health: 'Healthy' }, sl.filter((s) => s.health === 'Healthy').length);
-      this.opts.metrics.slices.set({ pool: name, health: 'Unhealthy' }, sl.filter((s) => s.health !== 'Healthy').length);
+      this.count(name, sl);
     }
   }
 
@@ -109,8 +108,18 @@ export class DevicePluginFrontEnd {
     for (const s of slices) byPool.set(s.pool, [...(byPool.get(s.pool) ?? []), this.advertised(s)]);
     for (const [name, plugin] of this.plugins) {
       const l = byPool.get(name);
-      if (l) plugin.update(l);
+      if (!l) continue;
+      plugin.update(l);
+      // Counted as sync() counts: a slice turned unhealthy on the fast path shows in
+      // virtualio_agent_slice_health_failures_total even when the next cycle repairs it at once.
+      this.count(name, l);
     }
+  }
+
+  /** The pool's slice gauge (and through it the turned-unhealthy counter), from what the kubelet is told. */
+  private count(pool: string, listed: readonly Slice[]): void {
+    this.opts.metrics.slices.set({ pool, health: 'Healthy' }, listed.filter((s) => s.health === 'Healthy').length);
+    this.opts.metrics.slices.set({ pool, health: 'Unhealthy' }, listed.filter((s) => s.health !== 'Healthy').length);
   }
 
   /** Has the kubelet rewrite its checkpoint (see PoolPlugin.resend). */
