@@ -33,6 +33,8 @@ const regressions = {
   // Found by the long run: the NIC moved to another pool while the agent was down and its ledger was
   // lost; the VM's VF was held only through the old resource name, which nothing remembered.
   'a VF held through a resource name the agent forgot (pool moved, ledger lost, PodResources failing)': [S.startVm('net', 1), S.podResourcesFail(), S.edit('vgpu', 'count', 4), S.killAgent('now'), S.moveNic(), S.corrupt('agent-ledger.json', 'empty'), S.edit('fc', 'wwnPrefix', 'c05076')],
+  // Found by a CI-budget run (seed 1322639076): old-prefix vports left beside the new ones.
+  'a damaged agent checkpoint, then a new WWN prefix': [S.corrupt('agent-checkpoint.json', 'truncated'), S.edit('fc', 'wwnPrefix', 'c05077'), S.podResourcesRecover(), S.killAgent('now')],
   'the ledger damaged while a VM holds a passthrough GPU and the pool is deleted': [S.startVm('gpu', 1), S.pool('gpu', 'deleting'), S.corrupt('agent-ledger.json', 'truncated'), S.wait(1500), S.pool('gpu', 'remove'), S.wait(3000)],
 };
 

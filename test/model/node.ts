@@ -72,6 +72,12 @@ export class NodeUnderTest {
    * them and reports a Conflict instead of resetting them (never reset another owner's VFs).
    */
   pfOwnershipLost = false;
+  /**
+   * Vports that existed when the checkpoint was damaged: the agent no longer knows it created them.
+   * One whose WWN no longer matches its pool's prefix (the prefix was edited since) is then
+   * "not created by virtualio" and left alone, never deleted: it may stay beside the pool's new ones.
+   */
+  readonly orphanVports = new Set<string>();
 
   constructor() {
     this.dir = mkdtempSync(join(tmpdir(), 'vio-seq-'));
@@ -244,6 +250,7 @@ export class NodeUnderTest {
     }
     writeFileSync(f, kind === 'empty' ? '' : text.slice(0, Math.floor(text.length / 2)));
     if (file === 'agent-checkpoint.json' && this.facts().vfs > 0) this.pfOwnershipLost = true;
+    if (file === 'agent-checkpoint.json') for (const w of this.facts().vports) this.orphanVports.add(w);
     this.agent = await this.spawnAgent();
     return `${file} ${kind}, agent restarted`;
   }
@@ -343,8 +350,10 @@ export class NodeUnderTest {
       const st = await this.status();
       const conflict = (name: string): boolean => this.pfOwnershipLost && /did not create/.test(st?.pools?.find((x) => x.name === name)?.message ?? '');
       const nicPool = Object.values(this.pools).find((p) => !p.deleting && p.devices.some((d) => d.pciAddress === NIC))?.name ?? '';
-      if ((f.vfs !== want.vfs && !conflict(nicPool)) || f.mdevs.join() !== want.mdevs.join() || f.vports.length !== want.vports) return false;
-      if (want.prefix && !f.vports.every((w) => w.startsWith(want.prefix as string))) return false;
+      // Vports of another prefix may stay only if the agent lost the record of creating them.
+      const stale = want.prefix ? f.vports.filter((w) => !w.startsWith(want.prefix as string)) : [];
+      if (stale.some((w) => !this.orphanVports.has(w))) return false;
+      if ((f.vfs !== want.vfs && !conflict(nicPool)) || f.mdevs.join() !== want.mdevs.join() || f.vports.length - stale.length !== want.vports) return false;
       last += ` pools ${JSON.stringify(st?.pools)} kubelet ${JSON.stringify(Object.values(this.pools).map((p) => [p.resourceName, (this.kubelet.lastList(p.resourceName) ?? []).map((d) => d.health)]))}`;
       return Object.values(this.pools)
         .filter((p) => !p.deleting)
