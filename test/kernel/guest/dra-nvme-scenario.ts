@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { parseNvmeDevice } from '../../../device-plugin/src/carving/ondemand-nvme.js';
 import { deviceClassFor } from '../../../device-plugin/src/dra/devices.js';
 import { loadDraV1Api, loadPluginRegistrationApi } from '../../../proto/load.js';
-import { api, grpcCall, type DraHelpers, type DraSetup } from './dra-scenario.js';
+import { api, grpcCall, prepareClaim, type DraHelpers, type DraSetup } from './dra-scenario.js';
 
 /** The pool, its claim and pod; kernel.test.ts asserts on these names. */
 export const NVMEQ = { pool: 'nvme-queues', claim: 'vm-nvme-q4', pod: 'virt-launcher-vm-nvme-q4', queues: 4 } as const;
@@ -133,15 +133,7 @@ export async function draNvmeScenario(d: Record<string, unknown>, h: DraHelpers)
     await grpcCall(reg, regSocket, 'NotifyRegistrationStatus', { pluginRegistered: true });
     const draApi = loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service;
     const ref = { namespace: ns, name: NVMEQ.claim, uid: claim.metadata.uid };
-    let lastError = '';
-    const prepared = await h.until('NodePrepareResources to succeed', async () => {
-      const r = await grpcCall<{ claims: typeof ref[] }, { claims: Record<string, { devices: { deviceName: string; cdiDeviceIds: string[] }[]; error: string }> }>(draApi, info.endpoint, 'NodePrepareResources', { claims: [ref] });
-      const c = r.claims[ref.uid];
-      lastError = c?.error ?? 'no answer for the claim';
-      return c && !c.error ? c : undefined;
-    }, 120_000, 1000).catch((err: unknown) => {
-      throw new Error(`${String(err)}; last per-claim error: ${lastError}`);
-    });
+    const prepared = await prepareClaim(h, info.endpoint, ref, 'NodePrepareResources to succeed', 120_000);
     d.prepared = prepared.devices;
     const metaDir = join(RUN, 'cdi');
     const meta = readdirSync(metaDir).filter((f) => f.endsWith('.json')).map((f) => readFileSync(join(metaDir, f), 'utf8')).join('\n');

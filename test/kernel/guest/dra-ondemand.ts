@@ -20,7 +20,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, readlinkSync, realpathSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { loadDraV1Api } from '../../../proto/load.js';
-import { api, CDI_DIR, grpcCall, type CdiSpec, type DraHelpers, type DraSetup, type PrepareResponse } from './dra-scenario.js';
+import { api, CDI_DIR, grpcCall, type CdiSpec, type DraHelpers, type DraSetup, prepareClaim } from './dra-scenario.js';
 
 /** The on-demand pool, its DeviceClass and the two claims (shared with the host's dra-cluster.ts and kernel.test.ts). */
 export const OD = {
@@ -188,15 +188,7 @@ export async function onDemandScenario(od: Record<string, unknown>, h: DraHelper
     // 4. The kubelet's prepare, and the nested VM from its files only.
     const dra = loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service;
     const ref = { namespace: s.namespace, name: OD.fits.claim, uid: claim.metadata.uid };
-    let lastError = '';
-    const prepared = await h.until('NodePrepareResources for the mtty-1 claim', async () => {
-      const r = await grpcCall<{ claims: typeof ref[] }, PrepareResponse>(dra, c.endpoint, 'NodePrepareResources', { claims: [ref] });
-      const x = r.claims[ref.uid];
-      lastError = x?.error ?? 'no answer for the claim';
-      return x && !x.error ? x : undefined;
-    }, 60_000, 1000).catch((err: unknown) => {
-      throw new Error(`${String(err)}; last per-claim error: ${lastError}`);
-    });
+    const prepared = await prepareClaim(h, c.endpoint, ref, 'NodePrepareResources for the mtty-1 claim', 60_000);
     od.prepared = prepared.devices;
     const [kind, devName] = (prepared.devices[0]?.cdiDeviceIds[0] ?? '').split('=');
     const specs = readdirSync(CDI_DIR).filter((f) => f.endsWith('.json')).map((f) => ({ file: join(CDI_DIR, f), spec: JSON.parse(readFileSync(join(CDI_DIR, f), 'utf8')) as CdiSpec }));

@@ -89,6 +89,24 @@ function tryConnect(host: string, port: number): Promise<string> {
 }
 
 export type PrepareResponse = { claims: Record<string, { devices: { requestNames: string[]; poolName: string; deviceName: string; cdiDeviceIds: string[] }[]; error: string }> };
+
+/**
+ * The kubelet's NodePrepareResources for one claim, retried like the kubelet retries a per-claim error
+ * (the slice not carved or not on vfio-pci yet) until it succeeds or `timeoutMs` passes; the last
+ * per-claim error is in the failure.
+ */
+export async function prepareClaim(h: Pick<DraHelpers, 'until'>, endpoint: string, ref: { namespace: string; name: string; uid: string }, what: string, timeoutMs: number): Promise<PrepareResponse['claims'][string]> {
+  const dra = loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service;
+  let lastError = '';
+  return h.until(what, async () => {
+    const r = await grpcCall<{ claims: (typeof ref)[] }, PrepareResponse>(dra, endpoint, 'NodePrepareResources', { claims: [ref] });
+    const c = r.claims[ref.uid];
+    lastError = c?.error ?? 'no answer for the claim';
+    return c && !c.error ? c : undefined;
+  }, timeoutMs, 1000).catch((err: unknown) => {
+    throw new Error(`${String(err)}; last per-claim error: ${lastError}`);
+  });
+}
 export type CdiSpec = { kind: string; devices: { name: string; containerEdits: { deviceNodes: { path: string }[]; mounts?: { hostPath: string; containerPath: string }[] } }[] };
 
 /** Brings up the guest's NIC to the host's apiserver (virtio-net on run.sh's restricted user network). */
@@ -156,16 +174,7 @@ export async function draScenario(d: Record<string, unknown>, h: DraHelpers): Pr
     await grpcCall(reg, regSocket, 'NotifyRegistrationStatus', { pluginRegistered: true });
     const dra = loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service;
     const ref = { namespace: s.namespace, name: s.claim, uid: claim.metadata.uid };
-    // Like the kubelet: a per-claim error (the VF not carved or not on vfio-pci yet) is retried.
-    let lastError = '';
-    const prepared = await h.until('NodePrepareResources to succeed', async () => {
-      const r = await grpcCall<{ claims: typeof ref[] }, PrepareResponse>(dra, info.endpoint, 'NodePrepareResources', { claims: [ref] });
-      const c = r.claims[ref.uid];
-      lastError = c?.error ?? 'no answer for the claim';
-      return c && !c.error ? c : undefined;
-    }, 120_000, 1000).catch((err: unknown) => {
-      throw new Error(`${String(err)}; last per-claim error: ${lastError}`);
-    });
+    const prepared = await prepareClaim(h, info.endpoint, ref, 'NodePrepareResources to succeed', 120_000);
     d.prepared = prepared.devices;
     const cdiId = prepared.devices[0]?.cdiDeviceIds[0] ?? '';
     // The VF settings on the PF, as the kernel reports them (the igb PF's netdev; its VF by virtfn link).
