@@ -152,8 +152,9 @@ export class NodeUnderTest {
     const p = this.pools[pool];
     if (!p || p.deleting) return 'no such pool';
     const taken = new Set([...this.vms.values()].flatMap((v) => v.ids));
-    const free = (this.kubelet.lastList(p.resourceName) ?? []).filter((d) => d.health === 'Healthy' && !taken.has(d.ID)).map((d) => d.ID);
-    if (free.length < n) return `only ${free.length} free`;
+    const listed = this.kubelet.lastList(p.resourceName) ?? [];
+    const free = listed.filter((d) => d.health === 'Healthy' && !taken.has(d.ID)).map((d) => d.ID);
+    if (free.length < n) return `only ${free.length} free (${pool}: ${listed.map((d) => `${d.ID} ${d.health}${taken.has(d.ID) ? ' taken' : ''}`).join(', ') || 'nothing listed'})`;
     const ids = free.slice(0, n);
     const uid = `uid-${++this.seq}`;
     const name = `virt-launcher-vm${this.seq}`;

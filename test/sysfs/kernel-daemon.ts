@@ -247,9 +247,12 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
         void enqueue(async () => {
           messages--;
           const tokens = splitTriggerMessage(file, msg);
-          // "driver_override then drivers_probe": the named devices' values first, as written.
+          // "driver_override then drivers_probe": the named devices' values first, as written. Every
+          // PF's sriov_numvfs too (a handful of files): on Linux that write returns only once the VFs
+          // and their IOMMU groups exist, so "sriov_numvfs, then an mdev create" numbers the VFs'
+          // groups first, whether or not the watcher has seen the value change yet.
           const named = tokens.filter((t) => BDF_ONE.test(t)).map((t) => `/${t.toLowerCase()}/`);
-          await checkValues((f) => dirty.has(f) || named.some((n) => f.includes(n)));
+          await checkValues((f) => dirty.has(f) || f.endsWith('/sriov_numvfs') || named.some((n) => f.includes(n)));
           for (const token of tokens) await apply(file, token, false);
           if (messages === 0) await sync();
         });

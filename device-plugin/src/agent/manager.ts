@@ -121,7 +121,7 @@ export class AgentManager {
     });
     this.carver = new Carver(opts.ops, this.checkpoint, opts.metrics, this.log, () => this.clock(), opts.backoff);
     this.restore = new StartupRestore(this.clock(), opts.restoreWaitMs ?? 10_000);
-    this.vfio = new VfioNumbers(this.checkpoint, this.log, () => this.restore.within(this.clock()), () => this.restore.within(this.clock()), () => this.clock());
+    this.vfio = new VfioNumbers(this.checkpoint, this.log, () => this.clock(), opts.restoreWaitMs ?? 10_000);
     this.frontEnd = new DevicePluginFrontEnd({
       pluginDir: opts.pluginDir,
       ...(opts.registration ? { registration: opts.registration } : {}),

@@ -48,13 +48,8 @@ export class StartupRestore {
   private readonly deadline: number;
   private gaveUp = false;
 
-  constructor(private readonly startedAt: number, private readonly waitMs: number) {
+  constructor(startedAt: number, private readonly waitMs: number) {
     this.deadline = startedAt + waitMs;
-  }
-
-  /** Whether `now` is within the first `share` of the wait (restoring still goes on). */
-  within(now: number, share = 1): boolean {
-    return now < this.startedAt + this.waitMs * share;
   }
 
   /**

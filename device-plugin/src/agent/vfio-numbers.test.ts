@@ -1,5 +1,5 @@
 import type { Inventory, InventoryDevice, Slice, SysfsWrite } from '../model.js';
-import { checkVfioNumbers, orderVfioBinds, type VfioRecord } from './vfio-numbers.js';
+import { checkVfioNumbers, orderVfioBinds, VfioNumbers, type VfioRecord } from './vfio-numbers.js';
 
 const dev = (pciAddress: string, driver?: string): InventoryDevice => ({ pciAddress, vendor: '15b3', device: '101e', classCode: '020000', ...(driver ? { driver } : {}) }) as InventoryDevice;
 const inv = (devices: InventoryDevice[], cdevs: Record<string, number> = {}): Inventory => ({ devices, vfioCdevs: Object.fromEntries(Object.entries(cdevs).map(([b, n]) => [b, `/dev/vfio/devices/vfio${n}`])) });
@@ -16,7 +16,17 @@ describe('orderVfioBinds: binds to vfio-pci in the order of their recorded cdev 
   test('while the VFs are not re-created yet, the GPU and its audio function wait for them (their numbers are lower)', () => {
     const r = orderVfioBinds([numvfs, ...bind('0000:5e:00.0'), ...bind('0000:5e:00.1')], rec, inv([dev('0000:81:00.0'), dev('0000:5e:00.0', 'nvidia'), dev('0000:5e:00.1')]), true);
     expect(r.writes).toEqual([numvfs]);
-    expect(r.waitingFor).toEqual(['0000:81:00.2 (vfio3)', '0000:81:00.3 (vfio2)', '0000:81:00.4 (vfio1)', '0000:81:00.5 (vfio0)']);
+    expect(r.waitingFor).toEqual(['0000:5e:00.1 (vfio4, not bound yet)', '0000:81:00.2 (vfio3)', '0000:81:00.3 (vfio2)', '0000:81:00.4 (vfio1)', '0000:81:00.5 (vfio0)']);
+  });
+
+  test('VFs that exist but whose binds are not in this pass (created moments ago) hold the GPU back too', () => {
+    const vfs = ['0000:81:00.2', '0000:81:00.3', '0000:81:00.4', '0000:81:00.5'];
+    const r = orderVfioBinds([...bind('0000:5e:00.1'), ...bind('0000:5e:00.0')], rec, inv([dev('0000:81:00.0'), ...vfs.map((a) => dev(a)), dev('0000:5e:00.0', 'nvidia'), dev('0000:5e:00.1', 'snd_hda_intel')]), true);
+    expect(probes(r.writes)).toEqual([]);
+    expect(r.waitingFor).toEqual(['0000:5e:00.1 (vfio4, not bound yet)', ...vfs.map((a) => `${a} (vfio${rec.cdevs[a]}, not bound yet)`)]);
+    // Once they are on vfio-pci (bound in an earlier pass), the audio function and then the GPU go.
+    const bound = inv([dev('0000:81:00.0'), ...vfs.map((a) => dev(a, 'vfio-pci')), dev('0000:5e:00.0', 'nvidia'), dev('0000:5e:00.1', 'snd_hda_intel')]);
+    expect(probes(orderVfioBinds([...bind('0000:5e:00.0'), ...bind('0000:5e:00.1')], rec, bound, true).writes)).toEqual(['0000:5e:00.1', '0000:5e:00.0']);
   });
 
   test('once they exist every bind goes, after the other writes, lowest recorded number first; a function with no record last', () => {
@@ -90,5 +100,26 @@ describe('checkVfioNumbers: a held slice is never served with device nodes other
     const rec: VfioRecord = { cdevs: {}, nodes: { '0000:81:00.2': [c(0)] } };
     const s = vf('0000:81:00.2', [], 'Unhealthy');
     expect(checkVfioNumbers(rec, [s], inv([]), () => true, true).slices).toEqual([s]);
+  });
+});
+
+describe('VfioNumbers: the ordering window counts from the first pass that binds, not from the agent start', () => {
+  test('a first carving pass that comes long after the start (a busy node) still waits, and the absent records are kept until it has', () => {
+    let t = 0;
+    let record: VfioRecord = { cdevs: { '0000:81:00.2': 1, '0000:81:00.3': 0, '0000:5e:00.0': 2 }, nodes: {} };
+    const saved: VfioRecord[] = [];
+    const log = { info: () => {}, warn: () => {} } as unknown as ConstructorParameters<typeof VfioNumbers>[1];
+    const v = new VfioNumbers({ vfio: () => record, save: () => saved.push(structuredClone(record)) }, log, () => t, 10_000);
+    t = 30_000; // the first cycle: the VFs are not there yet, the GPU is
+    v.check([], inv([dev('0000:5e:00.0', 'nvidia')]), () => false);
+    expect(Object.keys(record.cdevs).sort()).toEqual(['0000:5e:00.0', '0000:81:00.2', '0000:81:00.3']);
+    expect(probes(v.order([numvfs, ...bind('0000:5e:00.0')], inv([dev('0000:81:00.0'), dev('0000:5e:00.0', 'nvidia')])))).toEqual([]);
+    t = 31_000; // the VFs exist now: they go first, lowest recorded number first; the GPU after them
+    const all = inv([dev('0000:81:00.0'), dev('0000:81:00.2'), dev('0000:81:00.3'), dev('0000:5e:00.0', 'nvidia')]);
+    expect(probes(v.order([...bind('0000:5e:00.0'), ...bind('0000:81:00.2'), ...bind('0000:81:00.3')], all))).toEqual(['0000:81:00.3', '0000:81:00.2', '0000:5e:00.0']);
+    t = 41_000; // the window is over: a record nobody has any more is forgotten
+    record = { ...record, cdevs: { ...record.cdevs, '0000:99:00.0': 7 } };
+    v.check([], all, () => false);
+    expect(record.cdevs['0000:99:00.0']).toBeUndefined();
   });
 });

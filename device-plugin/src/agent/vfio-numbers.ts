@@ -9,8 +9,9 @@
 //
 // What the agent does about it, with a record in its checkpoint:
 // - `cdevs`: the cdev number of every function on a VFIO driver (held or not: a GPU's audio function
-//   and spare VFs take numbers between held ones). While the agent starts, binds to vfio-pci are
-//   made in ascending recorded number, and a bind waits (a bounded time) for a recorded function
+//   and spare VFs take numbers between held ones). From the agent's first pass that binds anything
+//   (for the restore wait, 10 s), binds to vfio-pci are made in ascending recorded number, and a
+//   bind waits for a recorded function
 //   with a lower number that does not exist yet (a VF not re-created yet): the IDA then hands the
 //   same numbers back, as long as nothing else took one.
 // - `nodes`: the device nodes each slice had when it was last free. A held slice whose nodes differ
@@ -46,9 +47,10 @@ const OVERRIDE = /^bus\/pci\/devices\/([^/]+)\/driver_override$/;
 /**
  * Orders one pass's binds to vfio-pci by recorded cdev number (functions with none after, in plan
  * order), after every other write of the pass; each bind keeps its own writes (its group) in order.
- * While `waiting`, a bind is left for a later pass when a recorded function with a lower number does
- * not exist yet (it will be created, e.g. a VF whose PF is being re-enabled), and a function with no
- * record waits for every such one. `waitingFor` names what held binds back. Also while `waiting`, a
+ * While `waiting`, a bind is left for a later pass when a recorded function with a lower number is
+ * not on a VFIO driver and this pass does not bind it first: it does not exist yet (it will be
+ * created, e.g. a VF whose PF is being re-enabled) or it exists and its bind is not planned yet (a VF
+ * created moments ago). A function with no record waits for every such one. `waitingFor` names what held binds back. Also while `waiting`, a
  * function whose bind is `inFlight` (written moments ago; a rescan may not show it yet) is not bound
  * again: a repeated "unbind, probe" that reaches it once it is on vfio-pci would give its number up
  * and take the lowest free one. `binds` lists the functions bound by the writes returned.
@@ -63,8 +65,12 @@ export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, i
     }
   }
   if (unitOf.size === 0 || Object.keys(rec.cdevs).length === 0) return { writes: [...writes], waitingFor: [], binds: [...unitOf.values()].flat() };
-  const present = new Set(inv.devices.map((d) => d.pciAddress));
-  const absent = Object.entries(rec.cdevs).filter(([bdf]) => !present.has(bdf));
+  // Recorded functions not on a VFIO driver now: absent (a VF not re-created yet) or present and not
+  // bound yet (a VF created moments ago whose bind is not in this pass). A function with a higher
+  // number waits for each of them; one whose bind this pass writes first, or wrote moments ago, no more.
+  const onVfio = cdevNumbers(inv);
+  const driverOf = new Map(inv.devices.map((d) => [d.pciAddress, d.driver]));
+  const pending = Object.entries(rec.cdevs).filter(([bdf]) => !onVfio.has(bdf) && driverOf.get(bdf) !== VFIO_PCI && !inFlight(bdf));
   const rank = (key: string): number => Math.min(...(unitOf.get(key) ?? []).map((b) => rec.cdevs[b] ?? Infinity));
   const keyOf = (w: SysfsWrite): string | undefined => {
     const k = w.group ?? w.path;
@@ -78,9 +84,9 @@ export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, i
   for (const { k, n } of keys) {
     const fns = unitOf.get(k) ?? [];
     if (waiting && fns.every(inFlight)) continue;
-    const lower = waiting ? absent.filter(([, m]) => m < n) : [];
+    const lower = waiting ? pending.filter(([b, m]) => m < n && !binds.includes(b) && !fns.includes(b)) : [];
     if (lower.length > 0) {
-      for (const [b, m] of lower) waitingFor.add(`${b} (vfio${m})`);
+      for (const [b, m] of lower) waitingFor.add(`${b} (vfio${m}${driverOf.has(b) ? ', not bound yet' : ''})`);
       continue;
     }
     out.push(...writes.filter((w) => keyOf(w) === k));
@@ -163,24 +169,45 @@ export class VfioNumbers {
   private lastMoved = '';
   /** Functions a bind to vfio-pci was written for while restoring, and when. */
   private readonly sent = new Map<string, number>();
+  private readonly startedAt: number;
+  /** When the first carving pass with a bind to vfio-pci came (the ordering window starts there). */
+  private firstBindAt: number | undefined;
 
   constructor(
     private readonly checkpoint: { vfio(): VfioRecord; save(): void },
     private readonly log: Logger,
-    /** Binds still wait for lower-numbered functions not created yet. */
-    private readonly bindsWait: () => boolean,
-    /** Records of functions and slices not there now are kept (the agent is still restoring). */
-    private readonly restoring: () => boolean,
     private readonly now: () => number,
+    /**
+     * How long binds keep waiting for lower-numbered functions, counted from the first pass that
+     * binds anything: a time counted from the agent's start closes early when that pass comes late
+     * (a slow start on a busy node, PodResources not trusted yet), and the numbers then come back in
+     * whatever order the passes bind them.
+     */
+    private readonly windowMs: number,
+    /** Records of absent functions are kept this long when no pass has bound anything yet. */
+    private readonly idleKeepMs = 60_000,
     /** How long a bind written while restoring counts as in flight (ms). */
     private readonly inFlightMs = 2000,
-  ) {}
+  ) {
+    this.startedAt = now();
+  }
+
+  /** Binds still wait for lower-numbered functions not created yet. */
+  private bindsWait(t: number): boolean {
+    return this.firstBindAt === undefined || t - this.firstBindAt < this.windowMs;
+  }
+
+  /** Records of functions and slices not there now are kept (the agent is still restoring). */
+  private restoring(t: number): boolean {
+    return this.firstBindAt === undefined ? t - this.startedAt < this.idleKeepMs : t - this.firstBindAt < this.windowMs;
+  }
 
   /** A carving pass's writes, binds ordered (see {@link orderVfioBinds}). */
   order(writes: SysfsWrite[], inv: Inventory): SysfsWrite[] {
-    const waiting = this.bindsWait();
     const t = this.now();
+    const waiting = this.bindsWait(t);
     const r = orderVfioBinds(writes, this.checkpoint.vfio(), inv, waiting, (bdf) => t - (this.sent.get(bdf) ?? -Infinity) < this.inFlightMs);
+    if (this.firstBindAt === undefined && (r.binds.length > 0 || r.waitingFor.length > 0)) this.firstBindAt = t;
     if (waiting) for (const b of r.binds) this.sent.set(b, t);
     const text = r.waitingFor.join(', ');
     if (text && text !== this.lastWaiting) this.log.info({ waitingFor: r.waitingFor }, 'binds to vfio-pci wait for functions with lower recorded VFIO numbers to be re-created, so that the kernel hands the same numbers back');
@@ -190,7 +217,7 @@ export class VfioNumbers {
 
   /** This round's slices, held ones whose device nodes moved marked Unhealthy; the record is kept up to date. */
   check(slices: Slice[], inv: Inventory, held: (id: string) => boolean): Slice[] {
-    const r = checkVfioNumbers(this.checkpoint.vfio(), slices, inv, held, this.restoring());
+    const r = checkVfioNumbers(this.checkpoint.vfio(), slices, inv, held, this.restoring(this.now()));
     if (r.changed) this.checkpoint.save();
     const text = r.moved.map((m) => `${m.id}: ${m.was.join(',')} -> ${m.now.join(',')}`).join('; ');
     if (text && text !== this.lastMoved) this.log.warn({ moved: r.moved }, "held slices whose device nodes the kernel numbered anew (after a reboot?): listed Unhealthy, since the kubelet's saved answer would open another device");
