@@ -463,6 +463,17 @@ export interface VirtualIONodeStatus {
    * The spec generation the agent last acted on.
    */
   observedGeneration?: number;
+  /**
+   * Set by an agent that derives its own plan (agent --local-plan, chart agent.localPlan) from the VirtualIODevices and its Node's labels with the operator's planner. The operator then writes no spec.pools for this node (it removes a spec.pools left from before, once) and reads this plan for the pool status and the KubeVirt lists.
+   */
+  localPlan?: {
+    /**
+     * The plan the agent serves, in spec.pools' form (PoolPlan). It is also the agent's previous plan when it restarts: the stability rules keep what it holds.
+     *
+     * @maxItems 64
+     */
+    pools: {}[];
+  };
   agentVersion?: string;
   summary?: {
     pools?: number;

@@ -6,6 +6,7 @@ import { jsonEqual } from '../util/json.js';
 import type { KubeVirtContest, KubeVirtView, PermittedLists } from './kubevirt/entries.js';
 import type { TenancyOutcome } from './tenancy/reconciler.js';
 import { planNode, preparePools, type DeviceConflict, type NodePlan, type PreparedPools } from './plan/plan.js';
+import { planOf } from './plan/shape.js';
 
 /** Per pool: the VirtualIONodes that mention it (plan, agent pool status or slices) and its conflicts. */
 export interface PoolIndex {
@@ -55,7 +56,7 @@ interface NodePart {
 export class World {
   private poolsVersion = 0;
   private preparedCache: { version: number; value: PreparedPools } | undefined;
-  private readonly plans = new Map<string, { labels: string; inventory: unknown; spec: unknown; lastKnown: VioNode | undefined; vio: VioNode | undefined; version: number; plan: NodePlan }>();
+  private readonly plans = new Map<string, { labels: string; inventory: unknown; spec: unknown; local: unknown; lastKnown: VioNode | undefined; vio: VioNode | undefined; version: number; plan: NodePlan }>();
   /**
    * Per node, its last VirtualIONode that carried an inventory. Planning falls back to it when the
    * VirtualIONode is deleted (the agent re-creates it with an empty plan and no status) or its status
@@ -164,7 +165,7 @@ export class World {
     let m = this.mentions.get(v);
     if (!m) {
       const mentioned = new Set<string>();
-      for (const p of v.spec?.pools ?? []) mentioned.add(p.name);
+      for (const p of planOf(v) ?? []) mentioned.add(p.name);
       for (const p of v.status?.pools ?? []) mentioned.add(p.name);
       for (const sl of v.status?.slices ?? []) mentioned.add(sl.pool);
       m = [...mentioned];
@@ -184,7 +185,8 @@ export class World {
     const pending: string[] = [];
     // A VirtualIONode without its Node is garbage: no plan will be written to it.
     if (hasNode) {
-      const written = vio?.spec?.pools ?? [];
+      // A node whose agent plans locally: what it reports having derived and served.
+      const written = planOf(vio) ?? [];
       const observed = vio?.status?.observedGeneration;
       for (const p of new Set([...plan.pools.map((x) => x.name), ...written.map((x) => x.name)])) {
         const want = plan.pools.find((x) => x.name === p);
@@ -223,8 +225,8 @@ export class World {
 
   /**
    * The plan of one node from the current caches. Memoized on what planning reads: the Node's
-   * labels, the inventory and the current plan (the VirtualIONode informer keeps an unchanged
-   * inventory's and spec's identity), the fallback VirtualIONode, the pool set, and, only while some
+   * labels, the inventory and the current plan (written or reported by an agent that plans locally;
+   * the VirtualIONode informer keeps an unchanged inventory's, spec's and local plan's identity), the fallback VirtualIONode, the pool set, and, only while some
    * pool is being deleted, the whole VirtualIONode.
    */
   planFor(name: string): NodePlan {
@@ -234,13 +236,14 @@ export class World {
     const labels = node ? JSON.stringify(node.metadata.labels ?? {}) : '';
     const inventory = vio?.status?.inventory;
     const spec = vio?.spec;
+    const local = vio?.status?.localPlan;
     const lastKnown = this.fallbackFor(name, node, vio);
     const deletingVio = prepared.anyDeleting ? vio : undefined;
     const hit = this.plans.get(name);
-    if (hit && hit.labels === labels && hit.inventory === inventory && hit.spec === spec && hit.lastKnown === lastKnown &&
+    if (hit && hit.labels === labels && hit.inventory === inventory && hit.spec === spec && hit.local === local && hit.lastKnown === lastKnown &&
       hit.vio === deletingVio && hit.version === this.poolsVersion) return hit.plan;
     const plan = planNode(node, vio, prepared, lastKnown);
-    if (node || vio) this.plans.set(name, { labels, inventory, spec, lastKnown, vio: deletingVio, version: this.poolsVersion, plan });
+    if (node || vio) this.plans.set(name, { labels, inventory, spec, local, lastKnown, vio: deletingVio, version: this.poolsVersion, plan });
     else this.plans.delete(name);
     return plan;
   }

@@ -4,7 +4,7 @@ import type { InventoryDevice, VirtualIODeviceStatus } from '../../../../crds/ge
 import type { VioNode } from '../../api/types.js';
 import { Reason, type ConditionInput } from '../../api/conditions.js';
 import type { PreparedPool } from '../plan/plan.js';
-import { isReadableDevice, isReadablePlanEntry, listOf } from '../plan/shape.js';
+import { isReadableDevice, planOf } from '../plan/shape.js';
 
 export type PermittedEntry = NonNullable<VirtualIODeviceStatus['kubevirtEntries']>[number];
 
@@ -116,7 +116,7 @@ export function poolEntries(p: PreparedPool, nodes: readonly VioNode[]): Permitt
   const selectors = new Set<string>();
   const mdevType = p.pool.spec.carving.mdevType ?? '';
   for (const vio of nodes) {
-    const plan = listOf(vio.spec?.pools, isReadablePlanEntry).find((x) => x.name === p.name);
+    const plan = planOf(vio)?.find((x) => x.name === p.name);
     if (!plan || plan.deleting) continue;
     const inv = vio.status?.inventory?.devices;
     if (!Array.isArray(inv)) continue;

@@ -3,7 +3,7 @@
 import type { Pool, PoolPlan, VioNode } from '../../api/types.js';
 import type { InventoryDevice } from '../../../../crds/generated/types.js';
 import { claimLabel, claimsOverlap, isBridgeClass, labelSelectorMatches, selectDevices, type DeviceClaim } from './selectors.js';
-import { isNamedEntry, isReadablePlanEntry, isSliceEntry, listOf, poolSpecProblem, readableInventory } from './shape.js';
+import { isNamedEntry, isSliceEntry, listOf, planOf, poolSpecProblem, readableInventory } from './shape.js';
 
 /** The fields of a Node planning needs. */
 export interface NodeLike {
@@ -214,7 +214,7 @@ export function planNode(node: NodeLike | undefined, vio: VioNode | undefined, p
   const inventory = readable.devices;
   const state: InventoryState = !inv ? 'unknown' : inv.truncated || readable.partial ? 'truncated' : 'known';
   const byAddr = new Map(inventory.map((d) => [d.pciAddress, d]));
-  const current = new Map([...listOf(fallback?.spec?.pools, isReadablePlanEntry), ...listOf(vio?.spec?.pools, isReadablePlanEntry)].map((p) => [p.name, p]));
+  const current = new Map([...planOf(fallback) ?? [], ...planOf(vio) ?? []].map((p) => [p.name, p]));
   const reported = reportedPools(vio, fallback);
   const held = new Map<string, { claim: DeviceClaim; pool: string }[]>();
   const plans: PoolPlan[] = [];

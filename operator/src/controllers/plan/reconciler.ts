@@ -7,6 +7,7 @@ import type { KubePort } from '../../kube/ports.js';
 import { FIELD_MANAGER, VIRTUALIO_API_VERSION, VirtualIONodes } from '../../kube/resources.js';
 import { done, type Reconciler, type Result } from '../../runtime/result.js';
 import { jsonEqual } from '../../util/json.js';
+import { plansLocally } from './shape.js';
 import type { World } from '../world.js';
 
 export class PlanReconciler implements Reconciler {
@@ -18,6 +19,7 @@ export class PlanReconciler implements Reconciler {
     // No Node: its VirtualIONode is garbage-collected through the ownerReference; applying would recreate it.
     if (!node?.metadata.uid) return done;
     const vio = world.vioNodes.get(name);
+    if (plansLocally(vio)) return this.leaveToAgent(name, vio);
     const plan = world.planFor(name);
     const owned = (vio?.metadata.ownerReferences ?? []).some((o) => o.kind === 'Node' && o.uid === node.metadata.uid);
     // A missing spec.pools is not an empty plan: an agent creates its VirtualIONode without one and
@@ -48,6 +50,19 @@ export class PlanReconciler implements Reconciler {
     // Pool statuses wait for the agent to report this generation before they count the node as done.
     world.notePlanWrite(name, vio?.spec?.pools ?? [], plan.pools, written.metadata.generation);
     log.info({ node: name, pools: plan.pools.map((p) => p.name) }, vio ? 'Updated VirtualIONode plan' : 'Created VirtualIONode');
+    return done;
+  }
+
+  /**
+   * The node's agent derives its own plan (status.localPlan): nothing is written for a pool edit. A
+   * spec.pools written before the agent planned locally is removed, once: an agent of the previous
+   * version started on this node later (a rollback) then reads "no plan yet" and keeps what exists,
+   * rather than acting on a plan that stopped being kept up to date.
+   */
+  private async leaveToAgent(name: string, vio: VioNode | undefined): Promise<Result> {
+    if (vio?.spec?.pools === undefined) return done;
+    await this.deps.kube.mergePatch<VioNode>(VirtualIONodes, name, { spec: { pools: null } }, { fieldManager: FIELD_MANAGER });
+    this.deps.log.info({ node: name }, 'The agent plans locally; removed the written plan');
     return done;
   }
 }

@@ -112,3 +112,20 @@ export function isAgentPoolEntry(p: unknown): p is NonNullable<NonNullable<VioNo
 export function isConditionEntry(c: unknown): c is NonNullable<NonNullable<VioNodeStatus>['conditions']>[number] {
   return isObject(c) && typeof c.type === 'string' && typeof c.status === 'string' && typeof c.reason === 'string' && typeof c.message === 'string';
 }
+
+/** Whether the node's agent derives its own plan (it reports `status.localPlan`): the operator writes it no spec.pools. */
+export function plansLocally(vio: VioNode | undefined): boolean {
+  const lp: unknown = vio?.status?.localPlan;
+  return isObject(lp) && Array.isArray(lp.pools);
+}
+
+/**
+ * The plan a node carries out: the one its agent reports deriving itself (`status.localPlan.pools`),
+ * or else the one the operator wrote (`spec.pools`; undefined when none is written). Every reader of
+ * "the node's current plan" goes through here, so that both contracts read alike.
+ */
+export function planOf(vio: VioNode | undefined): PoolPlan[] | undefined {
+  if (plansLocally(vio)) return listOf(vio?.status?.localPlan?.pools, isReadablePlanEntry);
+  const pools: unknown = vio?.spec?.pools;
+  return Array.isArray(pools) ? listOf(pools, isReadablePlanEntry) : undefined;
+}

@@ -1,10 +1,10 @@
 // Pure: a pool's status rolled up from every VioNode (plan in spec, agent report in status),
 // plus what deletion waits for and the Events an admin should see.
-import type { VioNode, VirtualIODeviceStatus } from '../../api/types.js';
+import type { PoolPlan, VioNode, VirtualIODeviceStatus } from '../../api/types.js';
 import { ConditionType, findCondition, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
 import type { PermittedEntry } from '../kubevirt/entries.js';
 import type { DeviceConflict, PreparedPool } from '../plan/plan.js';
-import { isAgentPoolEntry, isConditionEntry, isReadablePlanEntry, isSliceEntry, listOf } from '../plan/shape.js';
+import { isAgentPoolEntry, isConditionEntry, isSliceEntry, listOf, planOf, plansLocally } from '../plan/shape.js';
 
 export const MAX_NODE_STATUSES = 64;
 export const MAX_ALLOCATIONS = 256;
@@ -81,6 +81,8 @@ function listSome(items: readonly string[]): string {
 
 const STALE_MESSAGE = 'the agent has not acted on the latest plan yet';
 const NOT_WRITTEN_MESSAGE = 'the plan is not written yet';
+/** A node whose agent plans locally and has not reported the pool's current plan entry yet. */
+const NOT_DERIVED_MESSAGE = 'its agent has not derived and served the current plan yet';
 
 /** Agent status problems that mean it cannot tell who holds its slices (agent/status.ts Degraded reasons). */
 const HOLDERS_UNKNOWN_REASONS = ['PodResourcesUnavailable', 'HoldersUnknown'];
@@ -101,9 +103,13 @@ function holdersUnknown(vio: VioNode): string | undefined {
  * Released only once nothing of the pool is kept and the kubelet has said who holds what), or no
  * longer report it at all where it is not planned. Returns why not, or undefined when released.
  */
-function notReleasedWhy(vio: VioNode, planned: boolean, agent: { state: string } | undefined, slices: number): string | undefined {
+function notReleasedWhy(vio: VioNode, plan: PoolPlan | undefined, agent: { state: string } | undefined, slices: number): string | undefined {
+  const planned = !!plan;
   const st = vio.status;
   if (!st) return 'its agent has not reported';
+  // An agent that plans locally reports the plan its report was made on: until that plan marks the
+  // pool deleting, a "Released" is from before the deletion.
+  if (plansLocally(vio) && plan && !plan.deleting) return 'its agent has not planned the deletion yet';
   const gen = vio.metadata.generation;
   const observed = typeof st.observedGeneration === 'number' ? st.observedGeneration : undefined;
   if (gen !== undefined && (observed === undefined || observed < gen)) {
@@ -117,17 +123,17 @@ function notReleasedWhy(vio: VioNode, planned: boolean, agent: { state: string }
   return undefined;
 }
 
-function releaseFields(vio: VioNode, planned: boolean, agent: { state: string } | undefined, slices: number): { releasedHere: boolean; notReleased?: string } {
-  const why = notReleasedWhy(vio, planned, agent, slices);
+function releaseFields(vio: VioNode, plan: PoolPlan | undefined, agent: { state: string } | undefined, slices: number): { releasedHere: boolean; notReleased?: string } {
+  const why = notReleasedWhy(vio, plan, agent, slices);
   return why === undefined ? { releasedHere: true } : { releasedHere: false, notReleased: why };
 }
 
 function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefined {
   // Entries of another shape (a VirtualIONode kept from an older schema) are skipped, never a throw.
-  const plan = listOf(vio.spec?.pools, isReadablePlanEntry).find((p) => p.name === name);
+  const plan = planOf(vio)?.find((p) => p.name === name);
   const agent = listOf(vio.status?.pools, isAgentPoolEntry).find((p) => p.name === name);
   const slices = listOf(vio.status?.slices, isSliceEntry).filter((s) => s.pool === name);
-  if (!plan && !agent && slices.length === 0) return pending ? pendingView(vio.metadata.name ?? '') : undefined;
+  if (!plan && !agent && slices.length === 0) return pending ? pendingView(vio.metadata.name ?? '', plansLocally(vio)) : undefined;
   const node = vio.metadata.name ?? '';
   const byPod = new Map<string, AllocationEntry>();
   for (const s of slices) {
@@ -151,16 +157,16 @@ function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefi
     allocatable: fromSlices ? slices.filter((s) => s.health === 'Healthy').length : agent?.allocatable ?? 0,
     allocated: fromSlices ? slices.filter((s) => !!s.allocation).length : agent?.allocated ?? 0,
     state: notWritten || stale ? 'Pending' : agent?.state ?? (plan ? 'Pending' : 'Released'),
-    ...(notWritten ? { message: NOT_WRITTEN_MESSAGE } : stale ? { message: STALE_MESSAGE } : agent?.message ? { message: agent.message } : {}),
-    ...releaseFields(vio, !!plan, agent, slices.length),
+    ...(notWritten ? { message: plansLocally(vio) ? NOT_DERIVED_MESSAGE : NOT_WRITTEN_MESSAGE } : stale ? { message: STALE_MESSAGE } : agent?.message ? { message: agent.message } : {}),
+    ...releaseFields(vio, plan, agent, slices.length),
     allocations: [...byPod.values()],
     carvings: slices.flatMap((s) => (s.carvedFor ? [{ node, slice: s.id, ...(s.mdevType ? { mdevType: s.mdevType } : {}), namespace: s.carvedFor.namespace, claim: s.carvedFor.claim }] : [])),
   };
 }
 
 /** A node the pool is about to be planned on (its VirtualIONode does not mention the pool yet). */
-function pendingView(node: string): NodeView {
-  return { node, planned: true, capacity: 0, allocatable: 0, allocated: 0, state: 'Pending', message: NOT_WRITTEN_MESSAGE, releasedHere: true, allocations: [], carvings: [] };
+function pendingView(node: string, local = false): NodeView {
+  return { node, planned: true, capacity: 0, allocatable: 0, allocated: 0, state: 'Pending', message: local ? NOT_DERIVED_MESSAGE : NOT_WRITTEN_MESSAGE, releasedHere: true, allocations: [], carvings: [] };
 }
 
 const PROBLEM_RANK: Record<string, number> = { Error: 0, Blocked: 1, Deleting: 2, Carving: 3, Pending: 4 };
