@@ -24,6 +24,7 @@ describe('parseAgentConfig', () => {
         kubeletDir: '/var/lib/kubelet',
         devicePluginRegistration: 'auto',
         handover: false,
+        localPlan: false,
       },
     });
   });

@@ -38,6 +38,8 @@ export interface AgentConfig {
   devicePluginRegistration: RegistrationMode;
   /** Take the node over from a running agent (rolling update with surge) instead of waiting for it to exit. */
   handover: boolean;
+  /** Cluster mode: derive the plan from the VirtualIODevices and the Node's labels (the operator's planner) instead of reading spec.pools. */
+  localPlan: boolean;
 }
 
 export type ConfigResult = { kind: 'config'; config: AgentConfig } | { kind: 'help'; text: string } | { kind: 'error'; message: string };
@@ -71,6 +73,7 @@ const FLAGS: readonly FlagSpec[] = [
   { flag: 'vf-net-config', env: 'VIO_VF_NET_CONFIG', def: 'false', meaning: 'with --dra: apply the VF network settings a claim asks for (MAC, VLAN, trust, spoof check, tx rates) on the PF with iproute2 (VIO_IP_CLI, default ip); needs the host network namespace and CAP_NET_ADMIN', bool: true },
   { flag: 'kubelet-dir', env: 'VIO_KUBELET_DIR', def: '/var/lib/kubelet', meaning: 'kubelet root folder; plugins register in its plugins_registry/ and serve from plugins/virtualio.dev/' },
   { flag: 'handover', env: 'VIO_HANDOVER', def: 'false', meaning: 'agent hand-over for a DaemonSet rolling update with surge: a starting agent asks the running one for the node lock, and a running one asked for it detaches its pools from the kubelet without their devices going away, stops (devices, slices and VMs untouched) and waits for its pod to be deleted', bool: true },
+  { flag: 'local-plan', env: 'VIO_LOCAL_PLAN', def: 'false', meaning: 'cluster mode: derive this node\'s plan from the VirtualIODevices and the Node\'s labels with the operator\'s planner and report it in status.localPlan; the operator then writes no spec.pools for the node (a pool edit costs no write per node). Needs list/watch on virtualiodevices and get/watch on nodes', bool: true },
   { flag: 'device-plugin-registration', env: 'VIO_DEVICE_PLUGIN_REGISTRATION', def: 'auto', meaning: 'plugin-watcher (<kubelet-dir>/plugins_registry), kubelet-sock (Register on <plugin-dir>/kubelet.sock), or auto: the watcher when <kubelet-dir>/plugins_registry exists and --plugin-dir is <kubelet-dir>/device-plugins, kubelet.sock when the kubelet refuses it or leaves it unanswered for 30 s' },
 ];
 
@@ -202,6 +205,9 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
   }
   const handover = parseBool(get('handover') ?? 'false');
   if (handover === undefined) return { kind: 'error', message: `--handover: expected true or false, got ${JSON.stringify(get('handover'))}` };
+  const localPlan = parseBool(get('local-plan') ?? 'false');
+  if (localPlan === undefined) return { kind: 'error', message: `--local-plan: expected true or false, got ${JSON.stringify(get('local-plan'))}` };
+  if (localPlan && get('plan-file') !== undefined) return { kind: 'error', message: '--local-plan derives the plan from the API server\'s VirtualIODevices: drop --plan-file' };
   if (dra && get('plan-file') !== undefined) return { kind: 'error', message: '--dra needs cluster mode (ResourceSlices and claims live in the API server); drop --plan-file' };
   const nodeName = get('node-name') ?? hostname;
   if (!nodeName) return { kind: 'error', message: '--node-name is empty and the host name is unknown' };
@@ -227,6 +233,7 @@ export function parseAgentConfig(argv: readonly string[], env: Readonly<Record<s
     kubeletDir,
     devicePluginRegistration: registration as RegistrationMode,
     handover,
+    localPlan,
   };
   if (planFile !== undefined) config.planFile = planFile;
   if (kubeconfig !== undefined) config.kubeconfig = kubeconfig;

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { AgentManager } from './agent/manager.js';
 import { CHECKPOINT_FILE, Checkpoint } from './agent/checkpoint.js';
 import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
+import { LocalPlanSource } from './agent/local-plan.js';
 import { LEDGER_FILE } from './agent/ledger.js';
 import { acquireAgentLock, type AgentLockHolder } from './agent/lock.js';
 import { createNodeOps } from './agent/node-ops.js';
@@ -100,8 +101,17 @@ async function main(): Promise<number> {
       return 2;
     }
     const writer = new StatusWriter(kube, cfg.nodeName, logger, signal);
-    plan = new ClusterPlanSource(kube, cfg.nodeName, logger, () => writer.reset());
-    statusSink = (s) => writer.submit(s);
+    if (cfg.localPlan) {
+      const local = new LocalPlanSource(kube, cfg.nodeName, logger, () => writer.reset());
+      plan = local;
+      statusSink = (s) => {
+        writer.submit(s);
+        local.observeStatus(s);
+      };
+    } else {
+      plan = new ClusterPlanSource(kube, cfg.nodeName, logger, () => writer.reset());
+      statusSink = (s) => writer.submit(s);
+    }
     lookupPod = (ns, name) => kube.getPod(ns, name);
   }
 
@@ -197,6 +207,7 @@ async function main(): Promise<number> {
       join(cfg.sysfsRoot, 'class/fc_host'),
     ],
     ...(statusSink ? { statusSink } : {}),
+    ...(cfg.localPlan ? { reportPlan: true } : {}),
     ...(lookupPod ? { lookupPod } : {}),
     ledgerFile: join(cfg.stateDir, LEDGER_FILE),
     releaseGraceMs: cfg.releaseGraceMs,

@@ -28,11 +28,13 @@ function newestMtime(dir: string): number {
   return newest;
 }
 
-/** True when dist/ lacks the agent or is older than its sources (agent, protos, CRD types). */
+/** True when dist/ lacks the agent or is older than its sources (agent, protos, CRD types, the operator's planner). */
 export function agentBuildIsStale(): boolean {
   if (!existsSync(AGENT_MAIN)) return true;
   const built = statSync(AGENT_MAIN).mtimeMs;
-  const src = Math.max(newestMtime(join(REPO, 'device-plugin/src')), newestMtime(join(REPO, 'proto')), newestMtime(join(REPO, 'crds/generated')));
+  const src = Math.max(newestMtime(join(REPO, 'device-plugin/src')), newestMtime(join(REPO, 'proto')), newestMtime(join(REPO, 'crds/generated')),
+    // The agent compiles in the operator's planner (local planning).
+    newestMtime(join(REPO, 'operator/src')));
   return src > built;
 }
 

@@ -44,6 +44,8 @@ export class ClusterPlanSource implements PlanSource {
   private readonly log: Logger;
   /** UID of the object seen last (a new UID means it was re-created). */
   uid: string | undefined;
+  /** metadata.generation of the object seen last. */
+  generation: number | undefined;
 
   constructor(
     private readonly kube: KubeAgentPort,
@@ -67,6 +69,7 @@ export class ClusterPlanSource implements PlanSource {
     }
     if (obj.metadata.uid && this.uid && obj.metadata.uid !== this.uid) this.onRecreated?.();
     if (obj.metadata.uid) this.uid = obj.metadata.uid;
+    this.generation = obj.metadata.generation;
     if (!hasOperatorPlan(obj)) {
       // Created (or re-created) by an agent and not planned yet: that is "no plan known", never "remove everything".
       this.state = { kind: 'none', message: `VirtualIONode ${this.nodeName} has no plan from the operator yet` };

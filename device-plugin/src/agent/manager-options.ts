@@ -30,6 +30,8 @@ export interface ManagerOptions {
   /** Where the node's /dev is seen (default /dev): the health fast path maps events to slices' nodes. */
   devRoot?: string;
   statusSink?: StatusSink;
+  /** Report the plan being served in status.localPlan (the agent derives its own plan: --local-plan). */
+  reportPlan?: boolean;
   lookupPod?: PodLookup;
   /** Wall clock for condition timestamps. */
   now?: () => Date;

@@ -501,6 +501,8 @@ export class AgentManager {
       now: (this.opts.now ?? (() => new Date()))(),
     });
     this.conditions = status.conditions ?? [];
+    // Local planning: the plan this report was made on (also the agent's previous plan when it plans again).
+    if (this.opts.reportPlan) status.localPlan = { pools: spec?.pools ?? [] };
     const text = createHash('sha1').update(JSON.stringify(status)).digest('hex'); // keep a digest, not a second copy
     this.lastStatus = status;
     if (text === this.lastStatusText) return;

@@ -2,6 +2,7 @@
 import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import type { VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { KubeAgentPort } from '../agent/cluster.js';
+import type { KubeItem } from '../agent/local-plan.js';
 import type { Logger } from '../log.js';
 import type { PodInfo } from '../podresources/client.js';
 import { watchOnce } from './watch.js';
@@ -133,6 +134,77 @@ export class KubeAdapter implements KubeAgentPort {
     }
   }
 
+  /**
+   * Keeps `onItems` told of every VirtualIODevice (local planning): a list, then a watch resumed from
+   * the last version seen; a watch that fails or expires lists again. Each change passes the whole set.
+   */
+  async watchPools(onItems: (pools: KubeItem[]) => void, signal: AbortSignal): Promise<void> {
+    const items = new Map<string, KubeItem>();
+    await this.listAndWatch('VirtualIODevices', `/apis/${GROUP}/${VERSION}/virtualiodevices`, {}, async () => {
+      const list = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'virtualiodevices' })) as { items?: KubeItem[]; metadata?: { resourceVersion?: string } };
+      items.clear();
+      for (const o of list.items ?? []) items.set(o.metadata.name, o);
+      onItems([...items.values()]);
+      return list.metadata?.resourceVersion;
+    }, (phase, o) => {
+      if (phase === 'DELETED') items.delete(o.metadata.name);
+      else items.set(o.metadata.name, o);
+      onItems([...items.values()]);
+    }, signal);
+  }
+
+  /** Keeps `onNode` told of this node's Node object (undefined: it does not exist): a get, then a watch of that one name. */
+  async watchNode(name: string, onNode: (node: KubeItem | undefined) => void, signal: AbortSignal): Promise<void> {
+    await this.listAndWatch('Node', '/api/v1/nodes', { fieldSelector: `metadata.name=${name}` }, async () => {
+      let node: KubeItem | undefined;
+      try {
+        node = (await this.core.readNode({ name })) as unknown as KubeItem;
+      } catch (err) {
+        if (httpCode(err) !== 404) throw err;
+      }
+      onNode(node);
+      // A watch from the object's version; with no object, from now (a 404 carries no version: list the name).
+      if (node?.metadata.resourceVersion) return node.metadata.resourceVersion;
+      const list = await this.core.listNode({ fieldSelector: `metadata.name=${name}` });
+      return list.metadata?.resourceVersion;
+    }, (phase, o) => onNode(phase === 'DELETED' ? undefined : o), signal);
+  }
+
+  /** Read (`read` returns the version to watch from), then watch from there; again after an error or expiry. */
+  private async listAndWatch(what: string, path: string, params: Record<string, string>, read: () => Promise<string | undefined>,
+    onEvent: (phase: string, obj: KubeItem) => void, signal: AbortSignal): Promise<void> {
+    let delay = 500;
+    let rv: string | undefined;
+    while (!signal.aborted) {
+      if (rv === undefined) {
+        try {
+          rv = await read();
+        } catch (err) {
+          this.log.warn({ err: String(err), retryInMs: delay }, `cannot read ${what}; retrying`);
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, 30_000);
+          continue;
+        }
+      }
+      let expired = false;
+      const ended = await watchOnce(this.kc, path, { ...params, resourceVersion: rv, allowWatchBookmarks: true }, (phase, o) => {
+        if (phase === 'ERROR') {
+          expired = true;
+          return;
+        }
+        const obj = o as KubeItem;
+        if (obj?.metadata?.resourceVersion) rv = obj.metadata.resourceVersion;
+        if (phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED') onEvent(phase, obj);
+      }, signal);
+      if (signal.aborted) break;
+      if (ended || expired) {
+        this.log.debug({ err: String(ended ?? 'expired') }, `${what} watch ended; reading again`);
+        rv = undefined;
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 30_000);
+      } else delay = 500;
+    }
+  }
 
   async applyStatus(name: string, status: VirtualIONodeStatus): Promise<void> {
     await this.custom.patchClusterCustomObjectStatus(
