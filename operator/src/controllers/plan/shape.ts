@@ -125,7 +125,14 @@ export function plansLocally(vio: VioNode | undefined): boolean {
  * "the node's current plan" goes through here, so that both contracts read alike.
  */
 export function planOf(vio: VioNode | undefined): PoolPlan[] | undefined {
-  if (plansLocally(vio)) return listOf(vio?.status?.localPlan?.pools, isReadablePlanEntry);
-  const pools: unknown = vio?.spec?.pools;
-  return Array.isArray(pools) ? listOf(pools, isReadablePlanEntry) : undefined;
+  const pools: unknown = plansLocally(vio) ? vio?.status?.localPlan?.pools : vio?.spec?.pools;
+  if (!Array.isArray(pools)) return undefined;
+  // Read per node and pool on every status pass: the readable entries of one list are computed once.
+  let readable = readablePlans.get(pools);
+  if (!readable) {
+    readable = listOf(pools, isReadablePlanEntry);
+    readablePlans.set(pools, readable);
+  }
+  return readable;
 }
+const readablePlans = new WeakMap<unknown[], PoolPlan[]>();
