@@ -23,6 +23,7 @@
 // Flags: --only agent,node,operator   --quick (fewer iterations: a smoke run, not the published figures)
 //        --operator-nodes <n>         (simulated nodes of the operator benchmark; default 1000, e.g. 10000)
 //        --operator-max-wait <s>      (give up on an operator phase after <s> seconds and report how far it got)
+//        --operator-local-plan        (the simulated agents plan locally: agent --local-plan; no spec.pools writes)
 //        --out <file.json>            (default: $VIO_CACHE/bench/results-<time>.json)
 // Needs Node 24 (scripts/env.sh), a build (dist/; built here when missing) and, for the operator
 // benchmark, the Kubernetes binaries (test/cluster/build-bins.sh, built on first use).
@@ -156,7 +157,8 @@ if (only.has('operator')) {
     results.operator = { missing: true };
   } else {
     const scale = quick ? ['--nodes', '100', '--pools', '10'] : ['--nodes', flag('operator-nodes', '1000'), '--pools', '10', '--max-wait', flag('operator-max-wait', '0')];
-    const r = await runBench('operator: convergence', [...hooks, file, '--no-build', ...(operatorNodeOptions ? [`--operator-node-options=${operatorNodeOptions}`] : []), ...scale]);
+    const local = argv.includes('--operator-local-plan') ? ['--local-plan'] : [];
+    const r = await runBench('operator: convergence', [...hooks, file, '--no-build', ...(operatorNodeOptions ? [`--operator-node-options=${operatorNodeOptions}`] : []), ...scale, ...local]);
     const f = lastJson(r.stdout);
     results.operator = f ?? { error: `no figures (exit ${r.code})` };
     if (f) {
@@ -166,6 +168,12 @@ if (only.has('operator')) {
       row('operator', 'one pool edited → every node\'s plan updated', (f.editMs ?? NaN) / 1000, 's', 5);
       row('operator', 'one pool edited → its status rolled up', (f.editStatusMs ?? NaN) / 1000, 's', 5);
       row('operator', 'operator peak RSS (VmHWM)', f.peakRssMiB, 'MiB', 150);
+      if (f.localPlan) {
+        row('operator', 'local planning: one pool edited → every (simulated) agent derived it', (f.editReachMs ?? NaN) / 1000, 's', 5);
+        row('operator', 'local planning: one pool edited → every agent\'s status written', (f.editAgentsReportedMs ?? NaN) / 1000, 's');
+        row('operator', 'local planning: planner CPU per node (each agent)', f.plannerMsPerNode, 'ms');
+        row('operator', 'local planning: spec.pools written by the operator', f.specPoolsWrittenAtEnd, 'nodes', 0);
+      }
     }
   }
 }

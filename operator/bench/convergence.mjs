@@ -4,7 +4,17 @@
 //   cold:  operator start → every node's VirtualIONode carries all P plans
 //   edit:  one pool spec edit → every node's plan of that pool updated
 //   rss:   the operator process's peak RSS (VmHWM from /proc/<pid>/status)
-// Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build] [--max-wait <s>]
+// With --local-plan the simulated agents plan locally (agent --local-plan): each derives its plan from
+// the pools with the operator's planner (the agent's own code, dist/device-plugin/src/agent/local-plan.js)
+// and writes its status (inventory, localPlan, pool states) with server-side apply, as a real agent does
+// after carrying a plan out; the operator writes no spec.pools. Then
+//   cold:  operator start → every pool's status Ready on all N nodes (the agents reported before it started)
+//   edit:  one pool spec edit → every simulated agent derived the new plan (reach), → every agent's status
+//          written (reported), → the pool's status Ready at the new generation (status)
+//   planner CPU per node: what each agent pays to derive its plan (measured in the bench process).
+// Simulated: the N agents share ONE pool watch in the bench process (the API server's fan-out of one
+// small event to N watchers is not measured), do no carving, and write their statuses 32 at a time.
+// Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build] [--max-wait <s>] [--local-plan]
 //          [--operator-node-options "--max-old-space-size=192"]   (V8 flags for the operator process only)
 // Needs Node 24 (type stripping: it imports test/cluster/control-plane.ts and test/support/), the
 // resolve hooks (node --import ./test/sysfs/ts-hooks.mjs operator/bench/convergence.mjs) and the built binaries.
@@ -22,6 +32,7 @@ const { values: opt } = parseArgs({ options: {
   nodes: { type: 'string', default: '1000' }, pools: { type: 'string', default: '10' },
   'no-build': { type: 'boolean', default: false }, concurrency: { type: 'string', default: '32' },
   'operator-node-options': { type: 'string', default: '' },
+  'local-plan': { type: 'boolean', default: false },
   // Give up on a phase after this many seconds (0: never) and report how far it got: at 10,000 nodes
   // on a shared 2-core machine a phase can take longer than anyone waits, or the operator can die.
   'max-wait': { type: 'string', default: '0' },
@@ -40,6 +51,9 @@ const { ClientNodeKube } = await import(join(ROOT, 'dist/operator/src/kube/clien
 const { Nodes, VirtualIODevices, VirtualIONodes, AGENT_FIELD_MANAGER } = await import(join(ROOT, 'dist/operator/src/kube/resources.js'));
 const { Informer } = await import(join(ROOT, 'dist/operator/src/runtime/informer.js'));
 const { systemClock } = await import(join(ROOT, 'dist/operator/src/runtime/clock.js'));
+const LOCAL = opt['local-plan'];
+const { preparePools } = await import(join(ROOT, 'dist/operator/src/controllers/plan/plan.js'));
+const { deriveLocalPlan, ownView } = await import(join(ROOT, 'dist/device-plugin/src/agent/local-plan.js'));
 // The test helpers are TypeScript importing './x.js': run with --import test/sysfs/ts-hooks.mjs (bench.mjs does).
 const { spawnOperator, kubectlAt, installCrdFiles } = await import('../../test/support/operator-integration.ts');
 
@@ -93,20 +107,61 @@ try {
   });
   say(`created ${N} Nodes in ${Date.now() - t} ms`);
   t = Date.now();
+  const createPools = async () => {
+    for (let p = 0; p < P; p++) {
+      await kube.create(VirtualIODevices, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: `pool-${p}` },
+        spec: { class: 'NIC', nodeSelector: { matchLabels: { 'virtualio.dev/bench': 'yes' } }, deviceSelector: { interfaceNames: [`ens${p}f0`] },
+          carving: { mode: 'SRIOV', count: 4 }, kubevirt: { consumption: 'HostDevice' } } });
+    }
+  };
+  // Local planning: the simulated agents. One watch of the pools for all of them (simulated).
+  const agents = new Map(); // node → { status, view }
+  let poolWatch;
+  const plannerCpu = { runs: 0, micros: 0 };
+  /** Every simulated agent derives its plan from the pools it sees; returns the nodes whose plan changed. */
+  const deriveAll = () => {
+    const prepared = preparePools(poolWatch.list());
+    const changed = [];
+    const c0 = process.cpuUsage();
+    for (const name of names) {
+      const a = agents.get(name);
+      a.view = ownView(name, a.status, a.view);
+      const plan = deriveLocalPlan({ metadata: { name, uid: uids.get(name), labels: { 'virtualio.dev/bench': 'yes' } } }, a.view, prepared);
+      if (JSON.stringify(plan.pools) !== JSON.stringify(a.status.localPlan.pools)) changed.push([name, plan.pools]);
+    }
+    const c = process.cpuUsage(c0);
+    plannerCpu.runs += names.length;
+    plannerCpu.micros += c.user + c.system;
+    return changed;
+  };
+  /** What a real agent writes once it carried the plan out: the plan it serves and each pool Ready (no carving here). */
+  const report = (name, pools) => {
+    const a = agents.get(name);
+    a.status = { ...a.status, localPlan: { pools }, pools: pools.map((p) => ({ name: p.name, resourceName: p.resourceName, state: 'Ready', capacity: p.count, allocatable: p.count, allocated: 0 })) };
+    return kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name }, status: a.status },
+      { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
+  };
+  if (LOCAL) {
+    await createPools();
+    poolWatch = new Informer({ kube, resource: VirtualIODevices, clock: systemClock, log: pino({ level: 'silent' }) });
+    void poolWatch.run(new AbortController().signal);
+    await poolWatch.synced();
+    for (const name of names) agents.set(name, { status: { inventory: { devices: inventory(Number(name.slice(5))) }, localPlan: { pools: [] } } });
+  }
   await pool(names, async (name) => {
     if (!(await kube.get(VirtualIONodes, name))) {
       await kube.create(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode',
         metadata: { name, ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name, uid: uids.get(name) }] }, spec: {} });
     }
     await kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name },
-      status: { inventory: { devices: inventory(Number(name.slice(5))) } } }, { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
+      status: LOCAL ? agents.get(name).status : { inventory: { devices: inventory(Number(name.slice(5))) } } }, { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
   });
   say(`created ${N} VirtualIONodes with inventory status in ${Date.now() - t} ms`);
-  for (let p = 0; p < P; p++) {
-    await kube.create(VirtualIODevices, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: `pool-${p}` },
-      spec: { class: 'NIC', nodeSelector: { matchLabels: { 'virtualio.dev/bench': 'yes' } }, deviceSelector: { interfaceNames: [`ens${p}f0`] },
-        carving: { mode: 'SRIOV', count: 4 }, kubevirt: { consumption: 'HostDevice' } } });
-  }
+  if (LOCAL) {
+    t = Date.now();
+    await pool(deriveAll(), ([name, pools]) => report(name, pools));
+    say(`${N} simulated agents derived their plans (${(plannerCpu.micros / plannerCpu.runs / 1000).toFixed(3)} ms CPU per node) and reported them in ${Date.now() - t} ms`);
+  } else await createPools();
 
   // Watch the plans from the bench side with the operator's own informer.
   const watcher = new Informer({ kube, resource: VirtualIONodes, clock: systemClock, log: pino({ level: 'silent' }) });
@@ -162,10 +217,16 @@ try {
       return NaN;
     }
   };
-  const cpuNow = () => ({ operator: cpuOf(pid), apiserver: cpuOf(apiPid), etcd: cpuOf(etcdPid) });
+  // With --local-plan, `bench` is this process: the simulated agents (planning, status writes) and the bench's watches.
+  const cpuNow = () => ({ operator: cpuOf(pid), apiserver: cpuOf(apiPid), etcd: cpuOf(etcdPid), ...(LOCAL ? { bench: cpuOf(process.pid) } : {}) });
+  /** Local planning: pool `name`'s status says Ready at `generation` on all N nodes (every agent reported the plan it was computed against). */
+  const poolReady = (p, generation) => p?.status?.observedGeneration === generation && p.status.nodes === N &&
+    p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
   const cpuSince = (a) => Object.fromEntries(Object.entries(cpuNow()).map(([k, v]) => [k, Number((v - a[k]).toFixed(1))]));
   const cpu0 = cpuNow();
-  const tCold = await until(allPlanned((pools) => pools.length === P));
+  const tCold = await until(LOCAL
+    ? () => poolWatch.list().length === P && poolWatch.list().every((p) => poolReady(p, 1))
+    : allPlanned((pools) => pools.length === P));
   if (tCold === undefined) {
     gaveUp('cold start', (pools) => pools.length === P, t0);
     process.exitCode = 1;
@@ -174,26 +235,50 @@ try {
   const cpuCold = cpuSince(cpu0);
   const hwmColdKiB = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
   const cold = tCold - t0;
-  say(`cold start: all ${N} plans written after ${cold} ms`);
+  say(LOCAL ? `cold start: every pool's status Ready on all ${N} nodes after ${cold} ms` : `cold start: all ${N} plans written after ${cold} ms`);
+  let local;
+  if (LOCAL) {
+    const written = watcher.list().filter((v) => v.spec?.pools !== undefined).length;
+    local = { specPoolsWrittenAtCold: written };
+  }
 
   // Let status settle, then edit one pool.
   await new Promise((r) => setTimeout(r, 3000));
   const target = await kube.get(VirtualIODevices, 'pool-3');
   const cpu1 = cpuNow();
   const t1 = Date.now();
+  // Local planning: the simulated agents see the edit through their (shared) watch, derive, carry out (nothing here) and report.
+  const agentsDone = LOCAL ? new Promise((resolve) => {
+    const fired = { done: false };
+    poolWatch.onChange((obj) => {
+      if (fired.done || obj?.metadata.name !== 'pool-3' || obj.metadata.generation !== 2) return;
+      fired.done = true;
+      const cpuBefore = plannerCpu.micros;
+      const changed = deriveAll();
+      const tReach = Date.now();
+      const editPlannerMsPerNode = (plannerCpu.micros - cpuBefore) / N / 1000;
+      void pool(changed, ([name, pools]) => report(name, pools)).then(() => resolve({ tReach, tReported: Date.now(), changed: changed.length, editPlannerMsPerNode }));
+    });
+  }) : undefined;
   await kube.replace(VirtualIODevices, { ...target, spec: { ...target.spec, carving: { ...target.spec.carving, count: 8 } } });
-  const tEdit = await until(allPlanned((pools) => pools.find((p) => p.name === 'pool-3')?.count === 8));
+  const tEdit = await until(LOCAL
+    ? () => watcher.size >= N && watcher.list().every((v) => v.status?.localPlan?.pools?.find((p) => p.name === 'pool-3')?.count === 8)
+    : allPlanned((pools) => pools.find((p) => p.name === 'pool-3')?.count === 8));
   if (tEdit === undefined) {
     gaveUp('edit', (pools) => pools.find((p) => p.name === 'pool-3')?.count === 8, t1);
     process.exitCode = 1;
     throw new Error('edit did not finish');
   }
   const edit = tEdit - t1;
-  say(`edit: all ${N} plans of pool-3 updated after ${edit} ms`);
+  say(LOCAL ? `edit: all ${N} agents' reported plans of pool-3 updated after ${edit} ms` : `edit: all ${N} plans of pool-3 updated after ${edit} ms`);
+  if (LOCAL) {
+    const a = await agentsDone;
+    Object.assign(local, { editReachMs: a.tReach - t1, editAgentsReportedMs: a.tReported - t1, agentsReplanned: a.changed, editPlannerMsPerNode: Number(a.editPlannerMsPerNode.toFixed(3)) });
+  }
   const tStatus = await new Promise((resolve) => {
     const poll = async () => {
       const p = await kube.get(VirtualIODevices, 'pool-3');
-      if (p?.status?.observedGeneration === 2 && p.status.nodes === N) resolve(Date.now());
+      if (LOCAL ? poolReady(p, 2) : p?.status?.observedGeneration === 2 && p.status.nodes === N) resolve(Date.now());
       else setTimeout(poll, 200);
     };
     void poll();
@@ -209,7 +294,12 @@ try {
   const gauge = (name) => Math.round(Number(new RegExp(`^virtualio_operator_${name} (\\d+)`, 'm').exec(metrics)?.[1] ?? NaN) / 1048576);
   const errors = [...metrics.matchAll(/^virtualio_operator_reconcile_errors_total\{([^}]*)\} (\d+)/gm)].map((m) => `${m[1]}=${m[2]}`);
   const result = {
-    nodes: N, pools: P, coldStartMs: cold, editMs: edit, editStatusMs: tStatus - t1,
+    nodes: N, pools: P, localPlan: LOCAL, coldStartMs: cold, editMs: edit, editStatusMs: tStatus - t1,
+    ...(LOCAL ? {
+      ...local, specPoolsWrittenAtEnd: watcher.list().filter((v) => v.spec?.pools !== undefined).length,
+      plannerMsPerNode: Number((plannerCpu.micros / plannerCpu.runs / 1000).toFixed(3)),
+      meaning: 'cold: operator start → every pool Ready on all nodes; editMs: edit → every agent\'s status carries the new plan; editStatusMs: edit → pool-3 Ready at generation 2 on all nodes; editReachMs: edit → every simulated agent derived it (one shared watch); plannerMsPerNode: CPU per node per derivation',
+    } : {}),
     peakRssMiB: Math.round(hwmKiB / 1024), peakRssAtColdMiB: Math.round(hwmColdKiB / 1024), lastRssMiB: Math.round((rssSamples.at(-1) ?? 0) / 1024),
     heapUsedMiB: heapMiB, heapTotalMiB: gauge('nodejs_heap_size_total_bytes'), externalMiB: gauge('nodejs_external_memory_bytes'), cpuSeconds: { cold: cpuCold, edit: cpuEdit }, reconcile: sums, reconcileErrors: errors, targets: { coldStartMs: 10_000, editMs: 5_000, editStatusMs: 5_000, peakRssMiB: 150 },
   };
