@@ -135,9 +135,13 @@ try {
     return changed;
   };
   /** What a real agent writes once it carried the plan out: the plan it serves and each pool Ready (no carving here). */
-  const report = (name, pools) => {
+  const serve = (name, pools) => {
     const a = agents.get(name);
     a.status = { ...a.status, localPlan: { pools }, pools: pools.map((p) => ({ name: p.name, resourceName: p.resourceName, state: 'Ready', capacity: p.count, allocatable: p.count, allocated: 0 })) };
+    return a;
+  };
+  const report = (name, pools) => {
+    const a = serve(name, pools);
     return kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name }, status: a.status },
       { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
   };
@@ -147,6 +151,9 @@ try {
     void poolWatch.run(new AbortController().signal);
     await poolWatch.synced();
     for (const name of names) agents.set(name, { status: { inventory: { devices: inventory(Number(name.slice(5))) }, localPlan: { pools: [] } } });
+    // Their first plans, written with their first status below (one write per node to set up).
+    for (const [name, pools] of deriveAll()) serve(name, pools);
+    say(`${N} simulated agents derived their plans (${(plannerCpu.micros / plannerCpu.runs / 1000).toFixed(3)} ms CPU per node)`);
   }
   await pool(names, async (name) => {
     if (!(await kube.get(VirtualIONodes, name))) {
@@ -157,11 +164,7 @@ try {
       status: LOCAL ? agents.get(name).status : { inventory: { devices: inventory(Number(name.slice(5))) } } }, { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
   });
   say(`created ${N} VirtualIONodes with inventory status in ${Date.now() - t} ms`);
-  if (LOCAL) {
-    t = Date.now();
-    await pool(deriveAll(), ([name, pools]) => report(name, pools));
-    say(`${N} simulated agents derived their plans (${(plannerCpu.micros / plannerCpu.runs / 1000).toFixed(3)} ms CPU per node) and reported them in ${Date.now() - t} ms`);
-  } else await createPools();
+  if (!LOCAL) await createPools();
 
   // Watch the plans from the bench side with the operator's own informer.
   const watcher = new Informer({ kube, resource: VirtualIONodes, clock: systemClock, log: pino({ level: 'silent' }) });
