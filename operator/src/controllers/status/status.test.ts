@@ -192,5 +192,27 @@ describe('computeStatus', () => {
       expect(computeStatus(undefined, input({ nodes: [n1], deleting: true, unreported: [] })).released).toBe(true);
       expect(computeStatus(undefined, input({ nodes: [], deleting: true })).released).toBe(true);
     });
+
+    test('an agent that plans locally has released the pool only on a reported plan that marks it deleting', () => {
+      // Its report from before it saw the deletion: the plan it serves still has the pool in service.
+      const before = vioNodeObj('n1', { status: { localPlan: { pools: [plan('vfs')] }, pools: [{ name: 'vfs', state: 'Released' }] } });
+      const r = computeStatus(undefined, input({ nodes: [before], deleting: true }));
+      expect(r.released).toBe(false);
+      expect(waitingMessage(r)).toContain('its agent has not planned the deletion yet');
+      const after = vioNodeObj('n1', { status: { localPlan: { pools: [plan('vfs', true)] }, pools: [{ name: 'vfs', state: 'Released' }] } });
+      expect(computeStatus(undefined, input({ nodes: [after], deleting: true })).released).toBe(true);
+      // A spec.pools left from an older operator is not what the agent serves: the reported plan decides.
+      const stale = vioNodeObj('n1', { plan: [plan('vfs', true)], status: { localPlan: { pools: [plan('vfs')] }, pools: [{ name: 'vfs', state: 'Released' }] } });
+      expect(computeStatus(undefined, input({ nodes: [stale], deleting: true })).released).toBe(false);
+    });
+  });
+
+  test('a node whose agent plans locally rolls up from the plan it reports, and is Pending while that differs from the computed one', () => {
+    const local = vioNodeObj('n1', { status: { localPlan: { pools: [plan('vfs')] }, pools: [{ name: 'vfs', state: 'Ready', capacity: 4, allocatable: 4, allocated: 0 }] } });
+    const ready = computeStatus(undefined, input({ nodes: [local] })).status;
+    expect(ready.nodes).toBe(1);
+    expect(ready.nodeStatuses?.[0]).toMatchObject({ node: 'n1', state: 'Ready' });
+    const pending = computeStatus(undefined, input({ nodes: [local], pendingNodes: ['n1'] })).status;
+    expect(pending.nodeStatuses?.[0]).toMatchObject({ node: 'n1', state: 'Pending' });
   });
 });
