@@ -12,13 +12,12 @@
 // reached a device a VM held open; must stay empty).
 // The CI test (device-plugin/test/churn-soak.test.ts) asserts on the result; `make bench`
 // (test/bench/churn-soak.ts) prints it.
-import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import YAML from 'yaml';
-import { REPO, startAgent, type AgentProcess } from '../fakes/agent-process.js';
+import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { NodeUnderTest } from '../model/node.js';
 import { startVmFromAllocation } from '../sysfs/vmm.js';
+import { chartNodeOptions, count, fdsOf, fileSize, ledgerEntries, metric, p99FirstLastTenth, pct, rssOf, sleep, slope } from './sample.js';
 
 /** One sample of the agent, taken from outside it. */
 export interface SoakSample {
@@ -118,77 +117,9 @@ class SoakNode extends NodeUnderTest {
   }
 
   /** The V8 flags the Helm chart gives the agent (values.yaml agent.nodeOptions): what ships. */
-  readonly nodeOptions: string = (YAML.parse(readFileSync(join(REPO, 'charts/virtualio/values.yaml'), 'utf8')) as { agent?: { nodeOptions?: string } })?.agent?.nodeOptions ?? '';
+  readonly nodeOptions: string = chartNodeOptions('agent');
 
   grace = '1s';
-}
-
-function count(dir: string, recursive = false): number {
-  let n = 0;
-  let entries: string[];
-  try {
-    entries = readdirSync(dir);
-  } catch {
-    return 0;
-  }
-  for (const e of entries) {
-    const p = join(dir, e);
-    if (recursive && statSync(p).isDirectory()) n += count(p, true);
-    else n++;
-  }
-  return n;
-}
-
-/** Open fds of `pid` and how many of them are sockets. */
-export function fdsOf(pid: number): { fds: number; sockets: number } {
-  const dir = `/proc/${pid}/fd`;
-  let fds = 0;
-  let sockets = 0;
-  for (const fd of readdirSync(dir)) {
-    try {
-      const l = readlinkSync(join(dir, fd));
-      fds++;
-      if (l.startsWith('socket:')) sockets++;
-    } catch {
-      /* closed meanwhile */
-    }
-  }
-  return { fds, sockets };
-}
-
-function rssOf(pid: number): { rssKiB: number; rssAnonKiB: number } {
-  const st = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(st)?.[1] ?? Number.NaN);
-  return { rssKiB: kib('VmRSS'), rssAnonKiB: kib('RssAnon') };
-}
-
-function metric(text: string, name: string): number {
-  return Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)`, 'm').exec(text)?.[1] ?? Number.NaN);
-}
-
-/** Entries of the agent's ledger file, whatever its shape (an array, or an object of arrays/maps). */
-function ledgerEntries(stateDir: string): number {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(readFileSync(join(stateDir, 'agent-ledger.json'), 'utf8'));
-  } catch {
-    return 0;
-  }
-  const size = (x: unknown): number => (Array.isArray(x) ? x.length : x && typeof x === 'object' ? Object.keys(x).length : 0);
-  if (Array.isArray(doc)) return doc.length;
-  if (doc && typeof doc === 'object') {
-    const o = doc as Record<string, unknown>;
-    for (const k of ['entries', 'holds', 'grants', 'allocations', 'slices']) if (k in o) return size(o[k]);
-  }
-  return size(doc);
-}
-
-function fileSize(p: string): number {
-  try {
-    return statSync(p).size;
-  } catch {
-    return 0;
-  }
 }
 
 interface AgentStatus { slices?: { id: string; pool: string; allocation?: { pod: string } }[]; pools?: { name: string; state: string; capacity?: number }[] }
@@ -201,8 +132,6 @@ async function statusOf(agent: AgentProcess): Promise<AgentStatus | undefined> {
     return undefined;
   }
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export async function runChurn(o: SoakOptions): Promise<SoakResult> {
   const log = o.log ?? ((): void => {});
@@ -381,27 +310,6 @@ export async function runChurn(o: SoakOptions): Promise<SoakResult> {
   }
 }
 
-/** Least-squares slope of y over x. */
-export function slope(xs: readonly number[], ys: readonly number[]): number {
-  const n = xs.length;
-  if (n < 2) return Number.NaN;
-  const mx = xs.reduce((a, b) => a + b, 0) / n;
-  const my = ys.reduce((a, b) => a + b, 0) / n;
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < n; i++) {
-    num += ((xs[i] as number) - mx) * ((ys[i] as number) - my);
-    den += ((xs[i] as number) - mx) ** 2;
-  }
-  return den === 0 ? 0 : num / den;
-}
-
-/** Nearest-rank percentile. */
-function pct(xs: readonly number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? Number.NaN : (s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] as number);
-}
-
 /** What a soak run shows, after warm-up (the first `warmupFraction` of the cycles, default 10 %). */
 export interface SoakFigures {
   cycles: number;
@@ -454,7 +362,7 @@ export function figuresOf(r: SoakResult, warmupFraction = 0.1): SoakFigures {
   const first = warm[0] ?? during[0];
   const last = during[during.length - 1];
   const endSample = r.samples[r.samples.length - 1];
-  const tenth = Math.max(1, Math.floor(r.allocateMs.length / 10));
+  const tenths = p99FirstLastTenth(r.allocateMs);
   const max = (f: (s: SoakSample) => number): number => Math.max(...warm.map(f));
   const floor = (xs: SoakSample[], f: (s: SoakSample) => number): number => Math.min(...xs.map(f));
   const span = r.cycles - r.cycles * warmupFraction;
@@ -467,8 +375,8 @@ export function figuresOf(r: SoakResult, warmupFraction = 0.1): SoakFigures {
     cyclesPerSecond: round(r.cyclesPerSecond),
     allocateP50Ms: round(pct(r.allocateMs, 50), 2),
     allocateP99Ms: round(pct(r.allocateMs, 99), 2),
-    allocateP99FirstTenthMs: round(pct(r.allocateMs.slice(0, tenth), 99), 2),
-    allocateP99LastTenthMs: round(pct(r.allocateMs.slice(-tenth), 99), 2),
+    allocateP99FirstTenthMs: tenths.first,
+    allocateP99LastTenthMs: tenths.last,
     rssStartMiB: round((first?.rssKiB ?? Number.NaN) / 1024),
     rssEndMiB: round((last?.rssKiB ?? Number.NaN) / 1024),
     rssMaxMiB: round(max((s) => s.rssKiB) / 1024),
