@@ -11,6 +11,9 @@
 //   faults    test/bench/fault-sequences.ts       generated fault sequences, long run (issue 17)
 //   soak      test/bench/churn-soak.ts            churn soak: VM start/stop cycles on every pool mode,
 //             sampled from outside the agent (issue 21): VIO_SOAK_CYCLES (default 10,000; --quick 500)
+//   ksoak     test/bench/kubelet-churn-soak.ts    churn soak on the REAL kubelet: VM pods of every mode on both
+//             front ends created and deleted, agent restarts and operator fail-overs mixed in (issue 21);
+//             VIO_KSOAK_CYCLES (default 10,000; --quick 300); needs root
 //   dra       test/bench/dra-scheduler.ts         real kube-scheduler throughput at 100 and 500 nodes:
 //             device plugin vs pre-carved vs on-demand (partitionable) DRA slices (issue 19)
 //   claim     test/bench/dra-claim-running.ts     pod (and its claim) created → Running on the real
@@ -40,7 +43,7 @@ const flag = (name, def) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : def;
 };
-const only = new Set((flag('only', 'agent,start,node,operator,dra,claim,faults,soak,fuzz') ?? '').split(','));
+const only = new Set((flag('only', 'agent,start,node,operator,dra,claim,faults,soak,ksoak,fuzz') ?? '').split(','));
 const quick = argv.includes('--quick');
 const cache = process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio');
 const outFile = flag('out', join(cache, 'bench', `results-${new Date().toISOString().replace(/[:.]/g, '-')}.json`));
@@ -238,6 +241,38 @@ if (only.has('soak')) {
     row('soak', 'kernel violations (held slice written to)', f.violations, '', 0);
     row('soak', 'slices still allocated at the end', f.slicesAllocatedAtEnd, '', 0);
     row('soak', 'ledger grants left at the end', f.ledgerEntriesAtEnd, '', 0);
+  }
+}
+
+if (only.has('ksoak')) {
+  const cycles = process.env.VIO_KSOAK_CYCLES ?? (quick ? '300' : '10000');
+  const r = await runBench(`churn soak on the real kubelet (${cycles} VM pods)`, [...hooks, join(ROOT, 'test/bench/kubelet-churn-soak.ts'), '--cycles', cycles]);
+  const f = lastJson(r.stdout);
+  results.ksoak = f ?? { error: `no figures (exit ${r.code})` };
+  if (f) {
+    row('ksoak', 'VM pods created and deleted', f.cycles, '');
+    row('ksoak', 'cycles per minute', f.cyclesPerMinute, '/min');
+    row('ksoak', 'Allocate p99, first tenth', f.allocateP99FirstTenthMs, 'ms');
+    row('ksoak', 'Allocate p99, last tenth', f.allocateP99LastTenthMs, 'ms');
+    row('ksoak', 'NodePrepareResources p99, first tenth', f.prepareP99FirstTenthMs, 'ms');
+    row('ksoak', 'NodePrepareResources p99, last tenth', f.prepareP99LastTenthMs, 'ms');
+    row('ksoak', 'pod create → Running p99', f.createToRunningP99Ms, 'ms');
+    row('ksoak', 'agent RSS first sample', f.agentRssFirstMiB, 'MiB');
+    row('ksoak', 'agent RSS last sample', f.agentRssLastMiB, 'MiB');
+    row('ksoak', 'agent open fds first sample', f.agentFdsFirst, 'fds');
+    row('ksoak', 'agent open fds last sample', f.agentFdsLast, 'fds');
+    row('ksoak', 'operator RSS first sample (larger replica)', f.operatorRssFirstMaxMiB, 'MiB');
+    row('ksoak', 'operator RSS last sample (larger replica)', f.operatorRssLastMaxMiB, 'MiB');
+    row('ksoak', 'operator open fds first / last sample (larger replica)', f.operatorFdsFirstMax, `/ ${f.operatorFdsLastMax} fds`);
+    row('ksoak', 'agent restarts', f.restarts, '');
+    row('ksoak', 'operator fail-overs', f.failovers, '');
+    row('ksoak', 'plan changes through the fail-overs', f.planChanges, '', 0);
+    row('ksoak', 'kernel violations (held slice written to)', f.violations, '', 0);
+    row('ksoak', 'harness problems (pod not Running/gone, ...)', f.problems, '', 0);
+    row('ksoak', 'slices leaked: sysfs', f.leakedSysfs, '', 0);
+    row('ksoak', 'slices leaked: ledger', f.leakedLedger, '', 0);
+    row('ksoak', 'slices leaked: PodResources', f.leakedPodResources, '', 0);
+    row('ksoak', 'slices leaked: DRA (checkpoint, CDI, claims)', f.leakedDra, '', 0);
   }
 }
 
