@@ -5,7 +5,10 @@
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import YAML from 'yaml';
+import { pct } from '../bench/lib.js';
 import { REPO } from '../fakes/agent-process.js';
+
+export { pct };
 
 /** The V8 flags the Helm chart gives a component (values.yaml <component>.nodeOptions): what ships. */
 export function chartNodeOptions(component: 'agent' | 'operator'): string {
@@ -107,12 +110,6 @@ export function slope(xs: readonly number[], ys: readonly number[]): number {
     den += ((xs[i] as number) - mx) ** 2;
   }
   return den === 0 ? 0 : num / den;
-}
-
-/** Nearest-rank percentile. */
-export function pct(xs: readonly number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? Number.NaN : (s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] as number);
 }
 
 /** p99 of the first and of the last tenth of `xs` (in their order), ms rounded to 0.01. */
