@@ -42,7 +42,7 @@ try {
   const dir = join(process.env.VIO_CACHE ?? join(process.env.HOME ?? '/tmp', '.cache/virtualio'), 'bench');
   mkdirSync(dir, { recursive: true });
   const samplesFile = join(dir, `ksoak-samples-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(samplesFile, JSON.stringify({ samples: r.samples, failovers: r.failovers, leftovers: r.leftovers, problems: r.problems }, null, 1));
+  writeFileSync(samplesFile, JSON.stringify({ samples: r.samples, failovers: r.failovers, leftovers: r.leftovers, problems: r.problems, diagnostics: r.diagnostics }, null, 1));
   say(`samples: ${samplesFile}`);
   out = `BENCH_RESULT ${JSON.stringify({ ...f, loadAverageAtEnd: machine().load1, samplesFile })}`;
 } finally {

@@ -44,10 +44,10 @@ suite(`churn soak on the real kubelet${kubeletSkipReason()}`, () => {
     const r = await runKubeletChurn(cluster, { cycles, restartEvery, failoverEvery, sampleEvery: 10, log: (l) => lines.push(l) });
     const f = kubeletSoakFigures(r);
     console.log(`${lines.join('\n')}\n${JSON.stringify(f, null, 1)}`);
-    if (process.env.VIO_RESULTS_DIR) writeFileSync(join(process.env.VIO_RESULTS_DIR, 'kubelet-churn-soak.json'), JSON.stringify({ figures: f, samples: r.samples, failovers: r.failovers }, null, 2));
+    if (process.env.VIO_RESULTS_DIR) writeFileSync(join(process.env.VIO_RESULTS_DIR, 'kubelet-churn-soak.json'), JSON.stringify({ figures: f, samples: r.samples, failovers: r.failovers, diagnostics: r.diagnostics }, null, 2));
 
     expect(r.violations).toEqual([]);
-    expect(r.problems).toEqual([]);
+    expect({ problems: r.problems, diagnostics: r.diagnostics }).toEqual({ problems: [], diagnostics: [] });
     expect(r.cycles).toBe(cycles);
     expect(Object.keys(r.perPool).sort()).toEqual(['fc', 'gpu', 'net', 'net-dra', 'vgpu', 'vgpu-dra']);
     expect(r.running).toBe(cycles);

@@ -69,6 +69,8 @@ export interface KubeletSoakResult {
   planEnd: { generation: number; pools: string };
   planChanges: number;
   leftovers: NodeLeftovers;
+  /** What was on record when a VM could not open what it was handed (pods' records, the agent's slices, the kubelet's checkpoint). */
+  diagnostics: string[];
 }
 
 const RUNNING_MS = 90_000;
@@ -133,6 +135,7 @@ export async function runKubeletChurn(c: SoakCluster, o: KubeletSoakOptions): Pr
   const runningMs: number[] = [];
   const perPool: Record<string, number> = {};
   const failovers: KubeletSoakResult['failovers'] = [];
+  const diagnostics: string[] = [];
   const records = new Records(c.kubelet.records);
   /** Pods by name: seen Running, seen gone (watch). */
   const pods = new Map<string, { pool: string; created: number; running?: number; gone?: number; deleted?: number; failed?: boolean }>();
@@ -245,6 +248,24 @@ export async function runKubeletChurn(c: SoakCluster, o: KubeletSoakOptions): Pr
     return vm;
   };
 
+  /** A VM that could not open what it was handed: both pods' records, the pool's slices, the kubelet's device checkpoint. */
+  const explain = async (name: string, p: SoakPool, err: unknown): Promise<string> => {
+    const holder = /by vm\/(\S+?)\)/.exec(String(err))?.[1];
+    const rec = (n: string | undefined): unknown => {
+      const r = n ? records.get(n) : undefined;
+      return r && { pod: r.podName, uid: r.podUid, env: Object.fromEntries(Object.entries(r.envs).filter(([k]) => /RESOURCE|NPIV/.test(k))), devices: (r.devices ?? []).map((d) => d.host_path), cdi: r.cdiDevices };
+    };
+    const st = await c.agent.get('/status').then((r) => (JSON.parse(r.text) as { slices?: { pool: string }[] }).slices?.filter((x) => x.pool === p.name), (e: unknown) => String(e));
+    let checkpoint: unknown;
+    try {
+      checkpoint = (JSON.parse(readFileSync(join(c.kubelet.rootDir, 'device-plugins/kubelet_internal_checkpoint'), 'utf8')) as { Data?: { PodDeviceEntries?: { ResourceName: string }[] } }).Data?.PodDeviceEntries?.filter((e) => e.ResourceName === p.resourceName);
+    } catch (e) {
+      checkpoint = String(e);
+    }
+    const agentLines = c.agent.logs.filter((l) => JSON.stringify(l).includes(p.name)).slice(-15);
+    return JSON.stringify({ name, holder, error: String(err), records: [rec(name), rec(holder)], slices: st, kubeletCheckpoint: checkpoint, agentLog: agentLines, running: running.map((v) => v.name) });
+  };
+
   const startOne = async (p: SoakPool): Promise<void> => {
     const name = `vm-${p.name}-${++seq}`;
     const before = sumCount(await agentMetrics(), p);
@@ -266,6 +287,7 @@ export async function runKubeletChurn(c: SoakCluster, o: KubeletSoakOptions): Pr
       running.push({ name, pool: p.name, vm: await vmHolding(name, p) });
     } catch (err) {
       problems.push(`VM ${name}: ${String(err).slice(0, 300)}`);
+      diagnostics.push(await explain(name, p, err));
       await c.api('DELETE', `/api/v1/namespaces/${NS}/pods/${name}`);
       pods.get(name)!.deleted = performance.now();
     }
@@ -336,7 +358,7 @@ export async function runKubeletChurn(c: SoakCluster, o: KubeletSoakOptions): Pr
       samples, problems,
       violations: c.kernel.violations.map((v) => `${v.path}=${JSON.stringify(v.value)} reached ${v.device} held by ${v.holder}`),
       restarts, restartReadyMaxMs, failovers, leaseTransitions: lease.transitions - leaseStart.transitions,
-      planStart, planEnd, planChanges, leftovers,
+      planStart, planEnd, planChanges, leftovers, diagnostics,
     };
   } finally {
     podWatch.stop();
