@@ -54,6 +54,8 @@ export interface KubeletSoakResult {
   prepareMs: number[];
   /** Pod create → Running as the API server's watch shows it, ms. */
   runningMs: number[];
+  /** Destructive writes the kernel held back because a VM had the device open (a VM that ignores the request keeps them blocked). */
+  blockedWrites: string[];
   /** Pods seen Running, and pods deleted and seen gone. */
   running: number;
   gone: number;
@@ -263,7 +265,8 @@ export async function runKubeletChurn(c: SoakCluster, o: KubeletSoakOptions): Pr
       checkpoint = String(e);
     }
     const agentLines = c.agent.logs.filter((l) => JSON.stringify(l).includes(p.name)).slice(-15);
-    return JSON.stringify({ name, holder, error: String(err), records: [rec(name), rec(holder)], slices: st, kubeletCheckpoint: checkpoint, agentLog: agentLines, running: running.map((v) => v.name) });
+    const kernelEvents = c.kernel.events.slice(-30).map((e) => `${e.path}=${e.value}${e.ok ? '' : ` (${e.error ?? 'refused'})`}${e.blocked ? ' BLOCKED' : ''}`);
+    return JSON.stringify({ name, holder, error: String(err), records: [rec(name), rec(holder)], slices: st, kubeletCheckpoint: checkpoint, agentLog: agentLines, kernelEvents, running: running.map((v) => v.name) });
   };
 
   const startOne = async (p: SoakPool): Promise<void> => {
@@ -359,6 +362,7 @@ export async function runKubeletChurn(c: SoakCluster, o: KubeletSoakOptions): Pr
       violations: c.kernel.violations.map((v) => `${v.path}=${JSON.stringify(v.value)} reached ${v.device} held by ${v.holder}`),
       restarts, restartReadyMaxMs, failovers, leaseTransitions: lease.transitions - leaseStart.transitions,
       planStart, planEnd, planChanges, leftovers, diagnostics,
+      blockedWrites: c.kernel.events.filter((e) => e.blocked).map((e) => `${e.path}=${e.value}`),
     };
   } finally {
     podWatch.stop();
@@ -409,6 +413,7 @@ export function kubeletSoakFigures(r: KubeletSoakResult): Record<string, number 
     failoverMaxMs: Math.max(0, ...r.failovers.map((f) => f.ms)),
     planChanges: r.planChanges,
     violations: r.violations.length,
+    blockedWrites: r.blockedWrites.length,
     problems: r.problems.length,
     podsRunning: r.running,
     podsGone: r.gone,
