@@ -4,7 +4,8 @@
 //   1. Allocate latency for 1 and 8 slices, and an empty gRPC call (GetDevicePluginOptions) on the
 //      same socket, p50/p99 and the ratio;
 //   2. kubelet restart (socket dir wiped, kubelet.sock recreated) → re-registration, over 50 restarts.
-// Run: node --import ./test/sysfs/ts-hooks.mjs device-plugin/bench/bench-agent.ts [--iterations N] [--restarts N] [--json]
+// Run: node --import ./test/sysfs/ts-hooks.mjs device-plugin/bench/bench-agent.ts [--iterations N] [--restarts N]
+//        [--agent-node-options "<node flags>"] [--json]
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +20,8 @@ const arg = (name: string, def: number): number => {
   return i >= 0 ? Number(process.argv[i + 1]) : def;
 };
 const ITER = arg('iterations', 2000);
+const nodeOptionsAt = process.argv.indexOf('--agent-node-options');
+const AGENT_NODE_OPTIONS = nodeOptionsAt >= 0 ? (process.argv[nodeOptionsAt + 1] ?? '') : '';
 const RESTARTS = arg('restarts', 50);
 const PFS = 8;
 const VFS = 128;
@@ -61,9 +64,11 @@ async function main(): Promise<void> {
     '--plan-file', join(dir, 'plan.json'), '--node-name', 'bench', '--sysfs-root', sys, '--dev-root', dev,
     '--plugin-dir', kubelet.pluginDir, '--pod-resources-socket', podres.socket, '--devinfo-dir', join(dir, 'devinfo'),
     '--rescan-interval', '30s', '--metrics-address', '127.0.0.1:0', '--log-level', 'warn',
-  ]);
+  ], AGENT_NODE_OPTIONS ? { NODE_OPTIONS: AGENT_NODE_OPTIONS } : {});
   try {
-    await kubelet.waitFor('1,024 healthy slices', () => kubelet.lastList(RES)?.filter((d) => d.health === 'Healthy').length === PFS * VFS, 300_000);
+    await kubelet.waitFor('1,024 healthy slices', () => kubelet.lastList(RES)?.filter((d) => d.health === 'Healthy').length === PFS * VFS, 300_000).catch((err: unknown) => {
+      throw new Error(`${String(err)}\nthe agent (${agent.alive ? 'running' : `exited ${agent.exitCode}`}):\n${agent.tail()}`);
+    });
     const setupS = (performance.now() - t0) / 1000;
     const ids = (kubelet.lastList(RES) ?? []).map((d) => d.ID);
 
