@@ -10,16 +10,13 @@ import { join } from 'node:path';
 import pino from 'pino';
 import type { NodeObject, Pool, VioNode } from '../../operator/src/api/types.js';
 import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
-import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
-import { Operator } from '../../operator/src/operator.js';
-import { systemClock } from '../../operator/src/runtime/clock.js';
-import { EventRecorder } from '../../operator/src/runtime/events.js';
+import { FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import type { ControlPlane } from '../cluster/control-plane.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';
 import { FakeKernel, connectX6 } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
-import { startOperatorCluster } from '../support/operator-cluster.js';
+import { runOperatorInProcess, startOperatorCluster } from '../support/operator-cluster.js';
 import { kubectlAt, waitUntil } from '../support/operator-integration.js';
 
 jest.setTimeout(240_000);
@@ -62,17 +59,9 @@ afterAll(async () => {
 }, 60_000);
 
 function startOperator(): void {
-  const ac = new AbortController();
-  const events = new EventRecorder({ kube, namespace: CLUSTER_EVENTS_NAMESPACE, component: COMPONENT, instance: 'it', clock: systemClock, log });
-  const op = new Operator({
-    kube, clock: systemClock, log, events,
-    kubevirt: { namespace: 'kubevirt', name: 'kubevirt', manage: false, extra: { pciHostDevices: [], mediatedDevices: [] } },
-    tuning: { kubevirtRecheckMs: 60_000, debounceMs: 50 },
-  });
-  const run = op.run(ac.signal);
+  const stop = runOperatorInProcess(kube, log);
   stopOperator = async () => {
-    ac.abort();
-    await run;
+    await stop();
     stopOperator = undefined;
   };
 }

@@ -11,14 +11,11 @@ import type { InventoryDevice } from '../../crds/generated/types.js';
 import type { Pool, VioNode } from '../../operator/src/api/types.js';
 import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
 import type { KubeObject } from '../../operator/src/kube/ports.js';
-import { CLUSTER_EVENTS_NAMESPACE, COMPONENT, Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
-import { Operator } from '../../operator/src/operator.js';
-import { systemClock } from '../../operator/src/runtime/clock.js';
-import { EventRecorder } from '../../operator/src/runtime/events.js';
+import { Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import { gpu, nicPF } from '../support/operator-fixtures.js';
 import { waitUntil, writeAgentStatus } from '../support/operator-integration.js';
 import type { ControlPlane } from '../cluster/control-plane.js';
-import { startOperatorCluster } from '../support/operator-cluster.js';
+import { runOperatorInProcess, startOperatorCluster } from '../support/operator-cluster.js';
 
 jest.setTimeout(240_000);
 
@@ -32,17 +29,9 @@ let kube: ClientNodeKube;
 let stopOperator: (() => Promise<void>) | undefined;
 
 function startOperator(): void {
-  const ac = new AbortController();
-  const events = new EventRecorder({ kube, namespace: CLUSTER_EVENTS_NAMESPACE, component: COMPONENT, instance: 'it', clock: systemClock, log });
-  const op = new Operator({
-    kube, clock: systemClock, log, events,
-    kubevirt: { namespace: 'kubevirt', name: 'kubevirt', manage: false, extra: { pciHostDevices: [], mediatedDevices: [] } },
-    tuning: { kubevirtRecheckMs: 60_000, debounceMs: 50 },
-  });
-  const run = op.run(ac.signal);
+  const stop = runOperatorInProcess(kube, log);
   stopOperator = async () => {
-    ac.abort();
-    await run;
+    await stop();
     stopOperator = undefined;
   };
 }
