@@ -120,7 +120,7 @@ export class AgentManager {
       this.frontEnd.updateHealth(this.slices);
     });
     this.carver = new Carver(opts.ops, this.checkpoint, opts.metrics, this.log, () => this.clock(), opts.backoff);
-    this.restore = new StartupRestore(this.clock(), opts.restoreWaitMs ?? 10_000);
+    this.restore = new StartupRestore(opts.restoreWaitMs ?? 10_000);
     this.vfio = new VfioNumbers(this.checkpoint, this.log, () => this.clock(), opts.restoreWaitMs ?? 10_000);
     this.frontEnd = new DevicePluginFrontEnd({
       pluginDir: opts.pluginDir,
@@ -308,6 +308,7 @@ export class AgentManager {
     if (onDemand) this.onDemandCapacity = onDemand.capacity;
     if (spec) {
       await this.reportBreakage(spec);
+      this.restore.begin(this.clock());
       const r = await this.carver.round({
         spec,
         provisional,

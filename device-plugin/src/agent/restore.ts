@@ -9,9 +9,14 @@
 // their identity (deterministic VF indexes, mdev UUIDs and vport WWNs from the plan in its
 // checkpoint), but the kernel's effects can take a few rounds (VFs appear, then are bound).
 //
-// The wait is bounded: past `waitMs` from the agent's start, every pool registers, a slice that could
-// not be restored listed Unhealthy with its reason (it is never served as something else: its ID names
-// its identity). A pool already registered is never held back (an upgrade's hand-over is unaffected).
+// The wait is bounded: past `waitMs` from the agent's first carving round, every pool registers, a
+// slice that could not be restored listed Unhealthy with its reason (it is never served as something
+// else: its ID names its identity). A pool already registered is never held back (an upgrade's
+// hand-over is unaffected). The wait counts from that first round, not from the agent's construction:
+// loading the plan, the first scan and the first PodResources answer can take longer than the whole
+// wait on a loaded node (seen on the real-kernel harness under load: first round 16 s after the
+// start), and the pools then registered at that round with their held slices not restored. (The
+// VFIO-number ordering has its own window, counted from the first pass that binds: vfio-numbers.ts.)
 import type { PoolPlan, Slice, SliceKind } from '../model.js';
 
 function kindOf(id: string): SliceKind {
@@ -45,11 +50,19 @@ export function unrestoredHeld(slices: readonly Slice[], pools: readonly PoolPla
 }
 
 export class StartupRestore {
-  private readonly deadline: number;
+  private startedAt: number | undefined;
   private gaveUp = false;
 
-  constructor(startedAt: number, private readonly waitMs: number) {
-    this.deadline = startedAt + waitMs;
+  constructor(private readonly waitMs: number) {}
+
+  /** The wait starts: the agent's first carving round begins at `now`. Later calls change nothing. */
+  begin(now: number): void {
+    this.startedAt ??= now;
+  }
+
+  /** Whether `now` is within the wait (restoring still goes on); true before it starts. */
+  within(now: number): boolean {
+    return this.startedAt === undefined || now < this.startedAt + this.waitMs;
   }
 
   /**
@@ -64,7 +77,7 @@ export class StartupRestore {
       if (s.health === 'Healthy' || !held.has(s.id) || registered(s.pool) || out.has(s.pool)) continue;
       out.set(s.pool, `held slice ${s.id} is not restored yet (${s.reason ?? 'unhealthy'})`);
     }
-    if (out.size > 0 && now >= this.deadline) {
+    if (out.size > 0 && !this.within(now)) {
       this.gaveUp = true;
       onGiveUp(out);
       return new Map();
