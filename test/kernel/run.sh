@@ -3,7 +3,8 @@
 # NVMe with SR-IOV, a VGA + audio function pair in one slot, no network unless asked), runs a scenario script
 # inside the guest with the host's / mounted read-only (plus a tmpfs overlay) so the guest runs this
 # checkout's own code with the host's Node, QEMU and nvme-cli, powers off, and leaves the results in
-# a shared folder.
+# a shared folder. The guest also has a persistent disk (ext4, /vio-disk) and may reboot once when its
+# scenario asks (guest-stage2.sh): QEMU restarts the machine, the disk and the results folder stay.
 #
 #   bash test/kernel/run.sh <scenario.sh> [results-dir]
 #
@@ -42,10 +43,10 @@ t_setup=$(date +%s.%N)
 source "$PROJECT/scripts/env.sh" >/dev/null
 NODE_BIN=$(dirname "$(command -v node)")
 
-base_args() { # the machine, without devices
+base_args() { # the machine, without devices (a guest reboot restarts it: the probe adds -no-reboot)
   echo -machine q35,kernel-irqchip=split -m "${VIO_KERNEL_MEM:-2048}" -smp 2 \
     -kernel "$VIO_KERNEL_VMLINUZ" -initrd "$VIO_KERNEL_INITRD" \
-    -display none -monitor none -serial stdio -no-reboot -nodefaults \
+    -display none -monitor none -serial stdio -nodefaults \
     -virtfs "local,path=/,mount_tag=hostroot,readonly=on,security_model=none,multidevs=remap,id=hostroot"
 }
 accel_args() {
@@ -62,7 +63,7 @@ probe_kvm() {
     printf '#!/bin/sh\necho VIO-KVM-PROBE-OK\necho o > /proc/sysrq-trigger\n' > "$d/probe.sh"
     mkdir -p "$d/results"
     # shellcheck disable=SC2046
-    if timeout 30 qemu-system-x86_64 $(base_args) $(accel_args kvm) \
+    if timeout 30 qemu-system-x86_64 $(base_args) -no-reboot $(accel_args kvm) \
         -virtfs "local,path=$d/results,mount_tag=results,security_model=none,id=results" \
         -append "console=ttyS0 panic=-1 quiet vio.stage2=$d/probe.sh" </dev/null 2>&1 | grep -q VIO-KVM-PROBE-OK; then
       verdict=kvm
@@ -82,6 +83,16 @@ if [ ! -f "$NVME_IMG" ]; then
   truncate -s 64M "$NVME_IMG"
   printf 'VIRTUALIO-NVME-NAMESPACE-MARKER\n' | dd of="$NVME_IMG" conv=notrunc status=none
 fi
+
+# The persistent disk: ext4 on a raw image, made here per run (mke2fs needs no root for a file). The
+# guest mounts it at /vio-disk ($VIO_DISK); a scenario that keeps state there and asks for a reboot
+# finds it again after the reboot (guest-stage2.sh).
+PERSIST_IMG=$RESULTS/persist.img
+MKFS=$(PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 || true)
+[ -n "$MKFS" ] || { echo "mkfs.ext4 not found (e2fsprogs): the guest's persistent disk needs it" >&2; exit 2; }
+rm -f "$PERSIST_IMG"
+truncate -s 64M "$PERSIST_IMG"
+"$MKFS" -q -F -L vio-persist "$PERSIST_IMG"
 
 cat > "$RESULTS/guest.env" <<EOF
 VIO_KERNEL_VERSION='$VIO_KERNEL_VERSION'
@@ -112,6 +123,10 @@ DEVICES=(
   -device pcie-root-port,id=rp3,chassis=3,addr=0x5
   -device VGA,bus=rp3,addr=0x0.0,multifunction=on
   -device ich9-intel-hda,bus=rp3,addr=0x0.1
+  # The persistent disk, on the root bus after the root ports and the DRA scenario's NIC (00:06.0): no
+  # new bus, so every other device keeps its address.
+  -drive "file=$PERSIST_IMG,if=none,id=persist,format=raw"
+  -device virtio-blk-pci,drive=persist,addr=0x7
 )
 if [ -n "${VIO_KERNEL_APISERVER_PORT_FILE:-}" ]; then
   case "$VIO_KERNEL_APISERVER_PORT_FILE$HERE$NODE_BIN" in
@@ -147,7 +162,7 @@ if [ ! -f "$RESULTS/rc" ]; then
   tail -30 "$RESULTS/console.log" >&2
   exit 3
 fi
-[ "${VIO_KERNEL_KEEP:-0}" = 1 ] || rm -f "$NVME_IMG"   # 64 MiB (sparse) of namespace; VIO_KERNEL_KEEP=1 keeps it
+[ "${VIO_KERNEL_KEEP:-0}" = 1 ] || rm -f "$NVME_IMG" "$PERSIST_IMG"   # 64 MiB (sparse) each; VIO_KERNEL_KEEP=1 keeps them
 src=$(cat "$RESULTS/rc")
 echo "[kernel] scenario exit $src; log $RESULTS/scenario.log" >&2
 echo "$RESULTS"

@@ -4,19 +4,20 @@
 // kubelet (test/fakes/kubelet.ts) as the kubelet stand-in, and a nested QEMU as KubeVirt's
 // virt-launcher. Every scenario records { ok, details, ms } into $VIO_RESULTS/results.json as it
 // finishes (a later failure keeps the earlier results); the host-side jest suite asserts on them.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, renameSync, writeFileSync, writeSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
 import { draNvmeScenario } from './dra-nvme-scenario.js';
 import { draScenario } from './dra-scenario.js';
+import { NestedVm, SYS, attr, driverOf, find, groupOf, sh, sleep, tryWrite, until, vfsOf } from './harness.js';
 import { heldThroughScenario } from './held-scenario.js';
+import { beforeReboot } from './reboot-scenario.js';
 
 const OUT = process.env.VIO_RESULTS ?? '/vio-results';
 const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/device-plugin/src/main.js');
 const MDEV_SAMPLES = process.env.VIO_KERNEL_MDEV_SAMPLES ?? '';
-const SYS = '/sys/bus/pci/devices';
 const RUN = '/run/vio';
 const PLAN = join(RUN, 'plan.json');
 const NODE = 'kernel-guest';
@@ -51,99 +52,6 @@ async function scenario(name: string, fn: (d: Record<string, unknown>) => Promis
   log(`${name}: ${results[name]?.ok ? 'ok' : `FAILED: ${results[name]?.error}`} (${results[name]?.ms} ms)`);
   save();
   return results[name]?.ok ?? false;
-}
-
-function sh(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 8 << 20 }, (err, stdout, stderr) => (err ? reject(new Error(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`)) : resolve(String(stdout)))),
-  );
-}
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs: number, everyMs = 100): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
-    await sleep(everyMs);
-  }
-}
-const attr = (bdf: string, a: string): string => readFileSync(join(SYS, bdf, a), 'utf8').trim();
-const driverOf = (bdf: string): string | undefined => (existsSync(join(SYS, bdf, 'driver')) ? basename(readlinkSync(join(SYS, bdf, 'driver'))) : undefined);
-const groupOf = (bdf: string): string => basename(readlinkSync(join(SYS, bdf, 'iommu_group')));
-function find(vendor: string, device: string): string {
-  const hit = readdirSync(SYS).find((b) => attr(b, 'vendor') === `0x${vendor}` && attr(b, 'device') === `0x${device}`);
-  if (!hit) throw new Error(`no PCI function ${vendor}:${device}`);
-  return hit;
-}
-function vfsOf(pf: string): string[] {
-  return readdirSync(join(SYS, pf))
-    .filter((e) => /^virtfn\d+$/.test(e))
-    .sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))
-    .map((e) => basename(readlinkSync(join(SYS, pf, e))));
-}
-/** A sysfs write as the agent does it (open O_WRONLY, one write); resolves with the errno code or 'ok'. */
-function tryWrite(path: string, value: string): string {
-  try {
-    const fd = openSync(path, constants.O_WRONLY); // write-only attributes (bind, drivers_probe) refuse read opens
-    try {
-      writeSync(fd, value);
-    } finally {
-      closeSync(fd);
-    }
-    return 'ok';
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err);
-  }
-}
-
-/** The nested VM: the host's QEMU with vfio-pci devices, monitor on stdin/stdout. */
-class NestedVm {
-  private buf = '';
-  /** Everything QEMU printed (monitor answers included), never cleared. */
-  transcript = '';
-  readonly proc: ChildProcess;
-  private constructor(proc: ChildProcess) {
-    this.proc = proc;
-    const take = (c: Buffer): void => {
-      this.buf += c.toString();
-      this.transcript += c.toString();
-    };
-    proc.stdout?.on('data', take);
-    proc.stderr?.on('data', take);
-  }
-  static async start(devices: string[]): Promise<NestedVm> {
-    const args = ['-machine', 'q35', '-accel', 'tcg', '-m', '128', '-nodefaults', '-display', 'none', '-monitor', 'stdio', '-S'];
-    for (const d of devices) args.push('-device', d);
-    const vm = new NestedVm(spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] }));
-    await vm.prompt(60_000);
-    return vm;
-  }
-  private async prompt(timeoutMs: number): Promise<string> {
-    await until('the nested QEMU monitor prompt', () => this.buf.includes('(qemu)') || this.proc.exitCode !== null, timeoutMs, 50);
-    if (this.proc.exitCode !== null) throw new Error(`nested QEMU exited ${this.proc.exitCode}: ${this.buf.slice(-2000)}`);
-    const out = this.buf;
-    this.buf = '';
-    return out;
-  }
-  async command(cmd: string): Promise<string> {
-    this.proc.stdin?.write(`${cmd}\n`);
-    await sleep(200);
-    const out = await this.prompt(30_000);
-    return out.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*[A-Za-z]`, 'g'), ''); // the monitor's line-editing escapes
-  }
-  async quit(): Promise<void> {
-    this.proc.stdin?.write('quit\n');
-    await until('the nested QEMU to exit', () => this.proc.exitCode !== null, 30_000, 50).catch(() => this.proc.kill('SIGKILL'));
-  }
-  get output(): string {
-    return this.buf;
-  }
 }
 
 async function status(): Promise<{ pools?: { name: string; slices?: { id: string; health: string; reason?: string }[]; conditions?: unknown[]; blocked?: unknown[] }[]; [k: string]: unknown }> {
@@ -450,6 +358,10 @@ async function main(): Promise<void> {
         out: OUT, agentMain: AGENT, podResourcesSocket: podres.socket, sh, until, log, startVm: (devices) => NestedVm.start(devices),
       }));
     } else log('DRA scenario not run: the host started no kube-apiserver for this boot (VIO_KERNEL_APISERVER_PORT_FILE unset)');
+
+    // Last of this boot (issue 21): an agent with its state on the persistent disk, a held pod, and a
+    // reboot; guest-stage2.sh runs after-reboot.sh's checks on the next boot.
+    await beforeReboot({ out: OUT, agentMain: AGENT, igb, nvme, vga, scenario, figures, log });
   } finally {
     if (vm) await vm.quit();
     if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGKILL');

@@ -29,6 +29,7 @@ import { randomUUID } from 'node:crypto';
 import { basename, join } from 'node:path';
 import { mdevUuid } from '../../../device-plugin/src/carving/layout.js';
 import type { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
+import { vfioOpen } from './harness.js';
 
 interface Vm {
   readonly proc: ChildProcess;
@@ -356,26 +357,6 @@ export async function heldThroughScenario(c: HeldCtx): Promise<void> {
 
 function group(dev: string): string {
   return basename(readlinkSync(join(dev, 'iommu_group')));
-}
-
-/** The VFIO group numbers a process has open. */
-function vfioOpen(pid: number): string[] {
-  const out: string[] = [];
-  let fds: string[];
-  try {
-    fds = readdirSync(`/proc/${pid}/fd`);
-  } catch {
-    return out;
-  }
-  for (const fd of fds) {
-    try {
-      const m = /^\/dev\/vfio\/(\d+)$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-      if (m) out.push(m[1] as string);
-    } catch {
-      /* closed meanwhile */
-    }
-  }
-  return out.sort((a, b) => Number(a) - Number(b));
 }
 
 /** The NVMe PF's secondary controller of VF number `vf` (1-based), as `nvme list-secondary` reports it. */
