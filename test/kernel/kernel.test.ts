@@ -25,6 +25,7 @@ import { DRA_NODE, DRA_POD, DRA_VF_SETTINGS, draSkipReason, portFileIn, startDra
 import { OD } from './guest/dra-ondemand.js';
 import { NVMEQ } from './guest/dra-nvme-scenario.js';
 import { HELD } from './guest/held-scenario.js';
+import { REBOOT } from './guest/reboot-common.js';
 
 interface Scenario { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
 interface GuestResults { results: Record<string, Scenario>; figures: Record<string, number> }
@@ -85,7 +86,9 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     out = JSON.parse(readFileSync(file, 'utf8')) as GuestResults;
     const timing = existsSync(join(dir, 'timing.json')) ? readFileSync(join(dir, 'timing.json'), 'utf8').trim() : '{}';
     const lines = Object.entries(out.results).map(([n, s]) => `  ${s.ok ? 'ok    ' : 'FAILED'} ${(s.ms / 1000).toFixed(1).padStart(6)} s  ${n}`);
-    console.log(`real-kernel stage: ${((performance.now() - t0) / 1000).toFixed(1)} s in all; guest ${timing}\n${lines.join('\n')}\nfigures (software-emulated kernel): ${JSON.stringify(out.figures)}\nresults: ${dir}`);
+    const before = out.results[REBOOT.before];
+    const reboot = before ? `\nreboot (issue 21): added ${((before.ms / 1000) + (out.figures.secondBootUptimeAtEndS ?? 0)).toFixed(1)} s of guest time (the half before it ${(before.ms / 1000).toFixed(1)} s, the second boot ${out.figures.secondBootUptimeAtEndS ?? '?'} s of uptime, its checks from ${out.figures.secondBootScriptAtUptimeS ?? '?'} s), plus the firmware's reset` : '';
+    console.log(`real-kernel stage: ${((performance.now() - t0) / 1000).toFixed(1)} s in all; guest ${timing}\n${lines.join('\n')}${reboot}\nfigures (software-emulated kernel): ${JSON.stringify(out.figures)}\nresults: ${dir}`);
   }, 600_000);
 
   afterAll(async () => {
@@ -250,6 +253,61 @@ suite(`real Linux kernel under QEMU${reason ? ` (skipped: ${reason})` : ''}`, ()
     const d = r('an NVMe VF the agent provisioned is a working controller (namespace read through the VF)').details;
     expect(d.firstBytes).toBe('VIRTUALIO-NVME-NAMESPACE-MARKER');
     expect(d.controller).not.toBe('nvme0');
+  });
+
+  describe('issue 21: the guest reboots with the agent\'s state folder and the kubelet\'s checkpoint on a disk; the held slices come back as they were', () => {
+    test('before: an agent with its state on the disk carves; one pod holds VF 2, NVMe VF 1, the GPU and mdev slot 1; a nested VM lists them', () => {
+      const d = r(REBOOT.before).details;
+      const id = d.identities as Record<string, string>;
+      expect(Object.values(id)).toEqual([
+        expect.stringMatching(/^PCI 0000:01:10\.4: virtfn2 of 0000:01:00\.0, driver vfio-pci, group \d+, vfio\d+$/),
+        expect.stringMatching(/^PCI 0000:02:00\.2: virtfn1 of 0000:02:00\.0, driver vfio-pci, group \d+, vfio\d+$/),
+        expect.stringMatching(/^PCI 0000:03:00\.0: function, driver vfio-pci, group \d+, vfio\d+$/),
+        expect.stringMatching(/^mdev [0-9a-f-]{36}: parent mtty, type mtty-2, driver mtty, group \d+$/),
+      ]);
+      const pci = (d.infoPci as string[]).join('\n');
+      for (const re of [/PCI device 8086:10ca/, /PCI device 1b36:0010/, /PCI device 1234:1111/, /PCI device 4348:3253/]) expect(pci).toMatch(re);
+      expect(d.kubeletCheckpointOnDisk).toBe(true);
+      expect(d.stateFolderOnDisk).toContain('agent-checkpoint.json');
+    });
+
+    test('the reboot: a new boot ID; the kernel lost its VFs, mdevs and bindings; the disk kept both checkpoints', () => {
+      const d = r(REBOOT.lost).details;
+      expect(d.bootIdAfter).not.toBe(d.bootIdBefore);
+      expect(d.kernelAtBoot).toEqual({ igbVfs: 0, nvmeVfs: 0, mdevs: 0, vgaDriver: 'bochs-drm' });
+      expect(Object.values(d.identitiesAtBoot as Record<string, string>).filter((v) => /absent/.test(v))).toHaveLength(3);
+      expect(d.diskKept).toEqual({ kubeletCheckpoint: true, agentState: true });
+    });
+
+    test('after boot the agent restores every held slice with the same identity: PF and VF index, mdev UUID/parent/type, driver, IOMMU group, a function\'s vfio-dev number', () => {
+      const d = r(REBOOT.identity).details;
+      expect(d.after).toEqual(d.before);
+      const was = (d.vfioNumbersBefore ?? {}) as Record<string, string>;
+      const now = (d.vfioNumbersAfter ?? {}) as Record<string, string>;
+      const moved = Object.keys(was).filter((k) => now[k] !== was[k]).map((k) => `${k} ${was[k]} → ${now[k] ?? 'none'}`);
+      console.log(`reboot: agent start → held slices restored ${out.figures.rebootAgentStartToRestoredMs} ms; vfio-dev numbers moved (held or not): ${moved.length ? moved.join(', ') : 'none'}`);
+    });
+
+    test('the first ListAndWatch list of every resource after the boot already has the held slices Healthy', () => {
+      const d = r(REBOOT.firstList).details;
+      const first = d.firstLists as Record<string, string[]>;
+      const held = Object.keys(r(REBOOT.before).details.identities as Record<string, string>);
+      expect(Object.values(first).flat().filter((x) => held.some((h) => x.startsWith(`${h}=`)))).toEqual(held.map((h) => `${h}=Healthy`));
+    });
+
+    test('every /dev/vfio/<group> the kubelet\'s checkpointed Allocate answer names holds the functions it held before the reboot', () => {
+      const d = r(REBOOT.nodes).details;
+      expect(d.groupsNow).toEqual(d.groupsBefore);
+      expect(Object.keys(d.groupsNow as object)).toHaveLength(4);
+      expect(d.env).toEqual(r(REBOOT.before).details.env);
+    });
+
+    test('a nested VM restarted from the checkpointed answer (old env, old device nodes) gets the same devices and opens the old group nodes', () => {
+      const d = r(REBOOT.vm).details;
+      expect(d.infoPci).toEqual(d.infoPciBefore);
+      expect(d.openGroups).toEqual(d.answerGroups);
+      expect(d.answerGroups).toHaveLength(4);
+    });
   });
 
   (draReason ? test.skip : test)(`DRA: a VF claim allocated by the real kube-scheduler is prepared by the agent through the kubelet's gRPC API, and the VF from prepare's files reaches a nested VM; unprepare removes the files${draReason ? ` (skipped: ${draReason})` : ''}`, async () => {
