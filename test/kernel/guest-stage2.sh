@@ -29,7 +29,7 @@ i=0; while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 mount -t ext4 /dev/vda "$VIO_DISK" || echo "[guest] no persistent disk at /dev/vda"
 boot=$(( $(cat "$VIO_DISK/boots" 2>/dev/null || echo 0) + 1 ))
 echo "$boot" > "$VIO_DISK/boots"
-export VIO_KERNEL_VERSION VIO_KERNEL_MDEV_SAMPLES VIO_PROJECT VIO_NODE_BIN VIO_ACCEL VIO_KERNEL_DRA VIO_DISK
+export VIO_KERNEL_VERSION VIO_KERNEL_MDEV_SAMPLES VIO_PROJECT VIO_NODE_BIN VIO_ACCEL VIO_KERNEL_DRA VIO_DISK VIO_KERNEL_TIMEOUT
 export VIO_RESULTS=/vio-results HOME=/root PATH="$VIO_NODE_BIN:$PATH"
 echo "[guest] up after $(cut -d' ' -f1 /proc/uptime) s (boot $boot); kernel $(uname -r), clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 cd "$VIO_PROJECT"

@@ -103,6 +103,7 @@ VIO_SCENARIO='/vio-results/scenario.sh'
 VIO_NODE_BIN='$NODE_BIN'
 VIO_ACCEL='$ACCEL'
 VIO_KERNEL_DRA='$([ -n "${VIO_KERNEL_APISERVER_PORT_FILE:-}" ] && echo 1 || echo 0)'
+VIO_KERNEL_TIMEOUT='${VIO_KERNEL_TIMEOUT:-600}'
 EOF
 rm -f "$RESULTS/rc"
 cp "$SCENARIO" "$RESULTS/scenario.sh"   # the guest's /tmp is its own tmpfs: run a copy in the shared folder

@@ -16,6 +16,8 @@ export const REBOOT = {
   vm: 'reboot (after): a nested VM restarted from the checkpointed Allocate answer (old env, old device nodes) gets the same devices',
 } as const;
 
+/** Guest seconds the reboot scenario is given at most (both halves, the reboot and the second boot). */
+export const REBOOT_NEEDS_S = 240;
 export const NODE = 'kernel-guest';
 export const DISK = process.env.VIO_DISK ?? '/vio-disk';
 export const PLAN = join(DISK, 'plan.json');
