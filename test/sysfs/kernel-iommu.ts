@@ -79,12 +79,16 @@ export async function removeVfioNodes(k: FakeKernel, bdf: string, dir: string): 
  * driver probes (drivers/vfio/vfio_main.c vfio_init_device: `ida_alloc_max(&vfio.device_ida,
  * MINORMASK, ...)`, which is both the `vfioN` name and the cdev minor, drivers/vfio/device_cdev.c
  * vfio_init_device_cdev) and gives back at unbind (ida_free on release). So numbers follow bind
- * order, a freed one is reused by the next bind, and a reboot does not keep them.
+ * order, a freed one is reused by the next bind, and a reboot does not keep them. mdevs take theirs
+ * from the same IDA when they are created (kernel-mdev.ts).
  */
 export async function nextVfioCdev(k: FakeKernel, withNodes: boolean): Promise<number> {
   const names: string[] = [];
   if (withNodes) names.push(...(await list(path.join(k.devRoot, 'vfio/devices'))));
-  else for (const bdf of await list(path.join(k.root, 'bus/pci/devices'))) names.push(...(await list(path.join(k.root, 'bus/pci/devices', bdf, 'vfio-dev'))));
+  else {
+    for (const bdf of await list(path.join(k.root, 'bus/pci/devices'))) names.push(...(await list(path.join(k.root, 'bus/pci/devices', bdf, 'vfio-dev'))));
+    for (const id of await list(path.join(k.root, 'bus/mdev/devices'))) names.push(...(await list(path.join(k.root, 'bus/mdev/devices', id, 'vfio-dev'))));
+  }
   const used = new Set(names.map((n) => Number(n.replace(/^vfio/, ''))).filter(Number.isInteger));
   let n = 0;
   while (used.has(n)) n++;

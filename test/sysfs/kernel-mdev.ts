@@ -3,7 +3,7 @@
 import { mkdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { KernelError } from './kernel-error.js';
-import { groupOf, joinGroup, leaveGroup, newIommuGroup } from './kernel-iommu.js';
+import { groupOf, joinGroup, leaveGroup, newIommuGroup, nextVfioCdev } from './kernel-iommu.js';
 import { exists, link, list, readTrim, touch, UUID_RE } from './kernel-tree.js';
 import type { FakeKernel } from './kernel.js';
 
@@ -55,6 +55,14 @@ export async function mdevCreate(k: FakeKernel, typeDir: string, uuid: string): 
   await link(mdrvDir, path.join(mdir, 'driver'));
   await link(mdir, path.join(mdrvDir, id));
   await touch(path.join(k.devRoot, 'vfio', String(group)));
+  // Every mdev driver registers a vfio device as the mdev probes (vfio_register_emulated_iommu_dev,
+  // vfio_init_device), which takes its number from the same IDA as vfio-pci's binds: on Debian's 6.12
+  // (test/kernel scenario 15) mtty mdevs created at boot took vfio0 and vfio1 ahead of the PCI functions.
+  const cfg = await k.config();
+  const n = await nextVfioCdev(k, cfg.vfioCdev);
+  await mkdir(path.join(mdir, 'vfio-dev', `vfio${n}`), { recursive: true });
+  await writeFile(path.join(mdir, 'vfio-dev', `vfio${n}`, 'dev'), `511:${n}\n`);
+  if (cfg.vfioCdev) await touch(path.join(k.devRoot, 'vfio/devices', `vfio${n}`));
   if (!(await recountMdevTypes(k, parentDir))) await writeFile(path.join(typeDir, 'available_instances'), `${avail - 1}\n`);
 }
 
@@ -96,6 +104,7 @@ export async function mdevRemove(k: FakeKernel, mdir: string, v: string): Promis
   if (drvLink) await rm(path.join(path.resolve(mdir, drvLink), id), { force: true });
   await leaveGroup(k, mdir, id);
   if (g !== undefined) await rm(path.join(k.devRoot, 'vfio', g), { force: true });
+  for (const c of await list(path.join(mdir, 'vfio-dev'))) await rm(path.join(k.devRoot, 'vfio/devices', c), { force: true });
   await rm(path.join(k.root, 'bus/mdev/devices', id), { force: true });
   await rm(path.join(typeDir, 'devices', id), { force: true });
   await rm(mdir, { recursive: true, force: true });

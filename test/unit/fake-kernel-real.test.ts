@@ -6,7 +6,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { scan } from '../../device-plugin/src/discovery/scan.js';
 import { buildSlices } from '../../device-plugin/src/health/slices.js';
-import { FakeKernel, intel82599 } from '../sysfs/kernel.js';
+import { FakeKernel, intel82599, mdevGpu } from '../sysfs/kernel.js';
 import { tempTree } from '../sysfs/tmp.js';
 
 const PF = '0000:01:00.0';
@@ -68,6 +68,23 @@ test('vfio device numbers come from an IDA: the lowest free one at bind, so a nu
   await toVfio(vfs[3] as string);
   expect(readdirSync(path.join(vfDir(vfs[3] as string), 'vfio-dev'))).toEqual(['vfio1']);
   expect(readdirSync(path.join(k.devRoot, 'vfio/devices')).sort()).toEqual(['vfio0', 'vfio1', 'vfio2']);
+});
+
+test('an mdev takes its vfio device number from the same IDA as vfio-pci binds, when it is created, and gives it back when removed', async () => {
+  // Debian's 6.12 (test/kernel scenario 15): mtty mdevs created at boot took vfio0 and vfio1, and
+  // the PCI functions bound after them vfio2 on.
+  await machine();
+  await k.addFunction(mdevGpu('0000:3b:00.0'));
+  const uuid = '11111111-2222-4333-8444-555555555555';
+  await k.write('bus/pci/devices/0000:3b:00.0/mdev_supported_types/nvidia-222/create', uuid);
+  expect(readdirSync(path.join(k.root, 'bus/mdev/devices', uuid, 'vfio-dev'))).toEqual(['vfio0']);
+  await k.write(`bus/pci/devices/${PF}/sriov_drivers_autoprobe`, '0');
+  await k.write(`bus/pci/devices/${PF}/sriov_numvfs`, '1');
+  await k.write('bus/pci/devices/0000:01:10.0/driver_override', 'vfio-pci');
+  await k.write('bus/pci/drivers_probe', '0000:01:10.0');
+  expect(readdirSync(path.join(vfDir('0000:01:10.0'), 'vfio-dev'))).toEqual(['vfio1']);
+  await k.write(`bus/mdev/devices/${uuid}/remove`, '1');
+  expect(readdirSync(path.join(k.devRoot, 'vfio/devices')).sort()).toEqual(['vfio1']);
 });
 
 test('VFs behind ACS get groups of their own; without ACS they share the PF\'s group, which is not viable while the PF keeps its driver', async () => {
