@@ -35,6 +35,8 @@ const regressions = {
   'a VF held through a resource name the agent forgot (pool moved, ledger lost, PodResources failing)': [S.startVm('net', 1), S.podResourcesFail(), S.edit('vgpu', 'count', 4), S.killAgent('now'), S.moveNic(), S.corrupt('agent-ledger.json', 'empty'), S.edit('fc', 'wwnPrefix', 'c05076')],
   // Found by a CI-budget run (seed 1322639076): old-prefix vports left beside the new ones.
   'a damaged agent checkpoint, then a new WWN prefix': [S.corrupt('agent-checkpoint.json', 'truncated'), S.edit('fc', 'wwnPrefix', 'c05077'), S.podResourcesRecover(), S.killAgent('now')],
+  // Found by a CI-budget run (seed 1334610740): the NIC pool's VFs kept after its deletion.
+  'a damaged agent checkpoint, the NIC pool being deleted, a second agent': [S.corrupt('agent-checkpoint.json', 'empty'), S.pool('net', 'deleting'), S.secondAgent(500)],
   'the ledger damaged while a VM holds a passthrough GPU and the pool is deleted': [S.startVm('gpu', 1), S.pool('gpu', 'deleting'), S.corrupt('agent-ledger.json', 'truncated'), S.wait(1500), S.pool('gpu', 'remove'), S.wait(3000)],
 };
 

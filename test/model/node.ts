@@ -354,7 +354,10 @@ export class NodeUnderTest {
       // Vports of another prefix may stay only if the agent lost the record of creating them.
       const stale = want.prefix ? f.vports.filter((w) => !w.startsWith(want.prefix as string)) : [];
       if (stale.some((w) => !this.orphanVports.has(w))) return false;
-      if ((f.vfs !== want.vfs && !conflict(nicPool)) || f.mdevs.join() !== want.mdevs.join() || f.vports.length - stale.length !== want.vports) return false;
+      // With the record lost and no pool planning the NIC any more (deleted or being deleted), the
+      // agent cannot tell that it enabled those VFs: it keeps them (keep what exists) rather than reset them.
+      const vfsKept = this.pfOwnershipLost && nicPool === '' && f.vfs > 0;
+      if ((f.vfs !== want.vfs && !conflict(nicPool) && !vfsKept) || f.mdevs.join() !== want.mdevs.join() || f.vports.length - stale.length !== want.vports) return false;
       last += ` pools ${JSON.stringify(st?.pools)} kubelet ${JSON.stringify(Object.values(this.pools).map((p) => [p.resourceName, (this.kubelet.lastList(p.resourceName) ?? []).map((d) => d.health)]))}`;
       return Object.values(this.pools)
         .filter((p) => !p.deleting)
