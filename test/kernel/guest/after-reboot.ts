@@ -10,46 +10,16 @@
 // nodes, no new Allocate), and it must list the devices it listed before. Results are merged into
 // results.json next to the first boot's.
 import { type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { decodeContainerResponse, FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
 import type { PodResources__Input } from '../../../proto/generated/podresources/v1/PodResources.js';
-import { NestedVm, driverOf, find, sh, until, vfioOpen, vfsOf } from './harness.js';
+import { NestedVm, driverOf, find, scenarioRecord, sh, until, uptime, vfioOpen, vfsOf } from './harness.js';
 import { bootId, groupDevices, identity, PLUGINS, PODRES_SOCKET, REBOOT, RESOURCES, SAVED, startAgent, stopAgent, VM_DEVICES, vfioNumbers, type Saved } from './reboot-common.js';
 
 const OUT = process.env.VIO_RESULTS ?? '/vio-results';
 const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/device-plugin/src/main.js');
-const T0 = performance.now();
-interface Result { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
-const prior = ((): { results: Record<string, Result>; figures: Record<string, number> } => {
-  try {
-    return JSON.parse(readFileSync(join(OUT, 'results.json'), 'utf8')) as never;
-  } catch {
-    return { results: {}, figures: {} };
-  }
-})();
-const results = prior.results;
-const figures = prior.figures;
-const uptime = (): number => Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
-function save(): void {
-  writeFileSync(join(OUT, 'results.json'), `${JSON.stringify({ results, figures, uptimeAtEnd: uptime() }, null, 2)}\n`);
-}
-function log(msg: string): void {
-  process.stdout.write(`[after reboot +${((performance.now() - T0) / 1000).toFixed(1)} s] ${msg}\n`);
-}
-async function scenario(name: string, fn: (d: Record<string, unknown>) => Promise<void>): Promise<boolean> {
-  const d: Record<string, unknown> = {};
-  const t = performance.now();
-  try {
-    await fn(d);
-    results[name] = { ok: true, ms: Math.round(performance.now() - t), details: d };
-  } catch (err) {
-    results[name] = { ok: false, ms: Math.round(performance.now() - t), details: d, error: err instanceof Error ? err.message : String(err) };
-  }
-  log(`${name}: ${results[name]?.ok ? 'ok' : `FAILED: ${results[name]?.error}`} (${results[name]?.ms} ms)`);
-  save();
-  return results[name]?.ok ?? false;
-}
+const { results, figures, save, log, scenario } = scenarioRecord(OUT, 'after reboot', true);
 
 async function main(): Promise<void> {
   figures.secondBootScriptAtUptimeS = uptime();

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
 import { draNvmeScenario } from './dra-nvme-scenario.js';
 import { draScenario } from './dra-scenario.js';
-import { NestedVm, SYS, attr, driverOf, find, groupOf, sh, sleep, tryWrite, until, vfsOf } from './harness.js';
+import { NestedVm, SYS, attr, driverOf, find, groupOf, scenarioRecord, sh, sleep, tryWrite, until, vfsOf } from './harness.js';
 import { heldThroughScenario } from './held-scenario.js';
 import { REBOOT, REBOOT_NEEDS_S } from './reboot-common.js';
 import { beforeReboot } from './reboot-scenario.js';
@@ -28,32 +28,7 @@ const NODE = 'kernel-guest';
  * agent's ledger, not the timer (the default is 30 s).
  */
 const RELEASE_GRACE = '5s';
-const T0 = performance.now();
-
-interface Result { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
-const results: Record<string, Result> = {};
-const figures: Record<string, number> = {};
-function save(): void {
-  writeFileSync(join(OUT, 'results.json'), `${JSON.stringify({ results, figures, uptimeAtEnd: Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) }, null, 2)}\n`);
-}
-function log(msg: string): void {
-  process.stdout.write(`[scenarios +${((performance.now() - T0) / 1000).toFixed(1)} s] ${msg}\n`);
-}
-/** Runs one scenario; its thrown error is its failure. Never throws. */
-async function scenario(name: string, fn: (d: Record<string, unknown>) => Promise<void>): Promise<boolean> {
-  const d: Record<string, unknown> = {};
-  const t = performance.now();
-  log(`${name}: start`);
-  try {
-    await fn(d);
-    results[name] = { ok: true, ms: Math.round(performance.now() - t), details: d };
-  } catch (err) {
-    results[name] = { ok: false, ms: Math.round(performance.now() - t), details: d, error: err instanceof Error ? err.message : String(err) };
-  }
-  log(`${name}: ${results[name]?.ok ? 'ok' : `FAILED: ${results[name]?.error}`} (${results[name]?.ms} ms)`);
-  save();
-  return results[name]?.ok ?? false;
-}
+const { results, figures, save, log, scenario } = scenarioRecord(OUT, 'scenarios');
 
 async function status(): Promise<{ pools?: { name: string; slices?: { id: string; health: string; reason?: string }[]; conditions?: unknown[]; blocked?: unknown[] }[]; [k: string]: unknown }> {
   // A frozen agent must fail the scenario, not hang it.

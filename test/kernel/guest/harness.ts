@@ -3,7 +3,7 @@
 // with vfio-pci devices, monitor on stdin/stdout: KubeVirt's virt-launcher stand-in). Runs INSIDE the
 // guest only.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, readlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, readlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
 export const SYS = '/sys/bus/pci/devices';
@@ -119,4 +119,49 @@ export function vfioOpen(pid: number): string[] {
     }
   }
   return out.sort((a, b) => Number(a) - Number(b));
+}
+
+/** One scenario's record in results.json (the host-side jest suite asserts on it). */
+export interface ScenarioResult { ok: boolean; ms: number; details: Record<string, unknown>; error?: string }
+
+/** Seconds since the guest booted. */
+export const uptime = (): number => Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+
+/**
+ * The scenarios' record in `<out>/results.json` (continuing what is there when `resume`: the second
+ * boot adds to the first boot's), a log line with the time since this call, and the runner: each
+ * scenario's thrown error is its failure, recorded and saved as it finishes; the runner never throws.
+ */
+export function scenarioRecord(out: string, label: string, resume = false): {
+  results: Record<string, ScenarioResult>;
+  figures: Record<string, number>;
+  save: () => void;
+  log: (msg: string) => void;
+  scenario: (name: string, fn: (d: Record<string, unknown>) => Promise<void>) => Promise<boolean>;
+} {
+  const t0 = performance.now();
+  let prior: { results: Record<string, ScenarioResult>; figures: Record<string, number> } = { results: {}, figures: {} };
+  if (resume) {
+    try {
+      prior = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as typeof prior;
+    } catch { /* nothing recorded yet */ }
+  }
+  const { results, figures } = prior;
+  const save = (): void => writeFileSync(join(out, 'results.json'), `${JSON.stringify({ results, figures, uptimeAtEnd: uptime() }, null, 2)}\n`);
+  const log = (msg: string): void => void process.stdout.write(`[${label} +${((performance.now() - t0) / 1000).toFixed(1)} s] ${msg}\n`);
+  const scenario = async (name: string, fn: (d: Record<string, unknown>) => Promise<void>): Promise<boolean> => {
+    const d: Record<string, unknown> = {};
+    const t = performance.now();
+    log(`${name}: start`);
+    try {
+      await fn(d);
+      results[name] = { ok: true, ms: Math.round(performance.now() - t), details: d };
+    } catch (err) {
+      results[name] = { ok: false, ms: Math.round(performance.now() - t), details: d, error: err instanceof Error ? err.message : String(err) };
+    }
+    log(`${name}: ${results[name]?.ok ? 'ok' : `FAILED: ${results[name]?.error}`} (${results[name]?.ms} ms)`);
+    save();
+    return results[name]?.ok ?? false;
+  };
+  return { results, figures, save, log, scenario };
 }
