@@ -88,50 +88,12 @@ export class KubeAdapter implements KubeAgentPort {
   }
 
   async watchVirtualIONode(name: string, onObject: (obj: VirtualIONode | undefined) => void, signal: AbortSignal): Promise<void> {
-    let delay = 500;
-    let rv: string | undefined; // undefined: read the object and list for a version to watch from
-    while (!signal.aborted) {
-      if (rv === undefined) {
-        try {
-          const obj = await this.get(name);
-          onObject(obj);
-          rv = obj?.metadata.resourceVersion;
-          const list = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, fieldSelector: `metadata.name=${name}` })) as { metadata?: { resourceVersion?: string } };
-          rv = list.metadata?.resourceVersion ?? rv;
-        } catch (err) {
-          this.log.warn({ err: String(err), retryInMs: delay }, 'cannot read VirtualIONode; retrying');
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, 30_000);
-          continue;
-        }
-      }
-      // A watch the server ends on schedule resumes from the last version seen (bookmarks
-      // included); a failed or expired one (ERROR event, 410) reads the object again.
-      let expired = false;
-      const ended = await watchOnce(
-        this.kc,
-        `/apis/${GROUP}/${VERSION}/${PLURAL}`,
-        { fieldSelector: `metadata.name=${name}`, resourceVersion: rv, allowWatchBookmarks: true },
-        (phase, o) => {
-          if (phase === 'ERROR') {
-            expired = true;
-            return;
-          }
-          const obj = o as VirtualIONode;
-          if (obj?.metadata?.resourceVersion) rv = obj.metadata.resourceVersion;
-          if (phase === 'ADDED' || phase === 'MODIFIED') onObject(obj);
-          else if (phase === 'DELETED') onObject(undefined);
-        },
-        signal,
-      );
-      if (signal.aborted) break;
-      if (ended || expired) {
-        this.log.debug({ err: String(ended ?? 'expired') }, 'VirtualIONode watch ended; re-listing');
-        rv = undefined;
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 30_000);
-      } else delay = 500;
-    }
+    await this.listAndWatch('VirtualIONode', `/apis/${GROUP}/${VERSION}/${PLURAL}`, { fieldSelector: `metadata.name=${name}` }, async () => {
+      const obj = await this.get(name);
+      onObject(obj);
+      const list = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, fieldSelector: `metadata.name=${name}` })) as { metadata?: { resourceVersion?: string } };
+      return list.metadata?.resourceVersion ?? obj?.metadata.resourceVersion;
+    }, (phase, o) => onObject(phase === 'DELETED' ? undefined : (o as unknown as VirtualIONode)), signal);
   }
 
   /**
@@ -170,7 +132,11 @@ export class KubeAdapter implements KubeAgentPort {
     }, (phase, o) => onNode(phase === 'DELETED' ? undefined : o), signal);
   }
 
-  /** Read (`read` returns the version to watch from), then watch from there; again after an error or expiry. */
+  /**
+   * Read (`read` returns the version to watch from), then watch from there. A watch the server ends
+   * on schedule resumes from the last version seen (bookmarks included); a failed or expired one
+   * (ERROR event, 410) reads again.
+   */
   private async listAndWatch(what: string, path: string, params: Record<string, string>, read: () => Promise<string | undefined>,
     onEvent: (phase: string, obj: KubeItem) => void, signal: AbortSignal): Promise<void> {
     let delay = 500;
