@@ -89,3 +89,33 @@ test('EEXIST again after the rescan (the scan does not see what the kernel has):
   await carver.round({ ...input, inventory: r.inventory });
   expect(node.attempts).toHaveLength(2);
 });
+
+/** A node whose kernel has the mdev and whose plan removes it; the remove gets `answer`. */
+class RemovingNode extends LaggingNode {
+  constructor(private readonly answer: Pick<WriteResult, 'error' | 'code'>) {
+    super(true);
+  }
+  override planCarving(_spec: VirtualIONodeSpec, inv: Inventory): CarvingPlan {
+    const there = this.attempts.length === 0 && inv.devices.some((d) => d.mdevs?.some((m) => m.uuid === UUID));
+    return { writes: there ? [{ path: `bus/mdev/devices/${UUID}/remove`, value: '1', why: 'no claim wants it', pools: ['od'] }] : [], blocked: [] };
+  }
+  override async applyCarving(plan: CarvingPlan): Promise<WriteResult[]> {
+    return plan.writes.map((write) => {
+      this.attempts.push(write.path);
+      return { write, ...this.answer };
+    });
+  }
+}
+
+test.each([
+  ['done', {}, [[UUID]]],
+  ['ENOENT (gone already)', { error: 'ENOENT: no such file', code: 'ENOENT' }, [[UUID]]],
+  ['refused (EBUSY)', { error: 'EBUSY: device busy', code: 'EBUSY' }, []],
+])('the slices a round destroyed are reported (a remove %s)', async (_what, answer, calls) => {
+  const node = new RemovingNode(answer as Pick<WriteResult, 'error' | 'code'>);
+  const { carver, input } = setup(node);
+  const destroyed: (readonly string[])[] = [];
+  await carver.round({ ...input, inventory: inventory(true), onDemand: { wanted: new Map(), capacity: {} }, destroyed: (ids) => destroyed.push(ids) });
+  expect(node.attempts).toEqual([`bus/mdev/devices/${UUID}/remove`]);
+  expect(destroyed).toEqual(calls);
+});

@@ -47,6 +47,8 @@ export interface RoundInput {
   suspectScan: (next: Inventory, previous: Inventory) => string | undefined;
   /** Orders (and may hold back for a later pass) a pass's writes: binds in recorded VFIO number order (vfio-numbers.ts). */
   orderBinds?: (writes: SysfsWrite[], inv: Inventory) => SysfsWrite[];
+  /** Slices this round's writes destroyed (a write that succeeded and had them as victims). */
+  destroyed?: (ids: readonly string[]) => void;
   signal: AbortSignal;
 }
 
@@ -177,6 +179,12 @@ export class Carver {
         inp.unfence(victims);
       }
       this.recordDone(results, releasing);
+      if (victims.length > 0 && inp.destroyed) {
+        // A remove the kernel answers ENOENT to found the device gone already: destroyed all the same.
+        const done = new Set(results.filter((r) => !r.error || (r.code === 'ENOENT' && r.write.path.endsWith('/remove'))).map((r) => `${r.write.path}\n${r.write.value}`));
+        const gone = verdict.allowed.filter((a) => done.has(`${a.write.path}\n${a.write.value}`)).flatMap((a) => a.victims);
+        if (gone.length > 0) inp.destroyed([...new Set(gone)]);
+      }
       let failed = false;
       let rescan = false;
       const after = this.clock();

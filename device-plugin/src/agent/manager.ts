@@ -325,6 +325,7 @@ export class AgentManager {
           return v.ok ? undefined : v.reason;
         },
         orderBinds: (writes, inv) => this.vfio.order(writes, inv),
+        destroyed: (ids) => this.vfio.forget(ids),
         signal: this.signal,
       });
       this.inventory = r.inventory; // accepted pass by pass (suspectScan)

@@ -10,6 +10,9 @@ const bind = (bdf: string): SysfsWrite[] => [
 const probes = (ws: SysfsWrite[]): string[] => ws.filter((w) => w.path === 'bus/pci/drivers_probe').map((w) => w.value);
 const numvfs: SysfsWrite = { path: 'bus/pci/devices/0000:81:00.0/sriov_numvfs', value: '4', why: 'vfs', group: '0000:81:00.0' };
 
+const g = (n: number): string => `/dev/vfio/${n}`;
+const c = (n: number): string => `/dev/vfio/devices/vfio${n}`;
+
 describe('orderVfioBinds: binds to vfio-pci in the order of their recorded cdev numbers', () => {
   const rec: VfioRecord = { cdevs: { '0000:81:00.2': 3, '0000:81:00.3': 2, '0000:81:00.4': 1, '0000:81:00.5': 0, '0000:5e:00.0': 5, '0000:5e:00.1': 4 }, nodes: {} };
 
@@ -59,8 +62,6 @@ describe('orderVfioBinds: binds to vfio-pci in the order of their recorded cdev 
 
 describe('checkVfioNumbers: a held slice is never served with device nodes other than those it was handed out with', () => {
   const vf = (id: string, nodes: string[], health: Slice['health'] = 'Healthy'): Slice => ({ id, pool: 'net', resourceName: 'virtualio.dev/net', kind: 'VF', parent: '0000:81:00.0', pciAddress: id, deviceNodes: nodes, health });
-  const g = (n: number) => `/dev/vfio/${n}`;
-  const c = (n: number) => `/dev/vfio/devices/vfio${n}`;
 
   test('free slices are recorded as they are; a held one whose cdev moved is Unhealthy naming the old and new path, and keeps its record', () => {
     const rec: VfioRecord = { cdevs: {}, nodes: {} };
@@ -96,6 +97,23 @@ describe('checkVfioNumbers: a held slice is never served with device nodes other
     expect(rec).toEqual({ cdevs: { '0000:81:00.3': 1 }, nodes: { '0000:81:00.3': [c(1)] } });
   });
 
+  test('an on-demand mdev removed and carved again for another claim is not a moved slice (its device stays listed without nodes)', () => {
+    const rec: VfioRecord = { cdevs: {}, nodes: {} };
+    const mdev = (nodes: string[]): Slice => ({ id: 'u', pool: 'a16', resourceName: 'virtualio.dev/a16', kind: 'Mdev', parent: '0000:3b:00.0', mdevUuid: 'u', deviceNodes: nodes, health: 'Healthy' });
+    checkVfioNumbers(rec, [mdev([g(2)])], inv([]), () => false, false); // carved for a first claim
+    checkVfioNumbers(rec, [mdev([g(2)])], inv([]), () => true, false); // handed out
+    checkVfioNumbers(rec, [mdev([])], inv([]), () => false, false); // let go and removed; still published
+    expect(rec.nodes).toEqual({});
+    const again = checkVfioNumbers(rec, [mdev([g(3)])], inv([]), () => true, false); // a second claim
+    expect(again.moved).toEqual([]);
+    expect(again.slices[0]?.health).toBe('Healthy');
+    // While restoring, or held, such a record is kept.
+    const kept: VfioRecord = { cdevs: {}, nodes: { u: [g(2)] } };
+    checkVfioNumbers(kept, [mdev([])], inv([]), () => false, true);
+    checkVfioNumbers(kept, [mdev([])], inv([]), () => true, false);
+    expect(kept.nodes).toEqual({ u: [g(2)] });
+  });
+
   test('a slice not restored yet (unhealthy, no nodes) is left as it is', () => {
     const rec: VfioRecord = { cdevs: {}, nodes: { '0000:81:00.2': [c(0)] } };
     const s = vf('0000:81:00.2', [], 'Unhealthy');
@@ -121,5 +139,19 @@ describe('VfioNumbers: the ordering window counts from the first pass that binds
     record = { ...record, cdevs: { ...record.cdevs, '0000:99:00.0': 7 } };
     v.check([], all, () => false);
     expect(record.cdevs['0000:99:00.0']).toBeUndefined();
+  });
+});
+
+describe('VfioNumbers.forget: what the agent destroyed itself leaves no record', () => {
+  test('a destroyed slice loses its nodes and cdev; other records and an unknown ID change nothing', () => {
+    const record: VfioRecord = { cdevs: { '0000:81:00.2': 0, '0000:81:00.3': 1 }, nodes: { u: [g(2)], '0000:81:00.3': [c(1)] } };
+    const saves: VfioRecord[] = [];
+    const log = { info: () => {}, warn: () => {} } as unknown as ConstructorParameters<typeof VfioNumbers>[1];
+    const v = new VfioNumbers({ vfio: () => record, save: () => saves.push(structuredClone(record)) }, log, () => 0, 10_000);
+    v.forget(['u', '0000:81:00.3']);
+    expect(record).toEqual({ cdevs: { '0000:81:00.2': 0 }, nodes: {} });
+    expect(saves).toHaveLength(1);
+    v.forget(['nothing-recorded']);
+    expect(saves).toHaveLength(1);
   });
 });

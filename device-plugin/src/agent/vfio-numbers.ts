@@ -104,7 +104,8 @@ const same = (a: readonly string[], b: readonly string[]): boolean => a.length =
  * - cdevs: every function on a VFIO driver now is recorded; a recorded one that is not is kept while
  *   `keepMissing` (the agent is still restoring) or a holder has it, else forgotten.
  * - nodes: a slice's nodes are recorded while nobody holds it (a held slice keeps the nodes it was
- *   handed out with); a slice gone is forgotten unless held or `keepMissing`.
+ *   handed out with); a slice gone, or listed without nodes (an on-demand mdev removed, its device
+ *   still published), is forgotten unless held or `keepMissing`.
  */
 export function checkVfioNumbers(rec: VfioRecord, slices: readonly Slice[], inv: Inventory, held: (id: string) => boolean, keepMissing: boolean): { slices: Slice[]; changed: boolean; moved: { id: string; was: string[]; now: string[] }[] } {
   let changed = false;
@@ -138,6 +139,12 @@ export function checkVfioNumbers(rec: VfioRecord, slices: readonly Slice[], inv:
     ids.add(s.id);
     const nodes = [...s.deviceNodes].sort();
     const was = rec.nodes[s.id];
+    if (nodes.length === 0 && was !== undefined && !keepMissing && !held(s.id)) {
+      // Listed without nodes and nobody holds it: not there (an on-demand device published before any
+      // claim has it carved). Its next incarnation is new; the old nodes are nobody's saved answer.
+      delete rec.nodes[s.id];
+      changed = true;
+    }
     if (nodes.length === 0 || s.health !== 'Healthy') {
       out.push(s);
       continue;
@@ -213,6 +220,24 @@ export class VfioNumbers {
     if (text && text !== this.lastWaiting) this.log.info({ waitingFor: r.waitingFor }, 'binds to vfio-pci wait for functions with lower recorded VFIO numbers to be re-created, so that the kernel hands the same numbers back');
     this.lastWaiting = text;
     return r.writes;
+  }
+
+  /**
+   * Slices the agent's own writes destroyed (never a held one: the gate refuses that): whatever
+   * is created under the same ID later (an on-demand mdev carved again for another claim) is a new
+   * device with new numbers, which no saved answer names. A reboot destroys without this call, so
+   * its records stay.
+   */
+  forget(ids: readonly string[]): void {
+    const rec = this.checkpoint.vfio();
+    let changed = false;
+    for (const id of ids) {
+      if (rec.nodes[id] !== undefined) delete rec.nodes[id];
+      else if (rec.cdevs[id] === undefined) continue;
+      delete rec.cdevs[id];
+      changed = true;
+    }
+    if (changed) this.checkpoint.save();
   }
 
   /** This round's slices, held ones whose device nodes moved marked Unhealthy; the record is kept up to date. */
