@@ -14,7 +14,7 @@ export interface Inventory {
   devices: InventoryDevice[];
   /** NPIV virtual ports found under the physical FC hosts, sorted by PCI address, host, name. */
   vports?: FcVport[];
-  /** vfio cdev nodes by PCI address (`vfio-dev/vfioN` → `/dev/vfio/devices/vfioN`). */
+  /** vfio cdev nodes by PCI address, and by UUID for mdevs (`vfio-dev/vfioN` → `/dev/vfio/devices/vfioN`). */
   vfioCdevs?: Record<string, string>;
   /**
    * Entries found under `<devRoot>/vfio`, as canonical paths (`/dev/vfio/vfio`, `/dev/vfio/42`,

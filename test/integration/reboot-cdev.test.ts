@@ -5,13 +5,15 @@
 // agent, the fake kubelet with its checkpoint on disk):
 // 1. A history the agent's own order at boot does not repeat: every function on vfio-pci is bound
 //    again in reverse address order while the agent is stopped, so the spare VFs and the GPU's audio
-//    function hold numbers between the held ones. After a reboot every cdev a saved answer names must
-//    open the function it opened before (the agent binds in ascending recorded number).
+//    function hold numbers between the held ones, and the vGPU pool's mdevs are made again after
+//    them (as an mdev made for a claim after the binds is: an mdev takes a number from the same IDA
+//    when it is created). After a reboot every cdev a saved answer names must open the function it
+//    opened before (the agent binds and creates in ascending recorded number).
 // 2. A number that cannot be had back (a function added while the node was down took vfio0 first):
 //    a held slice whose saved cdev now names another function (or none) is listed Unhealthy with the
 //    old and new paths, never Healthy.
 import { jest } from '@jest/globals';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { NodeUnderTest } from '../model/node.js';
 import { startKernel } from '../sysfs/kernel-daemon.js';
@@ -38,12 +40,14 @@ function recordedCdevs(): Record<string, number> {
   }
 }
 
-/** Functions on vfio-pci now, with their cdev numbers. */
-function cdevsNow(): Record<string, number> {
+/** Functions on vfio-pci now, with their cdev numbers; `mdevs`: mdevs (by UUID) too. */
+function cdevsNow(mdevs = false): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const f of readdirSync(join(node.sys, 'bus/pci/drivers/vfio-pci')).filter((x) => BDF.test(x))) {
-    const c = readdirSync(join(node.sys, 'bus/pci/devices', f, 'vfio-dev'))[0];
-    if (c) out[f] = Number(c.replace(/^vfio/, ''));
+  const fns = readdirSync(join(node.sys, 'bus/pci/drivers/vfio-pci')).filter((x) => BDF.test(x)).map((f) => [f, join('bus/pci/devices', f)]);
+  const uuids = mdevs ? readdirSync(join(node.sys, 'bus/mdev/devices')).map((u) => [u, join('bus/mdev/devices', u)]) : [];
+  for (const [id, dir] of [...fns, ...uuids] as [string, string][]) {
+    const c = readdirSync(join(node.sys, dir, 'vfio-dev'))[0];
+    if (c) out[id] = Number(c.replace(/^vfio/, ''));
   }
   return out;
 }
@@ -63,10 +67,15 @@ test('after a reboot every VFIO cdev a saved Allocate answer names opens the fun
   await node.kernel.stop();
   const onVfio = Object.keys(cdevsNow()).sort();
   expect(onVfio).toHaveLength(6); // 4 VFs, the GPU and its audio function
+  const mdevs = readdirSync(join(node.sys, 'bus/mdev/devices')).map((u) => ({ uuid: u, type: readlinkSync(join(node.sys, 'bus/mdev/devices', u, 'mdev_type')).split('/').at(-1) as string, parent: readlinkSync(join(node.sys, 'bus/mdev/devices', u)).split('/').at(-2) as string }));
+  expect(mdevs).toHaveLength(2); // the vGPU pool's
+  for (const m of mdevs) await k.write(`bus/mdev/devices/${m.uuid}/remove`, '1');
   for (const f of onVfio) await k.write('bus/pci/drivers/vfio-pci/unbind', f);
   for (const f of [...onVfio].reverse()) await k.write('bus/pci/drivers_probe', f);
-  const history = cdevsNow();
-  expect(Object.keys(history).sort()).toEqual(onVfio);
+  for (const m of mdevs) await k.write(`bus/pci/devices/${m.parent}/mdev_supported_types/${m.type}/create`, m.uuid);
+  const history = cdevsNow(true);
+  expect(Object.keys(history).sort()).toEqual([...onVfio, ...mdevs.map((m) => m.uuid)].sort());
+  expect(mdevs.map((m) => history[m.uuid])).toEqual([6, 7]); // after the functions' numbers
   node.kernel = await startKernel(node.sys, node.dev);
   const registrations = node.kubelet.history.length;
   node.agent = await node.spawnAgent();
@@ -92,9 +101,9 @@ test('after a reboot every VFIO cdev a saved Allocate answer names opens the fun
   const was = new Map(before.map((c) => [`${c.podUID} ${c.cdev}`, c.owner]));
   expect(after.map((c) => `${c.podUID} ${c.cdev}`).sort()).toEqual([...was.keys()].sort());
   const moved = after.filter((c) => c.owner !== was.get(`${c.podUID} ${c.cdev}`)).map((c) => `${c.cdev}: was ${was.get(`${c.podUID} ${c.cdev}`)}, now ${c.owner ?? 'nothing'}`);
-  console.log(`reboot-cdev: cdevs in saved answers ${after.length}, naming another function after the reboot ${moved.length}; numbers before ${JSON.stringify(history)}, after ${JSON.stringify(cdevsNow())}`);
+  console.log(`reboot-cdev: cdevs in saved answers ${after.length}, naming another function after the reboot ${moved.length}; numbers before ${JSON.stringify(history)}, after ${JSON.stringify(cdevsNow(true))}`);
   expect(moved).toEqual([]);
-  expect(cdevsNow()).toEqual(history);
+  expect(cdevsNow(true)).toEqual(history);
   for (const h of held) for (const id of h.id) expect(`${id}: ${listedNow(h.resourceName, generation).find((d) => d.ID === id)?.health}`).toBe(`${id}: Healthy`);
   expect(node.kernel.kernel.violations).toEqual([]);
 });

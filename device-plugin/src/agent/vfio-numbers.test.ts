@@ -54,6 +54,25 @@ describe('orderVfioBinds: binds to vfio-pci in the order of their recorded cdev 
     expect(r.binds).toEqual(['0000:81:00.4']);
   });
 
+  test('an mdev created after the binds before a reboot (an on-demand vGPU) is created after them again, so no function number moves', () => {
+    // Before the reboot: VFs on vfio0 and vfio1, then an mdev made for a claim: vfio2 (mdevs take
+    // their number from the same IDA when they are created, drivers/vfio/vfio_main.c).
+    const r2: VfioRecord = { cdevs: { '0000:81:00.2': 0, '0000:81:00.3': 1, u: 2 }, nodes: {} };
+    const create: SysfsWrite = { path: 'bus/pci/devices/0000:5e:00.0/mdev_supported_types/nvidia-746/create', value: 'u', why: 'restore', group: '0000:5e:00.0/u' };
+    // First pass: the VFs are not there; the mdev waits for them.
+    const first = orderVfioBinds([create, numvfs], r2, inv([dev('0000:81:00.0'), dev('0000:5e:00.0', 'nvidia')]), true);
+    expect(first.writes).toEqual([numvfs]);
+    expect(first.waitingFor).toEqual(['0000:81:00.2 (vfio0)', '0000:81:00.3 (vfio1)']);
+    // Next pass: the binds go first, then the create.
+    const next = orderVfioBinds([create, ...bind('0000:81:00.3'), ...bind('0000:81:00.2')], r2, inv([dev('0000:81:00.0'), dev('0000:81:00.2'), dev('0000:81:00.3'), dev('0000:5e:00.0', 'nvidia')]), true);
+    expect(next.writes).toEqual([...bind('0000:81:00.2'), ...bind('0000:81:00.3'), create]);
+    expect(next.binds).toEqual(['0000:81:00.2', '0000:81:00.3', 'u']);
+    // And a VF recorded after an mdev waits for that mdev to be created.
+    const r3: VfioRecord = { cdevs: { u: 0, '0000:81:00.2': 1 }, nodes: {} };
+    expect(orderVfioBinds([...bind('0000:81:00.2')], r3, inv([dev('0000:81:00.2')]), true).waitingFor).toEqual(['u (vfio0)']);
+    expect(orderVfioBinds([...bind('0000:81:00.2')], r3, inv([dev('0000:81:00.2')], { u: 0 }), true).writes).toEqual(bind('0000:81:00.2'));
+  });
+
   test('no record: the writes are left as planned', () => {
     const writes = [...bind('0000:81:00.3'), numvfs, ...bind('0000:81:00.2')];
     expect(orderVfioBinds(writes, { cdevs: {}, nodes: {} }, inv([]), true).writes).toEqual(writes);

@@ -3,17 +3,19 @@
 // The kubelet keeps each container's Allocate answer in its checkpoint and, after a reboot, starts
 // the container from it without asking again. That answer names device nodes by number: the VFIO
 // cdev `/dev/vfio/devices/vfioN` and the group node `/dev/vfio/<group>`. The kernel hands both out
-// from an IDA, lowest number free: cdevs when a VFIO driver binds a function (drivers/vfio/vfio_main.c
-// vfio_init_device), groups when a VF or an mdev is created (drivers/iommu/iommu.c iommu_group_alloc).
+// from an IDA, lowest number free: cdevs when a VFIO driver binds a function or an mdev is created
+// (drivers/vfio/vfio_main.c vfio_init_device; the same IDA for both, seen on Debian's 6.12 in
+// test/kernel), groups when a VF or an mdev is created (drivers/iommu/iommu.c iommu_group_alloc).
 // A reboot keeps neither, so a saved path can name ANOTHER function afterwards.
 //
 // What the agent does about it, with a record in its checkpoint:
-// - `cdevs`: the cdev number of every function on a VFIO driver (held or not: a GPU's audio function
-//   and spare VFs take numbers between held ones). From the agent's first pass that binds anything
-//   (for the restore wait, 10 s), binds to vfio-pci are made in ascending recorded number, and a
-//   bind waits for a recorded function
-//   with a lower number that does not exist yet (a VF not re-created yet): the IDA then hands the
-//   same numbers back, as long as nothing else took one.
+// - `cdevs`: the cdev number of every function on a VFIO driver and of every mdev (held or not: a
+//   GPU's audio function, spare VFs and an mdev made for a claim after the binds take numbers between
+//   held ones). From the agent's first pass that binds or creates anything (for the restore wait,
+//   10 s), binds to vfio-pci and mdev creates are made in ascending recorded number, and each waits
+//   for a recorded function or mdev with a lower number that is not back yet: the IDA then hands
+//   the same numbers back, as long as nothing else took one. What the agent destroys itself is
+//   forgotten (`forget`): made again later, it is a new device.
 // - `nodes`: the device nodes each slice had when it was last free. A held slice whose nodes differ
 //   now (a cdev or group number that could not be had back) is listed Unhealthy with the old and
 //   new paths, so the kubelet does not start the VM on what the saved answer would open.
@@ -43,10 +45,19 @@ export function cdevNumbers(inv: Inventory): Map<string, number> {
 }
 
 const OVERRIDE = /^bus\/pci\/devices\/([^/]+)\/driver_override$/;
+const MDEV_CREATE = /\/mdev_supported_types\/[^/]+\/create$/;
+
+/** What a write gives a VFIO number to: a function it binds to vfio-pci, or the mdev it creates. */
+function numbered(w: SysfsWrite): string | undefined {
+  if (MDEV_CREATE.test(w.path)) return w.value.trim();
+  const m = OVERRIDE.exec(w.path);
+  return m && w.value.trim() === VFIO_PCI ? m[1] : undefined;
+}
 
 /**
- * Orders one pass's binds to vfio-pci by recorded cdev number (functions with none after, in plan
- * order), after every other write of the pass; each bind keeps its own writes (its group) in order.
+ * Orders one pass's binds to vfio-pci and mdev creates ("binds" below: each takes a cdev number) by
+ * recorded cdev number (those with none after, in plan order), after every other write of the pass;
+ * each bind keeps its own writes (its group) in order.
  * While `waiting`, a bind is left for a later pass when a recorded function with a lower number is
  * not on a VFIO driver and this pass does not bind it first: it does not exist yet (it will be
  * created, e.g. a VF whose PF is being re-enabled) or it exists and its bind is not planned yet (a VF
@@ -56,13 +67,11 @@ const OVERRIDE = /^bus\/pci\/devices\/([^/]+)\/driver_override$/;
  * and take the lowest free one. `binds` lists the functions bound by the writes returned.
  */
 export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, inv: Inventory, waiting: boolean, inFlight: (bdf: string) => boolean = () => false): { writes: SysfsWrite[]; waitingFor: string[]; binds: string[] } {
-  const unitOf = new Map<string, string[]>(); // group key → functions bound to vfio-pci by it
+  const unitOf = new Map<string, string[]>(); // group key → functions bound to vfio-pci, mdevs created by it
+  const groupKey = (w: SysfsWrite): string => w.group ?? `${w.path}\n${w.value}`;
   for (const w of writes) {
-    const m = OVERRIDE.exec(w.path);
-    if (m && w.value.trim() === VFIO_PCI) {
-      const key = w.group ?? w.path;
-      unitOf.set(key, [...(unitOf.get(key) ?? []), m[1] as string]);
-    }
+    const id = numbered(w);
+    if (id) unitOf.set(groupKey(w), [...(unitOf.get(groupKey(w)) ?? []), id]);
   }
   if (unitOf.size === 0 || Object.keys(rec.cdevs).length === 0) return { writes: [...writes], waitingFor: [], binds: [...unitOf.values()].flat() };
   // Recorded functions not on a VFIO driver now: absent (a VF not re-created yet) or present and not
@@ -73,7 +82,7 @@ export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, i
   const pending = Object.entries(rec.cdevs).filter(([bdf]) => !onVfio.has(bdf) && driverOf.get(bdf) !== VFIO_PCI && !inFlight(bdf));
   const rank = (key: string): number => Math.min(...(unitOf.get(key) ?? []).map((b) => rec.cdevs[b] ?? Infinity));
   const keyOf = (w: SysfsWrite): string | undefined => {
-    const k = w.group ?? w.path;
+    const k = groupKey(w);
     return unitOf.has(k) ? k : undefined;
   };
   const rest = writes.filter((w) => keyOf(w) === undefined);

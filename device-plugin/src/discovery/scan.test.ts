@@ -278,6 +278,7 @@ describe('mdev parents that are not PCI functions (layout of the kernel sample m
       await mkdir(path.join(t.root, 'kernel/iommu_groups/14/devices'), { recursive: true });
       await symlink('../mdev_supported_types/mtty-2', path.join(parent, UUID, 'mdev_type'));
       await symlink('../../../../../kernel/iommu_groups/14', path.join(parent, UUID, 'iommu_group'));
+      await mkdir(path.join(parent, UUID, 'vfio-dev/vfio3'), { recursive: true }); // its number, taken when it was created
       await mkdir(path.join(t.root, 'class/mdev_bus'), { recursive: true });
       await symlink('../../devices/virtual/mtty/mtty', path.join(t.root, 'class/mdev_bus/mtty'));
       // A PCI parent is listed in class/mdev_bus too; the PCI scan reports it (once).
@@ -294,6 +295,7 @@ describe('mdev parents that are not PCI functions (layout of the kernel sample m
         ],
         mdevs: [{ uuid: UUID, type: 'mtty-2', iommuGroup: 14 }],
       });
+      expect(inv.vfioCdevs).toEqual({ [UUID]: '/dev/vfio/devices/vfio3' });
     } finally {
       await t.cleanup();
     }

@@ -26,6 +26,8 @@ type FcHost = NonNullable<InventoryDevice['fcHosts']>[number];
 /** Facts of one function that do not go into the CRD inventory. */
 interface Extra {
   vfioCdev?: string;
+  /** The vfio cdevs of the mdevs below it, by UUID (an mdev takes a number when it is created). */
+  mdevCdevs?: Record<string, string>;
   /** Intel's SR-IOV provisioning folder (i915 `drm/cardN/prelim_iov` or `iov`, xe `sriov_admin`). */
   gpuHint?: GpuHint;
   /** Its per-VF provisioning attributes (Intel SR-IOV GPUs). */
@@ -143,7 +145,7 @@ function readVports(r: AttrReader, pciAddress: string, host: string): FcVport[] 
  * The mediated-device side of a parent (PCI function or not): its `mdev_supported_types` and the
  * mdevs below it (UUID-named folders with an `mdev_type` link).
  */
-function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevice): void {
+function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevice): Record<string, string> | undefined {
   if (entries.includes('mdev_supported_types')) {
     const types: NonNullable<InventoryDevice['mdevTypes']> = [];
     for (const id of r.list('mdev_supported_types')) {
@@ -161,6 +163,7 @@ function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevic
   }
 
   const mdevs: NonNullable<InventoryDevice['mdevs']> = [];
+  let cdevs: Record<string, string> | undefined;
   for (const e of entries) {
     if (!UUID_RE.test(e)) continue;
     const mr = r.sub(e);
@@ -174,8 +177,16 @@ function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevic
       else mr.fail('iommu_group', `malformed link target ${JSON.stringify(g)}`);
     }
     mdevs.push(m);
+    for (const n of mr.list('vfio-dev')) {
+      const p = vfioCdevPath(n);
+      if (p) {
+        (cdevs ??= {})[e] = p;
+        break;
+      }
+    }
   }
   if (mdevs.length > 0) device.mdevs = mdevs;
+  return cdevs;
 }
 
 /**
@@ -262,7 +273,8 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
     device.sriov = sriov;
   }
 
-  readMdevParent(r, entries, device);
+  const mdevCdevs = readMdevParent(r, entries, device);
+  if (mdevCdevs) extra.mdevCdevs = mdevCdevs;
   if (entries.includes('nvidia')) readNvidiaVgpu(r, device);
   if (entries.includes('sriov_admin')) extra.gpuHint = 'xe-sriov-admin';
   else if (entries.includes('drm')) {
@@ -374,8 +386,8 @@ function fcHostsFromClass(root: string, errors: string[]): Map<string, ClassFcHo
  * they are reported as devices named by their class entry (the `pciAddress` field holds that name),
  * with their types and mdevs and nothing else. PCI parents are skipped: the PCI scan has them.
  */
-function nonPciMdevParents(root: string, pciNames: ReadonlySet<string>, errors: string[]): InventoryDevice[] {
-  const out: InventoryDevice[] = [];
+function nonPciMdevParents(root: string, pciNames: ReadonlySet<string>, errors: string[]): { device: InventoryDevice; extra: Extra }[] {
+  const out: { device: InventoryDevice; extra: Extra }[] = [];
   for (const name of listDir(path.join(root, 'class/mdev_bus'), (m) => errors.push(`class/mdev_bus: ${m}`))) {
     if (pciNames.has(name) || isPciAddress(name)) continue;
     const devErrors: string[] = [];
@@ -383,9 +395,9 @@ function nonPciMdevParents(root: string, pciNames: ReadonlySet<string>, errors: 
     const r = new AttrReader(path.join(root, 'class/mdev_bus', name), devErrors, `class/mdev_bus/${name}`);
     const driver = r.linkBase('driver');
     if (driver) device.driver = driver;
-    readMdevParent(r, r.list(), device);
+    const mdevCdevs = readMdevParent(r, r.list(), device);
     if (devErrors.length > 0) device.errors = devErrors;
-    out.push(device);
+    out.push({ device, extra: { vports: [], ...(mdevCdevs ? { mdevCdevs } : {}) } });
   }
   return out;
 }
@@ -426,7 +438,7 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
       results.push({ device, extra: { vports: [] } });
     }
   }
-  for (const device of nonPciMdevParents(sysfsRoot, new Set(names), errors)) results.push({ device, extra: { vports: [] } });
+  results.push(...nonPciMdevParents(sysfsRoot, new Set(names), errors));
   results.sort((a, b) => comparePci(a.device.pciAddress, b.device.pciAddress));
   const inventory: Inventory = { devices: results.map((r) => r.device) };
   markGpuInterfaces(inventory.devices, new Map(results.flatMap((r) => (r.extra.gpuHint ? [[r.device.pciAddress, r.extra.gpuHint] as const] : []))));
@@ -435,7 +447,10 @@ export async function scan(sysfsRoot: string, opts: ScanOptions = {}): Promise<I
   const vports = results.flatMap((r) => r.extra.vports);
   if (vports.length > 0) inventory.vports = vports;
   const cdevs: Record<string, string> = {};
-  for (const r of results) if (r.extra.vfioCdev) cdevs[r.device.pciAddress] = r.extra.vfioCdev;
+  for (const r of results) {
+    if (r.extra.vfioCdev) cdevs[r.device.pciAddress] = r.extra.vfioCdev;
+    Object.assign(cdevs, r.extra.mdevCdevs);
+  }
   if (Object.keys(cdevs).length > 0) inventory.vfioCdevs = cdevs;
   if (opts.devRoot !== undefined) inventory.devNodes = readDevNodes(opts.devRoot);
   const drivers = listDir(path.join(sysfsRoot, 'bus/pci/drivers'));
