@@ -26,7 +26,12 @@ export interface InformerOptions<T extends KubeObject = KubeObject> {
   log: Logger;
   /** Re-list when no event, bookmark, reconnection or list has arrived for this long. Default 5 minutes. */
   silenceMs?: number;
-  /** Items per list call (limit/continue). Default 500, as client-go's reflector. */
+  /**
+   * Items per list call (limit/continue). Default 50, not client-go's 500: a page's text and its
+   * parsed objects are the operator's peak memory at a cold start (VirtualIONodes carry their
+   * inventories); at 1,000 nodes VmHWM at the cold start went 184 → 161 → 145 MiB for 500 → 100 →
+   * 50 (BENCHMARKS.md), for 20 list calls instead of 2.
+   */
   pageSize?: number;
   /** First restart delay after an error (doubles up to maxBackoffMs). Default 500 ms. */
   baseBackoffMs?: number;
@@ -159,7 +164,7 @@ export class Informer<T extends KubeObject> {
     let resourceVersion: string | undefined;
     let cont: string | undefined;
     do {
-      const page: ListResult<T> = await kube.list<T>(resource, { ...this.opts.list, limit: this.opts.pageSize ?? 500, continue: cont });
+      const page: ListResult<T> = await kube.list<T>(resource, { ...this.opts.list, limit: this.opts.pageSize ?? 50, continue: cont });
       if (gen !== this.generation) return page.resourceVersion;
       this.touch();
       // Every page is read at the first page's resourceVersion; the watch resumes from it.

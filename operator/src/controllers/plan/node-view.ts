@@ -2,6 +2,7 @@
 // nothing else. Pure. The agent that plans locally builds the same view of its own status before it
 // plans, so that the operator and the agent plan from identical inputs (device-plugin/src/agent/local-plan.ts).
 import type { VioNode } from '../../api/types.js';
+import { intern } from '../../util/intern.js';
 import { jsonEqual } from '../../util/json.js';
 import { isAgentPoolEntry, isConditionEntry, isReadablePlanEntry, isSliceEntry, listOf, readableInventory } from './shape.js';
 
@@ -18,9 +19,9 @@ export function withoutManagedFields<T extends { metadata: object }>(o: T): T {
 type Inventory = NonNullable<NonNullable<VioNode['status']>['inventory']>;
 type InventoryDevice = NonNullable<Inventory['devices']>[number];
 
-/** The inventory fields planning and KubeVirt entries read; the rest is not cached. */
+/** The inventory fields planning and KubeVirt entries read; the rest is not cached. Shared (intern.ts). */
 export function pruneDevice(d: InventoryDevice): InventoryDevice {
-  return {
+  return intern({
     pciAddress: d.pciAddress, vendorID: d.vendorID, deviceID: d.deviceID, classCode: d.classCode, driver: d.driver,
     numaNode: d.numaNode, physfn: d.physfn,
     ...(d.iommuGroupMembers ? { iommuGroupMembers: d.iommuGroupMembers } : {}),
@@ -28,13 +29,14 @@ export function pruneDevice(d: InventoryDevice): InventoryDevice {
     ...(d.sriov?.vfs ? { sriov: { vfs: d.sriov.vfs } } : {}),
     ...(d.mdevTypes ? { mdevTypes: d.mdevTypes.map((m) => ({ id: m.id, name: m.name })) } : {}),
     ...(d.netdevs ? { netdevs: d.netdevs.map((n) => ({ name: n.name })) } : {}),
-  };
+  });
 }
 
 /**
  * The cached form of a VirtualIONode: no managedFields, a pruned inventory, slices reduced to what
  * status reads, and only the Degraded condition. An inventory equal to the cached one keeps the
- * cached object's identity, so memoized plans stay valid across status-only updates.
+ * cached object's identity, so memoized plans stay valid across status-only updates. Devices, plan
+ * and pool entries and slices equal to another node's are that node's objects (frozen; intern.ts).
  */
 export function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode {
   const o = withoutManagedFields(v);
@@ -53,18 +55,18 @@ export function vioNodeCacheForm(prev: VioNode | undefined, v: VioNode): VioNode
   const inv = isObject(src) && readable ? { devices: readable.devices.map(pruneDevice), ...(src.truncated === true || readable.partial ? { truncated: true } : {}) } : undefined;
   const prevInv = prev?.status?.inventory;
   const inventory = inv && prevInv && jsonEqual(inv, prevInv) ? prevInv : inv;
-  const slices = st.slices === undefined ? undefined : listOf(st.slices, isSliceEntry).map((s) => ({
+  const slices = st.slices === undefined ? undefined : listOf(st.slices, isSliceEntry).map((s) => intern({
     id: s.id, pool: s.pool, kind: s.kind, health: s.health, ...(s.allocation ? { allocation: s.allocation } : {}),
     // onDemand pools: which claim each mdev was carved for (rolled up into the pool's carvings).
     ...(s.carvedFor ? { carvedFor: s.carvedFor, ...(s.mdevType ? { mdevType: s.mdevType } : {}) } : {}),
   }));
-  const pools = st.pools === undefined ? undefined : listOf(st.pools, isAgentPoolEntry);
+  const pools = st.pools === undefined ? undefined : listOf(st.pools, isAgentPoolEntry).map((p) => intern(p));
   const observedGeneration = typeof st.observedGeneration === 'number' ? st.observedGeneration : undefined;
   // Deletion reads the agent's Degraded condition: it says when the agent cannot tell who holds what.
   const conditions = listOf(st.conditions, isConditionEntry).filter((c) => c.type === 'Degraded');
   // An agent that plans locally reports the plan it serves; an unchanged one keeps the cached identity (planning memoizes on it).
   const rawLocal: unknown = st.localPlan;
-  const localIn = isObject(rawLocal) && Array.isArray(rawLocal.pools) ? { pools: listOf(rawLocal.pools, isReadablePlanEntry) } : undefined;
+  const localIn = isObject(rawLocal) && Array.isArray(rawLocal.pools) ? { pools: listOf(rawLocal.pools, isReadablePlanEntry).map((p) => intern(p)) } : undefined;
   const prevLocal = prev?.status?.localPlan;
   const localPlan = localIn && prevLocal && jsonEqual(localIn, prevLocal) ? prevLocal : localIn;
   return {
