@@ -29,16 +29,21 @@ export function client(cp: ControlPlane): Api {
 
 /**
  * Watches a collection (`path` without `?watch`), calling `onEvent` with each event's type and object
- * as it arrives, stamped with performance.now(). Starts with an ADDED event per existing object; a
- * stream the server ends is reopened. `stop()` closes it.
+ * as it arrives, stamped with performance.now(). Starts with an ADDED event per existing object. A
+ * stream the server ends (kube-apiserver ends every watch after 30–60 min, --min-request-timeout) is
+ * reopened from the last resourceVersion seen (bookmarks included), so no event in between is lost;
+ * only when that version is gone (410) does it start over with ADDED events, and `onEvent` then
+ * gets ('RESTART', undefined) first so the caller can tell. `stop()` closes it.
  */
 export function watch<T>(cp: ControlPlane, path: string, onEvent: (type: string, obj: T, at: number) => void): { stop: () => void } {
   const agent = agentFor(cp, 1);
   let stopped = false;
   let current: ReturnType<typeof request> | undefined;
+  let rv = '';
   const open = (): void => {
     if (stopped) return;
-    current = request(`${cp.server}${path}${path.includes('?') ? '&' : '?'}watch=1`, { agent }, (r) => {
+    const from = rv ? `&resourceVersion=${encodeURIComponent(rv)}` : '';
+    current = request(`${cp.server}${path}${path.includes('?') ? '&' : '?'}watch=1&allowWatchBookmarks=true${from}`, { agent }, (r) => {
       let buf = '';
       r.setEncoding('utf8').on('data', (c: string) => {
         const at = performance.now();
@@ -46,10 +51,18 @@ export function watch<T>(cp: ControlPlane, path: string, onEvent: (type: string,
         for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
           const line = buf.slice(0, i).trim();
           buf = buf.slice(i + 1);
-          if (line) {
-            const e = JSON.parse(line) as { type: string; object: T };
-            onEvent(e.type, e.object, at);
+          if (!line) continue;
+          const e = JSON.parse(line) as { type: string; object: T & { code?: number; metadata?: { resourceVersion?: string } } };
+          if (e.type === 'ERROR') {
+            // 410: the version is compacted away; start over (the caller is told).
+            if (e.object.code === 410) {
+              rv = '';
+              onEvent('RESTART', undefined as T, at);
+            }
+            continue;
           }
+          rv = e.object.metadata?.resourceVersion ?? rv;
+          if (e.type !== 'BOOKMARK') onEvent(e.type, e.object, at);
         }
       }).on('end', () => setTimeout(open, 100)).on('error', () => undefined);
     });

@@ -133,13 +133,15 @@ async function main(): Promise<void> {
     // The pre-carved pools' 8 mdevs exist: give the agent one more breath to publish them all.
     await new Promise((r) => setTimeout(r, 2000));
 
-    const podWatch = watch<PodJson>(cp, `/api/v1/namespaces/${NS}/pods`, (_t, p, at) => {
+    const podWatch = watch<PodJson>(cp, `/api/v1/namespaces/${NS}/pods`, (t, p, at) => {
+      if (t === 'RESTART') return;
       const m = marks.get(p.metadata.name);
       if (!m) return;
       if (p.spec?.nodeName && m.bound === undefined) m.bound = at;
       if (p.status?.phase === 'Running' && m.running === undefined) m.running = at;
     });
-    const claimWatch = watch<ClaimJson>(cp, `/apis/resource.k8s.io/v1/namespaces/${NS}/resourceclaims`, (_t, c, at) => {
+    const claimWatch = watch<ClaimJson>(cp, `/apis/resource.k8s.io/v1/namespaces/${NS}/resourceclaims`, (t, c, at) => {
+      if (t === 'RESTART') return;
       const owner = c.metadata.ownerReferences?.find((o) => o.kind === 'Pod')?.name;
       const m = owner ? marks.get(owner) : undefined;
       if (!m) return;
