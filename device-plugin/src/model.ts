@@ -130,6 +130,13 @@ export interface SysfsWrite {
    * like the plain write it stands for.
    */
   tool?: 'sriov-manage' | 'nvidia-smi-shm' | 'nvidia-smi-mig';
+  /**
+   * Paths (relative to the sysfs root) that exist once the write took effect: the next write waits
+   * for them, up to a second. Set while the agent restores VFIO numbers on the last write of a bind or
+   * mdev create (agent/vfio-numbers.ts): each number must be taken before the next device asks for
+   * one, and a write can return before its effect (a driver's asynchronous probe).
+   */
+  settle?: string[];
 }
 
 /** A pool/device pair whose carving cannot proceed now (e.g. its slices are allocated). */

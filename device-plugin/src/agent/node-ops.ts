@@ -1,5 +1,6 @@
 // Binds the node side (discovery, carving, health) to this node's roots: the NodeOps port of the
 // agent manager, implemented with discovery/scan, carving/plan+apply and health/slices.
+import { existsSync } from 'node:fs';
 import { applyCarving, type ToolRunner } from '../carving/apply.js';
 import { rememberCatalogues, type VgpuType } from '../carving/gpu.js';
 import { nvidiaToolRunner } from '../carving/nvidia-tools.js';
@@ -9,8 +10,20 @@ import { scan } from '../discovery/scan.js';
 import { buildSlices } from '../health/slices.js';
 import type { Logger } from '../log.js';
 import { IsolatedSysfsWriter } from '../sysfs/isolated-writer.js';
-import { FsSysfsWriter, type SysfsWriter } from '../sysfs/writer.js';
+import { FsSysfsWriter, resolveUnderRoot, type SysfsWriter } from '../sysfs/writer.js';
 import type { NodeOps } from './ports.js';
+
+/** How long a write's `settle` paths are waited for (model.ts SysfsWrite.settle). */
+const SETTLE_MS = 1000;
+
+/** Waits until every path exists under the root, or `ms` passed (then the pass goes on: the next rescan tells). */
+async function appeared(root: string, paths: readonly string[], ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (const p of paths) {
+    const full = resolveUnderRoot(root, p);
+    while (!existsSync(full) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  }
+}
 
 export interface NodeOpsOptions {
   sysfsRoot: string;
@@ -48,7 +61,7 @@ export function createNodeOps(opts: NodeOpsOptions): NodeOps {
     planCarving: (spec, inventory, allocated, ownedPfs, onDemand) => planCarving({ spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}), ...(onDemand ? { onDemand } : {}) }),
     planUncarve: (pool, spec, inventory, allocated, ownedPfs, kept) => planUncarve({ pool, spec, inventory, nodeName: opts.nodeName, allocated, ...(ownedPfs ? { ownedPfs } : {}), ...(kept ? { kept } : {}) }),
     applyCarving: async (plan, signal) =>
-      (await applyCarving(plan, writer, signal, tools)).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
+      (await applyCarving(plan, writer, signal, tools, (paths) => appeared(opts.sysfsRoot, paths, SETTLE_MS))).map((r) => (r.ok ? { write: r.write } : { write: r.write, error: r.error, ...(r.code ? { code: r.code } : {}), ...(r.skipped ? { skipped: true } : {}) })),
     provision: async (spec, inventory, held, onDemand) => {
       const r = await provisionNvme({ spec, inventory, devRoot: opts.devRoot, cli: execNvmeCli(opts.nvmeCli ?? 'nvme'), writer, held, ...(onDemand ? { onDemand } : {}) });
       for (const a of r.actions) opts.logger.info(a, 'nvme provisioning');

@@ -10,6 +10,8 @@ const bind = (bdf: string): SysfsWrite[] => [
 const probes = (ws: SysfsWrite[]): string[] => ws.filter((w) => w.path === 'bus/pci/drivers_probe').map((w) => w.value);
 const numvfs: SysfsWrite = { path: 'bus/pci/devices/0000:81:00.0/sriov_numvfs', value: '4', why: 'vfs', group: '0000:81:00.0' };
 
+/** The writes without the settle paths the ordering adds while restoring. */
+const plain = (ws: SysfsWrite[]): SysfsWrite[] => ws.map(({ settle: _s, ...w }) => w);
 const g = (n: number): string => `/dev/vfio/${n}`;
 const c = (n: number): string => `/dev/vfio/devices/vfio${n}`;
 
@@ -39,7 +41,9 @@ describe('orderVfioBinds: binds to vfio-pci in the order of their recorded cdev 
     expect(r.writes[0]).toEqual(numvfs);
     expect(probes(r.writes)).toEqual(['0000:81:00.5', '0000:81:00.4', '0000:81:00.3', '0000:81:00.2', '0000:5e:00.1', '0000:5e:00.0', '0000:5e:00.2']);
     // Each bind keeps its own writes together and in order.
-    expect(r.writes.slice(1, 3)).toEqual(bind('0000:81:00.5'));
+    expect(plain(r.writes.slice(1, 3))).toEqual(bind('0000:81:00.5'));
+    // The next bind waits until this one's number is taken.
+    expect(r.writes.slice(1, 3).map((w) => w.settle)).toEqual([undefined, ['bus/pci/devices/0000:81:00.5/vfio-dev']]);
     expect(r.waitingFor).toEqual([]);
   });
 
@@ -65,12 +69,15 @@ describe('orderVfioBinds: binds to vfio-pci in the order of their recorded cdev 
     expect(first.waitingFor).toEqual(['0000:81:00.2 (vfio0)', '0000:81:00.3 (vfio1)']);
     // Next pass: the binds go first, then the create.
     const next = orderVfioBinds([create, ...bind('0000:81:00.3'), ...bind('0000:81:00.2')], r2, inv([dev('0000:81:00.0'), dev('0000:81:00.2'), dev('0000:81:00.3'), dev('0000:5e:00.0', 'nvidia')]), true);
-    expect(next.writes).toEqual([...bind('0000:81:00.2'), ...bind('0000:81:00.3'), create]);
+    expect(plain(next.writes)).toEqual([...bind('0000:81:00.2'), ...bind('0000:81:00.3'), create]);
+    expect(next.writes.map((w) => w.settle).filter(Boolean)).toEqual([['bus/pci/devices/0000:81:00.2/vfio-dev'], ['bus/pci/devices/0000:81:00.3/vfio-dev'], ['bus/mdev/devices/u/vfio-dev']]);
+    // Past the wait, nothing settles.
+    expect(orderVfioBinds([create, ...bind('0000:81:00.2')], r2, inv([dev('0000:81:00.2')]), false).writes.some((w) => w.settle)).toBe(false);
     expect(next.binds).toEqual(['0000:81:00.2', '0000:81:00.3', 'u']);
     // And a VF recorded after an mdev waits for that mdev to be created.
     const r3: VfioRecord = { cdevs: { u: 0, '0000:81:00.2': 1 }, nodes: {} };
     expect(orderVfioBinds([...bind('0000:81:00.2')], r3, inv([dev('0000:81:00.2')]), true).waitingFor).toEqual(['u (vfio0)']);
-    expect(orderVfioBinds([...bind('0000:81:00.2')], r3, inv([dev('0000:81:00.2')], { u: 0 }), true).writes).toEqual(bind('0000:81:00.2'));
+    expect(plain(orderVfioBinds([...bind('0000:81:00.2')], r3, inv([dev('0000:81:00.2')], { u: 0 }), true).writes)).toEqual(bind('0000:81:00.2'));
   });
 
   test('no record: the writes are left as planned', () => {

@@ -47,6 +47,9 @@ export function cdevNumbers(inv: Inventory): Map<string, number> {
 const OVERRIDE = /^bus\/pci\/devices\/([^/]+)\/driver_override$/;
 const MDEV_CREATE = /\/mdev_supported_types\/[^/]+\/create$/;
 
+/** The sysfs folder that exists once a function or mdev (by UUID) has its VFIO number. */
+const vfioDevPath = (id: string): string => (/^[0-9a-f]{4}:/i.test(id) ? `bus/pci/devices/${id}/vfio-dev` : `bus/mdev/devices/${id}/vfio-dev`);
+
 /** What a write gives a VFIO number to: a function it binds to vfio-pci, or the mdev it creates. */
 function numbered(w: SysfsWrite): string | undefined {
   if (MDEV_CREATE.test(w.path)) return w.value.trim();
@@ -98,7 +101,10 @@ export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, i
       for (const [b, m] of lower) waitingFor.add(`${b} (vfio${m}${driverOf.has(b) ? ', not bound yet' : ''})`);
       continue;
     }
-    out.push(...writes.filter((w) => keyOf(w) === k));
+    const own = writes.filter((w) => keyOf(w) === k);
+    // While restoring, the next unit waits until this one's numbers are taken (its vfio-dev is there).
+    if (waiting && own.length > 0) own[own.length - 1] = { ...(own.at(-1) as SysfsWrite), settle: fns.map(vfioDevPath) };
+    out.push(...own);
     binds.push(...fns);
   }
   return { writes: out, waitingFor: [...waitingFor].sort(), binds };

@@ -19,7 +19,7 @@ const noTools: ToolRunner = (w) => Promise.reject(new Error(`${w.path}=${w.value
  * proceed. An aborted `signal` skips everything not yet started. Writes with a `tool` go to
  * `tools` instead of the writer.
  */
-export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signal?: AbortSignal, tools: ToolRunner = noTools): Promise<WriteResult[]> {
+export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signal?: AbortSignal, tools: ToolRunner = noTools, settled: (paths: readonly string[]) => Promise<void> = async () => undefined): Promise<WriteResult[]> {
   const results: WriteResult[] = [];
   const failedGroups = new Set<string>();
   for (const write of plan.writes) {
@@ -35,6 +35,7 @@ export async function applyCarving(plan: CarvingPlan, writer: SysfsWriter, signa
       if (write.tool) await tools(write);
       else await writer.write(write.path, write.value, { lane: write.group ?? write.path });
       results.push({ write, ok: true });
+      if (write.settle?.length) await settled(write.settle);
     } catch (err) {
       if (write.group !== undefined) failedGroups.add(write.group);
       const code = (err as NodeJS.ErrnoException).code;
