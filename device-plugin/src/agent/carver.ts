@@ -181,8 +181,8 @@ export class Carver {
       this.recordDone(results, releasing);
       if (victims.length > 0 && inp.destroyed) {
         // A remove the kernel answers ENOENT to found the device gone already: destroyed all the same.
-        const done = new Set(results.filter((r) => !r.error || (r.code === 'ENOENT' && r.write.path.endsWith('/remove'))).map((r) => `${r.write.path}\n${r.write.value}`));
-        const gone = verdict.allowed.filter((a) => done.has(`${a.write.path}\n${a.write.value}`)).flatMap((a) => a.victims);
+        const done = new Set(results.filter((r) => !r.error || (r.code === 'ENOENT' && r.write.path.endsWith('/remove'))).map((r) => r.write));
+        const gone = verdict.allowed.filter((a) => done.has(a.write)).flatMap((a) => a.victims);
         if (gone.length > 0) inp.destroyed([...new Set(gone)]);
       }
       let failed = false;

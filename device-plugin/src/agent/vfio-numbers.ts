@@ -24,7 +24,7 @@
 // whose group still moved is caught by `nodes`.
 import type { Logger } from '../log.js';
 import type { Inventory, Slice, SysfsWrite } from '../model.js';
-import { VFIO_PCI } from '../sysfs/pci.js';
+import { isPciAddress, VFIO_PCI } from '../sysfs/pci.js';
 
 /** The checkpoint's record (see the file comment). */
 export interface VfioRecord {
@@ -48,7 +48,7 @@ const OVERRIDE = /^bus\/pci\/devices\/([^/]+)\/driver_override$/;
 const MDEV_CREATE = /\/mdev_supported_types\/[^/]+\/create$/;
 
 /** The sysfs folder that exists once a function or mdev (by UUID) has its VFIO number. */
-const vfioDevPath = (id: string): string => (/^[0-9a-f]{4}:/i.test(id) ? `bus/pci/devices/${id}/vfio-dev` : `bus/mdev/devices/${id}/vfio-dev`);
+const vfioDevPath = (id: string): string => (isPciAddress(id) ? `bus/pci/devices/${id}/vfio-dev` : `bus/mdev/devices/${id}/vfio-dev`);
 
 /** What a write gives a VFIO number to: a function it binds to vfio-pci, or the mdev it creates. */
 function numbered(w: SysfsWrite): string | undefined {
@@ -247,10 +247,9 @@ export class VfioNumbers {
     const rec = this.checkpoint.vfio();
     let changed = false;
     for (const id of ids) {
-      if (rec.nodes[id] !== undefined) delete rec.nodes[id];
-      else if (rec.cdevs[id] === undefined) continue;
+      changed ||= id in rec.nodes || id in rec.cdevs;
+      delete rec.nodes[id];
       delete rec.cdevs[id];
-      changed = true;
     }
     if (changed) this.checkpoint.save();
   }

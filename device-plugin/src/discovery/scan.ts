@@ -61,6 +61,11 @@ export function vfioCdevPath(entry: string): string | undefined {
   return /^vfio\d+$/.test(entry) ? `/dev/vfio/devices/${entry}` : undefined;
 }
 
+/** The cdev a device's `vfio-dev/` folder names (its entries), or undefined. */
+function cdevAmong(entries: readonly string[]): string | undefined {
+  return entries.map(vfioCdevPath).find((p) => p !== undefined);
+}
+
 /** The `/dev` path of a VFIO group node. */
 export function vfioGroupPath(group: number): string {
   return `/dev/vfio/${group}`;
@@ -81,12 +86,7 @@ export function devPathUnder(devRoot: string, canonical: string): string {
  * support in the kernel).
  */
 export async function vfioCdevOf(sysfsRoot: string, pciAddress: string): Promise<string | undefined> {
-  const names = listDir(path.join(sysfsRoot, 'bus/pci/devices', pciAddress, 'vfio-dev'));
-  for (const n of names) {
-    const p = vfioCdevPath(n);
-    if (p) return p;
-  }
-  return undefined;
+  return cdevAmong(listDir(path.join(sysfsRoot, 'bus/pci/devices', pciAddress, 'vfio-dev')));
 }
 
 function readFcHost(fc: AttrReader, host: string): FcHost {
@@ -177,13 +177,8 @@ function readMdevParent(r: AttrReader, entries: string[], device: InventoryDevic
       else mr.fail('iommu_group', `malformed link target ${JSON.stringify(g)}`);
     }
     mdevs.push(m);
-    for (const n of mr.list('vfio-dev')) {
-      const p = vfioCdevPath(n);
-      if (p) {
-        (cdevs ??= {})[e] = p;
-        break;
-      }
-    }
+    const cdev = cdevAmong(mr.list('vfio-dev'));
+    if (cdev) (cdevs ??= {})[e] = cdev;
   }
   if (mdevs.length > 0) device.mdevs = mdevs;
   return cdevs;
@@ -326,13 +321,8 @@ function readDevice(root: string, name: string, fcExtraHosts: ClassFcHost[]): { 
   }
 
   if (entries.includes('vfio-dev')) {
-    for (const n of r.list('vfio-dev')) {
-      const p = vfioCdevPath(n);
-      if (p) {
-        extra.vfioCdev = p;
-        break;
-      }
-    }
+    const cdev = cdevAmong(r.list('vfio-dev'));
+    if (cdev) extra.vfioCdev = cdev;
   }
 
   if (errors.length > 0) device.errors = errors;
