@@ -235,6 +235,19 @@ describe('AgentManager', () => {
   const holdPod = (ids: string[], resource = 'virtualio.dev/net-a'): void =>
     podres.setPods([{ name: 'virt-launcher-vm1-abcde', namespace: 'vms', containers: [{ name: 'compute', devices: [{ resourceName: resource, deviceIds: ids }] }] }]);
 
+  test('an Allocate does not rescan the node; the pod the kubelet then reports does, once', async () => {
+    plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });
+    await kubelet.waitFor('listed', () => kubelet.lastList('virtualio.dev/net-a')?.length === 2);
+    await kubelet.waitFor('registered in status', () => statuses.findLast((s) => s.pools?.[0]?.registered));
+    const scans = node.scans;
+    await kubelet.allocate('virtualio.dev/net-a', ['0000:81:00.2']);
+    holdPod(['0000:81:00.2']);
+    const st = await kubelet.waitFor('the pod in status', () => statuses.findLast((s) => s.summary?.allocated === 1));
+    expect(st.slices?.find((s) => s.id === '0000:81:00.2')?.allocation).toMatchObject({ pod: 'virt-launcher-vm1-abcde' });
+    // One cycle for the changed PodResources answer; none for the Allocate itself (it made two before).
+    expect(node.scans - scans).toBe(1);
+  });
+
   test('a pool that leaves the plan while a pod holds a slice keeps it (draining: listed Unhealthy, not uncarved) and releases it once the pod is gone', async () => {
     holdPod(['0000:81:00.2']);
     plan.set({ kind: 'ok', spec: { pools: [pool('net-a', '0000:81:00.0', 2)] }, generation: 1 });

@@ -192,9 +192,14 @@ export class AgentManager {
     return this.ledger.state(id);
   }
 
-  /** Asks the loop for a rescan ('scan'-like reasons) or only a status refresh. */
+  /**
+   * Asks the loop for a rescan ('scan'-like reasons) or only a status refresh. An Allocate changes
+   * who holds what (the ledger, which status reads), not the node: a full scan after each one made
+   * a burst of Allocates queue behind sysfs reads (on an emulated guest a scan costs more than the
+   * call). The PodResources List it kicks triggers a cycle if the kubelet's answer changed.
+   */
   trigger(reason: 'plan' | 'timer' | 'fs' | 'podresources' | 'registration' | 'allocate'): void {
-    if (reason === 'registration') this.wantStatus = true;
+    if (reason === 'registration' || reason === 'allocate') this.wantStatus = true;
     else this.wantScan = true;
     this.waker?.();
   }
