@@ -8,6 +8,7 @@ import type { PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import type { PluginDirWatcher } from '../kubelet/watcher.js';
 import type { PoolSpec } from '../plugin/allocate.js';
 import { PoolPlugin, type RegistrationOptions } from '../plugin/pool.js';
+import type { AllocationWindow } from '../podresources/allocation-window.js';
 import type { HoldState } from './ledger.js';
 import type { Retired } from './retire.js';
 
@@ -25,6 +26,8 @@ export interface FrontEndOptions {
   admit: (pool: string, resourceName: string, ids: string[]) => string | undefined;
   onAllocated: () => void;
   onStateChange: () => void;
+  /** Keeps the agent's PodResources Lists out of the kubelet's allocations. */
+  window?: AllocationWindow;
 }
 
 function poolSpec(p: PoolPlan): PoolSpec {
@@ -89,6 +92,7 @@ export class DevicePluginFrontEnd {
           admit: this.opts.admit,
           onAllocated: () => this.opts.onAllocated(),
           onStateChange: () => this.opts.onStateChange(),
+          ...(this.opts.window ? { window: this.opts.window } : {}),
         });
         this.plugins.set(name, plugin);
         this.opts.logger.info({ pool: name, resourceName: p.resourceName }, 'starting pool server');

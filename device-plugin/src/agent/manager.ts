@@ -13,6 +13,7 @@ import type { VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { Logger } from '../log.js';
 import type { Inventory, PoolPlan, Slice, VirtualIONodeSpec } from '../model.js';
 import { PodResourcesWatcher, podGoneVia } from '../podresources/client.js';
+import { AllocationWindow } from '../podresources/allocation-window.js';
 import { withOriginals } from '../discovery/original.js';
 import { Carver } from './carver.js';
 import { StartupRestore, unrestoredHeld } from './restore.js';
@@ -82,8 +83,10 @@ export class AgentManager {
     this.known = new Map(this.checkpoint.pools());
     this.onDemandCapacity = this.checkpoint.mdevCapacity();
     for (const r of this.checkpoint.retired()) this.retired.set(retiredKey(r.plan), r);
+    const window = new AllocationWindow(); // our Lists stay out of the kubelet's allocations
     this.podres = new PodResourcesWatcher({
       socket: opts.podResourcesSocket,
+      window,
       logger: opts.logger,
       metrics: opts.metrics,
       // Holders of every resource this agent has served, not only of today's plan.
@@ -142,6 +145,7 @@ export class AgentManager {
         this.trigger('allocate');
       },
       onStateChange: () => this.trigger('registration'),
+      window,
     });
   }
 

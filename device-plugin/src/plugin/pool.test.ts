@@ -11,7 +11,8 @@ import { PluginDirWatcher } from '../kubelet/watcher.js';
 import { silentLogger } from '../log.js';
 import { createMetrics } from '../metrics.js';
 import type { Slice } from '../model.js';
-import { PoolPlugin, initialRegistration, type RegistrationOptions } from './pool.js';
+import { AllocationWindow } from '../podresources/allocation-window.js';
+import { PoolPlugin, initialRegistration, type PoolPluginOptions, type RegistrationOptions } from './pool.js';
 
 const RES = 'virtualio.dev/fast-net';
 function vf(i: number, health: Slice['health'] = 'Healthy'): Slice {
@@ -25,6 +26,7 @@ describe('PoolPlugin against the fake kubelet', () => {
   let ctl: AbortController;
   let watcher: PluginDirWatcher;
   let plugin: PoolPlugin;
+  let options: PoolPluginOptions;
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'vio-pool-'));
@@ -32,7 +34,7 @@ describe('PoolPlugin against the fake kubelet', () => {
     ctl = new AbortController();
     watcher = new PluginDirWatcher({ dir: kubelet.pluginDir, logger: silentLogger(), signal: ctl.signal });
     watcher.start();
-    plugin = new PoolPlugin({
+    plugin = new PoolPlugin(options = {
       pool: { name: 'fast-net', resourceName: RES, class: 'NIC', mode: 'SRIOV', consumption: 'SRIOVNetwork' },
       pluginDir: kubelet.pluginDir,
       devinfoDir: join(dir, 'devinfo'),
@@ -102,6 +104,38 @@ describe('PoolPlugin against the fake kubelet', () => {
     await kubelet.waitFor('empty list', () => ep2.lists[ep2.lists.length - 1]?.length === 0);
     expect(existsSync(plugin.socketPath)).toBe(false);
     expect(existsSync(join(dir, 'cdi', 'virtualio.dev-fast-net.json'))).toBe(false);
+  });
+
+  // The kubelet reserves right after GetPreferredAllocation and records after Allocate; a List of
+  // ours in between can make it lose the reservation (allocation-window.ts).
+  test('GetPreferredAllocation is answered once a PodResources List in flight came back; both calls keep the next List out', async () => {
+    const window = new AllocationWindow(200);
+    plugin = new PoolPlugin({ ...options, window });
+    plugin.update([vf(0), vf(1)]);
+    plugin.start();
+    await kubelet.waitFor('registered state', () => plugin.state.registered);
+    let finish!: () => void;
+    const listed = window.list(() => new Promise<void>((r) => (finish = r)));
+    let answer: string[] | undefined;
+    const preferred = kubelet.preferred(RES, ['0000:81:02.1', '0000:81:02.0'], [], 1).then((ids) => (answer = ids));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(answer).toBeUndefined();
+    expect(window.waitMs()).toBe(200); // the call is open
+    finish();
+    await listed;
+    await preferred;
+    expect(answer).toStrictEqual(['0000:81:02.0']);
+    await new Promise((r) => setTimeout(r, 250));
+    expect(window.waitMs()).toBe(200); // the kubelet holds its pick until it has our Allocate answer
+    await kubelet.allocate(RES, ['0000:81:02.0']);
+    expect(window.waitMs()).toBeGreaterThan(0); // settling
+    await new Promise((r) => setTimeout(r, 250));
+    expect(window.waitMs()).toBe(0);
+    await kubelet.allocate(RES, ['0000:81:02.0']);
+    expect(window.waitMs()).toBeGreaterThan(0);
+    await expect(kubelet.allocate(RES, ['nope'])).rejects.toMatchObject({ code: 3 });
+    await new Promise((r) => setTimeout(r, 250));
+    expect(window.waitMs()).toBe(0); // a refused call ends too
   });
 
   test('waits for kubelet.sock, then registers', async () => {

@@ -24,6 +24,7 @@ import { devinfoFileName, kubeletPluginFolder, socketName } from './names.js';
 import { preferredAllocation } from './preferred.js';
 import { PoolServer, deviceList, type ServerView } from './server.js';
 import type { DevicePluginHandlers } from '../../../proto/generated/deviceplugin/v1beta1/DevicePlugin.js';
+import type { AllocationWindow } from '../podresources/allocation-window.js';
 
 export interface PoolPluginOptions {
   pool: PoolSpec;
@@ -44,6 +45,8 @@ export interface PoolPluginOptions {
   admit?: (pool: string, resourceName: string, ids: string[]) => string | undefined;
   /** Called when the registration state changes. */
   onStateChange?: () => void;
+  /** Told of every allocation call, which waits for a PodResources List in flight first (see allocation-window.ts). */
+  window?: AllocationWindow;
   /** Register call, replaceable in tests. */
   register?: typeof registerWithKubelet;
   /** How to register (default: kubelet.sock only). */
@@ -437,52 +440,68 @@ export class PoolPlugin {
 
   private serverView(): ServerView {
     const Allocate: DevicePluginHandlers['Allocate'] = (call, cb) => {
-      const pool = this.opts.pool;
-      const t0 = process.hrtime.bigint();
-      const elapsed = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
-      const out = allocate(call.request, pool, this.slices, { cdi: this.opts.cdi.enabled });
-      if (!out.ok) {
-        this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
-        this.log.warn({ code: out.code, error: out.message }, 'Allocate rejected');
-        cb({ code: grpc.status[out.code], details: out.message });
-        return;
+      const end = this.opts.window?.begin('Allocate');
+      try {
+        this.answerAllocate(call, cb);
+      } finally {
+        end?.();
       }
-      const ids = call.request.containerRequests.flatMap((c) => c.devicesIds);
-      const refused = this.opts.admit?.(pool.name, pool.resourceName, ids);
-      if (refused) {
-        this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
-        this.log.error({ ids, reason: refused }, 'Allocate refused: the slice is held elsewhere or being changed');
-        cb({ code: grpc.status.FAILED_PRECONDITION, details: `pool ${pool.name}: ${refused}` });
-        return;
-      }
-      for (const f of out.devinfo) {
-        try {
-          writeDevinfoFile(this.opts.devinfoDir, f);
-          this.devinfoWritten.set(f.deviceId, f.fileName);
-        } catch (err) {
-          this.log.error({ err, file: f.fileName }, 'cannot write Multus device-info file');
-          if (pool.consumption === 'SRIOVNetwork') {
-            this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
-            cb({ code: grpc.status.INTERNAL, details: `pool ${pool.name}: cannot write device-info file ${f.fileName}: ${String(err)}` });
-            return;
-          }
-        }
-      }
-      this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, elapsed());
-      this.log.info({ ids }, 'allocated');
-      cb(null, out.response);
-      this.opts.onAllocated?.(pool.name, ids);
     };
     const GetPreferredAllocation: DevicePluginHandlers['GetPreferredAllocation'] = (call, cb) => {
-      const pool = this.opts.pool;
-      try {
-        const containerResponses = call.request.containerRequests.map((r) => ({ deviceIDs: preferredAllocation(r, pool, this.slices) }));
-        cb(null, { containerResponses });
-      } catch (err) {
-        this.log.error({ err }, 'GetPreferredAllocation failed');
-        cb({ code: grpc.status.INTERNAL, details: String(err) });
-      }
+      const end = this.opts.window?.begin('GetPreferredAllocation');
+      // The kubelet reserves what it picks right after this answer: a List of ours still in flight
+      // must have reached it before (allocation-window.ts).
+      void (this.opts.window?.listsDone() ?? Promise.resolve()).then(() => {
+        try {
+          const pool = this.opts.pool;
+          const containerResponses = call.request.containerRequests.map((r) => ({ deviceIDs: preferredAllocation(r, pool, this.slices) }));
+          cb(null, { containerResponses });
+        } catch (err) {
+          this.log.error({ err }, 'GetPreferredAllocation failed');
+          cb({ code: grpc.status.INTERNAL, details: String(err) });
+        } finally {
+          end?.();
+        }
+      });
     };
     return { devices: () => deviceList(this.slices.values()), handlers: { Allocate, GetPreferredAllocation } };
+  }
+
+  private answerAllocate(call: Parameters<DevicePluginHandlers['Allocate']>[0], cb: Parameters<DevicePluginHandlers['Allocate']>[1]): void {
+    const pool = this.opts.pool;
+    const t0 = process.hrtime.bigint();
+    const elapsed = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
+    const out = allocate(call.request, pool, this.slices, { cdi: this.opts.cdi.enabled });
+    if (!out.ok) {
+      this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
+      this.log.warn({ code: out.code, error: out.message }, 'Allocate rejected');
+      cb({ code: grpc.status[out.code], details: out.message });
+      return;
+    }
+    const ids = call.request.containerRequests.flatMap((c) => c.devicesIds);
+    const refused = this.opts.admit?.(pool.name, pool.resourceName, ids);
+    if (refused) {
+      this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
+      this.log.error({ ids, reason: refused }, 'Allocate refused: the slice is held elsewhere or being changed');
+      cb({ code: grpc.status.FAILED_PRECONDITION, details: `pool ${pool.name}: ${refused}` });
+      return;
+    }
+    for (const f of out.devinfo) {
+      try {
+        writeDevinfoFile(this.opts.devinfoDir, f);
+        this.devinfoWritten.set(f.deviceId, f.fileName);
+      } catch (err) {
+        this.log.error({ err, file: f.fileName }, 'cannot write Multus device-info file');
+        if (pool.consumption === 'SRIOVNetwork') {
+          this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'error' }, elapsed());
+          cb({ code: grpc.status.INTERNAL, details: `pool ${pool.name}: cannot write device-info file ${f.fileName}: ${String(err)}` });
+          return;
+        }
+      }
+    }
+    this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, elapsed());
+    this.log.info({ ids }, 'allocated');
+    cb(null, out.response);
+    this.opts.onAllocated?.(pool.name, ids);
   }
 }

@@ -7,6 +7,7 @@ import type { PodResourcesListerClient } from '../../../proto/generated/podresou
 import type { PodResources__Output } from '../../../proto/generated/podresources/v1/PodResources.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from '../metrics.js';
+import type { AllocationWindow } from './allocation-window.js';
 
 /** Who holds one slice. */
 export interface Holder {
@@ -67,6 +68,28 @@ export function mapHolders(pods: readonly PodResources__Output[], resourceNames:
 }
 
 /**
+ * Devices the kubelet lists for more than one pod (ours, as mapHolders keeps them), with the pods
+ * (`namespace/name`), by ID: the kubelet handed a device a live pod holds to another pod (its device
+ * manager can lose a reservation in flight, see allocation-window.ts).
+ */
+export function sharedDevices(pods: readonly PodResources__Output[], resourceNames: ReadonlySet<string>, deviceHere: (id: string) => boolean = () => false): { id: string; pods: string[] }[] {
+  const byId = new Map<string, Set<string>>();
+  for (const pod of pods) {
+    for (const c of pod.containers ?? []) {
+      for (const d of c.devices ?? []) {
+        for (const id of d.deviceIds ?? []) {
+          if (!resourceNames.has(d.resourceName) && !deviceHere(id)) continue;
+          const set = byId.get(id) ?? new Set<string>();
+          set.add(`${pod.namespace}/${pod.name}`);
+          byId.set(id, set);
+        }
+      }
+    }
+  }
+  return [...byId].filter(([, s]) => s.size > 1).map(([id, s]) => ({ id, pods: [...s].sort() })).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+/**
  * The VMI of a virt-launcher pod: a pod labelled `kubevirt.io/created-by` (the VMI UID) is a launcher;
  * its VMI is named by its VirtualMachineInstance owner reference, else the label (UID) is reported.
  */
@@ -93,6 +116,10 @@ export interface PodResourcesWatcherOptions {
   minGapMs?: number;
   /** Delay of the List after an Allocate (default 300 ms, still respecting the gap). */
   afterAllocateMs?: number;
+  /** Keeps Lists out of the kubelet's device allocations (see allocation-window.ts). */
+  window?: AllocationWindow;
+  /** A List kept out of allocations this long goes anyway (default 30 s): the agent must learn its holders. */
+  maxDeferMs?: number;
 }
 
 const sleep = (ms: number, signal: AbortSignal, wake: { fn?: () => void }): Promise<void> =>
@@ -113,6 +140,7 @@ const sleep = (ms: number, signal: AbortSignal, wake: { fn?: () => void }): Prom
 export class PodResourcesWatcher {
   private holdersMap = new Map<string, Holder>();
   private lastText = '';
+  private lastShared = '[]';
   private client: PodResourcesListerClient | undefined;
   private nextAt = 0;
   private lastCallAt = 0;
@@ -148,6 +176,8 @@ export class PodResourcesWatcher {
     const interval = this.opts.intervalMs ?? 5000;
     const gap = this.opts.minGapMs ?? 1000;
     this.nextAt = Date.now();
+    /** When a due List was first kept back for an allocation. */
+    let deferredSince: number | undefined;
     try {
       while (!signal.aborted) {
         const earliest = Math.max(this.nextAt, this.lastCallAt + gap + this.backoffMs);
@@ -155,6 +185,12 @@ export class PodResourcesWatcher {
           await sleep(earliest - Date.now(), signal, this.wake);
           continue;
         }
+        const quiet = this.opts.window?.waitMs() ?? 0;
+        if (quiet > 0 && Date.now() - (deferredSince ??= Date.now()) < (this.opts.maxDeferMs ?? 30_000)) {
+          await sleep(quiet, signal, {});
+          continue;
+        }
+        deferredSince = undefined;
         this.lastCallAt = Date.now();
         this.nextAt = this.lastCallAt + interval;
         await this.listOnce();
@@ -171,11 +207,19 @@ export class PodResourcesWatcher {
     });
     const client = this.client;
     try {
-      const res = await new Promise<PodResources__Output[]>((resolve, reject) =>
+      const list = (): Promise<PodResources__Output[]> => new Promise((resolve, reject) =>
         client.list({}, { deadline: Date.now() + 5000 }, (err, r) => (err ? reject(err) : resolve(r?.podResources ?? []))),
       );
+      const res = await (this.opts.window ? this.opts.window.list(list) : list());
       this.opts.metrics.podResourcesLists.inc({ result: 'ok' });
-      const holders = mapHolders(res, this.opts.resourceNames(), this.opts.deviceHere);
+      const names = this.opts.resourceNames();
+      const holders = mapHolders(res, names, this.opts.deviceHere);
+      const shared = sharedDevices(res, names, this.opts.deviceHere);
+      const sharedText = JSON.stringify(shared);
+      if (shared.length > 0 && sharedText !== this.lastShared) {
+        this.log.error({ shared }, 'the kubelet lists one device for two pods: it handed out a device a live pod holds (its device manager lost the reservation of an Allocate in flight, kubernetes/kubernetes pull request 137534): the pod admitted later was given a device the other holds');
+      }
+      this.lastShared = sharedText;
       await this.enrich(holders);
       this.backoffMs = 0;
       if (this.error) this.log.info('PodResources List works again');
