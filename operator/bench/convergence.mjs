@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { freePort, startControlPlane } from '../../test/cluster/control-plane.ts';
+import { benchInventory } from './inventory.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const { values: opt } = parseArgs({ options: {
@@ -75,20 +76,8 @@ async function pool(items, fn) {
   }));
 }
 
-/** P NIC PFs (ens<i>f0) with 4 VFs each, plus a GPU: P*5+1 inventory entries per node. */
-function inventory(n) {
-  const devs = [];
-  for (let p = 0; p < P; p++) {
-    const bus = (0x10 + p).toString(16).padStart(2, '0');
-    const pf = `0000:${bus}:00.0`;
-    const vfs = [0, 1, 2, 3].map((v) => `0000:${bus}:00.${v + 1}`);
-    devs.push({ pciAddress: pf, vendorID: '8086', deviceID: '1593', classCode: '020000', driver: 'ice', numaNode: p % 2, iommuGroup: 10 + p,
-      netdevs: [{ name: `ens${p}f0`, operState: 'up' }], sriov: { totalVFs: 64, numVFs: 4, vfs } });
-    for (const vf of vfs) devs.push({ pciAddress: vf, vendorID: '8086', deviceID: '1889', classCode: '020000', driver: 'iavf', physfn: pf, numaNode: p % 2 });
-  }
-  devs.push({ pciAddress: '0000:c1:00.0', vendorID: '10de', deviceID: '25b6', classCode: '030200', driver: 'nvidia', numaNode: n % 2 });
-  return devs;
-}
+/** P NIC PFs with 4 VFs each, plus a GPU: P*5+1 inventory entries per node. */
+const inventory = (n) => benchInventory(P, n);
 
 const cp = await startControlPlane({ verbose: true, apiserverArgs: ['--max-requests-inflight=800', '--max-mutating-requests-inflight=400'] });
 let op;

@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as k8s from '@kubernetes/client-node';
 import { startControlPlane } from '../../test/cluster/control-plane.ts';
+import { benchInventory } from './inventory.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const { values: opt } = parseArgs({ options: { objects: { type: 'string', default: '200' } } });
@@ -65,19 +66,7 @@ spec:
                     allocated: {type: integer}
 `;
 
-function inventory() {
-  const devs = [];
-  for (let p = 0; p < P; p++) {
-    const bus = (0x10 + p).toString(16).padStart(2, '0');
-    const pf = `0000:${bus}:00.0`;
-    const vfs = [0, 1, 2, 3].map((v) => `0000:${bus}:00.${v + 1}`);
-    devs.push({ pciAddress: pf, vendorID: '8086', deviceID: '1593', classCode: '020000', driver: 'ice', numaNode: p % 2, iommuGroup: 10 + p,
-      netdevs: [{ name: `ens${p}f0`, operState: 'up' }], sriov: { totalVFs: 64, numVFs: 4, vfs } });
-    for (const vf of vfs) devs.push({ pciAddress: vf, vendorID: '8086', deviceID: '1889', classCode: '020000', driver: 'iavf', physfn: pf, numaNode: p % 2 });
-  }
-  devs.push({ pciAddress: '0000:c1:00.0', vendorID: '10de', deviceID: '25b6', classCode: '030200', driver: 'nvidia', numaNode: 0 });
-  return devs;
-}
+const inventory = () => benchInventory(P, 0);
 const plan = (g) => Array.from({ length: P }, (_, p) => ({ name: `pool-${p}`, resourceName: `virtualio.dev/pool-${p}`, class: 'NIC', mode: 'SRIOV',
   consumption: 'HostDevice', count: p === 3 ? g : 4, devices: [{ pciAddress: `0000:${(0x10 + p).toString(16)}:00.0` }] }));
 const pools = (g) => Array.from({ length: P }, (_, p) => ({ name: `pool-${p}`, resourceName: `virtualio.dev/pool-${p}`, state: 'Ready',
