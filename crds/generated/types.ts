@@ -348,6 +348,40 @@ export interface VirtualIODeviceStatus {
   }[];
 }
 
+// virtualio.dev_virtualionodeacks.yaml
+/**
+ * What one node's agent has carried out of the plan it derived itself (agent --local-plan): per pool, which plan entry and in which state. Named after the node; written by its agent only.
+ */
+export interface VirtualIONodeAck {
+  apiVersion: 'virtualio.dev/v1alpha1';
+  kind: 'VirtualIONodeAck';
+  metadata: ObjectMeta;
+  status?: VirtualIONodeAckStatus;
+}
+export interface VirtualIONodeAckStatus {
+  /**
+   * One entry per pool of the plan the agent serves (status.localPlan.pools of its VirtualIONode).
+   *
+   * @maxItems 64
+   */
+  pools?: PoolAck[];
+}
+export interface PoolAck {
+  /**
+   * The VirtualIODevice.
+   */
+  name: string;
+  /**
+   * Digest of the plan entry the agent carried out (planEntryDigest in operator/src/controllers/plan/ack.ts, shared by agent and operator): the operator counts the node for the pool only while it equals the digest of the entry it derives.
+   */
+  digest: string;
+  /**
+   * The pool's state on the node (status.pools[].state of its VirtualIONode).
+   */
+  state: 'Ready' | 'Carving' | 'Blocked' | 'Error' | 'Deleting' | 'Released' | 'Draining';
+  message?: string;
+}
+
 // virtualio.dev_virtualionodes.yaml
 /**
  * The virtualio plan (spec, from the operator) and state (status, from the agent) of one node.

@@ -12,11 +12,12 @@ import { PlanReconciler } from './controllers/plan/reconciler.js';
 import { StatusReconciler } from './controllers/status/reconciler.js';
 import { vioNodeCacheForm, withoutManagedFields } from './controllers/plan/node-view.js';
 import { planOf } from './controllers/plan/shape.js';
+import { ackCacheForm, type NodeAck } from './controllers/plan/ack.js';
 import { AdmissionPolicies, AdmissionPolicyBindings, poolOfTenancyObject, TENANCY_SELECTOR } from './controllers/tenancy/policy.js';
 import { TenancyReconciler } from './controllers/tenancy/reconciler.js';
 import { World, type KubeVirtObject, type KubeVirtSettings } from './controllers/world.js';
 import type { KubeObject, KubePort } from './kube/ports.js';
-import { KubeVirts, Nodes, VirtualIODevices, VirtualIONodes } from './kube/resources.js';
+import { KubeVirts, Nodes, VirtualIODevices, VirtualIONodeAcks, VirtualIONodes } from './kube/resources.js';
 import type { OperatorMetrics } from './metrics.js';
 import { sleep, type Clock } from './runtime/clock.js';
 import { runController } from './runtime/controller.js';
@@ -99,7 +100,17 @@ export class Operator {
       transform: (v) => vioNodeCacheForm(vioNodes.get(v.metadata.name), v),
     });
     const pools = new Informer<Pool>({ ...informerOpts, resource: VirtualIODevices, log: log.child({ informer: 'virtualiodevices' }), transform: withoutManagedFields });
-    const world = new World(nodes, vioNodes, pools, this.opts.kubevirt);
+    // The acks of agents that plan locally (small objects; only what the pool status reads is cached).
+    // Served only once the chart installed the CRD: an operator on older CRDs reads VirtualIONodes only.
+    const acks = new ServedInformer<NodeAck>({
+      ...informerOpts, resource: VirtualIONodeAcks, log: log.child({ informer: 'virtualionodeacks' }), transform: ackCacheForm,
+      recheckMs: t.kubevirtRecheckMs,
+      onServedChange: () => {
+        world.acksChanged();
+        statusAll();
+      },
+    });
+    const world = new World(nodes, vioNodes, pools, this.opts.kubevirt, acks);
 
     const planQ = new WorkQueue({ clock });
     const statusQ = new WorkQueue({ clock });
@@ -161,6 +172,10 @@ export class Operator {
       const inventoryChanged = !jsonEqual(obj?.status?.inventory, old?.status?.inventory);
       if (inventoryChanged) statusAll();
       if (inventoryChanged || !jsonEqual(planOf(obj), planOf(old))) kubevirtSoon();
+    });
+    acks.onChange((obj, old) => {
+      world.acksChanged();
+      for (const p of new Set([...obj?.status?.pools ?? [], ...old?.status?.pools ?? []].map((x) => x.name))) if (pools.get(p)) statusQ.addAfter(p, debounce);
     });
     pools.onChange((obj, old) => {
       const specChanged = !obj || !old || obj.metadata.generation !== old.metadata.generation ||
@@ -271,7 +286,7 @@ export class Operator {
           cached: (res, name) => (res === AdmissionPolicies ? tenancyPolicies : tenancyBindings).get(name),
           onOutcomeChange: (pool) => statusQ.add(pool),
         }) }, signal),
-      recheck, resync, deviceClasses.run(signal), tenancyPolicies.run(signal), tenancyBindings.run(signal), ...runs,
+      recheck, resync, acks.run(signal), deviceClasses.run(signal), tenancyPolicies.run(signal), tenancyBindings.run(signal), ...runs,
     ]);
     if (kv) await kv.run;
     metrics?.watchPools(undefined);

@@ -6,7 +6,8 @@ import { jsonEqual } from '../util/json.js';
 import type { KubeVirtContest, KubeVirtView, PermittedLists } from './kubevirt/entries.js';
 import type { TenancyOutcome } from './tenancy/reconciler.js';
 import { planNode, preparePools, type DeviceConflict, type NodePlan, type PreparedPools } from './plan/plan.js';
-import { planOf } from './plan/shape.js';
+import { planOf, plansLocally } from './plan/shape.js';
+import { currentAck, type NodeAck, type PoolAck } from './plan/ack.js';
 
 /** Per pool: the VirtualIONodes that mention it (plan, agent pool status or slices) and its conflicts. */
 export interface PoolIndex {
@@ -17,6 +18,16 @@ export interface PoolIndex {
    * desired one, or the agent has not acted on the VirtualIONode generation that last changed it.
    */
   pending: string[];
+  /**
+   * Per node whose agent plans locally and whose ack (VirtualIONodeAck) acknowledges the pool's
+   * current plan entry: that ack entry. Such a node is not pending, whatever its VirtualIONode says yet.
+   */
+  acked: Map<string, PoolAck>;
+}
+
+/** Where the operator reads the nodes' acks (an informer; absent: no acks, VirtualIONode status only). */
+export interface AckSource {
+  get(name: string): NodeAck | undefined;
 }
 
 /** KubeVirt settings from the command line. */
@@ -50,7 +61,8 @@ interface NodePart {
   hasNode: boolean;
   vio: VioNode | undefined;
   writes: ReadonlyMap<string, number> | undefined;
-  part: { conflicts: readonly DeviceConflict[]; pending: string[] };
+  ack: NodeAck | undefined;
+  part: { conflicts: readonly DeviceConflict[]; pending: string[]; acked: [string, PoolAck][] };
 }
 
 export class World {
@@ -88,6 +100,7 @@ export class World {
     readonly vioNodes: Informer<VioNode>,
     readonly pools: Informer<Pool>,
     readonly kubevirtSettings: KubeVirtSettings,
+    private readonly acks?: AckSource,
   ) {
     const bump = () => {
       this.worldVersion++;
@@ -112,6 +125,11 @@ export class World {
    */
   poolsChanged(): void {
     this.poolsVersion++;
+  }
+
+  /** Call when a node's ack (VirtualIONodeAck) changed. */
+  acksChanged(): void {
+    this.worldVersion++;
   }
 
   /**
@@ -140,7 +158,7 @@ export class World {
     const entry = (pool: string) => {
       let e = idx.get(pool);
       if (!e) {
-        e = { nodes: [], conflicts: [], pending: [] };
+        e = { nodes: [], conflicts: [], pending: [], acked: new Map() };
         idx.set(pool, e);
       }
       return e;
@@ -155,6 +173,13 @@ export class World {
       const part = this.nodePart(n);
       for (const c of part.conflicts) entry(c.pool).conflicts.push(c);
       for (const p of part.pending) entry(p).pending.push(n);
+      for (const [p, a] of part.acked) {
+        const e = entry(p);
+        e.acked.set(n, a);
+        // Acknowledged before its VirtualIONode mentions the pool (a pool new to the node).
+        const v = this.vioNodes.get(n);
+        if (v && !this.mentionsOf(v).includes(p)) e.nodes.push(v);
+      }
     }
     for (const n of this.nodeParts.keys()) if (!names.has(n)) this.nodeParts.delete(n);
     this.indexCache = { version: this.worldVersion, value: idx };
@@ -174,15 +199,18 @@ export class World {
     return m;
   }
 
-  /** One node's share of the pool index, recomputed only when its Node, VirtualIONode, plan or plan writes changed. */
+  /** One node's share of the pool index, recomputed only when its Node, VirtualIONode, plan, plan writes or ack changed. */
   private nodePart(n: string): NodePart['part'] {
     const plan = this.planFor(n);
     const hasNode = !!this.nodes.get(n);
     const vio = this.vioNodes.get(n);
     const writes = this.planWrites.get(n);
+    // Only an agent that plans locally acks; an ack left by one that no longer does says nothing.
+    const ack = plansLocally(vio) ? this.acks?.get(n) : undefined;
     const hit = this.nodeParts.get(n);
-    if (hit && hit.plan === plan && hit.hasNode === hasNode && hit.vio === vio && hit.writes === writes) return hit.part;
+    if (hit && hit.plan === plan && hit.hasNode === hasNode && hit.vio === vio && hit.writes === writes && hit.ack === ack) return hit.part;
     const pending: string[] = [];
+    const acked: [string, PoolAck][] = [];
     // A VirtualIONode without its Node is garbage: no plan will be written to it.
     if (hasNode) {
       // A node whose agent plans locally: what it reports having derived and served.
@@ -190,6 +218,12 @@ export class World {
       const observed = vio?.status?.observedGeneration;
       for (const p of new Set([...plan.pools.map((x) => x.name), ...written.map((x) => x.name)])) {
         const want = plan.pools.find((x) => x.name === p);
+        // The agent acknowledged carrying out this very entry: read its ack, not its (later) status.
+        const current = currentAck(ack, want);
+        if (current) {
+          acked.push([p, current]);
+          continue;
+        }
         const have = written.find((x) => x.name === p);
         const changedAt = writes?.get(p);
         // An agent that reports no observedGeneration (older agents) is taken at its word.
@@ -197,8 +231,8 @@ export class World {
         if (!jsonEqual(want, have) || notActed) pending.push(p);
       }
     }
-    const part = { conflicts: plan.conflicts, pending };
-    this.nodeParts.set(n, { plan, hasNode, vio, writes, part });
+    const part = { conflicts: plan.conflicts, pending, acked };
+    this.nodeParts.set(n, { plan, hasNode, vio, writes, ack, part });
     return part;
   }
 

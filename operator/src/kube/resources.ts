@@ -11,6 +11,10 @@ export const VirtualIODevices: ResourceType = {
 export const VirtualIONodes: ResourceType = {
   group: VIRTUALIO_GROUP, version: VIRTUALIO_VERSION, plural: 'virtualionodes', kind: 'VirtualIONode', namespaced: false,
 };
+/** One small object per node whose agent plans locally: what it carried out (controllers/plan/ack.ts). */
+export const VirtualIONodeAcks: ResourceType = {
+  group: VIRTUALIO_GROUP, version: VIRTUALIO_VERSION, plural: 'virtualionodeacks', kind: 'VirtualIONodeAck', namespaced: false,
+};
 export const Nodes: ResourceType = { group: '', version: 'v1', plural: 'nodes', kind: 'Node', namespaced: false };
 export const KubeVirts: ResourceType = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', kind: 'KubeVirt', namespaced: true };
 

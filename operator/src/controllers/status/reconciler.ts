@@ -40,10 +40,10 @@ export class StatusReconciler implements Reconciler {
     }
     const prepared = world.prepared().byName.get(name);
     if (!prepared) return done;
-    const { nodes, conflicts, pending } = world.poolIndex().get(name) ?? { nodes: [], conflicts: [], pending: [] };
+    const { nodes, conflicts, pending, acked } = world.poolIndex().get(name) ?? { nodes: [], conflicts: [], pending: [], acked: new Map() };
     const entries = poolEntries(prepared, nodes);
     const result = computeStatus(pool.status, {
-      prepared, nodes, conflicts, pendingNodes: pending, kubevirtEntries: entries,
+      prepared, nodes, conflicts, pendingNodes: pending, ackedNodes: acked, kubevirtEntries: entries,
       kubevirtCondition: kubevirtCondition(prepared, entries, world.kubevirtView()), now: clock.now(),
       tenancy: world.tenancy.get(name),
       ...(deleting ? { unreported: unreportedNodes(world, name, nodes) } : {}),

@@ -1,5 +1,6 @@
 // Pure: a pool's status rolled up from every VioNode (plan in spec, agent report in status),
 // plus what deletion waits for and the Events an admin should see.
+import type { SliceStatus } from '../../../../crds/generated/types.js';
 import type { PoolPlan, VioNode, VirtualIODeviceStatus } from '../../api/types.js';
 import { ConditionType, findCondition, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
 import type { PermittedEntry } from '../kubevirt/entries.js';
@@ -36,6 +37,13 @@ export interface StatusInput {
    * agent): they count as Pending whatever their agent reported for the previous plan.
    */
   pendingNodes?: readonly string[];
+  /**
+   * Nodes whose agent plans locally and acknowledged (VirtualIONodeAck) carrying out the pool's
+   * current plan entry, with the state it acknowledged: their state is the ack's, even before their
+   * VirtualIONode status (slower to write) shows the new plan. Counts and allocations still come
+   * from the VirtualIONode. Never also in pendingNodes.
+   */
+  ackedNodes?: ReadonlyMap<string, { state: string; message?: string | undefined }>;
   /**
    * Pools with spec.tenancy: whether the admission policy is written (undefined: not tried yet).
    * Pools without it get no TenancyEnforced condition (one left from earlier is removed).
@@ -128,12 +136,12 @@ function releaseFields(vio: VioNode, plan: PoolPlan | undefined, agent: { state:
   return why === undefined ? { releasedHere: true } : { releasedHere: false, notReleased: why };
 }
 
-function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefined {
+function viewOf(name: string, vio: VioNode, pending: boolean, ack?: { state: string; message?: string | undefined }): NodeView | undefined {
   // Entries of another shape (a VirtualIONode kept from an older schema) are skipped, never a throw.
   const plan = planOf(vio)?.find((p) => p.name === name);
   const agent = listOf(vio.status?.pools, isAgentPoolEntry).find((p) => p.name === name);
   const slices = listOf(vio.status?.slices, isSliceEntry).filter((s) => s.pool === name);
-  if (!plan && !agent && slices.length === 0) return pending ? pendingView(vio.metadata.name ?? '', plansLocally(vio)) : undefined;
+  if (!plan && !agent && !ack && slices.length === 0) return pending ? pendingView(vio.metadata.name ?? '', plansLocally(vio)) : undefined;
   const node = vio.metadata.name ?? '';
   const byPod = new Map<string, AllocationEntry>();
   for (const s of slices) {
@@ -150,6 +158,19 @@ function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefi
   // nothing about that plan.
   const notWritten = pending && !plan;
   const stale = pending && !!plan && !plan.deleting && (agent?.state === 'Ready' || agent?.state === 'Released');
+  if (ack && !pending) {
+    // The agent acknowledged the current entry (never one marked deleting): planned here, in its state.
+    return {
+      node, planned: true,
+      capacity: fromSlices ? slices.length : agent?.capacity ?? 0,
+      allocatable: fromSlices ? slices.filter((s) => s.health === 'Healthy').length : agent?.allocatable ?? 0,
+      allocated: fromSlices ? slices.filter((s) => !!s.allocation).length : agent?.allocated ?? 0,
+      state: ack.state, ...(ack.message ? { message: ack.message } : {}),
+      ...releaseFields(vio, plan, agent, slices.length),
+      allocations: [...byPod.values()],
+      carvings: carvingsOf(node, slices),
+    };
+  }
   return {
     node,
     planned: (!!plan && !plan.deleting) || notWritten,
@@ -160,8 +181,12 @@ function viewOf(name: string, vio: VioNode, pending: boolean): NodeView | undefi
     ...(notWritten ? { message: plansLocally(vio) ? NOT_DERIVED_MESSAGE : NOT_WRITTEN_MESSAGE } : stale ? { message: STALE_MESSAGE } : agent?.message ? { message: agent.message } : {}),
     ...releaseFields(vio, plan, agent, slices.length),
     allocations: [...byPod.values()],
-    carvings: slices.flatMap((s) => (s.carvedFor ? [{ node, slice: s.id, ...(s.mdevType ? { mdevType: s.mdevType } : {}), namespace: s.carvedFor.namespace, claim: s.carvedFor.claim }] : [])),
+    carvings: carvingsOf(node, slices),
   };
+}
+
+function carvingsOf(node: string, slices: readonly SliceStatus[]): CarvingEntry[] {
+  return slices.flatMap((s) => (s.carvedFor ? [{ node, slice: s.id, ...(s.mdevType ? { mdevType: s.mdevType } : {}), namespace: s.carvedFor.namespace, claim: s.carvedFor.claim }] : []));
 }
 
 /** A node the pool is about to be planned on (its VirtualIONode does not mention the pool yet). */
@@ -190,7 +215,8 @@ export function computeStatus(prev: VirtualIODeviceStatus | undefined, input: St
   const { prepared: p, now } = input;
   const gen = p.pool.metadata.generation;
   const pending = new Set(p.deleting ? [] : input.pendingNodes ?? []);
-  const views = input.nodes.map((n) => viewOf(p.name, n, pending.has(n.metadata.name ?? ''))).filter((v): v is NodeView => !!v);
+  const acked = p.deleting ? undefined : input.ackedNodes;
+  const views = input.nodes.map((n) => viewOf(p.name, n, pending.has(n.metadata.name ?? ''), acked?.get(n.metadata.name ?? ''))).filter((v): v is NodeView => !!v);
   for (const n of pending) if (!views.some((v) => v.node === n)) views.push(pendingView(n));
   views.sort((a, b) => a.node.localeCompare(b.node));
   const planned = views.filter((v) => v.planned);
