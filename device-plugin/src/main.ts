@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentManager } from './agent/manager.js';
 import { CHECKPOINT_FILE, Checkpoint } from './agent/checkpoint.js';
+import { AckWriter, STATUS_AFTER_ACK_MS } from './agent/ack.js';
 import { ClusterPlanSource, StatusWriter } from './agent/cluster.js';
 import { LocalPlanSource } from './agent/local-plan.js';
 import { LEDGER_FILE } from './agent/ledger.js';
@@ -102,10 +103,15 @@ async function main(): Promise<number> {
     }
     const writer = new StatusWriter(kube, cfg.nodeName, logger, signal);
     if (cfg.localPlan) {
-      const local = new LocalPlanSource(kube, cfg.nodeName, logger, () => writer.reset());
+      // The ack (a small object of its own) first: the pool status reads it before this status lands.
+      const acker = new AckWriter(kube, cfg.nodeName, logger, signal);
+      const local = new LocalPlanSource(kube, cfg.nodeName, logger, () => {
+        writer.reset();
+        acker.reset();
+      });
       plan = local;
       statusSink = (s) => {
-        writer.submit(s);
+        writer.submit(s, acker.submit(s) ? STATUS_AFTER_ACK_MS : 0);
         local.observeStatus(s);
       };
     } else {

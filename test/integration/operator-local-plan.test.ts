@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import pino from 'pino';
 import type { NodeObject, Pool, VioNode } from '../../operator/src/api/types.js';
 import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
-import { FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
+import { planEntryDigest, type NodeAck } from '../../operator/src/controllers/plan/ack.js';
+import { FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodeAcks, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import type { ControlPlane } from '../cluster/control-plane.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';
@@ -100,6 +101,14 @@ test('an agent that plans locally gets no spec.pools, follows a pool edit throug
     return p?.status?.nodes === 1 && p.status.allocatable === 2 && p.status.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? p : undefined;
   });
   expect(rolledUp.status?.observedGeneration).toBe(1);
+  // The agent acknowledged what it carried out in its own small object, owned by its Node: the
+  // digest of the very entry it serves (the operator's function), and the pool's state.
+  const ack = await waitUntil('the agent\'s ack', async () => {
+    const a = await kube.get<NodeAck>(VirtualIONodeAcks, NODE);
+    return a?.status?.pools?.[0]?.state === 'Ready' ? a : undefined;
+  });
+  expect(ack.status?.pools).toEqual([{ name: POOL, digest: planEntryDigest(ready.status!.localPlan!.pools[0]!), state: 'Ready' }]);
+  expect(ack.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: 'Node', name: NODE, uid: node.metadata.uid })]);
 
   // 2. A pool edit (count 2 → 3) reaches the agent through its watch; the VirtualIONode's spec is never written.
   const cur = await pool();
@@ -121,6 +130,10 @@ test('an agent that plans locally gets no spec.pools, follows a pool edit throug
     return p?.status?.observedGeneration === 2 && p.status.allocatable === 3 && p.status.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? p : undefined;
   });
   expect(after.status?.nodes).toBe(1);
+  await waitUntil('the ack of the edit', async () => {
+    const a = await kube.get<NodeAck>(VirtualIONodeAcks, NODE);
+    return a?.status?.pools?.[0]?.digest === planEntryDigest(edited.status!.localPlan!.pools[0]!) && a.status.pools[0].state === 'Ready' ? true : undefined;
+  });
 
   // 3. The node loses its label: a change of intent, so the agent unplans the pool itself.
   await kubectlAt(cp.binDir, cp.kubeconfig, ['label', 'node', NODE, 'virtualio.dev/nics-']);

@@ -16,8 +16,8 @@ export async function startOperatorCluster(): Promise<{ cp: ControlPlane; kube: 
   execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(REPO_ROOT, 'tsconfig.build.json')], { cwd: REPO_ROOT, stdio: 'pipe' });
   const cp = await startControlPlane();
   await installCrdFiles(cp.binDir, cp.kubeconfig,
-    [join(REPO_ROOT, 'crds/virtualio.dev_virtualiodevices.yaml'), join(REPO_ROOT, 'crds/virtualio.dev_virtualionodes.yaml')],
-    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
+    ['virtualiodevices', 'virtualionodes', 'virtualionodeacks'].map((k) => join(REPO_ROOT, `crds/virtualio.dev_${k}.yaml`)),
+    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev', 'virtualionodeacks.virtualio.dev']);
   await kubectlAt(cp.binDir, cp.kubeconfig, ['create', 'namespace', 'virtualio-system']);
   return { cp, kube: ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig }) };
 }

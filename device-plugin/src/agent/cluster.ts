@@ -130,6 +130,8 @@ export class StatusWriter {
   private timer: NodeJS.Timeout | undefined;
   private inFlight = false;
   private backoffMs = 0;
+  /** No write before this time (Date.now() ms): see submit's `deferMs`. */
+  private notBefore = 0;
   private readonly log: Logger;
   /** Successful writes (for tests and metrics). */
   writes = 0;
@@ -145,9 +147,13 @@ export class StatusWriter {
     signal.addEventListener('abort', () => this.timer && clearTimeout(this.timer), { once: true });
   }
 
-  /** Queues a status; only the newest is written. */
-  submit(status: VirtualIONodeStatus): void {
+  /**
+   * Queues a status; only the newest is written. `deferMs`: write it no sooner than that (local
+   * planning: its news went out in the node's ack, and the API server serves the other nodes' acks first).
+   */
+  submit(status: VirtualIONodeStatus, deferMs = 0): void {
     this.pending = status;
+    if (deferMs > 0) this.notBefore = Math.max(this.notBefore, Date.now() + deferMs);
     this.schedule(this.debounceMs);
   }
 
@@ -166,6 +172,11 @@ export class StatusWriter {
   private async flush(): Promise<void> {
     const status = this.pending;
     if (!status || this.signal.aborted) return;
+    const wait = this.notBefore - Date.now();
+    if (wait > 0) {
+      this.schedule(wait);
+      return;
+    }
     const text = digest(status); // a 40-char digest, not a second full copy of the status
     if (text === this.written) {
       this.pending = undefined;

@@ -1,6 +1,6 @@
 // The agent's only runtime importer of @kubernetes/client-node: implements KubeAgentPort.
 import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
-import type { VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
+import type { PoolAck, VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { KubeAgentPort } from '../agent/cluster.js';
 import type { KubeItem } from '../agent/local-plan.js';
 import type { Logger } from '../log.js';
@@ -180,6 +180,22 @@ export class KubeAdapter implements KubeAgentPort {
         plural: PLURAL,
         name,
         body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'VirtualIONode', metadata: { name }, status },
+        fieldManager: FIELD_MANAGER,
+        force: true,
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+    );
+  }
+
+  async applyAck(name: string, pools: PoolAck[], nodeUid: string | undefined): Promise<void> {
+    const ownerReferences = nodeUid ? [{ apiVersion: 'v1', kind: 'Node', name, uid: nodeUid }] : undefined;
+    await this.custom.patchClusterCustomObject(
+      {
+        group: GROUP,
+        version: VERSION,
+        plural: 'virtualionodeacks',
+        name,
+        body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'VirtualIONodeAck', metadata: { name, ...(ownerReferences ? { ownerReferences } : {}) }, status: { pools } },
         fieldManager: FIELD_MANAGER,
         force: true,
       },
