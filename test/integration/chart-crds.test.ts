@@ -17,7 +17,7 @@ jest.setTimeout(180_000);
 
 const NS = 'vio-crds';
 const RELEASE = 'vio-crds';
-const CRDS = ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev'];
+const CRDS = ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev', 'virtualionodeacks.virtualio.dev'];
 let cp: ControlPlane;
 
 const kubectl = (args: string[], input?: string) => input === undefined

@@ -301,8 +301,8 @@ describe('helm install on the real API server', () => {
       // ConfigMap: the Grafana dashboard (grafanaDashboard.enabled); no PrometheusRule without the monitoring API.
       'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Deployment', 'PodDisruptionBudget',
       'Role', 'Role', 'RoleBinding', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount', 'ValidatingAdmissionPolicy',
-      'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding', 'ValidatingAdmissionPolicyBinding',
-      'ValidatingAdmissionPolicyBinding',
+      'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding',
+      'ValidatingAdmissionPolicyBinding', 'ValidatingAdmissionPolicyBinding', 'ValidatingAdmissionPolicyBinding',
     ]);
     for (const o of manifest) {
       const ns = o.metadata.namespace ? ['-n', o.metadata.namespace] : [];
@@ -333,6 +333,8 @@ describe('helm install on the real API server', () => {
     ['patch', 'virtualionodes.virtualio.dev', '', '', true],
     ['delete', 'virtualionodes.virtualio.dev', '', '', true],
     ['patch', 'virtualionodes.virtualio.dev', 'status', '', false],
+    ['watch', 'virtualionodeacks.virtualio.dev', '', '', true],
+    ['patch', 'virtualionodeacks.virtualio.dev', '', '', false],
     ['list', 'nodes', '', '', true],
     ['watch', 'nodes', '', '', true],
     ['patch', 'nodes', '', '', false],
@@ -378,6 +380,8 @@ describe('helm install on the real API server', () => {
     ['delete', 'virtualionodes.virtualio.dev', '', '', false],
     ['update', 'virtualionodes.virtualio.dev', 'status', '', false],
     ['get', 'virtualiodevices.virtualio.dev', '', '', false],
+    // Its VirtualIONodeAck only with agent.localPlan (off here).
+    ['patch', 'virtualionodeacks.virtualio.dev', '', '', false],
     ['get', 'nodes', '', '', true],
     ['list', 'nodes', '', '', false],
     ['patch', 'nodes', '', '', false],

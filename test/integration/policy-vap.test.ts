@@ -203,3 +203,31 @@ test('people and other clients are not affected by the policy', async () => {
   const out = await kubectlOk(['patch', 'virtualionode', NODE_B, '--subresource=status', '--type=merge', '-p', '{"status":{"agentVersion":"admin"}}']);
   expect(out).toContain('patched');
 });
+
+describe('VirtualIONodeAck (agent.localPlan grants the verbs; granted here through extra RBAC)', () => {
+  const ACKS = '/apis/virtualio.dev/v1alpha1/virtualionodeacks';
+  const ack = (node: string) => ({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONodeAck', metadata: { name: node }, status: { pools: [{ name: 'x520-vfs', digest: 'd', state: 'Ready' }] } });
+  const applyAck = (token: string, node: string) => apiRequest(token, 'PATCH', `${ACKS}/${node}?fieldManager=virtualio-agent&force=true`, ack(node), APPLY);
+
+  beforeAll(async () => {
+    await widenRbac('vio-policy-test-agent-acks', AGENT_SA, 'virtualionodeacks', ['get', 'create', 'patch']);
+    await eventually('the ack RBAC and policy to be in force', async () => {
+      const r = await apiRequest(tokens.agentA, 'PATCH', `${ACKS}/${NODE_B}?fieldManager=virtualio-agent&force=true&dryRun=All`, ack(NODE_B), APPLY);
+      return r.status === 403 && r.body.message?.includes('virtualionodeack-writers') ? true : undefined;
+    }, 60_000);
+  });
+
+  afterAll(async () => {
+    await kubectlOk(['delete', 'clusterrolebinding,clusterrole', 'vio-policy-test-agent-acks', '--ignore-not-found']);
+  });
+
+  test("the agent applies its own node's ack, never another node's, and a token without a node none", async () => {
+    const own = await applyAck(tokens.agentA, NODE_A);
+    expect([200, 201]).toContain(own.status);
+    const other = await applyAck(tokens.agentA, NODE_B);
+    expect(other.status).toBe(403);
+    expect(other.body.message).toContain(`ValidatingAdmissionPolicy '${RELEASE}-virtualio-virtualionodeack-writers'`);
+    expect(other.body.message).toContain(`may only write VirtualIONodeAck ${NODE_A}, not ${NODE_B}`);
+    expect((await applyAck(tokens.agentUnbound, NODE_C)).status).toBe(403);
+  });
+});

@@ -61,11 +61,11 @@ export async function kubectlOk(args: string[], opts: KubectlOptions = {}): Prom
   return r.stdout;
 }
 
-/** Applies virtualio's CRDs (server-side) and waits until both are Established. Idempotent. */
+/** Applies virtualio's CRDs (server-side) and waits until they are Established. Idempotent. */
 export async function installCrds(): Promise<void> {
   await kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', join(REPO_ROOT, 'crds')]);
   await kubectlOk(['wait', '--for=condition=Established', '--timeout=60s',
-    'crd/virtualiodevices.virtualio.dev', 'crd/virtualionodes.virtualio.dev']);
+    'crd/virtualiodevices.virtualio.dev', 'crd/virtualionodes.virtualio.dev', 'crd/virtualionodeacks.virtualio.dev']);
 }
 
 /** Polls `check` until it returns a value other than undefined, or fails after `timeoutMs`. */
