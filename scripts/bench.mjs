@@ -173,6 +173,7 @@ if (only.has('operator')) {
       row('operator', 'operator peak RSS (VmHWM)', f.peakRssMiB, 'MiB', 150);
       if (f.localPlan) {
         row('operator', 'local planning: one pool edited → every (simulated) agent derived it', (f.editReachMs ?? NaN) / 1000, 's', 5);
+        if (f.acks) row('operator', 'local planning: one pool edited → every agent\'s ack (VirtualIONodeAck) written', (f.editAgentsAckedMs ?? NaN) / 1000, 's');
         row('operator', 'local planning: one pool edited → every agent\'s status written', (f.editAgentsReportedMs ?? NaN) / 1000, 's');
         row('operator', 'local planning: planner CPU per node (each agent)', f.plannerMsPerNode, 'ms');
         row('operator', 'local planning: spec.pools written by the operator', f.specPoolsWrittenAtEnd, 'nodes', 0);

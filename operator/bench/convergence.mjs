@@ -6,15 +6,19 @@
 //   rss:   the operator process's peak RSS (VmHWM from /proc/<pid>/status)
 // With --local-plan the simulated agents plan locally (agent --local-plan): each derives its plan from
 // the pools with the operator's planner (the agent's own code, dist/device-plugin/src/agent/local-plan.js)
-// and writes its status (inventory, localPlan, pool states) with server-side apply, as a real agent does
-// after carrying a plan out; the operator writes no spec.pools. Then
+// and, as a real agent does after carrying a plan out, applies its VirtualIONodeAck (per pool: digest of
+// the entry carried out, state) at once and its status (inventory, localPlan, pool states) after
+// STATUS_AFTER_ACK_MS (5 s; 500 ms, the status writer's debounce, with --no-ack), both with server-side
+// apply; the operator writes no spec.pools.
+// --no-ack: agents of the previous version (status only). Then
 //   cold:  operator start → every pool's status Ready on all N nodes (the agents reported before it started)
-//   edit:  one pool spec edit → every simulated agent derived the new plan (reach), → every agent's status
-//          written (reported), → the pool's status Ready at the new generation (status)
+//   edit:  one pool spec edit → every simulated agent derived the new plan (reach), → every agent's ack
+//          written (acked), → every agent's status written (reported), → the pool's status Ready at the
+//          new generation (status; measured from the edit, concurrently with the rest)
 //   planner CPU per node: what each agent pays to derive its plan (measured in the bench process).
 // Simulated: the N agents share ONE pool watch in the bench process (the API server's fan-out of one
 // small event to N watchers is not measured), do no carving, and write their statuses 32 at a time.
-// Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build] [--max-wait <s>] [--local-plan]
+// Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build] [--max-wait <s>] [--local-plan [--no-ack]]
 //          [--operator-node-options "--max-old-space-size=192"]   (V8 flags for the operator process only)
 // Needs Node 24 (type stripping: it imports test/cluster/control-plane.ts and test/support/), the
 // resolve hooks (node --import ./test/sysfs/ts-hooks.mjs operator/bench/convergence.mjs) and the built binaries.
@@ -34,6 +38,7 @@ const { values: opt } = parseArgs({ options: {
   'no-build': { type: 'boolean', default: false }, concurrency: { type: 'string', default: '32' },
   'operator-node-options': { type: 'string', default: '' },
   'local-plan': { type: 'boolean', default: false },
+  'no-ack': { type: 'boolean', default: false },
   // Give up on a phase after this many seconds (0: never) and report how far it got: at 10,000 nodes
   // on a shared 2-core machine a phase can take longer than anyone waits, or the operator can die.
   'max-wait': { type: 'string', default: '0' },
@@ -49,10 +54,13 @@ if (!opt['no-build']) {
   execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' });
 }
 const { ClientNodeKube } = await import(join(ROOT, 'dist/operator/src/kube/client-node.js'));
-const { Nodes, VirtualIODevices, VirtualIONodes, AGENT_FIELD_MANAGER } = await import(join(ROOT, 'dist/operator/src/kube/resources.js'));
+const { Nodes, VirtualIODevices, VirtualIONodes, VirtualIONodeAcks, AGENT_FIELD_MANAGER } = await import(join(ROOT, 'dist/operator/src/kube/resources.js'));
 const { Informer } = await import(join(ROOT, 'dist/operator/src/runtime/informer.js'));
 const { systemClock } = await import(join(ROOT, 'dist/operator/src/runtime/clock.js'));
 const LOCAL = opt['local-plan'];
+const ACK = LOCAL && !opt['no-ack'];
+const { ackPools } = await import(join(ROOT, 'dist/operator/src/controllers/plan/ack.js'));
+const { STATUS_AFTER_ACK_MS } = await import(join(ROOT, 'dist/device-plugin/src/agent/ack.js'));
 const { preparePools } = await import(join(ROOT, 'dist/operator/src/controllers/plan/plan.js'));
 const { deriveLocalPlan, ownView } = await import(join(ROOT, 'dist/device-plugin/src/agent/local-plan.js'));
 // The test helpers are TypeScript importing './x.js': run with --import test/sysfs/ts-hooks.mjs (bench.mjs does).
@@ -83,8 +91,8 @@ const cp = await startControlPlane({ verbose: true, apiserverArgs: ['--max-reque
 let op;
 try {
   const kc = cp.kubeconfig;
-  await installCrdFiles(cp.binDir, kc, [join(ROOT, 'crds/virtualio.dev_virtualiodevices.yaml'), join(ROOT, 'crds/virtualio.dev_virtualionodes.yaml')],
-    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev']);
+  await installCrdFiles(cp.binDir, kc, ['virtualiodevices', 'virtualionodes', 'virtualionodeacks'].map((k) => join(ROOT, `crds/virtualio.dev_${k}.yaml`)),
+    ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev', 'virtualionodeacks.virtualio.dev']);
   await kubectlAt(cp.binDir, kc, ['create', 'namespace', 'virtualio-system']);
   const kube = ClientNodeKube.fromOptions({ kubeconfig: kc });
   const names = Array.from({ length: N }, (_, i) => `node-${String(i).padStart(5, '0')}`);
@@ -129,11 +137,12 @@ try {
     a.status = { ...a.status, localPlan: { pools }, pools: pools.map((p) => ({ name: p.name, resourceName: p.resourceName, state: 'Ready', capacity: p.count, allocatable: p.count, allocated: 0 })) };
     return a;
   };
-  const report = (name, pools) => {
-    const a = serve(name, pools);
-    return kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name }, status: a.status },
-      { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
-  };
+  const report = (name) => kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name }, status: agents.get(name).status },
+    { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
+  /** The agent's ack (device-plugin/src/agent/ack.ts): what it carried out, owned by its Node. */
+  const ack = (name) => kube.apply(VirtualIONodeAcks, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONodeAck',
+    metadata: { name, ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name, uid: uids.get(name) }] },
+    status: { pools: ackPools(agents.get(name).status.localPlan.pools, agents.get(name).status.pools) } }, { fieldManager: AGENT_FIELD_MANAGER, force: true });
   if (LOCAL) {
     await createPools();
     poolWatch = new Informer({ kube, resource: VirtualIODevices, clock: systemClock, log: pino({ level: 'silent' }) });
@@ -151,6 +160,7 @@ try {
     }
     await kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name },
       status: LOCAL ? agents.get(name).status : { inventory: { devices: inventory(Number(name.slice(5))) } } }, { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
+    if (ACK) await ack(name);
   });
   say(`created ${N} VirtualIONodes with inventory status in ${Date.now() - t} ms`);
   if (!LOCAL) await createPools();
@@ -249,10 +259,24 @@ try {
       const changed = deriveAll();
       const tReach = Date.now();
       const editPlannerMsPerNode = (plannerCpu.micros - cpuBefore) / N / 1000;
-      void pool(changed, ([name, pools]) => report(name, pools)).then(() => resolve({ tReach, tReported: Date.now(), changed: changed.length, editPlannerMsPerNode }));
+      for (const [name, pools] of changed) serve(name, pools);
+      // Each agent acks at once and writes its status after the status writer's debounce (500 ms), or,
+      // when it acked, STATUS_AFTER_ACK_MS later (device-plugin/src/main.ts): both run side by side.
+      const acked = ACK ? pool(changed, ([name]) => ack(name)).then(() => Date.now()) : Promise.resolve(undefined);
+      const reported = new Promise((r) => setTimeout(r, ACK ? STATUS_AFTER_ACK_MS : 500)).then(() => pool(changed, ([name]) => report(name))).then(() => Date.now());
+      void Promise.all([acked, reported]).then(([tAcked, tReported]) => resolve({ tReach, tAcked, tReported, changed: changed.length, editPlannerMsPerNode }));
     });
   }) : undefined;
   await kube.replace(VirtualIODevices, { ...target, spec: { ...target.spec, carving: { ...target.spec.carving, count: 8 } } });
+  // The pool's status, from the edit on (with acks it can be Ready before every status is written).
+  const statusDone = new Promise((resolve) => {
+    const poll = async () => {
+      const p = await kube.get(VirtualIODevices, 'pool-3');
+      if (LOCAL ? poolReady(p, 2) : p?.status?.observedGeneration === 2 && p.status.nodes === N) resolve(Date.now());
+      else setTimeout(poll, 100);
+    };
+    void poll();
+  });
   const tEdit = await until(LOCAL
     ? () => watcher.size >= N && watcher.list().every((v) => v.status?.localPlan?.pools?.find((p) => p.name === 'pool-3')?.count === 8)
     : allPlanned((pools) => pools.find((p) => p.name === 'pool-3')?.count === 8));
@@ -265,16 +289,9 @@ try {
   say(LOCAL ? `edit: all ${N} agents' reported plans of pool-3 updated after ${edit} ms` : `edit: all ${N} plans of pool-3 updated after ${edit} ms`);
   if (LOCAL) {
     const a = await agentsDone;
-    Object.assign(local, { editReachMs: a.tReach - t1, editAgentsReportedMs: a.tReported - t1, agentsReplanned: a.changed, editPlannerMsPerNode: Number(a.editPlannerMsPerNode.toFixed(3)) });
+    Object.assign(local, { acks: ACK, editReachMs: a.tReach - t1, ...(ACK ? { editAgentsAckedMs: a.tAcked - t1 } : {}), editAgentsReportedMs: a.tReported - t1, agentsReplanned: a.changed, editPlannerMsPerNode: Number(a.editPlannerMsPerNode.toFixed(3)) });
   }
-  const tStatus = await new Promise((resolve) => {
-    const poll = async () => {
-      const p = await kube.get(VirtualIODevices, 'pool-3');
-      if (LOCAL ? poolReady(p, 2) : p?.status?.observedGeneration === 2 && p.status.nodes === N) resolve(Date.now());
-      else setTimeout(poll, 200);
-    };
-    void poll();
-  });
+  const tStatus = await statusDone;
   const cpuEdit = cpuSince(cpu1);
   clearInterval(sampler);
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -290,7 +307,7 @@ try {
     ...(LOCAL ? {
       ...local, specPoolsWrittenAtEnd: watcher.list().filter((v) => v.spec?.pools !== undefined).length,
       plannerMsPerNode: Number((plannerCpu.micros / plannerCpu.runs / 1000).toFixed(3)),
-      meaning: 'cold: operator start → every pool Ready on all nodes; editMs: edit → every agent\'s status carries the new plan; editStatusMs: edit → pool-3 Ready at generation 2 on all nodes; editReachMs: edit → every simulated agent derived it (one shared watch); plannerMsPerNode: CPU per node per derivation',
+      meaning: 'cold: operator start → every pool Ready on all nodes; editMs: edit → every agent\'s status carries the new plan; editStatusMs: edit → pool-3 Ready at generation 2 on all nodes (with acks: from the acks); editAgentsAckedMs: edit → every agent\'s ack written; editReachMs: edit → every simulated agent derived it (one shared watch); plannerMsPerNode: CPU per node per derivation',
     } : {}),
     peakRssMiB: Math.round(hwmKiB / 1024), peakRssAtColdMiB: Math.round(hwmColdKiB / 1024), lastRssMiB: Math.round((rssSamples.at(-1) ?? 0) / 1024),
     heapUsedMiB: heapMiB, heapTotalMiB: gauge('nodejs_heap_size_total_bytes'), externalMiB: gauge('nodejs_external_memory_bytes'), cpuSeconds: { cold: cpuCold, edit: cpuEdit }, reconcile: sums, reconcileErrors: errors, targets: { coldStartMs: 10_000, editMs: 5_000, editStatusMs: 5_000, peakRssMiB: 150 },
