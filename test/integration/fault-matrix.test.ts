@@ -239,13 +239,18 @@ const operatorAlive = () => operator !== undefined && operator.exitCode === null
 function diag(): string {
   const tail = (f: string, n: number) => { try { return readFileSync(f, 'utf8').split('\n').slice(-n).join('\n'); } catch { return ''; } };
   const agentTail = agent ? [...agent.logs.slice(-25).map((l) => JSON.stringify(l).slice(0, 400)), ...agent.stderr.slice(-5)].join('\n') : '(not running)';
-  return `\n--- agent (${agentMode}) ---\n${agentTail}\n--- operator ---\n${tail(join(base, 'operator.log'), 15)}`;
+  const writes = kernel ? kernel.events.slice(-20).map((e) => `${e.path}=${JSON.stringify(e.value)} ${e.ok ? 'ok' : `refused: ${e.error ?? ''}`}${e.blocked ? ' (blocked)' : ''}`).join('\n') : '';
+  const unmet = waitingFor ? `\n--- last unmet condition ---\n${waitingFor}` : '';
+  return `${unmet}\n--- agent (${agentMode}) ---\n${agentTail}\n--- kernel: last writes ---\n${writes}\n--- operator ---\n${tail(join(base, 'operator.log'), 15)}`;
 }
+/** What the current wait still misses, for its timeout message (set by checks that know). */
+let waitingFor = '';
 /** A failure waiting cannot undo (the kernel's record): `until` stops at once with it. */
 class Fatal extends Error {}
 
 async function until<T>(what: string, check: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
   let fatal: Fatal | undefined;
+  waitingFor = '';
   const r = await eventually(what, async () => {
     try {
       const v = await check();
@@ -434,20 +439,26 @@ async function expectDraining(h: Held, pools: PoolKey[]): Promise<void> {
 async function expectReleased(h: Held, kept: PoolKey[], o: { status?: boolean } = {}): Promise<void> {
   await until(`released as the plan says (kept: ${kept.join(', ') || 'none'})`, async () => {
     kernelStaysClean('waiting for the release');
+    const miss = (why: string): undefined => {
+      waitingFor = why;
+      return undefined;
+    };
     for (const k of ALL) {
       const id = h[k];
       const on = kept.includes(k);
-      if (k === 'nic' && existsSync(pciDir(id)) !== on) return undefined;
-      if (k === 'nic' && on && driverOf(id) !== 'vfio-pci') return undefined;
-      if (k === 'gpu' && (on ? driverOf(id) !== 'vfio-pci' || driverOf(GPU_AUDIO) !== 'vfio-pci' : driverOf(id) !== 'nvidia' || driverOf(GPU_AUDIO) !== 'snd_hda_intel')) return undefined;
-      if (k === 'vgpu' && existsSync(join(sys, 'bus/mdev/devices', id)) !== on) return undefined;
-      if (k === 'fc' && (vportOf(id) !== undefined) !== on) return undefined;
+      if (k === 'nic' && existsSync(pciDir(id)) !== on) return miss(`nic VF ${id} ${on ? 'gone' : 'still there'}`);
+      if (k === 'nic' && on && driverOf(id) !== 'vfio-pci') return miss(`nic VF ${id} on ${driverOf(id) ?? 'no driver'}`);
+      if (k === 'gpu' && (on ? driverOf(id) !== 'vfio-pci' || driverOf(GPU_AUDIO) !== 'vfio-pci' : driverOf(id) !== 'nvidia' || driverOf(GPU_AUDIO) !== 'snd_hda_intel')) {
+        return miss(`gpu ${id} on ${driverOf(id) ?? 'no driver'}, its audio function on ${driverOf(GPU_AUDIO) ?? 'no driver'}`);
+      }
+      if (k === 'vgpu' && existsSync(join(sys, 'bus/mdev/devices', id)) !== on) return miss(`mdev ${id} ${on ? 'gone' : 'still there'}`);
+      if (k === 'fc' && (vportOf(id) !== undefined) !== on) return miss(`vport ${id} ${on ? 'gone' : 'still there'}`);
     }
     if (o.status === false) return true;
     const st = await agentStatus();
     for (const k of ALL) {
       const s = st.slices?.find((x) => x.id === h[k]);
-      if (kept.includes(k) ? !s || s.health !== 'Healthy' || s.allocation || s.draining : s) return undefined;
+      if (kept.includes(k) ? !s || s.health !== 'Healthy' || s.allocation || s.draining : s) return miss(`the agent's status lists ${k} ${h[k]} as ${JSON.stringify(s ?? null)}`);
     }
     return true;
   }, 60_000);
