@@ -8,6 +8,7 @@
 import type { PoolAck, VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import { ackPools } from '../../../operator/src/controllers/plan/ack.js';
 import type { Logger } from '../log.js';
+import { LatestWriter } from './latest-writer.js';
 
 /** What the ack writer needs from the API server. */
 export interface AckPort {
@@ -31,27 +32,16 @@ export function ackOfStatus(status: VirtualIONodeStatus): PoolAck[] {
  */
 export const STATUS_AFTER_ACK_MS = 5000;
 
-export class AckWriter {
-  private pending: PoolAck[] | undefined;
-  private written = '';
+export class AckWriter extends LatestWriter<PoolAck[]> {
   private uid: string | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private inFlight = false;
-  private backoffMs = 0;
-  private readonly log: Logger;
-  /** Successful writes (for tests and metrics). */
-  writes = 0;
-  /** Whether the last write failed (e.g. the CRD is not installed: an older chart). */
-  failing = false;
 
   constructor(
     private readonly kube: AckPort,
     private readonly nodeName: string,
     logger: Logger,
-    private readonly signal: AbortSignal,
+    signal: AbortSignal,
   ) {
-    this.log = logger.child({ component: 'ack-writer' });
-    signal.addEventListener('abort', () => this.timer && clearTimeout(this.timer), { once: true });
+    super(logger.child({ component: 'ack-writer' }), signal, 0, 'VirtualIONodeAck');
   }
 
   /**
@@ -61,51 +51,23 @@ export class AckWriter {
    */
   submit(status: VirtualIONodeStatus): boolean {
     const pools = ackOfStatus(status);
-    const text = JSON.stringify(pools);
-    if (text === (this.pending ? JSON.stringify(this.pending) : this.written)) return false;
-    this.pending = pools;
-    this.schedule(0);
+    if (this.key(pools) === (this.pending ? this.key(this.pending) : this.written)) return false;
+    this.queue(pools);
     return !this.failing;
   }
 
   /** Forgets what was written and the Node's UID (the VirtualIONode or Node was re-created). */
-  reset(): void {
-    this.written = '';
+  override reset(): void {
+    super.reset();
     this.uid = undefined;
   }
 
-  private schedule(ms: number): void {
-    if (this.timer || this.inFlight || this.signal.aborted) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.flush();
-    }, ms);
+  protected key(pools: PoolAck[]): string {
+    return JSON.stringify(pools);
   }
 
-  private async flush(): Promise<void> {
-    const pools = this.pending;
-    if (!pools || this.signal.aborted) return;
-    const text = JSON.stringify(pools);
-    if (text === this.written) {
-      this.pending = undefined;
-      return;
-    }
-    this.inFlight = true;
-    try {
-      this.uid ??= await this.kube.getNodeUid(this.nodeName);
-      await this.kube.applyAck(this.nodeName, pools, this.uid);
-      this.written = text;
-      this.writes++;
-      this.failing = false;
-      this.backoffMs = 0;
-      if (this.pending === pools) this.pending = undefined;
-    } catch (err) {
-      this.failing = true;
-      this.backoffMs = Math.min(Math.max(1000, this.backoffMs * 2), 30_000);
-      this.log.warn({ err: String(err), retryInMs: this.backoffMs }, 'cannot write VirtualIONodeAck; retrying');
-    } finally {
-      this.inFlight = false;
-    }
-    if (this.pending) this.schedule(this.backoffMs);
+  protected async write(pools: PoolAck[]): Promise<void> {
+    this.uid ??= await this.kube.getNodeUid(this.nodeName);
+    await this.kube.applyAck(this.nodeName, pools, this.uid);
   }
 }

@@ -6,6 +6,7 @@ import type { VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated
 import type { Logger } from '../log.js';
 import type { PodInfo } from '../podresources/client.js';
 import { validatePlan, type PlanSource, type PlanState } from './plan.js';
+import { LatestWriter } from './latest-writer.js';
 
 /** SHA-1 of a status's JSON: what "unchanged" is compared by, without keeping the text. */
 function digest(status: VirtualIONodeStatus): string {
@@ -124,27 +125,18 @@ export class ClusterPlanSource implements PlanSource {
  * Writes status only when it changed since the last successful write, debounced, retrying with
  * backoff on errors. `reset()` forgets what was written (e.g. the object was re-created).
  */
-export class StatusWriter {
-  private pending: VirtualIONodeStatus | undefined;
-  private written = '';
-  private timer: NodeJS.Timeout | undefined;
-  private inFlight = false;
-  private backoffMs = 0;
+export class StatusWriter extends LatestWriter<VirtualIONodeStatus> {
   /** No write before this time (Date.now() ms): see submit's `deferMs`. */
   private notBefore = 0;
-  private readonly log: Logger;
-  /** Successful writes (for tests and metrics). */
-  writes = 0;
 
   constructor(
     private readonly kube: KubeAgentPort,
     private readonly nodeName: string,
     logger: Logger,
-    private readonly signal: AbortSignal,
-    private readonly debounceMs = 500,
+    signal: AbortSignal,
+    debounceMs = 500,
   ) {
-    this.log = logger.child({ component: 'status-writer' });
-    signal.addEventListener('abort', () => this.timer && clearTimeout(this.timer), { once: true });
+    super(logger.child({ component: 'status-writer' }), signal, debounceMs, 'VirtualIONode status');
   }
 
   /**
@@ -152,49 +144,19 @@ export class StatusWriter {
    * planning: its news went out in the node's ack, and the API server serves the other nodes' acks first).
    */
   submit(status: VirtualIONodeStatus, deferMs = 0): void {
-    this.pending = status;
     if (deferMs > 0) this.notBefore = Math.max(this.notBefore, Date.now() + deferMs);
-    this.schedule(this.debounceMs);
+    this.queue(status);
   }
 
-  reset(): void {
-    this.written = '';
+  protected key(status: VirtualIONodeStatus): string {
+    return digest(status); // a 40-char digest, not a second full copy of the status
   }
 
-  private schedule(ms: number): void {
-    if (this.timer || this.inFlight || this.signal.aborted) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.flush();
-    }, ms);
+  protected write(status: VirtualIONodeStatus): Promise<void> {
+    return this.kube.applyStatus(this.nodeName, status);
   }
 
-  private async flush(): Promise<void> {
-    const status = this.pending;
-    if (!status || this.signal.aborted) return;
-    const wait = this.notBefore - Date.now();
-    if (wait > 0) {
-      this.schedule(wait);
-      return;
-    }
-    const text = digest(status); // a 40-char digest, not a second full copy of the status
-    if (text === this.written) {
-      this.pending = undefined;
-      return;
-    }
-    this.inFlight = true;
-    try {
-      await this.kube.applyStatus(this.nodeName, status);
-      this.written = text;
-      this.writes++;
-      this.backoffMs = 0;
-      if (this.pending === status) this.pending = undefined;
-    } catch (err) {
-      this.backoffMs = Math.min(Math.max(1000, this.backoffMs * 2), 30_000);
-      this.log.warn({ err: String(err), retryInMs: this.backoffMs }, 'cannot write VirtualIONode status; retrying');
-    } finally {
-      this.inFlight = false;
-    }
-    if (this.pending) this.schedule(this.backoffMs || this.debounceMs);
+  protected override holdMs(): number {
+    return Math.max(0, this.notBefore - Date.now());
   }
 }

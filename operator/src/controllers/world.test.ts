@@ -1,24 +1,12 @@
 // World.planFor with the node's last known VirtualIONode: a deleted or re-created VirtualIONode (no
 // status yet) is planned from what the node reported last, but only for the same Node object.
-import pino from 'pino';
-import type { Pool, VioNode } from '../api/types.js';
+import type { VioNode } from '../api/types.js';
 import { FakeKube } from '../../../test/fakes/kube-api.js';
-import type { KubeObject } from '../kube/ports.js';
-import { AGENT_FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodes } from '../kube/resources.js';
-import { systemClock } from '../runtime/clock.js';
-import { Informer } from '../runtime/informer.js';
-import { gpu, nodeObj, poolObj } from '../../../test/support/operator-fixtures.js';
-import { World } from './world.js';
+import { AGENT_FIELD_MANAGER, Nodes, VirtualIONodes } from '../kube/resources.js';
+import { gpu, nodeObj, waitFor } from '../../../test/support/operator-fixtures.js';
+import { gpuPoolWorld } from '../../../test/support/operator-world.js';
 
-const log = pino({ level: 'silent' });
-
-async function until(what: string, fn: () => boolean): Promise<void> {
-  const end = Date.now() + 10_000;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const until = (what: string, fn: () => boolean): Promise<true> => waitFor(what, async () => fn() || undefined);
 
 test('a deleted or re-created VirtualIONode is planned from the last report of the same Node, not of a new Node with its name', async () => {
   const kube = new FakeKube();
@@ -29,16 +17,7 @@ test('a deleted or re-created VirtualIONode is planned from the last report of t
   await createVio(node.metadata.uid ?? '');
   await kube.apply(VirtualIONodes, { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: 'n1' }, status: { inventory: { devices: [gpu('0000:c1:00.0')] } } },
     { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
-  const { metadata, ...rest } = poolObj('gpus', { class: 'GPU', deviceSelector: { vendorIDs: ['10de'] }, carving: { mode: 'Passthrough' } });
-  await kube.create(VirtualIODevices, { ...rest, metadata: { name: metadata.name } } as Pool);
-
-  const ac = new AbortController();
-  const nodes = new Informer<KubeObject>({ kube, resource: Nodes, clock: systemClock, log });
-  const vios = new Informer<VioNode>({ kube, resource: VirtualIONodes, clock: systemClock, log });
-  const pools = new Informer<Pool>({ kube, resource: VirtualIODevices, clock: systemClock, log });
-  const world = new World(nodes, vios, pools, { namespace: 'kubevirt', name: 'kubevirt', manage: false, extra: { pciHostDevices: [], mediatedDevices: [] } });
-  const runs = [nodes, vios, pools].map((i) => i.run(ac.signal));
-  await Promise.all([nodes, vios, pools].map((i) => i.synced()));
+  const { world, nodes, vios, stop } = await gpuPoolWorld(kube);
   const planned = () => world.planFor('n1').pools.map((p) => `${p.name}:${p.devices.map((d) => d.pciAddress).join()}`);
 
   expect(planned()).toEqual(['gpus:0000:c1:00.0']);
@@ -59,6 +38,5 @@ test('a deleted or re-created VirtualIONode is planned from the last report of t
   await createVio(again.metadata.uid ?? '').catch(() => undefined);
   await until('new Node cached', () => nodes.get('n1')?.metadata.uid === again.metadata.uid);
   expect(planned()).toEqual([]);
-  ac.abort();
-  await Promise.all(runs);
+  await stop();
 });

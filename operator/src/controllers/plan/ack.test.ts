@@ -1,16 +1,12 @@
 // The acknowledgement of agents that plan locally (VirtualIONodeAck): the shared digest, the ack an
 // agent builds from its report, and the pool status roll-up with and without acks.
-import pino from 'pino';
-import type { PoolPlan, Pool, VioNode } from '../../api/types.js';
+import type { PoolPlan, VioNode } from '../../api/types.js';
 import { Reason } from '../../api/conditions.js';
 import { FakeKube } from '../../../../test/fakes/kube-api.js';
-import { gpu, nodeObj, poolObj } from '../../../../test/support/operator-fixtures.js';
-import type { KubeObject } from '../../kube/ports.js';
-import { AGENT_FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodes } from '../../kube/resources.js';
-import { systemClock } from '../../runtime/clock.js';
-import { Informer } from '../../runtime/informer.js';
+import { gpu, nodeObj, waitFor } from '../../../../test/support/operator-fixtures.js';
+import { AGENT_FIELD_MANAGER, Nodes, VirtualIONodes } from '../../kube/resources.js';
 import { computeStatus } from '../status/status.js';
-import { World } from '../world.js';
+import { gpuPoolWorld } from '../../../../test/support/operator-world.js';
 import { ackCacheForm, ackPools, currentAck, isPoolAck, planEntryDigest, type NodeAck, type PoolAck } from './ack.js';
 
 const entry = (count: number): PoolPlan => ({
@@ -52,16 +48,9 @@ describe('planEntryDigest', () => {
   });
 });
 
-async function until(what: string, fn: () => boolean): Promise<void> {
-  const end = Date.now() + 10_000;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const until = (what: string, fn: () => boolean): Promise<true> => waitFor(what, async () => fn() || undefined);
 
 test('the pool status of a node that plans locally reads its ack when it acknowledges the current entry, and its VirtualIONode otherwise', async () => {
-  const log = pino({ level: 'silent' });
   const kube = new FakeKube();
   const node = await kube.create(Nodes, nodeObj('n1'));
   await kube.create(VirtualIONodes, {
@@ -73,17 +62,8 @@ test('the pool status of a node that plans locally reads its ack when it acknowl
     status: { inventory: { devices: [gpu('0000:c1:00.0')] }, ...(localPlan ? { localPlan: { pools: localPlan } } : {}), pools },
   } as VioNode, { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
   await report([]);
-  const { metadata, ...rest } = poolObj('gpus', { class: 'GPU', deviceSelector: { vendorIDs: ['10de'] }, carving: { mode: 'Passthrough' } });
-  await kube.create(VirtualIODevices, { ...rest, metadata: { name: metadata.name } } as Pool);
-
-  const ac = new AbortController();
-  const nodes = new Informer<KubeObject>({ kube, resource: Nodes, clock: systemClock, log });
-  const vios = new Informer<VioNode>({ kube, resource: VirtualIONodes, clock: systemClock, log });
-  const pools = new Informer<Pool>({ kube, resource: VirtualIODevices, clock: systemClock, log });
   const acks = new Map<string, NodeAck>();
-  const world = new World(nodes, vios, pools, { namespace: 'kubevirt', name: 'kubevirt', manage: false, extra: { pciHostDevices: [], mediatedDevices: [] } }, { get: (n) => acks.get(n) });
-  const runs = [nodes, vios, pools].map((i) => i.run(ac.signal));
-  await Promise.all([nodes, vios, pools].map((i) => i.synced()));
+  const { world, vios, stop } = await gpuPoolWorld(kube, { get: (n) => acks.get(n) });
   const setAck = (pools: PoolAck[] | undefined) => {
     if (pools) acks.set('n1', { apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONodeAck', metadata: { name: 'n1' }, status: { pools } });
     else acks.delete('n1');
@@ -121,6 +101,5 @@ test('the pool status of a node that plans locally reads its ack when it acknowl
   await until('report cached', () => !vios.get('n1')?.status?.localPlan);
   setAck([{ name: 'gpus', digest: planEntryDigest(world.planFor('n1').pools.find((p) => p.name === 'gpus')!), state: 'Ready' }]);
   expect(rollUp()).toEqual({ ready: 'False', nodes: 1, states: ['n1:Pending'] });
-  ac.abort();
-  await Promise.all(runs);
+  await stop();
 });
