@@ -26,6 +26,11 @@ export function loadKubeConfig(kubeconfig: string | undefined): KubeConfig {
   return kc;
 }
 
+/** Metadata that makes an object garbage with its Node (nothing when the Node's UID is unknown). */
+function ownedByNode(name: string, uid: string | undefined): { ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string }[] } {
+  return uid ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name, uid }] } : {};
+}
+
 /** client-node implementation of the agent's API needs. */
 export class KubeAdapter implements KubeAgentPort {
   private readonly core: CoreV1Api;
@@ -69,7 +74,7 @@ export class KubeAdapter implements KubeAgentPort {
       metadata: {
         name,
         labels: { 'app.kubernetes.io/managed-by': FIELD_MANAGER },
-        ...(nodeUid ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name, uid: nodeUid }] } : {}),
+        ...ownedByNode(name, nodeUid),
       },
       // No spec.pools: the agent never writes a plan; "no plan yet" keeps whatever exists.
       spec: {},
@@ -188,14 +193,13 @@ export class KubeAdapter implements KubeAgentPort {
   }
 
   async applyAck(name: string, pools: PoolAck[], nodeUid: string | undefined): Promise<void> {
-    const ownerReferences = nodeUid ? [{ apiVersion: 'v1', kind: 'Node', name, uid: nodeUid }] : undefined;
     await this.custom.patchClusterCustomObject(
       {
         group: GROUP,
         version: VERSION,
         plural: 'virtualionodeacks',
         name,
-        body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'VirtualIONodeAck', metadata: { name, ...(ownerReferences ? { ownerReferences } : {}) }, status: { pools } },
+        body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'VirtualIONodeAck', metadata: { name, ...ownedByNode(name, nodeUid) }, status: { pools } },
         fieldManager: FIELD_MANAGER,
         force: true,
       },

@@ -46,23 +46,29 @@ export function podGoneVia(lookup: PodLookup): (namespace: string, name: string,
 }
 
 /**
- * Maps a List response to slice ID → holder, keeping only our resource names. A device listed twice
- * (init container reused by an app container) keeps its first holder.
+ * Every device of a List response that is ours: by resource name, or a device of this node by its
+ * ID (a PCI address, mdev UUID or WWPN held through a resource name this agent no longer
+ * remembers, or another plugin's).
  */
-export function mapHolders(pods: readonly PodResources__Output[], resourceNames: ReadonlySet<string>, deviceHere: (id: string) => boolean = () => false): Map<string, Holder> {
-  const out = new Map<string, Holder>();
+function* ourDevices(pods: readonly PodResources__Output[], resourceNames: ReadonlySet<string>, deviceHere: (id: string) => boolean): Generator<{ id: string; resourceName: string; pod: PodResources__Output; container: string }> {
   for (const pod of pods) {
     for (const c of pod.containers ?? []) {
       for (const d of c.devices ?? []) {
         const ours = resourceNames.has(d.resourceName);
-        for (const id of d.deviceIds ?? []) {
-          // Ours by resource name, or a device of this node by its ID (a PCI address, mdev UUID or
-          // WWPN held through a resource name this agent no longer remembers, or another plugin's).
-          if (!ours && !deviceHere(id)) continue;
-          if (!out.has(id)) out.set(id, { resourceName: d.resourceName, namespace: pod.namespace, pod: pod.name, container: c.name });
-        }
+        for (const id of d.deviceIds ?? []) if (ours || deviceHere(id)) yield { id, resourceName: d.resourceName, pod, container: c.name };
       }
     }
+  }
+}
+
+/**
+ * Maps a List response to slice ID → holder, keeping only our devices. A device listed twice
+ * (init container reused by an app container) keeps its first holder.
+ */
+export function mapHolders(pods: readonly PodResources__Output[], resourceNames: ReadonlySet<string>, deviceHere: (id: string) => boolean = () => false): Map<string, Holder> {
+  const out = new Map<string, Holder>();
+  for (const d of ourDevices(pods, resourceNames, deviceHere)) {
+    if (!out.has(d.id)) out.set(d.id, { resourceName: d.resourceName, namespace: d.pod.namespace, pod: d.pod.name, container: d.container });
   }
   return out;
 }
@@ -74,17 +80,10 @@ export function mapHolders(pods: readonly PodResources__Output[], resourceNames:
  */
 export function sharedDevices(pods: readonly PodResources__Output[], resourceNames: ReadonlySet<string>, deviceHere: (id: string) => boolean = () => false): { id: string; pods: string[] }[] {
   const byId = new Map<string, Set<string>>();
-  for (const pod of pods) {
-    for (const c of pod.containers ?? []) {
-      for (const d of c.devices ?? []) {
-        for (const id of d.deviceIds ?? []) {
-          if (!resourceNames.has(d.resourceName) && !deviceHere(id)) continue;
-          const set = byId.get(id) ?? new Set<string>();
-          set.add(`${pod.namespace}/${pod.name}`);
-          byId.set(id, set);
-        }
-      }
-    }
+  for (const d of ourDevices(pods, resourceNames, deviceHere)) {
+    const set = byId.get(d.id) ?? new Set<string>();
+    set.add(`${d.pod.namespace}/${d.pod.name}`);
+    byId.set(d.id, set);
   }
   return [...byId].filter(([, s]) => s.size > 1).map(([id, s]) => ({ id, pods: [...s].sort() })).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }

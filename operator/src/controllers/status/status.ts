@@ -1,6 +1,5 @@
 // Pure: a pool's status rolled up from every VioNode (plan in spec, agent report in status),
 // plus what deletion waits for and the Events an admin should see.
-import type { SliceStatus } from '../../../../crds/generated/types.js';
 import type { PoolPlan, VioNode, VirtualIODeviceStatus } from '../../api/types.js';
 import { ConditionType, findCondition, Reason, setCondition, type Condition, type ConditionInput } from '../../api/conditions.js';
 import type { PermittedEntry } from '../kubevirt/entries.js';
@@ -158,35 +157,21 @@ function viewOf(name: string, vio: VioNode, pending: boolean, ack?: { state: str
   // nothing about that plan.
   const notWritten = pending && !plan;
   const stale = pending && !!plan && !plan.deleting && (agent?.state === 'Ready' || agent?.state === 'Released');
-  if (ack && !pending) {
-    // The agent acknowledged the current entry (never one marked deleting): planned here, in its state.
-    return {
-      node, planned: true,
-      capacity: fromSlices ? slices.length : agent?.capacity ?? 0,
-      allocatable: fromSlices ? slices.filter((s) => s.health === 'Healthy').length : agent?.allocatable ?? 0,
-      allocated: fromSlices ? slices.filter((s) => !!s.allocation).length : agent?.allocated ?? 0,
-      state: ack.state, ...(ack.message ? { message: ack.message } : {}),
-      ...releaseFields(vio, plan, agent, slices.length),
-      allocations: [...byPod.values()],
-      carvings: carvingsOf(node, slices),
-    };
-  }
+  // An ack of the current entry (never one marked deleting): planned here, in the acknowledged state.
+  const acked = ack && !pending ? ack : undefined;
   return {
     node,
-    planned: (!!plan && !plan.deleting) || notWritten,
+    planned: !!acked || (!!plan && !plan.deleting) || notWritten,
     capacity: fromSlices ? slices.length : agent?.capacity ?? 0,
     allocatable: fromSlices ? slices.filter((s) => s.health === 'Healthy').length : agent?.allocatable ?? 0,
     allocated: fromSlices ? slices.filter((s) => !!s.allocation).length : agent?.allocated ?? 0,
-    state: notWritten || stale ? 'Pending' : agent?.state ?? (plan ? 'Pending' : 'Released'),
-    ...(notWritten ? { message: plansLocally(vio) ? NOT_DERIVED_MESSAGE : NOT_WRITTEN_MESSAGE } : stale ? { message: STALE_MESSAGE } : agent?.message ? { message: agent.message } : {}),
+    state: acked ? acked.state : notWritten || stale ? 'Pending' : agent?.state ?? (plan ? 'Pending' : 'Released'),
+    ...(acked ? (acked.message ? { message: acked.message } : {})
+      : notWritten ? { message: plansLocally(vio) ? NOT_DERIVED_MESSAGE : NOT_WRITTEN_MESSAGE } : stale ? { message: STALE_MESSAGE } : agent?.message ? { message: agent.message } : {}),
     ...releaseFields(vio, plan, agent, slices.length),
     allocations: [...byPod.values()],
-    carvings: carvingsOf(node, slices),
+    carvings: slices.flatMap((s) => (s.carvedFor ? [{ node, slice: s.id, ...(s.mdevType ? { mdevType: s.mdevType } : {}), namespace: s.carvedFor.namespace, claim: s.carvedFor.claim }] : [])),
   };
-}
-
-function carvingsOf(node: string, slices: readonly SliceStatus[]): CarvingEntry[] {
-  return slices.flatMap((s) => (s.carvedFor ? [{ node, slice: s.id, ...(s.mdevType ? { mdevType: s.mdevType } : {}), namespace: s.carvedFor.namespace, claim: s.carvedFor.claim }] : []));
 }
 
 /** A node the pool is about to be planned on (its VirtualIONode does not mention the pool yet). */
