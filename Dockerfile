@@ -1,12 +1,13 @@
 # syntax=docker/dockerfile:1
 # One image for both programs (different entrypoints, set by the Helm chart):
-#   operator: node /app/dist/operator/src/main.js        (Deployment, runs as uid 65532)
-#   agent:    node /app/dist/device-plugin/src/main.js   (DaemonSet; the chart runs it as uid 0 with no capabilities)
+#   operator: node /app/operator/main.js   (Deployment, runs as uid 65532)
+#   agent:    node /app/agent/main.js      (DaemonSet; the chart runs it as uid 0 with no capabilities)
 # Build:  docker build -t ghcr.io/virtualio/virtualio:0.1.0 .
 #   Without Docker or a registry: scripts/build-image.sh (BuildKit with local stand-ins of the two base
 #   images as named contexts; it passes --opt cmdline= so the syntax line above needs no registry).
-# The runtime stage is distroless (no shell, no package manager) with production dependencies only,
-# plus two programs from Debian 12 that the agent runs (execFile, no shell) for opt-in features:
+# The runtime stage is distroless (no shell, no package manager) with the two bundled programs (their
+# dependencies inside, no node_modules), plus two programs from Debian 12 that the agent runs (execFile,
+# no shell) for opt-in features:
 # iproute2's `ip` (VF network settings of DRA claims, agent.dra.vfNetworkConfig) and nvme-cli's `nvme`
 # (NVMe secondary controllers), each with the shared libraries it needs that the runtime base lacks.
 # test/integration/image-production.test.ts repeats the install steps below and starts both entrypoints;
@@ -16,23 +17,21 @@ ARG NODE_VERSION=24.21.0
 # The distroless Node 24 runtime (Debian 12); its ENTRYPOINT is /nodejs/bin/node.
 ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs24-debian12:nonroot
 
-# --- build: compile TypeScript to dist/ -------------------------------------------------------
+# --- build: compile TypeScript to dist/, then bundle each program into dist/image/ ------------
+# `npm run build` is tsc and scripts/bundle.mjs (esbuild): each program and the packages it uses in a
+# few ES modules (docs/design-decisions.md, "Agent start-up"), so the runtime stage needs no
+# node_modules and a start reads a handful of files instead of ~600.
 FROM node:${NODE_VERSION}-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle.mjs scripts/bundle.mjs
 COPY proto/ proto/
 COPY crds/ crds/
 COPY operator/ operator/
 COPY device-plugin/ device-plugin/
 RUN npm run build
-
-# --- deps: production dependencies only (no jest, typescript, eslint) -------------------------
-FROM node:${NODE_VERSION}-bookworm-slim AS deps
-WORKDIR /app
-COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
 # --- tools: `ip` and `nvme` from Debian 12 with the shared libraries the runtime base lacks ------
 # Debian ships neither statically linked, so this stage installs the packages and collects each
@@ -80,9 +79,10 @@ LABEL org.opencontainers.image.title="virtualio" \
 # VIO_IP_CLI, VIO_NVME_CLI) find them; their libraries in Debian's multiarch folder, which ld.so searches.
 COPY --from=tools /out/ /
 WORKDIR /app
-COPY --from=deps /app/package.json ./package.json
-COPY --from=deps /app/node_modules ./node_modules
-COPY --from=build /src/dist ./dist
+# package.json: "type": "module" for the bundles and the version the agent reports.
+COPY package.json ./package.json
+# /app/agent/, /app/operator/ and THIRD-PARTY-LICENSES.txt (scripts/bundle.mjs).
+COPY --from=build /src/dist/image/ ./
 # The kubelet APIs are loaded at run time from their .proto sources (proto/load.ts).
 COPY proto/deviceplugin/ ./proto/deviceplugin/
 COPY proto/podresources/ ./proto/podresources/
@@ -90,7 +90,7 @@ COPY proto/podresources/ ./proto/podresources/
 COPY proto/dra/ ./proto/dra/
 COPY proto/dra-health/ ./proto/dra-health/
 COPY proto/pluginregistration/ ./proto/pluginregistration/
-# V8's compiled code of every module, made at build time (scripts/warm-compile-cache.mjs; decision in
+# V8's compiled code of the bundles, made at build time (scripts/warm-compile-cache.mjs; decision in
 # docs/design-decisions.md, "Agent start-up"): each start reads it instead of compiling again, and the
 # read-only root filesystem is no obstacle (Node only reads the cache when it matches). Node keeps one
 # folder per user id: the agent's as root (the chart runs it as uid 0), the operator's as 65532.
@@ -98,9 +98,9 @@ ENV NODE_ENV=production \
     NODE_COMPILE_CACHE=/app/.node-compile-cache
 COPY scripts/warm-compile-cache.mjs ./scripts/warm-compile-cache.mjs
 USER 0:0
-RUN ["/nodejs/bin/node", "/app/scripts/warm-compile-cache.mjs", "--share-with", "65532", "/app/dist/device-plugin/src", "/app/dist/proto"]
+RUN ["/nodejs/bin/node", "/app/scripts/warm-compile-cache.mjs", "--share-with", "65532", "/app/agent"]
 USER 65532:65532
-RUN ["/nodejs/bin/node", "/app/scripts/warm-compile-cache.mjs", "/app/dist/operator/src", "/app/dist/crds", "/app/dist/proto"]
+RUN ["/nodejs/bin/node", "/app/scripts/warm-compile-cache.mjs", "/app/operator"]
 EXPOSE 8080
 ENTRYPOINT ["/nodejs/bin/node"]
-CMD ["/app/dist/operator/src/main.js"]
+CMD ["/app/operator/main.js"]

@@ -1,5 +1,6 @@
 // Loads the kubelet APIs at run time with the same options the generated types were made with
 // (scripts/gen.mjs), so the objects grpc-js hands us match proto/generated exactly.
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -11,11 +12,18 @@ import type { ProtoGrpcType as DraV1beta1Proto } from './generated/dra-v1beta1/a
 import type { ProtoGrpcType as PluginRegistrationProto } from './generated/pluginregistration/api.js';
 import type { ProtoGrpcType as DraHealthProto } from './generated/dra-health/api.js';
 
-/** Folder holding the .proto sources. Works from the TypeScript tree and from dist/. */
+/**
+ * Folder holding the .proto sources: this file's own folder in the TypeScript tree, else the nearest
+ * `proto/` upwards that holds them (dist/proto/load.js → <root>/proto; the image's bundles,
+ * /app/agent/ and /app/operator/ → /app/proto; dist/image/agent/ → <root>/proto).
+ */
 export function protoDir(): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  // dist/proto/load.js → <root>/proto ; proto/load.ts → <root>/proto
-  return here.includes(`${join('dist', 'proto')}`) ? join(here, '..', '..', 'proto') : here;
+  if (existsSync(join(here, 'deviceplugin'))) return here;
+  for (let dir = dirname(here); ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'proto', 'deviceplugin'))) return join(dir, 'proto');
+    if (dirname(dir) === dir) return here; // not found: loading names the missing file
+  }
 }
 
 const LOADER_OPTIONS: protoLoader.Options = {

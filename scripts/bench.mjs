@@ -108,10 +108,11 @@ const row = (bench, figure, value, unit, max) => rows.push({ bench, figure, valu
 const results = {};
 
 function ensureBuilt() {
-  const entries = ['dist/device-plugin/src/main.js', 'dist/operator/src/main.js'];
+  const entries = ['dist/device-plugin/src/main.js', 'dist/operator/src/main.js', 'dist/image/agent/main.js', 'dist/image/operator/main.js'];
   if (entries.every((e) => existsSync(join(ROOT, e)))) return;
-  say('building dist/ (tsc -p tsconfig.build.json)');
+  say('building dist/ (tsc -p tsconfig.build.json, then the bundles: scripts/bundle.mjs)');
   spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' });
+  spawnSync(process.execPath, [join(ROOT, 'scripts/bundle.mjs')], { cwd: ROOT, stdio: 'inherit' });
 }
 
 ensureBuilt();

@@ -1,9 +1,9 @@
 // The agent's entrypoint: parse flags (docs/flags.md), wire the ports, run one loop until SIGTERM or
 // SIGINT, then shut down without withdrawing any device (the kubelet keeps them through its grace
 // period until the next agent registers; CDI specs and device-info files stay for running pods). The only place that reads process.env, argv and signals, or exits.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentManager } from './agent/manager.js';
 import { CHECKPOINT_FILE, Checkpoint } from './agent/checkpoint.js';
@@ -14,7 +14,7 @@ import { LEDGER_FILE } from './agent/ledger.js';
 import { acquireAgentLock, type AgentLockHolder } from './agent/lock.js';
 import { createNodeOps } from './agent/node-ops.js';
 import { nvidiaToolRunner } from './carving/nvidia-tools.js';
-import { FilePlanSource, type PlanSource } from './agent/plan.js';
+import type { PlanSource } from './agent/plan.js';
 import type { StatusSink } from './agent/ports.js';
 import { parseAgentConfig } from './config.js';
 import { detachFromKubelet } from './kubelet/detach.js';
@@ -26,15 +26,17 @@ import type { DraWiring } from './dra/wire.js';
 import { execIpCli, execIpLink } from './carving/ip-link.js';
 import type { PoolPlan } from './model.js';
 
+/** The version in the nearest package.json upwards (the checkout's, or the image's /app/package.json). */
 function agentVersion(): string {
   try {
-    // dist/device-plugin/src/main.js or device-plugin/src/main.ts → <root>/package.json
-    const here = fileURLToPath(new URL('.', import.meta.url));
-    const up = here.includes(join('dist', 'device-plugin')) ? '../../..' : '../..';
-    return (JSON.parse(readFileSync(join(here, up, 'package.json'), 'utf8')) as { version?: string }).version ?? 'dev';
+    for (let dir = dirname(fileURLToPath(import.meta.url)); dirname(dir) !== dir; dir = dirname(dir)) {
+      const file = join(dir, 'package.json');
+      if (existsSync(file)) return (JSON.parse(readFileSync(file, 'utf8')) as { version?: string }).version ?? 'dev';
+    }
   } catch {
-    return 'dev';
+    /* unreadable: 'dev' */
   }
+  return 'dev';
 }
 
 async function main(): Promise<number> {
@@ -90,6 +92,8 @@ async function main(): Promise<number> {
   let statusSink: StatusSink | undefined;
   let lookupPod: PodLookup | undefined;
   if (cfg.planFile) {
+    // Loaded lazily so cluster mode never loads the YAML parser.
+    const { FilePlanSource } = await import('./agent/plan-file.js');
     plan = new FilePlanSource(cfg.planFile, logger);
   } else {
     // Loaded lazily so standalone mode never loads client-node.

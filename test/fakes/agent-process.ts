@@ -1,7 +1,8 @@
-// Runs the REAL agent process (`node dist/device-plugin/src/main.js`) for end-to-end tests and
-// benchmarks. `ensureAgentBuilt()` compiles with `tsc -p tsconfig.build.json` when dist/ is missing
-// or older than any agent source (a lock folder keeps parallel test files from building at once),
-// so `npm test` needs no global setup and no prior `npm run build`.
+// Runs the REAL agent process, as the image ships it (`node dist/image/agent/main.js`, the bundle of
+// scripts/bundle.mjs), for end-to-end tests and benchmarks. `ensureAgentBuilt()` runs `npm run
+// build`'s two steps (tsc, then the bundle) when the bundle is missing or older than any agent source
+// (a lock folder keeps parallel test files from building at once), so `npm test` needs no global
+// setup and no prior `npm run build`.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -9,7 +10,9 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const REPO = HERE.includes(join('dist', 'test')) ? resolve(HERE, '../../..') : resolve(HERE, '../..');
-export const AGENT_MAIN = join(REPO, 'dist/device-plugin/src/main.js');
+export const AGENT_MAIN = join(REPO, 'dist/image/agent/main.js');
+/** The operator as the image ships it; `ensureAgentBuilt()` builds it too (one build makes both bundles). */
+export const OPERATOR_MAIN = join(REPO, 'dist/image/operator/main.js');
 
 function newestMtime(dir: string): number {
   let newest = 0;
@@ -63,7 +66,8 @@ export async function ensureAgentBuilt(): Promise<string> {
     if (!agentBuildIsStale()) return AGENT_MAIN;
     const r = spawnSync(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.build.json')], { cwd: REPO, encoding: 'utf8' });
     // tsc emits even with type errors elsewhere in the tree; only a missing entrypoint is fatal here.
-    if (!existsSync(AGENT_MAIN) || agentBuildIsStale()) throw new Error(`agent build failed (exit ${r.status}):\n${r.stdout}\n${r.stderr}`);
+    const b = spawnSync(process.execPath, [join(REPO, 'scripts/bundle.mjs')], { cwd: REPO, encoding: 'utf8' });
+    if (!existsSync(AGENT_MAIN) || agentBuildIsStale()) throw new Error(`agent build failed (tsc exit ${r.status}, bundle exit ${b.status}):\n${r.stdout}\n${r.stderr}\n${b.stderr}`);
     if (r.status !== 0) console.warn(`tsc reported errors (dist was still emitted):\n${r.stdout.slice(0, 4000)}`);
     return AGENT_MAIN;
   } finally {

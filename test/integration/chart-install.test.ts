@@ -176,7 +176,7 @@ describe('workload settings', () => {
       'kubelet-plugin': '/var/lib/kubelet/plugins/virtualio.dev', 'kubelet-registry': '/var/lib/kubelet/plugins_registry',
     });
     expect(c.args).toEqual(expect.arrayContaining([
-      '/app/dist/device-plugin/src/main.js', '--sysfs-root=/host/sys', '--dev-root=/host/dev',
+      '/app/agent/main.js', '--sysfs-root=/host/sys', '--dev-root=/host/dev',
       '--plugin-dir=/var/lib/kubelet/device-plugins', '--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock',
       '--devinfo-dir=/var/run/k8s.cni.cncf.io/devinfo/dp', '--state-dir=/var/lib/virtualio', '--cdi=false', '--metrics-address=0.0.0.0:8080',
       '--kubelet-dir=/var/lib/kubelet', '--device-plugin-registration=auto',
@@ -252,7 +252,7 @@ describe('workload settings', () => {
     const dep = only(objs, 'Deployment') as Any;
     expect(dep.spec.replicas).toBe(2);
     const c = dep.spec.template.spec.containers[0];
-    expect(c.args).toEqual(expect.arrayContaining(['/app/dist/operator/src/main.js', '--leader-elect=true', '--lease-duration=15s',
+    expect(c.args).toEqual(expect.arrayContaining(['/app/operator/main.js', '--leader-elect=true', '--lease-duration=15s',
       '--manage-permitted-host-devices=false', '--metrics-address=0.0.0.0:8080']));
     expect(c.env).toEqual(expect.arrayContaining([
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },

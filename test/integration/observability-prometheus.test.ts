@@ -11,9 +11,9 @@
 // the runbooks' read-only commands (kubectl get/describe, the agent's endpoints) run against it.
 // Without Debian's prometheus (no root to refresh apt's lists, no network) the suite is reported
 // skipped with the reason.
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as grpc from '@grpc/grpc-js';
-import { createWriteStream, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { jest } from '@jest/globals';
@@ -110,24 +110,6 @@ async function firing(): Promise<{ labels: Record<string, string>; state: string
   return body.data.alerts;
 }
 
-/** Builds dist/ when the agent's or the operator's sources are newer (the operator's main is spawned). */
-async function ensureBuilt(): Promise<void> {
-  await ensureAgentBuilt();
-  const newest = (d: string): number => readdirSync(d, { withFileTypes: true }).reduce((m, e) => {
-    const p = join(d, e.name);
-    return Math.max(m, e.isDirectory() ? newest(p) : e.name.endsWith('.ts') && !e.name.endsWith('.test.ts') ? statSync(p).mtimeMs : 0);
-  }, 0);
-  const main = join(REPO_ROOT, 'dist/operator/src/main.js');
-  if (!existsSync(main) || statSync(main).mtimeMs < newest(join(REPO_ROOT, 'operator/src'))) {
-    try {
-      execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(REPO_ROOT, 'tsconfig.build.json')], { cwd: REPO_ROOT, stdio: 'pipe' });
-    } catch {
-      // tsc emits even with type errors elsewhere in the tree; only a missing entrypoint matters.
-    }
-    if (!existsSync(main)) throw new Error('dist/operator/src/main.js was not built');
-  }
-}
-
 /** One claim's NodePrepareResources or NodeUnprepareResources over the DRA plugin socket, as the kubelet calls it (v1). */
 function draCall(socket: string, method: 'NodePrepareResources' | 'NodeUnprepareResources', claim: { namespace: string; name: string; uid: string }): Promise<{ error: string; devices?: unknown[] }> {
   const Client = grpc.makeGenericClientConstructor(loadDraV1Api().k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.service, 'DRAPlugin');
@@ -155,7 +137,7 @@ suite(`a real Prometheus against the agent and the operator of a running cluster
     const bin = (tools as { bin: string }).bin;
     dir = mkdtempSync(join(tmpdir(), 'vio-obs-'));
     rules = renderedRuleGroups().flatMap((g) => g.rules);
-    await ensureBuilt();
+    await ensureAgentBuilt(); // both bundles: the operator's is spawned too
 
     cp = await startControlPlane({ parentDir: dir });
     await installCrdFiles(cp.binDir, cp.kubeconfig,

@@ -103,19 +103,18 @@ export async function archiveRevision(archive: string): Promise<string | undefin
 }
 
 /**
- * A script for `node` inside the agent's container: runs `ip` and `nvme` through the agent's own
- * runners with their default paths (as main.ts does without VIO_IP_CLI / VIO_NVME_CLI) and prints
- * what they answered, as JSON ({@link AgentTools}); `ip -V` once more directly for its stderr (a
- * library it cannot find or read shows there).
+ * A script for `node` inside the agent's container: runs `ip` and `nvme` by name, as the agent's
+ * runners do with their defaults (carving/ip-link.ts, carving/nvme.ts: execFile of `ip` / `nvme`
+ * found on PATH, without VIO_IP_CLI / VIO_NVME_CLI; the image ships the agent bundled, so its
+ * modules cannot be imported one by one), and prints what they answered, as JSON ({@link AgentTools});
+ * `ip -V`'s stderr too (a library it cannot find or read shows there).
  */
 export const agentToolsProbe = [
-  "const { spawnSync } = await import('node:child_process');",
-  "const { execIpCli } = await import('/app/dist/device-plugin/src/carving/ip-link.js');",
-  "const { execNvmeCli } = await import('/app/dist/device-plugin/src/carving/nvme.js');",
-  "const ip = execIpCli(); const nvme = execNvmeCli();",
+  "const { execFileSync, spawnSync } = await import('node:child_process');",
+  "const run = (file, args) => execFileSync(file, args, { encoding: 'utf8', timeout: 10000 });",
   "const direct = spawnSync('ip', ['-V'], { encoding: 'utf8' });",
-  "console.log(JSON.stringify({ ip: (await ip(['-V'])).trim(), ipStderr: String(direct.stderr ?? direct.error).trim(),",
-  "loopback: JSON.parse(await ip(['-json', 'link', 'show', 'dev', 'lo'])), nvme: (await nvme(['version'])).trim() }));",
+  "console.log(JSON.stringify({ ip: run('ip', ['-V']).trim(), ipStderr: String(direct.stderr ?? direct.error).trim(),",
+  "loopback: JSON.parse(run('ip', ['-json', 'link', 'show', 'dev', 'lo'])), nvme: run('nvme', ['version']).trim() }));",
 ].join(' ');
 export interface AgentTools { ip: string; ipStderr: string; loopback: { ifname: string; link_type: string }[]; nvme: string }
 

@@ -54,7 +54,7 @@ export async function writeAgentStatus(kube: KubePort, node: string, status: Non
     { fieldManager: AGENT_FIELD_MANAGER, subresource: 'status', force: true });
 }
 
-/** The built operator (dist/operator/src/main.js) running as a child process. */
+/** The built operator, as the image ships it (dist/image/operator/main.js), running as a child process. */
 export interface OperatorProcess {
   readonly child: ChildProcess;
   readonly logFile: string;
@@ -65,7 +65,7 @@ export interface OperatorProcess {
 }
 
 export function spawnOperator(opts: { repoRoot: string; nodeBin: string; args: string[]; logFile: string; nodeArgs?: string[] }): OperatorProcess {
-  const child = spawn(opts.nodeBin, [...(opts.nodeArgs ?? []), join(opts.repoRoot, 'dist/operator/src/main.js'), ...opts.args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(opts.nodeBin, [...(opts.nodeArgs ?? []), join(opts.repoRoot, 'dist/image/operator/main.js'), ...opts.args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const log = createWriteStream(opts.logFile, { flags: 'a' });
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);

@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../log.js';
-import { FilePlanSource, parsePlanText, validatePlan } from './plan.js';
+import { validatePlan } from './plan.js';
+import { FilePlanSource, parsePlanText } from './plan-file.js';
 
 const good = {
   pools: [{ name: 'fast-net', resourceName: 'virtualio.dev/fast-net', class: 'NIC', mode: 'SRIOV', consumption: 'SRIOVNetwork', count: 4, devices: [{ pciAddress: '0000:81:00.0' }] }],

@@ -18,7 +18,7 @@ import { NestedVm, driverOf, find, scenarioRecord, sh, until, uptime, vfioOpen, 
 import { bootId, groupDevices, identity, PLUGINS, PODRES_SOCKET, REBOOT, RESOURCES, SAVED, startAgent, stopAgent, VM_DEVICES, vfioNumbers, type Saved } from './reboot-common.js';
 
 const OUT = process.env.VIO_RESULTS ?? '/vio-results';
-const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/device-plugin/src/main.js');
+const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/image/agent/main.js');
 const { results, figures, save, log, scenario } = scenarioRecord(OUT, 'after reboot', true);
 
 async function main(): Promise<void> {

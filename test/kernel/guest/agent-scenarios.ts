@@ -1,5 +1,5 @@
 // Runs INSIDE the real-kernel guest (test/kernel/agent.sh starts it): the unmodified agent
-// (dist/device-plugin/src/main.js, standalone mode with a plan file) against Debian's kernel with
+// (dist/image/agent/main.js, the bundle the image ships; standalone mode with a plan file) against Debian's kernel with
 // emulated igb/NVMe SR-IOV, a VGA + audio IOMMU group and the mtty mdev sample, with the fake
 // kubelet (test/fakes/kubelet.ts) as the kubelet stand-in, and a nested QEMU as KubeVirt's
 // virt-launcher. Every scenario records { ok, details, ms } into $VIO_RESULTS/results.json as it
@@ -17,7 +17,7 @@ import { REBOOT, REBOOT_NEEDS_S } from './reboot-common.js';
 import { beforeReboot } from './reboot-scenario.js';
 
 const OUT = process.env.VIO_RESULTS ?? '/vio-results';
-const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/device-plugin/src/main.js');
+const AGENT = process.env.VIO_AGENT_MAIN ?? join(process.cwd(), 'dist/image/agent/main.js');
 const MDEV_SAMPLES = process.env.VIO_KERNEL_MDEV_SAMPLES ?? '';
 const RUN = '/run/vio';
 const PLAN = join(RUN, 'plan.json');

@@ -22,7 +22,7 @@ import YAML from 'yaml';
 import { FakeKubelet, FakePodResources } from '../../fakes/kubelet.js';
 
 const OUT = process.env.VIO_RESULTS ?? '/vio-results';
-const AGENT = join(process.cwd(), 'dist/device-plugin/src/main.js');
+const AGENT = join(process.cwd(), 'dist/image/agent/main.js'); // the bundle the image ships
 const PEER = process.env.VIO_PEER_BIN ?? '';
 const MDEV_SAMPLES = process.env.VIO_KERNEL_MDEV_SAMPLES ?? '';
 const NVFS = Number(process.env.VIO_BENCH_VFS ?? '7');
@@ -190,7 +190,7 @@ async function main(): Promise<void> {
   const ours = figures.ours as Record<string, number | string>;
   mkdirSync(COMPILE_CACHE, { recursive: true });
   const cacheEnv = { ...process.env, NODE_COMPILE_CACHE: COMPILE_CACHE };
-  await new Promise<void>((resolve, reject) => execFile(process.execPath, ['scripts/warm-compile-cache.mjs', 'dist/device-plugin/src', 'dist/proto'], { env: cacheEnv },
+  await new Promise<void>((resolve, reject) => execFile(process.execPath, ['scripts/warm-compile-cache.mjs', 'dist/image/agent'], { env: cacheEnv },
     (err, stdout) => (err ? reject(err) : (log(stdout.trim()), resolve()))));
   const startAgent = (): Proc => new Proc(process.execPath, [...AGENT_NODE_FLAGS, ...agentArgs], cacheEnv);
   notes.push(`ours: node ${AGENT_NODE_FLAGS.join(' ')} with the compile cache warmed before the first start, as the image runs it`);
