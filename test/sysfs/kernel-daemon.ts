@@ -224,6 +224,14 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
     return changed;
   };
 
+  /**
+   * Trigger messages being received (bytes read, their writer not done yet): what each says so far,
+   * and a promise settled once it is queued. Two writers of one FIFO in quick succession make one
+   * message, which ends only when the second is done, possibly after a probe the process wrote in
+   * between (on another FIFO) has ended: see the probe's wait in listen().
+   */
+  const receiving = new Set<{ file: string; text: () => string; queued: Promise<void> }>();
+
   const listen = (file: string): void => {
     if (stopped || !fifos.has(file)) return;
     let fd: number;
@@ -236,10 +244,18 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
     const sock = new net.Socket({ fd, readable: true, writable: false });
     fifos.set(file, sock);
     const chunks: Buffer[] = [];
-    sock.on('data', (c: Buffer) => chunks.push(c));
+    let entry: { file: string; text: () => string; queued: Promise<void> } | undefined;
+    let markQueued = (): void => undefined;
+    sock.on('data', (c: Buffer) => {
+      chunks.push(c);
+      if (entry) return;
+      entry = { file, text: () => Buffer.concat(chunks).toString('utf8').toLowerCase(), queued: new Promise<void>((r) => (markQueued = r)) };
+      receiving.add(entry);
+    });
     sock.on('error', () => undefined);
     sock.on('end', () => {
       sock.destroy();
+      if (entry) receiving.delete(entry);
       const msg = Buffer.concat(chunks).toString('utf8');
       if (!stopped) listen(file);
       messages++;
@@ -259,8 +275,25 @@ export async function startKernel(root: string, devRoot: string, opts: StartKern
       // "unbind then drivers_probe" come through two FIFOs, and when both are readable in the same
       // poll the event loop may end the probe's message first: a probe (or bind) is queued one turn
       // later, after any message that ended with it, so it applies after the unbind written before it.
-      if (/\/(drivers_probe|bind)$/.test(file)) setImmediate(queue);
-      else queue();
+      // An unbind of the same device may also still be arriving (its FIFO's next writer joined its
+      // message before the daemon saw the first one end): the probe waits until that message is
+      // queued. On Linux the unbind has taken effect before the probe is even written; applied the
+      // other way round, the probe finds the device still bound and the device is left driverless.
+      if (/\/(drivers_probe|bind)$/.test(file)) {
+        setImmediate(() => {
+          const named = splitTriggerMessage(file, msg).filter((t) => BDF_ONE.test(t)).map((t) => t.toLowerCase());
+          const before = [...receiving].filter((r) => r.file !== file && named.some((n) => r.text().includes(n))).map((r) => r.queued);
+          const go = (): void => {
+            queue();
+            markQueued();
+          };
+          if (before.length === 0) go();
+          else void Promise.all(before).then(go);
+        });
+      } else {
+        queue();
+        markQueued();
+      }
     });
   };
 
