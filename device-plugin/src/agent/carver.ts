@@ -6,6 +6,7 @@ import { WriteBackoff, type BackoffOptions } from '../carving/backoff.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { BlockedChange, Inventory, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
+import { withOriginals } from '../discovery/original.js';
 import type { Checkpoint } from './checkpoint.js';
 import { gate, type Protection } from './gate.js';
 import { isOnDemandNvme, type NvmeState } from '../carving/ondemand-nvme.js';
@@ -71,6 +72,12 @@ export class Carver {
   private readonly backoff: WriteBackoff;
   /** Which pools the writes of each device (lane) served last: where a stuck write is shown. */
   private readonly lanePools = new Map<string, string[]>();
+  /**
+   * Functions whose release cleared their driver_override: their original facts are kept until a
+   * scan shows them back on the original driver (or gone), so a release the kernel has not finished
+   * (no driver yet) is planned again (planUncarve probes it) instead of being taken as done.
+   */
+  private readonly returning = new Set<string>();
 
   constructor(
     private readonly ops: NodeOps,
@@ -105,6 +112,7 @@ export class Carver {
     const allPools = (): PoolPlan[] => [...(spec.pools ?? []), ...[...inp.retired.values()].map((r) => r.plan)];
     await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal, inp.onDemand); // e.g. free an NVMe primary's flexible resources before its VFs exist
     for (let pass = 0; pass < 4 && !inp.signal.aborted; pass++) {
+      this.settleReturning(inventory);
       const held = inp.protectedIds(inventory);
       const owned = this.checkpoint.ownedPfs();
       const writes: SysfsWrite[] = [];
@@ -120,11 +128,13 @@ export class Carver {
         if (!provisional) {
           const active = inp.activeIds(inventory);
           const keep = new Set([...held, ...active]);
+          // Functions moved off their driver carry what it was (a release probes one left with none back to it).
+          const withRecord = { ...inventory, devices: withOriginals(inventory.devices, Object.fromEntries(this.checkpoint.originals())) };
           const leaving: [string | undefined, PoolPlan][] = [...(spec.pools ?? []).filter((p) => p.deleting).map((p): [undefined, PoolPlan] => [undefined, p]), ...[...inp.retired].map(([k, r]): [string, PoolPlan] => [k, r.plan])];
           for (const [key, p] of leaving) {
             // What the active plan still serves is never released by a retired entry of the same pool.
             // The checkpoint's vGPU type tables: after a restart a busy GPU no longer lists a held type's name.
-            const u = ops.planUncarve(p, spec, inventory, keep, owned, this.checkpoint.mdevCapacity());
+            const u = ops.planUncarve(p, spec, withRecord, keep, owned, this.checkpoint.mdevCapacity());
             const stillHeld = (u.held ?? []).filter((id) => !active.has(id));
             for (const w of u.writes) releasing.add(w);
             writes.push(...u.writes);
@@ -239,6 +249,7 @@ export class Carver {
       // other devices' follow-up passes (e.g. binding the VFs just enabled) still run.
       if (failed && results.every((r) => r.error)) break;
     }
+    this.settleReturning(inventory);
     errors.push(...(await this.provision(spec, inventory, inp.protectedIds(inventory), inp.signal, inp.onDemand, odFailed)));
     this.errors = errors;
     this.onDemandFailed = odFailed;
@@ -295,16 +306,38 @@ export class Carver {
     this.checkpoint.save();
   }
 
-  /** After writes: PFs released to zero VFs are no longer ours; returned functions forget their record. */
+  /** After writes: PFs released to zero VFs are no longer ours; returned functions forget their record once back (settleReturning). */
   private recordDone(results: readonly { write: SysfsWrite; error?: string }[], releasing: ReadonlySet<SysfsWrite>): void {
     for (const r of results) {
       if (r.error || !releasing.has(r.write)) continue;
       const m = /^bus\/pci\/devices\/([^/]+)\/(sriov_numvfs|driver_override)$/.exec(r.write.path);
       if (!m) continue;
       if (m[2] === 'sriov_numvfs' && r.write.value === '0') this.checkpoint.disownPf(m[1] as string);
-      if (m[2] === 'driver_override' && r.write.value.trim() === '') this.checkpoint.forgetOriginal(m[1] as string);
+      if (m[2] === 'driver_override' && r.write.value.trim() === '') this.returning.add(m[1] as string);
     }
     this.checkpoint.save();
+  }
+
+  /**
+   * Forgets the original facts of returned functions a scan shows back on their original driver. An
+   * absent one keeps them (it may be mid-rebind, or hidden by a bad scan), as settledOriginals does.
+   */
+  private settleReturning(inventory: Inventory): void {
+    if (this.returning.size === 0) return;
+    const originals = this.checkpoint.originals();
+    const devices = new Map(inventory.devices.map((d) => [d.pciAddress, d]));
+    let changed = false;
+    for (const addr of this.returning) {
+      const dev = devices.get(addr);
+      const facts = originals.get(addr);
+      if (facts && (!dev || (dev.driver ?? '') !== (facts.driver ?? ''))) continue;
+      this.returning.delete(addr);
+      if (facts) {
+        this.checkpoint.forgetOriginal(addr);
+        changed = true;
+      }
+    }
+    if (changed) this.checkpoint.save();
   }
 
   /** Keeps what carving left alone (not ours) for status, and logs it once each time it changes. */

@@ -190,3 +190,15 @@ export function isOurVport(prefix: string, node: string, dev: InventoryDevice, h
 export function vportsOf(inv: Inventory, pciAddress: string, host: string): FcVport[] {
   return (inv.vports ?? []).filter((v) => v.pciAddress === pciAddress && v.parentHost === host);
 }
+
+/**
+ * A function its release unbound but that never got back to the driver it had before we moved it
+ * (the agent stopped between the unbind and the probe, or the probe failed): no driver now, an
+ * original driver on record (InventoryDevice.original, from the checkpoint), and that driver loaded.
+ * Its release is not done until a probe has put it back; a function that had no driver stays as is.
+ */
+export function leftDriverless(dev: InventoryDevice, inventory: Inventory): boolean {
+  const native = dev.original?.driver;
+  if (dev.driver !== undefined || native === undefined || native === VFIO_PCI) return false;
+  return inventory.pciDrivers === undefined || inventory.pciDrivers.includes(native);
+}

@@ -255,6 +255,22 @@ describe('uncarving', () => {
     // The held mdev's group node and its vfio device node (an mdev is a vfio device, numbered like a bound function).
     expect(inv.devNodes?.filter((n) => n !== '/dev/vfio/vfio').map((n) => n.replace(/\d+$/, 'N')).sort()).toEqual(['/dev/vfio/N', '/dev/vfio/devices/vfioN']);
   });
+
+  test('Passthrough: a function the release left with no driver is probed back to its original driver; one without an original (or whose driver is gone) is left alone', async () => {
+    const pt = pool({ name: 'gpu', class: 'GPU', mode: 'Passthrough', devices: [{ pciAddress: PT_GPU }] });
+    await converge({ pools: [pt] });
+    await k.write(`bus/pci/devices/${PT_GPU}/driver_override`, '\n');
+    await k.write(`bus/pci/devices/${PT_GPU}/driver/unbind`, PT_GPU); // and no probe: no driver now
+    const inv = await inventory();
+    const driverless = (original?: { driver?: string }, pciDrivers = inv.pciDrivers) => ({ ...inv, ...(pciDrivers ? { pciDrivers } : {}), devices: inv.devices.map((d) => (d.pciAddress === PT_GPU && original ? { ...d, original } : d)) });
+    const plan = (i: typeof inv) => planUncarve({ pool: pt, spec: { pools: [] }, inventory: i, nodeName: NODE, allocated: new Set() }).writes.map((w) => `${w.path}=${w.value.trim()}`);
+    const audio = [`bus/pci/devices/${PT_AUDIO}/driver_override=`, `bus/pci/devices/${PT_AUDIO}/driver/unbind=${PT_AUDIO}`, `bus/pci/drivers_probe=${PT_AUDIO}`];
+    expect(plan(driverless({ driver: 'nvidia' }))).toEqual([`bus/pci/devices/${PT_GPU}/driver_override=`, `bus/pci/drivers_probe=${PT_GPU}`, ...audio]);
+    expect(plan(driverless())).toEqual(audio);
+    expect(plan(driverless({ driver: 'nvidia' }, (inv.pciDrivers ?? []).filter((d) => d !== 'nvidia')))).toEqual(audio);
+    await applyCarving(planUncarve({ pool: pt, spec: { pools: [] }, inventory: driverless({ driver: 'nvidia' }), nodeName: NODE, allocated: new Set() }), k);
+    expect((await inventory()).devices.filter((d) => d.pciAddress === PT_GPU || d.pciAddress === PT_AUDIO).map((d) => d.driver)).toEqual(['nvidia', 'snd_hda_intel']);
+  });
 });
 
 describe('applyCarving', () => {

@@ -4,7 +4,7 @@
 import type { BlockedChange, CarvingPlan, Inventory, InventoryDevice, PoolPlan, SysfsWrite, VirtualIONodeSpec } from '../model.js';
 import { compareText, isBridgeClass, isPciAddress, VFIO_PCI } from '../sysfs/pci.js';
 import { isOnDemand, planOnDemand, planOnDemandUncarve, type MdevCapacity, type WantedMdev } from './ondemand.js';
-import { indexDevices, isOurMdev, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
+import { indexDevices, isOurMdev, leftDriverless, isOurVport, mdevSlots, vfDriverOf, vfRange, vportSlots, vportsOf, wantedNumVfs, type PoolDevice } from './layout.js';
 import { AMD_GIM_DRIVER } from './gpu.js';
 import { gpuVfPathTarget, gpuVfResetWrites, gpuVfWrites, mixedQuotaProblem } from './gpu-vf.js';
 import { isVgpuPool, planVgpu, planVgpuUncarve } from './vgpu.js';
@@ -467,9 +467,10 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
       const usedByOthers = new Set(others.filter((p) => p.mode === 'Passthrough').flatMap((p) => p.devices.flatMap((d) => [d.pciAddress, ...(devices.get(d.pciAddress)?.iommuGroupMembers ?? [])])));
       for (const m of [dev.pciAddress, ...(dev.iommuGroupMembers ?? [])].filter((x, i, a) => a.indexOf(x) === i).sort(compareText)) {
         const md = devices.get(m);
-        if (!md || md.driver !== VFIO_PCI || usedByOthers.has(m)) continue;
+        if (!md || usedByOthers.has(m)) continue;
         if (m !== dev.pciAddress && isBridgeClass(md.classCode)) continue;
-        out.writes.push(...withPool(releaseWrites(md, `return ${m} to its native driver (pool ${pool.name} released)`), pool.name));
+        if (md.driver === VFIO_PCI) out.writes.push(...withPool(releaseWrites(md, `return ${m} to its native driver (pool ${pool.name} released)`), pool.name));
+        else if (leftDriverless(md, inventory)) out.writes.push(...withPool(releaseWrites(md, `probe ${m} back to ${md.original?.driver ?? '?'}: its release left it with no driver (pool ${pool.name})`), pool.name));
       }
     } else if (pool.mode === 'NPIV') {
       for (const s of vportSlots(nodeName, pool, dev)) {
