@@ -81,15 +81,9 @@ COPY --from=tools /out/ /
 WORKDIR /app
 # package.json: "type": "module" for the bundles and the version the agent reports.
 COPY package.json ./package.json
-# /app/agent/, /app/operator/ and THIRD-PARTY-LICENSES.txt (scripts/bundle.mjs).
+# /app/agent/, /app/operator/ and THIRD-PARTY-LICENSES.txt (scripts/bundle.mjs). The kubelet's gRPC
+# APIs are inside, parsed at build time (proto/generated/*/descriptor.ts): no .proto file is read.
 COPY --from=build /src/dist/image/ ./
-# The kubelet APIs are loaded at run time from their .proto sources (proto/load.ts).
-COPY proto/deviceplugin/ ./proto/deviceplugin/
-COPY proto/podresources/ ./proto/podresources/
-# The DRA front end (--dra): the kubelet's DRA plugin, health and plugin-watcher registration APIs.
-COPY proto/dra/ ./proto/dra/
-COPY proto/dra-health/ ./proto/dra-health/
-COPY proto/pluginregistration/ ./proto/pluginregistration/
 # V8's compiled code of the bundles, made at build time (scripts/warm-compile-cache.mjs; decision in
 # docs/design-decisions.md, "Agent start-up"): each start reads it instead of compiling again, and the
 # read-only root filesystem is no obstacle (Node only reads the cache when it matches). Node keeps one

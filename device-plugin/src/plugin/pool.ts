@@ -499,9 +499,11 @@ export class PoolPlugin {
         }
       }
     }
-    this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, elapsed());
-    this.log.info({ ids }, 'allocated');
+    // The answer first: the metric, the log line and what follows an allocation wait for it.
+    const seconds = elapsed();
     cb(null, out.response);
+    this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, seconds);
+    this.log.info({ ids }, 'allocated');
     this.opts.onAllocated?.(pool.name, ids);
   }
 }
