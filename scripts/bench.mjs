@@ -53,6 +53,7 @@ const hooks = ['--import', join(ROOT, 'test/sysfs/ts-hooks.mjs')];
 const chartValues = YAML.parse(readFileSync(join(ROOT, 'charts/virtualio/values.yaml'), 'utf8'));
 const agentNodeOptions = chartValues?.agent?.nodeOptions ?? '';
 const operatorNodeOptions = chartValues?.operator?.nodeOptions ?? '';
+const operatorArenas = chartValues?.operator?.mallocArenaMax ? String(chartValues.operator.mallocArenaMax) : '';
 
 if (Number(process.versions.node.split('.')[0]) < 24) {
   console.error('scripts/bench.mjs needs Node 24: run `source scripts/env.sh` first (make bench does)');
@@ -162,7 +163,7 @@ if (only.has('operator')) {
   } else {
     const scale = quick ? ['--nodes', '100', '--pools', '10'] : ['--nodes', flag('operator-nodes', '1000'), '--pools', '10', '--max-wait', flag('operator-max-wait', '0')];
     const local = argv.includes('--operator-local-plan') ? ['--local-plan'] : [];
-    const r = await runBench('operator: convergence', [...hooks, file, '--no-build', ...(operatorNodeOptions ? [`--operator-node-options=${operatorNodeOptions}`] : []), ...scale, ...local]);
+    const r = await runBench('operator: convergence', [...hooks, file, '--no-build', ...(operatorNodeOptions ? [`--operator-node-options=${operatorNodeOptions}`] : []), ...(operatorArenas ? ['--operator-malloc-arena-max', operatorArenas] : []), ...scale, ...local]);
     const f = lastJson(r.stdout);
     results.operator = f ?? { error: `no figures (exit ${r.code})` };
     if (f) {

@@ -20,6 +20,7 @@
 // small event to N watchers is not measured), do no carving, and write their statuses 32 at a time.
 // Usage: node operator/bench/convergence.mjs [--nodes 1000] [--pools 10] [--no-build] [--max-wait <s>] [--local-plan [--no-ack]]
 //          [--operator-node-options "--max-old-space-size=192"]   (V8 flags for the operator process only)
+//          [--operator-malloc-arena-max 2]   (MALLOC_ARENA_MAX of the operator process, as the chart sets it)
 // Needs Node 24 (type stripping: it imports test/cluster/control-plane.ts and test/support/), the
 // resolve hooks (node --import ./test/sysfs/ts-hooks.mjs operator/bench/convergence.mjs) and the built binaries.
 import { execFileSync } from 'node:child_process';
@@ -37,6 +38,7 @@ const { values: opt } = parseArgs({ options: {
   nodes: { type: 'string', default: '1000' }, pools: { type: 'string', default: '10' },
   'no-build': { type: 'boolean', default: false }, concurrency: { type: 'string', default: '32' },
   'operator-node-options': { type: 'string', default: '' },
+  'operator-malloc-arena-max': { type: 'string', default: '' },
   'local-plan': { type: 'boolean', default: false },
   'no-ack': { type: 'boolean', default: false },
   // Give up on a phase after this many seconds (0: never) and report how far it got: at 10,000 nodes
@@ -187,6 +189,7 @@ try {
   const logDir = mkdtempSync(join(tmpdir(), 'vio-bench-'));
   const t0 = Date.now();
   op = spawnOperator({ repoRoot: ROOT, nodeBin: process.execPath, nodeArgs: opt['operator-node-options'].split(/\s+/).filter(Boolean), logFile: join(logDir, 'operator.log'),
+    env: opt['operator-malloc-arena-max'] ? { MALLOC_ARENA_MAX: opt['operator-malloc-arena-max'] } : {},
     args: ['--kubeconfig', kc, '--identity', 'bench', '--namespace', 'virtualio-system', '--metrics-address', `127.0.0.1:${port}`, '--log-level', 'warn'] });
   const pid = op.child.pid;
   void op.exited.then((c) => (opExit = c));

@@ -64,8 +64,8 @@ export interface OperatorProcess {
   kill(signal: 'SIGTERM' | 'SIGKILL'): Promise<number | string>;
 }
 
-export function spawnOperator(opts: { repoRoot: string; nodeBin: string; args: string[]; logFile: string; nodeArgs?: string[] }): OperatorProcess {
-  const child = spawn(opts.nodeBin, [...(opts.nodeArgs ?? []), join(opts.repoRoot, 'dist/image/operator/main.js'), ...opts.args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnOperator(opts: { repoRoot: string; nodeBin: string; args: string[]; logFile: string; nodeArgs?: string[]; env?: Record<string, string> }): OperatorProcess {
+  const child = spawn(opts.nodeBin, [...(opts.nodeArgs ?? []), join(opts.repoRoot, 'dist/image/operator/main.js'), ...opts.args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   const log = createWriteStream(opts.logFile, { flags: 'a' });
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
