@@ -60,11 +60,10 @@ async function round(carver: Carver, spec: VirtualIONodeSpec, retired: ReadonlyM
 const drivers = async () => [await kernel.driverOf(GPU), await kernel.driverOf(AUDIO)];
 const plain: SysfsWriter = { write: (p, v) => kernel.write(p, v) };
 
-test('a function left with no driver by an interrupted release is probed back to its original driver before the pool counts as released', async () => {
+/** The pool carved, then removed; the agent releasing it is stopped right after the GPU's unbind. */
+async function interruptedRelease(): Promise<{ retired: Map<string, Retired>; released: string[] }> {
   await round(agent(plain), { pools: [POOL] }, new Map());
   expect(await drivers()).toEqual(['vfio-pci', 'vfio-pci']);
-
-  // The pool is removed; the agent releasing it is stopped right after the GPU's unbind.
   const retired = new Map<string, Retired>([['gpu', { plan: POOL, why: 'removed from the plan' }]]);
   const stop = new AbortController();
   const stopping: SysfsWriter = {
@@ -73,8 +72,13 @@ test('a function left with no driver by an interrupted release is probed back to
       if (p === `bus/pci/devices/${GPU}/driver/unbind`) stop.abort();
     },
   };
-  const interrupted = await round(agent(stopping), { pools: [] }, retired, stop.signal);
-  expect(interrupted.released).toEqual([]);
+  const { released } = await round(agent(stopping), { pools: [] }, retired, stop.signal);
+  return { retired, released };
+}
+
+test('a function left with no driver by an interrupted release is probed back to its original driver before the pool counts as released', async () => {
+  const { retired, released } = await interruptedRelease();
+  expect(released).toEqual([]);
   expect(await drivers()).toEqual([undefined, 'vfio-pci']);
 
   // The restarted agent finishes the release: the GPU back on nvidia, the audio function on its driver.
@@ -88,16 +92,7 @@ test('a function left with no driver by an interrupted release is probed back to
 });
 
 test('left with no driver while its original driver is not loaded (rmmod meanwhile): nothing to probe it back to, the pool is released', async () => {
-  await round(agent(plain), { pools: [POOL] }, new Map());
-  const retired = new Map<string, Retired>([['gpu', { plan: POOL, why: 'removed from the plan' }]]);
-  const stop = new AbortController();
-  const stopping: SysfsWriter = {
-    write: async (p, v) => {
-      await kernel.write(p, v);
-      if (p === `bus/pci/devices/${GPU}/driver/unbind`) stop.abort();
-    },
-  };
-  await round(agent(stopping), { pools: [] }, retired, stop.signal);
+  const { retired } = await interruptedRelease();
   await rm(join(root, 'bus/pci/drivers/nvidia'), { recursive: true }); // nothing is bound to it: rmmod nvidia
   const done = await round(agent(plain), { pools: [] }, retired);
   expect(done.released).toEqual(['gpu']);
