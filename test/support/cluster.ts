@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { REPO_ROOT } from '../cluster/control-plane.js';
+import { waitCrdsEstablished } from './crd-wait.js';
 
 const run = promisify(execFile);
 
@@ -64,8 +65,7 @@ export async function kubectlOk(args: string[], opts: KubectlOptions = {}): Prom
 /** Applies virtualio's CRDs (server-side) and waits until they are Established. Idempotent. */
 export async function installCrds(): Promise<void> {
   await kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', join(REPO_ROOT, 'crds')]);
-  await kubectlOk(['wait', '--for=condition=Established', '--timeout=60s',
-    'crd/virtualiodevices.virtualio.dev', 'crd/virtualionodes.virtualio.dev', 'crd/virtualionodeacks.virtualio.dev']);
+  await waitCrdsEstablished(kubectlOk, ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev', 'virtualionodeacks.virtualio.dev'], 60);
 }
 
 /** Polls `check` until it returns a value other than undefined, or fails after `timeoutMs`. */

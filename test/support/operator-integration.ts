@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import type { VioNode } from '../../operator/src/api/types.js';
 import type { KubePort } from '../../operator/src/kube/ports.js';
 import { AGENT_FIELD_MANAGER, VIRTUALIO_API_VERSION, VirtualIONodes } from '../../operator/src/kube/resources.js';
+import { waitCrdsEstablished } from './crd-wait.js';
 
 const run = promisify(execFile);
 
@@ -25,11 +26,7 @@ export async function kubectlAt(binDir: string, kubeconfig: string, args: string
 /** Applies CRD files server-side and waits until each is Established. */
 export async function installCrdFiles(binDir: string, kubeconfig: string, files: string[], names: string[]): Promise<void> {
   for (const f of files) await kubectlAt(binDir, kubeconfig, ['apply', '--server-side', '--force-conflicts', '-f', f]);
-  // `kubectl wait` fails outright while a new CRD has no status.conditions yet, so retry it.
-  await waitUntil(`CRDs ${names.join(', ')} Established`, async () => {
-    await kubectlAt(binDir, kubeconfig, ['wait', '--for=condition=Established', '--timeout=30s', ...names.map((n) => `crd/${n}`)]);
-    return true;
-  });
+  await waitCrdsEstablished((args) => kubectlAt(binDir, kubeconfig, args), names, 60);
 }
 
 /** Polls until `check` returns something truthy; throws after `timeoutMs` with the last error. */
