@@ -32,6 +32,7 @@ import { startKernel } from '../sysfs/kernel-daemon.js';
 import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
 import { client, watch } from './api.js';
 import { machine, summarize } from './lib.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 const argv = process.argv.slice(2);
 const flag = (name: string, def: string): string => {
@@ -91,7 +92,7 @@ async function main(): Promise<void> {
   try {
     const kubectl = (args: string[], input?: string): Promise<string> => kubectlOk(args, { input, kubeconfig: cp.kubeconfig, binDir: cp.binDir });
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev', 'crd/virtualiodevices.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev', 'virtualiodevices.virtualio.dev'], 60);
     const kubelet = await startKubelet(cp);
     cleanups.unshift(async () => {
       await kubelet.stop();

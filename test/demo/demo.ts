@@ -35,6 +35,7 @@ import { buildDemoHost, type DemoHost } from './host.ts';
 import { ONDEMAND, onDemandPool, runOnDemand, type OnDemandSummary } from './ondemand.ts';
 import { debianPrometheus, prometheusConfig, removeStaleRuns, tail } from './run-files.ts';
 import { renderSummary, verifyDemo, type DemoSummary, type InventoryRow, type VmSummary } from './summary.ts';
+import { waitCrdsEstablished } from '../support/crd-wait.ts';
 
 const argv = process.argv.slice(2);
 const keep = argv.includes('--keep');
@@ -229,7 +230,7 @@ async function main(): Promise<void> {
 
   await stage('virtualio CRDs', async () => {
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualiodevices.virtualio.dev', 'crd/virtualionodes.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev'], 60);
     await kubectl(['create', 'namespace', 'virtualio-system']);
   });
 

@@ -12,6 +12,7 @@ import { jest } from '@jest/globals';
 import { startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { kubectlAt } from '../support/operator-integration.js';
 import { CHART_DIR, chartWithCrdFields, ensureHelm4, helm, packageChart } from './chart-support.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(180_000);
 
@@ -65,7 +66,7 @@ afterAll(async () => {
 
 test('helm install creates both CRDs from the chart, owned by the release and marked keep', async () => {
   await helmOk(['install', RELEASE, CHART_DIR, '--namespace', NS, '--create-namespace']);
-  await kubectl(['wait', '--for=condition=Established', '--timeout=60s', ...CRDS.map((c) => `crd/${c}`)]);
+  await waitCrdsEstablished(kubectl, CRDS, 60);
   for (const name of CRDS) {
     const crd = await get('crd', name);
     expect({ name, annotations: crd.metadata.annotations, managedBy: crd.metadata.labels['app.kubernetes.io/managed-by'] }).toEqual({

@@ -15,6 +15,7 @@ import { eventually, installCrds, kubectl, kubectlOk } from '../support/cluster.
 import {
   CHART_DIR, ensureHelm4, ensureNamespace, helm, helmOk, kubevirtCrdDir, only, parseObjects, renderChart, tokenFor, WITHOUT_CRDS, type KubeObject,
 } from './chart-support.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(180_000);
 
@@ -310,7 +311,7 @@ describe('helm install on the real API server', () => {
       const got = JSON.parse(await kubectlOk(['get', `${o.kind.toLowerCase()}${group}`, o.metadata.name, ...ns, '-o', 'json']));
       expect(got.metadata.labels['app.kubernetes.io/instance']).toBe(RELEASE);
     }
-    await kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualiodevices.virtualio.dev', 'crd/virtualionodes.virtualio.dev']);
+    await waitCrdsEstablished(kubectlOk, ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev'], 60);
   });
 
   test('the release notes tell the admin what to do next', async () => {

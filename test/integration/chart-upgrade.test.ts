@@ -15,6 +15,7 @@ import YAML from 'yaml';
 import { REPO_ROOT } from '../cluster/control-plane.js';
 import { kubectlOk } from '../support/cluster.js';
 import { CHART_DIR, ensureHelm4, ensureNamespace, helmOk } from './chart-support.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(180_000);
 
@@ -64,7 +65,7 @@ beforeAll(async () => {
   const prev = packagePrevious();
   process.stderr.write(`[chart-upgrade] previous chart from ${prev.source}\n`);
   await helmOk(['install', RELEASE, prev.tgz, '--namespace', NS]);
-  await kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualiodevices.virtualio.dev', 'crd/virtualionodes.virtualio.dev']);
+  await waitCrdsEstablished(kubectlOk, ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev'], 60);
   // Custom resources created between the two versions, as an admin and the components would.
   await kubectlOk(['apply', '--server-side', '-f', '-'], {
     input: [

@@ -6,14 +6,14 @@ import { join } from 'node:path';
 import YAML from 'yaml';
 import { ensureConformance } from '../conformance/harness.js';
 import { kubectl, kubectlOk } from '../support/cluster.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 let crdDir: string;
 
 beforeAll(async () => {
   crdDir = ensureConformance('kubevirt-crds')['kubevirt-crds'];
   await kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', crdDir]);
-  await kubectlOk(['wait', '--for=condition=Established', '--timeout=120s',
-    'crd/kubevirts.kubevirt.io', 'crd/virtualmachines.kubevirt.io', 'crd/virtualmachineinstances.kubevirt.io']);
+  await waitCrdsEstablished(kubectlOk, ['kubevirts.kubevirt.io', 'virtualmachines.kubevirt.io', 'virtualmachineinstances.kubevirt.io'], 120);
   await kubectl(['create', 'namespace', 'kubevirt']);
 }, 20 * 60_000);
 

@@ -26,6 +26,7 @@ import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKernel, gpuWithAudio } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(240_000);
 
@@ -75,7 +76,7 @@ suite(`the agent with --dra serves a pool through DRA to a real kubelet${kubelet
   beforeAll(async () => {
     cp = await startControlPlane({ scheduler: true });
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev'], 60);
     kubelet = await startKubelet(cp);
     // TaintNodesByCondition taints the new Node not-ready and no node lifecycle controller runs here.
     // Verified, not fire-and-forget: a pod left Pending on this taint never reaches the kubelet.

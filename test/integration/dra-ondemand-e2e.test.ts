@@ -31,6 +31,7 @@ import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKernel, mdevGpuMixed } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(300_000);
 
@@ -142,7 +143,7 @@ suite(`on-demand vGPUs: carved when the scheduler allocates a claim, removed whe
   beforeAll(async () => {
     cp = await startControlPlane({ scheduler: true, controllerManager: true });
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev', 'crd/virtualiodevices.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev', 'virtualiodevices.virtualio.dev'], 60);
     kubelet = await startKubelet(cp);
     await untaintedNode(kubectl, NODE, (k) => k.startsWith('node.kubernetes.io/'));
     await eventually('the default service account', async () => ((await kubectl(['get', 'serviceaccount', 'default', '-o', 'name']).catch(() => '')) ? true : undefined), 60_000, 250);

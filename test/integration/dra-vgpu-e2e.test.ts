@@ -29,6 +29,7 @@ import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { addNvidiaVfioGpu, L40S } from '../sysfs/nvidia.js';
 import { writeToolScript } from '../sysfs/nvidia-tool.js';
 import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(300_000);
 
@@ -121,7 +122,7 @@ suite(`on-demand vGPU profiles: the VF's type written when the scheduler allocat
   beforeAll(async () => {
     cp = await startControlPlane({ scheduler: true, controllerManager: true });
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev', 'crd/virtualiodevices.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev', 'virtualiodevices.virtualio.dev'], 60);
     kubelet = await startKubelet(cp);
     await untaintedNode(kubectl, NODE, (k) => k.startsWith('node.kubernetes.io/'));
     await eventually('the default service account', async () => ((await kubectl(['get', 'serviceaccount', 'default', '-o', 'name']).catch(() => '')) ? true : undefined), 60_000, 250);

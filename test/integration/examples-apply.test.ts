@@ -12,6 +12,7 @@ import YAML from 'yaml';
 import { REPO_ROOT } from '../cluster/control-plane.js';
 import { installCrds, kubectl, kubectlOk } from '../support/cluster.js';
 import { ensureNamespace, kubevirtCrdDir } from './chart-support.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(600_000);
 
@@ -48,8 +49,7 @@ beforeAll(async () => {
   const kv = kubevirtCrdDir();
   await kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', kv]);
   await kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', nadCrdFile()]);
-  await kubectlOk(['wait', '--for=condition=Established', '--timeout=120s', 'crd/virtualmachines.kubevirt.io',
-    'crd/network-attachment-definitions.k8s.cni.cncf.io', 'crd/kubevirts.kubevirt.io']);
+  await waitCrdsEstablished(kubectlOk, ['virtualmachines.kubevirt.io', 'network-attachment-definitions.k8s.cni.cncf.io', 'kubevirts.kubevirt.io'], 120);
   await ensureNamespace(NS);
 });
 

@@ -13,6 +13,7 @@ import type { Pool } from '../../operator/src/api/types.js';
 import { REPO_ROOT } from '../cluster/control-plane.js';
 import { installCrds, kubectl, kubectlOk } from '../support/cluster.js';
 import { ensureNamespace, kubevirtCrdDir } from './chart-support.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(600_000);
 
@@ -33,7 +34,7 @@ function docs(folder: string): Any[] {
 beforeAll(async () => {
   await installCrds();
   await kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', kubevirtCrdDir()]);
-  await kubectlOk(['wait', '--for=condition=Established', '--timeout=120s', 'crd/virtualmachines.kubevirt.io']);
+  await waitCrdsEstablished(kubectlOk, ['virtualmachines.kubevirt.io'], 120);
   await ensureNamespace(NS);
 });
 

@@ -62,6 +62,7 @@ import type { Violation } from '../sysfs/vfio.js';
 import { startVm as startVmm } from '../sysfs/vmm.js';
 import { eventually, kubectlOk } from '../support/cluster.js';
 import { iommuGroupOf, kernelFindings, startPodVm, stopPodVm, type PodVm } from '../support/witness.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(5 * 60_000);
 
@@ -627,7 +628,7 @@ suite(`fault matrix: a VM never loses its device (real kubelet, operator and age
     await ensureOperatorBuilt();
     cp = await startControlPlane();
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev', 'crd/virtualiodevices.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev', 'virtualiodevices.virtualio.dev'], 60);
     await kubectl(['create', 'namespace', 'virtualio-system']);
     kubelet = await startKubelet(cp);
     // /var/lib/kubelet is the machine's: the kubelet of a suite that ran before (kubelet-e2e) left

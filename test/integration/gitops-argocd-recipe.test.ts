@@ -13,6 +13,7 @@ import { jest } from '@jest/globals';
 import { REPO_ROOT } from '../cluster/control-plane.js';
 import { kubectlOk } from '../support/cluster.js';
 import { docYamlBlocks, ensureNamespace } from './chart-support.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(120_000);
 
@@ -36,7 +37,7 @@ beforeAll(async () => {
   const out = execFileSync('bash', [join(REPO_ROOT, 'test/gitops/build.sh'), 'argocd-crds'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10 * 60_000 });
   const dir = out.trim().split('\n').pop()!.replace(/^argocd-crds=/, '');
   for (const f of readdirSync(dir)) await kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', join(dir, f)]);
-  await kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd/applications.argoproj.io', 'crd/appprojects.argoproj.io']);
+  await waitCrdsEstablished(kubectlOk, ['applications.argoproj.io', 'appprojects.argoproj.io'], 60);
   await ensureNamespace(application?.metadata?.namespace ?? 'argocd');
 });
 

@@ -28,6 +28,7 @@ import { EventRecorder } from '../../operator/src/runtime/events.js';
 import { gpu } from '../support/operator-fixtures.js';
 import { kubectlAt, waitUntil, writeAgentStatus } from '../support/operator-integration.js';
 import { renderedChartCrds } from './chart-support.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 jest.setTimeout(240_000);
 
@@ -75,10 +76,7 @@ beforeAll(async () => {
   kube = ClientNodeKube.fromOptions({ kubeconfig: cp.kubeconfig });
   // The chart's CRDs, as Argo CD applies them with ServerSideApply=true.
   await kubectl(['apply', '--server-side', `--field-manager=${ARGO}`, '-f', CRD_DIR]);
-  await waitUntil('CRDs Established', async () => {
-    await kubectl(['wait', '--for=condition=Established', '--timeout=30s', 'crd/virtualiodevices.virtualio.dev', 'crd/virtualionodes.virtualio.dev']);
-    return true;
-  });
+  await waitCrdsEstablished(kubectl, ['virtualiodevices.virtualio.dev', 'virtualionodes.virtualio.dev'], 60);
   // The garbage collector is running once a dependent of a deleted owner goes away.
   const owner = await kubectl(['create', 'configmap', 'gc-owner', '-o', 'jsonpath={.metadata.uid}']);
   await kubectl(['create', '-f', writeYaml('gc-dependent.yaml', [{

@@ -20,6 +20,7 @@ import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { FakeKernel, connectX6, gpuWithAudio, mdevGpu } from '../sysfs/kernel.js';
 import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { eventually, kubectlOk } from '../support/cluster.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 const NODE = '127.0.0.1';
 const NIC = 'virtualio.dev/cx6';
@@ -89,7 +90,7 @@ suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSki
   beforeAll(async () => {
     cp = await startControlPlane({ scheduler: true });
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev'], 60);
     kubelet = await startKubelet(cp);
 
     base = mkdtempSync(join(tmpdir(), 'vio-kubelet-e2e-'));

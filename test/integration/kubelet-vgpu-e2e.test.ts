@@ -22,6 +22,7 @@ import { addNvidiaVfioGpu, L40S } from '../sysfs/nvidia.js';
 import { writeToolScript } from '../sysfs/nvidia-tool.js';
 import { eventually, kubectlOk } from '../support/cluster.js';
 import { iommuGroupOf, kernelFindings, startPodVm, stopPodVm, type PodVm } from '../support/witness.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 const NODE = '127.0.0.1';
 const PF = '0000:3b:00.0';
@@ -85,7 +86,7 @@ suite(`NVIDIA vendor-VFIO vGPU through a real kubelet (L40S, fake hardware)${kub
   beforeAll(async () => {
     cp = await startControlPlane({ scheduler: true });
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev'], 60);
     kubelet = await startKubelet(cp);
     base = mkdtempSync(join(tmpdir(), 'vio-vgpu-e2e-'));
     sys = join(base, 'sys');

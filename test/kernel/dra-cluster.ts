@@ -13,6 +13,7 @@ import { deviceClassFor } from '../../device-plugin/src/dra/devices.js';
 import { REPO_ROOT, startControlPlane, type ControlPlane } from '../cluster/control-plane.js';
 import { kubectlOk } from '../support/cluster.js';
 import { OD } from './guest/dra-ondemand.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 /** The guest agent's node name, the pool, the claim and the pod: shared with guest/dra-scenario.ts through setup.json. */
 export const DRA_NODE = 'kernel-guest';
@@ -52,7 +53,7 @@ export async function startDraCluster(results: string): Promise<DraCluster> {
   const kubectl = (args: string[], input?: string): Promise<string> => kubectlOk(args, { input, kubeconfig: cp.kubeconfig, binDir: cp.binDir });
   try {
     await kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev']);
+    await waitCrdsEstablished(kubectl, ['virtualionodes.virtualio.dev'], 60);
     // The Node a kubelet would register; no kubelet runs (the guest's gRPC client plays its part), so
     // the scheduler's view of it is written here: capacity for one pod, the not-ready taint the
     // TaintNodesByCondition admission adds removed (no node lifecycle controller runs).

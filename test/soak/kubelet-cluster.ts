@@ -26,6 +26,7 @@ import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { eventually, kubectlOk, untaintedNode } from '../support/cluster.js';
 import { spawnOperator, type OperatorProcess } from '../support/operator-integration.js';
 import { chartNodeOptions, ledgerEntries, sleep } from './sample.js';
+import { waitCrdsEstablished } from '../support/crd-wait.js';
 
 export const NODE = '127.0.0.1';
 export const NS = 'default';
@@ -108,7 +109,7 @@ export class SoakCluster {
     this.cp = await startControlPlane({ scheduler: true, controllerManager: true });
     this.api = client(this.cp);
     await this.kubectl(['apply', '--server-side', '-f', join(REPO_ROOT, 'crds')]);
-    await this.kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/virtualionodes.virtualio.dev', 'crd/virtualiodevices.virtualio.dev']);
+    await waitCrdsEstablished((a) => this.kubectl(a), ['virtualionodes.virtualio.dev', 'virtualiodevices.virtualio.dev'], 60);
     await this.kubectl(['create', 'namespace', OP_NS]);
     this.kubelet = await startKubelet(this.cp);
     await untaintedNode((a) => this.kubectl(a), NODE, (k) => k.startsWith('node.kubernetes.io/'));
