@@ -499,11 +499,14 @@ export class PoolPlugin {
         }
       }
     }
-    // The answer first: the metric, the log line and what follows an allocation wait for it.
+    // The answer first: grpc-js hands it to Node's HTTP/2 session, which writes it in the event
+    // loop's next check phase; the metric, the log line and what follows an allocation wait until then.
     const seconds = elapsed();
     cb(null, out.response);
-    this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, seconds);
-    this.log.info({ ids }, 'allocated');
-    this.opts.onAllocated?.(pool.name, ids);
+    setImmediate(() => {
+      this.opts.metrics.allocateSeconds.observe({ pool: pool.name, result: 'ok' }, seconds);
+      this.log.info({ ids }, 'allocated');
+      this.opts.onAllocated?.(pool.name, ids);
+    });
   }
 }
