@@ -3,7 +3,7 @@
 // ports, with a client-certificate admin kubeconfig. Processes are stopped by PID; their logs stay
 // in the run directory so a failing test can print them.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -297,6 +297,8 @@ async function startControlPlaneOnce(opts: StartOptions): Promise<ControlPlane> 
       await stopProcess(scheduler);
       await stopProcess(apiserver);
       await stopProcess(etcd);
+      // etcd's data is most of the folder; its logs and kubeconfigs stay for a failed run's reader.
+      rmSync(join(dir, 'etcd-data'), { recursive: true, force: true });
     },
   };
 }

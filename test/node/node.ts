@@ -188,6 +188,9 @@ export async function startRealNode(cp: ControlPlane, opts: RealNodeOptions = {}
     await stopProcess(netd);
     unmountAll(state);
     unmountAll(root);
+    // The image layers and container state (hundreds of MiB per node); the logs beside them stay.
+    rmSync(state, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
     for (const m of mountsUnder(join(KUBELET_ROOT, 'pods'))) {
       try { execFileSync('umount', ['-l', m], { stdio: 'ignore' }); } catch { /* gone */ }
     }
