@@ -128,9 +128,10 @@ export class Carver {
         if (!provisional) {
           const active = inp.activeIds(inventory);
           const keep = new Set([...held, ...active]);
-          // Functions moved off their driver carry what it was (a release probes one left with none back to it).
-          const withRecord = { ...inventory, devices: withOriginals(inventory.devices, Object.fromEntries(this.checkpoint.originals())) };
           const leaving: [string | undefined, PoolPlan][] = [...(spec.pools ?? []).filter((p) => p.deleting).map((p): [undefined, PoolPlan] => [undefined, p]), ...[...inp.retired].map(([k, r]): [string, PoolPlan] => [k, r.plan])];
+          // Functions moved off their driver carry what it was (a release probes one left with none back
+          // to it); built only when a pool is leaving, not on every pass of every cycle.
+          const withRecord = leaving.length === 0 ? inventory : { ...inventory, devices: withOriginals(inventory.devices, Object.fromEntries(this.checkpoint.originals())) };
           for (const [key, p] of leaving) {
             // What the active plan still serves is never released by a retired entry of the same pool.
             // The checkpoint's vGPU type tables: after a restart a busy GPU no longer lists a held type's name.
