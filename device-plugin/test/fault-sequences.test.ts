@@ -38,6 +38,9 @@ const regressions = {
   // Found by a CI-budget run (seed 1334610740): the NIC pool's VFs kept after its deletion.
   'a damaged agent checkpoint, the NIC pool being deleted, a second agent': [S.corrupt('agent-checkpoint.json', 'empty'), S.pool('net', 'deleting'), S.secondAgent(500)],
   'the ledger damaged while a VM holds a passthrough GPU and the pool is deleted': [S.startVm('gpu', 1), S.pool('gpu', 'deleting'), S.corrupt('agent-ledger.json', 'truncated'), S.wait(1500), S.pool('gpu', 'remove'), S.wait(3000)],
+  // Found by a hunt (seed 1373135669): the vGPU type edited, then the checkpoint damaged before the
+  // old type's mdevs were removed; with the record of the old type gone they were taken for foreign.
+  'a new mdev type, then a damaged checkpoint before the old mdevs went': [S.secondAgent(500), S.edit('vgpu', 'mdevType', 'nvidia-222'), S.edit('net', 'count', 3), S.stopVm(3), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.wait(300), S.wait(1500), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.corrupt('agent-checkpoint.json', 'truncated')],
 };
 
 test.each(Object.entries(regressions))('regression: %s', async (_name, cmds) => {

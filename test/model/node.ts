@@ -280,6 +280,18 @@ export class NodeUnderTest {
     if (this.agent && !this.agent.alive) throw new Error(`after "${step}": the agent exited (${this.agent.exitCode})\n${this.agent.tail()}`);
   }
 
+  /** The driver of each VF of the NIC (for a failure's message). */
+  vfDrivers(): string[] {
+    const pf = join(this.sys, 'bus/pci/devices', NIC);
+    return readdirSync(pf).filter((e) => /^virtfn\d+$/.test(e)).sort().map((e) => {
+      try {
+        return basename(readlinkSync(join(pf, e, 'driver')));
+      } catch {
+        return '(none)';
+      }
+    });
+  }
+
   /** What the kernel has on each device: VF count, mdevs (type), vports (WWPN). */
   facts(): { vfs: number; mdevs: string[]; vports: string[] } {
     const pf = join(this.sys, 'bus/pci/devices', NIC);
@@ -358,7 +370,7 @@ export class NodeUnderTest {
       // agent cannot tell that it enabled those VFs: it keeps them (keep what exists) rather than reset them.
       const vfsKept = this.pfOwnershipLost && nicPool === '' && f.vfs > 0;
       if ((f.vfs !== want.vfs && !conflict(nicPool) && !vfsKept) || f.mdevs.join() !== want.mdevs.join() || f.vports.length - stale.length !== want.vports) return false;
-      last += ` pools ${JSON.stringify(st?.pools)} kubelet ${JSON.stringify(Object.values(this.pools).map((p) => [p.resourceName, (this.kubelet.lastList(p.resourceName) ?? []).map((d) => d.health)]))}`;
+      last += ` vf drivers ${JSON.stringify(this.vfDrivers())} pools ${JSON.stringify(st?.pools)} kubelet ${JSON.stringify(Object.values(this.pools).map((p) => [p.resourceName, (this.kubelet.lastList(p.resourceName) ?? []).map((d) => d.health)]))}`;
       return Object.values(this.pools)
         .filter((p) => !p.deleting)
         .every((p) => {
@@ -367,7 +379,10 @@ export class NodeUnderTest {
           const overAsked = p.mdevType === 'nvidia-230' && (p.count ?? 1) > 1;
           const healthy = (this.kubelet.lastList(p.resourceName) ?? []).filter((d) => d.health === 'Healthy').length;
           if (overAsked) return (ps?.state === 'Blocked' || ps?.state === 'Error') && healthy === 1;
-          return (ps?.state === 'Ready' || (ps?.state === 'Blocked' && conflict(p.name))) && healthy === ps.capacity;
+          // VFs the agent no longer knows it created are left as they are (a kill mid-carve may have
+          // left some without a driver): the kubelet sees as Healthy exactly those on vfio-pci.
+          if (ps?.state === 'Blocked' && conflict(p.name)) return healthy === this.vfDrivers().filter((d) => d === 'vfio-pci').length;
+          return ps?.state === 'Ready' && healthy === ps.capacity;
         });
     }, timeoutMs, () => last);
     await this.check('convergence');

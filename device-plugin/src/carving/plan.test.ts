@@ -183,6 +183,19 @@ describe('Mediated carving', () => {
     expect(un.writes.map((w) => w.path)).toEqual([`bus/mdev/devices/${ours[0]}/remove`]);
   });
 
+  test('an edited type: our mdevs of the old type go (from their UUIDs alone, no record), held ones wait, foreign ones stay', async () => {
+    await converge(spec(3));
+    const old = [0, 1, 2].map((i) => mdevUuid(NODE, GPU, 'nvidia-222', i));
+    const foreign = '0b3c2d1e-0000-4000-8000-00000000000e';
+    await k.write(`bus/pci/devices/${GPU}/mdev_supported_types/nvidia-222/create`, foreign);
+    const edited: VirtualIONodeSpec = { pools: [pool({ name: 'vgpu', class: 'GPU', mode: 'Mediated', mdevType: 'nvidia-230', count: 1, devices: [{ pciAddress: GPU }] })] };
+    const plan = planCarving({ spec: edited, inventory: await inventory(), nodeName: NODE, allocated: new Set([old[1] as string]) });
+    const removes = plan.writes.filter((w) => w.path.endsWith('/remove')).map((w) => w.path).sort();
+    expect(removes).toEqual([old[0], old[2]].map((u) => `bus/mdev/devices/${u}/remove`).sort());
+    expect(plan.blocked).toContainEqual({ pool: 'vgpu', device: GPU, reason: `mdev ${old[1]} is not one of the pool's but is allocated; kept until released` });
+    expect(plan.foreign).toEqual([{ pool: 'vgpu', device: GPU, reason: `mdev ${foreign} of type nvidia-222 was not created by virtualio; left alone` }]);
+  });
+
   test('creates only what available_instances allows and says why', async () => {
     const plan = planCarving({ spec: spec(6), inventory: await inventory(), nodeName: NODE, allocated: new Set() });
     expect(plan.writes).toHaveLength(4);

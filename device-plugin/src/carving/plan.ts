@@ -228,7 +228,10 @@ function planMediated(node: string, pool: PoolPlan, devices: Map<string, Invento
       let freed = 0;
       for (const m of p.mdevs ?? []) {
         if (wanted.has(m.uuid)) continue;
-        if (type === undefined || !isOurMdev(node, p, type, m, pool.count ?? 1)) {
+        // Ours under the pool's type, or under the type it carried before an edit (the UUID is derived
+        // from the node, parent, type and index): the record of the old type may be lost with the
+        // agent's checkpoint, the UUID is not. No other pool carves on this pool's devices.
+        if (type === undefined || !(isOurMdev(node, p, type, m, pool.count ?? 1) || (m.type !== undefined && isOurMdev(node, p, m.type, m, pool.count ?? 1)))) {
           foreignCount++;
           noteForeign(out, { pool: pool.name, device: parent, reason: `mdev ${m.uuid} of type ${m.type} was not created by virtualio; left alone` });
           continue;
