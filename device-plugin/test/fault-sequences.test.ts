@@ -41,6 +41,9 @@ const regressions = {
   // Found by a hunt (seed 1373135669): the vGPU type edited, then the checkpoint damaged before the
   // old type's mdevs were removed; with the record of the old type gone they were taken for foreign.
   'a new mdev type, then a damaged checkpoint before the old mdevs went': [S.secondAgent(500), S.edit('vgpu', 'mdevType', 'nvidia-222'), S.edit('net', 'count', 3), S.stopVm(3), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.wait(300), S.wait(1500), S.edit('vgpu', 'mdevType', 'nvidia-230'), S.corrupt('agent-checkpoint.json', 'truncated')],
+  // Found by a hunt: the NIC moved to net2, then net restored with it: a plan the agent refuses (a
+  // device in two pools); the model expected the refused plan to be carried out.
+  'the NIC in two pools (a plan the agent refuses), then the last valid plan again': [S.moveNic(), S.pool('net', 'restore')],
 };
 
 test.each(Object.entries(regressions))('regression: %s', async (_name, cmds) => {

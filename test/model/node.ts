@@ -66,6 +66,12 @@ export class NodeUnderTest {
   faults = 0;
   steps = 0;
   planBroken = false;
+  /**
+   * The plan file names one device in two pools (MoveNic, then the old pool restored): the agent
+   * refuses it and keeps the last valid plan; when the faults stop, that plan is written again.
+   */
+  planInvalid = false;
+  private lastValid: Record<string, PoolPlan> = initialPools();
   podresDown = false;
   /**
    * The agent's checkpoint was damaged: it no longer knows which PFs' VFs it created, so it keeps
@@ -135,6 +141,10 @@ export class NodeUnderTest {
   writePlan(): void {
     writeFileSync(this.planFile, JSON.stringify({ pools: Object.values(this.pools) }));
     this.planBroken = false;
+    // As the agent's validation: a device in two pools (no VF ranges here) makes the plan invalid.
+    const named = Object.values(this.pools).flatMap((p) => p.devices.map((d) => d.pciAddress));
+    this.planInvalid = new Set(named).size !== named.length;
+    if (!this.planInvalid) this.lastValid = structuredClone(this.pools);
   }
 
   /** A plan file as a crash or a careless edit leaves it: empty or cut in the middle. */
@@ -345,7 +355,8 @@ export class NodeUnderTest {
   async converge(timeoutMs = 60_000): Promise<number> {
     if (this.podresDown) this.recoverPodResources();
     this.podres.synced();
-    if (this.planBroken) this.writePlan();
+    if (this.planInvalid) this.pools = structuredClone(this.lastValid);
+    if (this.planBroken || this.planInvalid) this.writePlan();
     if (!this.agent?.alive) this.agent = await this.spawnAgent();
     // Every held slice is listed with its VM before the VMs go.
     const t0 = Date.now();
