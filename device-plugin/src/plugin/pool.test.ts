@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -77,6 +77,16 @@ describe('PoolPlugin against the fake kubelet', () => {
     expect(res.containerResponses[0]?.envs).toStrictEqual({ 'PCI_RESOURCE_VIRTUALIO_DEV_FAST-NET': '0000:81:02.0' });
     const info = join(dir, 'devinfo', 'virtualio.dev-fast-net-0000:81:02.0-device.json');
     expect(JSON.parse(readFileSync(info, 'utf8'))).toStrictEqual({ type: 'pci', version: '1.1.0', pci: { 'pci-address': '0000:81:02.0', 'pf-pci-address': '0000:81:00.0' } });
+    expect(statSync(info).mode & 0o777).toBe(0o444);
+    // A second Allocate of the VF (its VM restarted) finds the file as written: not written again.
+    // (Marked by its mode: a write would create it 0444 again.)
+    chmodSync(info, 0o400);
+    await kubelet.allocate(RES, ['0000:81:02.0']);
+    expect(statSync(info).mode & 0o777).toBe(0o400);
+    // One removed meanwhile (by anyone) is written again.
+    rmSync(info);
+    await kubelet.allocate(RES, ['0000:81:02.0']);
+    expect(JSON.parse(readFileSync(info, 'utf8')).pci['pci-address']).toBe('0000:81:02.0');
     expect(statSync(info).mode & 0o777).toBe(0o444);
     const cdi = JSON.parse(readFileSync(join(dir, 'cdi', 'virtualio.dev-fast-net.json'), 'utf8'));
     expect(cdi.kind).toBe('virtualio.dev/fast-net');

@@ -8,7 +8,7 @@
 //    kubelet.sock is absent (STYLE P9).
 // `auto` takes the watcher when the kubelet has one next to its device plugin folder, and falls back
 // for good when the kubelet refuses it or never answers while kubelet.sock is up.
-import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { RegistrationMode } from '../config.js';
@@ -116,8 +116,8 @@ export class PoolPlugin {
   private wakers: (() => void)[] = [];
   private running: Promise<void> | undefined;
   private readonly log: Logger;
-  /** Device-info files this process wrote, by slice ID. */
-  private readonly devinfoWritten = new Map<string, string>();
+  /** Device-info files this process wrote, by slice ID: the file name and what it holds. */
+  private readonly devinfoWritten = new Map<string, { file: string; content: string }>();
   /**
    * Set by stop() without keepDevices: the pool is gone, so its devices are withdrawn (empty list)
    * and its files removed. The agent's own shutdown (parent signal) never withdraws.
@@ -429,7 +429,7 @@ export class PoolPlugin {
   }
 
   private removeDevinfo(id: string): void {
-    const name = this.devinfoWritten.get(id) ?? devinfoFileName(this.opts.pool.resourceName, id);
+    const name = this.devinfoWritten.get(id)?.file ?? devinfoFileName(this.opts.pool.resourceName, id);
     this.devinfoWritten.delete(id);
     try {
       rmSync(join(this.opts.devinfoDir, name), { force: true });
@@ -487,9 +487,13 @@ export class PoolPlugin {
       return;
     }
     for (const f of out.devinfo) {
+      // Its content depends on the slice alone: one an earlier Allocate wrote and that is still there
+      // is not written again (a VM restarted on the same VF), so only the first Allocate of a VF pays.
+      const had = this.devinfoWritten.get(f.deviceId);
+      if (had?.file === f.fileName && had.content === f.content && existsSync(join(this.opts.devinfoDir, f.fileName))) continue;
       try {
         writeDevinfoFile(this.opts.devinfoDir, f);
-        this.devinfoWritten.set(f.deviceId, f.fileName);
+        this.devinfoWritten.set(f.deviceId, { file: f.fileName, content: f.content });
       } catch (err) {
         this.log.error({ err, file: f.fileName }, 'cannot write Multus device-info file');
         if (pool.consumption === 'SRIOVNetwork') {
