@@ -44,6 +44,9 @@ const regressions = {
   // Found by a hunt: the NIC moved to net2, then net restored with it: a plan the agent refuses (a
   // device in two pools); the model expected the refused plan to be carried out.
   'the NIC in two pools (a plan the agent refuses), then the last valid plan again': [S.moveNic(), S.pool('net', 'restore')],
+  // Found by a hunt: the checkpoint lost, then the NIC pool's count lowered: the agent keeps the 4 VFs
+  // it no longer knows it made (Conflict) and lists the pool's 2; the model expected all 4 listed.
+  'a lost checkpoint, then the NIC pool shrunk': [S.breakPlan('truncated'), S.corrupt('agent-checkpoint.json', 'empty'), S.restartKubelet(10_000), S.edit('net', 'count', 2), S.breakPlan('truncated')],
 };
 
 test.each(Object.entries(regressions))('regression: %s', async (_name, cmds) => {

@@ -290,10 +290,10 @@ export class NodeUnderTest {
     if (this.agent && !this.agent.alive) throw new Error(`after "${step}": the agent exited (${this.agent.exitCode})\n${this.agent.tail()}`);
   }
 
-  /** The driver of each VF of the NIC (for a failure's message). */
+  /** The driver of each VF of the NIC, in VF order. */
   vfDrivers(): string[] {
     const pf = join(this.sys, 'bus/pci/devices', NIC);
-    return readdirSync(pf).filter((e) => /^virtfn\d+$/.test(e)).sort().map((e) => {
+    return readdirSync(pf).filter((e) => /^virtfn\d+$/.test(e)).sort((a, b) => Number(a.slice(6)) - Number(b.slice(6))).map((e) => {
       try {
         return basename(readlinkSync(join(pf, e, 'driver')));
       } catch {
@@ -391,8 +391,9 @@ export class NodeUnderTest {
           const healthy = (this.kubelet.lastList(p.resourceName) ?? []).filter((d) => d.health === 'Healthy').length;
           if (overAsked) return (ps?.state === 'Blocked' || ps?.state === 'Error') && healthy === 1;
           // VFs the agent no longer knows it created are left as they are (a kill mid-carve may have
-          // left some without a driver): the kubelet sees as Healthy exactly those on vfio-pci.
-          if (ps?.state === 'Blocked' && conflict(p.name)) return healthy === this.vfDrivers().filter((d) => d === 'vfio-pci').length;
+          // left some without a driver): of the pool's first `capacity` VFs it lists, the kubelet
+          // sees as Healthy exactly those on vfio-pci.
+          if (ps?.state === 'Blocked' && conflict(p.name)) return healthy === this.vfDrivers().slice(0, ps.capacity ?? 0).filter((d) => d === 'vfio-pci').length;
           return ps?.state === 'Ready' && healthy === ps.capacity;
         });
     }, timeoutMs, () => last);
