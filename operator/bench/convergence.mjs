@@ -78,8 +78,10 @@ async function pool(items, fn) {
           await fn(it);
           break;
         } catch (err) {
-          if (attempt >= 5) throw err;
-          await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+          // As an agent does: transient failures are retried with backoff (a 10,000-node run on a
+          // loaded machine saw the API server drop connections for longer than 3 s).
+          if (attempt >= 10) throw err;
+          await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** attempt)));
         }
       }
     }
