@@ -78,8 +78,7 @@ async function pool(items, fn) {
           await fn(it);
           break;
         } catch (err) {
-          // As an agent does: transient failures are retried with backoff (a 10,000-node run on a
-          // loaded machine saw the API server drop connections for longer than 3 s).
+          // As an agent does: failures are retried with backoff, for up to ~40 s.
           if (attempt >= 10) throw err;
           await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** attempt)));
         }
@@ -255,7 +254,7 @@ try {
   const cpu1 = cpuNow();
   const t1 = Date.now();
   // Local planning: the simulated agents see the edit through their (shared) watch, derive, carry out (nothing here) and report.
-  const agentsDone = LOCAL ? new Promise((resolve) => {
+  const agentsDone = LOCAL ? new Promise((resolve, reject) => {
     const fired = { done: false };
     poolWatch.onChange((obj) => {
       if (fired.done || obj?.metadata.name !== 'pool-3' || obj.metadata.generation !== 2) return;
@@ -269,9 +268,12 @@ try {
       // when it acked, STATUS_AFTER_ACK_MS later (device-plugin/src/main.ts): both run side by side.
       const acked = ACK ? pool(changed, ([name]) => ack(name)).then(() => Date.now()) : Promise.resolve(undefined);
       const reported = new Promise((r) => setTimeout(r, ACK ? STATUS_AFTER_ACK_MS : 500)).then(() => pool(changed, ([name]) => report(name))).then(() => Date.now());
-      void Promise.all([acked, reported]).then(([tAcked, tReported]) => resolve({ tReach, tAcked, tReported, changed: changed.length, editPlannerMsPerNode }));
+      void Promise.all([acked, reported]).then(([tAcked, tReported]) => resolve({ tReach, tAcked, tReported, changed: changed.length, editPlannerMsPerNode }), reject);
     });
   }) : undefined;
+  // Awaited once the edit is seen done; a failure before that (the phase gave up and the control
+  // plane stopped under the simulated agents' writes) must not end this process before its cleanup.
+  agentsDone?.catch(() => undefined);
   await kube.replace(VirtualIODevices, { ...target, spec: { ...target.spec, carving: { ...target.spec.carving, count: 8 } } });
   // The pool's status, from the edit on (with acks it can be Ready before every status is written).
   const statusDone = new Promise((resolve) => {
