@@ -6,19 +6,14 @@
 // written to, nothing is destroyed, no VF count is written at all (both plans carve the same), the VM
 // keeps its group, the kubelet keeps listing both slices, and the pool ends Ready each time.
 import { jest } from '@jest/globals';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pino from 'pino';
 import type { NodeObject, Pool, VioNode } from '../../operator/src/api/types.js';
 import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
 import { Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import type { ControlPlane } from '../cluster/control-plane.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
-import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';
-import { FakeKernel, connectX6 } from '../sysfs/kernel.js';
-import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
 import { startVmFromAllocation, type Vm } from '../sysfs/vmm.js';
+import { startNicNode, type NicNode } from '../support/nic-node.js';
 import { runOperatorInProcess, startOperatorCluster } from '../support/operator-cluster.js';
 import { waitUntil } from '../support/operator-integration.js';
 
@@ -32,10 +27,7 @@ const RES = `virtualio.dev/${POOL}`;
 
 let cp: ControlPlane;
 let kube: ClientNodeKube;
-let dir: string;
-let kernel: KernelHandle | undefined;
-let kubelet: FakeKubelet | undefined;
-let podres: FakePodResources | undefined;
+let n: NicNode | undefined;
 let agent: AgentProcess | undefined;
 let vm: Vm | undefined;
 let stopOperator: (() => Promise<void>) | undefined;
@@ -44,12 +36,7 @@ const vio = () => kube.get<VioNode>(VirtualIONodes, NODE);
 
 beforeAll(async () => {
   ({ cp, kube } = await startOperatorCluster());
-  dir = mkdtempSync(join(tmpdir(), 'vio-plan-switch-it-'));
-  const k = await FakeKernel.create(join(dir, 'sys'), join(dir, 'dev'));
-  await k.addFunction(connectX6(NIC, { netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 }));
-  kernel = await startKernel(join(dir, 'sys'), join(dir, 'dev'));
-  kubelet = await FakeKubelet.start(join(dir, 'device-plugins'));
-  podres = await FakePodResources.start(join(dir, 'pod-resources', 'kubelet.sock'), { kubelet });
+  n = await startNicNode('vio-plan-switch-it-', { pciAddress: NIC, netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 });
   stopOperator = runOperatorInProcess(kube, log);
 }, 180_000);
 
@@ -57,20 +44,15 @@ afterAll(async () => {
   await vm?.stop();
   await stopOperator?.();
   await agent?.stop('SIGKILL');
-  await kubelet?.stop();
-  await podres?.stop();
-  await kernel?.stop();
+  await n?.stop();
   await cp?.stop();
-  if (dir) rmSync(dir, { recursive: true, force: true });
 }, 60_000);
 
 async function restartAgent(localPlan: boolean): Promise<void> {
   await agent?.stop('SIGTERM');
   agent = await startAgent([
     '--kubeconfig', cp.kubeconfig, '--node-name', NODE, ...(localPlan ? ['--local-plan'] : []),
-    '--sysfs-root', join(dir, 'sys'), '--dev-root', join(dir, 'dev'),
-    '--plugin-dir', kubelet!.pluginDir, '--pod-resources-socket', podres!.socket, '--devinfo-dir', join(dir, 'devinfo'),
-    '--state-dir', join(dir, 'state'), '--rescan-interval', '2s', '--metrics-address', '127.0.0.1:0',
+    ...n!.agentArgs(), '--rescan-interval', '2s', '--metrics-address', '127.0.0.1:0',
   ]);
 }
 
@@ -80,7 +62,7 @@ async function servedVia(localPlan: boolean, holder: string, held: string): Prom
     const v = await vio();
     const p = v?.status?.pools?.find((x) => x.name === POOL);
     const planSource = localPlan ? v?.spec?.pools === undefined && (v?.status?.localPlan?.pools ?? []).some((x: { name?: string }) => x.name === POOL) : (v?.spec?.pools ?? []).some((x) => x.name === POOL) && v?.status?.localPlan === undefined;
-    const listed = kubelet!.lastList(RES) ?? [];
+    const listed = n!.kubelet.lastList(RES) ?? [];
     const heldReported = (v?.status?.slices ?? []).some((s) => s.id === held && s.allocation?.pod === holder);
     if (planSource && p?.state === 'Ready' && p.allocatable === 2 && listed.filter((d) => d.health === 'Healthy').length === 2 && heldReported) return v;
     throw new Error(`not yet: spec.pools ${JSON.stringify(v?.spec?.pools?.map((x) => x.name))}, localPlan ${JSON.stringify(v?.status?.localPlan?.pools?.map((x: { name?: string }) => x.name))}, pool ${JSON.stringify(p)}, slices ${JSON.stringify(v?.status?.slices)}, kubelet ${JSON.stringify(listed)}`);
@@ -89,8 +71,8 @@ async function servedVia(localPlan: boolean, holder: string, held: string): Prom
 
 /** What the kernel saw since `from`: writes that touch the held VF or the PF's VF count, and destroyed devices. */
 function since(from: number, destroyedFrom: number, held: string): { touching: string[]; destroyed: number } {
-  const touching = kernel!.events.slice(from).filter((e) => e.path.includes(held) || e.value.includes(held) || e.path.endsWith('/sriov_numvfs')).map((e) => `${e.path}=${e.value}`);
-  return { touching, destroyed: kernel!.destroyed.length - destroyedFrom };
+  const touching = n!.kernel.events.slice(from).filter((e) => e.path.includes(held) || e.value.includes(held) || e.path.endsWith('/sriov_numvfs')).map((e) => `${e.path}=${e.value}`);
+  return { touching, destroyed: n!.kernel.destroyed.length - destroyedFrom };
 }
 
 test('written plans → local planning → written plans while a VM holds a VF: nothing the VM holds is written to, the pool stays served', async () => {
@@ -103,34 +85,34 @@ test('written plans → local planning → written plans while a VM holds a VF: 
 
   // 1. Written plans (the chart's default): the operator writes spec.pools, the agent carves 2 VFs.
   await restartAgent(false);
-  await waitUntil('2 VFs listed to the kubelet', async () => ((kubelet!.lastList(RES) ?? []).filter((d) => d.health === 'Healthy').length === 2 ? true : undefined), 120_000);
-  const ids = (kubelet!.lastList(RES) ?? []).map((d) => d.ID).sort();
+  await waitUntil('2 VFs listed to the kubelet', async () => ((n!.kubelet.lastList(RES) ?? []).filter((d) => d.health === 'Healthy').length === 2 ? true : undefined), 120_000);
+  const ids = (n!.kubelet.lastList(RES) ?? []).map((d) => d.ID).sort();
   const held = ids[0] as string;
-  const res = await kubelet!.allocate(RES, [held], { uid: 'uid-vm1', name: 'virt-launcher-vm1', namespace: 'vms', container: 'compute' });
-  podres!.setPods(kubelet!.podResources()); // PodResources answers what the kubelet allocated
-  vm = await startVmFromAllocation(kernel!, res, { name: 'virt-launcher-vm1' });
+  const res = await n!.kubelet.allocate(RES, [held], { uid: 'uid-vm1', name: 'virt-launcher-vm1', namespace: 'vms', container: 'compute' });
+  n!.podres.setPods(n!.kubelet.podResources()); // PodResources answers what the kubelet allocated
+  vm = await startVmFromAllocation(n!.kernel, res, { name: 'virt-launcher-vm1' });
   const groups = vm.openGroups();
   expect(groups).toHaveLength(1);
   await servedVia(false, 'virt-launcher-vm1', held);
-  await kernel!.idle();
-  const before = { events: kernel!.events.length, destroyed: kernel!.destroyed.length };
+  await n!.kernel.idle();
+  const before = { events: n!.kernel.events.length, destroyed: n!.kernel.destroyed.length };
 
   // 2. The upgrade: the agent restarts planning locally; the operator removes the written plan.
   await restartAgent(true);
   const local = await servedVia(true, 'virt-launcher-vm1', held);
   expect(local.status?.localPlan?.pools).toEqual([expect.objectContaining({ name: POOL, count: 2, devices: [{ pciAddress: NIC }] })]);
-  await kernel!.idle();
+  await n!.kernel.idle();
   expect(since(before.events, before.destroyed, held)).toEqual({ touching: [], destroyed: 0 });
-  expect(kernel!.violations).toEqual([]);
+  expect(n!.kernel.violations).toEqual([]);
   expect(vm.openGroups()).toEqual(groups);
-  const mid = { events: kernel!.events.length, destroyed: kernel!.destroyed.length };
+  const mid = { events: n!.kernel.events.length, destroyed: n!.kernel.destroyed.length };
 
   // 3. The rollback: written plans again; the operator writes spec.pools back.
   await restartAgent(false);
   await servedVia(false, 'virt-launcher-vm1', held);
-  await kernel!.idle();
+  await n!.kernel.idle();
   expect(since(mid.events, mid.destroyed, held)).toEqual({ touching: [], destroyed: 0 });
-  expect(kernel!.violations).toEqual([]);
+  expect(n!.kernel.violations).toEqual([]);
   expect(vm.openGroups()).toEqual(groups);
-  expect((kubelet!.lastList(RES) ?? []).map((d) => [d.ID, d.health]).sort()).toEqual(ids.map((id) => [id, 'Healthy']));
+  expect((n!.kubelet.lastList(RES) ?? []).map((d) => [d.ID, d.health]).sort()).toEqual(ids.map((id) => [id, 'Healthy']));
 });

@@ -4,9 +4,6 @@
 // operator had written), a pool edit reaches the agent without any VirtualIONode write by the
 // operator, and the pool's status rolls up from the agent's report.
 import { jest } from '@jest/globals';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pino from 'pino';
 import type { NodeObject, Pool, VioNode } from '../../operator/src/api/types.js';
 import type { ClientNodeKube } from '../../operator/src/kube/client-node.js';
@@ -14,9 +11,7 @@ import { planEntryDigest, type NodeAck } from '../../operator/src/controllers/pl
 import { FIELD_MANAGER, Nodes, VirtualIODevices, VirtualIONodeAcks, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import type { ControlPlane } from '../cluster/control-plane.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
-import { FakeKubelet, FakePodResources } from '../fakes/kubelet.js';
-import { FakeKernel, connectX6 } from '../sysfs/kernel.js';
-import { startKernel, type KernelHandle } from '../sysfs/kernel-daemon.js';
+import { startNicNode, type NicNode } from '../support/nic-node.js';
 import { runOperatorInProcess, startOperatorCluster } from '../support/operator-cluster.js';
 import { kubectlAt, waitUntil } from '../support/operator-integration.js';
 
@@ -29,10 +24,7 @@ const POOL = 'lp-net';
 
 let cp: ControlPlane;
 let kube: ClientNodeKube;
-let dir: string;
-let kernel: KernelHandle | undefined;
-let kubelet: FakeKubelet | undefined;
-let podres: FakePodResources | undefined;
+let n: NicNode | undefined;
 let agent: AgentProcess | undefined;
 let stopOperator: (() => Promise<void>) | undefined;
 
@@ -41,22 +33,14 @@ const pool = () => kube.get<Pool>(VirtualIODevices, POOL);
 
 beforeAll(async () => {
   ({ cp, kube } = await startOperatorCluster());
-  dir = mkdtempSync(join(tmpdir(), 'vio-local-plan-it-'));
-  const k = await FakeKernel.create(join(dir, 'sys'), join(dir, 'dev'));
-  await k.addFunction(connectX6(NIC, { netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 }));
-  kernel = await startKernel(join(dir, 'sys'), join(dir, 'dev'));
-  kubelet = await FakeKubelet.start(join(dir, 'device-plugins'));
-  podres = await FakePodResources.start(join(dir, 'pod-resources', 'kubelet.sock'));
+  n = await startNicNode('vio-local-plan-it-', { pciAddress: NIC, netdev: 'ens1f0np0', totalVFs: 8, numaNode: 0 });
 }, 180_000);
 
 afterAll(async () => {
   await stopOperator?.();
   await agent?.stop('SIGKILL');
-  await kubelet?.stop();
-  await podres?.stop();
-  await kernel?.stop();
+  await n?.stop();
   await cp?.stop();
-  if (dir) rmSync(dir, { recursive: true, force: true });
 }, 60_000);
 
 function startOperator(): void {
@@ -80,9 +64,7 @@ test('an agent that plans locally gets no spec.pools, follows a pool edit throug
     spec: { class: 'NIC', nodeSelector: { matchLabels: { 'virtualio.dev/nics': 'yes' } }, deviceSelector: { interfaceNames: ['ens1f0np0'] }, carving: { mode: 'SRIOV', count: 2 }, kubevirt: { consumption: 'HostDevice' } },
   } as Pool);
   agent = await startAgent([
-    '--kubeconfig', cp.kubeconfig, '--node-name', NODE, '--local-plan',
-    '--sysfs-root', join(dir, 'sys'), '--dev-root', join(dir, 'dev'),
-    '--plugin-dir', kubelet!.pluginDir, '--pod-resources-socket', podres!.socket, '--devinfo-dir', join(dir, 'devinfo'),
+    '--kubeconfig', cp.kubeconfig, '--node-name', NODE, '--local-plan', ...n!.agentArgs(),
     '--rescan-interval', '5s', '--metrics-address', '127.0.0.1:0',
   ]);
   startOperator();
@@ -94,7 +76,7 @@ test('an agent that plans locally gets no spec.pools, follows a pool edit throug
     return v?.spec?.pools === undefined && p?.state === 'Ready' && p.allocatable === 2 ? v : undefined;
   }, 90_000);
   expect(ready.status?.localPlan?.pools).toEqual([expect.objectContaining({ name: POOL, count: 2, devices: [{ pciAddress: NIC }] })]);
-  expect(kubelet!.lastList(`virtualio.dev/${POOL}`)).toHaveLength(2);
+  expect(n!.kubelet.lastList(`virtualio.dev/${POOL}`)).toHaveLength(2);
   const generation = ready.metadata.generation;
   const rolledUp = await waitUntil('pool status rolled up from the agent', async () => {
     const p = await pool();
