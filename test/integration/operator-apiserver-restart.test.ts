@@ -12,7 +12,7 @@ import { startOperatorCluster } from '../support/operator-cluster.js';
 import type { KubeObject } from '../../operator/src/kube/ports.js';
 import { Nodes, VirtualIODevices, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import { nicPF } from '../support/operator-fixtures.js';
-import { spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../support/operator-integration.js';
+import { editObject, spawnOperator, waitUntil, writeAgentStatus, type OperatorProcess } from '../support/operator-integration.js';
 
 jest.setTimeout(300_000);
 
@@ -53,10 +53,9 @@ test('an apiserver restart mid-flight loses no update', async () => {
   expect(op.child.exitCode).toBeNull();
 
   // Changes right after the restart, while the operator is still reconnecting.
-  const p = (await pool('vfs'))!;
-  await kube.replace(VirtualIODevices, { ...p, spec: { ...p.spec, deviceSelector: { interfaceNames: ['ens2f0'] } } });
-  const nb = (await kube.get<KubeObject>(Nodes, 'node-b'))!;
-  await kube.replace(Nodes, { ...nb, metadata: { ...nb.metadata, labels: {} } });
+  // (As a user's edit: read again and retry when the reconnecting operator wrote the object in between.)
+  await editObject<Pool>(kube, VirtualIODevices, 'vfs', (p) => ({ ...p, spec: { ...p.spec, deviceSelector: { interfaceNames: ['ens2f0'] } } }));
+  await editObject<KubeObject>(kube, Nodes, 'node-b', (nb) => ({ ...nb, metadata: { ...nb.metadata, labels: {} } }));
   await kube.create(VirtualIODevices, {
     apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIODevice', metadata: { name: 'after-restart' },
     spec: { class: 'NIC', deviceSelector: { interfaceNames: ['ens1f0'] }, carving: { mode: 'Passthrough' } },

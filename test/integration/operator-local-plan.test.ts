@@ -13,7 +13,7 @@ import type { ControlPlane } from '../cluster/control-plane.js';
 import { startAgent, type AgentProcess } from '../fakes/agent-process.js';
 import { startNicNode, type NicNode } from '../support/nic-node.js';
 import { runOperatorInProcess, startOperatorCluster } from '../support/operator-cluster.js';
-import { kubectlAt, waitUntil } from '../support/operator-integration.js';
+import { editObject, kubectlAt, waitUntil } from '../support/operator-integration.js';
 
 jest.setTimeout(240_000);
 
@@ -93,8 +93,7 @@ test('an agent that plans locally gets no spec.pools, follows a pool edit throug
   expect(ack.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: 'Node', name: NODE, uid: node.metadata.uid })]);
 
   // 2. A pool edit (count 2 → 3) reaches the agent through its watch; the VirtualIONode's spec is never written.
-  const cur = await pool();
-  await kube.replace(VirtualIODevices, { ...cur!, spec: { ...cur!.spec, carving: { mode: 'SRIOV', count: 3 } } });
+  await editObject<Pool>(kube, VirtualIODevices, POOL, (cur) => ({ ...cur, spec: { ...cur.spec, carving: { mode: 'SRIOV', count: 3 } } }));
   const edited = await waitUntil('the edit carried out by the agent', async () => {
     const v = await vio();
     const p = v?.status?.pools?.find((x) => x.name === POOL);

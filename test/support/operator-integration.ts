@@ -6,7 +6,8 @@ import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { VioNode } from '../../operator/src/api/types.js';
-import type { KubePort } from '../../operator/src/kube/ports.js';
+import { isKubeError } from '../../operator/src/kube/errors.js';
+import type { KubeObject, KubePort, ResourceType } from '../../operator/src/kube/ports.js';
 import { AGENT_FIELD_MANAGER, VIRTUALIO_API_VERSION, VirtualIONodes } from '../../operator/src/kube/resources.js';
 import { waitCrdsEstablished } from './crd-wait.js';
 
@@ -42,6 +43,23 @@ export async function waitUntil<T>(what: string, check: () => Promise<T | undefi
     }
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
     await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/**
+ * A user's edit of an object (`kubectl edit`): read it, change it, replace it; read and change it
+ * again when someone wrote it in between (409 Conflict: the operator's status and finalizer writes
+ * change its resourceVersion too). Returns what the API server stored.
+ */
+export async function editObject<T extends KubeObject>(kube: KubePort, res: ResourceType, name: string, edit: (cur: T) => T): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    const cur = await kube.get<T>(res, name);
+    if (!cur) throw new Error(`${res.plural}/${name} not found`);
+    try {
+      return await kube.replace<T>(res, edit(cur));
+    } catch (err) {
+      if (!isKubeError(err, 'Conflict') || attempt >= 20) throw err;
+    }
   }
 }
 
