@@ -1,10 +1,22 @@
 // A jest reporter that (1) prints the tails of the control plane's logs when any test failed,
 // (2) lists every skipped test with its suite and title (a skipped suite names its reason in its
 // title, e.g. "(skipped: needs root)"), and (3) writes the counts to
-// $VIO_RESULTS_DIR/jest-summary.json, with the failed tests' names, for the closing lines of
-// scripts/test.sh (a CI log cut to its tail still names them).
+// $VIO_RESULTS_DIR/jest-summary.json, with the failed tests' names and the first lines of each
+// failure, for the closing lines of scripts/test.sh (a CI log cut to its tail still names them).
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+
+/**
+ * The first lines of a test's failure, plain text and at most 600 characters: what a CI log cut to
+ * its tail needs to reproduce it (a generated test's seed and path, the assertion that failed).
+ */
+function firstLines(messages) {
+  // eslint-disable-next-line no-control-regex
+  const text = String(messages?.[0] ?? '').replace(/\x1b\[[0-9;]*m/g, '');
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('at '));
+  const why = lines.slice(0, 3).join(' | ');
+  return why ? ` — ${why.length > 600 ? `${why.slice(0, 597)}...` : why}` : '';
+}
 
 export default class SummaryReporter {
   onRunComplete(_contexts, results) {
@@ -33,7 +45,7 @@ export default class SummaryReporter {
     for (const file of results.testResults) {
       const where = file.testFilePath.replace(process.cwd() + '/', '');
       if (file.testExecError) failures.push(`${where}: ${String(file.testExecError.message).split('\n')[0]}`);
-      for (const t of file.testResults) if (t.status === 'failed') failures.push(`${where} › ${[...t.ancestorTitles, t.title].join(' › ')}`);
+      for (const t of file.testResults) if (t.status === 'failed') failures.push(`${where} › ${[...t.ancestorTitles, t.title].join(' › ')}${firstLines(t.failureMessages)}`);
     }
     if (dir) {
       writeFileSync(join(dir, 'jest-summary.json'), JSON.stringify({
