@@ -104,10 +104,14 @@ export function ourMdevIndex(node: string, parent: string, type: string, uuid: s
   return undefined;
 }
 
-/** Whether mdev `m` on `parent` is one virtualio made for `type` on this node (see {@link ourMdevIndex}). */
-export function isOurMdev(node: string, parent: InventoryDevice, type: string, m: { uuid: string; type?: string }, count = 1): boolean {
-  if (m.type !== type) return false;
-  return ourMdevIndex(node, parent.pciAddress, type, m.uuid, Math.max(count, (parent.mdevs ?? []).length) + OWNERSHIP_MARGIN) !== undefined;
+/**
+ * Whether mdev `m` on `parent` is one virtualio made on this node, under the type it has (see
+ * {@link ourMdevIndex}): whatever type its pool asks for now, so that our mdevs of a type an edit
+ * replaced are ours even when the agent's record of that type is lost (a damaged checkpoint).
+ */
+export function isOurMdev(node: string, parent: InventoryDevice, m: { uuid: string; type?: string }, count = 1): boolean {
+  if (m.type === undefined) return false;
+  return ourMdevIndex(node, parent.pciAddress, m.type, m.uuid, Math.max(count, (parent.mdevs ?? []).length) + OWNERSHIP_MARGIN) !== undefined;
 }
 
 /**

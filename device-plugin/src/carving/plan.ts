@@ -228,10 +228,8 @@ function planMediated(node: string, pool: PoolPlan, devices: Map<string, Invento
       let freed = 0;
       for (const m of p.mdevs ?? []) {
         if (wanted.has(m.uuid)) continue;
-        // Ours under the pool's type, or under the type it carried before an edit (the UUID is derived
-        // from the node, parent, type and index): the record of the old type may be lost with the
-        // agent's checkpoint, the UUID is not. No other pool carves on this pool's devices.
-        if (type === undefined || !(isOurMdev(node, p, type, m, pool.count ?? 1) || (m.type !== undefined && isOurMdev(node, p, m.type, m, pool.count ?? 1)))) {
+        // Ours also under a type an edit replaced (no other pool carves on this pool's devices).
+        if (type === undefined || !isOurMdev(node, p, m, pool.count ?? 1)) {
           foreignCount++;
           noteForeign(out, { pool: pool.name, device: parent, reason: `mdev ${m.uuid} of type ${m.type} was not created by virtualio; left alone` });
           continue;
@@ -452,7 +450,7 @@ export function planUncarve(input: UncarveInput): CarvingPlan {
       for (const parent of candidates) {
         const p = devices.get(parent) as InventoryDevice;
         for (const m of p.mdevs ?? []) {
-          if (type === undefined || !isOurMdev(nodeName, p, type, m, pool.count ?? 1)) continue;
+          if (type === undefined || !isOurMdev(nodeName, p, m, pool.count ?? 1)) continue;
           if (allocated.has(m.uuid)) {
             held.add(m.uuid);
             out.blocked.push({ pool: pool.name, device: parent, reason: `mdev ${m.uuid} is allocated; removed once released` });
