@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parse as yaml } from 'yaml';
 import { silentLogger } from '../log.js';
 import { validatePlan } from './plan.js';
 import { FilePlanSource, parsePlanText } from './plan-file.js';
@@ -13,7 +14,7 @@ describe('plan validation', () => {
   test('a spec, a whole VirtualIONode and YAML are accepted', () => {
     expect(validatePlan(good)).toStrictEqual({ ok: true, spec: good });
     expect(validatePlan({ apiVersion: 'virtualio.dev/v1alpha1', kind: 'VirtualIONode', metadata: { name: 'n' }, spec: good })).toStrictEqual({ ok: true, spec: good });
-    expect(parsePlanText('pools:\n  - name: fast-net\n    resourceName: virtualio.dev/fast-net\n    class: NIC\n    mode: SRIOV\n    consumption: SRIOVNetwork\n    count: 4\n    devices:\n      - pciAddress: "0000:81:00.0"\n')).toStrictEqual({ ok: true, spec: good });
+    expect(parsePlanText('pools:\n  - name: fast-net\n    resourceName: virtualio.dev/fast-net\n    class: NIC\n    mode: SRIOV\n    consumption: SRIOVNetwork\n    count: 4\n    devices:\n      - pciAddress: "0000:81:00.0"\n', yaml)).toStrictEqual({ ok: true, spec: good });
   });
 
   // An empty plan must be explicit: anything that may be a half-written or truncated file is an
@@ -34,7 +35,7 @@ describe('plan validation', () => {
     ['a VirtualIONode without spec', 'kind: VirtualIONode\nmetadata: {name: n1}\n', /no "pools" list in spec/],
     ['a VirtualIONode whose spec has no pools', 'kind: VirtualIONode\nspec: {}\n', /no "pools" list in spec/],
   ])('%s is an error, not an empty plan', (_n, text, message) => {
-    const r = parsePlanText(text);
+    const r = parsePlanText(text, yaml);
     expect(r.ok).toBe(false);
     expect(!r.ok && r.message).toMatch(message);
   });
@@ -44,7 +45,7 @@ describe('plan validation', () => {
     ['JSON', '{"pools": []}'],
     ['a whole VirtualIONode', 'apiVersion: virtualio.dev/v1alpha1\nkind: VirtualIONode\nspec:\n  pools: []\n'],
   ])('an explicit empty pools list in %s is an empty plan', (_n, text) => {
-    expect(parsePlanText(text)).toStrictEqual({ ok: true, spec: { pools: [] } });
+    expect(parsePlanText(text, yaml)).toStrictEqual({ ok: true, spec: { pools: [] } });
   });
 
   test.each([
@@ -56,10 +57,20 @@ describe('plan validation', () => {
     ['mediated without type', JSON.stringify({ pools: [{ ...good.pools[0], mode: 'Mediated' }] }), /mdevType: required/],
     ['resource without domain', JSON.stringify({ pools: [{ ...good.pools[0], resourceName: 'fast' }] }), /resourceName/],
   ])('%s', (_n, text, message) => {
-    const r = parsePlanText(text);
+    const r = parsePlanText(text, yaml);
     expect(r.ok).toBe(false);
     expect(!r.ok && r.message).toMatch(message);
   });
+  test('JSON needs no YAML parser; a text that is not JSON asks for it, and then parses as before', () => {
+    expect(parsePlanText(JSON.stringify(good))).toStrictEqual({ ok: true, spec: good });
+    expect(parsePlanText(JSON.stringify({ kind: 'VirtualIONode', spec: good }))).toStrictEqual({ ok: true, spec: good });
+    expect(parsePlanText(yamlPlan)).toMatchObject({ ok: false, needsYaml: true });
+    expect(parsePlanText(yamlPlan, yaml)).toStrictEqual({ ok: true, spec: good });
+    // Truncated JSON is not JSON: it goes to the YAML parser, which refuses it as before.
+    expect(parsePlanText(jsonPlan.slice(0, 20))).toMatchObject({ ok: false, needsYaml: true });
+    expect(parsePlanText(jsonPlan.slice(0, 20), yaml)).toMatchObject({ ok: false, message: expect.stringContaining('cannot parse plan') });
+  });
+
   test('NVIDIA vGPU pools may share a GPU; a vGPU pool and any other pool may not', () => {
     const gpu = { class: 'GPU', mode: 'SRIOV', consumption: 'HostDevice', count: 1, vfDriver: 'nvidia', devices: [{ pciAddress: '0000:3b:00.0' }] };
     const a = { ...gpu, name: 'a', resourceName: 'virtualio.dev/a', vgpuProfile: 'L40S-12Q' };
@@ -71,41 +82,41 @@ describe('plan validation', () => {
 });
 
 describe('FilePlanSource', () => {
-  test('missing → error, good → ok, bad → error, fixed → ok', () => {
+  test('missing → error, good → ok, bad → error, fixed → ok', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vio-plan-'));
     try {
       const file = join(dir, 'plan.yaml');
       const src = new FilePlanSource(file, silentLogger());
-      expect(src.reload()).toBe(true);
+      expect(await src.reload()).toBe(true);
       expect(src.current()).toMatchObject({ kind: 'error', message: expect.stringContaining('cannot read plan file') });
       writeFileSync(file, JSON.stringify(good));
-      expect(src.reload()).toBe(true);
+      expect(await src.reload()).toBe(true);
       expect(src.current()).toStrictEqual({ kind: 'ok', spec: good });
-      expect(src.reload()).toBe(false);
+      expect(await src.reload()).toBe(false);
       writeFileSync(file, 'pools: [ {name: 1} ]   ');
-      expect(src.reload()).toBe(true);
+      expect(await src.reload()).toBe(true);
       expect(src.current().kind).toBe('error');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
 
-  test('an emptied or truncated file is an error state with the reason; only "pools: []" empties the plan', () => {
+  test('an emptied or truncated file is an error state with the reason; only "pools: []" empties the plan', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vio-plan-'));
     try {
       const file = join(dir, 'plan.yaml');
       const src = new FilePlanSource(file, silentLogger());
       writeFileSync(file, JSON.stringify(good));
-      src.reload();
+      await src.reload();
       expect(src.current()).toStrictEqual({ kind: 'ok', spec: good });
       writeFileSync(file, '');
-      expect(src.reload()).toBe(true);
+      expect(await src.reload()).toBe(true);
       expect(src.current()).toStrictEqual({ kind: 'error', message: `invalid plan file ${file}: the file is empty; an empty plan must say so explicitly: "pools: []"` });
       writeFileSync(file, JSON.stringify(good).slice(0, 30));
-      expect(src.reload()).toBe(true);
+      expect(await src.reload()).toBe(true);
       expect(src.current()).toMatchObject({ kind: 'error', message: expect.stringContaining('cannot parse plan') });
       writeFileSync(file, 'pools: []\n');
-      expect(src.reload()).toBe(true);
+      expect(await src.reload()).toBe(true);
       expect(src.current()).toStrictEqual({ kind: 'ok', spec: { pools: [] } });
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -7,7 +7,7 @@ import fc from 'fast-check';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { stringify as toYaml } from 'yaml';
+import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { Checkpoint, parseCheckpoint } from '../../../device-plugin/src/agent/checkpoint.js';
 import { decodeChecked, encodeChecked } from '../../../device-plugin/src/agent/durable-file.js';
 import { parseKubeletCheckpoint } from '../../../device-plugin/src/agent/kubelet-checkpoint.js';
@@ -156,7 +156,7 @@ describe('the standalone plan file (plan.ts)', () => {
   const planDoc = poolPlans.map((pools) => ({ pools }));
   test('valid plans round-trip through YAML and JSON', () => {
     fuzz('plan file round-trip', 200, [planDoc, fc.boolean()], (doc, json) => {
-      const r = parsePlanText(json ? JSON.stringify(doc) : toYaml(doc));
+      const r = parsePlanText(json ? JSON.stringify(doc) : toYaml(doc), parseYaml);
       expect(r).toEqual({ ok: true, spec: doc });
     });
   });
@@ -172,7 +172,7 @@ describe('the standalone plan file (plan.ts)', () => {
     fuzz('plan file parse', 400, [texts], (text) => {
       let r: ReturnType<typeof parsePlanText>;
       try {
-        r = parsePlanText(text);
+        r = parsePlanText(text, parseYaml);
       } catch (err) {
         throw new Error(`parsePlanText threw on ${JSON.stringify(text)}: ${String(err)}`, { cause: err });
       }
@@ -189,7 +189,7 @@ describe('the standalone plan file (plan.ts)', () => {
 describe('counterexamples the fuzzers found, kept as examples', () => {
   test('a plan whose pool name is not a string (e.g. [{toString: null}]) is an error, not a TypeError', () => {
     const text = '{"pools":[{"name":[{"toString":null}],"resourceName":"virtualio.dev/aa","class":"NIC","mode":"SRIOV","consumption":"HostDevice","devices":[{"pciAddress":"0000:00:00.0"}]}]}';
-    const r = parsePlanText(text);
+    const r = parsePlanText(text, parseYaml);
     expect(r.ok).toBe(false);
     expect(!r.ok && r.message).toContain('pools[0].name: must be a lower-case DNS label-like name, got [{"toString":null}]');
   });
