@@ -2,6 +2,7 @@
 // This module only knows the KubeAgentPort interface; src/kube/adapter.ts implements it with
 // @kubernetes/client-node (the only runtime importer of that package in the agent).
 import { createHash } from 'node:crypto';
+import { setTimeout as pause } from 'node:timers/promises';
 import type { VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { Logger } from '../log.js';
 import type { PodInfo } from '../podresources/client.js';
@@ -95,7 +96,7 @@ export class ClusterPlanSource implements PlanSource {
       } catch (err) {
         this.state = { kind: this.state.kind === 'ok' ? 'ok' : 'none', message: `cannot read VirtualIONode: ${String(err)}` } as PlanState;
         this.log.warn({ err: String(err), retryInMs: delay }, 'cannot ensure VirtualIONode; retrying');
-        await new Promise((r) => setTimeout(r, delay));
+        await pause(delay, undefined, { signal }).catch(() => undefined); // a shutdown does not wait out a backoff
         delay = Math.min(delay * 2, 30_000);
       }
     }

@@ -2,6 +2,7 @@
 // ResourceSlices of driver virtualio.dev, reading ResourceClaims, and listing and watching every
 // ResourceClaim (the ones allocated here). Loaded only with --dra.
 import { CoreV1Api, PatchStrategy, ResourceV1Api, setHeaderOptions, type ConfigurationOptions, type KubeConfig, type V1ResourceSlice } from '@kubernetes/client-node';
+import { setTimeout as pause } from 'node:timers/promises';
 import type { SetDeviceCondition } from './ondemand.js';
 import type { ClaimEventType, ClaimListWatch } from './claims.js';
 import { watchOnce } from '../kube/watch.js';
@@ -68,7 +69,7 @@ export class KubeResourceSliceStore implements ResourceSliceStore {
       if (failed || expired) {
         rv = undefined; // a fresh watch: the server sends the current slices as ADDED, which is harmless
         onChange(); // whatever was missed meanwhile, the publisher's re-list sees it
-        await new Promise((r) => setTimeout(r, 1000));
+        await pause(1000, undefined, { signal }).catch(() => undefined); // a shutdown does not wait out the pause
       }
     }
   }

@@ -1,5 +1,6 @@
 // The agent's only runtime importer of @kubernetes/client-node: implements KubeAgentPort.
 import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
+import { setTimeout as pause } from 'node:timers/promises';
 import type { PoolAck, VirtualIONode, VirtualIONodeStatus } from '../../../crds/generated/types.js';
 import type { KubeAgentPort } from '../agent/cluster.js';
 import type { KubeItem } from '../agent/local-plan.js';
@@ -152,7 +153,7 @@ export class KubeAdapter implements KubeAgentPort {
           rv = await read();
         } catch (err) {
           this.log.warn({ err: String(err), retryInMs: delay }, `cannot read ${what}; retrying`);
-          await new Promise((r) => setTimeout(r, delay));
+          await pause(delay, undefined, { signal }).catch(() => undefined); // a shutdown does not wait out a backoff
           delay = Math.min(delay * 2, 30_000);
           continue;
         }
@@ -171,7 +172,7 @@ export class KubeAdapter implements KubeAgentPort {
       if (ended || expired) {
         this.log.debug({ err: String(ended ?? 'expired') }, `${what} watch ended; reading again`);
         rv = undefined;
-        await new Promise((r) => setTimeout(r, delay));
+        await pause(delay, undefined, { signal }).catch(() => undefined);
         delay = Math.min(delay * 2, 30_000);
       } else delay = 500;
     }
