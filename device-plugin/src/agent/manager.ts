@@ -456,14 +456,14 @@ export class AgentManager {
     return { ...spec, pools: (spec.pools ?? []).filter((p) => !back.has(p.name)) };
   }
 
-  /** Wakes the loop when the earliest backed-off write is due or a held slice may be released. */
+  /** Wakes the loop when the earliest backed-off or deferred write is due or a held slice may be released. */
   private scheduleWake(): void {
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     this.wakeTimer = undefined;
     if (this.signal.aborted) return;
-    const due = this.carver.nextDue();
+    const due = [this.carver.nextDue(), this.vfio.nextDue()].filter((x): x is number => x !== undefined).reduce((a, b) => Math.min(a, b), Infinity);
     const release = this.slices.some((s) => s.draining) || this.carver.blocked.length > 0 ? this.ledger.nextRelease() : undefined;
-    const waits = [due !== undefined ? due - this.clock() : undefined, release !== undefined ? release - Date.now() : undefined].filter((x): x is number => x !== undefined);
+    const waits = [due !== Infinity ? due - this.clock() : undefined, release !== undefined ? release - Date.now() : undefined].filter((x): x is number => x !== undefined);
     if (waits.length === 0) return;
     this.wakeTimer = setTimeout(() => {
       this.wakeTimer = undefined;

@@ -168,6 +168,37 @@ describe('VfioNumbers: the ordering window counts from the first pass that binds
   });
 });
 
+describe('VfioNumbers.nextDue: what a pass left out wakes the loop when it may go', () => {
+  const log = { info: () => {}, warn: () => {} } as unknown as ConstructorParameters<typeof VfioNumbers>[1];
+  test('a function that left vfio-pci moments after its bind is bound again once that bind no longer counts as in flight', () => {
+    // Seen on the real kernel: a VF unbound 1.7 s after the agent bound it (within the restore window)
+    // sent its one /dev/vfio event, the pass left its bind out as in flight, and nothing woke the loop
+    // until the rescan timer (7 s later on the benchmark).
+    let t = 0;
+    const record: VfioRecord = { cdevs: { '0000:81:00.2': 0, '0000:81:00.3': 1 }, nodes: {} };
+    const v = new VfioNumbers({ vfio: () => record, save: () => {} }, log, () => t, 10_000);
+    t = 1000;
+    expect(probes(v.order([...bind('0000:81:00.2'), ...bind('0000:81:00.3')], inv([dev('0000:81:00.2'), dev('0000:81:00.3')])))).toEqual(['0000:81:00.2', '0000:81:00.3']);
+    expect(v.nextDue()).toBeUndefined();
+    t = 2700; // 0000:81:00.3 left vfio-pci; its bind of t = 1000 is still in flight
+    const unbound = inv([dev('0000:81:00.2', 'vfio-pci'), dev('0000:81:00.3')], { '0000:81:00.2': 0 });
+    expect(probes(v.order(bind('0000:81:00.3'), unbound))).toEqual([]);
+    expect(v.nextDue()).toBe(3000);
+    t = 3000;
+    expect(probes(v.order(bind('0000:81:00.3'), unbound))).toEqual(['0000:81:00.3']);
+    expect(v.nextDue()).toBeUndefined();
+  });
+
+  test('binds waiting for a lower number that does not come back go at the window\'s end', () => {
+    let t = 0;
+    const record: VfioRecord = { cdevs: { '0000:81:00.2': 0, '0000:81:00.3': 1 }, nodes: {} };
+    const v = new VfioNumbers({ vfio: () => record, save: () => {} }, log, () => t, 10_000);
+    t = 500; // 0000:81:00.2 (vfio0) is not there: 0000:81:00.3 waits for it
+    expect(probes(v.order(bind('0000:81:00.3'), inv([dev('0000:81:00.3')])))).toEqual([]);
+    expect(v.nextDue()).toBe(10_500);
+  });
+});
+
 describe('VfioNumbers.forget: what the agent destroyed itself leaves no record', () => {
   test('a destroyed slice loses its nodes and cdev; other records and an unknown ID change nothing', () => {
     const record: VfioRecord = { cdevs: { '0000:81:00.2': 0, '0000:81:00.3': 1 }, nodes: { u: [g(2)], '0000:81:00.3': [c(1)] } };

@@ -67,16 +67,17 @@ function numbered(w: SysfsWrite): string | undefined {
  * created moments ago). A function with no record waits for every such one. `waitingFor` names what held binds back. Also while `waiting`, a
  * function whose bind is `inFlight` (written moments ago; a rescan may not show it yet) is not bound
  * again: a repeated "unbind, probe" that reaches it once it is on vfio-pci would give its number up
- * and take the lowest free one. `binds` lists the functions bound by the writes returned.
+ * and take the lowest free one. `binds` lists the functions bound by the writes returned, `inFlight`
+ * those left out for being in flight (the caller comes back for them when that ends).
  */
-export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, inv: Inventory, waiting: boolean, inFlight: (bdf: string) => boolean = () => false): { writes: SysfsWrite[]; waitingFor: string[]; binds: string[] } {
+export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, inv: Inventory, waiting: boolean, inFlight: (bdf: string) => boolean = () => false): { writes: SysfsWrite[]; waitingFor: string[]; binds: string[]; inFlight: string[] } {
   const unitOf = new Map<string, string[]>(); // group key → functions bound to vfio-pci, mdevs created by it
   const groupKey = (w: SysfsWrite): string => w.group ?? `${w.path}\n${w.value}`;
   for (const w of writes) {
     const id = numbered(w);
     if (id) unitOf.set(groupKey(w), [...(unitOf.get(groupKey(w)) ?? []), id]);
   }
-  if (unitOf.size === 0 || Object.keys(rec.cdevs).length === 0) return { writes: [...writes], waitingFor: [], binds: [...unitOf.values()].flat() };
+  if (unitOf.size === 0 || Object.keys(rec.cdevs).length === 0) return { writes: [...writes], waitingFor: [], binds: [...unitOf.values()].flat(), inFlight: [] };
   // Recorded functions not on a VFIO driver now: absent (a VF not re-created yet) or present and not
   // bound yet (a VF created moments ago whose bind is not in this pass). A function with a higher
   // number waits for each of them; one whose bind this pass writes first, or wrote moments ago, no more.
@@ -93,9 +94,13 @@ export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, i
   const out = [...rest];
   const waitingFor = new Set<string>();
   const binds: string[] = [];
+  const skipped: string[] = [];
   for (const { k, n } of keys) {
     const fns = unitOf.get(k) ?? [];
-    if (waiting && fns.every(inFlight)) continue;
+    if (waiting && fns.every(inFlight)) {
+      skipped.push(...fns);
+      continue;
+    }
     const lower = waiting ? pending.filter(([b, m]) => m < n && !binds.includes(b) && !fns.includes(b)) : [];
     if (lower.length > 0) {
       for (const [b, m] of lower) waitingFor.add(`${b} (vfio${m}${driverOf.has(b) ? ', not bound yet' : ''})`);
@@ -107,7 +112,7 @@ export function orderVfioBinds(writes: readonly SysfsWrite[], rec: VfioRecord, i
     out.push(...own);
     binds.push(...fns);
   }
-  return { writes: out, waitingFor: [...waitingFor].sort(), binds };
+  return { writes: out, waitingFor: [...waitingFor].sort(), binds, inFlight: skipped };
 }
 
 const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
@@ -194,6 +199,8 @@ export class VfioNumbers {
   private readonly startedAt: number;
   /** When the first carving pass with a bind to vfio-pci came (the ordering window starts there). */
   private firstBindAt: number | undefined;
+  /** When a bind the last pass left out may go (see {@link nextDue}). */
+  private due: number | undefined;
 
   constructor(
     private readonly checkpoint: { vfio(): VfioRecord; save(): void },
@@ -231,10 +238,24 @@ export class VfioNumbers {
     const r = orderVfioBinds(writes, this.checkpoint.vfio(), inv, waiting, (bdf) => t - (this.sent.get(bdf) ?? -Infinity) < this.inFlightMs);
     if (this.firstBindAt === undefined && (r.binds.length > 0 || r.waitingFor.length > 0)) this.firstBindAt = t;
     if (waiting) for (const b of r.binds) this.sent.set(b, t);
+    // Nothing else may wake the loop for what was left out: sysfs sends no event when a function
+    // appears, and a function that left vfio-pci moments after its bind sent its one event already.
+    const dues = r.inFlight.map((b) => (this.sent.get(b) ?? t) + this.inFlightMs);
+    if (r.waitingFor.length > 0 && this.firstBindAt !== undefined) dues.push(this.firstBindAt + this.windowMs);
+    this.due = dues.length > 0 ? Math.min(...dues) : undefined;
     const text = r.waitingFor.join(', ');
     if (text && text !== this.lastWaiting) this.log.info({ waitingFor: r.waitingFor }, 'binds to vfio-pci wait for functions with lower recorded VFIO numbers to be re-created, so that the kernel hands the same numbers back');
     this.lastWaiting = text;
     return r.writes;
+  }
+
+  /**
+   * When the binds the last pass left out may go: a bind in flight once it no longer counts as such,
+   * binds waiting for lower numbers at the window's end (earlier passes bind them as they come back).
+   * Undefined when nothing was left out.
+   */
+  nextDue(): number | undefined {
+    return this.due;
   }
 
   /**
