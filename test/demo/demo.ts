@@ -4,7 +4,8 @@
 //   etcd + kube-apiserver + kube-scheduler (built from upstream, test/cluster/control-plane.ts)
 //   a REAL kubelet on a fake container runtime, node "127.0.0.1" (test/cluster/kubelet.ts; root)
 //   the fake kernel daemon over a sysfs tree built from a recorded A16 server + simulated devices
-//   the virtualio operator (dist/operator/src/main.js) and agent in cluster mode (dist/device-plugin)
+//   the virtualio operator (dist/operator/src/main.js) and agent in cluster mode (dist/device-plugin),
+//   the agent deriving its node's plan itself (--local-plan, the chart's default)
 //   pools (test/demo/pools.yaml) and one virt-launcher-shaped pod per pool
 //   as root, an on-demand DRA pool: a VM's claim makes the agent create the vGPU it asked for, and
 //   deleting the VM removes it, both checked in the simulated kernel's tree (test/demo/ondemand.ts)
@@ -192,9 +193,11 @@ interface Viod {
     allocations?: { node: string; namespace: string; pod: string; vmi?: string; slices: string[] }[];
   };
 }
+type PlanPools = { name: string; devices: { pciAddress: string }[] }[];
 interface VioNode {
-  spec?: { pools?: { name: string; devices: { pciAddress: string }[] }[] };
+  spec?: { pools?: PlanPools };
   status?: {
+    localPlan?: { pools?: PlanPools };
     inventory?: { devices?: InventoryRow[] };
     slices?: { id: string; pool: string; kind: string; parent?: string; health: string; reason?: string; allocation?: { pod: string; vmi?: string } }[];
     pools?: { name: string; state: string; message?: string; registered?: boolean; capacity?: number; allocatable?: number; allocated?: number }[];
@@ -295,6 +298,7 @@ async function main(): Promise<void> {
       join(REPO_ROOT, 'dist/device-plugin/src/main.js'), '--node-name', NODE, '--kubeconfig', cp.kubeconfig,
       '--sysfs-root', host.sys, '--dev-root', host.dev, '--plugin-dir', pluginDir, '--pod-resources-socket', podResourcesSocket,
       '--devinfo-dir', join(run, 'devinfo'), '--state-dir', join(run, 'agent-state'), '--metrics-address', metrics.agent, '--rescan-interval', '10s',
+      '--local-plan', // as the chart runs it (agent.localPlan)
       // The DRA front end (the on-demand step) needs the kubelet; a released slice is removed 3 s after the kubelet let go.
       ...(kubelet ? ['--dra', '--kubelet-dir', kubelet.rootDir, '--cdi-dir', join(run, 'cdi'), '--release-grace', '3s'] : []),
     ], join(run, 'agent.log'));
@@ -426,7 +430,8 @@ async function main(): Promise<void> {
     seconds: Math.round((Date.now() - t0) / 100) / 10,
     timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v / 100) / 10])),
     inventory: node.status?.inventory?.devices ?? [],
-    plan: (node.spec?.pools ?? []).map((p) => ({ pool: p.name, devices: p.devices.map((d) => d.pciAddress) })),
+    // The plan the agent derived (local planning), or the operator's written one.
+    plan: (node.status?.localPlan?.pools ?? node.spec?.pools ?? []).map((p) => ({ pool: p.name, devices: p.devices.map((d) => d.pciAddress) })),
     pools: pools.map((p) => {
       const st = node.status?.pools?.find((x) => x.name === p.metadata.name);
       return {

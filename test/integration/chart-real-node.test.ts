@@ -102,8 +102,15 @@ async function containerLog(name: string, namespace = NS): Promise<string> {
 /** virtualio_operator_leader of an operator pod, from its /metrics. */
 async function leaderGauge(p: Pod): Promise<string | undefined> {
   const ip = (await getJson<{ status: { podIP?: string } }>(['get', 'pod', '-n', NS, p.metadata.name])).status.podIP;
-  const text = await (await fetch(`http://${ip}:8080/metrics`, { signal: AbortSignal.timeout(5000) })).text();
-  return /^virtualio_operator_leader (\d)/m.exec(text)?.[1];
+  if (!ip) throw new Error(`pod ${p.metadata.name} has no IP`);
+  const t = Date.now();
+  try {
+    const text = await (await fetch(`http://${ip}:8080/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+    return /^virtualio_operator_leader (\d)/m.exec(text)?.[1];
+  } catch (err) {
+    // Which replica, where, after how long (a CI run once timed out here for 30 s on end).
+    throw new Error(`GET http://${ip}:8080/metrics of ${p.metadata.name} (Ready ${ready(p)}): ${String(err)} after ${Date.now() - t} ms`, { cause: err });
+  }
 }
 
 /** Polls pods matching `selector` until `count` are Ready; returns ms from `since` to each pod's Ready. */
@@ -318,8 +325,17 @@ suite(`the chart on a real node: built image, containerd + runc, real kubelet/sc
       const gauges = await eventually('exactly one replica reports leading', async () => {
         const ps = await live();
         const g = await Promise.all(ps.map(async (p) => [p.metadata.name, await leaderGauge(p)] as const));
-        return g.filter(([, v]) => v === '1').length === 1 ? g : undefined;
-      }, 30_000, 250);
+        if (g.filter(([, v]) => v === '1').length === 1) return g;
+        throw new Error(`leader gauges ${JSON.stringify(g)}`);
+      }, 30_000, 250).catch(async (err: unknown) => {
+        const logs = await Promise.all((await live()).map(async (p) => {
+          const l = await openLog(node, p.metadata.name).catch(() => undefined);
+          const text = l?.text().split('\n').slice(-15).join('\n') ?? '(no log)';
+          l?.close();
+          return `--- ${p.metadata.name} ---\n${text}`;
+        }));
+        throw new Error(`${String(err)}\n${logs.join('\n')}\n${await diagnostics()}`, { cause: err });
+      });
       expect(gauges.filter(([, v]) => v === '1').map(([n]) => n)).toEqual([(await lease()).holderIdentity]);
       if (round === 0) {
         figures.leaderFailoverMs = taken.ms;

@@ -142,9 +142,15 @@ suite(`a real kubelet drives the agent (cluster mode, fake hardware)${kubeletSki
     expect(s.capacity[NIC]).toBe('4');
     expect(s.capacity[GPU]).toBe('1');
     expect(s.capacity[VGPU]).toBe('2');
-    // the agent created its VirtualIONode status for this node
-    const vn = await getJson<{ status: { slices: { id: string; pool: string; health: string }[] } }>(['get', 'virtualionode', NODE]);
-    expect(vn.status.slices.filter((x) => x.pool === 'cx6')).toHaveLength(4);
+    // The agent reports the same 4 slices in its VirtualIONode status. The status write trails the
+    // kubelet's list (it is coalesced, 500 ms after the last change), so an earlier one may be read
+    // first: a fresh machine's CI run read the status of the pass before the binds.
+    const cx6 = await eventually('the 4 cx6 slices in the VirtualIONode status', async () => {
+      const vn = await getJson<{ status?: { slices?: { id: string; pool: string; health: string }[] } }>(['get', 'virtualionode', NODE]);
+      const slices = (vn.status?.slices ?? []).filter((x) => x.pool === 'cx6');
+      return slices.length === 4 && slices.every((x) => x.health === 'Healthy') ? slices : undefined;
+    }, 10_000);
+    expect(cx6).toHaveLength(4);
   });
 
   test('auto registration: the kubelet took every pool through its plugin watcher, nothing went through kubelet.sock', async () => {
