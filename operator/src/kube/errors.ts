@@ -6,13 +6,14 @@ export type KubeErrorKind = 'NotFound' | 'Conflict' | 'AlreadyExists' | 'Forbidd
 /** An API call that failed, with its HTTP status code (0 for transport errors). */
 export class KubeError extends Error {
   override readonly name = 'KubeError';
-  constructor(
-    readonly kind: KubeErrorKind,
-    readonly code: number,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
+  // Plain fields, not parameter properties: scripts and the benchmarks run this file with Node's
+  // type stripping (test/support/operator-integration.ts imports it), which has no transform for those.
+  readonly kind: KubeErrorKind;
+  readonly code: number;
+  constructor(kind: KubeErrorKind, code: number, message: string, options?: { cause?: unknown }) {
     super(message, options);
+    this.kind = kind;
+    this.code = code;
   }
 }
 
