@@ -461,9 +461,9 @@ export class AgentManager {
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     this.wakeTimer = undefined;
     if (this.signal.aborted) return;
-    const due = [this.carver.nextDue(), this.vfio.nextDue()].filter((x): x is number => x !== undefined).reduce((a, b) => Math.min(a, b), Infinity);
     const release = this.slices.some((s) => s.draining) || this.carver.blocked.length > 0 ? this.ledger.nextRelease() : undefined;
-    const waits = [due !== Infinity ? due - this.clock() : undefined, release !== undefined ? release - Date.now() : undefined].filter((x): x is number => x !== undefined);
+    const until = (at: number | undefined, now: number): number | undefined => (at !== undefined ? at - now : undefined);
+    const waits = [until(this.carver.nextDue(), this.clock()), until(this.vfio.nextDue(), this.clock()), until(release, Date.now())].filter((x): x is number => x !== undefined);
     if (waits.length === 0) return;
     this.wakeTimer = setTimeout(() => {
       this.wakeTimer = undefined;

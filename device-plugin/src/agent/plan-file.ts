@@ -32,13 +32,13 @@ function parseJson(text: string): { doc: unknown } | undefined {
  * Parses plan file text: JSON with `JSON.parse`, anything else with the YAML parser (YAML is a
  * superset of JSON, so the result is the one YAML would give; a JSON object's duplicate key keeps its
  * last value, as in every JSON reader, where the YAML parser refuses the file). `parseYaml` is
- * {@link loadYaml}'s parser; without it a text that is not JSON is not parsed (`needsYaml`: the caller
- * loads the parser and asks again). Stricter than {@link validatePlan} about what counts as a plan: the file must hold
- * a document with an explicit `pools` list (in the document or in its `spec`). An empty or
- * whitespace-only file, a file of comments only, `pools:` without a value or anything that does not
- * parse is an error, never an empty plan: a half-written or truncated file (an editor's save, a
- * writer that crashed, a read racing a non-atomic write) would otherwise read as "no pools" and
- * release every slice.
+ * {@link loadYaml}'s parser; without it a text that is not JSON is not parsed (`needsYaml`: the
+ * caller loads the parser and asks again). Stricter than {@link validatePlan} about what counts as a
+ * plan: the file must hold a document with an explicit `pools` list (in the document or in its
+ * `spec`). An empty or whitespace-only file, a file of comments only, `pools:` without a value or
+ * anything that does not parse is an error, never an empty plan: a half-written or truncated file (an
+ * editor's save, a writer that crashed, a read racing a non-atomic write) would otherwise read as "no
+ * pools" and release every slice.
  */
 export function parsePlanText(text: string, parseYaml?: YamlParse): { ok: true; spec: VirtualIONodeSpec } | { ok: false; message: string; needsYaml?: true } {
   if (text.trim() === '') return { ok: false, message: `the file is empty; ${EMPTY_PLAN_HINT}` };
